@@ -1,0 +1,1 @@
+//! silo-api (under construction)

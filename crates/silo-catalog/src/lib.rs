@@ -1,0 +1,1 @@
+//! silo-catalog (under construction)

@@ -1,0 +1,1 @@
+//! silo-client (under construction)

@@ -1,0 +1,1 @@
+//! silo-node (under construction)

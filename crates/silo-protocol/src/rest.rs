@@ -1,0 +1,153 @@
+//! E2B control-plane REST bodies (`/sandboxes`, `/v2/sandboxes`), as the SDK 2.63 sends
+//! and parses them. Required fields here are the ones the SDK pops without a default:
+//! leaving one out crashes the client, so they are plain (non-Option) fields.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::ids::SandboxId;
+
+/// Error body of every REST error: `{"code":404,"message":"..."}`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ApiError {
+    pub code: u16,
+    pub message: String,
+}
+
+/// `POST /v2/sandboxes` (and legacy `POST /sandboxes`, which adds `secure`).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct NewSandbox {
+    #[serde(rename = "templateID")]
+    pub template_id: String,
+    /// Seconds until the sandbox is killed; default 300.
+    #[serde(default)]
+    pub timeout: Option<u64>,
+    #[serde(default)]
+    pub metadata: Option<BTreeMap<String, String>>,
+    #[serde(default)]
+    pub env_vars: Option<BTreeMap<String, String>>,
+    /// Legacy v1: whether envd requires an access token.
+    #[serde(default)]
+    pub secure: Option<bool>,
+    #[serde(default, rename = "allow_internet_access")]
+    pub allow_internet_access: Option<bool>,
+    #[serde(default)]
+    pub auto_pause: Option<bool>,
+}
+
+/// `POST /sandboxes/{id}/connect` and `/v2/.../connect`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct ConnectSandbox {
+    #[serde(default)]
+    pub timeout: Option<u64>,
+}
+
+/// `POST /sandboxes/{id}/timeout`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SetTimeout {
+    pub timeout: u64,
+}
+
+/// Result of create and connect.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct Sandbox {
+    #[serde(rename = "templateID")]
+    pub template_id: String,
+    #[serde(rename = "sandboxID")]
+    pub sandbox_id: SandboxId,
+    #[serde(rename = "clientID")]
+    pub client_id: String,
+    pub envd_version: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub alias: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub envd_access_token: Option<String>,
+    #[serde(default)]
+    pub traffic_access_token: Option<String>,
+    #[serde(default)]
+    pub domain: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum SandboxState {
+    Running,
+    Paused,
+}
+
+/// `GET /sandboxes/{id}`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct SandboxDetail {
+    #[serde(rename = "templateID")]
+    pub template_id: String,
+    #[serde(rename = "sandboxID")]
+    pub sandbox_id: SandboxId,
+    #[serde(rename = "clientID")]
+    pub client_id: String,
+    /// RFC 3339.
+    pub started_at: String,
+    /// RFC 3339.
+    pub end_at: String,
+    pub envd_version: String,
+    pub cpu_count: u32,
+    #[serde(rename = "memoryMB")]
+    pub memory_mb: u32,
+    #[serde(rename = "diskSizeMB")]
+    pub disk_size_mb: u32,
+    pub state: SandboxState,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub alias: Option<String>,
+    #[serde(default)]
+    pub metadata: BTreeMap<String, String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub envd_access_token: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub domain: Option<String>,
+}
+
+/// An entry of `GET /v2/sandboxes`: the detail's required fields plus metadata.
+pub type ListedSandbox = SandboxDetail;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_what_the_sdk_sends() {
+        let body = r#"{"templateID":"base","timeout":15,"metadata":{"a":"b"},"envVars":{},"secure":true,"allow_internet_access":true}"#;
+        let req: NewSandbox = serde_json::from_str(body).unwrap();
+        assert_eq!(req.template_id, "base");
+        assert_eq!(req.timeout, Some(15));
+        assert_eq!(req.metadata.unwrap()["a"], "b");
+        assert_eq!(req.secure, Some(true));
+    }
+
+    #[test]
+    fn sandbox_has_the_sdk_required_names() {
+        let sbx = Sandbox {
+            template_id: "base".into(),
+            sandbox_id: SandboxId::generate(),
+            client_id: "silo".into(),
+            envd_version: "0.6.13".into(),
+            alias: None,
+            envd_access_token: None,
+            traffic_access_token: None,
+            domain: None,
+        };
+        let v = serde_json::to_value(&sbx).unwrap();
+        for key in [
+            "templateID",
+            "sandboxID",
+            "clientID",
+            "envdVersion",
+            "domain",
+            "trafficAccessToken",
+        ] {
+            assert!(v.get(key).is_some(), "missing {key}");
+        }
+    }
+}

@@ -1,0 +1,1 @@
+//! silo-templates (under construction)
