@@ -1,1 +1,606 @@
-//! silo-catalog (under construction)
+//! silo's catalog: what sandboxes exist, in which state, and who may call the API.
+//!
+//! One SQLite file (WAL mode) in the data dir. Every state change is one transaction that
+//! checks the transition ([`state`]), updates the sandbox row and appends to its history,
+//! so a crash leaves either the old state or the new one, never a mix. After a restart,
+//! `silo serve` reconciles these rows with what the runtime reports.
+//!
+//! Types: [`Catalog`] (the handle), [`SandboxRecord`] (one row), [`ListFilter`] (paging).
+
+pub mod state;
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::Mutex;
+
+use rusqlite::{params, Connection, OptionalExtension};
+use silo_protocol::ids::{ApiKey, SandboxId};
+
+pub use state::{InvalidTransition, SandboxState};
+
+#[derive(Debug, thiserror::Error)]
+pub enum CatalogError {
+    #[error("cannot open catalog {path}")]
+    Open {
+        path: String,
+        #[source]
+        source: rusqlite::Error,
+    },
+    #[error("catalog query failed")]
+    Sql(#[from] rusqlite::Error),
+    #[error("sandbox {0} is not in the catalog")]
+    NotFound(SandboxId),
+    #[error(transparent)]
+    Transition(#[from] InvalidTransition),
+    #[error("sandbox {id} is {actual}, not {expected}")]
+    StateChanged {
+        id: SandboxId,
+        expected: SandboxState,
+        actual: SandboxState,
+    },
+    #[error("catalog row for {id} is corrupt: {reason}")]
+    Corrupt { id: String, reason: String },
+}
+
+pub type Result<T, E = CatalogError> = std::result::Result<T, E>;
+
+/// One sandbox as the catalog knows it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SandboxRecord {
+    pub id: SandboxId,
+    pub template_id: String,
+    pub state: SandboxState,
+    /// Unix milliseconds.
+    pub started_at_ms: i64,
+    /// Unix milliseconds at which the sandbox is killed (or paused) unless extended.
+    pub end_at_ms: i64,
+    pub metadata: BTreeMap<String, String>,
+    pub env_vars: BTreeMap<String, String>,
+    pub envd_access_token: Option<String>,
+    pub envd_version: String,
+    pub cpu_count: u32,
+    pub memory_mb: u32,
+    pub disk_size_mb: u32,
+}
+
+/// One entry of a sandbox's history.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SandboxEvent {
+    pub at_ms: i64,
+    pub from: Option<SandboxState>,
+    pub to: SandboxState,
+    pub detail: String,
+}
+
+/// Which sandboxes to list, and where a page starts.
+#[derive(Debug, Clone, Default)]
+pub struct ListFilter {
+    /// Empty means the live states a user sees (running and paused).
+    pub states: Vec<SandboxState>,
+    /// Every pair must match.
+    pub metadata: BTreeMap<String, String>,
+    pub template_id: Option<String>,
+    /// The token returned with the previous page.
+    pub after: Option<String>,
+    pub limit: Option<usize>,
+}
+
+/// A page of sandboxes and the token for the next one, if any.
+#[derive(Debug)]
+pub struct Page {
+    pub sandboxes: Vec<SandboxRecord>,
+    pub next_token: Option<String>,
+}
+
+const MIGRATIONS: &[&str] = &[r#"
+CREATE TABLE api_keys (
+    key         TEXT PRIMARY KEY,
+    created_at  INTEGER NOT NULL
+);
+CREATE TABLE sandboxes (
+    id            TEXT PRIMARY KEY,
+    template_id   TEXT NOT NULL,
+    state         TEXT NOT NULL,
+    started_at    INTEGER NOT NULL,
+    end_at        INTEGER NOT NULL,
+    metadata      TEXT NOT NULL,
+    env_vars      TEXT NOT NULL,
+    access_token  TEXT,
+    envd_version  TEXT NOT NULL,
+    cpu_count     INTEGER NOT NULL,
+    memory_mb     INTEGER NOT NULL,
+    disk_size_mb  INTEGER NOT NULL
+);
+CREATE INDEX sandboxes_state ON sandboxes(state, end_at);
+CREATE TABLE sandbox_events (
+    seq         INTEGER PRIMARY KEY AUTOINCREMENT,
+    sandbox_id  TEXT NOT NULL,
+    at          INTEGER NOT NULL,
+    from_state  TEXT,
+    to_state    TEXT NOT NULL,
+    detail      TEXT NOT NULL
+);
+CREATE INDEX sandbox_events_sandbox ON sandbox_events(sandbox_id, seq);
+"#];
+
+pub fn now_ms() -> i64 {
+    chrono::Utc::now().timestamp_millis()
+}
+
+/// The handle to the catalog. Cheap calls: SQLite on local disk answers in microseconds,
+/// so callers use it directly rather than through a blocking pool.
+pub struct Catalog {
+    conn: Mutex<Connection>,
+}
+
+impl Catalog {
+    pub fn open(path: &Path) -> Result<Catalog> {
+        let conn = Connection::open(path).map_err(|source| CatalogError::Open {
+            path: path.display().to_string(),
+            source,
+        })?;
+        conn.pragma_update(None, "journal_mode", "WAL")?;
+        // NORMAL in WAL mode is durable against a process crash (the case that matters for
+        // a single-host server) and much cheaper than FULL.
+        conn.pragma_update(None, "synchronous", "NORMAL")?;
+        conn.busy_timeout(std::time::Duration::from_secs(5))?;
+        Self::migrate(conn)
+    }
+
+    pub fn open_in_memory() -> Result<Catalog> {
+        Self::migrate(Connection::open_in_memory()?)
+    }
+
+    fn migrate(mut conn: Connection) -> Result<Catalog> {
+        let version: usize = conn.pragma_query_value(None, "user_version", |row| row.get(0))?;
+        let tx = conn.transaction()?;
+        for (index, sql) in MIGRATIONS.iter().enumerate().skip(version) {
+            tx.execute_batch(sql)?;
+            tx.pragma_update(None, "user_version", index + 1)?;
+        }
+        tx.commit()?;
+        Ok(Catalog {
+            conn: Mutex::new(conn),
+        })
+    }
+
+    fn conn(&self) -> std::sync::MutexGuard<'_, Connection> {
+        // A panic while holding the lock leaves SQLite consistent (every write is a
+        // transaction), so a poisoned lock is safe to keep using.
+        self.conn
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// The API keys, creating the first one if there is none.
+    pub fn ensure_api_key(&self) -> Result<Vec<ApiKey>> {
+        let keys = self.api_keys()?;
+        if !keys.is_empty() {
+            return Ok(keys);
+        }
+        let key = ApiKey::generate();
+        self.conn().execute(
+            "INSERT INTO api_keys (key, created_at) VALUES (?1, ?2)",
+            params![key.expose(), now_ms()],
+        )?;
+        Ok(vec![key])
+    }
+
+    pub fn api_keys(&self) -> Result<Vec<ApiKey>> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare("SELECT key FROM api_keys ORDER BY created_at")?;
+        let keys = stmt
+            .query_map([], |row| row.get::<_, String>(0))?
+            .filter_map(|key| key.ok().and_then(|key| key.parse().ok()))
+            .collect();
+        Ok(keys)
+    }
+
+    pub fn is_valid_api_key(&self, key: &str) -> Result<bool> {
+        let found: Option<i64> = self
+            .conn()
+            .query_row("SELECT 1 FROM api_keys WHERE key = ?1", [key], |row| {
+                row.get(0)
+            })
+            .optional()?;
+        Ok(found.is_some())
+    }
+
+    /// Record a new sandbox in `Creating`.
+    pub fn insert_sandbox(&self, rec: &SandboxRecord) -> Result<()> {
+        let mut conn = self.conn();
+        let tx = conn.transaction()?;
+        tx.execute(
+            "INSERT INTO sandboxes (id, template_id, state, started_at, end_at, metadata, env_vars,
+                access_token, envd_version, cpu_count, memory_mb, disk_size_mb)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
+            params![
+                rec.id.as_str(),
+                rec.template_id,
+                rec.state.as_str(),
+                rec.started_at_ms,
+                rec.end_at_ms,
+                serde_json::to_string(&rec.metadata).expect("string map serializes"),
+                serde_json::to_string(&rec.env_vars).expect("string map serializes"),
+                rec.envd_access_token,
+                rec.envd_version,
+                rec.cpu_count,
+                rec.memory_mb,
+                rec.disk_size_mb,
+            ],
+        )?;
+        insert_event(&tx, &rec.id, None, rec.state, "created")?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// Move a sandbox from `from` to `to`, if it is still in `from` and the step is legal.
+    pub fn transition(
+        &self,
+        id: &SandboxId,
+        from: SandboxState,
+        to: SandboxState,
+        detail: &str,
+    ) -> Result<()> {
+        from.check_transition(to)?;
+        let mut conn = self.conn();
+        let tx = conn.transaction()?;
+        let actual = read_state(&tx, id)?;
+        if actual != from {
+            return Err(CatalogError::StateChanged {
+                id: id.clone(),
+                expected: from,
+                actual,
+            });
+        }
+        tx.execute(
+            "UPDATE sandboxes SET state = ?2 WHERE id = ?1",
+            params![id.as_str(), to.as_str()],
+        )?;
+        insert_event(&tx, id, Some(from), to, detail)?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    pub fn set_end_at(&self, id: &SandboxId, end_at_ms: i64) -> Result<()> {
+        let changed = self.conn().execute(
+            "UPDATE sandboxes SET end_at = ?2 WHERE id = ?1",
+            params![id.as_str(), end_at_ms],
+        )?;
+        if changed == 0 {
+            return Err(CatalogError::NotFound(id.clone()));
+        }
+        Ok(())
+    }
+
+    pub fn get_sandbox(&self, id: &SandboxId) -> Result<Option<SandboxRecord>> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare(&format!("{SELECT_SANDBOX} WHERE id = ?1"))?;
+        let row = stmt.query_row([id.as_str()], raw_row).optional()?;
+        row.map(RawRow::into_record).transpose()
+    }
+
+    /// Sandboxes in any of `states`, oldest first.
+    pub fn sandboxes_in(&self, states: &[SandboxState]) -> Result<Vec<SandboxRecord>> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare(&format!("{SELECT_SANDBOX} ORDER BY started_at, id"))?;
+        let rows: Vec<RawRow> = stmt
+            .query_map([], raw_row)?
+            .collect::<std::result::Result<_, _>>()?;
+        let mut out = Vec::new();
+        for row in rows {
+            let rec = row.into_record()?;
+            if states.contains(&rec.state) {
+                out.push(rec);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Running sandboxes whose end time has passed.
+    pub fn expired(&self, now_ms: i64) -> Result<Vec<SandboxId>> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare(
+            "SELECT id FROM sandboxes WHERE state = 'running' AND end_at <= ?1 ORDER BY end_at",
+        )?;
+        let ids = stmt
+            .query_map([now_ms], |row| row.get::<_, String>(0))?
+            .filter_map(|id| id.ok().and_then(|id| id.parse().ok()))
+            .collect();
+        Ok(ids)
+    }
+
+    /// A page of sandboxes, newest first.
+    pub fn list(&self, filter: &ListFilter) -> Result<Page> {
+        let states: Vec<SandboxState> = if filter.states.is_empty() {
+            vec![SandboxState::Running, SandboxState::Paused]
+        } else {
+            filter.states.clone()
+        };
+        let mut all = self.sandboxes_in(&states)?;
+        all.reverse();
+        let mut matching = all.into_iter().filter(|rec| {
+            filter
+                .template_id
+                .as_ref()
+                .is_none_or(|template| &rec.template_id == template)
+                && filter
+                    .metadata
+                    .iter()
+                    .all(|(key, value)| rec.metadata.get(key) == Some(value))
+        });
+        // The token is the id of the last sandbox of the previous page.
+        if let Some(after) = &filter.after {
+            for rec in matching.by_ref() {
+                if rec.id.as_str() == after {
+                    break;
+                }
+            }
+        }
+        let limit = filter.limit.unwrap_or(usize::MAX);
+        let mut sandboxes: Vec<SandboxRecord> = matching.by_ref().take(limit).collect();
+        let next_token = if sandboxes.len() == limit && matching.next().is_some() {
+            sandboxes.last().map(|rec| rec.id.to_string())
+        } else {
+            None
+        };
+        sandboxes.shrink_to_fit();
+        Ok(Page {
+            sandboxes,
+            next_token,
+        })
+    }
+
+    pub fn events(&self, id: &SandboxId) -> Result<Vec<SandboxEvent>> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare(
+            "SELECT at, from_state, to_state, detail FROM sandbox_events
+             WHERE sandbox_id = ?1 ORDER BY seq",
+        )?;
+        let rows: Vec<(i64, Option<String>, String, String)> = stmt
+            .query_map([id.as_str()], |row| {
+                Ok((row.get(0)?, row.get(1)?, row.get(2)?, row.get(3)?))
+            })?
+            .collect::<std::result::Result<_, _>>()?;
+        rows.into_iter()
+            .map(|(at_ms, from, to, detail)| {
+                let corrupt = |reason| CatalogError::Corrupt {
+                    id: id.to_string(),
+                    reason,
+                };
+                Ok(SandboxEvent {
+                    at_ms,
+                    from: from.map(|s| s.parse()).transpose().map_err(corrupt)?,
+                    to: to.parse().map_err(corrupt)?,
+                    detail,
+                })
+            })
+            .collect()
+    }
+}
+
+const SELECT_SANDBOX: &str =
+    "SELECT id, template_id, state, started_at, end_at, metadata, env_vars,
+    access_token, envd_version, cpu_count, memory_mb, disk_size_mb FROM sandboxes";
+
+/// A row as stored, before its text columns are parsed.
+struct RawRow {
+    id: String,
+    template_id: String,
+    state: String,
+    started_at_ms: i64,
+    end_at_ms: i64,
+    metadata: String,
+    env_vars: String,
+    envd_access_token: Option<String>,
+    envd_version: String,
+    cpu_count: u32,
+    memory_mb: u32,
+    disk_size_mb: u32,
+}
+
+fn raw_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<RawRow> {
+    Ok(RawRow {
+        id: row.get(0)?,
+        template_id: row.get(1)?,
+        state: row.get(2)?,
+        started_at_ms: row.get(3)?,
+        end_at_ms: row.get(4)?,
+        metadata: row.get(5)?,
+        env_vars: row.get(6)?,
+        envd_access_token: row.get(7)?,
+        envd_version: row.get(8)?,
+        cpu_count: row.get(9)?,
+        memory_mb: row.get(10)?,
+        disk_size_mb: row.get(11)?,
+    })
+}
+
+impl RawRow {
+    fn into_record(self) -> Result<SandboxRecord> {
+        let corrupt = |reason: String| CatalogError::Corrupt {
+            id: self.id.clone(),
+            reason,
+        };
+        Ok(SandboxRecord {
+            id: self.id.parse().map_err(|e| corrupt(format!("{e}")))?,
+            state: self.state.parse().map_err(corrupt)?,
+            metadata: serde_json::from_str(&self.metadata)
+                .map_err(|e| corrupt(format!("metadata: {e}")))?,
+            env_vars: serde_json::from_str(&self.env_vars)
+                .map_err(|e| corrupt(format!("env vars: {e}")))?,
+            template_id: self.template_id,
+            started_at_ms: self.started_at_ms,
+            end_at_ms: self.end_at_ms,
+            envd_access_token: self.envd_access_token,
+            envd_version: self.envd_version,
+            cpu_count: self.cpu_count,
+            memory_mb: self.memory_mb,
+            disk_size_mb: self.disk_size_mb,
+        })
+    }
+}
+
+fn read_state(conn: &Connection, id: &SandboxId) -> Result<SandboxState> {
+    let state: Option<String> = conn
+        .query_row(
+            "SELECT state FROM sandboxes WHERE id = ?1",
+            [id.as_str()],
+            |row| row.get(0),
+        )
+        .optional()?;
+    let state = state.ok_or_else(|| CatalogError::NotFound(id.clone()))?;
+    state.parse().map_err(|reason| CatalogError::Corrupt {
+        id: id.to_string(),
+        reason,
+    })
+}
+
+fn insert_event(
+    conn: &Connection,
+    id: &SandboxId,
+    from: Option<SandboxState>,
+    to: SandboxState,
+    detail: &str,
+) -> Result<()> {
+    conn.execute(
+        "INSERT INTO sandbox_events (sandbox_id, at, from_state, to_state, detail)
+         VALUES (?1, ?2, ?3, ?4, ?5)",
+        params![
+            id.as_str(),
+            now_ms(),
+            from.map(SandboxState::as_str),
+            to.as_str(),
+            detail
+        ],
+    )?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(template: &str, metadata: &[(&str, &str)]) -> SandboxRecord {
+        SandboxRecord {
+            id: SandboxId::generate(),
+            template_id: template.into(),
+            state: SandboxState::Creating,
+            started_at_ms: now_ms(),
+            end_at_ms: now_ms() + 300_000,
+            metadata: metadata
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+            env_vars: BTreeMap::new(),
+            envd_access_token: Some("tok".into()),
+            envd_version: "0.6.13".into(),
+            cpu_count: 2,
+            memory_mb: 512,
+            disk_size_mb: 1024,
+        }
+    }
+
+    fn running(catalog: &Catalog, rec: &SandboxRecord) {
+        catalog.insert_sandbox(rec).unwrap();
+        catalog
+            .transition(&rec.id, SandboxState::Creating, SandboxState::Running, "up")
+            .unwrap();
+    }
+
+    #[test]
+    fn first_key_is_generated_once_and_persists() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("catalog.db");
+        let first = Catalog::open(&path).unwrap().ensure_api_key().unwrap();
+        let again = Catalog::open(&path).unwrap().ensure_api_key().unwrap();
+        assert_eq!(first, again);
+        let catalog = Catalog::open(&path).unwrap();
+        assert!(catalog.is_valid_api_key(first[0].expose()).unwrap());
+        assert!(!catalog.is_valid_api_key("e2b_wrong").unwrap());
+    }
+
+    #[test]
+    fn transitions_are_checked_and_recorded() {
+        let catalog = Catalog::open_in_memory().unwrap();
+        let rec = record("base", &[]);
+        running(&catalog, &rec);
+        let err = catalog
+            .transition(&rec.id, SandboxState::Running, SandboxState::Killed, "x")
+            .unwrap_err();
+        assert!(matches!(err, CatalogError::Transition(_)));
+        let err = catalog
+            .transition(&rec.id, SandboxState::Creating, SandboxState::Running, "x")
+            .unwrap_err();
+        assert!(matches!(err, CatalogError::StateChanged { .. }));
+        let events = catalog.events(&rec.id).unwrap();
+        assert_eq!(
+            events.iter().map(|e| e.to).collect::<Vec<_>>(),
+            vec![SandboxState::Creating, SandboxState::Running]
+        );
+        assert_eq!(
+            catalog.get_sandbox(&rec.id).unwrap().unwrap().state,
+            SandboxState::Running
+        );
+    }
+
+    #[test]
+    fn unknown_sandbox_is_not_found() {
+        let catalog = Catalog::open_in_memory().unwrap();
+        let id = SandboxId::generate();
+        assert!(catalog.get_sandbox(&id).unwrap().is_none());
+        assert!(matches!(
+            catalog.set_end_at(&id, 0),
+            Err(CatalogError::NotFound(_))
+        ));
+    }
+
+    #[test]
+    fn list_filters_and_pages() {
+        let catalog = Catalog::open_in_memory().unwrap();
+        let mut ids = Vec::new();
+        for i in 0..5 {
+            let mut rec = record("base", &[("team", if i % 2 == 0 { "a" } else { "b" })]);
+            rec.started_at_ms += i;
+            running(&catalog, &rec);
+            ids.push(rec.id);
+        }
+        let creating = record("base", &[("team", "a")]);
+        catalog.insert_sandbox(&creating).unwrap();
+
+        let team_a = ListFilter {
+            metadata: [("team".to_string(), "a".to_string())].into(),
+            ..Default::default()
+        };
+        assert_eq!(catalog.list(&team_a).unwrap().sandboxes.len(), 3);
+
+        let mut seen = Vec::new();
+        let mut after = None;
+        loop {
+            let page = catalog
+                .list(&ListFilter {
+                    after: after.clone(),
+                    limit: Some(2),
+                    ..Default::default()
+                })
+                .unwrap();
+            seen.extend(page.sandboxes.iter().map(|rec| rec.id.clone()));
+            match page.next_token {
+                Some(token) => after = Some(token),
+                None => break,
+            }
+        }
+        ids.reverse();
+        assert_eq!(seen, ids, "newest first, each once");
+    }
+
+    #[test]
+    fn expired_lists_only_running_past_end() {
+        let catalog = Catalog::open_in_memory().unwrap();
+        let rec = record("base", &[]);
+        running(&catalog, &rec);
+        assert!(catalog.expired(now_ms()).unwrap().is_empty());
+        catalog.set_end_at(&rec.id, now_ms() - 1).unwrap();
+        assert_eq!(catalog.expired(now_ms()).unwrap(), vec![rec.id]);
+    }
+}
