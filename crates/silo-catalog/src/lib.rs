@@ -61,6 +61,8 @@ pub struct SandboxRecord {
     pub cpu_count: u32,
     pub memory_mb: u32,
     pub disk_size_mb: u32,
+    /// Where the sandbox's agent listens on the host (an IP), once it runs.
+    pub address: Option<String>,
 }
 
 /// One entry of a sandbox's history.
@@ -109,7 +111,8 @@ CREATE TABLE sandboxes (
     envd_version  TEXT NOT NULL,
     cpu_count     INTEGER NOT NULL,
     memory_mb     INTEGER NOT NULL,
-    disk_size_mb  INTEGER NOT NULL
+    disk_size_mb  INTEGER NOT NULL,
+    address       TEXT
 );
 CREATE INDEX sandboxes_state ON sandboxes(state, end_at);
 CREATE TABLE sandbox_events (
@@ -212,8 +215,8 @@ impl Catalog {
         let tx = conn.transaction()?;
         tx.execute(
             "INSERT INTO sandboxes (id, template_id, state, started_at, end_at, metadata, env_vars,
-                access_token, envd_version, cpu_count, memory_mb, disk_size_mb)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
+                access_token, envd_version, cpu_count, memory_mb, disk_size_mb, address)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)",
             params![
                 rec.id.as_str(),
                 rec.template_id,
@@ -227,6 +230,7 @@ impl Catalog {
                 rec.cpu_count,
                 rec.memory_mb,
                 rec.disk_size_mb,
+                rec.address,
             ],
         )?;
         insert_event(&tx, &rec.id, None, rec.state, "created")?;
@@ -259,6 +263,17 @@ impl Catalog {
         )?;
         insert_event(&tx, id, Some(from), to, detail)?;
         tx.commit()?;
+        Ok(())
+    }
+
+    pub fn set_address(&self, id: &SandboxId, address: Option<&str>) -> Result<()> {
+        let changed = self.conn().execute(
+            "UPDATE sandboxes SET address = ?2 WHERE id = ?1",
+            params![id.as_str(), address],
+        )?;
+        if changed == 0 {
+            return Err(CatalogError::NotFound(id.clone()));
+        }
         Ok(())
     }
 
@@ -381,7 +396,7 @@ impl Catalog {
 
 const SELECT_SANDBOX: &str =
     "SELECT id, template_id, state, started_at, end_at, metadata, env_vars,
-    access_token, envd_version, cpu_count, memory_mb, disk_size_mb FROM sandboxes";
+    access_token, envd_version, cpu_count, memory_mb, disk_size_mb, address FROM sandboxes";
 
 /// A row as stored, before its text columns are parsed.
 struct RawRow {
@@ -397,6 +412,7 @@ struct RawRow {
     cpu_count: u32,
     memory_mb: u32,
     disk_size_mb: u32,
+    address: Option<String>,
 }
 
 fn raw_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<RawRow> {
@@ -413,6 +429,7 @@ fn raw_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<RawRow> {
         cpu_count: row.get(9)?,
         memory_mb: row.get(10)?,
         disk_size_mb: row.get(11)?,
+        address: row.get(12)?,
     })
 }
 
@@ -437,6 +454,7 @@ impl RawRow {
             cpu_count: self.cpu_count,
             memory_mb: self.memory_mb,
             disk_size_mb: self.disk_size_mb,
+            address: self.address,
         })
     }
 }
@@ -498,6 +516,7 @@ mod tests {
             cpu_count: 2,
             memory_mb: 512,
             disk_size_mb: 1024,
+            address: None,
         }
     }
 

@@ -1,1 +1,191 @@
-//! silo-client (under construction)
+//! A Rust client for silo, used by the `silo sandbox ...` commands and the Rust
+//! integration tests. It speaks the same wire as the E2B SDKs: REST for the control plane,
+//! and Connect-JSON through the sandbox proxy (mode A headers) for commands.
+
+use std::collections::BTreeMap;
+
+use base64::Engine;
+use futures_util::StreamExt;
+use serde_json::json;
+use silo_protocol::connect::{self, Decoder, EndStream, FLAG_END_STREAM};
+use silo_protocol::ids::SandboxId;
+use silo_protocol::rest::{ApiError, ListedSandbox, NewSandbox, Sandbox, SandboxDetail};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error("cannot reach silo at {url}: is `silo serve` running? (set --api-url or E2B_API_URL)")]
+    Unreachable {
+        url: String,
+        #[source]
+        source: reqwest::Error,
+    },
+    #[error("silo answered {status}: {message}")]
+    Api { status: u16, message: String },
+    #[error("unexpected answer from silo")]
+    Decode(#[source] reqwest::Error),
+    #[error("command stream broke: {0}")]
+    Stream(String),
+}
+
+pub type Result<T, E = ClientError> = std::result::Result<T, E>;
+
+/// Output of a command, as it arrives.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Output {
+    Stdout(Vec<u8>),
+    Stderr(Vec<u8>),
+}
+
+#[derive(Clone)]
+pub struct Client {
+    api_url: String,
+    api_key: String,
+    http: reqwest::Client,
+}
+
+impl Client {
+    pub fn new(api_url: &str, api_key: &str) -> Client {
+        Client {
+            api_url: api_url.trim_end_matches('/').to_owned(),
+            api_key: api_key.to_owned(),
+            http: reqwest::Client::new(),
+        }
+    }
+
+    async fn send(&self, req: reqwest::RequestBuilder) -> Result<reqwest::Response> {
+        let resp = req
+            .header("x-api-key", &self.api_key)
+            .send()
+            .await
+            .map_err(|source| ClientError::Unreachable {
+                url: self.api_url.clone(),
+                source,
+            })?;
+        if resp.status().is_success() {
+            return Ok(resp);
+        }
+        let status = resp.status().as_u16();
+        let text = resp.text().await.unwrap_or_default();
+        let message = serde_json::from_str::<ApiError>(&text)
+            .map(|err| err.message)
+            .unwrap_or(text);
+        Err(ClientError::Api { status, message })
+    }
+
+    pub async fn create(
+        &self,
+        template: &str,
+        timeout_seconds: Option<u64>,
+        metadata: BTreeMap<String, String>,
+    ) -> Result<Sandbox> {
+        let body = NewSandbox {
+            template_id: template.to_owned(),
+            timeout: timeout_seconds,
+            metadata: Some(metadata),
+            env_vars: Some(BTreeMap::new()),
+            ..Default::default()
+        };
+        let req = self
+            .http
+            .post(format!("{}/v2/sandboxes", self.api_url))
+            .json(&body);
+        self.send(req)
+            .await?
+            .json()
+            .await
+            .map_err(ClientError::Decode)
+    }
+
+    pub async fn list(&self) -> Result<Vec<ListedSandbox>> {
+        let req = self.http.get(format!("{}/v2/sandboxes", self.api_url));
+        self.send(req)
+            .await?
+            .json()
+            .await
+            .map_err(ClientError::Decode)
+    }
+
+    pub async fn get(&self, id: &SandboxId) -> Result<SandboxDetail> {
+        let req = self.http.get(format!("{}/sandboxes/{id}", self.api_url));
+        self.send(req)
+            .await?
+            .json()
+            .await
+            .map_err(ClientError::Decode)
+    }
+
+    pub async fn kill(&self, id: &SandboxId) -> Result<()> {
+        let req = self.http.delete(format!("{}/sandboxes/{id}", self.api_url));
+        self.send(req).await.map(drop)
+    }
+
+    /// Run `cmd` with `bash -l -c` in the sandbox, handing output to `on_output` as it
+    /// arrives; returns the exit code (-1 if killed by a signal).
+    pub async fn run(
+        &self,
+        sandbox: &Sandbox,
+        cmd: &str,
+        mut on_output: impl FnMut(Output),
+    ) -> Result<i32> {
+        let start = json!({
+            "process": { "cmd": "/bin/bash", "args": ["-l", "-c", cmd] },
+            "stdin": false,
+        });
+        let mut req = self
+            .http
+            .post(format!("{}/process.Process/Start", self.api_url))
+            .header("content-type", connect::CONTENT_TYPE_STREAM)
+            .header("connect-protocol-version", "1")
+            .header("e2b-sandbox-id", sandbox.sandbox_id.as_str())
+            .header("e2b-sandbox-port", silo_protocol::ports::ENVD.to_string())
+            .body(connect::encode_message(&start));
+        if let Some(token) = &sandbox.envd_access_token {
+            req = req.header("x-access-token", token);
+        }
+        let resp = self.send(req).await?;
+        let mut body = resp.bytes_stream();
+        let mut decoder = Decoder::default();
+        let mut exit_code = None;
+        while let Some(chunk) = body.next().await {
+            let chunk = chunk.map_err(|err| ClientError::Stream(err.to_string()))?;
+            decoder.push(&chunk);
+            while let Some(envelope) = decoder
+                .next_envelope()
+                .map_err(|err| ClientError::Stream(err.to_string()))?
+            {
+                if envelope.flag & FLAG_END_STREAM != 0 {
+                    let end: EndStream = serde_json::from_slice(&envelope.payload)
+                        .map_err(|err| ClientError::Stream(err.to_string()))?;
+                    if let Some(err) = end.error {
+                        return Err(ClientError::Stream(err.to_string()));
+                    }
+                    return exit_code
+                        .ok_or_else(|| ClientError::Stream("ended without an end event".into()));
+                }
+                let msg: serde_json::Value = serde_json::from_slice(&envelope.payload)
+                    .map_err(|err| ClientError::Stream(err.to_string()))?;
+                let event = &msg["event"];
+                if let Some(data) = event.get("data") {
+                    for (key, wrap) in [
+                        ("stdout", Output::Stdout as fn(Vec<u8>) -> Output),
+                        ("stderr", Output::Stderr),
+                    ] {
+                        if let Some(b64) = data.get(key).and_then(|v| v.as_str()) {
+                            let bytes = base64::engine::general_purpose::STANDARD
+                                .decode(b64)
+                                .map_err(|err| ClientError::Stream(err.to_string()))?;
+                            on_output(wrap(bytes));
+                        }
+                    }
+                } else if let Some(end) = event.get("end") {
+                    exit_code =
+                        Some(end.get("exitCode").and_then(|v| v.as_i64()).unwrap_or(0) as i32);
+                }
+            }
+        }
+        decoder
+            .finish()
+            .map_err(|err| ClientError::Stream(err.to_string()))?;
+        Err(ClientError::Stream("stream closed before its end".into()))
+    }
+}

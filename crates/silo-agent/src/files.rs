@@ -1,0 +1,488 @@
+//! `GET /files` (download) and `POST /files` (upload), envd's plain-HTTP file transfer.
+//!
+//! Downloads stream the file, gzip-compressed when the client accepts it. Uploads stream
+//! to a hidden temp file in the destination directory ([`TEMP_PREFIX`]), which gets the
+//! user's ownership and `X-Metadata-*` xattrs, is fsynced, and is renamed over the
+//! destination only when complete: a reader never sees a half-written file, and a failed
+//! upload leaves nothing behind. Each file is capped at `--max-upload-bytes`.
+//!
+//! File I/O runs on blocking threads fed through small channels, so a slow disk or a
+//! large file never stalls the runtime.
+
+use std::collections::BTreeMap;
+use std::io::{Read, Write};
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+
+use axum::body::{Body, Bytes};
+use axum::extract::{FromRequest, Multipart, Query, Request, State};
+use axum::http::{header, HeaderMap, HeaderValue};
+use axum::response::Response;
+use axum::Json;
+use futures_util::{Stream, StreamExt};
+use serde::Deserialize;
+use silo_protocol::envd::WriteInfo;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+
+use crate::auth::{check_files, FileOp, FilesAuth};
+use crate::error::{Error, HttpFailure};
+use crate::filesystem::entry::write_metadata;
+use crate::filesystem::path::resolve;
+use crate::filesystem::{chown_to, create_dirs};
+use crate::state::AppState;
+use crate::users::User;
+
+/// Name prefix of upload temp files (watchers hide them).
+pub const TEMP_PREFIX: &str = ".silo-upload-";
+
+const CHUNK: usize = 64 * 1024;
+const METADATA_HEADER: &str = "x-metadata-";
+
+#[derive(Debug, Deserialize)]
+pub struct FilesQuery {
+    path: Option<String>,
+    username: Option<String>,
+    signature: Option<String>,
+    signature_expiration: Option<i64>,
+}
+
+impl FilesQuery {
+    fn auth(&self) -> FilesAuth<'_> {
+        FilesAuth {
+            path: self.path.as_deref().unwrap_or(""),
+            username: self.username.as_deref().filter(|u| !u.is_empty()),
+            signature: self.signature.as_deref(),
+            expiration: self.signature_expiration,
+        }
+    }
+}
+
+/// Does `Accept-Encoding` allow gzip (present, and not `q=0`)?
+fn accepts_gzip(headers: &HeaderMap) -> bool {
+    headers
+        .get_all(header::ACCEPT_ENCODING)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|item| {
+            let mut parts = item.split(';').map(str::trim);
+            let coding = parts.next().unwrap_or("");
+            let q_zero = parts.any(|p| {
+                p.strip_prefix("q=")
+                    .and_then(|q| q.parse::<f32>().ok())
+                    .is_some_and(|q| q == 0.0)
+            });
+            (coding.eq_ignore_ascii_case("gzip") || coding == "*") && !q_zero
+        })
+}
+
+pub async fn download(
+    State(state): State<AppState>,
+    Query(q): Query<FilesQuery>,
+    headers: HeaderMap,
+) -> Result<Response, HttpFailure> {
+    let (user, _) = state.user(q.username.as_deref())?;
+    check_files(&state, &headers, FileOp::Read, &q.auth())?;
+    let raw = q
+        .path
+        .as_deref()
+        .ok_or_else(|| Error::InvalidArgument("the path parameter is required".into()))?;
+    let path = resolve(raw, &user.home)?;
+    let file =
+        std::fs::File::open(&path).map_err(|e| Error::io(format!("open {}", path.display()), e))?;
+    let meta = file
+        .metadata()
+        .map_err(|e| Error::io(format!("stat {}", path.display()), e))?;
+    if meta.is_dir() {
+        return Err(Error::InvalidArgument(format!("{} is a directory", path.display())).into());
+    }
+    let gzip = accepts_gzip(&headers);
+    let reader: Box<dyn Read + Send> = if gzip {
+        Box::new(flate2::read::GzEncoder::new(
+            file,
+            flate2::Compression::fast(),
+        ))
+    } else {
+        Box::new(file)
+    };
+    let (tx, rx) = mpsc::channel::<Result<Bytes, std::io::Error>>(4);
+    tokio::task::spawn_blocking(move || pump_reader(reader, tx));
+
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let mut resp = Response::new(Body::from_stream(ReceiverStream::new(rx)));
+    let h = resp.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/octet-stream"),
+    );
+    if let Ok(v) = HeaderValue::from_str(&format!("attachment; filename={name:?}")) {
+        h.insert(header::CONTENT_DISPOSITION, v);
+    }
+    if gzip {
+        h.insert(header::CONTENT_ENCODING, HeaderValue::from_static("gzip"));
+    } else {
+        h.insert(header::CONTENT_LENGTH, HeaderValue::from(meta.len()));
+    }
+    Ok(resp)
+}
+
+fn pump_reader(mut reader: Box<dyn Read + Send>, tx: mpsc::Sender<Result<Bytes, std::io::Error>>) {
+    let mut buf = vec![0u8; CHUNK];
+    loop {
+        match reader.read(&mut buf) {
+            Ok(0) => return,
+            Ok(n) => {
+                if tx
+                    .blocking_send(Ok(Bytes::copy_from_slice(&buf[..n])))
+                    .is_err()
+                {
+                    return; // the client went away
+                }
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => {
+                // Cuts the response short, so the client sees a failed transfer.
+                let _ = tx.blocking_send(Err(e));
+                return;
+            }
+        }
+    }
+}
+
+pub async fn upload(
+    State(state): State<AppState>,
+    Query(q): Query<FilesQuery>,
+    req: Request,
+) -> Result<Json<Vec<WriteInfo>>, HttpFailure> {
+    let (user, _) = state.user(q.username.as_deref())?;
+    check_files(&state, req.headers(), FileOp::Write, &q.auth())?;
+    let metadata = metadata_headers(req.headers())?;
+    let content_type = req
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_ascii_lowercase();
+    let gzip = req
+        .headers()
+        .get(header::CONTENT_ENCODING)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.trim().eq_ignore_ascii_case("gzip"));
+    let limit = state.max_upload_bytes;
+
+    let mut written = Vec::new();
+    if content_type.starts_with("multipart/form-data") {
+        let mut multipart = Multipart::from_request(req, &state)
+            .await
+            .map_err(|e| Error::InvalidArgument(format!("invalid multipart body: {e}")))?;
+        let mut query_path = q.path.as_deref().filter(|p| !p.is_empty());
+        loop {
+            let field = multipart
+                .next_field()
+                .await
+                .map_err(|e| Error::InvalidArgument(format!("invalid multipart body: {e}")))?;
+            let Some(field) = field else { break };
+            // `?path=` names the (first) file; otherwise the part's filename is the path.
+            let raw = match (query_path.take(), field.file_name()) {
+                (Some(p), _) => p.to_string(),
+                (None, Some(f)) if !f.is_empty() => f.to_string(),
+                _ => continue, // a non-file part
+            };
+            let dest = resolve(&raw, &user.home)?;
+            let chunks = futures_util::stream::unfold(field, |mut f| async move {
+                match f.chunk().await {
+                    Ok(Some(c)) => Some((Ok(c), f)),
+                    Ok(None) => None,
+                    Err(e) => Some((
+                        Err(Error::InvalidArgument(format!("reading upload: {e}"))),
+                        f,
+                    )),
+                }
+            });
+            written.push(write_file(dest, &user, chunks, false, limit, &metadata).await?);
+        }
+    } else if content_type.is_empty() || content_type.starts_with("application/octet-stream") {
+        let raw = q.path.as_deref().filter(|p| !p.is_empty()).ok_or_else(|| {
+            Error::InvalidArgument("the path parameter is required for octet-stream uploads".into())
+        })?;
+        let dest = resolve(raw, &user.home)?;
+        let chunks = req
+            .into_body()
+            .into_data_stream()
+            .map(|r| r.map_err(|e| Error::InvalidArgument(format!("reading upload: {e}"))));
+        written.push(write_file(dest, &user, chunks, gzip, limit, &metadata).await?);
+    } else {
+        return Err(Error::UnsupportedMediaType(format!(
+            "uploads are multipart/form-data or application/octet-stream, not {content_type:?}"
+        ))
+        .into());
+    }
+    if written.is_empty() {
+        return Err(Error::InvalidArgument("the upload contained no file".into()).into());
+    }
+    Ok(Json(written))
+}
+
+/// `X-Metadata-<key>: value` headers, as `key → value`.
+fn metadata_headers(headers: &HeaderMap) -> Result<BTreeMap<String, String>, Error> {
+    let mut out = BTreeMap::new();
+    for (name, value) in headers {
+        if let Some(key) = name.as_str().strip_prefix(METADATA_HEADER) {
+            if key.is_empty() {
+                continue;
+            }
+            let value = value.to_str().map_err(|_| {
+                Error::InvalidArgument(format!("metadata {key:?} is not visible ASCII"))
+            })?;
+            out.insert(key.to_string(), value.to_string());
+        }
+    }
+    Ok(out)
+}
+
+/// Stream `chunks` into `dest` atomically (see the module docs).
+async fn write_file(
+    dest: PathBuf,
+    user: &User,
+    chunks: impl Stream<Item = Result<Bytes, Error>>,
+    gzip: bool,
+    limit: u64,
+    metadata: &BTreeMap<String, String>,
+) -> Result<WriteInfo, Error> {
+    let dir = dest
+        .parent()
+        .ok_or_else(|| Error::InvalidArgument("cannot write to /".into()))?
+        .to_path_buf();
+    if std::fs::metadata(&dest).is_ok_and(|m| m.is_dir()) {
+        return Err(Error::InvalidArgument(format!(
+            "{} is a directory",
+            dest.display()
+        )));
+    }
+    create_dirs(&dir, user)?;
+
+    let (tx, rx) = mpsc::channel::<Piece>(8);
+    let writer = {
+        let (dest, user, metadata) = (dest.clone(), user.clone(), metadata.clone());
+        tokio::task::spawn_blocking(move || {
+            write_blocking(&dir, &dest, &user, rx, gzip, limit, &metadata)
+        })
+    };
+    let mut chunks = std::pin::pin!(chunks);
+    let mut failed = None;
+    while let Some(chunk) = chunks.next().await {
+        match chunk {
+            // A closed channel means the writer stopped early; it says why below.
+            Ok(c) => {
+                if tx.send(Piece::Data(c)).await.is_err() {
+                    break;
+                }
+            }
+            Err(e) => {
+                failed = Some(e);
+                break;
+            }
+        }
+    }
+    if failed.is_none() {
+        let _ = tx.send(Piece::Done).await;
+    }
+    drop(tx);
+    let writer_result = writer
+        .await
+        .map_err(|e| Error::io("upload writer", std::io::Error::other(e.to_string())))?;
+    if let Some(e) = failed {
+        return Err(e);
+    }
+    writer_result?;
+
+    Ok(WriteInfo {
+        name: dest
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default(),
+        path: dest.to_string_lossy().into_owned(),
+        entry_type: "file".into(),
+        metadata: (!metadata.is_empty()).then(|| metadata.clone()),
+    })
+}
+
+/// What the upload's writer thread receives. Only an explicit `Done` commits the file: if
+/// the request dies midway (the channel just closes), the temp file is discarded.
+enum Piece {
+    Data(Bytes),
+    Done,
+}
+
+/// Caps what is written, counting decoded bytes.
+struct Capped<W> {
+    inner: W,
+    written: u64,
+    limit: u64,
+}
+
+impl<W: Write> Write for Capped<W> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        if self.written + buf.len() as u64 > self.limit {
+            return Err(std::io::Error::from(std::io::ErrorKind::FileTooLarge));
+        }
+        let n = self.inner.write(buf)?;
+        self.written += n as u64;
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.inner.flush()
+    }
+}
+
+/// The temp file, written plain or through a gzip decoder.
+enum Sink<W: Write> {
+    Plain(Capped<W>),
+    Gzip(Box<flate2::write::GzDecoder<Capped<W>>>),
+}
+
+impl<W: Write> Sink<W> {
+    fn write_all(&mut self, data: &[u8]) -> std::io::Result<()> {
+        match self {
+            Sink::Plain(w) => w.write_all(data),
+            Sink::Gzip(w) => w.write_all(data),
+        }
+    }
+
+    /// Flush what is buffered; for gzip, also check the stream was complete.
+    fn finish(&mut self) -> std::io::Result<()> {
+        match self {
+            Sink::Plain(w) => w.flush(),
+            Sink::Gzip(w) => w.try_finish(),
+        }
+    }
+}
+
+fn write_blocking(
+    dir: &Path,
+    dest: &Path,
+    user: &User,
+    mut rx: mpsc::Receiver<Piece>,
+    gzip: bool,
+    limit: u64,
+    metadata: &BTreeMap<String, String>,
+) -> Result<(), Error> {
+    let ctx = |what: &str| format!("{what} {}", dest.display());
+    let map = |what: &str, e: std::io::Error| {
+        if e.kind() == std::io::ErrorKind::FileTooLarge {
+            Error::TooLarge(format!(
+                "upload to {} is over the {limit} byte limit",
+                dest.display()
+            ))
+        } else if gzip
+            && matches!(
+                e.kind(),
+                std::io::ErrorKind::InvalidInput
+                    | std::io::ErrorKind::InvalidData
+                    | std::io::ErrorKind::UnexpectedEof
+            )
+        {
+            Error::InvalidArgument(format!("{}: invalid gzip data: {e}", ctx(what)))
+        } else {
+            Error::io(ctx(what), e)
+        }
+    };
+    // Dropped on any early return: the temp file is deleted.
+    let tmp = tempfile::Builder::new()
+        .prefix(TEMP_PREFIX)
+        .tempfile_in(dir)
+        .map_err(|e| map("create temp file for", e))?;
+    // Keep an overwritten file's mode (say, executable); new files are 0644.
+    let mode = std::fs::metadata(dest)
+        .map(|m| m.permissions().mode() & 0o7777)
+        .unwrap_or(0o644);
+    {
+        let sink = Capped {
+            inner: tmp.as_file(),
+            written: 0,
+            limit,
+        };
+        let mut out = if gzip {
+            Sink::Gzip(Box::new(flate2::write::GzDecoder::new(sink)))
+        } else {
+            Sink::Plain(sink)
+        };
+        loop {
+            match rx.blocking_recv() {
+                Some(Piece::Data(chunk)) => out.write_all(&chunk).map_err(|e| map("write", e))?,
+                Some(Piece::Done) => break,
+                None => {
+                    return Err(Error::InvalidArgument(format!(
+                        "upload to {} was cut short",
+                        dest.display()
+                    )))
+                }
+            }
+        }
+        out.finish().map_err(|e| map("write", e))?;
+    }
+    tmp.as_file()
+        .set_permissions(std::fs::Permissions::from_mode(mode))
+        .map_err(|e| map("chmod", e))?;
+    chown_to(tmp.path(), user)?;
+    for (k, v) in metadata {
+        write_metadata(tmp.path(), k, v)?;
+    }
+    tmp.as_file().sync_all().map_err(|e| map("fsync", e))?;
+    tmp.persist(dest).map_err(|e| map("rename into", e.error))?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn gzip_negotiation() {
+        let mut h = HeaderMap::new();
+        assert!(!accepts_gzip(&h));
+        h.insert(
+            header::ACCEPT_ENCODING,
+            HeaderValue::from_static("gzip, deflate"),
+        );
+        assert!(accepts_gzip(&h));
+        h.insert(
+            header::ACCEPT_ENCODING,
+            HeaderValue::from_static("gzip;q=0, br"),
+        );
+        assert!(!accepts_gzip(&h));
+        h.insert(
+            header::ACCEPT_ENCODING,
+            HeaderValue::from_static("identity"),
+        );
+        assert!(!accepts_gzip(&h));
+    }
+
+    #[test]
+    fn metadata_from_headers() {
+        let mut h = HeaderMap::new();
+        h.insert("x-metadata-owner", HeaderValue::from_static("alice"));
+        h.insert("x-other", HeaderValue::from_static("x"));
+        let m = metadata_headers(&h).unwrap();
+        assert_eq!(m.len(), 1);
+        assert_eq!(m["owner"], "alice");
+    }
+
+    #[test]
+    fn capped_writer_stops_at_limit() {
+        let mut out = Vec::new();
+        let mut c = Capped {
+            inner: &mut out,
+            written: 0,
+            limit: 4,
+        };
+        c.write_all(b"abcd").unwrap();
+        let err = c.write_all(b"e").unwrap_err();
+        assert_eq!(err.kind(), std::io::ErrorKind::FileTooLarge);
+    }
+}

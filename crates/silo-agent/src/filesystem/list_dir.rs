@@ -1,0 +1,57 @@
+//! `ListDir`: the entries under a directory, down to `depth` levels (0 means 1).
+//! Symlinked directories are listed but not descended into, so loops cannot recurse.
+
+use std::path::Path;
+
+use axum::extract::State;
+use axum::Json;
+use silo_protocol::envd::{EntryInfo, ListDirRequest, ListDirResponse};
+
+use super::entry::entry_info;
+use super::path::resolve;
+use crate::auth::RpcUser;
+use crate::error::Error;
+use crate::rpc::Unary;
+use crate::state::AppState;
+use crate::users::Users;
+
+pub async fn list_dir(
+    State(state): State<AppState>,
+    RpcUser(username): RpcUser,
+    Unary(req): Unary<ListDirRequest>,
+) -> Result<Json<ListDirResponse>, Error> {
+    let (user, users) = state.user(username.as_deref())?;
+    let path = resolve(&req.path, &user.home)?;
+    let meta =
+        std::fs::metadata(&path).map_err(|e| Error::io(format!("stat {}", path.display()), e))?;
+    if !meta.is_dir() {
+        return Err(Error::InvalidArgument(format!(
+            "{} is not a directory",
+            path.display()
+        )));
+    }
+    let mut entries = Vec::new();
+    walk(&path, req.depth.max(1), &users, &mut entries)?;
+    Ok(Json(ListDirResponse { entries }))
+}
+
+fn walk(dir: &Path, depth: u32, users: &Users, out: &mut Vec<EntryInfo>) -> Result<(), Error> {
+    let read = std::fs::read_dir(dir)
+        .map_err(|e| Error::io(format!("read directory {}", dir.display()), e))?;
+    let mut children: Vec<_> = read.filter_map(|e| e.ok()).map(|e| e.path()).collect();
+    children.sort();
+    for child in children {
+        let info = match entry_info(&child, users) {
+            Ok(info) => info,
+            // Removed while we were listing: not an error of the listing.
+            Err(Error::NotFound(_)) => continue,
+            Err(e) => return Err(e),
+        };
+        let descend = depth > 1 && !info.is_symlink && child.is_dir();
+        out.push(info);
+        if descend {
+            walk(&child, depth - 1, users, out)?;
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,390 @@
+//! Directory watching: `WatchDir` (a server stream, used by the async SDK) and the polling
+//! trio `CreateWatcher` / `GetWatcherEvents` / `RemoveWatcher` (used by the sync SDK).
+//!
+//! Both sit on a [`DirWatcher`]: inotify on the directory (and, when recursive, on every
+//! directory below it, including ones created later), with events mapped the way envd's
+//! fsnotify maps them: create and moved-to are CREATE, modify is WRITE, delete is REMOVE,
+//! moved-from is RENAME, attrib is CHMOD. Names are relative to the watched directory.
+//!
+//! `POST /files` writes through a hidden temp file that it renames into place
+//! ([`crate::files::TEMP_PREFIX`]). Watchers hide the temp file and report the rename as
+//! what an in-place write reports (CREATE, CHMOD, WRITE), so clients see the same events
+//! as with envd.
+
+use std::collections::{HashMap, HashSet};
+use std::ffi::OsStr;
+use std::os::fd::{AsFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, Weak};
+
+use axum::extract::State;
+use axum::response::Response;
+use axum::Json;
+use inotify::{EventMask, Inotify, WatchDescriptor, WatchMask};
+use silo_protocol::envd::{
+    CreateWatcherResponse, Empty, EventType, FilesystemEvent, GetWatcherEventsRequest,
+    GetWatcherEventsResponse, RemoveWatcherRequest, WatchDirRequest, WatchDirResponse,
+};
+use tokio::io::unix::AsyncFd;
+use tokio::sync::mpsc;
+
+use super::entry::entry_info;
+use super::path::resolve;
+use crate::auth::RpcUser;
+use crate::error::Error;
+use crate::files::TEMP_PREFIX;
+use crate::rpc::{self, StreamOptions, StreamRequest, Unary};
+use crate::state::AppState;
+use crate::users::UserDb;
+
+const EVENT_BUFFER: usize = 64 * 1024;
+
+/// Filesystems on which inotify sees only local changes (`statfs` magic numbers).
+const NETWORK_FS_MAGIC: &[i64] = &[
+    0x6969,      // NFS
+    0xFF53_4D42, // CIFS
+    0x517B,      // SMB
+    0xFE53_4D42, // SMB2
+    0x6573_5546, // FUSE
+];
+
+fn mask() -> WatchMask {
+    WatchMask::CREATE
+        | WatchMask::MODIFY
+        | WatchMask::DELETE
+        | WatchMask::DELETE_SELF
+        | WatchMask::MOVED_FROM
+        | WatchMask::MOVED_TO
+        | WatchMask::MOVE_SELF
+        | WatchMask::ATTRIB
+}
+
+fn is_temp(name: &OsStr) -> bool {
+    name.as_bytes().starts_with(TEMP_PREFIX.as_bytes())
+}
+
+/// One inotify instance watching a directory (tree).
+pub struct DirWatcher {
+    inotify: Inotify,
+    root: PathBuf,
+    recursive: bool,
+    include_entry: bool,
+    user_db: UserDb,
+    /// Watched directories, relative to `root`.
+    dirs: HashMap<WatchDescriptor, PathBuf>,
+    /// Cookies of renames away from an upload temp file.
+    temp_moves: HashSet<u32>,
+    buf: Vec<u8>,
+}
+
+impl DirWatcher {
+    /// Start watching; the returned descriptor becomes readable when events are queued.
+    fn new(
+        root: PathBuf,
+        req: &WatchDirRequest,
+        user_db: UserDb,
+    ) -> Result<(DirWatcher, AsyncFd<OwnedFd>), Error> {
+        let meta = std::fs::metadata(&root)
+            .map_err(|e| Error::io(format!("watch {}", root.display()), e))?;
+        if !meta.is_dir() {
+            return Err(Error::InvalidArgument(format!(
+                "{} is not a directory",
+                root.display()
+            )));
+        }
+        if !req.allow_network_mounts && on_network_mount(&root) {
+            return Err(Error::FailedPrecondition(format!(
+                "{} is on a network mount; set allowNetworkMounts to watch it anyway",
+                root.display()
+            )));
+        }
+        let inotify = Inotify::init().map_err(|e| Error::io("create inotify instance", e))?;
+        let fd = inotify
+            .as_fd()
+            .try_clone_to_owned()
+            .and_then(|fd| {
+                // SAFETY: an OwnedFd stays open, and the same descriptor, while it is owned.
+                unsafe { AsyncFd::register(fd) }.map_err(std::io::Error::from)
+            })
+            .map_err(|e| Error::io("register inotify instance", e))?;
+        let mut w = DirWatcher {
+            inotify,
+            root,
+            recursive: req.recursive,
+            include_entry: req.include_entry,
+            user_db,
+            dirs: HashMap::new(),
+            temp_moves: HashSet::new(),
+            buf: vec![0; EVENT_BUFFER],
+        };
+        w.add_tree(PathBuf::new())?;
+        Ok((w, fd))
+    }
+
+    /// Watch `rel` (relative to the root) and, when recursive, every directory below it.
+    fn add_tree(&mut self, rel: PathBuf) -> Result<(), Error> {
+        let abs = self.root.join(&rel);
+        let wd = self
+            .inotify
+            .watches()
+            .add(&abs, mask() | WatchMask::DONT_FOLLOW)
+            .map_err(|e| Error::io(format!("watch {}", abs.display()), e))?;
+        self.dirs.insert(wd, rel.clone());
+        if self.recursive {
+            if let Ok(read) = std::fs::read_dir(&abs) {
+                for entry in read.flatten() {
+                    if entry.file_type().is_ok_and(|t| t.is_dir()) {
+                        // A directory that vanished meanwhile is not an error.
+                        let _ = self.add_tree(rel.join(entry.file_name()));
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Everything queued right now, translated. Never waits.
+    fn drain(&mut self) -> Vec<FilesystemEvent> {
+        let mut raw = Vec::new();
+        // Until WouldBlock: the queue is empty.
+        while let Ok(events) = self.inotify.read_events(&mut self.buf) {
+            for e in events {
+                raw.push((e.wd, e.mask, e.cookie, e.name.map(|n| n.to_os_string())));
+            }
+        }
+        let mut out = Vec::new();
+        for (wd, mask, cookie, name) in raw {
+            if mask.contains(EventMask::IGNORED) {
+                self.dirs.remove(&wd);
+                continue;
+            }
+            let Some(dir) = self.dirs.get(&wd).cloned() else {
+                continue;
+            };
+            let rel = match &name {
+                Some(n) => dir.join(n),
+                None => dir.clone(),
+            };
+            let from_temp = name.as_deref().is_some_and(is_temp);
+            if mask.contains(EventMask::MOVED_FROM) && from_temp {
+                self.temp_moves.insert(cookie);
+                continue;
+            }
+            if from_temp {
+                continue;
+            }
+            if mask.contains(EventMask::MOVED_TO) && self.temp_moves.remove(&cookie) {
+                for t in [EventType::Create, EventType::Chmod, EventType::Write] {
+                    out.push(self.event(&rel, t));
+                }
+                continue;
+            }
+            if self.recursive
+                && mask.contains(EventMask::ISDIR)
+                && (mask.contains(EventMask::CREATE) || mask.contains(EventMask::MOVED_TO))
+            {
+                let _ = self.add_tree(rel.clone());
+            }
+            let kind = if mask.intersects(EventMask::CREATE | EventMask::MOVED_TO) {
+                EventType::Create
+            } else if mask.contains(EventMask::MODIFY) {
+                EventType::Write
+            } else if mask.intersects(EventMask::DELETE | EventMask::DELETE_SELF) {
+                EventType::Remove
+            } else if mask.intersects(EventMask::MOVED_FROM | EventMask::MOVE_SELF) {
+                EventType::Rename
+            } else if mask.contains(EventMask::ATTRIB) {
+                EventType::Chmod
+            } else {
+                continue;
+            };
+            out.push(self.event(&rel, kind));
+        }
+        out
+    }
+
+    fn event(&self, rel: &Path, kind: EventType) -> FilesystemEvent {
+        let entry = if self.include_entry && !matches!(kind, EventType::Remove | EventType::Rename)
+        {
+            entry_info(&self.root.join(rel), &self.user_db.load()).ok()
+        } else {
+            None
+        };
+        FilesystemEvent {
+            name: rel.to_string_lossy().into_owned(),
+            event_type: kind,
+            entry,
+        }
+    }
+}
+
+fn on_network_mount(path: &Path) -> bool {
+    let Ok(c) = std::ffi::CString::new(path.as_os_str().as_bytes()) else {
+        return false;
+    };
+    // SAFETY: statfs fills a zeroed struct through a valid pointer.
+    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
+    if unsafe { libc::statfs(c.as_ptr(), &mut st) } != 0 {
+        return false;
+    }
+    NETWORK_FS_MAGIC.contains(&(st.f_type as i64))
+}
+
+/// Wait until the inotify queue has something, then let `f` drain it.
+async fn wait_readable(fd: &AsyncFd<OwnedFd>) -> bool {
+    match fd.readable().await {
+        Ok(mut guard) => {
+            // The caller drains until the queue is empty, so clearing is safe.
+            guard.clear_ready();
+            true
+        }
+        Err(_) => false,
+    }
+}
+
+fn open(
+    state: &AppState,
+    username: Option<&str>,
+    req: &WatchDirRequest,
+) -> Result<(DirWatcher, AsyncFd<OwnedFd>), Error> {
+    let (user, _) = state.user(username)?;
+    let root = resolve(&req.path, &user.home)?;
+    DirWatcher::new(root, req, state.user_db.clone())
+}
+
+pub async fn watch_dir(
+    State(state): State<AppState>,
+    RpcUser(username): RpcUser,
+    opts: StreamOptions,
+    StreamRequest(req): StreamRequest<WatchDirRequest>,
+) -> Response {
+    let (mut watcher, fd) = match open(&state, username.as_deref(), &req) {
+        Ok(w) => w,
+        Err(e) => return rpc::stream_error(e),
+    };
+    let (tx, rx) = mpsc::channel(256);
+    let _ = tx.try_send(Ok(WatchDirResponse::Start {}));
+    tokio::spawn(async move {
+        loop {
+            tokio::select! {
+                ready = wait_readable(&fd) => {
+                    if !ready {
+                        return;
+                    }
+                }
+                // Stop watching as soon as the client is gone, even if nothing changes.
+                _ = tx.closed() => return,
+            }
+            for ev in watcher.drain() {
+                if tx
+                    .send(Ok(WatchDirResponse::Filesystem(Box::new(ev))))
+                    .await
+                    .is_err()
+                {
+                    return;
+                }
+            }
+        }
+    });
+    let keepalive = opts.keepalive.map(|d| (d, WatchDirResponse::Keepalive {}));
+    rpc::server_stream(rx, keepalive)
+}
+
+/// A watcher polled through `GetWatcherEvents`.
+struct Polled {
+    inner: Mutex<(DirWatcher, Vec<FilesystemEvent>)>,
+    /// The background drain, stopped with the watcher (it holds a descriptor of the
+    /// inotify instance, which would otherwise keep the watches alive).
+    task: std::sync::OnceLock<tokio::task::AbortHandle>,
+}
+
+impl Polled {
+    /// Move what inotify has queued into the pending list; returns the pending list.
+    fn collect(&self) -> std::sync::MutexGuard<'_, (DirWatcher, Vec<FilesystemEvent>)> {
+        let mut guard = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        let (watcher, pending) = &mut *guard;
+        pending.extend(watcher.drain());
+        guard
+    }
+}
+
+impl Drop for Polled {
+    fn drop(&mut self) {
+        if let Some(task) = self.task.get() {
+            task.abort();
+        }
+    }
+}
+
+/// The polled watchers, by id.
+#[derive(Default)]
+pub struct Watchers {
+    next_id: AtomicU64,
+    map: Mutex<HashMap<String, Arc<Polled>>>,
+}
+
+impl Watchers {
+    fn map(&self) -> std::sync::MutexGuard<'_, HashMap<String, Arc<Polled>>> {
+        self.map.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn get(&self, id: &str) -> Result<Arc<Polled>, Error> {
+        self.map()
+            .get(id)
+            .cloned()
+            .ok_or_else(|| Error::NotFound(format!("watcher {id:?} not found")))
+    }
+}
+
+pub async fn create_watcher(
+    State(state): State<AppState>,
+    RpcUser(username): RpcUser,
+    Unary(req): Unary<WatchDirRequest>,
+) -> Result<Json<CreateWatcherResponse>, Error> {
+    let (watcher, fd) = open(&state, username.as_deref(), &req)?;
+    let id = format!(
+        "w{}",
+        state.watchers.next_id.fetch_add(1, Ordering::Relaxed) + 1
+    );
+    let polled = Arc::new(Polled {
+        inner: Mutex::new((watcher, Vec::new())),
+        task: std::sync::OnceLock::new(),
+    });
+    let weak: Weak<Polled> = Arc::downgrade(&polled);
+    // Drain in the background too, so that directories created below a recursive watch
+    // are watched before anything is written in them.
+    let task = tokio::spawn(async move {
+        while wait_readable(&fd).await {
+            match weak.upgrade() {
+                Some(p) => drop(p.collect()),
+                None => return,
+            }
+        }
+    });
+    let _ = polled.task.set(task.abort_handle());
+    state.watchers.map().insert(id.clone(), polled);
+    Ok(Json(CreateWatcherResponse { watcher_id: id }))
+}
+
+pub async fn get_watcher_events(
+    State(state): State<AppState>,
+    Unary(req): Unary<GetWatcherEventsRequest>,
+) -> Result<Json<GetWatcherEventsResponse>, Error> {
+    let polled = state.watchers.get(&req.watcher_id)?;
+    let events = std::mem::take(&mut polled.collect().1);
+    Ok(Json(GetWatcherEventsResponse { events }))
+}
+
+pub async fn remove_watcher(
+    State(state): State<AppState>,
+    Unary(req): Unary<RemoveWatcherRequest>,
+) -> Result<Json<Empty>, Error> {
+    state
+        .watchers
+        .map()
+        .remove(&req.watcher_id)
+        .ok_or_else(|| Error::NotFound(format!("watcher {:?} not found", req.watcher_id)))?;
+    Ok(Json(Empty {}))
+}

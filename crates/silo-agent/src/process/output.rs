@@ -1,0 +1,160 @@
+//! Running a spawned process: output readers, the optional lifetime limit, and the end.
+//!
+//! Readers stream output as it comes. When the process exits they switch to draining:
+//! they read whatever is already buffered and stop, without waiting for EOF, because a
+//! background grandchild may hold the pipe open long after the process itself is gone.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use silo_protocol::envd::{Base64Bytes, DataEvent, EndEvent, ProcessEvent};
+use tokio::net::unix::pipe;
+use tokio::sync::{oneshot, watch};
+
+use super::pty::PtyMaster;
+use super::reaper::{Exit, WaitStatus};
+use super::{Process, ProcessTable};
+
+const READ_CHUNK: usize = 32 * 1024;
+
+/// Where a reader reads from.
+enum Source {
+    Pipe(pipe::Receiver, fn(Base64Bytes) -> DataEvent),
+    Pty(Arc<Process>),
+}
+
+impl Source {
+    async fn read(&self, buf: &mut [u8]) -> std::io::Result<usize> {
+        match self {
+            Source::Pipe(rx, _) => loop {
+                rx.readable().await?;
+                match rx.try_read(buf) {
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
+                    other => return other,
+                }
+            },
+            Source::Pty(p) => pty_of(p).read(buf).await,
+        }
+    }
+
+    /// `Ok(None)`: nothing buffered right now.
+    fn try_read(&self, buf: &mut [u8]) -> std::io::Result<Option<usize>> {
+        match self {
+            Source::Pipe(rx, _) => match rx.try_read(buf) {
+                Ok(n) => Ok(Some(n)),
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => Ok(None),
+                Err(e) => Err(e),
+            },
+            Source::Pty(p) => pty_of(p).try_read(buf),
+        }
+    }
+
+    fn event(&self, data: &[u8]) -> ProcessEvent {
+        let bytes = Base64Bytes(data.to_vec());
+        ProcessEvent::Data(match self {
+            Source::Pipe(_, kind) => kind(bytes),
+            Source::Pty(_) => DataEvent::Pty(bytes),
+        })
+    }
+}
+
+fn pty_of(p: &Process) -> &PtyMaster {
+    p.pty
+        .as_ref()
+        .expect("pty sources are only made for pty processes")
+}
+
+async fn pump(process: Arc<Process>, source: Source, mut exited: watch::Receiver<bool>) {
+    let mut buf = vec![0u8; READ_CHUNK];
+    loop {
+        if *exited.borrow() {
+            // Drain: only what is already there.
+            while let Ok(Some(n)) = source.try_read(&mut buf) {
+                if n == 0 {
+                    break;
+                }
+                process.broadcast(source.event(&buf[..n])).await;
+            }
+            return;
+        }
+        tokio::select! {
+            read = source.read(&mut buf) => match read {
+                Ok(0) | Err(_) => return,
+                Ok(n) => process.broadcast(source.event(&buf[..n])).await,
+            },
+            changed = exited.changed() => {
+                if changed.is_err() {
+                    return;
+                }
+            }
+        }
+    }
+}
+
+/// Start the readers and the supervisor of a freshly spawned, already registered process.
+pub fn run(
+    table: Arc<ProcessTable>,
+    process: Arc<Process>,
+    stdout: Option<pipe::Receiver>,
+    stderr: Option<pipe::Receiver>,
+    exit: oneshot::Receiver<WaitStatus>,
+    lifetime: Option<Duration>,
+) {
+    let (exited_tx, exited_rx) = watch::channel(false);
+    let mut sources = Vec::new();
+    if let Some(rx) = stdout {
+        sources.push(Source::Pipe(rx, DataEvent::Stdout));
+    }
+    if let Some(rx) = stderr {
+        sources.push(Source::Pipe(rx, DataEvent::Stderr));
+    }
+    if process.pty.is_some() {
+        sources.push(Source::Pty(process.clone()));
+    }
+    let readers: Vec<_> = sources
+        .into_iter()
+        .map(|s| tokio::spawn(pump(process.clone(), s, exited_rx.clone())))
+        .collect();
+
+    tokio::spawn(async move {
+        let mut exit = exit;
+        let status = match lifetime {
+            Some(limit) => tokio::select! {
+                status = &mut exit => status,
+                _ = tokio::time::sleep(limit) => {
+                    // envd semantics: the request timeout is the process's lifetime.
+                    tracing::info!(pid = process.pid, ?limit, "process outlived its timeout, killing it");
+                    let _ = process.signal(libc::SIGKILL);
+                    exit.await
+                }
+            },
+            None => exit.await,
+        };
+        let end = match status {
+            Ok(raw) => {
+                let exit = Exit::from_wait_status(raw);
+                EndEvent {
+                    exit_code: exit.code,
+                    exited: exit.exited,
+                    status: exit.status,
+                    error: None,
+                }
+            }
+            Err(_) => EndEvent {
+                exit_code: -1,
+                exited: false,
+                status: "unknown".into(),
+                error: Some("the process's exit status was lost".into()),
+            },
+        };
+        let _ = exited_tx.send(true);
+        for r in readers {
+            let _ = r.await;
+        }
+        // Writes to a closed stdin fail from here on rather than block.
+        process.stdin.lock().await.take();
+        tracing::debug!(pid = process.pid, status = %end.status, "process ended");
+        table.remove(process.pid);
+        process.finish(ProcessEvent::End(end)).await;
+    });
+}

@@ -1,0 +1,145 @@
+//! `Start`: spawn a process and stream its events (start, data..., end).
+
+use std::sync::Arc;
+
+use axum::response::Response;
+use silo_protocol::envd::{ProcessEvent, ProcessEventResponse, StartRequest};
+
+use super::spawn::{spawn, SpawnSpec};
+use super::{output, Process};
+use crate::auth::RpcUser;
+use crate::error::Error;
+use crate::filesystem::path::resolve;
+use crate::rpc::{self, StreamOptions, StreamRequest};
+use crate::state::AppState;
+
+/// The PATH a process gets unless the request or `/init` sets one.
+const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+
+pub async fn start(
+    state: axum::extract::State<AppState>,
+    RpcUser(username): RpcUser,
+    opts: StreamOptions,
+    StreamRequest(req): StreamRequest<StartRequest>,
+) -> Response {
+    match launch(&state, username.as_deref(), opts, req) {
+        Ok(rx) => rpc::server_stream(map_events(rx), keepalive(opts)),
+        Err(e) => rpc::stream_error(e),
+    }
+}
+
+pub(super) fn keepalive(
+    opts: StreamOptions,
+) -> Option<(std::time::Duration, ProcessEventResponse)> {
+    opts.keepalive.map(|every| {
+        (
+            every,
+            ProcessEventResponse {
+                event: ProcessEvent::Keepalive {},
+            },
+        )
+    })
+}
+
+/// Wrap each event in its response message.
+pub(super) fn map_events(
+    mut rx: tokio::sync::mpsc::Receiver<Result<ProcessEvent, Error>>,
+) -> tokio::sync::mpsc::Receiver<Result<ProcessEventResponse, Error>> {
+    let (tx, out) = tokio::sync::mpsc::channel(1);
+    tokio::spawn(async move {
+        while let Some(ev) = rx.recv().await {
+            if tx
+                .send(ev.map(|event| ProcessEventResponse { event }))
+                .await
+                .is_err()
+            {
+                return; // the client went away; dropping `rx` unsubscribes
+            }
+        }
+    });
+    out
+}
+
+fn launch(
+    state: &AppState,
+    username: Option<&str>,
+    opts: StreamOptions,
+    req: StartRequest,
+) -> Result<tokio::sync::mpsc::Receiver<Result<ProcessEvent, Error>>, Error> {
+    let (user, users) = state.user(username)?;
+    let settings = state.settings();
+    if req.process.cmd.is_empty() {
+        return Err(Error::InvalidArgument("process.cmd is empty".into()));
+    }
+
+    let cwd = match req.process.cwd.as_deref().filter(|c| !c.is_empty()) {
+        Some(c) => resolve(c, &user.home)?,
+        None => settings
+            .default_workdir
+            .clone()
+            .unwrap_or_else(|| user.home.clone()),
+    };
+    match std::fs::metadata(&cwd) {
+        Ok(m) if m.is_dir() => {}
+        Ok(_) => {
+            return Err(Error::InvalidArgument(format!(
+                "cwd {} is not a directory",
+                cwd.display()
+            )))
+        }
+        Err(e) => {
+            return Err(Error::InvalidArgument(format!(
+                "cwd {} is not usable: {e}",
+                cwd.display()
+            )))
+        }
+    }
+
+    // PATH, HOME, USER, LOGNAME, then /init's variables, then the request's.
+    let mut env: Vec<(String, String)> = vec![
+        ("PATH".into(), DEFAULT_PATH.into()),
+        ("HOME".into(), user.home.to_string_lossy().into_owned()),
+        ("USER".into(), user.name.clone()),
+        ("LOGNAME".into(), user.name.clone()),
+    ];
+    for (k, v) in settings.env_vars.iter().chain(req.process.envs.iter()) {
+        env.retain(|(existing, _)| existing != k);
+        env.push((k.clone(), v.clone()));
+    }
+
+    let pty_size = req.pty.as_ref().map(|p| p.size.clone().unwrap_or_default());
+    let spec = SpawnSpec {
+        cmd: req.process.cmd.clone(),
+        args: req.process.args.clone(),
+        env,
+        cwd,
+        groups: users.group_ids(&user),
+        user,
+        pty: pty_size,
+        stdin: req.stdin.unwrap_or(false),
+    };
+    let spawned = spawn(spec, &state.processes.reaper)
+        .map_err(|e| Error::io(format!("start {:?}", req.process.cmd), e))?;
+    tracing::info!(pid = spawned.pid, cmd = %req.process.cmd, tag = ?req.tag, "process started");
+
+    let process = Arc::new(Process {
+        pid: spawned.pid,
+        tag: req.tag.clone(),
+        config: req.process,
+        stdin: tokio::sync::Mutex::new(spawned.stdin),
+        pty: spawned.pty,
+        subscribers: Default::default(),
+    });
+    // Subscribe before any reader runs, so the Start stream misses nothing.
+    let rx = process.subscribe()?;
+    state.processes.insert(process.clone());
+    output::run(
+        state.processes.clone(),
+        process,
+        spawned.stdout,
+        spawned.stderr,
+        spawned.exit,
+        opts.timeout,
+    );
+    Ok(rx)
+}

@@ -1,0 +1,193 @@
+//! Users and groups, read from `/etc/passwd` and `/etc/group` directly.
+//!
+//! The agent is linked statically against glibc, which cannot load NSS modules, so
+//! `getpwnam` is not an option. The files are re-read for every request (they are small, and
+//! a process in the sandbox may add users at any time); [`Users`] is one such reading.
+
+use std::path::{Path, PathBuf};
+
+use crate::error::Error;
+
+/// One `/etc/passwd` entry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct User {
+    pub name: String,
+    pub uid: u32,
+    pub gid: u32,
+    pub home: PathBuf,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Group {
+    name: String,
+    gid: u32,
+    members: Vec<String>,
+}
+
+/// Where the account files live (configurable so the agent can run on a host, in tests).
+#[derive(Debug, Clone)]
+pub struct UserDb {
+    passwd: PathBuf,
+    group: PathBuf,
+}
+
+/// One reading of the account files.
+#[derive(Debug, Clone, Default)]
+pub struct Users {
+    users: Vec<User>,
+    groups: Vec<Group>,
+}
+
+impl UserDb {
+    pub fn new(passwd: PathBuf, group: PathBuf) -> Self {
+        UserDb { passwd, group }
+    }
+
+    /// Read both files now. A missing or unreadable file counts as empty: lookups then fall
+    /// back to numeric ids, and only `root` is known.
+    pub fn load(&self) -> Users {
+        let read = |p: &Path| std::fs::read_to_string(p).unwrap_or_default();
+        Users {
+            users: parse_passwd(&read(&self.passwd)),
+            groups: parse_group(&read(&self.group)),
+        }
+    }
+}
+
+impl Users {
+    /// The user called `name`. Unknown users are an authentication error, as in envd.
+    pub fn lookup(&self, name: &str) -> Result<User, Error> {
+        if let Some(u) = self.users.iter().find(|u| u.name == name) {
+            return Ok(u.clone());
+        }
+        if name == "root" {
+            // A rootfs without /etc/passwd still has a root.
+            return Ok(User {
+                name: "root".into(),
+                uid: 0,
+                gid: 0,
+                home: PathBuf::from("/root"),
+            });
+        }
+        Err(Error::Unauthenticated(format!("user {name:?} not found")))
+    }
+
+    /// The name for `uid`, or the number when no entry has it.
+    pub fn user_name(&self, uid: u32) -> String {
+        self.users
+            .iter()
+            .find(|u| u.uid == uid)
+            .map(|u| u.name.clone())
+            .unwrap_or_else(|| uid.to_string())
+    }
+
+    /// The name for `gid`, or the number when no entry has it.
+    pub fn group_name(&self, gid: u32) -> String {
+        self.groups
+            .iter()
+            .find(|g| g.gid == gid)
+            .map(|g| g.name.clone())
+            .unwrap_or_else(|| gid.to_string())
+    }
+
+    /// The user's primary group plus every group that lists them as a member.
+    pub fn group_ids(&self, user: &User) -> Vec<u32> {
+        let mut gids = vec![user.gid];
+        for g in &self.groups {
+            if g.members.iter().any(|m| m == &user.name) && !gids.contains(&g.gid) {
+                gids.push(g.gid);
+            }
+        }
+        gids
+    }
+}
+
+/// `name:password:uid:gid:gecos:home:shell`; malformed lines are skipped.
+fn parse_passwd(text: &str) -> Vec<User> {
+    text.lines()
+        .filter(|l| !l.trim_start().starts_with('#'))
+        .filter_map(|line| {
+            let f: Vec<&str> = line.split(':').collect();
+            if f.len() < 7 || f[0].is_empty() {
+                return None;
+            }
+            Some(User {
+                name: f[0].to_string(),
+                uid: f[2].parse().ok()?,
+                gid: f[3].parse().ok()?,
+                home: PathBuf::from(if f[5].is_empty() { "/" } else { f[5] }),
+            })
+        })
+        .collect()
+}
+
+/// `name:password:gid:member,member`; malformed lines are skipped.
+fn parse_group(text: &str) -> Vec<Group> {
+    text.lines()
+        .filter(|l| !l.trim_start().starts_with('#'))
+        .filter_map(|line| {
+            let f: Vec<&str> = line.split(':').collect();
+            if f.len() < 4 || f[0].is_empty() {
+                return None;
+            }
+            Some(Group {
+                name: f[0].to_string(),
+                gid: f[2].parse().ok()?,
+                members: f[3]
+                    .split(',')
+                    .filter(|m| !m.is_empty())
+                    .map(str::to_string)
+                    .collect(),
+            })
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const PASSWD: &str = "root:x:0:0:root:/root:/bin/bash\n\
+        # comment\n\
+        broken line\n\
+        user:x:1000:1000::/home/user:/bin/bash\n\
+        nohome:x:1001:1001:::/bin/sh\n\
+        baduid:x:abc:1:::/bin/sh\n";
+    const GROUP: &str = "root:x:0:\nuser:x:1000:\nsudo:x:27:user,other\nbad\n";
+
+    fn users() -> Users {
+        Users {
+            users: parse_passwd(PASSWD),
+            groups: parse_group(GROUP),
+        }
+    }
+
+    #[test]
+    fn parses_passwd_and_skips_garbage() {
+        let u = users();
+        assert_eq!(u.users.len(), 3);
+        let user = u.lookup("user").unwrap();
+        assert_eq!((user.uid, user.gid), (1000, 1000));
+        assert_eq!(user.home, PathBuf::from("/home/user"));
+        assert_eq!(u.lookup("nohome").unwrap().home, PathBuf::from("/"));
+        assert!(matches!(u.lookup("baduid"), Err(Error::Unauthenticated(_))));
+    }
+
+    #[test]
+    fn root_exists_without_passwd() {
+        let empty = Users::default();
+        assert_eq!(empty.lookup("root").unwrap().uid, 0);
+        assert!(empty.lookup("user").is_err());
+    }
+
+    #[test]
+    fn names_and_groups() {
+        let u = users();
+        assert_eq!(u.user_name(1000), "user");
+        assert_eq!(u.user_name(4242), "4242");
+        assert_eq!(u.group_name(27), "sudo");
+        assert_eq!(u.group_name(9), "9");
+        let user = u.lookup("user").unwrap();
+        assert_eq!(u.group_ids(&user), vec![1000, 27]);
+    }
+}

@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# Run silo's whole test suite: what setup.sh installs and builds, then the Rust tests
+# (unit and integration, in release so dependencies are built once), then the
+# end-to-end suites with the official E2B SDKs (Python, and JS) against real
+# `silo serve` processes the tests start and stop themselves.
+set -euo pipefail
+source "$(dirname "$0")/lib.sh"
+need_root
+install_deps
+build_silo
+build_templates
+cd "$SILO_ROOT"
+
+export SILO_BIN="$SILO_ROOT/target/release/silo"
+export SILO_AGENT_BIN="$SILO_ROOT/target/release/silo-agent"
+export SILO_TEMPLATE_DIR="$SILO_DATA_DIR/templates"
+
+say "cargo test"
+cargo test --release --locked --workspace
+
+say "python end-to-end tests (official e2b SDK)"
+if [ ! -x tests/.venv/bin/pytest ]; then
+  python3 -m venv tests/.venv
+fi
+tests/.venv/bin/pip install -q -r tests/requirements.txt
+tests/.venv/bin/pytest tests/e2e -q -p no:cacheprovider

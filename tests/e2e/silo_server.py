@@ -1,0 +1,162 @@
+"""A real `silo serve` for the end-to-end tests: started on a free port with its own
+data dir (templates shared from SILO_TEMPLATE_DIR), stopped at the end, and checked for
+leaks: every sandbox it made must be gone from runsc, and no netns or veth may remain.
+
+Environment (set by scripts/test.sh):
+  SILO_BIN           the silo binary (default target/release/silo)
+  SILO_AGENT_BIN     the static agent (default target/release/silo-agent)
+  SILO_TEMPLATE_DIR  where `silo template build` put the templates (/var/lib/silo/templates)
+"""
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def host_netns() -> set:
+    out = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
+    return {line.split()[0] for line in out.splitlines() if line.strip()}
+
+
+def host_links() -> set:
+    out = subprocess.run(["ip", "-o", "link", "show"], capture_output=True, text=True).stdout
+    return {line.split(":")[1].strip().split("@")[0] for line in out.splitlines()}
+
+
+class SiloServer:
+    def __init__(self, subnet: str = "10.213.0.0/16"):
+        self.bin = os.environ.get("SILO_BIN", str(ROOT / "target/release/silo"))
+        self.agent = os.environ.get("SILO_AGENT_BIN", str(ROOT / "target/release/silo-agent"))
+        self.template_dir = os.environ.get("SILO_TEMPLATE_DIR", "/var/lib/silo/templates")
+        self.subnet = subnet
+        self.data_dir = Path(tempfile.mkdtemp(prefix="silo-e2e-"))
+        self.port = _free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log_path = self.data_dir / "serve.log"
+        self.proc = None
+        self.api_key = None
+        self.netns_before = host_netns()
+        self.links_before = host_links()
+
+    def start(self):
+        log = open(self.log_path, "ab")
+        self.proc = subprocess.Popen(
+            [
+                self.bin, "serve",
+                "--listen", f"127.0.0.1:{self.port}",
+                "--data-dir", str(self.data_dir),
+                "--template-dir", self.template_dir,
+                "--agent", self.agent,
+                "--subnet", self.subnet,
+            ],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+        )
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"silo serve exited {self.proc.returncode}:\n{self.log()}")
+            try:
+                with urllib.request.urlopen(f"{self.url}/health", timeout=1) as resp:
+                    if resp.status == 200:
+                        break
+            except (urllib.error.URLError, ConnectionError, OSError):
+                time.sleep(0.05)
+        else:
+            raise RuntimeError(f"silo serve did not answer /health:\n{self.log()}")
+        self.api_key = subprocess.run(
+            [self.bin, "keys", "--data-dir", str(self.data_dir)],
+            check=True, capture_output=True, text=True,
+        ).stdout.split()[0]
+        return self
+
+    def env(self) -> dict:
+        return {
+            "E2B_API_URL": self.url,
+            "E2B_SANDBOX_URL": self.url,
+            "E2B_API_KEY": self.api_key,
+        }
+
+    def log(self) -> str:
+        try:
+            return self.log_path.read_text(errors="replace")[-20000:]
+        except OSError:
+            return ""
+
+    def api(self, method: str, path: str, body=None, key=None):
+        """A raw control-plane call: (status, parsed JSON body or None, headers)."""
+        data = None if body is None else (body if isinstance(body, bytes) else json.dumps(body).encode())
+        req = urllib.request.Request(f"{self.url}{path}", data=data, method=method)
+        req.add_header("X-API-KEY", self.api_key if key is None else key)
+        req.add_header("Content-Type", "application/json")
+        try:
+            with urllib.request.urlopen(req, timeout=60) as resp:
+                raw = resp.read()
+                return resp.status, (json.loads(raw) if raw else None), resp.headers
+        except urllib.error.HTTPError as err:
+            raw = err.read()
+            try:
+                parsed = json.loads(raw)
+            except ValueError:
+                parsed = raw.decode(errors="replace")
+            return err.code, parsed, err.headers
+
+    def kill_all(self):
+        status, body, _ = self.api("GET", "/v2/sandboxes?state=running,paused")
+        if status == 200:
+            for sbx in body:
+                self.api("DELETE", f"/sandboxes/{sbx['sandboxID']}")
+
+    def runsc_containers(self) -> list:
+        root = self.data_dir / "node" / "runsc"
+        if not root.exists():
+            return []
+        out = subprocess.run(
+            ["runsc", "--root", str(root), "list", "-quiet"], capture_output=True, text=True
+        ).stdout
+        return [line for line in out.split() if line]
+
+    def leaks(self) -> dict:
+        """What this server still holds on the host."""
+        return {
+            "runsc": self.runsc_containers(),
+            "netns": sorted(host_netns() - self.netns_before),
+            "links": sorted(host_links() - self.links_before),
+        }
+
+    def stop(self, check_leaks: bool = True, keep_data: bool = False):
+        if self.proc is None:
+            return
+        try:
+            if self.proc.poll() is None:
+                self.kill_all()
+        finally:
+            if self.proc.poll() is None:
+                self.proc.send_signal(signal.SIGTERM)
+                try:
+                    self.proc.wait(timeout=30)
+                except subprocess.TimeoutExpired:
+                    self.proc.kill()
+                    self.proc.wait()
+        leaks = self.leaks()
+        if check_leaks and any(leaks.values()):
+            raise AssertionError(f"silo serve leaked {leaks}; log kept in {self.log_path}")
+        if not keep_data:
+            shutil.rmtree(self.data_dir, ignore_errors=True)

@@ -1,0 +1,206 @@
+"""Files through the SDK: read/write (text, bytes, large, gzip, metadata), listing,
+directories, rename, remove, info, and hostile paths and bodies."""
+
+import gzip
+import io
+import os
+
+import httpx
+import pytest
+from e2b import FileType, NotFoundException, Sandbox
+from e2b.exceptions import FileNotFoundException, InvalidArgumentException
+
+
+def test_write_read_text(sandbox: Sandbox, unique):
+    info = sandbox.files.write(f"{unique}.txt", "héllo\n")
+    assert info.name == f"{unique}.txt"
+    assert info.path.endswith(f"/{unique}.txt")
+    assert sandbox.files.read(f"{unique}.txt") == "héllo\n"
+
+
+def test_write_read_bytes_with_parents(sandbox: Sandbox, unique):
+    data = bytes(range(256)) * 4
+    sandbox.files.write(f"{unique}/a/b/c.bin", data)
+    assert sandbox.files.read(f"{unique}/a/b/c.bin", format="bytes") == data
+
+
+def test_fifty_mib_round_trip(sandbox: Sandbox, unique):
+    data = os.urandom(50 * 1024 * 1024)
+    sandbox.files.write(f"{unique}.bin", data)
+    back = sandbox.files.read(f"{unique}.bin", format="bytes")
+    assert len(back) == len(data)
+    assert back == data
+
+
+def test_file_like_and_gzip_upload(sandbox: Sandbox, unique):
+    sandbox.files.write(f"{unique}-stream.txt", io.BytesIO(b"from a stream"))
+    assert sandbox.files.read(f"{unique}-stream.txt") == "from a stream"
+    sandbox.files.write(f"{unique}-gz.txt", "zipped " * 1000, gzip=True)
+    assert sandbox.files.read(f"{unique}-gz.txt", gzip=True) == "zipped " * 1000
+
+
+def test_overwrite_keeps_file_whole_and_owned(sandbox: Sandbox, unique):
+    sandbox.files.write(f"{unique}.txt", "first version, longer")
+    sandbox.files.write(f"{unique}.txt", "second")
+    assert sandbox.files.read(f"{unique}.txt") == "second"
+    info = sandbox.files.get_info(f"{unique}.txt")
+    assert info.owner == "user"
+    # No temp files left next to it.
+    names = [e.name for e in sandbox.files.list(".")]
+    assert not [n for n in names if n.startswith(".silo-upload-")]
+
+
+def test_write_files_several(sandbox: Sandbox, unique):
+    from e2b.sandbox.filesystem.filesystem import WriteEntry
+
+    infos = sandbox.files.write_files(
+        [WriteEntry(path=f"{unique}/1.txt", data="one"), WriteEntry(path=f"{unique}/2.txt", data="two")]
+    )
+    assert sorted(i.name for i in infos) == ["1.txt", "2.txt"]
+    assert sandbox.files.read(f"{unique}/2.txt") == "two"
+
+
+def test_missing_file(sandbox: Sandbox, unique):
+    with pytest.raises(FileNotFoundException):
+        sandbox.files.read(f"{unique}-missing.txt")
+    with pytest.raises(NotFoundException):
+        sandbox.files.get_info(f"{unique}-missing.txt")
+
+
+def test_exists(sandbox: Sandbox, unique):
+    assert not sandbox.files.exists(unique)
+    sandbox.files.write(unique, "x")
+    assert sandbox.files.exists(unique)
+
+
+def test_list_with_depth(sandbox: Sandbox, unique):
+    sandbox.files.write(f"{unique}/top.txt", "t")
+    sandbox.files.write(f"{unique}/sub/inner.txt", "i")
+    sandbox.files.write(f"{unique}/sub/deeper/deep.txt", "d")
+    one = {e.name for e in sandbox.files.list(unique)}
+    assert one == {"top.txt", "sub"}
+    two = {e.path.split(f"{unique}/", 1)[1] for e in sandbox.files.list(unique, depth=2)}
+    assert two == {"top.txt", "sub", "sub/inner.txt", "sub/deeper"}
+    kinds = {e.name: e.type for e in sandbox.files.list(unique)}
+    assert kinds == {"top.txt": FileType.FILE, "sub": FileType.DIR}
+
+
+def test_make_dir_twice(sandbox: Sandbox, unique):
+    assert sandbox.files.make_dir(f"{unique}/x/y")
+    assert not sandbox.files.make_dir(f"{unique}/x/y")
+    assert sandbox.files.get_info(f"{unique}/x").type == FileType.DIR
+
+
+def test_rename(sandbox: Sandbox, unique):
+    sandbox.files.write(f"{unique}/a.txt", "moved")
+    info = sandbox.files.rename(f"{unique}/a.txt", f"{unique}/new/b.txt")
+    assert info.name == "b.txt"
+    assert sandbox.files.read(f"{unique}/new/b.txt") == "moved"
+    assert not sandbox.files.exists(f"{unique}/a.txt")
+    with pytest.raises(NotFoundException):
+        sandbox.files.rename(f"{unique}/nope", f"{unique}/nope2")
+
+
+def test_remove(sandbox: Sandbox, unique):
+    sandbox.files.write(f"{unique}/d/f.txt", "x")
+    sandbox.files.remove(f"{unique}/d/f.txt")
+    assert not sandbox.files.exists(f"{unique}/d/f.txt")
+    sandbox.files.remove(unique)
+    assert not sandbox.files.exists(unique)
+    sandbox.files.remove(unique)  # already gone: fine
+
+
+def test_get_info(sandbox: Sandbox, unique):
+    sandbox.files.write(f"{unique}.txt", "test")
+    info = sandbox.files.get_info(f"{unique}.txt")
+    home = sandbox.commands.run("pwd").stdout.strip()
+    assert info.name == f"{unique}.txt"
+    assert info.path == f"{home}/{unique}.txt"
+    assert info.type == FileType.FILE
+    assert info.size == 4
+    assert info.mode == 0o644
+    assert info.permissions == "-rw-r--r--"
+    assert (info.owner, info.group) == ("user", "user")
+    assert info.modified_time is not None
+    sandbox.files.make_dir(unique)
+    d = sandbox.files.get_info(unique)
+    assert (d.type, d.size, d.mode, d.permissions) == (FileType.DIR, 0, 0o755, "drwxr-xr-x")
+
+
+def test_symlink_info(sandbox: Sandbox, unique):
+    sandbox.files.write(f"{unique}/target.txt", "t")
+    sandbox.commands.run(f"ln -s target.txt {unique}/link")
+    info = sandbox.files.get_info(f"{unique}/link")
+    # The SDK reports the link itself (envd sends the target's type plus isSymlink).
+    assert info.type == FileType.SYMLINK
+    assert info.symlink_target.endswith(f"{unique}/target.txt")
+
+
+def test_metadata(sandbox: Sandbox, unique):
+    sandbox.files.write(f"{unique}.txt", "m", metadata={"owner": "alice", "purpose": "test"})
+    info = sandbox.files.get_info(f"{unique}.txt")
+    assert info.metadata == {"owner": "alice", "purpose": "test"}
+
+
+def test_tilde_and_dotdot_paths(sandbox: Sandbox, unique):
+    sandbox.files.write(f"~/{unique}/a.txt", "tilde")
+    assert sandbox.files.read(f"{unique}/x/../a.txt") == "tilde"
+    home = sandbox.commands.run("pwd").stdout.strip()
+    # Climbing above / stays at /.
+    depth = home.count("/")
+    assert sandbox.files.read("../" * (depth + 3) + home.lstrip("/") + f"/{unique}/a.txt") == "tilde"
+
+
+def test_read_directory_is_invalid(sandbox: Sandbox, unique):
+    sandbox.files.make_dir(unique)
+    with pytest.raises(InvalidArgumentException):
+        sandbox.files.read(unique)
+
+
+def test_write_onto_directory_is_invalid(sandbox: Sandbox, unique):
+    sandbox.files.make_dir(unique)
+    with pytest.raises(InvalidArgumentException):
+        sandbox.files.write(unique, "x")
+
+
+def test_raw_download_gzip_and_errors(sandbox: Sandbox, envd_url, unique):
+    sandbox.files.write(f"{unique}.txt", "abc" * 100)
+    r = httpx.get(f"{envd_url}/files", params={"path": f"{unique}.txt"}, headers={"accept-encoding": "gzip"})
+    assert r.headers["content-encoding"] == "gzip"
+    assert r.text == "abc" * 100  # httpx decodes it
+    r = httpx.get(f"{envd_url}/files", params={"path": f"{unique}-nope"})
+    assert r.status_code == 404
+    assert r.json()["code"] == 404
+    r = httpx.get(f"{envd_url}/files", params={"path": "x", "username": "nobody-here"})
+    assert r.status_code == 401
+
+
+def test_raw_upload_octet_stream_gzip_and_bad_gzip(envd_url, unique):
+    body = gzip.compress(b"raw gz")
+    r = httpx.post(
+        f"{envd_url}/files",
+        params={"path": f"{unique}.txt"},
+        content=body,
+        headers={"content-type": "application/octet-stream", "content-encoding": "gzip"},
+    )
+    assert r.status_code == 200, r.text
+    assert r.json()[0]["type"] == "file"
+    assert httpx.get(f"{envd_url}/files", params={"path": f"{unique}.txt"}).content == b"raw gz"
+    r = httpx.post(
+        f"{envd_url}/files",
+        params={"path": f"{unique}-bad.txt"},
+        content=b"not gzip at all",
+        headers={"content-type": "application/octet-stream", "content-encoding": "gzip"},
+    )
+    assert r.status_code == 400
+    # A failed upload leaves nothing behind.
+    assert httpx.get(f"{envd_url}/files", params={"path": f"{unique}-bad.txt"}).status_code == 404
+
+
+def test_raw_nul_in_path_is_rejected(envd_url):
+    r = httpx.post(
+        f"{envd_url}/filesystem.Filesystem/Stat",
+        json={"path": "a\u0000b"},
+    )
+    assert r.status_code == 400
+    assert r.json()["code"] == "invalid_argument"
