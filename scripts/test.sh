@@ -18,6 +18,14 @@ export SILO_TEMPLATE_DIR="$SILO_DATA_DIR/templates"
 say "cargo test"
 cargo test --release --locked --workspace
 
+say "runtime tests against real runsc (20 start/destroy cycles, leak checks)"
+base_rootfs=$(ls -d "$SILO_TEMPLATE_DIR"/base/*/rootfs | head -n 1)
+agent_dir=$(mktemp -d)
+trap 'rm -rf "$agent_dir"' EXIT
+install -m 0755 "$SILO_AGENT_BIN" "$agent_dir/silo-agent"
+SILO_TEST_ROOTFS="$base_rootfs" SILO_TEST_AGENT_DIR="$agent_dir" \
+  cargo test --release --locked -p silo-node --test runsc_lifecycle -- --ignored --test-threads=1
+
 say "python end-to-end tests (official e2b SDK)"
 if [ ! -x tests/.venv/bin/pytest ]; then
   python3 -m venv tests/.venv

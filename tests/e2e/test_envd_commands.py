@@ -4,7 +4,6 @@ timeouts, and Connect-protocol edge cases sent as raw HTTP."""
 import struct
 import json
 
-import httpx
 import pytest
 from e2b import CommandExitException, Sandbox, TimeoutException
 
@@ -138,9 +137,8 @@ def _envelopes(body: bytes):
     return out
 
 
-def test_malformed_json_unary_is_invalid_argument(envd_url):
-    r = httpx.post(
-        f"{envd_url}/process.Process/List",
+def test_malformed_json_unary_is_invalid_argument(envd):
+    r = envd.post("/process.Process/List",
         content=b"{not json",
         headers={"content-type": "application/json", "connect-protocol-version": "1"},
     )
@@ -148,28 +146,25 @@ def test_malformed_json_unary_is_invalid_argument(envd_url):
     assert r.json()["code"] == "invalid_argument"
 
 
-def test_wrong_field_types_are_invalid_argument(envd_url):
-    r = httpx.post(
-        f"{envd_url}/process.Process/SendSignal",
+def test_wrong_field_types_are_invalid_argument(envd):
+    r = envd.post("/process.Process/SendSignal",
         json={"process": {"pid": "abc"}, "signal": "SIGNAL_SIGKILL"},
     )
     assert r.status_code == 400
     assert r.json()["code"] == "invalid_argument"
 
 
-def test_unknown_pid_signal_is_not_found(envd_url):
-    r = httpx.post(
-        f"{envd_url}/process.Process/SendSignal",
+def test_unknown_pid_signal_is_not_found(envd):
+    r = envd.post("/process.Process/SendSignal",
         json={"process": {"pid": 999999}, "signal": 9},
     )
     assert r.status_code == 404
     assert r.json()["code"] == "not_found"
 
 
-def test_stream_with_oversized_envelope_ends_with_error(envd_url):
+def test_stream_with_oversized_envelope_ends_with_error(envd):
     body = struct.pack(">BI", 0, 0x7FFFFFFF) + b"{}"
-    r = httpx.post(
-        f"{envd_url}/process.Process/Start",
+    r = envd.post("/process.Process/Start",
         content=body,
         headers={"content-type": "application/connect+json"},
     )
@@ -179,10 +174,9 @@ def test_stream_with_oversized_envelope_ends_with_error(envd_url):
     assert end["error"]["code"] == "invalid_argument"
 
 
-def test_raw_start_stream_shape(envd_url):
+def test_raw_start_stream_shape(envd):
     req = json.dumps({"process": {"cmd": "/bin/echo", "args": ["hi"]}}).encode()
-    r = httpx.post(
-        f"{envd_url}/process.Process/Start",
+    r = envd.post("/process.Process/Start",
         content=_envelope(req),
         headers={"content-type": "application/connect+json"},
     )

@@ -5,7 +5,6 @@ import gzip
 import io
 import os
 
-import httpx
 import pytest
 from e2b import FileType, NotFoundException, Sandbox
 from e2b.exceptions import FileNotFoundException, InvalidArgumentException
@@ -163,43 +162,40 @@ def test_write_onto_directory_is_invalid(sandbox: Sandbox, unique):
         sandbox.files.write(unique, "x")
 
 
-def test_raw_download_gzip_and_errors(sandbox: Sandbox, envd_url, unique):
+def test_raw_download_gzip_and_errors(sandbox: Sandbox, envd, unique):
     sandbox.files.write(f"{unique}.txt", "abc" * 100)
-    r = httpx.get(f"{envd_url}/files", params={"path": f"{unique}.txt"}, headers={"accept-encoding": "gzip"})
+    r = envd.get("/files", params={"path": f"{unique}.txt"}, headers={"accept-encoding": "gzip"})
     assert r.headers["content-encoding"] == "gzip"
     assert r.text == "abc" * 100  # httpx decodes it
-    r = httpx.get(f"{envd_url}/files", params={"path": f"{unique}-nope"})
+    r = envd.get("/files", params={"path": f"{unique}-nope"})
     assert r.status_code == 404
     assert r.json()["code"] == 404
-    r = httpx.get(f"{envd_url}/files", params={"path": "x", "username": "nobody-here"})
+    r = envd.get("/files", params={"path": "x", "username": "nobody-here"})
     assert r.status_code == 401
 
 
-def test_raw_upload_octet_stream_gzip_and_bad_gzip(envd_url, unique):
+def test_raw_upload_octet_stream_gzip_and_bad_gzip(envd, unique):
     body = gzip.compress(b"raw gz")
-    r = httpx.post(
-        f"{envd_url}/files",
+    r = envd.post("/files",
         params={"path": f"{unique}.txt"},
         content=body,
         headers={"content-type": "application/octet-stream", "content-encoding": "gzip"},
     )
     assert r.status_code == 200, r.text
     assert r.json()[0]["type"] == "file"
-    assert httpx.get(f"{envd_url}/files", params={"path": f"{unique}.txt"}).content == b"raw gz"
-    r = httpx.post(
-        f"{envd_url}/files",
+    assert envd.get("/files", params={"path": f"{unique}.txt"}).content == b"raw gz"
+    r = envd.post("/files",
         params={"path": f"{unique}-bad.txt"},
         content=b"not gzip at all",
         headers={"content-type": "application/octet-stream", "content-encoding": "gzip"},
     )
     assert r.status_code == 400
     # A failed upload leaves nothing behind.
-    assert httpx.get(f"{envd_url}/files", params={"path": f"{unique}-bad.txt"}).status_code == 404
+    assert envd.get("/files", params={"path": f"{unique}-bad.txt"}).status_code == 404
 
 
-def test_raw_nul_in_path_is_rejected(envd_url):
-    r = httpx.post(
-        f"{envd_url}/filesystem.Filesystem/Stat",
+def test_raw_nul_in_path_is_rejected(envd):
+    r = envd.post("/filesystem.Filesystem/Stat",
         json={"path": "a\u0000b"},
     )
     assert r.status_code == 400

@@ -1,1 +1,179 @@
-//! silo-node (under construction)
+//! silo-node: the sandboxes of this host.
+//!
+//! The caller sees one small trait, [`Runtime`]: `start` a sandbox from a
+//! [`SandboxSpec`] (returns once its agent answers `/health`), `destroy` it by id
+//! (idempotent, works after a restart of silo), `list` what exists. [`RunscRuntime`]
+//! implements it on gVisor; a microVM runtime could implement it on hosts where KVM
+//! works.
+//!
+//! Inside:
+//!
+//! - [`runsc`]: the one place that runs the runsc binary (typed argv, timeouts,
+//!   stderr in errors, `state`/`list` JSON).
+//! - [`network`]: netns + veth + a /30 per sandbox, from a persisted address pool.
+//! - [`bundle`]: the OCI `config.json` (template rootfs below a per-sandbox overlay,
+//!   the agent bind-mounted read-only at /opt/silo).
+//! - `cleanup`: the undo stack every acquisition registers with.
+//! - [`sandbox`]: the lifecycle on top of the runtime: create, kill, timeouts and
+//!   reconcile, each state change checked and recorded by the catalog.
+//! - [`agent`]: the calls the node makes to a sandbox's agent (`/init`).
+//! - [`leaks`]: counts what silo holds on the host, for leak tests and reconcile.
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), silo_node::RuntimeError> {
+//! use silo_node::{Runtime, RunscConfig, RunscRuntime, SandboxSpec};
+//! use silo_protocol::ids::SandboxId;
+//!
+//! let runtime = RunscRuntime::new(RunscConfig::new("/var/lib/silo/node", "/usr/lib/silo"))?;
+//! let spec = SandboxSpec::new(SandboxId::generate(), "/var/lib/silo/templates/base/h/rootfs");
+//! let started = runtime.start(&spec).await?; // agent at started.agent
+//! runtime.destroy(&spec.id).await?;
+//! # Ok(()) }
+//! ```
+
+pub mod agent;
+pub mod bundle;
+mod cleanup;
+mod gvisor;
+mod health;
+pub mod leaks;
+pub mod network;
+pub mod runsc;
+pub mod sandbox;
+
+use std::error::Error;
+use std::io;
+use std::net::{Ipv4Addr, SocketAddr};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use silo_protocol::ids::SandboxId;
+
+pub use cleanup::TeardownError;
+pub use gvisor::{RunscConfig, RunscRuntime};
+pub use leaks::HostUsage;
+
+/// What to start.
+#[derive(Debug, Clone)]
+pub struct SandboxSpec {
+    pub id: SandboxId,
+    /// The template's rootfs: the read-only lower layer, shared, never written.
+    pub rootfs: PathBuf,
+    pub cpu_count: u32,
+    pub memory_mb: u32,
+    pub hostname: String,
+}
+
+impl SandboxSpec {
+    /// 2 CPUs, 512 MiB, hostname `sandbox`.
+    pub fn new(id: SandboxId, rootfs: impl Into<PathBuf>) -> Self {
+        SandboxSpec {
+            id,
+            rootfs: rootfs.into(),
+            cpu_count: 2,
+            memory_mb: 512,
+            hostname: "sandbox".into(),
+        }
+    }
+}
+
+/// A sandbox whose agent answered `/health`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Started {
+    /// The sandbox's address, reachable from the host.
+    pub ip: Ipv4Addr,
+    /// The host side of its link.
+    pub gateway: Ipv4Addr,
+    /// The agent (envd) at `ip:49983`.
+    pub agent: SocketAddr,
+    /// From the call to `start` until the agent answered.
+    pub ready_after: Duration,
+}
+
+/// Runs sandboxes. Kept small so another isolation engine can implement it.
+#[async_trait]
+pub trait Runtime: Send + Sync {
+    /// Start a sandbox; returns once its agent answers. On failure nothing is left
+    /// behind.
+    async fn start(&self, spec: &SandboxSpec) -> Result<Started, RuntimeError>;
+    /// Release everything the sandbox holds. Idempotent; needs only the id.
+    async fn destroy(&self, id: &SandboxId) -> Result<(), RuntimeError>;
+    /// Every sandbox this runtime holds anything for, running or half-made.
+    async fn list(&self) -> Result<Vec<SandboxId>, RuntimeError>;
+}
+
+/// Errors of the runtime's verbs.
+#[derive(Debug, thiserror::Error)]
+pub enum RuntimeError {
+    #[error("invalid runtime configuration")]
+    InvalidConfig(#[source] network::NetworkError),
+    #[error("create state directory {path}")]
+    CreateStateDir {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("sandbox {id} already exists on this host")]
+    SandboxExists { id: SandboxId },
+    #[error("create directory {path} for sandbox {id}")]
+    CreateSandboxDir {
+        id: SandboxId,
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("set up network for sandbox {id}")]
+    SetupNetwork {
+        id: SandboxId,
+        #[source]
+        source: network::NetworkError,
+    },
+    #[error("write bundle for sandbox {id}")]
+    WriteBundle {
+        id: SandboxId,
+        #[source]
+        source: bundle::BundleError,
+    },
+    #[error("start container for sandbox {id}")]
+    StartContainer {
+        id: SandboxId,
+        #[source]
+        source: runsc::RunscError,
+    },
+    #[error("agent of sandbox {id} did not answer http://{agent}/health within {waited:?} (last: {last_error}); console: {log}")]
+    WaitReady {
+        id: SandboxId,
+        agent: SocketAddr,
+        waited: Duration,
+        last_error: String,
+        log: String,
+    },
+    #[error("sandbox {id} stopped before its agent answered; console: {log}")]
+    AgentExited { id: SandboxId, log: String },
+    #[error("tear down sandbox {id}: {}", errors.iter().map(|e| error_chain(e)).collect::<Vec<_>>().join("; "))]
+    Teardown {
+        id: SandboxId,
+        errors: Vec<TeardownError>,
+    },
+    #[error("list runsc containers")]
+    ListContainers(#[source] runsc::RunscError),
+    #[error("list sandbox directories in {path}")]
+    ListSandboxDirs {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+}
+
+/// `error: cause: cause`, for errors that end up inside another message or a log.
+pub(crate) fn error_chain(err: &dyn Error) -> String {
+    let mut text = err.to_string();
+    let mut source = err.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}

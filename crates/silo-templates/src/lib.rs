@@ -1,1 +1,22 @@
-//! silo-templates (under construction)
+//! silo-templates: root filesystems that sandboxes start from.
+//!
+//! A template's rootfs is a plain directory, the read-only lower layer shared by all
+//! sandboxes of the template. For now there is one template, `base`:
+//! [`build_base`] debootstraps it from the host's own Debian mirror ([`mirror`]) and
+//! caches it at `<templates_dir>/base/<recipe hash>/rootfs` ([`recipe`]).
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), silo_templates::BuildError> {
+//! let template = silo_templates::build_base("/var/lib/silo/templates".as_ref(), |p| {
+//!     eprintln!("{p:?}")
+//! })
+//! .await?;
+//! println!("rootfs at {}", template.rootfs.display());
+//! # Ok(()) }
+//! ```
+
+mod base;
+pub mod mirror;
+pub mod recipe;
+
+pub use base::{build_base, prune_base, BuildError, Progress, Stage, TemplatePath};

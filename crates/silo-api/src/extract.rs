@@ -1,0 +1,47 @@
+//! Extractors whose rejections come out in E2B's error shape instead of axum's plain text.
+
+use axum::extract::{FromRequest, FromRequestParts, Request};
+use axum::http::request::Parts;
+use serde::de::DeserializeOwned;
+use silo_protocol::ids::SandboxId;
+
+use crate::error::ApiError;
+
+/// `axum::Json`, answering bad bodies with a 400 `{"code":400,"message":...}`.
+pub struct ApiJson<T>(pub T);
+
+impl<T, S> FromRequest<S> for ApiJson<T>
+where
+    T: DeserializeOwned,
+    S: Send + Sync,
+{
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
+        match axum::Json::<T>::from_request(req, state).await {
+            Ok(axum::Json(value)) => Ok(ApiJson(value)),
+            Err(rejection) => Err(ApiError::BadRequest(rejection.body_text())),
+        }
+    }
+}
+
+/// The `{id}` path segment as a [`SandboxId`]. A malformed id names no sandbox, so it is
+/// a 404 like any other unknown id.
+pub struct SandboxPath(pub SandboxId);
+
+impl<S: Send + Sync> FromRequestParts<S> for SandboxPath {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        let axum::extract::Path(raw) =
+            axum::extract::Path::<String>::from_request_parts(parts, state)
+                .await
+                .map_err(|rejection| ApiError::BadRequest(rejection.body_text()))?;
+        raw.parse().map(SandboxPath).map_err(|_| {
+            ApiError::NotFound(format!(
+                "sandbox {:?} was not found",
+                raw.chars().take(64).collect::<String>()
+            ))
+        })
+    }
+}

@@ -1,0 +1,198 @@
+//! The sandbox proxy: traffic for a sandbox port arrives on the API's own listener and is
+//! forwarded to the sandbox's agent, bodies streamed both ways.
+//!
+//! A request is sandbox traffic when it names the sandbox either way the SDKs do:
+//! - headers `E2b-Sandbox-Id` and `E2b-Sandbox-Port` (mode A, `E2B_SANDBOX_URL`);
+//! - Host `{port}-{sandbox id}.{domain}` (mode B, wildcard DNS).
+
+use axum::body::Body;
+use axum::extract::{Request, State};
+use axum::http::{header, HeaderMap, HeaderName, StatusCode, Uri};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use hyper_util::client::legacy::{connect::HttpConnector, Client};
+use hyper_util::rt::TokioExecutor;
+use silo_protocol::ids::SandboxId;
+use silo_protocol::rest::ApiError as WireError;
+
+use crate::AppState;
+use silo_node::sandbox::SandboxError;
+
+pub type ProxyClient = Client<HttpConnector, Body>;
+
+pub fn client() -> ProxyClient {
+    let mut connector = HttpConnector::new();
+    connector.set_nodelay(true);
+    connector.set_connect_timeout(Some(std::time::Duration::from_secs(5)));
+    Client::builder(TokioExecutor::new()).build(connector)
+}
+
+const SANDBOX_ID_HEADER: &str = "e2b-sandbox-id";
+const SANDBOX_PORT_HEADER: &str = "e2b-sandbox-port";
+
+/// Which sandbox and port a request is for, if it is sandbox traffic.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Target {
+    Sandbox {
+        id: String,
+        port: u16,
+    },
+    /// It names a sandbox but not well enough to route.
+    Invalid(String),
+}
+
+pub fn target(headers: &HeaderMap, domain: Option<&str>) -> Option<Target> {
+    if let Some(id) = headers.get(SANDBOX_ID_HEADER) {
+        let id = id.to_str().unwrap_or_default().to_owned();
+        let port = match headers.get(SANDBOX_PORT_HEADER) {
+            None => silo_protocol::ports::ENVD,
+            Some(value) => match value.to_str().ok().and_then(|v| v.parse().ok()) {
+                Some(port) => port,
+                None => return Some(Target::Invalid("E2b-Sandbox-Port is not a port".into())),
+            },
+        };
+        return Some(Target::Sandbox { id, port });
+    }
+    let host = headers.get(header::HOST)?.to_str().ok()?;
+    let host = host.split(':').next().unwrap_or(host);
+    let (label, rest) = host.split_once('.')?;
+    if domain.is_some_and(|domain| rest != domain) {
+        return None;
+    }
+    let (port, id) = label.split_once('-')?;
+    let port = port.parse().ok()?;
+    id.parse::<SandboxId>().ok()?;
+    Some(Target::Sandbox {
+        id: id.to_owned(),
+        port,
+    })
+}
+
+/// Middleware in front of the whole router: sandbox traffic goes to the sandbox, the
+/// rest to the control plane.
+pub async fn route_sandbox_traffic(
+    State(app): State<AppState>,
+    req: Request,
+    next: Next,
+) -> Response {
+    match target(req.headers(), app.domain.as_deref()) {
+        None => next.run(req).await,
+        Some(Target::Invalid(message)) => proxy_error(StatusCode::BAD_REQUEST, message),
+        Some(Target::Sandbox { id, port }) => forward(&app, &id, port, req).await,
+    }
+}
+
+async fn forward(app: &AppState, id: &str, port: u16, mut req: Request) -> Response {
+    let addr = match id.parse::<SandboxId>() {
+        Ok(id) => app.manager.route(&id, port),
+        Err(_) => Err(SandboxError::InvalidRequest(String::new())),
+    };
+    let addr = match addr {
+        Ok(addr) => addr,
+        // The SDK reads "was not found" on a 502 as "the sandbox is not running".
+        Err(_) => {
+            return proxy_error(
+                StatusCode::BAD_GATEWAY,
+                format!("the sandbox {id} was not found"),
+            )
+        }
+    };
+    let path = req
+        .uri()
+        .path_and_query()
+        .map_or("/", |p| p.as_str())
+        .to_owned();
+    let uri: Uri = match format!("http://{addr}{path}").parse() {
+        Ok(uri) => uri,
+        Err(_) => return proxy_error(StatusCode::BAD_REQUEST, "invalid request path".into()),
+    };
+    *req.uri_mut() = uri;
+    strip_hop_by_hop(req.headers_mut());
+    match app.proxy.request(req).await {
+        Ok(resp) => {
+            let (mut parts, body) = resp.into_parts();
+            strip_hop_by_hop(&mut parts.headers);
+            Response::from_parts(parts, Body::new(body))
+        }
+        Err(err) => {
+            tracing::warn!(sandbox_id = %id, port, error = %crate::error::chain(&err), "proxy upstream failed");
+            proxy_error(
+                StatusCode::BAD_GATEWAY,
+                // "port is not open" is what the SDK reads as "running but unreachable".
+                format!("sandbox {id}: port {port} is not open; is a server listening on it inside the sandbox?"),
+            )
+        }
+    }
+}
+
+fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    const HOP_BY_HOP: [&str; 7] = [
+        "connection",
+        "keep-alive",
+        "proxy-authenticate",
+        "proxy-authorization",
+        "te",
+        "trailer",
+        "upgrade",
+    ];
+    for name in HOP_BY_HOP {
+        headers.remove(HeaderName::from_static(name));
+    }
+    headers.remove(header::HOST);
+}
+
+fn proxy_error(status: StatusCode, message: String) -> Response {
+    (
+        status,
+        Json(WireError {
+            code: status.as_u16(),
+            message,
+        }),
+    )
+        .into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn headers(pairs: &[(&'static str, &str)]) -> HeaderMap {
+        pairs
+            .iter()
+            .map(|(k, v)| (HeaderName::from_static(k), v.parse().unwrap()))
+            .collect()
+    }
+
+    #[test]
+    fn routes_by_headers() {
+        let h = headers(&[("e2b-sandbox-id", "abc"), ("e2b-sandbox-port", "49999")]);
+        assert_eq!(
+            target(&h, None),
+            Some(Target::Sandbox {
+                id: "abc".into(),
+                port: 49999
+            })
+        );
+        let h = headers(&[("e2b-sandbox-id", "abc"), ("e2b-sandbox-port", "http")]);
+        assert!(matches!(target(&h, None), Some(Target::Invalid(_))));
+    }
+
+    #[test]
+    fn routes_by_host() {
+        let id = SandboxId::generate();
+        let h = headers(&[("host", &format!("49983-{id}.silo.test:3000"))]);
+        assert_eq!(
+            target(&h, Some("silo.test")),
+            Some(Target::Sandbox {
+                id: id.to_string(),
+                port: 49983
+            })
+        );
+        assert_eq!(target(&h, Some("other.test")), None);
+        let h = headers(&[("host", "127.0.0.1:3000")]);
+        assert_eq!(target(&h, None), None);
+        let h = headers(&[("host", "api.silo.test")]);
+        assert_eq!(target(&h, None), None);
+    }
+}

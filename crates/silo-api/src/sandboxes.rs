@@ -1,0 +1,245 @@
+//! E2B's sandbox REST endpoints (v1 and v2). Handlers only extract, call the manager and
+//! shape the answer.
+
+use std::collections::BTreeMap;
+
+use axum::extract::{RawQuery, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode};
+use axum::response::IntoResponse;
+use axum::Json;
+use chrono::{DateTime, SecondsFormat, Utc};
+use silo_catalog::{ListFilter, SandboxRecord, SandboxState};
+use silo_protocol::rest::{self, ConnectSandbox, NewSandbox, SetTimeout};
+
+use crate::error::ApiError;
+use crate::extract::{ApiJson, SandboxPath};
+use crate::AppState;
+use silo_node::sandbox::CreateRequest;
+
+fn rfc3339(ms: i64) -> String {
+    DateTime::<Utc>::from_timestamp_millis(ms)
+        .unwrap_or_default()
+        .to_rfc3339_opts(SecondsFormat::Millis, true)
+}
+
+fn wire_state(state: SandboxState) -> rest::SandboxState {
+    match state {
+        SandboxState::Paused | SandboxState::Pausing => rest::SandboxState::Paused,
+        _ => rest::SandboxState::Running,
+    }
+}
+
+impl AppState {
+    fn sandbox_body(&self, rec: &SandboxRecord) -> rest::Sandbox {
+        rest::Sandbox {
+            template_id: rec.template_id.clone(),
+            sandbox_id: rec.id.clone(),
+            client_id: crate::CLIENT_ID.into(),
+            envd_version: rec.envd_version.clone(),
+            alias: None,
+            envd_access_token: rec.envd_access_token.clone(),
+            traffic_access_token: None,
+            domain: self.domain.clone(),
+        }
+    }
+
+    fn detail_body(&self, rec: &SandboxRecord) -> rest::SandboxDetail {
+        rest::SandboxDetail {
+            template_id: rec.template_id.clone(),
+            sandbox_id: rec.id.clone(),
+            client_id: crate::CLIENT_ID.into(),
+            started_at: rfc3339(rec.started_at_ms),
+            end_at: rfc3339(rec.end_at_ms),
+            envd_version: rec.envd_version.clone(),
+            cpu_count: rec.cpu_count,
+            memory_mb: rec.memory_mb,
+            disk_size_mb: rec.disk_size_mb,
+            state: wire_state(rec.state),
+            alias: None,
+            metadata: rec.metadata.clone(),
+            envd_access_token: rec.envd_access_token.clone(),
+            domain: self.domain.clone(),
+        }
+    }
+}
+
+/// `POST /sandboxes` (v1) and `POST /v2/sandboxes`.
+pub async fn create(
+    State(app): State<AppState>,
+    ApiJson(body): ApiJson<NewSandbox>,
+) -> Result<impl IntoResponse, ApiError> {
+    let rec = app
+        .manager
+        .create(CreateRequest {
+            template: body.template_id,
+            timeout_seconds: body.timeout,
+            metadata: body.metadata.unwrap_or_default(),
+            env_vars: body.env_vars.unwrap_or_default(),
+            secure: body.secure.unwrap_or(true),
+        })
+        .await?;
+    Ok((StatusCode::CREATED, Json(app.sandbox_body(&rec))))
+}
+
+/// `POST /sandboxes/{id}/connect` (v1 and v2): 200 when already running.
+pub async fn connect(
+    State(app): State<AppState>,
+    SandboxPath(id): SandboxPath,
+    body: axum::body::Bytes,
+) -> Result<impl IntoResponse, ApiError> {
+    // The body is optional: v1 clients send `{"timeout":N}`, others may send nothing.
+    let timeout = if body.iter().all(u8::is_ascii_whitespace) {
+        None
+    } else {
+        serde_json::from_slice::<ConnectSandbox>(&body)
+            .map_err(|err| ApiError::BadRequest(format!("invalid connect body: {err}")))?
+            .timeout
+    };
+    let rec = app.manager.connect(&id, timeout)?;
+    Ok((StatusCode::OK, Json(app.sandbox_body(&rec))))
+}
+
+/// `GET /sandboxes/{id}`.
+pub async fn get_info(
+    State(app): State<AppState>,
+    SandboxPath(id): SandboxPath,
+) -> Result<impl IntoResponse, ApiError> {
+    let rec = app.manager.get(&id)?;
+    Ok(Json(app.detail_body(&rec)))
+}
+
+/// `DELETE /sandboxes/{id}`.
+pub async fn kill(
+    State(app): State<AppState>,
+    SandboxPath(id): SandboxPath,
+) -> Result<StatusCode, ApiError> {
+    app.manager.kill(&id, "killed by request")?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// `POST /sandboxes/{id}/timeout`.
+pub async fn set_timeout(
+    State(app): State<AppState>,
+    SandboxPath(id): SandboxPath,
+    ApiJson(body): ApiJson<SetTimeout>,
+) -> Result<StatusCode, ApiError> {
+    app.manager.set_timeout(&id, body.timeout)?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// `GET /sandboxes` (v1): every running sandbox, optionally filtered by metadata.
+pub async fn list_v1(
+    State(app): State<AppState>,
+    RawQuery(query): RawQuery,
+) -> Result<impl IntoResponse, ApiError> {
+    let mut filter = parse_list_query(query.as_deref().unwrap_or(""))?;
+    filter.states = vec![SandboxState::Running];
+    filter.after = None;
+    filter.limit = None;
+    let page = app
+        .manager
+        .catalog()
+        .list(&filter)
+        .map_err(|e| ApiError::Sandbox(e.into()))?;
+    let body: Vec<_> = page
+        .sandboxes
+        .iter()
+        .map(|rec| app.detail_body(rec))
+        .collect();
+    Ok(Json(body))
+}
+
+/// `GET /v2/sandboxes`: filtered by state and metadata, paged with `X-Next-Token`.
+pub async fn list_v2(
+    State(app): State<AppState>,
+    RawQuery(query): RawQuery,
+) -> Result<impl IntoResponse, ApiError> {
+    let filter = parse_list_query(query.as_deref().unwrap_or(""))?;
+    let page = app
+        .manager
+        .catalog()
+        .list(&filter)
+        .map_err(|e| ApiError::Sandbox(e.into()))?;
+    let body: Vec<_> = page
+        .sandboxes
+        .iter()
+        .map(|rec| app.detail_body(rec))
+        .collect();
+    let mut headers = HeaderMap::new();
+    if let Some(token) = page.next_token {
+        headers.insert(
+            "x-next-token",
+            HeaderValue::from_str(&token).expect("sandbox ids are header-safe"),
+        );
+    }
+    Ok((headers, Json(body)))
+}
+
+/// The list query. `metadata` is `k=v&k2=v2` whose parts were encoded before the whole
+/// was encoded again, so it is decoded twice.
+fn parse_list_query(query: &str) -> Result<ListFilter, ApiError> {
+    let mut filter = ListFilter::default();
+    for (key, value) in form_urlencoded::parse(query.as_bytes()) {
+        match key.as_ref() {
+            "metadata" => {
+                let pairs: BTreeMap<String, String> = form_urlencoded::parse(value.as_bytes())
+                    .map(|(k, v)| (k.into_owned(), v.into_owned()))
+                    .collect();
+                filter.metadata.extend(pairs);
+            }
+            "state" => {
+                for state in value.split(',').filter(|s| !s.is_empty()) {
+                    let state = match state {
+                        "running" => SandboxState::Running,
+                        "paused" => SandboxState::Paused,
+                        other => {
+                            return Err(ApiError::BadRequest(format!(
+                                "unknown state {other:?}: use running or paused"
+                            )))
+                        }
+                    };
+                    filter.states.push(state);
+                }
+            }
+            "nextToken" => filter.after = Some(value.into_owned()),
+            "limit" => {
+                let limit: usize = value.parse().map_err(|_| {
+                    ApiError::BadRequest(format!("limit {value:?} is not a positive number"))
+                })?;
+                if limit == 0 {
+                    return Err(ApiError::BadRequest("limit must be at least 1".into()));
+                }
+                filter.limit = Some(limit);
+            }
+            "template" => filter.template_id = Some(value.into_owned()),
+            _ => {}
+        }
+    }
+    Ok(filter)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn metadata_is_decoded_twice() {
+        // What the SDK sends for metadata={"a b": "c&d", "x": "1"}.
+        let query = "metadata=a%2520b%3Dc%2526d%26x%3D1&state=running%2Cpaused&limit=5";
+        let filter = parse_list_query(query).unwrap();
+        assert_eq!(filter.metadata["a b"], "c&d");
+        assert_eq!(filter.metadata["x"], "1");
+        assert_eq!(
+            filter.states,
+            vec![SandboxState::Running, SandboxState::Paused]
+        );
+        assert_eq!(filter.limit, Some(5));
+    }
+
+    #[test]
+    fn bad_list_queries_are_400() {
+        assert!(parse_list_query("state=zombie").is_err());
+        assert!(parse_list_query("limit=-1").is_err());
+        assert!(parse_list_query("limit=0").is_err());
+    }
+}

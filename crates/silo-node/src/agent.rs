@@ -1,0 +1,81 @@
+//! The control plane's calls to a sandbox's agent (envd's `/init`), made once a sandbox
+//! is up and before it is handed to the user.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper_util::client::legacy::{connect::HttpConnector, Client};
+use hyper_util::rt::TokioExecutor;
+use serde::Serialize;
+
+const INIT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// envd's `POST /init` body.
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct InitRequest {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub access_token: Option<String>,
+    pub env_vars: std::collections::BTreeMap<String, String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub default_user: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub default_workdir: Option<String>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    #[error("request to the agent failed")]
+    Request(#[source] hyper_util::client::legacy::Error),
+    #[error("agent answered {status}: {body}")]
+    Status {
+        status: hyper::StatusCode,
+        body: String,
+    },
+    #[error("agent did not answer within {0:?}")]
+    Timeout(Duration),
+}
+
+#[derive(Clone)]
+pub struct AgentClient {
+    http: Client<HttpConnector, Full<Bytes>>,
+}
+
+impl Default for AgentClient {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl AgentClient {
+    pub fn new() -> AgentClient {
+        AgentClient {
+            http: Client::builder(TokioExecutor::new()).build_http(),
+        }
+    }
+
+    pub async fn init(&self, agent: SocketAddr, init: &InitRequest) -> Result<(), AgentError> {
+        let body = serde_json::to_vec(init).expect("init body serializes");
+        let req = hyper::Request::post(format!("http://{agent}/init"))
+            .header(hyper::header::CONTENT_TYPE, "application/json")
+            .body(Full::new(Bytes::from(body)))
+            .expect("static request parts are valid");
+        let resp = tokio::time::timeout(INIT_TIMEOUT, self.http.request(req))
+            .await
+            .map_err(|_| AgentError::Timeout(INIT_TIMEOUT))?
+            .map_err(AgentError::Request)?;
+        let status = resp.status();
+        if status.is_success() {
+            return Ok(());
+        }
+        let body = resp
+            .into_body()
+            .collect()
+            .await
+            .map(|b| String::from_utf8_lossy(&b.to_bytes()).into_owned())
+            .unwrap_or_default();
+        Err(AgentError::Status { status, body })
+    }
+}

@@ -1,0 +1,184 @@
+//! The undo stack: every resource a sandbox acquires registers how to give it back.
+//!
+//! [`Undo`] names one step; all steps work from the sandbox id alone and are idempotent
+//! (a resource already gone counts as released), so `destroy` after a restart of silo
+//! simply runs the full [`Undo::PLAN`]. Steps run newest first; a failing step does
+//! not stop the others, its error is collected.
+//!
+//! A start that fails runs its stack at once. A start whose future is dropped mid-way
+//! (caller cancelled) hands the stack to a background task from `Drop`.
+
+use std::io;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use silo_protocol::ids::SandboxId;
+
+use crate::gvisor::Inner;
+use crate::network::{self, NetNames, NetworkError};
+use crate::runsc::RunscError;
+
+/// One release step, in acquisition order in [`Undo::PLAN`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Undo {
+    RemoveSandboxDir,
+    ReleaseAddress,
+    DeleteNetns,
+    DeleteVeth,
+    RemoveCgroups,
+    DeleteContainer,
+}
+
+impl Undo {
+    /// Everything a started sandbox holds, in the order `start` acquires it.
+    pub(crate) const PLAN: [Undo; 6] = [
+        Undo::RemoveSandboxDir,
+        Undo::ReleaseAddress,
+        Undo::DeleteNetns,
+        Undo::DeleteVeth,
+        Undo::RemoveCgroups,
+        Undo::DeleteContainer,
+    ];
+
+    async fn run(self, inner: &Inner, id: &SandboxId) -> Result<(), TeardownError> {
+        match self {
+            Undo::DeleteContainer => inner.runsc.delete_force(id).await.map_err(|source| {
+                TeardownError::DeleteContainer {
+                    id: id.clone(),
+                    source,
+                }
+            }),
+            Undo::RemoveCgroups => remove_cgroups(inner.cgroup_dirs(id)).await,
+            Undo::DeleteVeth => Ok(network::delete_veth(&NetNames::of(id)).await?),
+            Undo::DeleteNetns => Ok(network::delete_netns(&NetNames::of(id)).await?),
+            Undo::ReleaseAddress => Ok(inner.pool.release(id)?),
+            Undo::RemoveSandboxDir => {
+                let path = inner.sandbox_dir(id);
+                match tokio::fs::remove_dir_all(&path).await {
+                    Err(e) if e.kind() != io::ErrorKind::NotFound => {
+                        Err(TeardownError::RemoveSandboxDir { path, source: e })
+                    }
+                    _ => Ok(()),
+                }
+            }
+        }
+    }
+}
+
+/// One failed release step.
+#[derive(Debug, thiserror::Error)]
+pub enum TeardownError {
+    #[error("delete runsc container {id}")]
+    DeleteContainer {
+        id: SandboxId,
+        #[source]
+        source: RunscError,
+    },
+    #[error("remove cgroup {path}; are processes still in it?")]
+    RemoveCgroup {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error(transparent)]
+    Network(#[from] NetworkError),
+    #[error("remove sandbox directory {path}")]
+    RemoveSandboxDir {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+}
+
+/// The cgroup directories a sandbox's processes may leave behind. runsc removes them
+/// on a clean delete but not always after a forced one; the kernel refuses (EBUSY)
+/// while the dying sandbox's tasks are still in them, so retry briefly.
+async fn remove_cgroups(dirs: Vec<PathBuf>) -> Result<(), TeardownError> {
+    const TRIES: u32 = 40;
+    for path in dirs {
+        let mut tries = 0;
+        loop {
+            match tokio::fs::remove_dir(&path).await {
+                Ok(()) => break,
+                Err(e) if e.kind() == io::ErrorKind::NotFound => break,
+                Err(e) if e.raw_os_error() == Some(libc::EBUSY) && tries < TRIES => {
+                    tries += 1;
+                    tokio::time::sleep(Duration::from_millis(25)).await;
+                }
+                Err(source) => return Err(TeardownError::RemoveCgroup { path, source }),
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Steps registered so far for one sandbox; runs them on failure or drop.
+pub(crate) struct UndoStack {
+    inner: Arc<Inner>,
+    id: SandboxId,
+    steps: Vec<Undo>,
+}
+
+impl UndoStack {
+    pub(crate) fn new(inner: Arc<Inner>, id: SandboxId) -> Self {
+        UndoStack {
+            inner,
+            id,
+            steps: Vec::new(),
+        }
+    }
+
+    /// Register `step`; call it just before acquiring, since each step is idempotent.
+    pub(crate) fn push(&mut self, step: Undo) {
+        self.steps.push(step);
+    }
+
+    /// Success: keep everything.
+    pub(crate) fn disarm(mut self) {
+        self.steps.clear();
+    }
+
+    /// Run every step, newest first; returns the failures.
+    pub(crate) async fn run(mut self) -> Vec<TeardownError> {
+        let steps = std::mem::take(&mut self.steps);
+        run_steps(&self.inner, &self.id, steps).await
+    }
+}
+
+pub(crate) async fn run_steps(
+    inner: &Inner,
+    id: &SandboxId,
+    steps: Vec<Undo>,
+) -> Vec<TeardownError> {
+    let mut errors = Vec::new();
+    for step in steps.into_iter().rev() {
+        if let Err(e) = step.run(inner, id).await {
+            errors.push(e);
+        }
+    }
+    errors
+}
+
+impl Drop for UndoStack {
+    fn drop(&mut self) {
+        if self.steps.is_empty() {
+            return;
+        }
+        let steps = std::mem::take(&mut self.steps);
+        let inner = Arc::clone(&self.inner);
+        let id = self.id.clone();
+        match tokio::runtime::Handle::try_current() {
+            Ok(handle) => {
+                handle.spawn(async move {
+                    for e in run_steps(&inner, &id, steps).await {
+                        tracing::warn!(sandbox_id = %id, error = %crate::error_chain(&e), "undo after cancelled start failed");
+                    }
+                });
+            }
+            Err(_) => {
+                tracing::warn!(sandbox_id = %id, "start cancelled outside a runtime; destroy it to release its resources");
+            }
+        }
+    }
+}

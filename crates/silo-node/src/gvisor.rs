@@ -1,0 +1,355 @@
+//! [`RunscRuntime`]: the [`Runtime`] on gVisor.
+//!
+//! Layout under [`RunscConfig::state_dir`]:
+//!
+//! ```text
+//! runsc/            runsc --root: its container state, silo's alone
+//! sandboxes/<id>/   the OCI bundle (config.json) and console.log (runsc's and the
+//!                   agent's stdio)
+//! addresses/<slot>  address leases (see network::AddressPool)
+//! ```
+//!
+//! `start` acquires in [`Undo::PLAN`] order: sandbox dir, address, netns, veth,
+//! container (and the cgroups runsc makes for it), then waits for the agent's
+//! `/health`. Any failure, or a dropped future, releases everything acquired so far.
+
+use std::io;
+use std::net::{Ipv4Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use silo_protocol::ids::SandboxId;
+use silo_protocol::ports;
+
+use crate::bundle::BundleSpec;
+use crate::cleanup::{self, Undo, UndoStack};
+use crate::network::{self, AddressPool, NetNames};
+use crate::runsc::{ContainerStatus, Overlay, Runsc};
+use crate::{health, Runtime, RuntimeError, SandboxSpec, Started};
+
+/// Configuration of the gVisor runtime. [`RunscConfig::new`] fills the defaults.
+#[derive(Debug, Clone)]
+pub struct RunscConfig {
+    /// The runsc binary. Default `/usr/bin/runsc`.
+    pub runsc: PathBuf,
+    /// runsc platform: `systrap` (default), `ptrace`, or `kvm` where KVM works.
+    pub platform: String,
+    /// silo's node state: runsc root, bundles, address leases. No default.
+    pub state_dir: PathBuf,
+    /// Host directory holding the static `silo-agent`, mounted read-only at /opt/silo
+    /// in every sandbox. No default.
+    pub agent_dir: PathBuf,
+    /// Where sandbox writes go. Default [`Overlay::Memory`].
+    pub overlay: Overlay,
+    /// Pool of sandbox addresses, one /30 each. Default `10.213.0.0/16`. It must not
+    /// overlap any network the host uses, and two silo nodes on one host need two pools.
+    pub address_pool: (Ipv4Addr, u8),
+    /// Where the cgroup v1 hierarchies are mounted. Default `/sys/fs/cgroup`.
+    pub cgroup_root: PathBuf,
+    /// Parent cgroup of every sandbox. Default `silo`.
+    pub cgroup_parent: String,
+    /// Limit for one runsc call. Default 30 s.
+    pub command_timeout: Duration,
+    /// How long `start` waits for the agent's `/health`. Default 15 s.
+    pub ready_timeout: Duration,
+}
+
+impl RunscConfig {
+    pub fn new(state_dir: impl Into<PathBuf>, agent_dir: impl Into<PathBuf>) -> Self {
+        RunscConfig {
+            runsc: "/usr/bin/runsc".into(),
+            platform: "systrap".into(),
+            state_dir: state_dir.into(),
+            agent_dir: agent_dir.into(),
+            overlay: Overlay::Memory,
+            address_pool: (Ipv4Addr::new(10, 213, 0, 0), 16),
+            cgroup_root: "/sys/fs/cgroup".into(),
+            cgroup_parent: "silo".into(),
+            command_timeout: Duration::from_secs(30),
+            ready_timeout: Duration::from_secs(15),
+        }
+    }
+}
+
+/// Shared by the runtime and its undo steps (which may outlive a cancelled `start`).
+pub(crate) struct Inner {
+    pub(crate) config: RunscConfig,
+    pub(crate) runsc: Runsc,
+    pub(crate) pool: AddressPool,
+}
+
+impl Inner {
+    pub(crate) fn sandboxes_dir(&self) -> PathBuf {
+        self.config.state_dir.join("sandboxes")
+    }
+
+    pub(crate) fn sandbox_dir(&self, id: &SandboxId) -> PathBuf {
+        self.sandboxes_dir().join(id.as_str())
+    }
+
+    fn cgroups_path(&self, id: &SandboxId) -> String {
+        format!("/{}/{}", self.config.cgroup_parent, id)
+    }
+
+    /// The sandbox's cgroup in every mounted hierarchy (existing or not).
+    pub(crate) fn cgroup_dirs(&self, id: &SandboxId) -> Vec<PathBuf> {
+        self.cgroup_parents()
+            .into_iter()
+            .map(|parent| parent.join(id.as_str()))
+            .collect()
+    }
+
+    /// `<hierarchy>/<cgroup_parent>` for every hierarchy under the cgroup root.
+    pub(crate) fn cgroup_parents(&self) -> Vec<PathBuf> {
+        let Ok(entries) = std::fs::read_dir(&self.config.cgroup_root) else {
+            return Vec::new();
+        };
+        entries
+            .filter_map(Result::ok)
+            .map(|e| e.path().join(&self.config.cgroup_parent))
+            .collect()
+    }
+}
+
+/// Sandboxes as gVisor containers, one netns each.
+#[derive(Clone)]
+pub struct RunscRuntime {
+    pub(crate) inner: Arc<Inner>,
+}
+
+impl RunscRuntime {
+    /// Validate `config` and create the state directories.
+    pub fn new(config: RunscConfig) -> Result<Self, RuntimeError> {
+        let (base, prefix_len) = config.address_pool;
+        let pool = AddressPool::new(config.state_dir.join("addresses"), base, prefix_len)
+            .map_err(RuntimeError::InvalidConfig)?;
+        let runsc = Runsc {
+            binary: config.runsc.clone(),
+            root: config.state_dir.join("runsc"),
+            platform: config.platform.clone(),
+            overlay: config.overlay.clone(),
+            timeout: config.command_timeout,
+        };
+        let inner = Inner {
+            config,
+            runsc,
+            pool,
+        };
+        for dir in [inner.runsc.root.clone(), inner.sandboxes_dir()] {
+            std::fs::create_dir_all(&dir)
+                .map_err(|source| RuntimeError::CreateStateDir { path: dir, source })?;
+        }
+        Ok(RunscRuntime {
+            inner: Arc::new(inner),
+        })
+    }
+
+    /// The runsc driver, for verbs beyond the [`Runtime`] trait (exec, checkpoint).
+    pub fn runsc(&self) -> &Runsc {
+        &self.inner.runsc
+    }
+
+    /// The directory holding a sandbox's bundle and `console.log`.
+    pub fn sandbox_dir(&self, id: &SandboxId) -> PathBuf {
+        self.inner.sandbox_dir(id)
+    }
+
+    /// The sandbox's cgroup directories, e.g. `<root>/freezer/silo/<id>` for freezing.
+    pub fn cgroup_dirs(&self, id: &SandboxId) -> Vec<PathBuf> {
+        self.inner.cgroup_dirs(id)
+    }
+
+    async fn try_start(
+        &self,
+        spec: &SandboxSpec,
+        undo: &mut UndoStack,
+    ) -> Result<Started, RuntimeError> {
+        let inner = &self.inner;
+        let id = &spec.id;
+        let began = Instant::now();
+
+        let dir = inner.sandbox_dir(id);
+        match tokio::fs::create_dir(&dir).await {
+            Ok(()) => undo.push(Undo::RemoveSandboxDir),
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
+                return Err(RuntimeError::SandboxExists { id: id.clone() })
+            }
+            Err(source) => {
+                return Err(RuntimeError::CreateSandboxDir {
+                    id: id.clone(),
+                    path: dir,
+                    source,
+                })
+            }
+        }
+
+        let net_err = |source| RuntimeError::SetupNetwork {
+            id: id.clone(),
+            source,
+        };
+        undo.push(Undo::ReleaseAddress);
+        let lease = inner.pool.allocate(id).map_err(net_err)?;
+        let names = NetNames::of(id);
+        undo.push(Undo::DeleteNetns);
+        network::create_netns(&names).await.map_err(net_err)?;
+        undo.push(Undo::DeleteVeth);
+        network::create_veth(&names, &lease)
+            .await
+            .map_err(net_err)?;
+
+        let cgroups_path = inner.cgroups_path(id);
+        let netns_path = names.netns_path();
+        BundleSpec {
+            rootfs: &spec.rootfs,
+            agent_dir: &inner.config.agent_dir,
+            netns_path: &netns_path,
+            cgroups_path: &cgroups_path,
+            hostname: &spec.hostname,
+            cpu_count: spec.cpu_count,
+            memory_mb: spec.memory_mb,
+        }
+        .write(&dir)
+        .map_err(|source| RuntimeError::WriteBundle {
+            id: id.clone(),
+            source,
+        })?;
+
+        undo.push(Undo::RemoveCgroups);
+        undo.push(Undo::DeleteContainer);
+        let log = dir.join("console.log");
+        inner
+            .runsc
+            .run_detached(&dir, id, &log)
+            .await
+            .map_err(|source| RuntimeError::StartContainer {
+                id: id.clone(),
+                source,
+            })?;
+        let running_after = began.elapsed();
+
+        let agent = SocketAddr::from((lease.ip, ports::ENVD));
+        self.wait_ready(id, agent, &log).await?;
+        let ready_after = began.elapsed();
+        tracing::info!(sandbox_id = %id, ip = %lease.ip, ?running_after, ?ready_after, "sandbox started");
+        Ok(Started {
+            ip: lease.ip,
+            gateway: lease.gateway,
+            agent,
+            ready_after,
+        })
+    }
+
+    /// Poll the agent's `/health` until it answers 2xx, the container stops, or the
+    /// deadline passes.
+    async fn wait_ready(
+        &self,
+        id: &SandboxId,
+        agent: SocketAddr,
+        log: &Path,
+    ) -> Result<(), RuntimeError> {
+        const INTERVAL: Duration = Duration::from_millis(10);
+        const STATE_EVERY: u32 = 50;
+        let began = Instant::now();
+        let mut since_state_check = 0u32;
+        loop {
+            let last_error = match health::probe(agent).await {
+                Ok(()) => return Ok(()),
+                Err(e) => e,
+            };
+            since_state_check += 1;
+            if since_state_check == STATE_EVERY {
+                since_state_check = 0;
+                if let Ok(state) = self.inner.runsc.state(id).await {
+                    if state.status == ContainerStatus::Stopped {
+                        return Err(RuntimeError::AgentExited {
+                            id: id.clone(),
+                            log: log_tail(log),
+                        });
+                    }
+                }
+            }
+            if began.elapsed() >= self.inner.config.ready_timeout {
+                return Err(RuntimeError::WaitReady {
+                    id: id.clone(),
+                    agent,
+                    waited: began.elapsed(),
+                    last_error,
+                    log: log_tail(log),
+                });
+            }
+            tokio::time::sleep(INTERVAL).await;
+        }
+    }
+}
+
+fn log_tail(path: &Path) -> String {
+    const MAX: usize = 2000;
+    let text = std::fs::read(path).unwrap_or_default();
+    let text = String::from_utf8_lossy(&text[text.len().saturating_sub(MAX)..])
+        .trim()
+        .to_owned();
+    if text.is_empty() {
+        "(empty)".into()
+    } else {
+        text
+    }
+}
+
+#[async_trait]
+impl Runtime for RunscRuntime {
+    async fn start(&self, spec: &SandboxSpec) -> Result<Started, RuntimeError> {
+        let mut undo = UndoStack::new(Arc::clone(&self.inner), spec.id.clone());
+        match self.try_start(spec, &mut undo).await {
+            Ok(started) => {
+                undo.disarm();
+                Ok(started)
+            }
+            Err(err) => {
+                for e in undo.run().await {
+                    tracing::warn!(sandbox_id = %spec.id, error = %crate::error_chain(&e), "undo after failed start");
+                }
+                Err(err)
+            }
+        }
+    }
+
+    async fn destroy(&self, id: &SandboxId) -> Result<(), RuntimeError> {
+        let errors = cleanup::run_steps(&self.inner, id, Undo::PLAN.to_vec()).await;
+        if errors.is_empty() {
+            tracing::info!(sandbox_id = %id, "sandbox destroyed");
+            Ok(())
+        } else {
+            Err(RuntimeError::Teardown {
+                id: id.clone(),
+                errors,
+            })
+        }
+    }
+
+    async fn list(&self) -> Result<Vec<SandboxId>, RuntimeError> {
+        let mut ids: Vec<SandboxId> = self
+            .inner
+            .runsc
+            .list()
+            .await
+            .map_err(RuntimeError::ListContainers)?
+            .into_iter()
+            .filter_map(|c| c.id.parse().ok())
+            .collect();
+        let dir = self.inner.sandboxes_dir();
+        let entries = std::fs::read_dir(&dir).map_err(|source| RuntimeError::ListSandboxDirs {
+            path: dir.clone(),
+            source,
+        })?;
+        ids.extend(
+            entries
+                .filter_map(Result::ok)
+                .filter_map(|e| e.file_name().to_str()?.parse().ok()),
+        );
+        ids.sort();
+        ids.dedup();
+        Ok(ids)
+    }
+}

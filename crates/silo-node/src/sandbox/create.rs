@@ -1,0 +1,109 @@
+//! Create: record `Creating`, start the runtime sandbox, configure its agent, go `Running`.
+//! Any failure after the record exists kills what was started, so nothing is left behind.
+
+use std::collections::BTreeMap;
+
+use silo_catalog::{now_ms, SandboxRecord, SandboxState};
+use silo_protocol::ids::{generate_access_token, SandboxId};
+
+use super::{Manager, SandboxError};
+use crate::agent::InitRequest;
+use crate::SandboxSpec;
+
+/// What a caller asks for; the REST layer fills it from the v1 or v2 body.
+#[derive(Debug, Default)]
+pub struct CreateRequest {
+    pub template: String,
+    pub timeout_seconds: Option<u64>,
+    pub metadata: BTreeMap<String, String>,
+    pub env_vars: BTreeMap<String, String>,
+    /// Whether envd demands an access token (E2B's `secure`, on by default).
+    pub secure: bool,
+}
+
+impl Manager {
+    pub async fn create(&self, req: CreateRequest) -> Result<SandboxRecord, SandboxError> {
+        let template = self.templates.canonical(&req.template)?.to_owned();
+        let rootfs = self.templates.rootfs(&template)?;
+        let timeout = self.clamp_timeout(req.timeout_seconds);
+        let now = now_ms();
+        let mut rec = SandboxRecord {
+            id: SandboxId::generate(),
+            // The SDK compares nothing here, but users see the name they asked for.
+            template_id: req.template.clone(),
+            state: SandboxState::Creating,
+            started_at_ms: now,
+            end_at_ms: now + timeout.as_millis() as i64,
+            metadata: req.metadata,
+            env_vars: req.env_vars,
+            envd_access_token: req.secure.then(generate_access_token),
+            envd_version: self.envd_version.clone(),
+            cpu_count: self.defaults.cpu_count,
+            memory_mb: self.defaults.memory_mb,
+            disk_size_mb: self.defaults.disk_size_mb,
+            address: None,
+        };
+        self.catalog.insert_sandbox(&rec)?;
+        let span = tracing::info_span!("create", sandbox_id = %rec.id, template = %template);
+        let _enter = span.enter();
+
+        match self.boot(&rec, rootfs).await {
+            Ok(address) => {
+                self.catalog.set_address(&rec.id, Some(&address))?;
+                self.catalog.transition(
+                    &rec.id,
+                    SandboxState::Creating,
+                    SandboxState::Running,
+                    "agent ready",
+                )?;
+                rec.address = Some(address);
+                rec.state = SandboxState::Running;
+                tracing::info!(sandbox_id = %rec.id, "sandbox running");
+                Ok(rec)
+            }
+            Err(err) => {
+                tracing::warn!(sandbox_id = %rec.id, error = %crate::error_chain(&err), "create failed; cleaning up");
+                if let Err(cleanup) = self
+                    .finish_kill(&rec.id, SandboxState::Creating, "create failed")
+                    .await
+                {
+                    tracing::error!(sandbox_id = %rec.id, error = %crate::error_chain(&cleanup), "cleanup after failed create");
+                }
+                Err(err)
+            }
+        }
+    }
+
+    /// Start the runtime sandbox and hand its agent the per-sandbox settings.
+    async fn boot(
+        &self,
+        rec: &SandboxRecord,
+        rootfs: std::path::PathBuf,
+    ) -> Result<String, SandboxError> {
+        let mut spec = SandboxSpec::new(rec.id.clone(), rootfs);
+        spec.cpu_count = rec.cpu_count;
+        spec.memory_mb = rec.memory_mb;
+        let started = self
+            .runtime
+            .start(&spec)
+            .await
+            .map_err(|source| SandboxError::Start {
+                id: rec.id.clone(),
+                source: Box::new(source),
+            })?;
+        let init = InitRequest {
+            access_token: rec.envd_access_token.clone(),
+            env_vars: rec.env_vars.clone(),
+            default_user: Some("user".into()),
+            default_workdir: Some("/home/user".into()),
+        };
+        self.agent
+            .init(started.agent, &init)
+            .await
+            .map_err(|source| SandboxError::Init {
+                id: rec.id.clone(),
+                source,
+            })?;
+        Ok(started.ip.to_string())
+    }
+}

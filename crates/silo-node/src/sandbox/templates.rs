@@ -1,0 +1,85 @@
+//! Template names → the rootfs a sandbox starts from.
+//!
+//! A template build lives at `<dir>/<name>/<build-hash>/rootfs` and is renamed into place
+//! only when complete, so any such directory is usable; the newest one wins.
+
+use std::path::{Path, PathBuf};
+
+use super::SandboxError;
+
+/// Names the SDKs use for silo's templates.
+const ALIASES: &[(&str, &str)] = &[("code-interpreter-v1", "code-interpreter")];
+
+#[derive(Debug, Clone)]
+pub struct Templates {
+    dir: PathBuf,
+}
+
+impl Templates {
+    pub fn new(dir: PathBuf) -> Templates {
+        Templates { dir }
+    }
+
+    /// The canonical name of a template (aliases resolved), if the name is acceptable.
+    pub fn canonical<'a>(&self, name: &'a str) -> Result<&'a str, SandboxError> {
+        let valid = !name.is_empty()
+            && name.len() <= 128
+            && name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.')
+            && !name.starts_with('.');
+        if !valid {
+            return Err(SandboxError::InvalidRequest(format!(
+                "invalid template name {name:?}: use letters, digits, '-', '_' and '.'"
+            )));
+        }
+        Ok(ALIASES
+            .iter()
+            .find(|(alias, _)| *alias == name)
+            .map_or(name, |(_, canonical)| canonical))
+    }
+
+    /// The rootfs of the newest complete build of `name`.
+    pub fn rootfs(&self, name: &str) -> Result<PathBuf, SandboxError> {
+        let canonical = self.canonical(name)?;
+        newest_build(&self.dir.join(canonical))
+            .ok_or_else(|| SandboxError::TemplateNotFound(canonical.to_owned()))
+    }
+}
+
+fn newest_build(template_dir: &Path) -> Option<PathBuf> {
+    std::fs::read_dir(template_dir)
+        .ok()?
+        .filter_map(Result::ok)
+        .map(|entry| entry.path().join("rootfs"))
+        .filter(|rootfs| rootfs.is_dir())
+        .max_by_key(|rootfs| rootfs.metadata().and_then(|m| m.modified()).ok())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn resolves_newest_complete_build_and_aliases() {
+        let dir = std::env::temp_dir().join(format!("silo-templates-{}", std::process::id()));
+        std::fs::create_dir_all(dir.join("code-interpreter/aaa/rootfs")).unwrap();
+        std::fs::create_dir_all(dir.join("code-interpreter/partial")).unwrap();
+        let templates = Templates::new(dir.clone());
+        assert_eq!(
+            templates.rootfs("code-interpreter-v1").unwrap(),
+            dir.join("code-interpreter/aaa/rootfs")
+        );
+        assert!(matches!(
+            templates.rootfs("base"),
+            Err(SandboxError::TemplateNotFound(_))
+        ));
+        for bad in ["", "../etc", ".hidden", "a/b"] {
+            assert!(matches!(
+                templates.rootfs(bad),
+                Err(SandboxError::InvalidRequest(_))
+            ));
+        }
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+}

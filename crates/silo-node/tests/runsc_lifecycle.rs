@@ -1,0 +1,194 @@
+//! Start/destroy against real runsc, checking that nothing leaks.
+//!
+//! Needs root, runsc, iproute2, a template rootfs and an agent directory:
+//!
+//! ```sh
+//! SILO_TEST_ROOTFS=/path/to/rootfs SILO_TEST_AGENT_DIR=/dir/with/silo-agent \
+//!     cargo test -p silo-node --test runsc_lifecycle -- --ignored --test-threads=1
+//! ```
+//!
+//! The agent directory must hold an executable `silo-agent` that serves `GET /health`
+//! on the address given by `--listen`.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use silo_node::{HostUsage, RunscConfig, RunscRuntime, Runtime, RuntimeError, SandboxSpec};
+use silo_protocol::ids::SandboxId;
+
+/// Host-wide counts (netns, veths, cgroups) are shared: one test at a time.
+static HOST: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+struct Env {
+    rootfs: PathBuf,
+    agent_dir: PathBuf,
+    state: tempfile::TempDir,
+}
+
+fn env() -> Env {
+    let var = |name: &str| {
+        PathBuf::from(std::env::var_os(name).unwrap_or_else(|| {
+            panic!("{name} is not set; see the top of tests/runsc_lifecycle.rs")
+        }))
+    };
+    Env {
+        rootfs: var("SILO_TEST_ROOTFS"),
+        agent_dir: var("SILO_TEST_AGENT_DIR"),
+        state: tempfile::Builder::new()
+            .prefix("silo-node-test")
+            .tempdir()
+            .expect("state tempdir"),
+    }
+}
+
+fn runtime(env: &Env, agent_dir: &std::path::Path) -> RunscRuntime {
+    let mut config = RunscConfig::new(env.state.path(), agent_dir);
+    // A pool of its own, apart from a silo that may run on this host.
+    config.address_pool = ("10.214.0.0".parse().expect("ip"), 24);
+    config.ready_timeout = Duration::from_secs(20);
+    RunscRuntime::new(config).expect("runtime")
+}
+
+fn spec(env: &Env) -> SandboxSpec {
+    SandboxSpec::new(SandboxId::generate(), &env.rootfs)
+}
+
+async fn usage(rt: &RunscRuntime) -> HostUsage {
+    rt.host_usage().await.expect("host usage")
+}
+
+#[tokio::test]
+#[ignore = "needs root, runsc, SILO_TEST_ROOTFS and SILO_TEST_AGENT_DIR"]
+async fn twenty_start_destroy_cycles_leak_nothing() {
+    let _host = HOST.lock().await;
+    let env = env();
+    let rt = runtime(&env, &env.agent_dir);
+    let baseline = usage(&rt).await;
+    let mut latencies = Vec::new();
+    let mut destroy_times = Vec::new();
+    for _ in 0..20 {
+        let spec = spec(&env);
+        let started = rt.start(&spec).await.expect("start");
+        latencies.push(started.ready_after);
+        let during = usage(&rt).await;
+        assert_eq!(during.containers, baseline.containers + 1);
+        assert_eq!(during.netns, baseline.netns + 1);
+        assert_eq!(during.veths, baseline.veths + 1);
+        assert_eq!(during.address_leases, baseline.address_leases + 1);
+        assert_eq!(during.sandbox_dirs, baseline.sandbox_dirs + 1);
+        assert!(
+            during.runsc_processes > baseline.runsc_processes,
+            "{during:?}"
+        );
+        assert!(during.cgroup_dirs > baseline.cgroup_dirs, "{during:?}");
+        let destroy_began = std::time::Instant::now();
+        rt.destroy(&spec.id).await.expect("destroy");
+        destroy_times.push(destroy_began.elapsed());
+        assert_eq!(usage(&rt).await, baseline, "after destroying {}", spec.id);
+    }
+    for (what, mut times) in [
+        ("start until /health", latencies),
+        ("destroy", destroy_times),
+    ] {
+        times.sort();
+        eprintln!(
+            "{what}: min {:?}, median {:?}, max {:?}",
+            times[0], times[10], times[19]
+        );
+    }
+}
+
+#[tokio::test]
+#[ignore = "needs root, runsc, SILO_TEST_ROOTFS and SILO_TEST_AGENT_DIR"]
+async fn destroy_after_restart_needs_only_the_id_and_is_idempotent() {
+    let _host = HOST.lock().await;
+    let env = env();
+    let first = runtime(&env, &env.agent_dir);
+    let baseline = usage(&first).await;
+    let spec = spec(&env);
+    let started = first.start(&spec).await.expect("start");
+    drop(first);
+
+    // silo restarted: a new runtime over the same state dir.
+    let second = runtime(&env, &env.agent_dir);
+    assert_eq!(second.list().await.expect("list"), vec![spec.id.clone()]);
+    // A new sandbox must not get the running one's address.
+    let other = spec_with_new_id(&spec);
+    let other_started = second.start(&other).await.expect("start other");
+    assert_ne!(other_started.ip, started.ip);
+
+    second.destroy(&spec.id).await.expect("destroy");
+    second.destroy(&spec.id).await.expect("destroy again");
+    second.destroy(&other.id).await.expect("destroy other");
+    assert!(second.list().await.expect("list").is_empty());
+    assert_eq!(usage(&second).await, baseline);
+}
+
+fn spec_with_new_id(spec: &SandboxSpec) -> SandboxSpec {
+    SandboxSpec {
+        id: SandboxId::generate(),
+        ..spec.clone()
+    }
+}
+
+#[tokio::test]
+#[ignore = "needs root, runsc, SILO_TEST_ROOTFS and SILO_TEST_AGENT_DIR"]
+async fn failed_start_undoes_everything() {
+    let _host = HOST.lock().await;
+    let env = env();
+    let empty_agent_dir = tempfile::tempdir().expect("tempdir");
+    let rt = runtime(&env, empty_agent_dir.path());
+    let baseline = usage(&rt).await;
+    let spec = spec(&env);
+    let err = rt.start(&spec).await.expect_err("no agent binary");
+    assert!(
+        matches!(
+            err,
+            RuntimeError::StartContainer { .. } | RuntimeError::AgentExited { .. }
+        ),
+        "{err:?}"
+    );
+    assert_eq!(usage(&rt).await, baseline);
+    assert!(rt.list().await.expect("list").is_empty());
+}
+
+#[tokio::test]
+#[ignore = "needs root, runsc, SILO_TEST_ROOTFS and SILO_TEST_AGENT_DIR"]
+async fn concurrent_starts_get_distinct_addresses() {
+    let _host = HOST.lock().await;
+    let env = env();
+    let rt = runtime(&env, &env.agent_dir);
+    let baseline = usage(&rt).await;
+    let specs: Vec<SandboxSpec> = (0..4).map(|_| spec(&env)).collect();
+    let results = futures_join(&rt, &specs).await;
+    let mut ips: Vec<_> = results
+        .iter()
+        .map(|r| r.as_ref().expect("start").ip)
+        .collect();
+    ips.sort();
+    ips.dedup();
+    assert_eq!(ips.len(), specs.len());
+    for spec in &specs {
+        rt.destroy(&spec.id).await.expect("destroy");
+    }
+    assert_eq!(usage(&rt).await, baseline);
+}
+
+async fn futures_join(
+    rt: &RunscRuntime,
+    specs: &[SandboxSpec],
+) -> Vec<Result<silo_node::Started, RuntimeError>> {
+    let handles: Vec<_> = specs
+        .iter()
+        .map(|spec| {
+            let rt = rt.clone();
+            let spec = spec.clone();
+            tokio::spawn(async move { rt.start(&spec).await })
+        })
+        .collect();
+    let mut results = Vec::new();
+    for handle in handles {
+        results.push(handle.await.expect("join"));
+    }
+    results
+}

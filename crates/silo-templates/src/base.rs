@@ -1,0 +1,453 @@
+//! Building the `base` template: debootstrap, configure in the tree, publish.
+//!
+//! 1. Cached: `<templates_dir>/base/<hash>/` exists → done (it only ever appears
+//!    complete, see 4).
+//! 2. Debootstrap the [`BASE`](crate::recipe::BASE) recipe into
+//!    `<templates_dir>/base/.tmp-<hash>-<pid>/rootfs`, from the host's mirror.
+//! 3. Configure: user `user` (uid 1000, bash, passwordless sudo), `/opt/silo` for the
+//!    agent mount, hostname, hosts, resolv.conf; drop apt's caches.
+//! 4. Publish: rename the temp dir to `<hash>`. A crashed build leaves only a `.tmp-`
+//!    dir, which [`prune_base`] removes once its builder is gone.
+
+use std::io;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
+
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::Command;
+
+use crate::mirror::{self, MirrorError};
+use crate::recipe::{Recipe, BASE};
+
+/// debootstrap of the base set takes ~90 s with a near mirror; allow for a slow one.
+const DEBOOTSTRAP_TIMEOUT: Duration = Duration::from_secs(30 * 60);
+const CHROOT_TIMEOUT: Duration = Duration::from_secs(60);
+const HOSTNAME: &str = "sandbox";
+const USER: &str = "user";
+const UID: &str = "1000";
+
+/// A build stage, reported when it begins.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stage {
+    /// A complete build exists; nothing to do.
+    Cached,
+    Debootstrap,
+    Configure,
+    Publish,
+}
+
+/// Progress of a build, for a CLI's progress bar.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Progress {
+    Stage(Stage),
+    /// One line of debootstrap's output (`I: Retrieving ...`, `I: Unpacking ...`).
+    Line(String),
+}
+
+/// A complete template build.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TemplatePath {
+    /// The root filesystem directory.
+    pub rootfs: PathBuf,
+    /// The recipe hash naming the build.
+    pub hash: String,
+}
+
+/// Errors building or pruning templates.
+#[derive(Debug, thiserror::Error)]
+pub enum BuildError {
+    #[error("find the debian mirror")]
+    Mirror(#[from] MirrorError),
+    #[error("prepare build directory {path}")]
+    PrepareDir {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("spawn {program}; is it installed (apt-get install {program})?")]
+    Spawn {
+        program: &'static str,
+        #[source]
+        source: io::Error,
+    },
+    #[error("debootstrap timed out after {DEBOOTSTRAP_TIMEOUT:?}")]
+    DebootstrapTimeout,
+    #[error("debootstrap failed ({status}); last output: {tail}")]
+    Debootstrap {
+        status: std::process::ExitStatus,
+        tail: String,
+    },
+    #[error("run `{command}` in the new rootfs: {detail}")]
+    Chroot { command: String, detail: String },
+    #[error("configure {path}")]
+    Configure {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("publish {from} as {to}")]
+    Publish {
+        from: PathBuf,
+        to: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("prune {path}")]
+    Prune {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+}
+
+/// Build the `base` template under `templates_dir`, or reuse a complete build of the
+/// same recipe.
+pub async fn build_base(
+    templates_dir: &Path,
+    mut progress: impl FnMut(Progress) + Send,
+) -> Result<TemplatePath, BuildError> {
+    let recipe = &BASE;
+    let hash = recipe.hash();
+    let base_dir = templates_dir.join("base");
+    let done = base_dir.join(&hash);
+    let result = TemplatePath {
+        rootfs: done.join("rootfs"),
+        hash: hash.clone(),
+    };
+    if done.is_dir() {
+        progress(Progress::Stage(Stage::Cached));
+        return Ok(result);
+    }
+
+    let mirror = mirror::debian_mirror(Path::new("/etc/apt"), recipe.suite)?;
+    let work = base_dir.join(format!(".tmp-{hash}-{}", std::process::id()));
+    let prepare = |source| BuildError::PrepareDir {
+        path: work.clone(),
+        source,
+    };
+    match tokio::fs::remove_dir_all(&work).await {
+        Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(prepare(e)),
+        _ => {}
+    }
+    tokio::fs::create_dir_all(&work).await.map_err(prepare)?;
+    let rootfs = work.join("rootfs");
+
+    let built = async {
+        progress(Progress::Stage(Stage::Debootstrap));
+        debootstrap(recipe, &mirror, &rootfs, &mut progress).await?;
+        progress(Progress::Stage(Stage::Configure));
+        configure(&rootfs).await
+    }
+    .await;
+    if let Err(e) = built {
+        let _ = tokio::fs::remove_dir_all(&work).await;
+        return Err(e);
+    }
+
+    progress(Progress::Stage(Stage::Publish));
+    match tokio::fs::rename(&work, &done).await {
+        Ok(()) => Ok(result),
+        // Another builder published the same recipe first: theirs is as good.
+        Err(_) if done.is_dir() => {
+            let _ = tokio::fs::remove_dir_all(&work).await;
+            Ok(result)
+        }
+        Err(source) => Err(BuildError::Publish {
+            from: work,
+            to: done,
+            source,
+        }),
+    }
+}
+
+/// Remove every `base` build except `keep`, and temp dirs of builders that are gone.
+/// Returns what was removed. Sandboxes still running on a removed rootfs keep working
+/// only as long as their open files; prune when none use it.
+pub async fn prune_base(
+    templates_dir: &Path,
+    keep: &TemplatePath,
+) -> Result<Vec<PathBuf>, BuildError> {
+    let base_dir = templates_dir.join("base");
+    let mut entries = match tokio::fs::read_dir(&base_dir).await {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(source) => {
+            return Err(BuildError::Prune {
+                path: base_dir,
+                source,
+            })
+        }
+    };
+    let mut removed = Vec::new();
+    while let Some(entry) = entries
+        .next_entry()
+        .await
+        .map_err(|source| BuildError::Prune {
+            path: base_dir.clone(),
+            source,
+        })?
+    {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if name == keep.hash || builder_alive(&name) {
+            continue;
+        }
+        let path = entry.path();
+        tokio::fs::remove_dir_all(&path)
+            .await
+            .map_err(|source| BuildError::Prune {
+                path: path.clone(),
+                source,
+            })?;
+        removed.push(path);
+    }
+    Ok(removed)
+}
+
+/// Whether `name` is the temp dir (`.tmp-<hash>-<pid>`) of a process still running.
+fn builder_alive(name: &str) -> bool {
+    name.strip_prefix(".tmp-")
+        .and_then(|rest| rest.rsplit_once('-'))
+        .and_then(|(_, pid)| pid.parse::<u32>().ok())
+        .is_some_and(|pid| Path::new("/proc").join(pid.to_string()).exists())
+}
+
+async fn debootstrap(
+    recipe: &Recipe,
+    mirror: &str,
+    rootfs: &Path,
+    progress: &mut (impl FnMut(Progress) + Send),
+) -> Result<(), BuildError> {
+    let mut child = Command::new("debootstrap")
+        .arg(format!("--variant={}", recipe.variant))
+        .arg(format!("--include={}", recipe.packages.join(",")))
+        .arg(recipe.suite)
+        .arg(rootfs)
+        .arg(mirror)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .map_err(|source| BuildError::Spawn {
+            program: "debootstrap",
+            source,
+        })?;
+    let mut out = child.stdout.take().map(|s| BufReader::new(s).lines());
+    let mut err = child.stderr.take().map(|s| BufReader::new(s).lines());
+    let mut tail: Vec<String> = Vec::new();
+    let forward = async {
+        loop {
+            let line = tokio::select! {
+                Some(l) = next_line(&mut out) => l,
+                Some(l) = next_line(&mut err) => l,
+                else => break,
+            };
+            if tail.len() == 20 {
+                tail.remove(0);
+            }
+            tail.push(line.clone());
+            progress(Progress::Line(line));
+        }
+        child.wait().await
+    };
+    let status = tokio::time::timeout(DEBOOTSTRAP_TIMEOUT, forward)
+        .await
+        .map_err(|_| BuildError::DebootstrapTimeout)?
+        .map_err(|source| BuildError::Spawn {
+            program: "debootstrap",
+            source,
+        })?;
+    if !status.success() {
+        return Err(BuildError::Debootstrap {
+            status,
+            tail: tail.join("\n"),
+        });
+    }
+    Ok(())
+}
+
+/// The next line of a stream, or `None` once it ended (and stays ended).
+async fn next_line<R: tokio::io::AsyncBufRead + Unpin>(
+    lines: &mut Option<tokio::io::Lines<R>>,
+) -> Option<String> {
+    let stream = lines.as_mut()?;
+    match stream.next_line().await {
+        Ok(Some(line)) => Some(line),
+        _ => {
+            *lines = None;
+            None
+        }
+    }
+}
+
+async fn configure(rootfs: &Path) -> Result<(), BuildError> {
+    chroot(
+        rootfs,
+        &[
+            "useradd",
+            "--create-home",
+            "--home-dir",
+            "/home/user",
+            "--uid",
+            UID,
+            "--user-group",
+            "--shell",
+            "/bin/bash",
+            USER,
+        ],
+    )
+    .await?;
+    write(
+        rootfs,
+        "etc/sudoers.d/user",
+        &format!("{USER} ALL=(ALL:ALL) NOPASSWD: ALL\n"),
+        0o440,
+    )
+    .await?;
+    write(rootfs, "etc/hostname", &format!("{HOSTNAME}\n"), 0o644).await?;
+    write(
+        rootfs,
+        "etc/hosts",
+        &format!(
+            "127.0.0.1\tlocalhost\n127.0.1.1\t{HOSTNAME}\n::1\tlocalhost ip6-localhost ip6-loopback\n"
+        ),
+        0o644,
+    )
+    .await?;
+    // The host's resolver, as the sandbox network will reach it (through NAT, later).
+    let resolv = tokio::fs::read_to_string("/etc/resolv.conf")
+        .await
+        .unwrap_or_default();
+    write(rootfs, "etc/resolv.conf", &resolv, 0o644).await?;
+    let opt_silo = rootfs.join("opt/silo");
+    tokio::fs::create_dir_all(&opt_silo)
+        .await
+        .map_err(|source| BuildError::Configure {
+            path: opt_silo,
+            source,
+        })?;
+    for cache in ["var/cache/apt/archives", "var/lib/apt/lists"] {
+        remove_files_in(&rootfs.join(cache)).await?;
+    }
+    Ok(())
+}
+
+async fn write(rootfs: &Path, rel: &str, content: &str, mode: u32) -> Result<(), BuildError> {
+    let path = rootfs.join(rel);
+    let err = |source| BuildError::Configure {
+        path: path.clone(),
+        source,
+    };
+    // Replace, never write through: a symlink in the tree must not lead outside it.
+    match tokio::fs::remove_file(&path).await {
+        Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(err(e)),
+        _ => {}
+    }
+    tokio::fs::write(&path, content).await.map_err(err)?;
+    tokio::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode))
+        .await
+        .map_err(err)
+}
+
+/// Remove the plain files directly in `dir` (apt's downloaded lists and packages).
+async fn remove_files_in(dir: &Path) -> Result<(), BuildError> {
+    let err = |path: &Path, source| BuildError::Configure {
+        path: path.to_owned(),
+        source,
+    };
+    let mut entries = match tokio::fs::read_dir(dir).await {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(err(dir, e)),
+    };
+    while let Some(entry) = entries.next_entry().await.map_err(|e| err(dir, e))? {
+        if entry.file_type().await.map_err(|e| err(dir, e))?.is_file() {
+            tokio::fs::remove_file(entry.path())
+                .await
+                .map_err(|e| err(&entry.path(), e))?;
+        }
+    }
+    Ok(())
+}
+
+async fn chroot(rootfs: &Path, args: &[&str]) -> Result<(), BuildError> {
+    let command = args.join(" ");
+    let run = Command::new("chroot")
+        .arg(rootfs)
+        .args(args)
+        .stdin(Stdio::null())
+        .kill_on_drop(true)
+        .output();
+    let out = tokio::time::timeout(CHROOT_TIMEOUT, run)
+        .await
+        .map_err(|_| BuildError::Chroot {
+            command: command.clone(),
+            detail: format!("timed out after {CHROOT_TIMEOUT:?}"),
+        })?
+        .map_err(|source| BuildError::Spawn {
+            program: "chroot",
+            source,
+        })?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(BuildError::Chroot {
+            command,
+            detail: format!(
+                "{}: {}",
+                out.status,
+                String::from_utf8_lossy(&out.stderr).trim()
+            ),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn temp_dirs_of_live_builders_are_kept() {
+        let me = format!(".tmp-abc-{}", std::process::id());
+        assert!(builder_alive(&me));
+        assert!(!builder_alive(".tmp-abc-4294967295"));
+        assert!(!builder_alive("0123456789abcdef"));
+    }
+
+    #[tokio::test]
+    async fn prune_keeps_the_current_build_and_live_temp_dirs() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let base = dir.path().join("base");
+        let keep = TemplatePath {
+            rootfs: base.join("aaaa/rootfs"),
+            hash: "aaaa".into(),
+        };
+        let live = format!(".tmp-cccc-{}", std::process::id());
+        for name in ["aaaa", "bbbb", ".tmp-dddd-4294967295", live.as_str()] {
+            std::fs::create_dir_all(base.join(name).join("rootfs")).expect("mkdir");
+        }
+        let mut removed = prune_base(dir.path(), &keep).await.expect("prune");
+        removed.sort();
+        assert_eq!(
+            removed,
+            [base.join(".tmp-dddd-4294967295"), base.join("bbbb")]
+        );
+        assert!(base.join("aaaa").is_dir());
+        assert!(base.join(live).is_dir());
+    }
+
+    #[tokio::test]
+    async fn a_complete_build_is_reused() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let done = dir.path().join("base").join(BASE.hash()).join("rootfs");
+        std::fs::create_dir_all(&done).expect("mkdir");
+        let mut seen = Vec::new();
+        let built = build_base(dir.path(), |p| seen.push(p))
+            .await
+            .expect("cached");
+        assert_eq!(built.rootfs, done);
+        assert_eq!(seen, [Progress::Stage(Stage::Cached)]);
+    }
+}

@@ -1,0 +1,235 @@
+//! Every flag of every command, with its default. The rest of the binary reads its
+//! configuration from these structs only.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+/// Where silo keeps its catalog, node state and templates unless told otherwise.
+pub const DEFAULT_DATA_DIR: &str = "/var/lib/silo";
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "silo",
+    version,
+    about = "Secure, self-hosted sandboxes for AI agents (E2B-compatible, isolated by gVisor)",
+    long_about = "Secure, self-hosted sandboxes for AI agents.\n\n\
+        `silo serve` runs the control plane, the sandbox proxy and this host's sandboxes on one \
+        port; the official E2B SDKs talk to it unchanged. Quick start:\n\n  \
+        sudo silo template build base\n  sudo silo serve\n  \
+        export E2B_API_URL=http://127.0.0.1:3000 E2B_SANDBOX_URL=http://127.0.0.1:3000 \
+        E2B_API_KEY=$(sudo silo keys)\n  silo sandbox create base"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the API, the sandbox proxy and this host's sandboxes (needs root).
+    Serve(ServeArgs),
+    /// Print the API keys clients pass as E2B_API_KEY (creates the first one).
+    Keys(KeysArgs),
+    /// Create, list, run commands in and kill sandboxes on a running server.
+    Sandbox(SandboxArgs),
+    /// Build and list sandbox templates.
+    Template(TemplateArgs),
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct DataDirArgs {
+    /// Where the catalog (catalog.db), node state and the agent live.
+    #[arg(long, global = true, env = "SILO_DATA_DIR", default_value = DEFAULT_DATA_DIR)]
+    pub data_dir: PathBuf,
+    /// Where templates are built and read [default: <data-dir>/templates].
+    #[arg(long, global = true, env = "SILO_TEMPLATE_DIR")]
+    pub template_dir: Option<PathBuf>,
+}
+
+impl DataDirArgs {
+    pub fn template_dir(&self) -> PathBuf {
+        self.template_dir
+            .clone()
+            .unwrap_or_else(|| self.data_dir.join("templates"))
+    }
+
+    pub fn catalog_path(&self) -> PathBuf {
+        self.data_dir.join("catalog.db")
+    }
+}
+
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// Address for the API and the sandbox proxy.
+    #[arg(long, env = "SILO_LISTEN", default_value = "127.0.0.1:3000")]
+    pub listen: SocketAddr,
+    #[command(flatten)]
+    pub dirs: DataDirArgs,
+    /// The static silo-agent binary put into every sandbox [default: silo-agent next to
+    /// this executable].
+    #[arg(long, env = "SILO_AGENT")]
+    pub agent: Option<PathBuf>,
+    /// The runsc binary.
+    #[arg(long, default_value = "/usr/bin/runsc")]
+    pub runsc: PathBuf,
+    /// gVisor platform: systrap, ptrace, or kvm where the host's KVM works.
+    #[arg(long, default_value = "systrap")]
+    pub platform: String,
+    /// Private range sandbox addresses come from, one /30 each. It must not overlap a
+    /// network this host uses; two servers on one host need two ranges.
+    #[arg(long, default_value = "10.213.0.0/16", value_parser = parse_subnet)]
+    pub subnet: (std::net::Ipv4Addr, u8),
+    /// Domain sandboxes are reached under, as `{port}-{id}.{domain}` (needs wildcard DNS).
+    #[arg(long, env = "SILO_DOMAIN")]
+    pub domain: Option<String>,
+    /// Seconds a sandbox lives when the client does not say.
+    #[arg(long, default_value_t = 300)]
+    pub default_timeout: u64,
+    /// Longest lifetime a client may ask for, in seconds.
+    #[arg(long, default_value_t = 86_400)]
+    pub max_timeout: u64,
+    /// Memory of each sandbox, in MiB.
+    #[arg(long, default_value_t = 512)]
+    pub memory_mb: u32,
+    /// CPUs of each sandbox.
+    #[arg(long, default_value_t = 2)]
+    pub cpu_count: u32,
+}
+
+#[derive(Debug, Args)]
+pub struct KeysArgs {
+    #[command(flatten)]
+    pub dirs: DataDirArgs,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct ClientArgs {
+    /// URL of a running `silo serve`.
+    #[arg(
+        long,
+        global = true,
+        env = "E2B_API_URL",
+        default_value = "http://127.0.0.1:3000"
+    )]
+    pub api_url: String,
+    /// API key (see `silo keys`).
+    #[arg(long, global = true, env = "E2B_API_KEY", hide_env_values = true)]
+    pub api_key: String,
+}
+
+#[derive(Debug, Args)]
+pub struct SandboxArgs {
+    #[command(flatten)]
+    pub client: ClientArgs,
+    #[command(subcommand)]
+    pub command: SandboxCommand,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum SandboxCommand {
+    /// List running and paused sandboxes.
+    Ls,
+    /// Create a sandbox and print its id.
+    Create {
+        /// Template name.
+        #[arg(default_value = "base")]
+        template: String,
+        /// Seconds until the sandbox is killed.
+        #[arg(long)]
+        timeout: Option<u64>,
+        /// Metadata as key=value (repeatable).
+        #[arg(long = "metadata", value_parser = parse_key_value)]
+        metadata: Vec<(String, String)>,
+    },
+    /// Run a shell command in a sandbox; exits with the command's exit code.
+    Exec {
+        /// Sandbox id.
+        id: String,
+        /// The command, run with `bash -l -c`.
+        #[arg(required = true, trailing_var_arg = true)]
+        command: Vec<String>,
+    },
+    /// Kill sandboxes.
+    Kill {
+        /// Sandbox ids.
+        #[arg(required = true)]
+        ids: Vec<String>,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct TemplateArgs {
+    #[command(flatten)]
+    pub dirs: DataDirArgs,
+    #[command(subcommand)]
+    pub command: TemplateCommand,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum TemplateCommand {
+    /// Build a template (reuses a complete build of the same recipe).
+    Build {
+        /// Template name: `base`.
+        name: String,
+    },
+    /// List built templates.
+    Ls,
+}
+
+fn parse_subnet(s: &str) -> Result<(std::net::Ipv4Addr, u8), String> {
+    let (ip, len) = s
+        .split_once('/')
+        .ok_or_else(|| format!("{s:?} is not a CIDR range like 10.213.0.0/16"))?;
+    let ip = ip
+        .parse()
+        .map_err(|_| format!("{ip:?} is not an IPv4 address"))?;
+    let len: u8 = len
+        .parse()
+        .ok()
+        .filter(|len| (8..=28).contains(len))
+        .ok_or_else(|| format!("prefix length {len:?} must be between 8 and 28"))?;
+    Ok((ip, len))
+}
+
+fn parse_key_value(s: &str) -> Result<(String, String), String> {
+    s.split_once('=')
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .ok_or_else(|| format!("{s:?} is not key=value"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn cli_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn directory_flags_go_after_the_subcommand_too() {
+        let cli =
+            Cli::try_parse_from(["silo", "template", "build", "base", "--data-dir", "/d"]).unwrap();
+        let Command::Template(args) = cli.command else {
+            panic!("not template")
+        };
+        assert_eq!(args.dirs.template_dir(), PathBuf::from("/d/templates"));
+    }
+
+    #[test]
+    fn serve_defaults() {
+        let cli = Cli::try_parse_from(["silo", "serve"]).unwrap();
+        let Command::Serve(args) = cli.command else {
+            panic!("not serve")
+        };
+        assert_eq!(args.listen.to_string(), "127.0.0.1:3000");
+        assert_eq!(args.dirs.data_dir, PathBuf::from(DEFAULT_DATA_DIR));
+        assert_eq!(
+            args.dirs.template_dir(),
+            PathBuf::from("/var/lib/silo/templates")
+        );
+    }
+}

@@ -1,0 +1,130 @@
+//! `silo serve`: wire the catalog, the runtime, the manager and the HTTP edge together,
+//! reconcile what a previous run left, then serve until SIGINT/SIGTERM.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use silo_api::AppState;
+use silo_catalog::Catalog;
+use silo_node::sandbox::{Manager, SandboxDefaults, Templates};
+use silo_node::{RunscConfig, RunscRuntime};
+
+use crate::cli::ServeArgs;
+
+pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
+    init_logging();
+    let data_dir = &args.dirs.data_dir;
+    std::fs::create_dir_all(data_dir)
+        .with_context(|| format!("cannot create data dir {}", data_dir.display()))?;
+    let catalog = Arc::new(Catalog::open(&args.dirs.catalog_path())?);
+    let keys = catalog.ensure_api_key()?;
+
+    let agent_dir = install_agent(args.agent.as_deref(), data_dir)?;
+    let mut runsc = RunscConfig::new(data_dir.join("node"), agent_dir);
+    runsc.runsc = args.runsc.clone();
+    runsc.platform = args.platform.clone();
+    runsc.address_pool = args.subnet;
+    let runtime = RunscRuntime::new(runsc).context("cannot set up the gVisor runtime")?;
+
+    let defaults = SandboxDefaults {
+        timeout: Duration::from_secs(args.default_timeout),
+        max_timeout: Duration::from_secs(args.max_timeout),
+        cpu_count: args.cpu_count,
+        memory_mb: args.memory_mb,
+        ..SandboxDefaults::default()
+    };
+    let manager = Manager::new(
+        catalog,
+        Arc::new(runtime),
+        Templates::new(args.dirs.template_dir()),
+        defaults,
+        silo_protocol::envd::ENVD_VERSION.to_owned(),
+    );
+    let report = manager
+        .reconcile()
+        .await
+        .context("cannot reconcile the catalog with running sandboxes")?;
+    tracing::info!(?report, "reconciled sandboxes from the previous run");
+    tokio::spawn(Arc::clone(&manager).run_reaper());
+
+    let listener = tokio::net::TcpListener::bind(args.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}: is another silo running?", args.listen))?;
+    let app = silo_api::router(AppState {
+        manager: Arc::clone(&manager),
+        proxy: silo_api::proxy::client(),
+        domain: args.domain.clone(),
+    });
+    let url = format!("http://{}", args.listen);
+    let key = keys
+        .first()
+        .map(|key| key.expose().to_owned())
+        .unwrap_or_default();
+    println!("silo is serving on {url}; point the E2B SDK at it with:");
+    println!("export E2B_API_URL={url}");
+    println!("export E2B_SANDBOX_URL={url}");
+    println!("export E2B_API_KEY={key}");
+    tracing::info!(listen = %args.listen, data_dir = %data_dir.display(), "serving");
+    axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown_signal())
+        .await
+        .context("server failed")?;
+    manager.shutdown().await;
+    tracing::info!(
+        "stopped; sandboxes keep running until their timeout and are picked up at the next start"
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+fn init_logging() {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_env("SILO_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+}
+
+async fn shutdown_signal() {
+    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(term) => term,
+        Err(err) => {
+            tracing::error!(%err, "cannot watch SIGTERM; stop with Ctrl-C");
+            std::future::pending::<()>().await;
+            unreachable!()
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+}
+
+/// Copy the static agent into `<data-dir>/agent/`, the directory every sandbox mounts
+/// read-only, so a rebuilt binary elsewhere never changes under running sandboxes
+/// (copy to a temp name, then rename over the old one).
+fn install_agent(explicit: Option<&Path>, data_dir: &Path) -> anyhow::Result<PathBuf> {
+    let source = match explicit {
+        Some(path) => path.to_owned(),
+        None => std::env::current_exe()
+            .context("cannot find this executable")?
+            .with_file_name("silo-agent"),
+    };
+    if !source.is_file() {
+        bail!(
+            "the sandbox agent {} does not exist: build it (scripts/setup.sh does) or pass --agent",
+            source.display()
+        );
+    }
+    let dir = data_dir.join("agent");
+    std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    let tmp = dir.join(".silo-agent.tmp");
+    std::fs::copy(&source, &tmp)
+        .with_context(|| format!("cannot copy {} into {}", source.display(), dir.display()))?;
+    std::fs::rename(&tmp, dir.join("silo-agent"))
+        .with_context(|| format!("cannot install the agent into {}", dir.display()))?;
+    Ok(dir)
+}

@@ -1,0 +1,100 @@
+//! `silo template build|ls`: build templates with a progress display, list what is built.
+
+use std::io::IsTerminal;
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use anyhow::bail;
+use indicatif::{ProgressBar, ProgressStyle};
+use silo_templates::{Progress, Stage};
+
+use crate::cli::{TemplateArgs, TemplateCommand};
+
+pub async fn run(args: TemplateArgs) -> anyhow::Result<ExitCode> {
+    let dir = args.dirs.template_dir();
+    match args.command {
+        TemplateCommand::Build { name } => {
+            if name != "base" {
+                bail!("unknown template {name:?}: silo can build `base` (Dockerfile templates are coming)");
+            }
+            let started = Instant::now();
+            let display = BuildDisplay::new();
+            let built = silo_templates::build_base(&dir, |progress| display.show(progress)).await;
+            display.finish();
+            let built = built?;
+            let pruned = silo_templates::prune_base(&dir, &built).await?;
+            for old in pruned {
+                eprintln!("removed old build {}", old.display());
+            }
+            eprintln!(
+                "template base ready in {:.1}s: {}",
+                started.elapsed().as_secs_f64(),
+                built.rootfs.display()
+            );
+        }
+        TemplateCommand::Ls => {
+            let mut names: Vec<String> = std::fs::read_dir(&dir)
+                .into_iter()
+                .flatten()
+                .flatten()
+                .filter(|entry| entry.path().is_dir())
+                .map(|entry| entry.file_name().to_string_lossy().into_owned())
+                .filter(|name| !name.starts_with('.'))
+                .collect();
+            names.sort();
+            for name in names {
+                println!("{name}");
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// A spinner with the stage and the latest output line on a terminal; plain stage
+/// lines otherwise (CI logs stay readable).
+struct BuildDisplay {
+    bar: Option<ProgressBar>,
+}
+
+impl BuildDisplay {
+    fn new() -> BuildDisplay {
+        let bar = std::io::stderr().is_terminal().then(|| {
+            let bar = ProgressBar::new_spinner();
+            bar.set_style(
+                ProgressStyle::with_template("{spinner} [{elapsed}] {prefix:.bold} {wide_msg}")
+                    .expect("static template is valid"),
+            );
+            bar.enable_steady_tick(Duration::from_millis(120));
+            bar
+        });
+        BuildDisplay { bar }
+    }
+
+    fn show(&self, progress: Progress) {
+        match progress {
+            Progress::Stage(stage) => {
+                let label = match stage {
+                    Stage::Cached => "cached: a complete build of this recipe exists",
+                    Stage::Debootstrap => "[1/3] debootstrap (Debian bookworm)",
+                    Stage::Configure => "[2/3] configure (user, sudo, agent mount point)",
+                    Stage::Publish => "[3/3] publish",
+                };
+                match &self.bar {
+                    Some(bar) => bar.set_prefix(label),
+                    None => eprintln!("{label}"),
+                }
+            }
+            Progress::Line(line) => {
+                if let Some(bar) = &self.bar {
+                    bar.set_message(line);
+                }
+            }
+        }
+    }
+
+    fn finish(&self) {
+        if let Some(bar) = &self.bar {
+            bar.finish_and_clear();
+        }
+    }
+}

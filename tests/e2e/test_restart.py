@@ -1,0 +1,42 @@
+"""A restart of `silo serve` forgets no sandbox and leaks none: running sandboxes are
+picked up with their files, and one that died while the server was down is cleaned up."""
+
+import os
+import signal
+import subprocess
+
+import pytest
+
+from silo_server import SiloServer
+
+pytestmark = pytest.mark.server_only
+
+
+def cli(server, *args):
+    env = {**os.environ, **server.env()}
+    return subprocess.run([server.bin, "sandbox", *args], env=env, capture_output=True, text=True)
+
+
+def test_restart_keeps_running_sandboxes_and_reaps_dead_ones():
+    # Its own server and address range, beside the session's.
+    server = SiloServer(subnet="10.214.0.0/16").start()
+    try:
+        kept = cli(server, "create", "base", "--timeout", "120").stdout.strip()
+        doomed = cli(server, "create", "base", "--timeout", "120").stdout.strip()
+        assert cli(server, "exec", kept, "echo survived > /home/user/f").returncode == 0
+
+        server.proc.send_signal(signal.SIGTERM)
+        assert server.proc.wait(timeout=30) == 0, server.log()
+        # While silo is down, one sandbox dies behind its back.
+        root = server.data_dir / "node" / "runsc"
+        subprocess.run(["runsc", "--root", str(root), "delete", "--force", doomed], check=True)
+        server.start()
+
+        listed = cli(server, "ls").stdout
+        assert kept in listed and doomed not in listed
+        out = cli(server, "exec", kept, "cat /home/user/f")
+        assert (out.returncode, out.stdout) == (0, "survived\n"), out.stderr
+        assert server.api("GET", f"/sandboxes/{doomed}")[0] == 404
+        assert doomed not in server.runsc_containers()
+    finally:
+        server.stop()

@@ -1,0 +1,193 @@
+"""The control plane through the official SDK: lifecycle, listing, timeouts, auth and
+errors, against a real `silo serve` with gVisor sandboxes."""
+
+import os
+import subprocess
+import time
+import uuid
+
+import pytest
+from e2b import (
+    AuthenticationException,
+    NotFoundException,
+    Sandbox,
+    SandboxQuery,
+    SandboxState,
+)
+from e2b.exceptions import SandboxException
+
+pytestmark = pytest.mark.server_only
+
+
+def wait_until(predicate, what: str, limit: float = 60.0):
+    """Poll until `predicate()` holds; the limit only bounds a hang, it asserts no speed."""
+    deadline = time.monotonic() + limit
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(0.2)
+    raise AssertionError(f"gave up waiting for {what}")
+
+
+def test_create_info_and_kill(silo):
+    tag = uuid.uuid4().hex
+    sbx = Sandbox.create("base", timeout=60, metadata={"test": tag}, envs={"GREETING": "hej"})
+    try:
+        info = sbx.get_info()
+        assert info.sandbox_id == sbx.sandbox_id
+        assert info.template_id == "base"
+        assert info.metadata == {"test": tag}
+        assert info.state == SandboxState.RUNNING
+        assert info.end_at > info.started_at
+        assert sbx.is_running()
+        # envVars from create reach every process.
+        assert sbx.commands.run("echo $GREETING").stdout == "hej\n"
+        # gVisor's kernel answers, not the host's.
+        assert sbx.commands.run("uname -r").stdout.strip() != os.uname().release
+    finally:
+        assert sbx.kill() is True
+    assert Sandbox.kill(sbx.sandbox_id) is False
+    with pytest.raises(NotFoundException):
+        Sandbox.get_info(sbx.sandbox_id)
+
+
+def test_commands_run_as_user_with_home(sandbox):
+    out = sandbox.commands.run("whoami; pwd").stdout.split()
+    assert out == ["user", "/home/user"]
+    assert sandbox.commands.run("whoami", user="root").stdout == "root\n"
+
+
+def test_writes_stay_in_their_sandbox(silo):
+    a = Sandbox.create("base", timeout=60)
+    b = Sandbox.create("base", timeout=60)
+    try:
+        a.files.write("/home/user/mine.txt", "a")
+        a.commands.run("touch /etc/written-by-a", user="root")
+        assert not b.files.exists("/home/user/mine.txt")
+        assert not b.files.exists("/etc/written-by-a")
+    finally:
+        a.kill()
+        b.kill()
+
+
+def test_unknown_sandbox_is_not_found(silo):
+    missing = "i" + "0" * 19
+    with pytest.raises(NotFoundException):
+        Sandbox.get_info(missing)
+    with pytest.raises(NotFoundException):
+        Sandbox.connect(missing)
+    assert Sandbox.kill(missing) is False
+    # Ids of the wrong shape name no sandbox either.
+    assert Sandbox.kill("../../etc") is False
+
+
+def test_unknown_template_says_how_to_build_it(silo):
+    with pytest.raises(SandboxException) as err:
+        Sandbox.create("no-such-template")
+    assert "silo template build" in str(err.value)
+
+
+def test_bad_api_key_is_rejected(silo):
+    with pytest.raises(AuthenticationException):
+        Sandbox.create("base", api_key="e2b_" + "0" * 40)
+    with pytest.raises(AuthenticationException):
+        Sandbox.list(api_key="e2b_" + "1" * 40).next_items()
+
+
+def test_connect_returns_a_working_sandbox(sandbox):
+    again = Sandbox.connect(sandbox.sandbox_id)
+    assert again.sandbox_id == sandbox.sandbox_id
+    assert again.commands.run("echo connected").stdout == "connected\n"
+
+
+def test_list_filters_by_metadata_and_state_and_pages(silo):
+    tag = uuid.uuid4().hex
+    made = [Sandbox.create("base", timeout=60, metadata={"list": tag, "n": str(i)}) for i in range(3)]
+    try:
+        query = SandboxQuery(metadata={"list": tag}, state=[SandboxState.RUNNING])
+        seen = []
+        paginator = Sandbox.list(query=query, limit=2)
+        pages = 0
+        while paginator.has_next:
+            seen += [s.sandbox_id for s in paginator.next_items()]
+            pages += 1
+        assert sorted(seen) == sorted(s.sandbox_id for s in made)
+        assert pages == 2
+        only = Sandbox.list(query=SandboxQuery(metadata={"list": tag, "n": "1"})).next_items()
+        assert [s.sandbox_id for s in only] == [made[1].sandbox_id]
+        paused = Sandbox.list(query=SandboxQuery(metadata={"list": tag}, state=[SandboxState.PAUSED]))
+        assert paused.next_items() == []
+    finally:
+        for sbx in made:
+            sbx.kill()
+
+
+def test_timeout_kills_and_set_timeout_moves_it(silo):
+    short = Sandbox.create("base", timeout=2)
+    kept = Sandbox.create("base", timeout=2)
+    kept.set_timeout(120)
+    try:
+        wait_until(
+            lambda: short.sandbox_id not in [s.sandbox_id for s in Sandbox.list().next_items()],
+            "the short sandbox to time out",
+        )
+        with pytest.raises(NotFoundException):
+            Sandbox.get_info(short.sandbox_id)
+        assert kept.is_running()
+        assert kept.commands.run("echo alive").stdout == "alive\n"
+    finally:
+        kept.kill()
+
+
+def test_killed_sandbox_traffic_says_not_running(silo):
+    sbx = Sandbox.create("base", timeout=60)
+    sbx.kill()
+    with pytest.raises(SandboxException) as err:
+        sbx.commands.run("echo hi")
+    assert "was not found" in str(err.value)
+
+
+def test_malformed_requests_get_e2b_errors(silo):
+    status, body, _ = silo.api("POST", "/v2/sandboxes", b"{not json")
+    assert status == 400 and body["code"] == 400 and body["message"]
+    status, body, _ = silo.api("POST", "/v2/sandboxes", {"timeout": 10})
+    assert status in (400, 422) and body["code"] == status
+    status, body, _ = silo.api("POST", "/v2/sandboxes", {"templateID": "../../etc"})
+    assert status == 400 and "invalid template name" in body["message"]
+    status, body, _ = silo.api("GET", "/v2/sandboxes?state=zombie")
+    assert status == 400
+    status, body, _ = silo.api("GET", "/v2/sandboxes", key="wrong")
+    assert status == 401 and body["code"] == 401
+    status, body, _ = silo.api("GET", "/nowhere")
+    assert status == 404 and body["code"] == 404
+
+
+def test_create_kill_cycles_leave_nothing_behind(silo):
+    """20 create/kill cycles: no runsc container, netns or veth stays behind."""
+    nothing = {"runsc": [], "netns": [], "links": []}
+    # Kills answer before teardown ends: let the earlier tests' teardowns finish first.
+    wait_until(lambda: silo.leaks() == nothing, "earlier teardowns to finish")
+    for _ in range(20):
+        sbx = Sandbox.create("base", timeout=60)
+        assert sbx.commands.run("true").exit_code == 0
+        sbx.kill()
+    wait_until(lambda: silo.leaks() == nothing, "teardown to finish")
+
+
+def test_cli_client_commands(silo):
+    env = {**os.environ, **silo.env()}
+    run = lambda *args: subprocess.run([silo.bin, "sandbox", *args], env=env, capture_output=True, text=True)
+    created = run("create", "base", "--timeout", "60", "--metadata", "via=cli")
+    assert created.returncode == 0, created.stderr
+    sid = created.stdout.strip()
+    try:
+        listed = run("ls")
+        assert sid in listed.stdout
+        ok = run("exec", sid, "echo", "from-cli")
+        assert (ok.returncode, ok.stdout) == (0, "from-cli\n")
+        failed = run("exec", sid, "echo oops >&2; exit 3")
+        assert (failed.returncode, failed.stderr) == (3, "oops\n")
+    finally:
+        assert run("kill", sid).returncode == 0
+    gone = run("kill", sid)
+    assert gone.returncode != 0 and "was not found" in gone.stderr
