@@ -79,6 +79,7 @@ build_silo() {
 }
 
 build_templates() {
-  say "building the base template (reused when already built)"
+  say "building the base and code-interpreter templates (reused when already built)"
   "$SILO_ROOT/target/release/silo" template build base --data-dir "$SILO_DATA_DIR"
+  "$SILO_ROOT/target/release/silo" template build code-interpreter --data-dir "$SILO_DATA_DIR"
 }

@@ -13,13 +13,13 @@ cd "$SILO_ROOT"
 
 export SILO_BIN="$SILO_ROOT/target/release/silo"
 export SILO_AGENT_BIN="$SILO_ROOT/target/release/silo-agent"
-export SILO_TEMPLATE_DIR="$SILO_DATA_DIR/templates"
+export SILO_TEST_TEMPLATE_DIR="$SILO_DATA_DIR/templates"
 
 say "cargo test"
 cargo test --release --locked --workspace
 
 say "runtime tests against real runsc (20 start/destroy cycles, leak checks)"
-base_rootfs=$(ls -d "$SILO_TEMPLATE_DIR"/base/*/rootfs | head -n 1)
+base_rootfs=$(ls -td "$SILO_TEST_TEMPLATE_DIR"/base/*/rootfs | head -n 1)
 agent_dir=$(mktemp -d)
 trap 'rm -rf "$agent_dir"' EXIT
 install -m 0755 "$SILO_AGENT_BIN" "$agent_dir/silo-agent"
@@ -32,3 +32,6 @@ if [ ! -x tests/.venv/bin/pytest ]; then
 fi
 tests/.venv/bin/pip install -q -r tests/requirements.txt
 tests/.venv/bin/pytest tests/e2e -q -p no:cacheprovider
+
+say "code interpreter tests (official e2b-code-interpreter SDK, code-interpreter template)"
+tests/.venv/bin/pytest tests/interpreter -q -p no:cacheprovider

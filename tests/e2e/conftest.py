@@ -146,6 +146,7 @@ if MODE == "agent":
                 "--default-user", "user",
                 "--passwd", str(base / "passwd"),
                 "--group", str(base / "group"),
+                "--sudo-socket", str(base / "sudo.sock"),
                 "--log", "silo_agent=debug",
             ],
             stdout=log,

@@ -1,11 +1,11 @@
 """A real `silo serve` for the end-to-end tests: started on a free port with its own
-data dir (templates shared from SILO_TEMPLATE_DIR), stopped at the end, and checked for
+data dir (templates shared from SILO_TEST_TEMPLATE_DIR), stopped at the end, and checked for
 leaks: every sandbox it made must be gone from runsc, and no netns or veth may remain.
 
 Environment (set by scripts/test.sh):
   SILO_BIN           the silo binary (default target/release/silo)
   SILO_AGENT_BIN     the static agent (default target/release/silo-agent)
-  SILO_TEMPLATE_DIR  where `silo template build` put the templates (/var/lib/silo/templates)
+  SILO_TEST_TEMPLATE_DIR  where `silo template build` put the templates (/var/lib/silo/templates)
 """
 
 import json
@@ -43,7 +43,7 @@ class SiloServer:
     def __init__(self, subnet: str = "10.213.0.0/16"):
         self.bin = os.environ.get("SILO_BIN", str(ROOT / "target/release/silo"))
         self.agent = os.environ.get("SILO_AGENT_BIN", str(ROOT / "target/release/silo-agent"))
-        self.template_dir = os.environ.get("SILO_TEMPLATE_DIR", "/var/lib/silo/templates")
+        self.template_dir = os.environ.get("SILO_TEST_TEMPLATE_DIR", "/var/lib/silo/templates")
         self.subnet = subnet
         self.data_dir = Path(tempfile.mkdtemp(prefix="silo-e2e-"))
         self.port = _free_port()

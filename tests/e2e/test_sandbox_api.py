@@ -6,6 +6,7 @@ import subprocess
 import time
 import uuid
 
+import httpx
 import pytest
 from e2b import (
     AuthenticationException,
@@ -191,3 +192,14 @@ def test_cli_client_commands(silo):
         assert run("kill", sid).returncode == 0
     gone = run("kill", sid)
     assert gone.returncode != 0 and "was not found" in gone.stderr
+
+
+def test_proxy_routes_by_host_name(sandbox, silo):
+    """Mode B: `{port}-{id}.{domain}` reaches the sandbox's port without E2b-* headers."""
+    host = f"49983-{sandbox.sandbox_id}.sandboxes.test"
+    r = httpx.get(f"{silo.url}/health", headers={"Host": host})
+    assert r.status_code == 204  # envd's health, not the server's (200)
+    r = httpx.get(f"{silo.url}/health", headers={"Host": f"49983-{'i' + '1' * 19}.sandboxes.test"})
+    assert r.status_code == 502 and "was not found" in r.json()["message"]
+    r = httpx.get(f"{silo.url}/health")
+    assert r.status_code == 200 and r.json() == {"status": "ok"}

@@ -1,16 +1,21 @@
-"""The code interpreter (crates/silo-interpreter) against real Jupyter kernels on this host,
-driven by the official `e2b-code-interpreter` SDK.
+"""The code interpreter driven by the official `e2b-code-interpreter` SDK, in one of two
+modes chosen by `SILO_INTERPRETER_MODE`:
 
-No sandbox is involved: the crate's `serve` example runs the interpreter on a free local
-port, and the SDK is pointed at it with `E2B_DEBUG=true` (no control-plane calls) and
-`E2B_SANDBOX_URL` (all sandbox traffic to that port).
+- **server** (default; what scripts/test.sh runs): a real `silo serve` (tests/e2e/
+  silo_server.py) and sandboxes of the `code-interpreter` template, the SDK's default
+  template name `code-interpreter-v1`; the kernels run inside gVisor.
+- **host**: no sandbox. The crate's `serve` example runs the interpreter on a free local
+  port against kernels installed on this host, and the SDK is pointed at it with
+  `E2B_DEBUG=true` and `E2B_SANDBOX_URL`. Quick to iterate on the interpreter alone.
 
-Environment:
+Tests use only the fixtures `sandbox`, `async_sandbox`, `raw` (an HTTP client for the
+interpreter's port), `touch` (create a file the code can see) and `needs_kernel`.
+
+Host-mode environment:
   SILO_INTERPRETER_BIN   the serve example (default: built with cargo into $CARGO_TARGET_DIR
                          or target/)
   SILO_KERNELSPEC_DIRS   colon-separated kernelspec dirs (default: the kernels venv,
                          tests/.venv-kernels/share/jupyter/kernels)
-
 Set-up of the kernels venv: see tests/interpreter/README.md.
 """
 
@@ -23,10 +28,16 @@ import time
 import urllib.request
 from pathlib import Path
 
+import httpx
 import pytest
 import pytest_asyncio
 
 ROOT = Path(__file__).resolve().parents[2]
+MODE = os.environ.get("SILO_INTERPRETER_MODE", "server")
+if MODE not in ("server", "host"):
+    raise SystemExit(f"SILO_INTERPRETER_MODE={MODE!r}: use server or host")
+# What the code-interpreter template installs.
+TEMPLATE_LANGUAGES = {"python", "bash", "javascript", "typescript"}
 KERNELS_VENV = ROOT / "tests" / ".venv-kernels"
 GLOBAL_ENVS = {"SILO_GLOBAL_VAR": "from-envd", "SILO_OVERRIDDEN": "global-value"}
 
@@ -58,6 +69,8 @@ def _binary() -> str:
 
 
 def kernel_languages() -> set:
+    if MODE == "server":
+        return TEMPLATE_LANGUAGES
     langs = set()
     for d in _kernelspec_dirs():
         for spec in Path(d).glob("*/kernel.json"):
@@ -151,40 +164,94 @@ class InterpreterServer:
         assert not leaked, f"kernel processes left behind: {leaked}"
 
 
-@pytest.fixture(scope="session")
-def server(tmp_path_factory):
-    if not any(Path(d).is_dir() for d in _kernelspec_dirs()):
-        pytest.skip("no kernelspecs: create tests/.venv-kernels (tests/interpreter/README.md)")
-    srv = InterpreterServer(tmp_path_factory.mktemp("interpreter"))
-    srv.start()
-    yield srv
-    srv.stop()
-    print(f"interpreter log: {srv.log_path}")
+if MODE == "host":
 
+    @pytest.fixture(scope="session")
+    def server(tmp_path_factory):
+        if not any(Path(d).is_dir() for d in _kernelspec_dirs()):
+            pytest.skip("no kernelspecs: create tests/.venv-kernels (tests/interpreter/README.md)")
+        srv = InterpreterServer(tmp_path_factory.mktemp("interpreter"))
+        srv.start()
+        yield srv
+        srv.stop()
+        print(f"interpreter log: {srv.log_path}")
 
-@pytest.fixture(scope="session", autouse=True)
-def sdk_env(server):
-    os.environ["E2B_DEBUG"] = "true"
-    os.environ["E2B_SANDBOX_URL"] = server.url
-    yield
+    @pytest.fixture(scope="session", autouse=True)
+    def sdk_env(server):
+        os.environ["E2B_DEBUG"] = "true"
+        os.environ["E2B_SANDBOX_URL"] = server.url
+        yield
 
+    @pytest.fixture
+    def sandbox():
+        from e2b_code_interpreter import Sandbox
 
-@pytest.fixture
-def sandbox():
-    from e2b_code_interpreter import Sandbox
+        sbx = Sandbox.create()
+        yield sbx
+        sbx.kill()
 
-    sbx = Sandbox.create()
-    yield sbx
-    sbx.kill()
+    @pytest_asyncio.fixture
+    async def async_sandbox():
+        from e2b_code_interpreter import AsyncSandbox
 
+        sbx = await AsyncSandbox.create()
+        yield sbx
+        await sbx.kill()
 
-@pytest_asyncio.fixture
-async def async_sandbox():
-    from e2b_code_interpreter import AsyncSandbox
+    @pytest.fixture
+    def raw(server):
+        with httpx.Client(base_url=server.url, timeout=60) as client:
+            yield client
 
-    sbx = await AsyncSandbox.create()
-    yield sbx
-    await sbx.kill()
+    @pytest.fixture
+    def touch():
+        return lambda path: open(path, "w").close()
+
+else:
+    import sys
+
+    sys.path.insert(0, str(ROOT / "tests" / "e2e"))
+    from silo_server import SiloServer
+
+    @pytest.fixture(scope="session", autouse=True)
+    def silo():
+        # Its own address range, so it may run beside other servers.
+        server = SiloServer(subnet="10.217.0.0/16").start()
+        os.environ.pop("E2B_DEBUG", None)
+        os.environ.update(server.env())
+        try:
+            yield server
+        finally:
+            server.stop()
+
+    @pytest.fixture
+    def sandbox(silo):
+        from e2b_code_interpreter import Sandbox
+
+        sbx = Sandbox.create(envs=GLOBAL_ENVS, timeout=300)
+        yield sbx
+        sbx.kill()
+
+    @pytest_asyncio.fixture
+    async def async_sandbox(silo):
+        from e2b_code_interpreter import AsyncSandbox
+
+        sbx = await AsyncSandbox.create(envs=GLOBAL_ENVS, timeout=300)
+        yield sbx
+        await sbx.kill()
+
+    @pytest.fixture
+    def raw(silo, sandbox):
+        headers = {"E2b-Sandbox-Id": sandbox.sandbox_id, "E2b-Sandbox-Port": "49999"}
+        if sandbox._envd_access_token:
+            headers["X-Access-Token"] = sandbox._envd_access_token
+        with httpx.Client(base_url=silo.url, headers=headers, timeout=60) as client:
+            yield client
+
+    @pytest.fixture
+    def touch(sandbox):
+        # From the SDK's callback thread, while the code runs: a second connection.
+        return lambda path: sandbox.files.write(path, "")
 
 
 def needs_kernel(language: str):

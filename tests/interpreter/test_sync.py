@@ -1,10 +1,8 @@
 """The synchronous SDK client against the interpreter and real kernels."""
 
 import os
-import tempfile
 import uuid
 
-import httpx
 import pytest
 from e2b import NotFoundException, SandboxException, TimeoutException
 
@@ -103,16 +101,16 @@ print("out 2", flush=True)
     assert execution.logs.stderr == ["err 1\n"]
 
 
-def test_stdout_callback_fires_while_code_still_runs(sandbox):
+def test_stdout_callback_fires_while_code_still_runs(sandbox, touch):
     # The code waits for a file that only the stdout callback creates: if output were
     # buffered until the end, the callback would come too late and the code would give up.
-    flag = os.path.join(tempfile.gettempdir(), f"silo-stream-{uuid.uuid4()}")
+    flag = f"/tmp/silo-stream-{uuid.uuid4()}"
     lines = []
 
     def on_stdout(msg):
         lines.append(msg.line)
         if msg.line == "waiting\n":
-            open(flag, "w").close()
+            touch(flag)
 
     execution = sandbox.run_code(
         f"""
@@ -128,7 +126,7 @@ else:
 """,
         on_stdout=on_stdout,
     )
-    os.unlink(flag)
+    sandbox.run_code(f"import os; os.unlink({flag!r})")  # where the code runs
     assert execution.logs.stdout == ["waiting\n", "released\n"]
 
 
@@ -157,7 +155,7 @@ def test_contexts_do_not_share_variables(sandbox):
     assert a.id not in ids and b.id not in ids
 
 
-def test_context_has_language_and_cwd(sandbox, server):
+def test_context_has_language_and_cwd(sandbox):
     ctx = sandbox.create_code_context(cwd="/tmp")
     try:
         assert ctx.language == "python"
@@ -223,21 +221,21 @@ def test_unknown_context_is_not_found(sandbox):
         sandbox.remove_code_context("no-such-context")
 
 
-def test_raw_request_errors(server):
+def test_raw_request_errors(raw):
     body = {"code": "1", "context_id": "nope", "language": None, "env_vars": None}
-    r = httpx.post(f"{server.url}/execute", json=body)
+    r = raw.post("/execute", json=body)
     assert r.status_code == 404
     body["language"] = "python"
-    r = httpx.post(f"{server.url}/execute", json=body)
+    r = raw.post("/execute", json=body)
     assert r.status_code == 400
     assert "both" in r.text
-    r = httpx.post(f"{server.url}/execute", content=b"{", headers={"content-type": "application/json"})
+    r = raw.post("/execute", content=b"{", headers={"content-type": "application/json"})
     assert r.status_code == 400
 
 
-def test_raw_stream_shape(server):
+def test_raw_stream_shape(raw):
     body = {"code": "print('a')\n7", "context_id": None, "language": None, "env_vars": None}
-    with httpx.stream("POST", f"{server.url}/execute", json=body) as r:
+    with raw.stream("POST", "/execute", json=body) as r:
         lines = [line for line in r.iter_lines()]
     types = [__import__("json").loads(line)["type"] for line in lines]
     assert all(lines), "no blank lines"

@@ -14,6 +14,18 @@ pub struct Config {
     #[arg(long, env = "SILO_AGENT_LISTEN", default_value = "0.0.0.0:49983")]
     pub listen: SocketAddr,
 
+    /// Address to serve the code interpreter on, when the template has Jupyter kernels.
+    #[arg(
+        long,
+        env = "SILO_AGENT_INTERPRETER_LISTEN",
+        default_value = "0.0.0.0:49999"
+    )]
+    pub interpreter_listen: SocketAddr,
+
+    /// The user the code interpreter's kernels run as (the template's user).
+    #[arg(long, env = "SILO_AGENT_INTERPRETER_USER", default_value = "user")]
+    pub interpreter_user: String,
+
     /// User that processes and files belong to when a request names none, until
     /// `POST /init` sets another (envd's own fallback is root).
     #[arg(long, env = "SILO_AGENT_DEFAULT_USER", default_value = "root")]
@@ -34,6 +46,14 @@ pub struct Config {
     /// Largest file `POST /files` accepts, in bytes (after gzip decoding).
     #[arg(long, env = "SILO_AGENT_MAX_UPLOAD_BYTES", default_value_t = 1 << 30)]
     pub max_upload_bytes: u64,
+
+    /// Unix socket of the sudo broker (what `sudo` in the sandbox talks to); empty: none.
+    #[arg(
+        long,
+        env = "SILO_AGENT_SUDO_SOCKET",
+        default_value = "/run/silo/sudo.sock"
+    )]
+    pub sudo_socket: PathBuf,
 
     /// Log filter (tracing `EnvFilter` syntax), e.g. `info` or `silo_agent=debug`.
     #[arg(long, env = "SILO_AGENT_LOG", default_value = "info")]

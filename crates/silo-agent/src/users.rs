@@ -15,6 +15,8 @@ pub struct User {
     pub uid: u32,
     pub gid: u32,
     pub home: PathBuf,
+    /// The login shell (`/bin/sh` when the entry has none).
+    pub shell: PathBuf,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -67,6 +69,7 @@ impl Users {
                 uid: 0,
                 gid: 0,
                 home: PathBuf::from("/root"),
+                shell: PathBuf::from("/bin/sh"),
             });
         }
         Err(Error::Unauthenticated(format!("user {name:?} not found")))
@@ -88,6 +91,28 @@ impl Users {
             .find(|g| g.gid == gid)
             .map(|g| g.name.clone())
             .unwrap_or_else(|| gid.to_string())
+    }
+
+    /// The user whose uid is `uid`, if an entry has it (root always has one).
+    pub fn by_uid(&self, uid: u32) -> Option<User> {
+        match self.users.iter().find(|u| u.uid == uid) {
+            Some(u) => Some(u.clone()),
+            None if uid == 0 => self.lookup("root").ok(),
+            None => None,
+        }
+    }
+
+    /// The gid of the group called `name`.
+    pub fn group_id(&self, name: &str) -> Option<u32> {
+        self.groups.iter().find(|g| g.name == name).map(|g| g.gid)
+    }
+
+    /// Whether `user` belongs to group `name`, as its primary group or as a listed member.
+    pub fn in_group(&self, user: &User, name: &str) -> bool {
+        self.groups
+            .iter()
+            .filter(|g| g.name == name)
+            .any(|g| g.gid == user.gid || g.members.iter().any(|m| m == &user.name))
     }
 
     /// The user's primary group plus every group that lists them as a member.
@@ -116,6 +141,7 @@ fn parse_passwd(text: &str) -> Vec<User> {
                 uid: f[2].parse().ok()?,
                 gid: f[3].parse().ok()?,
                 home: PathBuf::from(if f[5].is_empty() { "/" } else { f[5] }),
+                shell: PathBuf::from(if f[6].is_empty() { "/bin/sh" } else { f[6] }),
             })
         })
         .collect()
@@ -189,5 +215,13 @@ mod tests {
         assert_eq!(u.group_name(9), "9");
         let user = u.lookup("user").unwrap();
         assert_eq!(u.group_ids(&user), vec![1000, 27]);
+        assert_eq!(user.shell, PathBuf::from("/bin/bash"));
+        assert_eq!(u.by_uid(1000).unwrap().name, "user");
+        assert!(u.by_uid(4242).is_none());
+        assert_eq!(Users::default().by_uid(0).unwrap().name, "root");
+        assert_eq!(u.group_id("sudo"), Some(27));
+        assert!(u.in_group(&user, "sudo"));
+        assert!(u.in_group(&user, "user"), "primary group by gid");
+        assert!(!u.in_group(&u.lookup("nohome").unwrap(), "sudo"));
     }
 }

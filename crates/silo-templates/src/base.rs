@@ -5,7 +5,9 @@
 //! 2. Debootstrap the [`BASE`](crate::recipe::BASE) recipe into
 //!    `<templates_dir>/base/.tmp-<hash>-<pid>/rootfs`, from the host's mirror.
 //! 3. Configure: user `user` (uid 1000, bash, passwordless sudo), `/opt/silo` for the
-//!    agent mount, hostname, hosts, resolv.conf; drop apt's caches.
+//!    agent mount, hostname, hosts, resolv.conf; drop apt's caches. Debian's setuid sudo
+//!    cannot work under gVisor, so it is diverted and `/usr/bin/sudo` links to the agent,
+//!    whose broker serves members of group `sudo` (docs/adr/0005-sudo-in-gvisor.md).
 //! 4. Publish: rename the temp dir to `<hash>`. A crashed build leaves only a `.tmp-`
 //!    dir, which [`prune_base`] removes once its builder is gone.
 
@@ -18,6 +20,7 @@ use std::time::Duration;
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::Command;
 
+use crate::cache::{self, Slot};
 use crate::mirror::{self, MirrorError};
 use crate::recipe::{Recipe, BASE};
 
@@ -35,6 +38,13 @@ pub enum Stage {
     Cached,
     Debootstrap,
     Configure,
+    /// A derived template: copying its parent's rootfs.
+    CopyParent,
+    /// A derived template: running step `index` of `total` (from 1).
+    Step {
+        index: usize,
+        total: usize,
+    },
     Publish,
 }
 
@@ -109,57 +119,27 @@ pub async fn build_base(
     mut progress: impl FnMut(Progress) + Send,
 ) -> Result<TemplatePath, BuildError> {
     let recipe = &BASE;
-    let hash = recipe.hash();
-    let base_dir = templates_dir.join("base");
-    let done = base_dir.join(&hash);
-    let result = TemplatePath {
-        rootfs: done.join("rootfs"),
-        hash: hash.clone(),
+    let work = match cache::slot(&templates_dir.join("base"), &recipe.hash()).await? {
+        Slot::Cached(done) => {
+            progress(Progress::Stage(Stage::Cached));
+            return Ok(done);
+        }
+        Slot::Build(work) => work,
     };
-    if done.is_dir() {
-        progress(Progress::Stage(Stage::Cached));
-        return Ok(result);
-    }
-
-    let mirror = mirror::debian_mirror(Path::new("/etc/apt"), recipe.suite)?;
-    let work = base_dir.join(format!(".tmp-{hash}-{}", std::process::id()));
-    let prepare = |source| BuildError::PrepareDir {
-        path: work.clone(),
-        source,
-    };
-    match tokio::fs::remove_dir_all(&work).await {
-        Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(prepare(e)),
-        _ => {}
-    }
-    tokio::fs::create_dir_all(&work).await.map_err(prepare)?;
-    let rootfs = work.join("rootfs");
-
     let built = async {
+        let mirror = mirror::debian_mirror(Path::new("/etc/apt"), recipe.suite)?;
         progress(Progress::Stage(Stage::Debootstrap));
-        debootstrap(recipe, &mirror, &rootfs, &mut progress).await?;
+        debootstrap(recipe, &mirror, &work.rootfs, &mut progress).await?;
         progress(Progress::Stage(Stage::Configure));
-        configure(&rootfs).await
+        configure(&work.rootfs).await
     }
     .await;
     if let Err(e) = built {
-        let _ = tokio::fs::remove_dir_all(&work).await;
+        work.discard().await;
         return Err(e);
     }
-
     progress(Progress::Stage(Stage::Publish));
-    match tokio::fs::rename(&work, &done).await {
-        Ok(()) => Ok(result),
-        // Another builder published the same recipe first: theirs is as good.
-        Err(_) if done.is_dir() => {
-            let _ = tokio::fs::remove_dir_all(&work).await;
-            Ok(result)
-        }
-        Err(source) => Err(BuildError::Publish {
-            from: work,
-            to: done,
-            source,
-        }),
-    }
+    work.publish().await
 }
 
 /// Remove every `base` build except `keep`, and temp dirs of builders that are gone.
@@ -194,7 +174,7 @@ pub async fn prune_base(
             continue;
         }
         let path = entry.path();
-        tokio::fs::remove_dir_all(&path)
+        crate::cache::remove_build_dir(&path)
             .await
             .map_err(|source| BuildError::Prune {
                 path: path.clone(),
@@ -306,6 +286,19 @@ async fn configure(rootfs: &Path) -> Result<(), BuildError> {
         0o440,
     )
     .await?;
+    chroot(rootfs, &["usermod", "--append", "--groups", "sudo", USER]).await?;
+    chroot(
+        rootfs,
+        &[
+            "dpkg-divert",
+            "--local",
+            "--rename",
+            "--add",
+            "/usr/bin/sudo",
+        ],
+    )
+    .await?;
+    symlink(rootfs, "usr/bin/sudo", "/opt/silo/silo-agent").await?;
     write(rootfs, "etc/hostname", &format!("{HOSTNAME}\n"), 0o644).await?;
     write(
         rootfs,
@@ -349,6 +342,20 @@ async fn write(rootfs: &Path, rel: &str, content: &str, mode: u32) -> Result<(),
     tokio::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode))
         .await
         .map_err(err)
+}
+
+/// Make `rel` a symlink to `target` (a path as the sandbox sees it), replacing any file.
+async fn symlink(rootfs: &Path, rel: &str, target: &str) -> Result<(), BuildError> {
+    let path = rootfs.join(rel);
+    let err = |source| BuildError::Configure {
+        path: path.clone(),
+        source,
+    };
+    match tokio::fs::remove_file(&path).await {
+        Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(err(e)),
+        _ => {}
+    }
+    tokio::fs::symlink(target, &path).await.map_err(err)
 }
 
 /// Remove the plain files directly in `dir` (apt's downloaded lists and packages).

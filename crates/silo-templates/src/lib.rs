@@ -16,7 +16,10 @@
 //! ```
 
 mod base;
+mod cache;
+pub mod layer;
 pub mod mirror;
 pub mod recipe;
 
 pub use base::{build_base, prune_base, BuildError, Progress, Stage, TemplatePath};
+pub use layer::{build_layer, Layer, CODE_INTERPRETER};

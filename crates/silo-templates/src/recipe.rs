@@ -32,7 +32,7 @@ pub const BASE: Recipe = Recipe {
         "python3-pip",
         "sudo",
     ],
-    steps_version: 1,
+    steps_version: 2,
 };
 
 impl Recipe {

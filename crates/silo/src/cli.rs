@@ -173,6 +173,10 @@ pub enum TemplateCommand {
     Build {
         /// Template name: `base`.
         name: String,
+        /// Also remove older builds of this template. Only safe when no sandbox started
+        /// from them is running: their rootfs is its lower layer.
+        #[arg(long)]
+        prune: bool,
     },
     /// List built templates.
     Ls,

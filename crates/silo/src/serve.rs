@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{bail, Context};
+use axum::serve::ListenerExt;
 use silo_api::AppState;
 use silo_catalog::Catalog;
 use silo_node::sandbox::{Manager, SandboxDefaults, Templates};
@@ -50,9 +51,12 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
     tracing::info!(?report, "reconciled sandboxes from the previous run");
     tokio::spawn(Arc::clone(&manager).run_reaper());
 
+    // Streams (command output, code results) are many small writes: without TCP_NODELAY,
+    // Nagle and delayed ACKs add tens of milliseconds to each.
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
-        .with_context(|| format!("cannot listen on {}: is another silo running?", args.listen))?;
+        .with_context(|| format!("cannot listen on {}: is another silo running?", args.listen))?
+        .tap_io(|tcp| drop(tcp.set_nodelay(true)));
     let app = silo_api::router(AppState {
         manager: Arc::clone(&manager),
         proxy: silo_api::proxy::client(),

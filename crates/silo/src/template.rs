@@ -13,21 +13,41 @@ use crate::cli::{TemplateArgs, TemplateCommand};
 pub async fn run(args: TemplateArgs) -> anyhow::Result<ExitCode> {
     let dir = args.dirs.template_dir();
     match args.command {
-        TemplateCommand::Build { name } => {
-            if name != "base" {
-                bail!("unknown template {name:?}: silo can build `base` (Dockerfile templates are coming)");
-            }
+        TemplateCommand::Build { name, prune } => {
+            let layer = match name.as_str() {
+                "base" => None,
+                "code-interpreter" | "code-interpreter-v1" => {
+                    Some(&silo_templates::CODE_INTERPRETER)
+                }
+                _ => bail!(
+                    "unknown template {name:?}: silo builds `base` and `code-interpreter` \
+                     (Dockerfile templates are coming)"
+                ),
+            };
             let started = Instant::now();
-            let display = BuildDisplay::new();
-            let built = silo_templates::build_base(&dir, |progress| display.show(progress)).await;
+            let display = BuildDisplay::new("base");
+            let base = silo_templates::build_base(&dir, |progress| display.show(progress)).await;
             display.finish();
-            let built = built?;
-            let pruned = silo_templates::prune_base(&dir, &built).await?;
-            for old in pruned {
-                eprintln!("removed old build {}", old.display());
+            let base = base?;
+            if prune {
+                for old in silo_templates::prune_base(&dir, &base).await? {
+                    eprintln!("removed old build {}", old.display());
+                }
             }
+            let built = match layer {
+                None => base,
+                Some(layer) => {
+                    let display = BuildDisplay::new(layer.name);
+                    let built = silo_templates::build_layer(&dir, layer, &base, |progress| {
+                        display.show(progress)
+                    })
+                    .await;
+                    display.finish();
+                    built?
+                }
+            };
             eprintln!(
-                "template base ready in {:.1}s: {}",
+                "template {name} ready in {:.1}s: {}",
                 started.elapsed().as_secs_f64(),
                 built.rootfs.display()
             );
@@ -54,10 +74,11 @@ pub async fn run(args: TemplateArgs) -> anyhow::Result<ExitCode> {
 /// lines otherwise (CI logs stay readable).
 struct BuildDisplay {
     bar: Option<ProgressBar>,
+    template: &'static str,
 }
 
 impl BuildDisplay {
-    fn new() -> BuildDisplay {
+    fn new(template: &'static str) -> BuildDisplay {
         let bar = std::io::stderr().is_terminal().then(|| {
             let bar = ProgressBar::new_spinner();
             bar.set_style(
@@ -67,18 +88,21 @@ impl BuildDisplay {
             bar.enable_steady_tick(Duration::from_millis(120));
             bar
         });
-        BuildDisplay { bar }
+        BuildDisplay { bar, template }
     }
 
     fn show(&self, progress: Progress) {
         match progress {
             Progress::Stage(stage) => {
-                let label = match stage {
-                    Stage::Cached => "cached: a complete build of this recipe exists",
-                    Stage::Debootstrap => "[1/3] debootstrap (Debian bookworm)",
-                    Stage::Configure => "[2/3] configure (user, sudo, agent mount point)",
-                    Stage::Publish => "[3/3] publish",
+                let step = match stage {
+                    Stage::Cached => "cached: a complete build of this recipe exists".to_owned(),
+                    Stage::Debootstrap => "debootstrap (Debian bookworm)".to_owned(),
+                    Stage::Configure => "configure (user, sudo, agent mount point)".to_owned(),
+                    Stage::CopyParent => "copy the parent template".to_owned(),
+                    Stage::Step { index, total } => format!("step {index}/{total}"),
+                    Stage::Publish => "publish".to_owned(),
                 };
+                let label = format!("{}: {step}", self.template);
                 match &self.bar {
                     Some(bar) => bar.set_prefix(label),
                     None => eprintln!("{label}"),

@@ -1,7 +1,7 @@
 //! `silo serve` for real (gVisor, the base template) driven by silo's own Rust client.
 //!
 //! Needs root, runsc and a built base template: scripts/test.sh provides them and sets
-//! SILO_TEMPLATE_DIR and SILO_AGENT_BIN. Without SILO_TEMPLATE_DIR the test says so and
+//! SILO_TEST_TEMPLATE_DIR and SILO_AGENT_BIN. Without SILO_TEST_TEMPLATE_DIR the test says so and
 //! does nothing (plain `cargo test` on a machine without silo set up).
 
 use std::net::TcpListener;
@@ -82,8 +82,10 @@ impl Drop for Server {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn create_run_and_kill_with_the_rust_client() {
-    let Ok(template_dir) = std::env::var("SILO_TEMPLATE_DIR") else {
-        eprintln!("SILO_TEMPLATE_DIR is not set: run scripts/test.sh for the end-to-end tests");
+    let Ok(template_dir) = std::env::var("SILO_TEST_TEMPLATE_DIR") else {
+        eprintln!(
+            "SILO_TEST_TEMPLATE_DIR is not set: run scripts/test.sh for the end-to-end tests"
+        );
         return;
     };
     let agent = std::env::var("SILO_AGENT_BIN").expect("SILO_AGENT_BIN names the static agent");

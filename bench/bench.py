@@ -1,0 +1,163 @@
+"""silo's benchmark: what a user of the E2B SDK waits for, beside raw gVisor.
+
+Starts its own `silo serve` (like the e2e tests), then measures with the official SDK:
+  - Sandbox.create("base") latency, N_CREATE times (each sandbox killed after);
+  - commands.run("echo hi") round trip, N_RUN times on one sandbox;
+  - with e2e-code-interpreter: create → first run_code("1+1") result, N_FIRST times, and
+    run_code("1+1") round trip, N_CODE times on one sandbox;
+  - raw `runsc run` of the same base rootfs (an OCI bundle running /bin/true, no
+    network, memory overlay), N_RAW times, for comparison;
+and writes a Markdown table to stdout and bench/results/<date>-<host>/results.md.
+
+Run it with scripts/bench.sh (which builds first), as root.
+"""
+
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import date
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "tests" / "e2e"))
+
+from silo_server import SiloServer  # noqa: E402
+
+N_CREATE = int(os.environ.get("BENCH_CREATES", 20))
+N_RUN = int(os.environ.get("BENCH_RUNS", 100))
+N_RAW = int(os.environ.get("BENCH_RAW", 10))
+N_FIRST = int(os.environ.get("BENCH_FIRST_CODE", 10))
+N_CODE = int(os.environ.get("BENCH_CODE", 100))
+
+
+def pct(samples, p):
+    ordered = sorted(samples)
+    index = min(len(ordered) - 1, max(0, round(p / 100 * len(ordered)) - 1))
+    return ordered[index]
+
+
+def summary(name, samples_s):
+    ms = [s * 1000 for s in samples_s]
+    return {
+        "name": name,
+        "n": len(ms),
+        "p50_ms": round(pct(ms, 50), 1),
+        "p95_ms": round(pct(ms, 95), 1),
+        "mean_ms": round(statistics.fmean(ms), 1),
+    }
+
+
+def bench_sdk(server):
+    os.environ.update(server.env())
+    from e2b import Sandbox
+
+    creates = []
+    for _ in range(N_CREATE):
+        start = time.perf_counter()
+        sbx = Sandbox.create("base", timeout=120)
+        creates.append(time.perf_counter() - start)
+        sbx.kill()
+
+    runs = []
+    sbx = Sandbox.create("base", timeout=300)
+    try:
+        sbx.commands.run("true")  # warm the connection like any steady user
+        for _ in range(N_RUN):
+            start = time.perf_counter()
+            result = sbx.commands.run("echo hi")
+            runs.append(time.perf_counter() - start)
+            assert result.stdout == "hi\n"
+    finally:
+        sbx.kill()
+    return [summary("SDK Sandbox.create(\"base\")", creates), summary('SDK commands.run("echo hi")', runs)]
+
+
+def bench_code_interpreter():
+    from e2b_code_interpreter import Sandbox
+
+    firsts = []
+    for _ in range(N_FIRST):
+        start = time.perf_counter()
+        sbx = Sandbox.create(timeout=120)
+        assert sbx.run_code("1+1").text == "2"
+        firsts.append(time.perf_counter() - start)
+        sbx.kill()
+
+    codes = []
+    sbx = Sandbox.create(timeout=300)
+    try:
+        sbx.run_code("1+1")
+        for _ in range(N_CODE):
+            start = time.perf_counter()
+            assert sbx.run_code("1+1").text == "2"
+            codes.append(time.perf_counter() - start)
+    finally:
+        sbx.kill()
+    return [
+        summary("create → first run_code(\"1+1\") result", firsts),
+        summary('run_code("1+1")', codes),
+    ]
+
+
+def bench_raw_runsc(template_dir):
+    rootfs = sorted(Path(template_dir, "base").glob("*/rootfs"), key=lambda p: p.stat().st_mtime)[-1]
+    work = Path(tempfile.mkdtemp(prefix="silo-bench-raw-"))
+    bundle = work / "bundle"
+    bundle.mkdir()
+    (bundle / "config.json").write_text(json.dumps({
+        "ociVersion": "1.0.2",
+        "process": {"user": {"uid": 0, "gid": 0}, "args": ["/bin/true"], "cwd": "/",
+                    "env": ["PATH=/usr/bin:/bin"]},
+        "root": {"path": str(rootfs), "readonly": False},
+        "hostname": "bench",
+        "mounts": [{"destination": "/proc", "type": "proc", "source": "proc"}],
+        "linux": {"namespaces": [{"type": t} for t in ("pid", "ipc", "uts", "mount")]},
+    }))
+    samples = []
+    try:
+        for i in range(N_RAW):
+            cid = f"silobenchraw{i:08d}"
+            start = time.perf_counter()
+            subprocess.run(
+                ["runsc", "--root", str(work / "state"), "--platform=systrap", "--network=none",
+                 "--overlay2=root:memory", "run", "--bundle", str(bundle), cid],
+                check=True, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+            )
+            samples.append(time.perf_counter() - start)
+            subprocess.run(["runsc", "--root", str(work / "state"), "delete", "--force", cid],
+                           stderr=subprocess.DEVNULL)
+    finally:
+        subprocess.run(["rm", "-rf", str(work)])
+    return [summary("raw `runsc run` /bin/true, same rootfs", samples)]
+
+
+def main():
+    server = SiloServer(subnet="10.216.0.0/16").start()
+    try:
+        rows = bench_sdk(server) + bench_code_interpreter()
+    finally:
+        server.stop()
+    rows += bench_raw_runsc(server.template_dir)
+    machine = f"{platform.node()}-{os.cpu_count()}cpu"
+    lines = [
+        f"Measured {date.today()} on {machine} ({platform.release()}), runsc systrap.",
+        "",
+        "| what | n | p50 | p95 | mean |",
+        "|---|---|---|---|---|",
+    ]
+    lines += [f"| {r['name']} | {r['n']} | {r['p50_ms']} ms | {r['p95_ms']} ms | {r['mean_ms']} ms |" for r in rows]
+    report = "\n".join(lines) + "\n"
+    out = ROOT / "bench" / "results" / f"{date.today()}-{machine}"
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "results.md").write_text(report)
+    (out / "results.json").write_text(json.dumps(rows, indent=2) + "\n")
+    print(report)
+
+
+if __name__ == "__main__":
+    main()
