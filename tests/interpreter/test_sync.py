@@ -255,35 +255,3 @@ def test_bash(sandbox):
     assert "b'v" in "".join(with_env.logs.stdout)
     without = sandbox.run_code("echo \"[$SILO_BASH_VAR]\"", language="bash")
     assert "[]" in "".join(without.logs.stdout)
-
-
-def js_value(execution):
-    """The value of the last expression: ijavascript sends it as the main result, tslab
-    prints it to stdout instead."""
-    if execution.text is not None:
-        return execution.text
-    return "".join(execution.logs.stdout).strip()
-
-
-@needs_kernel("javascript")
-def test_javascript(sandbox):
-    sandbox.run_code("let y = 40", language="js")
-    assert js_value(sandbox.run_code("y + 2", language="JavaScript")) == "42"
-    execution = sandbox.run_code("console.log('from js')", language="javascript")
-    assert execution.logs.stdout == ["from js\n"]
-    env = sandbox.run_code("process.env.SILO_JS_VAR", language="js", envs={"SILO_JS_VAR": "jv"})
-    assert "jv" in js_value(env)
-    after = sandbox.run_code("String(process.env.SILO_JS_VAR)", language="js")
-    assert "undefined" in js_value(after)
-    failing = sandbox.run_code("throw new Error('js boom')", language="js")
-    assert failing.error is not None or "js boom" in "".join(failing.logs.stderr)
-
-
-@needs_kernel("typescript")
-def test_typescript(sandbox):
-    execution = sandbox.run_code(
-        "function sub(x: number, y: number): number { return x - y; }\nsub(1, 2)",
-        language="ts",
-    )
-    assert execution.error is None, execution.error
-    assert js_value(execution) == "-1"

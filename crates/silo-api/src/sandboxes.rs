@@ -136,16 +136,7 @@ pub async fn list_v1(
     filter.states = vec![SandboxState::Running];
     filter.after = None;
     filter.limit = None;
-    let page = app
-        .manager
-        .catalog()
-        .list(&filter)
-        .map_err(|e| ApiError::Sandbox(e.into()))?;
-    let body: Vec<_> = page
-        .sandboxes
-        .iter()
-        .map(|rec| app.detail_body(rec))
-        .collect();
+    let (body, _) = list_page(&app, &filter)?;
     Ok(Json(body))
 }
 
@@ -155,24 +146,33 @@ pub async fn list_v2(
     RawQuery(query): RawQuery,
 ) -> Result<impl IntoResponse, ApiError> {
     let filter = parse_list_query(query.as_deref().unwrap_or(""))?;
-    let page = app
-        .manager
-        .catalog()
-        .list(&filter)
-        .map_err(|e| ApiError::Sandbox(e.into()))?;
-    let body: Vec<_> = page
-        .sandboxes
-        .iter()
-        .map(|rec| app.detail_body(rec))
-        .collect();
+    let (body, next_token) = list_page(&app, &filter)?;
     let mut headers = HeaderMap::new();
-    if let Some(token) = page.next_token {
+    if let Some(token) = next_token {
         headers.insert(
             "x-next-token",
             HeaderValue::from_str(&token).expect("sandbox ids are header-safe"),
         );
     }
     Ok((headers, Json(body)))
+}
+
+/// One page of the list as wire bodies, and the token of the next page.
+fn list_page(
+    app: &AppState,
+    filter: &ListFilter,
+) -> Result<(Vec<rest::SandboxDetail>, Option<String>), ApiError> {
+    let page = app
+        .manager
+        .catalog()
+        .list(filter)
+        .map_err(|e| ApiError::Sandbox(e.into()))?;
+    let body = page
+        .sandboxes
+        .iter()
+        .map(|rec| app.detail_body(rec))
+        .collect();
+    Ok((body, page.next_token))
 }
 
 /// The list query. `metadata` is `k=v&k2=v2` whose parts were encoded before the whole

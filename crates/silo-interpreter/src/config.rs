@@ -46,6 +46,11 @@ pub struct Config {
     /// A `keepalive` line is sent after this much silence during an execution; it is also
     /// how a vanished client is noticed. Default 1 s.
     pub keepalive: Duration,
+    /// Run JavaScript and TypeScript on silo's Node.js driver ([`crate::kernel::node`])
+    /// instead of their kernelspec's own kernel, which then only vouches that Node and the
+    /// TypeScript compiler are installed. Default true: tslab reports neither results nor
+    /// errors the way E2B's clients expect.
+    pub node_driver: bool,
 }
 
 impl Config {
@@ -59,6 +64,7 @@ impl Config {
             runtime_dir: std::env::temp_dir(),
             autostart: vec![Language::Python],
             keepalive: Duration::from_secs(1),
+            node_driver: true,
         }
     }
 

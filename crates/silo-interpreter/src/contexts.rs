@@ -233,17 +233,19 @@ impl Contexts {
             })?;
         let globals = (self.config.global_envs)();
         let env = self.config.kernel_env(&globals);
-        let kernel = Kernel::start(
-            spec,
-            StartOptions {
-                cwd,
-                env: &env,
-                user: self.config.user.as_ref(),
-                runtime_dir: &self.config.runtime_dir,
-                path: &self.config.path,
-            },
-        )
-        .await?;
+        let opts = StartOptions {
+            cwd,
+            env: &env,
+            user: self.config.user.as_ref(),
+            runtime_dir: &self.config.runtime_dir,
+            path: &self.config.path,
+        };
+        let kernel = match language {
+            Language::JavaScript | Language::TypeScript if self.config.node_driver => {
+                Kernel::start_node(spec, opts).await?
+            }
+            _ => Kernel::start(spec, opts).await?,
+        };
         if language == Language::Python {
             setup_python(&kernel).await;
         }

@@ -162,6 +162,13 @@ impl KernelSpec {
     }
 }
 
+/// The first executable `program` in the directories of `path`.
+pub(crate) fn find_program(program: &str, path: &str) -> Option<PathBuf> {
+    std::env::split_paths(path)
+        .map(|dir| dir.join(program))
+        .find(|full| is_executable(full))
+}
+
 fn is_executable(path: &Path) -> bool {
     use std::os::unix::fs::PermissionsExt;
     std::fs::metadata(path)

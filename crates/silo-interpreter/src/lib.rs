@@ -6,7 +6,8 @@
 //! - [`router`] serves `/execute`, `/contexts…` and `/health`; an execution streams its
 //!   outputs line by line ([`output`]).
 //! - [`kernel`] is the Jupyter client: connection file, signed multipart messages, the
-//!   kernel process.
+//!   kernel process. JavaScript and TypeScript run on silo's own Node.js driver instead
+//!   ([`kernel::node`]), which speaks the same messages over a pipe.
 //!
 //! ```no_run
 //! # async fn serve() -> std::io::Result<()> {

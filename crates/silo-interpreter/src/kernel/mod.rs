@@ -9,9 +9,14 @@
 //! Two reader tasks (shell, iopub) decode every incoming message and route it, by the
 //! `msg_id` of its parent header, to whoever sent that request ([`Kernel::request`]). Messages
 //! nobody waits for are dropped.
+//!
+//! JavaScript and TypeScript can instead run on silo's own Node.js driver ([`node`]), which
+//! speaks the same messages as JSON lines over its stdin and stdout; everything above the
+//! transport (routing, [`Replies`], interrupt, kill) is shared.
 
 pub mod connection;
 pub mod messages;
+pub mod node;
 pub mod process;
 
 use std::collections::{BTreeMap, HashMap};
@@ -73,6 +78,18 @@ pub enum KernelError {
         #[source]
         source: zeromq::ZmqError,
     },
+    #[error("writing to kernel {kernel}")]
+    PipeSend {
+        kernel: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("writing the Node.js driver script {path}")]
+    DriverScript {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("interrupting kernel {kernel}")]
     Interrupt {
         kernel: String,
@@ -103,16 +120,27 @@ type Routes = Arc<Mutex<HashMap<String, mpsc::UnboundedSender<Message>>>>;
 pub struct Kernel {
     name: String,
     process: KernelProcess,
-    signer: Signer,
     interrupt_mode: InterruptMode,
-    shell: tokio::sync::Mutex<zeromq::DealerSendHalf>,
-    control: tokio::sync::Mutex<DealerSocket>,
+    channels: Channels,
     routes: Routes,
     readers: Vec<JoinHandle<()>>,
     /// Set by [`Kernel::kill`], so an execution that sees the exit can tell a restart or
     /// delete from a crash.
     killed: AtomicBool,
-    _connection_file: ConnectionFile,
+}
+
+/// How requests reach the kernel.
+// One per kernel, which lives behind an Arc for its context's lifetime: boxing the larger
+// variant would save nothing that matters.
+#[allow(clippy::large_enum_variant)]
+enum Channels {
+    Jupyter {
+        signer: Signer,
+        shell: tokio::sync::Mutex<zeromq::DealerSendHalf>,
+        control: tokio::sync::Mutex<DealerSocket>,
+        _connection_file: ConnectionFile,
+    },
+    Node(node::Pipe),
 }
 
 /// The messages caused by one request, in arrival order (iopub and shell interleaved).
@@ -250,14 +278,16 @@ impl Kernel {
         let kernel = Kernel {
             name,
             process,
-            signer,
             interrupt_mode: spec.interrupt_mode,
-            shell: tokio::sync::Mutex::new(shell_tx),
-            control: tokio::sync::Mutex::new(control),
+            channels: Channels::Jupyter {
+                signer,
+                shell: tokio::sync::Mutex::new(shell_tx),
+                control: tokio::sync::Mutex::new(control),
+                _connection_file: connection_file,
+            },
             routes,
             readers,
             killed: AtomicBool::new(false),
-            _connection_file: connection_file,
         };
         kernel.handshake().await?;
         Ok(kernel)
@@ -297,25 +327,43 @@ impl Kernel {
         if let Some(status) = self.process.exit_status() {
             return Err(self.died(status));
         }
-        let (msg_id, frames) = self.signer.request(msg_type, content);
-        let (tx, rx) = mpsc::unbounded_channel();
-        lock(&self.routes).insert(msg_id.clone(), tx);
-        let replies = Replies {
-            msg_id,
-            rx,
-            routes: self.routes.clone(),
+        let route = |msg_id: &str| {
+            let (tx, rx) = mpsc::unbounded_channel();
+            lock(&self.routes).insert(msg_id.to_string(), tx);
+            Replies {
+                msg_id: msg_id.to_string(),
+                rx,
+                routes: self.routes.clone(),
+            }
         };
-        let message = ZmqMessage::try_from(frames).expect("request has frames");
-        self.shell
-            .lock()
-            .await
-            .send(message)
-            .await
-            .map_err(|source| KernelError::Send {
-                kernel: self.name.clone(),
-                source,
-            })?;
-        Ok(replies)
+        match &self.channels {
+            Channels::Jupyter { signer, shell, .. } => {
+                let (msg_id, frames) = signer.request(msg_type, content);
+                let replies = route(&msg_id);
+                let message = ZmqMessage::try_from(frames).expect("request has frames");
+                shell
+                    .lock()
+                    .await
+                    .send(message)
+                    .await
+                    .map_err(|source| KernelError::Send {
+                        kernel: self.name.clone(),
+                        source,
+                    })?;
+                Ok(replies)
+            }
+            Channels::Node(pipe) => {
+                let msg_id = uuid::Uuid::new_v4().to_string();
+                let replies = route(&msg_id);
+                pipe.send(&msg_id, msg_type, content)
+                    .await
+                    .map_err(|source| KernelError::PipeSend {
+                        kernel: self.name.clone(),
+                        source,
+                    })?;
+                Ok(replies)
+            }
+        }
     }
 
     /// Runs `code` silently (no output, no execution count) and waits for its reply; for the
@@ -346,20 +394,26 @@ impl Kernel {
 
     /// Interrupts the running execution, the way the kernelspec asks for.
     pub async fn interrupt(&self) -> Result<(), KernelError> {
-        match self.interrupt_mode {
-            InterruptMode::Signal => {
-                self.process
-                    .signal_group(libc::SIGINT)
-                    .map_err(|source| KernelError::Interrupt {
-                        kernel: self.name.clone(),
-                        source,
-                    })
-            }
-            InterruptMode::Message => {
-                let (_, frames) = self.signer.request("interrupt_request", json!({}));
+        let signal = || {
+            self.process
+                .signal_group(libc::SIGINT)
+                .map_err(|source| KernelError::Interrupt {
+                    kernel: self.name.clone(),
+                    source,
+                })
+        };
+        match (&self.channels, self.interrupt_mode) {
+            (Channels::Node(_), _) | (Channels::Jupyter { .. }, InterruptMode::Signal) => signal(),
+            (
+                Channels::Jupyter {
+                    signer, control, ..
+                },
+                InterruptMode::Message,
+            ) => {
+                let (_, frames) = signer.request("interrupt_request", json!({}));
                 let message = ZmqMessage::try_from(frames).expect("request has frames");
                 // The reply is not awaited: the effect shows up as the execution ending.
-                self.control
+                control
                     .lock()
                     .await
                     .send(message)

@@ -11,6 +11,7 @@ use std::process::Stdio;
 use std::sync::{Arc, Mutex};
 
 use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{ChildStdin, ChildStdout};
 use tokio::sync::watch;
 
 use crate::config::KernelUser;
@@ -28,6 +29,12 @@ pub struct KernelProcess {
     stderr: Arc<Mutex<VecDeque<String>>>,
 }
 
+/// The stdin and stdout of a kernel that is talked to over them (silo's Node.js driver).
+pub struct Pipes {
+    pub stdin: ChildStdin,
+    pub stdout: ChildStdout,
+}
+
 impl KernelProcess {
     /// Starts `argv` in `cwd` with exactly `env`, as `user` when given.
     pub fn spawn(
@@ -36,16 +43,39 @@ impl KernelProcess {
         cwd: &Path,
         user: Option<&KernelUser>,
     ) -> std::io::Result<Self> {
+        Self::start(argv, env, cwd, user, false).map(|(process, _)| process)
+    }
+
+    /// Like [`KernelProcess::spawn`], with stdin and stdout as pipes to talk over.
+    pub fn spawn_piped(
+        argv: &[String],
+        env: &BTreeMap<String, String>,
+        cwd: &Path,
+        user: Option<&KernelUser>,
+    ) -> std::io::Result<(Self, Pipes)> {
+        let (process, pipes) = Self::start(argv, env, cwd, user, true)?;
+        let pipes = pipes.ok_or_else(|| std::io::Error::other("kernel pipes missing"))?;
+        Ok((process, pipes))
+    }
+
+    fn start(
+        argv: &[String],
+        env: &BTreeMap<String, String>,
+        cwd: &Path,
+        user: Option<&KernelUser>,
+        piped: bool,
+    ) -> std::io::Result<(Self, Option<Pipes>)> {
         let (program, args) = argv
             .split_first()
             .ok_or_else(|| std::io::Error::other("empty kernel argv"))?;
+        let stdio = || if piped { Stdio::piped() } else { Stdio::null() };
         let mut cmd = tokio::process::Command::new(program);
         cmd.args(args)
             .env_clear()
             .envs(env)
             .current_dir(cwd)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
+            .stdin(stdio())
+            .stdout(stdio())
             .stderr(Stdio::piped())
             .process_group(0)
             // The watcher task below reaps the child; kill_on_drop would only SIGKILL the
@@ -74,6 +104,10 @@ impl KernelProcess {
             .and_then(|p| i32::try_from(p).ok())
             .ok_or_else(|| std::io::Error::other("spawned kernel has no pid"))?;
 
+        let pipes = match (child.stdin.take(), child.stdout.take()) {
+            (Some(stdin), Some(stdout)) => Some(Pipes { stdin, stdout }),
+            _ => None,
+        };
         let stderr = Arc::new(Mutex::new(VecDeque::new()));
         if let Some(pipe) = child.stderr.take() {
             let tail = stderr.clone();
@@ -100,11 +134,14 @@ impl KernelProcess {
             let _ = tx.send(Some(how));
         });
 
-        Ok(KernelProcess {
-            pid,
-            exited,
-            stderr,
-        })
+        Ok((
+            KernelProcess {
+                pid,
+                exited,
+                stderr,
+            },
+            pipes,
+        ))
     }
 
     pub fn pid(&self) -> i32 {

@@ -55,16 +55,21 @@ impl Manager {
         self.destroy_killing(id).await
     }
 
-    /// Release the resources of a sandbox already in `Killing`, then mark it `Killed`.
-    /// On failure it stays `Killing`, and reconcile retries at the next start.
-    pub(super) async fn destroy_killing(&self, id: &SandboxId) -> Result<(), SandboxError> {
+    /// Release whatever the runtime holds for `id` (idempotent).
+    pub(super) async fn destroy_runtime(&self, id: &SandboxId) -> Result<(), SandboxError> {
         self.runtime
             .destroy(id)
             .await
             .map_err(|source| SandboxError::Destroy {
                 id: id.clone(),
                 source: Box::new(source),
-            })?;
+            })
+    }
+
+    /// Release the resources of a sandbox already in `Killing`, then mark it `Killed`.
+    /// On failure it stays `Killing`, and reconcile retries at the next start.
+    pub(super) async fn destroy_killing(&self, id: &SandboxId) -> Result<(), SandboxError> {
+        self.destroy_runtime(id).await?;
         self.catalog.set_address(id, None)?;
         self.catalog
             .transition(id, SandboxState::Killing, SandboxState::Killed, "released")?;

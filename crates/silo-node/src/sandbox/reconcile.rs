@@ -30,14 +30,11 @@ impl Manager {
             .map_err(|err| SandboxError::ListRuntime(Box::new(err)))?
             .into_iter()
             .collect();
-        let live = self.catalog.sandboxes_in(&[
-            SandboxState::Creating,
-            SandboxState::Running,
-            SandboxState::Pausing,
-            SandboxState::Paused,
-            SandboxState::Resuming,
-            SandboxState::Killing,
-        ])?;
+        let live_states: Vec<_> = SandboxState::ALL
+            .into_iter()
+            .filter(|state| state.is_live())
+            .collect();
+        let live = self.catalog.sandboxes_in(&live_states)?;
         let mut known = HashSet::new();
         for rec in live {
             known.insert(rec.id.clone());
@@ -65,13 +62,7 @@ impl Manager {
         }
         for id in in_runtime.difference(&known) {
             tracing::warn!(sandbox_id = %id, "destroying a sandbox the catalog does not know");
-            self.runtime
-                .destroy(id)
-                .await
-                .map_err(|source| SandboxError::Destroy {
-                    id: id.clone(),
-                    source: Box::new(source),
-                })?;
+            self.destroy_runtime(id).await?;
             report.leaked += 1;
         }
         Ok(report)
