@@ -30,6 +30,7 @@ use tokio::net::unix::pipe;
 use tokio::sync::mpsc;
 
 pub use reaper::Reaper;
+pub(crate) use spawn::become_user;
 
 use crate::error::Error;
 use crate::state::AppState;

@@ -66,12 +66,8 @@ pub fn spawn(spec: SpawnSpec, reaper: &Reaper) -> io::Result<Spawned> {
             if with_pty && libc::ioctl(0, libc::TIOCSCTTY, 0) < 0 {
                 return Err(io::Error::last_os_error());
             }
-            if switch_user
-                && (libc::setgroups(groups.len(), groups.as_ptr()) < 0
-                    || libc::setgid(gid) < 0
-                    || libc::setuid(uid) < 0)
-            {
-                return Err(io::Error::last_os_error());
+            if switch_user {
+                become_user(&groups, gid, uid)?;
             }
             Ok(())
         });
@@ -127,4 +123,20 @@ pub fn spawn(spec: SpawnSpec, reaper: &Reaper) -> io::Result<Spawned> {
                 pty: master.map(PtyMaster::new).transpose()?,
             })
         })
+}
+
+/// In a forked child before exec: drop to `uid`/`gid` with supplementary `groups`, groups
+/// first (they cannot be changed once root is gone). Only async-signal-safe calls.
+pub(crate) fn become_user(groups: &[libc::gid_t], gid: u32, uid: u32) -> io::Result<()> {
+    // SAFETY: plain syscalls on values owned by the caller; `groups` outlives the call.
+    let failed = unsafe {
+        libc::setgroups(groups.len(), groups.as_ptr()) < 0
+            || libc::setgid(gid) < 0
+            || libc::setuid(uid) < 0
+    };
+    if failed {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(())
+    }
 }

@@ -24,19 +24,6 @@ use super::scm;
 use crate::process::Reaper;
 use crate::users::UserDb;
 
-/// Signals a caller may forward to its command.
-const FORWARDED: &[libc::c_int] = &[
-    libc::SIGHUP,
-    libc::SIGINT,
-    libc::SIGQUIT,
-    libc::SIGTERM,
-    libc::SIGUSR1,
-    libc::SIGUSR2,
-    libc::SIGTSTP,
-    libc::SIGCONT,
-    libc::SIGWINCH,
-];
-
 /// Errors starting the broker.
 #[derive(Debug, thiserror::Error)]
 pub enum BrokerError {
@@ -164,7 +151,7 @@ async fn relay(
                     while let Some(ClientMessage::Signal(sig)) =
                         protocol::decode::<ClientMessage>(&mut buf).map_err(invalid)?
                     {
-                        if FORWARDED.contains(&sig) {
+                        if super::RELAYED_SIGNALS.contains(&sig) {
                             kill(pid, sig);
                         }
                     }
@@ -292,12 +279,8 @@ fn spawn(
             if libc::isatty(0) == 1 {
                 libc::ioctl(0, libc::TIOCSCTTY, 0);
             }
-            if switch_user
-                && (libc::setgroups(groups.len(), groups.as_ptr()) < 0
-                    || libc::setgid(gid) < 0
-                    || libc::setuid(uid) < 0)
-            {
-                return Err(io::Error::last_os_error());
+            if switch_user {
+                crate::process::become_user(&groups, gid, uid)?;
             }
             Ok(())
         });

@@ -15,19 +15,6 @@ use super::options::{self, Action, USAGE};
 use super::protocol::{self, ClientMessage, Reply, Request};
 use super::scm;
 
-/// Signals we catch and pass on to the command.
-const RELAYED: &[libc::c_int] = &[
-    libc::SIGHUP,
-    libc::SIGINT,
-    libc::SIGQUIT,
-    libc::SIGTERM,
-    libc::SIGUSR1,
-    libc::SIGUSR2,
-    libc::SIGTSTP,
-    libc::SIGCONT,
-    libc::SIGWINCH,
-];
-
 /// The write end of the self-pipe, for the signal handler.
 static SIGNAL_PIPE: AtomicI32 = AtomicI32::new(-1);
 
@@ -281,7 +268,7 @@ impl SignalPipe {
         // SAFETY: pipe2 succeeded, so both are fresh descriptors we own.
         let (read, write) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
         SIGNAL_PIPE.store(write.as_raw_fd(), Ordering::Relaxed);
-        for &sig in RELAYED {
+        for &sig in super::RELAYED_SIGNALS {
             // SAFETY: sigaction with a handler that is async-signal-safe.
             unsafe {
                 let mut action: libc::sigaction = std::mem::zeroed();

@@ -24,6 +24,19 @@ use std::path::Path;
 /// Where the broker listens inside a sandbox.
 pub const SOCKET: &str = "/run/silo/sudo.sock";
 
+/// Signals the client catches and the broker passes on to the command, as sudo relays them.
+pub const RELAYED_SIGNALS: &[libc::c_int] = &[
+    libc::SIGHUP,
+    libc::SIGINT,
+    libc::SIGQUIT,
+    libc::SIGTERM,
+    libc::SIGUSR1,
+    libc::SIGUSR2,
+    libc::SIGTSTP,
+    libc::SIGCONT,
+    libc::SIGWINCH,
+];
+
 /// Whether the binary was started as `sudo` (argv[0], as a symlink names it).
 pub fn invoked_as_sudo(argv0: Option<&OsStr>) -> bool {
     argv0
