@@ -33,8 +33,11 @@ debian_mirror() {
   printf '%s\n' "$uri"
 }
 
+# (Not `runsc --version | grep -q`: under pipefail, grep's early exit can fail the pipe.)
 runsc_ok() {
-  command -v runsc >/dev/null 2>&1 && runsc --version 2>/dev/null | grep -q '0.0~2024'
+  local version
+  version=$(runsc --version 2>/dev/null) || return 1
+  [[ "$version" == *"0.0~2024"* ]]
 }
 
 install_deps() {
