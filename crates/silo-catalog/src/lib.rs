@@ -267,21 +267,24 @@ impl Catalog {
     }
 
     pub fn set_address(&self, id: &SandboxId, address: Option<&str>) -> Result<()> {
-        let changed = self.conn().execute(
+        self.update_sandbox(
+            id,
             "UPDATE sandboxes SET address = ?2 WHERE id = ?1",
-            params![id.as_str(), address],
-        )?;
-        if changed == 0 {
-            return Err(CatalogError::NotFound(id.clone()));
-        }
-        Ok(())
+            address,
+        )
     }
 
     pub fn set_end_at(&self, id: &SandboxId, end_at_ms: i64) -> Result<()> {
-        let changed = self.conn().execute(
+        self.update_sandbox(
+            id,
             "UPDATE sandboxes SET end_at = ?2 WHERE id = ?1",
-            params![id.as_str(), end_at_ms],
-        )?;
+            end_at_ms,
+        )
+    }
+
+    /// Run `sql` (`?1` = the id, `?2` = `value`) on one sandbox's row; no row is NotFound.
+    fn update_sandbox(&self, id: &SandboxId, sql: &str, value: impl rusqlite::ToSql) -> Result<()> {
+        let changed = self.conn().execute(sql, params![id.as_str(), value])?;
         if changed == 0 {
             return Err(CatalogError::NotFound(id.clone()));
         }

@@ -334,14 +334,19 @@ async fn write(rootfs: &Path, rel: &str, content: &str, mode: u32) -> Result<(),
         source,
     };
     // Replace, never write through: a symlink in the tree must not lead outside it.
-    match tokio::fs::remove_file(&path).await {
-        Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(err(e)),
-        _ => {}
-    }
+    remove_if_present(&path).await.map_err(err)?;
     tokio::fs::write(&path, content).await.map_err(err)?;
     tokio::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode))
         .await
         .map_err(err)
+}
+
+/// Remove the file (or symlink) at `path`; a missing one is fine.
+async fn remove_if_present(path: &Path) -> io::Result<()> {
+    match tokio::fs::remove_file(path).await {
+        Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
+        _ => Ok(()),
+    }
 }
 
 /// Make `rel` a symlink to `target` (a path as the sandbox sees it), replacing any file.
@@ -351,10 +356,7 @@ async fn symlink(rootfs: &Path, rel: &str, target: &str) -> Result<(), BuildErro
         path: path.clone(),
         source,
     };
-    match tokio::fs::remove_file(&path).await {
-        Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(err(e)),
-        _ => {}
-    }
+    remove_if_present(&path).await.map_err(err)?;
     tokio::fs::symlink(target, &path).await.map_err(err)
 }
 
