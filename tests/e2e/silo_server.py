@@ -133,12 +133,18 @@ class SiloServer:
         ).stdout
         return [line for line in out.split() if line]
 
+    def sandbox_dirs(self) -> list:
+        """Bundles and checkpoint images still on disk."""
+        root = self.data_dir / "node" / "sandboxes"
+        return sorted(p.name for p in root.iterdir()) if root.exists() else []
+
     def leaks(self) -> dict:
         """What this server still holds on the host."""
         return {
             "runsc": self.runsc_containers(),
             "netns": sorted(host_netns() - self.netns_before),
             "links": sorted(host_links() - self.links_before),
+            "sandbox_dirs": self.sandbox_dirs(),
         }
 
     def stop(self, check_leaks: bool = True, keep_data: bool = False):

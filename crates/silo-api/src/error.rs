@@ -34,6 +34,8 @@ pub enum ApiError {
     BadRequest(String),
     #[error("{0}")]
     NotFound(String),
+    #[error("{0}")]
+    Conflict(String),
     #[error(transparent)]
     Sandbox(#[from] SandboxError),
 }
@@ -44,12 +46,18 @@ impl ApiError {
             ApiError::Unauthorized => StatusCode::UNAUTHORIZED,
             ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
+            ApiError::Conflict(_) => StatusCode::CONFLICT,
             ApiError::Sandbox(err) => match err {
                 SandboxError::NotFound(_) | SandboxError::TemplateNotFound(_) => {
                     StatusCode::NOT_FOUND
                 }
                 SandboxError::InvalidRequest(_) => StatusCode::BAD_REQUEST,
-                SandboxError::WrongState { .. } => StatusCode::CONFLICT,
+                SandboxError::WrongState { .. } | SandboxError::AlreadyPaused(_) => {
+                    StatusCode::CONFLICT
+                }
+                SandboxError::Pause { .. } | SandboxError::Resume { .. } => {
+                    StatusCode::INTERNAL_SERVER_ERROR
+                }
                 SandboxError::Start { .. }
                 | SandboxError::Destroy { .. }
                 | SandboxError::Init { .. }
@@ -64,7 +72,16 @@ impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let status = self.status();
         let request_id = REQUEST_ID.try_with(Clone::clone).unwrap_or_default();
-        let message = if status.is_server_error() {
+        // A failed pause or resume leaves the sandbox as it was; its cause (a full disk, a
+        // failed restore) is what the caller needs to act on, so it is not hidden.
+        let shown = matches!(
+            self,
+            ApiError::Sandbox(SandboxError::Pause { .. } | SandboxError::Resume { .. })
+        );
+        let message = if shown {
+            tracing::error!(request_id, error = %chain(&self), "request failed");
+            chain(&self)
+        } else if status.is_server_error() {
             tracing::error!(request_id, error = %chain(&self), "request failed");
             format!("internal error (request id {request_id}); see the silo serve log")
         } else {

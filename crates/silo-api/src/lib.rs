@@ -33,7 +33,7 @@ pub const CLIENT_ID: &str = "silo";
 #[derive(Clone)]
 pub struct AppState {
     pub manager: Arc<Manager>,
-    pub proxy: proxy::ProxyClient,
+    pub upstreams: proxy::Upstreams,
     /// The domain sandboxes are reached under (`{port}-{id}.{domain}`), if configured.
     pub domain: Option<String>,
 }
@@ -55,6 +55,8 @@ pub fn router(state: AppState) -> Router {
         )
         .route("/sandboxes/{id}/timeout", post(sandboxes::set_timeout))
         .route("/sandboxes/{id}/connect", post(sandboxes::connect))
+        .route("/sandboxes/{id}/pause", post(sandboxes::pause))
+        .route("/sandboxes/{id}/resume", post(sandboxes::resume))
         .route("/v2/sandboxes/{id}/connect", post(sandboxes::connect))
         .route_layer(middleware::from_fn_with_state(
             state.clone(),

@@ -5,27 +5,97 @@
 //! - headers `E2b-Sandbox-Id` and `E2b-Sandbox-Port` (mode A, `E2B_SANDBOX_URL`);
 //! - Host `{port}-{sandbox id}.{domain}` (mode B, wildcard DNS).
 
+//!
+//! Connections to a sandbox are pooled per sandbox and tied to its traffic token (see
+//! `silo_node::sandbox::Route`): when the sandbox pauses, its streams in flight end and
+//! its pooled connections close, so none is open when it is checkpointed.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+
 use axum::body::Body;
 use axum::extract::{Request, State};
 use axum::http::{header, HeaderMap, HeaderName, StatusCode, Uri};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
+use bytes::Bytes;
+use hyper::body::{Body as HttpBody, Frame, Incoming};
 use hyper_util::client::legacy::{connect::HttpConnector, Client};
 use hyper_util::rt::TokioExecutor;
 use silo_protocol::ids::SandboxId;
 use silo_protocol::rest::ApiError as WireError;
+use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 
 use crate::AppState;
-use silo_node::sandbox::SandboxError;
 
-pub type ProxyClient = Client<HttpConnector, Body>;
+type ProxyClient = Client<HttpConnector, Body>;
 
-pub fn client() -> ProxyClient {
-    let mut connector = HttpConnector::new();
-    connector.set_nodelay(true);
-    connector.set_connect_timeout(Some(std::time::Duration::from_secs(5)));
-    Client::builder(TokioExecutor::new()).build(connector)
+/// The proxy's connection pools, one per sandbox.
+#[derive(Clone, Default)]
+pub struct Upstreams {
+    pools: Arc<Mutex<HashMap<SandboxId, Pool>>>,
+}
+
+struct Pool {
+    traffic: CancellationToken,
+    client: ProxyClient,
+}
+
+impl Upstreams {
+    /// The pool for the sandbox's current traffic; a new one when its token changed.
+    fn client(&self, id: &SandboxId, traffic: &CancellationToken) -> ProxyClient {
+        let mut pools = self.pools.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(pool) = pools.get(id).filter(|p| !p.traffic.is_cancelled()) {
+            return pool.client.clone();
+        }
+        let mut connector = HttpConnector::new();
+        connector.set_nodelay(true);
+        connector.set_connect_timeout(Some(std::time::Duration::from_secs(5)));
+        let client = Client::builder(TokioExecutor::new()).build(connector);
+        pools.insert(
+            id.clone(),
+            Pool {
+                traffic: traffic.clone(),
+                client: client.clone(),
+            },
+        );
+        // Dropping the pool when its traffic ends closes its idle connections.
+        let (pools, id, traffic) = (Arc::clone(&self.pools), id.clone(), traffic.clone());
+        tokio::spawn(async move {
+            traffic.cancelled().await;
+            let mut pools = pools.lock().unwrap_or_else(|e| e.into_inner());
+            if pools.get(&id).is_some_and(|p| p.traffic.is_cancelled()) {
+                pools.remove(&id);
+            }
+        });
+        client
+    }
+}
+
+/// A response body from a sandbox that fails once the sandbox's traffic is ended.
+struct UntilCancelled {
+    inner: Incoming,
+    cancelled: Pin<Box<WaitForCancellationFutureOwned>>,
+}
+
+impl HttpBody for UntilCancelled {
+    type Data = Bytes;
+    type Error = Box<dyn std::error::Error + Send + Sync>;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        let this = self.get_mut();
+        if this.cancelled.as_mut().poll(cx).is_ready() {
+            return Poll::Ready(Some(Err("the sandbox was paused".into())));
+        }
+        Pin::new(&mut this.inner).poll_frame(cx).map_err(Into::into)
+    }
 }
 
 const SANDBOX_ID_HEADER: &str = "e2b-sandbox-id";
@@ -84,20 +154,24 @@ pub async fn route_sandbox_traffic(
 }
 
 async fn forward(app: &AppState, id: &str, port: u16, mut req: Request) -> Response {
-    let addr = match id.parse::<SandboxId>() {
-        Ok(id) => app.manager.route(&id, port),
-        Err(_) => Err(SandboxError::InvalidRequest(String::new())),
+    // The SDK reads "was not found" on a 502 as "the sandbox is not running".
+    let not_found = || {
+        proxy_error(
+            StatusCode::BAD_GATEWAY,
+            format!("the sandbox {id} was not found"),
+        )
     };
-    let addr = match addr {
-        Ok(addr) => addr,
-        // The SDK reads "was not found" on a 502 as "the sandbox is not running".
-        Err(_) => {
-            return proxy_error(
-                StatusCode::BAD_GATEWAY,
-                format!("the sandbox {id} was not found"),
-            )
+    let Ok(sandbox) = id.parse::<SandboxId>() else {
+        return not_found();
+    };
+    let route = match app.manager.route(&sandbox, port).await {
+        Ok(route) => route,
+        Err(err) => {
+            tracing::debug!(sandbox_id = %id, error = %crate::error::chain(&err), "no route");
+            return not_found();
         }
     };
+    let addr = route.addr;
     let path = req
         .uri()
         .path_and_query()
@@ -109,10 +183,19 @@ async fn forward(app: &AppState, id: &str, port: u16, mut req: Request) -> Respo
     };
     *req.uri_mut() = uri;
     strip_hop_by_hop(req.headers_mut());
-    match app.proxy.request(req).await {
+    let client = app.upstreams.client(&sandbox, &route.traffic);
+    let answer = tokio::select! {
+        answer = client.request(req) => answer,
+        () = route.traffic.cancelled() => return not_found(),
+    };
+    match answer {
         Ok(resp) => {
             let (mut parts, body) = resp.into_parts();
             strip_hop_by_hop(&mut parts.headers);
+            let body = UntilCancelled {
+                inner: body,
+                cancelled: Box::pin(route.traffic.cancelled_owned()),
+            };
             Response::from_parts(parts, Body::new(body))
         }
         Err(err) => {

@@ -59,6 +59,14 @@ impl AppState {
             metadata: rec.metadata.clone(),
             envd_access_token: rec.envd_access_token.clone(),
             domain: self.domain.clone(),
+            lifecycle: Some(rest::Lifecycle {
+                auto_resume: rec.auto_resume,
+                on_timeout: if rec.auto_pause {
+                    rest::OnTimeout::Pause
+                } else {
+                    rest::OnTimeout::Kill
+                },
+            }),
         }
     }
 }
@@ -76,12 +84,15 @@ pub async fn create(
             metadata: body.metadata.unwrap_or_default(),
             env_vars: body.env_vars.unwrap_or_default(),
             secure: body.secure.unwrap_or(true),
+            auto_pause: body.auto_pause.unwrap_or(false),
+            auto_resume: body.auto_resume.is_some_and(|a| a.enabled),
         })
         .await?;
     Ok((StatusCode::CREATED, Json(app.sandbox_body(&rec))))
 }
 
-/// `POST /sandboxes/{id}/connect` (v1 and v2): 200 when already running.
+/// `POST /sandboxes/{id}/connect` (v1 and v2): 200 when already running, 201 when it
+/// was paused and has been resumed.
 pub async fn connect(
     State(app): State<AppState>,
     SandboxPath(id): SandboxPath,
@@ -95,8 +106,49 @@ pub async fn connect(
             .map_err(|err| ApiError::BadRequest(format!("invalid connect body: {err}")))?
             .timeout
     };
-    let rec = app.manager.connect(&id, timeout)?;
-    Ok((StatusCode::OK, Json(app.sandbox_body(&rec))))
+    let (rec, resumed) = app.manager.connect(&id, timeout).await?;
+    Ok((resumed_status(resumed), Json(app.sandbox_body(&rec))))
+}
+
+fn resumed_status(resumed: bool) -> StatusCode {
+    if resumed {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    }
+}
+
+/// `POST /sandboxes/{id}/resume` (legacy): like connect, but a running sandbox is 409.
+pub async fn resume(
+    State(app): State<AppState>,
+    SandboxPath(id): SandboxPath,
+    body: axum::body::Bytes,
+) -> Result<impl IntoResponse, ApiError> {
+    let timeout = if body.iter().all(u8::is_ascii_whitespace) {
+        None
+    } else {
+        serde_json::from_slice::<rest::ResumeSandbox>(&body)
+            .map_err(|err| ApiError::BadRequest(format!("invalid resume body: {err}")))?
+            .timeout
+    };
+    let (rec, resumed) = app.manager.resume(&id, timeout).await?;
+    if !resumed {
+        return Err(ApiError::Conflict(format!(
+            "sandbox {id} is already running"
+        )));
+    }
+    Ok((StatusCode::CREATED, Json(app.sandbox_body(&rec))))
+}
+
+/// `POST /sandboxes/{id}/pause`: 204, or 409 when it is already paused.
+pub async fn pause(
+    State(app): State<AppState>,
+    SandboxPath(id): SandboxPath,
+) -> Result<StatusCode, ApiError> {
+    // The body (`memory`, `requireHealthyGuest`) changes nothing here: a pause always
+    // keeps memory, and the agent's health is checked at resume.
+    app.manager.pause(&id, "paused by request").await?;
+    Ok(StatusCode::NO_CONTENT)
 }
 
 /// `GET /sandboxes/{id}`.

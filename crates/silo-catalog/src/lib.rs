@@ -63,6 +63,10 @@ pub struct SandboxRecord {
     pub disk_size_mb: u32,
     /// Where the sandbox's agent listens on the host (an IP), once it runs.
     pub address: Option<String>,
+    /// At its end time the sandbox is paused rather than killed.
+    pub auto_pause: bool,
+    /// Traffic through the proxy to the paused sandbox resumes it.
+    pub auto_resume: bool,
 }
 
 /// One entry of a sandbox's history.
@@ -94,7 +98,8 @@ pub struct Page {
     pub next_token: Option<String>,
 }
 
-const MIGRATIONS: &[&str] = &[r#"
+const MIGRATIONS: &[&str] = &[
+    r#"
 CREATE TABLE api_keys (
     key         TEXT PRIMARY KEY,
     created_at  INTEGER NOT NULL
@@ -124,7 +129,12 @@ CREATE TABLE sandbox_events (
     detail      TEXT NOT NULL
 );
 CREATE INDEX sandbox_events_sandbox ON sandbox_events(sandbox_id, seq);
-"#];
+"#,
+    r#"
+ALTER TABLE sandboxes ADD COLUMN auto_pause INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE sandboxes ADD COLUMN auto_resume INTEGER NOT NULL DEFAULT 0;
+"#,
+];
 
 pub fn now_ms() -> i64 {
     chrono::Utc::now().timestamp_millis()
@@ -215,8 +225,9 @@ impl Catalog {
         let tx = conn.transaction()?;
         tx.execute(
             "INSERT INTO sandboxes (id, template_id, state, started_at, end_at, metadata, env_vars,
-                access_token, envd_version, cpu_count, memory_mb, disk_size_mb, address)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)",
+                access_token, envd_version, cpu_count, memory_mb, disk_size_mb, address,
+                auto_pause, auto_resume)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)",
             params![
                 rec.id.as_str(),
                 rec.template_id,
@@ -231,6 +242,8 @@ impl Catalog {
                 rec.memory_mb,
                 rec.disk_size_mb,
                 rec.address,
+                rec.auto_pause,
+                rec.auto_resume,
             ],
         )?;
         insert_event(&tx, &rec.id, None, rec.state, "created")?;
@@ -316,16 +329,15 @@ impl Catalog {
     }
 
     /// Running sandboxes whose end time has passed.
-    pub fn expired(&self, now_ms: i64) -> Result<Vec<SandboxId>> {
+    pub fn expired(&self, now_ms: i64) -> Result<Vec<SandboxRecord>> {
         let conn = self.conn();
-        let mut stmt = conn.prepare(
-            "SELECT id FROM sandboxes WHERE state = 'running' AND end_at <= ?1 ORDER BY end_at",
-        )?;
-        let ids = stmt
-            .query_map([now_ms], |row| row.get::<_, String>(0))?
-            .filter_map(|id| id.ok().and_then(|id| id.parse().ok()))
-            .collect();
-        Ok(ids)
+        let mut stmt = conn.prepare(&format!(
+            "{SELECT_SANDBOX} WHERE state = 'running' AND end_at <= ?1 ORDER BY end_at"
+        ))?;
+        let rows: Vec<RawRow> = stmt
+            .query_map([now_ms], raw_row)?
+            .collect::<std::result::Result<_, _>>()?;
+        rows.into_iter().map(RawRow::into_record).collect()
     }
 
     /// A page of sandboxes, newest first.
@@ -399,7 +411,8 @@ impl Catalog {
 
 const SELECT_SANDBOX: &str =
     "SELECT id, template_id, state, started_at, end_at, metadata, env_vars,
-    access_token, envd_version, cpu_count, memory_mb, disk_size_mb, address FROM sandboxes";
+    access_token, envd_version, cpu_count, memory_mb, disk_size_mb, address,
+    auto_pause, auto_resume FROM sandboxes";
 
 /// A row as stored, before its text columns are parsed.
 struct RawRow {
@@ -416,6 +429,8 @@ struct RawRow {
     memory_mb: u32,
     disk_size_mb: u32,
     address: Option<String>,
+    auto_pause: bool,
+    auto_resume: bool,
 }
 
 fn raw_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<RawRow> {
@@ -433,6 +448,8 @@ fn raw_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<RawRow> {
         memory_mb: row.get(10)?,
         disk_size_mb: row.get(11)?,
         address: row.get(12)?,
+        auto_pause: row.get(13)?,
+        auto_resume: row.get(14)?,
     })
 }
 
@@ -458,6 +475,8 @@ impl RawRow {
             memory_mb: self.memory_mb,
             disk_size_mb: self.disk_size_mb,
             address: self.address,
+            auto_pause: self.auto_pause,
+            auto_resume: self.auto_resume,
         })
     }
 }
@@ -520,6 +539,8 @@ mod tests {
             memory_mb: 512,
             disk_size_mb: 1024,
             address: None,
+            auto_pause: false,
+            auto_resume: false,
         }
     }
 
@@ -623,6 +644,12 @@ mod tests {
         running(&catalog, &rec);
         assert!(catalog.expired(now_ms()).unwrap().is_empty());
         catalog.set_end_at(&rec.id, now_ms() - 1).unwrap();
-        assert_eq!(catalog.expired(now_ms()).unwrap(), vec![rec.id]);
+        let expired: Vec<_> = catalog
+            .expired(now_ms())
+            .unwrap()
+            .into_iter()
+            .map(|r| r.id)
+            .collect();
+        assert_eq!(expired, vec![rec.id]);
     }
 }

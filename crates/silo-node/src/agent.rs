@@ -52,7 +52,11 @@ impl Default for AgentClient {
 impl AgentClient {
     pub fn new() -> AgentClient {
         AgentClient {
-            http: Client::builder(TokioExecutor::new()).build_http(),
+            // No idle connections: one left open to a sandbox would be reset inside its
+            // checkpoint at the next pause (see sandbox::pause).
+            http: Client::builder(TokioExecutor::new())
+                .pool_max_idle_per_host(0)
+                .build_http(),
         }
     }
 

@@ -44,14 +44,14 @@ pub mod sandbox;
 use std::error::Error;
 use std::io;
 use std::net::{Ipv4Addr, SocketAddr};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use async_trait::async_trait;
 use silo_protocol::ids::SandboxId;
 
 pub use cleanup::TeardownError;
-pub use gvisor::{RunscConfig, RunscRuntime};
+pub use gvisor::{PauseMode, RunscConfig, RunscRuntime};
 pub use leaks::HostUsage;
 
 /// What to start.
@@ -97,6 +97,20 @@ pub trait Runtime: Send + Sync {
     /// Start a sandbox; returns once its agent answers. On failure nothing is left
     /// behind.
     async fn start(&self, spec: &SandboxSpec) -> Result<Started, RuntimeError>;
+    /// Start a sandbox from a checkpoint image made by [`Runtime::snapshot`] (a fork, or
+    /// a snapshot used as a template). `spec.rootfs` must be the rootfs the image was
+    /// taken on.
+    async fn start_from(&self, spec: &SandboxSpec, image: &Path) -> Result<Started, RuntimeError>;
+    /// Pause the sandbox with everything in it (see [`PauseMode`]): it then uses no
+    /// CPU. On failure it keeps running.
+    async fn pause(&self, id: &SandboxId) -> Result<(), RuntimeError>;
+    /// Bring a paused sandbox back as it was. On failure it stays paused.
+    async fn resume(&self, id: &SandboxId) -> Result<Started, RuntimeError>;
+    /// Whether `id` is paused: frozen, or a complete checkpoint is on disk.
+    async fn is_paused(&self, id: &SandboxId) -> bool;
+    /// Save a running sandbox's whole state into the directory `image` (which must not
+    /// exist) and keep it running.
+    async fn snapshot(&self, id: &SandboxId, image: &Path) -> Result<(), RuntimeError>;
     /// Release everything the sandbox holds. Idempotent; needs only the id.
     async fn destroy(&self, id: &SandboxId) -> Result<(), RuntimeError>;
     /// Every sandbox this runtime holds anything for, running or half-made.
@@ -156,6 +170,27 @@ pub enum RuntimeError {
         id: SandboxId,
         errors: Vec<TeardownError>,
     },
+    #[error("cannot freeze sandbox {id}")]
+    Freeze {
+        id: SandboxId,
+        #[source]
+        source: runsc::RunscError,
+    },
+    #[error("sandbox {id} could not be thawed")]
+    Thaw {
+        id: SandboxId,
+        #[source]
+        source: runsc::RunscError,
+    },
+    #[error("cannot save sandbox {id} to {path}")]
+    Checkpoint {
+        id: SandboxId,
+        path: PathBuf,
+        #[source]
+        source: CheckpointFailure,
+    },
+    #[error("sandbox {id} has no checkpoint to resume from")]
+    NotPaused { id: SandboxId },
     #[error("list runsc containers")]
     ListContainers(#[source] runsc::RunscError),
     #[error("list sandbox directories in {path}")]
@@ -164,6 +199,15 @@ pub enum RuntimeError {
         #[source]
         source: io::Error,
     },
+}
+
+/// Why a checkpoint could not be written.
+#[derive(Debug, thiserror::Error)]
+pub enum CheckpointFailure {
+    #[error(transparent)]
+    Runsc(runsc::RunscError),
+    #[error(transparent)]
+    Io(#[from] io::Error),
 }
 
 /// `error: cause: cause`, for errors that end up inside another message or a log.

@@ -33,6 +33,42 @@ pub struct NewSandbox {
     pub secure: Option<bool>,
     #[serde(default, rename = "allow_internet_access")]
     pub allow_internet_access: Option<bool>,
+    /// Pause instead of kill when the timeout is reached.
+    #[serde(default)]
+    pub auto_pause: Option<bool>,
+    /// Resume a paused sandbox when traffic for it arrives.
+    #[serde(default)]
+    pub auto_resume: Option<AutoResume>,
+}
+
+/// `autoResume` of the create body.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AutoResume {
+    #[serde(default)]
+    pub enabled: bool,
+}
+
+/// What happens at the timeout, and whether traffic wakes a paused sandbox.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Lifecycle {
+    pub auto_resume: bool,
+    pub on_timeout: OnTimeout,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OnTimeout {
+    Kill,
+    Pause,
+}
+
+/// `POST /sandboxes/{id}/resume` (legacy; connect does the same).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ResumeSandbox {
+    #[serde(default)]
+    pub timeout: Option<u64>,
     #[serde(default)]
     pub auto_pause: Option<bool>,
 }
@@ -107,6 +143,8 @@ pub struct SandboxDetail {
     pub envd_access_token: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub domain: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lifecycle: Option<Lifecycle>,
 }
 
 /// An entry of `GET /v2/sandboxes`: the detail's required fields plus metadata.

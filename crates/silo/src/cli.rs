@@ -77,6 +77,11 @@ pub struct ServeArgs {
     /// gVisor platform: systrap, ptrace, or kvm where the host's KVM works.
     #[arg(long, default_value = "systrap")]
     pub platform: String,
+    /// How a paused sandbox is held: `freeze` (no CPU, memory kept, resumes in
+    /// milliseconds, survives restarts of silo) or `checkpoint` (saved to disk: no CPU,
+    /// no memory; experimental with runsc 20240729, see docs/adr/0006-pause.md).
+    #[arg(long, default_value = "freeze", value_parser = ["freeze", "checkpoint"])]
+    pub pause_mode: String,
     /// Private range sandbox addresses come from, one /30 each. It must not overlap a
     /// network this host uses; two servers on one host need two ranges.
     #[arg(long, default_value = "10.213.0.0/16", value_parser = parse_subnet)]
@@ -116,7 +121,18 @@ pub struct ClientArgs {
     pub api_url: String,
     /// API key (see `silo keys`).
     #[arg(long, global = true, env = "E2B_API_KEY", hide_env_values = true)]
-    pub api_key: String,
+    pub api_key: Option<String>,
+}
+
+impl ClientArgs {
+    /// The API key, or an error that says where to get one.
+    pub fn api_key(&self) -> anyhow::Result<&str> {
+        self.api_key.as_deref().ok_or_else(|| {
+            anyhow::anyhow!(
+                "no API key: pass --api-key or set E2B_API_KEY (`silo keys` on the server prints it)"
+            )
+        })
+    }
 }
 
 #[derive(Debug, Args)]

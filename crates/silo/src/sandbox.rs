@@ -10,7 +10,7 @@ use silo_protocol::ids::SandboxId;
 use crate::cli::{SandboxArgs, SandboxCommand};
 
 pub async fn run(args: SandboxArgs) -> anyhow::Result<ExitCode> {
-    let client = Client::new(&args.client.api_url, &args.client.api_key);
+    let client = Client::new(&args.client.api_url, args.client.api_key()?);
     match args.command {
         SandboxCommand::Ls => {
             let sandboxes = client.list().await?;

@@ -27,6 +27,10 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
     let mut runsc = RunscConfig::new(data_dir.join("node"), agent_dir);
     runsc.runsc = args.runsc.clone();
     runsc.platform = args.platform.clone();
+    runsc.pause_mode = match args.pause_mode.as_str() {
+        "checkpoint" => silo_node::PauseMode::Checkpoint,
+        _ => silo_node::PauseMode::Freeze,
+    };
     runsc.address_pool = args.subnet;
     let runtime = RunscRuntime::new(runsc).context("cannot set up the gVisor runtime")?;
 
@@ -59,7 +63,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
         .tap_io(|tcp| drop(tcp.set_nodelay(true)));
     let app = silo_api::router(AppState {
         manager: Arc::clone(&manager),
-        proxy: silo_api::proxy::client(),
+        upstreams: silo_api::proxy::Upstreams::default(),
         domain: args.domain.clone(),
     });
     let url = format!("http://{}", args.listen);

@@ -78,6 +78,12 @@ pub enum NetworkError {
         #[source]
         source: IpError,
     },
+    #[error("put the address back in netns {name}")]
+    RestoreAddress {
+        name: String,
+        #[source]
+        source: IpError,
+    },
     #[error("delete veth {name}")]
     DeleteVeth {
         name: String,
@@ -176,6 +182,24 @@ pub async fn create_veth(names: &NetNames, lease: &Lease) -> Result<(), NetworkE
         .map_err(err)
 }
 
+/// Put the sandbox's address and route back on `eth0` inside the netns. runsc moves them
+/// into its netstack when a sandbox starts, and a restored sandbox reads them again.
+pub async fn restore_address(names: &NetNames, lease: &Lease) -> Result<(), NetworkError> {
+    let inside = format!(
+        "addr replace {ip}/{LINK_PREFIX_LEN} dev eth0\n\
+         link set eth0 up\n\
+         route replace default via {gw}\n",
+        ip = lease.ip,
+        gw = lease.gateway,
+    );
+    ip(&["-n", &names.netns, "-batch", "-"], Some(&inside))
+        .await
+        .map_err(|source| NetworkError::RestoreAddress {
+            name: names.netns.clone(),
+            source,
+        })
+}
+
 /// Delete the host end of the veth (its peer goes with it); gone already is fine.
 pub async fn delete_veth(names: &NetNames) -> Result<(), NetworkError> {
     if !Path::new("/sys/class/net").join(&names.veth).exists() {
@@ -187,6 +211,34 @@ pub async fn delete_veth(names: &NetNames) -> Result<(), NetworkError> {
             name: names.veth.clone(),
             source,
         })
+}
+
+/// How many of the host's TCP connections to `peer` are still open on the host side:
+/// every state but TIME_WAIT and CLOSE. Once the host has closed its end and this is
+/// zero, the peer has closed its end too.
+pub fn open_connections(peer: Ipv4Addr) -> io::Result<usize> {
+    let table = std::fs::read_to_string("/proc/net/tcp")?;
+    Ok(count_open(&table, peer))
+}
+
+fn count_open(proc_net_tcp: &str, peer: Ipv4Addr) -> usize {
+    const TIME_WAIT: &str = "06";
+    const CLOSE: &str = "07";
+    // The kernel prints the address as the hex of its in-memory (network order) u32.
+    let wanted = format!("{:08X}", u32::from_ne_bytes(peer.octets()));
+    proc_net_tcp
+        .lines()
+        .skip(1)
+        .filter(|line| {
+            let mut fields = line.split_whitespace().skip(2);
+            let (Some(remote), Some(state)) = (fields.next(), fields.next()) else {
+                return false;
+            };
+            remote.split(':').next() == Some(wanted.as_str())
+                && state != TIME_WAIT
+                && state != CLOSE
+        })
+        .count()
 }
 
 /// Run `ip args`, feeding `stdin` if given (for `-batch -`).
@@ -242,6 +294,26 @@ mod tests {
             names.netns_path(),
             Path::new("/run/netns").join(&names.netns)
         );
+    }
+
+    #[test]
+    fn counts_open_connections_to_one_peer() {
+        // 10.218.0.2 is 0A DA 00 02 in network order: "0200DA0A" on little-endian hosts.
+        let peer = Ipv4Addr::new(10, 218, 0, 2);
+        let hex = format!("{:08X}", u32::from_ne_bytes(peer.octets()));
+        let table = format!(
+            "  sl  local_address rem_address   st tx_queue\n\
+             0: 0100DA0A:D31E {hex}:C33F 01 00000000:00000000\n\
+             1: 0100DA0A:D31F {hex}:C33F 06 00000000:00000000\n\
+             2: 0100DA0A:D320 {hex}:C33F 05 00000000:00000000\n\
+             3: 0100007F:0BB8 0100007F:C33F 01 00000000:00000000\n"
+        );
+        assert_eq!(
+            count_open(&table, peer),
+            2,
+            "established and FIN_WAIT2 count"
+        );
+        assert_eq!(count_open(&table, Ipv4Addr::new(10, 218, 0, 6)), 0);
     }
 
     #[tokio::test]

@@ -65,6 +65,20 @@ pub enum Subcommand<'a> {
     },
     /// `delete [--force] <id>`.
     Delete { id: &'a SandboxId, force: bool },
+    /// `pause <id>`: freeze every task of the sandbox.
+    Pause { id: &'a SandboxId },
+    /// `resume <id>`: thaw a paused sandbox.
+    Resume { id: &'a SandboxId },
+    /// `checkpoint --leave-running --image-path <image> <id>`: save the whole sandbox
+    /// (memory, processes, the memory-backed overlay) and keep it as it was.
+    Checkpoint { image: &'a Path, id: &'a SandboxId },
+    /// `restore --detach --image-path <image> --bundle <bundle> <id>`: a new container
+    /// from a checkpoint image.
+    RestoreDetached {
+        image: &'a Path,
+        bundle: &'a Path,
+        id: &'a SandboxId,
+    },
 }
 
 impl Subcommand<'_> {
@@ -75,6 +89,10 @@ impl Subcommand<'_> {
             Subcommand::List => "list",
             Subcommand::Kill { .. } => "kill",
             Subcommand::Delete { .. } => "delete",
+            Subcommand::Pause { .. } => "pause",
+            Subcommand::Resume { .. } => "resume",
+            Subcommand::Checkpoint { .. } => "checkpoint",
+            Subcommand::RestoreDetached { .. } => "restore",
         }
     }
 }
@@ -130,12 +148,12 @@ pub struct Runsc {
 impl Runsc {
     /// The full argv (without the binary) for `cmd`.
     pub fn argv(&self, cmd: &Subcommand<'_>) -> Vec<OsString> {
-        let mut root = OsString::from("--root=");
-        root.push(&self.root);
         let mut argv = vec![
-            root,
+            path_flag("--root=", &self.root),
             format!("--platform={}", self.platform).into(),
             "--network=sandbox".into(),
+            // Lets checkpoint drop open TCP connections instead of refusing to save.
+            "--net-disconnect-ok".into(),
             self.overlay.flag(),
             "--cpu-num-from-quota".into(),
             cmd.name().into(),
@@ -160,6 +178,19 @@ impl Runsc {
                 if force {
                     argv.push("--force".into());
                 }
+                argv.push(id.as_str().into());
+            }
+            Subcommand::Pause { id } | Subcommand::Resume { id } => argv.push(id.as_str().into()),
+            Subcommand::Checkpoint { image, id } => {
+                argv.push("--leave-running".into());
+                argv.push(path_flag("--image-path=", image));
+                argv.push(id.as_str().into());
+            }
+            Subcommand::RestoreDetached { image, bundle, id } => {
+                argv.push("--detach".into());
+                argv.push(path_flag("--image-path=", image));
+                argv.push("--bundle".into());
+                argv.push(bundle.into());
                 argv.push(id.as_str().into());
             }
         }
@@ -203,7 +234,24 @@ impl Runsc {
         id: &SandboxId,
         log: &Path,
     ) -> Result<(), RunscError> {
-        let cmd = Subcommand::RunDetached { bundle, id };
+        self.detached(&Subcommand::RunDetached { bundle, id }, log)
+            .await
+    }
+
+    /// `runsc restore --detach`, set up as [`Runsc::run_detached`] is (the restored
+    /// sandbox makes the same network check).
+    pub async fn restore_detached(
+        &self,
+        image: &Path,
+        bundle: &Path,
+        id: &SandboxId,
+        log: &Path,
+    ) -> Result<(), RunscError> {
+        self.detached(&Subcommand::RestoreDetached { image, bundle, id }, log)
+            .await
+    }
+
+    async fn detached(&self, cmd: &Subcommand<'_>, log: &Path) -> Result<(), RunscError> {
         let subcommand = cmd.name();
         let open_log = |path: &Path| {
             OpenOptions::new()
@@ -220,7 +268,7 @@ impl Runsc {
         let log_start = stdout.metadata().map(|m| m.len()).unwrap_or(0);
         let mut command = Command::new(&self.binary);
         command
-            .args(self.argv(&cmd))
+            .args(self.argv(cmd))
             .stdin(Stdio::null())
             .stdout(stdout)
             .stderr(stderr)
@@ -283,6 +331,11 @@ impl Runsc {
         }
     }
 
+    /// Run a subcommand whose output does not matter.
+    pub async fn call(&self, cmd: &Subcommand<'_>) -> Result<(), RunscError> {
+        self.output(cmd).await.map(drop)
+    }
+
     fn spawn_error(&self, subcommand: &'static str, source: io::Error) -> RunscError {
         RunscError::Spawn {
             binary: self.binary.clone(),
@@ -290,6 +343,12 @@ impl Runsc {
             source,
         }
     }
+}
+
+fn path_flag(flag: &str, path: &Path) -> OsString {
+    let mut arg = OsString::from(flag);
+    arg.push(path);
+    arg
 }
 
 /// The last part of what was appended to `path` since byte `from`, for error messages.
@@ -329,10 +388,11 @@ mod tests {
             .collect()
     }
 
-    const GLOBAL: [&str; 5] = [
+    const GLOBAL: [&str; 6] = [
         "--root=/var/lib/silo/runsc",
         "--platform=systrap",
         "--network=sandbox",
+        "--net-disconnect-ok",
         "--overlay2=root:memory",
         "--cpu-num-from-quota",
     ];
@@ -385,11 +445,45 @@ mod tests {
     }
 
     #[test]
+    fn argv_for_checkpoint_and_restore() {
+        let id: SandboxId = "iabcdefghij012345678".parse().expect("valid id");
+        let image = Path::new("/s/iabc/checkpoint");
+        assert_eq!(
+            argv(Subcommand::Checkpoint { image, id: &id }),
+            expect(&[
+                "checkpoint",
+                "--leave-running",
+                "--image-path=/s/iabc/checkpoint",
+                "iabcdefghij012345678"
+            ])
+        );
+        assert_eq!(
+            argv(Subcommand::RestoreDetached {
+                image,
+                bundle: Path::new("/s/iabc"),
+                id: &id
+            }),
+            expect(&[
+                "restore",
+                "--detach",
+                "--image-path=/s/iabc/checkpoint",
+                "--bundle",
+                "/s/iabc",
+                "iabcdefghij012345678"
+            ])
+        );
+        assert_eq!(
+            argv(Subcommand::Pause { id: &id }),
+            expect(&["pause", "iabcdefghij012345678"])
+        );
+    }
+
+    #[test]
     fn file_backed_overlay_flag() {
         let mut r = runsc();
         r.overlay = Overlay::Dir("/var/lib/silo/overlay".into());
         let argv = r.argv(&Subcommand::List);
-        assert_eq!(argv[3], "--overlay2=root:dir=/var/lib/silo/overlay");
+        assert_eq!(argv[4], "--overlay2=root:dir=/var/lib/silo/overlay");
     }
 
     #[tokio::test]

@@ -21,9 +21,10 @@ pub enum ContainerStatus {
 pub struct ContainerState {
     pub id: String,
     pub status: ContainerStatus,
-    /// The sandbox's host pid; 0 once stopped.
+    /// The sandbox's host pid; 0 or -1 once stopped (runsc prints -1 after a
+    /// checkpoint).
     #[serde(default)]
-    pub pid: u32,
+    pub pid: i64,
     #[serde(default)]
     pub bundle: String,
 }
@@ -59,7 +60,7 @@ mod tests {
     #[test]
     fn parses_list_including_null_and_unknown_status() {
         assert!(parse_list(b"null\n").expect("null is empty").is_empty());
-        let json = br#"[{"ociVersion":"1.0.2-dev","id":"a","pid":1,"status":"stopped","bundle":"/b","rootfs":"/r","created":"2026-11-22T02:57:14Z","owner":""},
+        let json = br#"[{"ociVersion":"1.0.2-dev","id":"a","pid":-1,"status":"stopped","bundle":"/b","rootfs":"/r","created":"2026-11-22T02:57:14Z","owner":""},
                         {"id":"b","status":"hibernating"}]"#;
         let list = parse_list(json).expect("valid");
         assert_eq!(list.len(), 2);

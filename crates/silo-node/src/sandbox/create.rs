@@ -19,6 +19,10 @@ pub struct CreateRequest {
     pub env_vars: BTreeMap<String, String>,
     /// Whether envd demands an access token (E2B's `secure`, on by default).
     pub secure: bool,
+    /// Pause instead of kill at the end time.
+    pub auto_pause: bool,
+    /// Resume a paused sandbox when traffic for it arrives.
+    pub auto_resume: bool,
 }
 
 impl Manager {
@@ -42,6 +46,8 @@ impl Manager {
             memory_mb: self.defaults.memory_mb,
             disk_size_mb: self.defaults.disk_size_mb,
             address: None,
+            auto_pause: req.auto_pause,
+            auto_resume: req.auto_resume,
         };
         self.catalog.insert_sandbox(&rec)?;
         let span = tracing::info_span!("create", sandbox_id = %rec.id, template = %template);

@@ -38,7 +38,10 @@ impl Manager {
             .catalog
             .transition(id, from, SandboxState::Killing, reason)
         {
-            Ok(()) => Ok(()),
+            Ok(()) => {
+                self.traffic.close(id);
+                Ok(())
+            }
             Err(CatalogError::StateChanged { .. }) => Err(SandboxError::NotFound(id.clone())),
             Err(err) => Err(err.into()),
         }

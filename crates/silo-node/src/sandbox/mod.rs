@@ -3,18 +3,26 @@
 //!
 //! - [`create`]: template → runtime start → agent `/init` → `Running`.
 //! - [`kill`]: `Killing` → runtime destroy (idempotent) → `Killed`.
-//! - [`timeout`]: set/extend the end time, and the reaper that kills expired sandboxes.
+//! - [`pause`]: checkpoint to disk and restore, after closing the sandbox's traffic.
+//! - [`timeout`]: set/extend the end time, and the reaper that kills (or pauses)
+//!   expired sandboxes.
 //! - [`reconcile`]: at start, make the catalog and the runtime agree.
+//! - `traffic`: the token that ends a sandbox's proxied traffic when it pauses.
 
 mod create;
 mod kill;
+mod pause;
 mod reconcile;
 mod templates;
 mod timeout;
+mod traffic;
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
+
+use tokio_util::sync::CancellationToken;
 
 use silo_catalog::{Catalog, CatalogError, SandboxRecord, SandboxState};
 use silo_protocol::ids::SandboxId;
@@ -55,6 +63,20 @@ pub enum SandboxError {
     InvalidRequest(String),
     #[error("sandbox {id} is {state}")]
     WrongState { id: SandboxId, state: SandboxState },
+    #[error("sandbox {0} is already paused")]
+    AlreadyPaused(SandboxId),
+    #[error("cannot pause sandbox {id}; it keeps running")]
+    Pause {
+        id: SandboxId,
+        #[source]
+        source: Box<RuntimeError>,
+    },
+    #[error("cannot resume sandbox {id}; it stays paused")]
+    Resume {
+        id: SandboxId,
+        #[source]
+        source: Box<RuntimeError>,
+    },
     // Runtime errors are boxed: they are large and rare, and this enum is on every path.
     #[error("cannot start sandbox {id}")]
     Start {
@@ -90,6 +112,17 @@ pub struct Manager {
     envd_version: String,
     /// Teardowns running after their kill returned; awaited by [`Manager::shutdown`].
     tasks: tokio_util::task::TaskTracker,
+    traffic: traffic::Traffic,
+    /// One pause/resume at a time per sandbox.
+    locks: Mutex<HashMap<SandboxId, Arc<tokio::sync::Mutex<()>>>>,
+}
+
+/// Where to send a request for a sandbox port, and the token that ends it when the
+/// sandbox pauses.
+#[derive(Debug, Clone)]
+pub struct Route {
+    pub addr: SocketAddr,
+    pub traffic: CancellationToken,
 }
 
 impl Manager {
@@ -108,6 +141,8 @@ impl Manager {
             defaults,
             envd_version,
             tasks: tokio_util::task::TaskTracker::new(),
+            traffic: traffic::Traffic::default(),
+            locks: Mutex::default(),
         })
     }
 
@@ -135,9 +170,13 @@ impl Manager {
         self.tasks.wait().await;
     }
 
-    /// Where to send traffic for `port` of a running sandbox.
-    pub fn route(&self, id: &SandboxId, port: u16) -> Result<SocketAddr, SandboxError> {
-        let rec = self.get(id)?;
+    /// Where to send traffic for `port` of a sandbox. A paused sandbox created with
+    /// `auto_resume` is resumed first.
+    pub async fn route(&self, id: &SandboxId, port: u16) -> Result<Route, SandboxError> {
+        let mut rec = self.get(id)?;
+        if rec.auto_resume && rec.state != SandboxState::Running {
+            rec = self.resume(id, None).await?.0;
+        }
         if rec.state != SandboxState::Running {
             return Err(SandboxError::WrongState {
                 id: id.clone(),
@@ -149,7 +188,10 @@ impl Manager {
             .as_deref()
             .and_then(|addr| addr.parse().ok())
             .ok_or_else(|| SandboxError::NotFound(id.clone()))?;
-        Ok(SocketAddr::new(ip, port))
+        Ok(Route {
+            addr: SocketAddr::new(ip, port),
+            traffic: self.traffic.token(id),
+        })
     }
 
     fn clamp_timeout(&self, seconds: Option<u64>) -> Duration {

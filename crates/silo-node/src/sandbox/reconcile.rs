@@ -3,7 +3,10 @@
 //! - running in both, and its agent answers: kept;
 //! - running in the catalog but gone from the runtime or silent: it died, so it is
 //!   killed (whatever is left of it is released);
-//! - half-done (creating, killing, ...): finished by killing;
+//! - paused: kept (its checkpoint is on disk);
+//! - pausing or resuming when silo stopped: running if its agent answers, else paused
+//!   if a complete checkpoint is on disk, else killed;
+//! - half-done otherwise (creating, killing): finished by killing;
 //! - in the runtime but not live in the catalog: a leak, destroyed.
 
 use std::collections::HashSet;
@@ -18,6 +21,24 @@ pub struct ReconcileReport {
     pub lost: usize,
     pub finished: usize,
     pub leaked: usize,
+    /// Could not be settled now (logged); the next start tries again.
+    pub failed: usize,
+}
+
+enum Outcome {
+    Kept,
+    Lost,
+    Finished,
+}
+
+impl ReconcileReport {
+    fn count(&mut self, outcome: Outcome) -> &mut usize {
+        match outcome {
+            Outcome::Kept => &mut self.kept,
+            Outcome::Lost => &mut self.lost,
+            Outcome::Finished => &mut self.finished,
+        }
+    }
 }
 
 impl Manager {
@@ -38,34 +59,78 @@ impl Manager {
         let mut known = HashSet::new();
         for rec in live {
             known.insert(rec.id.clone());
-            match rec.state {
-                SandboxState::Running
-                    if in_runtime.contains(&rec.id) && self.answers(&rec).await =>
-                {
-                    report.kept += 1
-                }
-                SandboxState::Paused => report.kept += 1,
-                SandboxState::Killing => {
-                    self.destroy_killing(&rec.id).await?;
-                    report.finished += 1;
-                }
-                state => {
-                    if state == SandboxState::Running {
-                        report.lost += 1;
-                    } else {
-                        report.finished += 1;
-                    }
-                    self.finish_kill(&rec.id, state, "reconciled at start")
-                        .await?;
+            // One sandbox that cannot be settled must not keep silo from serving the
+            // others: it is logged, stays as it is, and the next start tries again.
+            match self.reconcile_one(&rec, in_runtime.contains(&rec.id)).await {
+                Ok(outcome) => *report.count(outcome) += 1,
+                Err(err) => {
+                    tracing::error!(sandbox_id = %rec.id, state = %rec.state, error = %crate::error_chain(&err), "cannot reconcile sandbox; retried at the next start");
+                    report.failed += 1;
                 }
             }
         }
         for id in in_runtime.difference(&known) {
             tracing::warn!(sandbox_id = %id, "destroying a sandbox the catalog does not know");
-            self.destroy_runtime(id).await?;
-            report.leaked += 1;
+            match self.destroy_runtime(id).await {
+                Ok(()) => report.leaked += 1,
+                Err(err) => {
+                    tracing::error!(sandbox_id = %id, error = %crate::error_chain(&err), "cannot destroy a leaked sandbox; retried at the next start");
+                    report.failed += 1;
+                }
+            }
         }
         Ok(report)
+    }
+
+    async fn reconcile_one(
+        &self,
+        rec: &silo_catalog::SandboxRecord,
+        in_runtime: bool,
+    ) -> Result<Outcome, SandboxError> {
+        Ok(match rec.state {
+            SandboxState::Running if in_runtime && self.answers(rec).await => Outcome::Kept,
+            SandboxState::Paused => Outcome::Kept,
+            SandboxState::Pausing | SandboxState::Resuming
+                if self.settle_interrupted(rec, in_runtime).await? =>
+            {
+                Outcome::Kept
+            }
+            SandboxState::Killing => {
+                self.destroy_killing(&rec.id).await?;
+                Outcome::Finished
+            }
+            state => {
+                self.finish_kill(&rec.id, state, "reconciled at start")
+                    .await?;
+                if state == SandboxState::Running {
+                    Outcome::Lost
+                } else {
+                    Outcome::Finished
+                }
+            }
+        })
+    }
+
+    /// A pause or resume cut short by a restart: settle it as running or paused if the
+    /// sandbox is either; `false` when it is neither and must be killed.
+    async fn settle_interrupted(
+        &self,
+        rec: &silo_catalog::SandboxRecord,
+        in_runtime: bool,
+    ) -> Result<bool, SandboxError> {
+        let detail = "reconciled at start";
+        if in_runtime && self.answers(rec).await {
+            self.catalog
+                .transition(&rec.id, rec.state, SandboxState::Running, detail)?;
+            return Ok(true);
+        }
+        if self.runtime.is_paused(&rec.id).await {
+            // A container left half-restored (or not yet deleted) goes at the resume.
+            self.catalog
+                .transition(&rec.id, rec.state, SandboxState::Paused, detail)?;
+            return Ok(true);
+        }
+        Ok(false)
     }
 
     async fn answers(&self, rec: &silo_catalog::SandboxRecord) -> bool {

@@ -1,5 +1,5 @@
 //! Timeouts: the end time lives in the catalog (so it survives restarts); one reaper task
-//! kills what has expired.
+//! kills what has expired, or pauses it when it was created with `auto_pause`.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -28,18 +28,20 @@ impl Manager {
         Ok(())
     }
 
-    /// Connect: the sandbox must be running; a timeout given only ever extends its life.
-    pub fn connect(
+    /// Connect: a paused sandbox is resumed (then `true` is returned) with `seconds` to
+    /// live; for a running one a timeout given only ever extends its life.
+    pub async fn connect(
         &self,
         id: &SandboxId,
         seconds: Option<u64>,
-    ) -> Result<silo_catalog::SandboxRecord, SandboxError> {
+    ) -> Result<(silo_catalog::SandboxRecord, bool), SandboxError> {
         let mut rec = self.get(id)?;
         if rec.state != SandboxState::Running {
-            return Err(SandboxError::WrongState {
-                id: id.clone(),
-                state: rec.state,
-            });
+            let (resumed_rec, resumed) = self.resume(id, seconds).await?;
+            if resumed {
+                return Ok((resumed_rec, true));
+            }
+            rec = resumed_rec;
         }
         if let Some(seconds) = seconds {
             let end = now_ms() + self.clamp_timeout(Some(seconds)).as_millis() as i64;
@@ -48,7 +50,7 @@ impl Manager {
                 rec.end_at_ms = end;
             }
         }
-        Ok(rec)
+        Ok((rec, false))
     }
 
     /// Kill expired sandboxes until the process ends.
@@ -64,11 +66,21 @@ impl Manager {
                     continue;
                 }
             };
-            for id in expired {
-                match self.kill(&id, "timeout") {
+            for rec in expired {
+                if rec.auto_pause {
+                    let manager = Arc::clone(&self);
+                    self.tasks.spawn(async move {
+                        match manager.pause(&rec.id, "timeout").await {
+                            Ok(()) | Err(SandboxError::NotFound(_) | SandboxError::AlreadyPaused(_) | SandboxError::WrongState { .. }) => {}
+                            Err(err) => tracing::error!(sandbox_id = %rec.id, error = %crate::error_chain(&err), "pause at timeout failed"),
+                        }
+                    });
+                    continue;
+                }
+                match self.kill(&rec.id, "timeout") {
                     Ok(()) | Err(SandboxError::NotFound(_)) => {}
                     Err(err) => {
-                        tracing::error!(sandbox_id = %id, error = %crate::error_chain(&err), "kill at timeout failed")
+                        tracing::error!(sandbox_id = %rec.id, error = %crate::error_chain(&err), "kill at timeout failed")
                     }
                 }
             }

@@ -1,0 +1,172 @@
+//! Pause and resume: `Running → Pausing → Paused → Resuming → Running`.
+//!
+//! Before the checkpoint, every connection between the host and the sandbox is closed
+//! and the sandbox has closed its end too (see [`Manager::quiesce`]): runsc 20240729
+//! resets open connections *while* it saves, and a reset landing in the save can leave a
+//! process's epoll deaf for good after the restore (the agent stops accepting). Closed
+//! first, nothing is reset in the save. See docs/adr/0006-pause-by-checkpoint.md.
+//!
+//! One lifecycle operation runs at a time per sandbox (its lock), so two connects to a
+//! paused sandbox resume it once, and the second sees it running.
+
+use std::net::Ipv4Addr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use silo_catalog::{now_ms, CatalogError, SandboxRecord, SandboxState};
+use silo_protocol::ids::SandboxId;
+
+use super::{Manager, SandboxError};
+
+/// How long a pause waits for the sandbox to close connections the host closed.
+const QUIESCE_TIMEOUT: Duration = Duration::from_secs(3);
+const QUIESCE_POLL: Duration = Duration::from_millis(5);
+const QUIESCE_SETTLE: Duration = Duration::from_millis(100);
+
+impl Manager {
+    /// Pause a running sandbox. A paused one is [`SandboxError::AlreadyPaused`]; on
+    /// failure the sandbox keeps running and the error says why.
+    pub async fn pause(&self, id: &SandboxId, reason: &str) -> Result<(), SandboxError> {
+        let lock = self.lifecycle_lock(id);
+        let _held = lock.lock().await;
+        let rec = self.get(id)?;
+        match rec.state {
+            SandboxState::Running => {}
+            SandboxState::Paused => return Err(SandboxError::AlreadyPaused(id.clone())),
+            state => {
+                return Err(SandboxError::WrongState {
+                    id: id.clone(),
+                    state,
+                })
+            }
+        }
+        self.step(id, SandboxState::Running, SandboxState::Pausing, reason)?;
+        if let Some(ip) = rec.address.as_deref().and_then(|a| a.parse().ok()) {
+            self.quiesce(id, ip).await;
+        }
+        match self.runtime.pause(id).await {
+            Ok(()) => {
+                self.step(
+                    id,
+                    SandboxState::Pausing,
+                    SandboxState::Paused,
+                    "checkpointed",
+                )?;
+                tracing::info!(sandbox_id = %id, reason, "sandbox paused");
+                Ok(())
+            }
+            Err(source) => {
+                self.step(
+                    id,
+                    SandboxState::Pausing,
+                    SandboxState::Running,
+                    "pause failed",
+                )?;
+                Err(SandboxError::Pause {
+                    id: id.clone(),
+                    source: Box::new(source),
+                })
+            }
+        }
+    }
+
+    /// Resume a paused sandbox (a running one is returned as is) and give it `timeout`
+    /// from now. Returns the record and whether it was resumed.
+    pub async fn resume(
+        &self,
+        id: &SandboxId,
+        timeout_seconds: Option<u64>,
+    ) -> Result<(SandboxRecord, bool), SandboxError> {
+        let lock = self.lifecycle_lock(id);
+        let _held = lock.lock().await;
+        let rec = self.get(id)?;
+        match rec.state {
+            SandboxState::Paused => {}
+            SandboxState::Running => return Ok((rec, false)),
+            state => {
+                return Err(SandboxError::WrongState {
+                    id: id.clone(),
+                    state,
+                })
+            }
+        }
+        self.step(id, SandboxState::Paused, SandboxState::Resuming, "resume")?;
+        let began = Instant::now();
+        match self.runtime.resume(id).await {
+            Ok(started) => {
+                let end = now_ms() + self.clamp_timeout(timeout_seconds).as_millis() as i64;
+                self.catalog.set_end_at(id, end)?;
+                self.catalog
+                    .set_address(id, Some(&started.ip.to_string()))?;
+                self.step(
+                    id,
+                    SandboxState::Resuming,
+                    SandboxState::Running,
+                    "restored",
+                )?;
+                tracing::info!(sandbox_id = %id, took = ?began.elapsed(), "sandbox resumed");
+                Ok((self.get(id)?, true))
+            }
+            Err(source) => {
+                self.step(
+                    id,
+                    SandboxState::Resuming,
+                    SandboxState::Paused,
+                    "resume failed",
+                )?;
+                Err(SandboxError::Resume {
+                    id: id.clone(),
+                    source: Box::new(source),
+                })
+            }
+        }
+    }
+
+    /// A state change this operation owns; a kill that got in first makes it "not found".
+    fn step(
+        &self,
+        id: &SandboxId,
+        from: SandboxState,
+        to: SandboxState,
+        detail: &str,
+    ) -> Result<(), SandboxError> {
+        match self.catalog.transition(id, from, to, detail) {
+            Ok(()) => Ok(()),
+            Err(CatalogError::StateChanged { .. }) => Err(SandboxError::NotFound(id.clone())),
+            Err(err) => Err(err.into()),
+        }
+    }
+
+    /// Close every proxied connection to the sandbox and wait (bounded) until the
+    /// sandbox has closed its ends. Stragglers are logged; the checkpoint resets them.
+    async fn quiesce(&self, id: &SandboxId, ip: Ipv4Addr) {
+        self.traffic.close(id);
+        let began = Instant::now();
+        loop {
+            match crate::network::open_connections(ip) {
+                Ok(0) => {
+                    // The sandbox's last ACKs and FINs still cross the link after the
+                    // host's side is done; let them land before the save.
+                    tokio::time::sleep(QUIESCE_SETTLE).await;
+                    return;
+                }
+                Ok(open) if began.elapsed() >= QUIESCE_TIMEOUT => {
+                    tracing::warn!(sandbox_id = %id, open, "connections still open at pause; they are reset");
+                    return;
+                }
+                Ok(_) => tokio::time::sleep(QUIESCE_POLL).await,
+                Err(err) => {
+                    tracing::warn!(sandbox_id = %id, error = %err, "cannot read /proc/net/tcp; pausing without waiting for connections to close");
+                    return;
+                }
+            }
+        }
+    }
+
+    fn lifecycle_lock(&self, id: &SandboxId) -> Arc<tokio::sync::Mutex<()>> {
+        let mut locks = self.locks.lock().unwrap_or_else(|e| e.into_inner());
+        // Locks of sandboxes nobody is operating on are dropped as others are taken.
+        locks.retain(|_, lock| Arc::strong_count(lock) > 1);
+        Arc::clone(locks.entry(id.clone()).or_default())
+    }
+}
