@@ -187,11 +187,9 @@ impl RunscRuntime {
         self.inner.cgroup_dirs(id)
     }
 
-    /// Start from the template (`image` None) or from a checkpoint image.
     async fn try_start(
         &self,
         spec: &SandboxSpec,
-        image: Option<&Path>,
         undo: &mut UndoStack,
     ) -> Result<Started, RuntimeError> {
         let inner = &self.inner;
@@ -247,14 +245,14 @@ impl RunscRuntime {
         undo.push(Undo::RemoveCgroups);
         undo.push(Undo::DeleteContainer);
         let log = dir.join("console.log");
-        match image {
-            None => inner.runsc.run_detached(&dir, id, &log).await,
-            Some(image) => inner.runsc.restore_detached(image, &dir, id, &log).await,
-        }
-        .map_err(|source| RuntimeError::StartContainer {
-            id: id.clone(),
-            source,
-        })?;
+        inner
+            .runsc
+            .run_detached(&dir, id, &log)
+            .await
+            .map_err(|source| RuntimeError::StartContainer {
+                id: id.clone(),
+                source,
+            })?;
         let running_after = began.elapsed();
 
         let agent = SocketAddr::from((lease.ip, ports::ENVD));
@@ -313,26 +311,6 @@ impl RunscRuntime {
 }
 
 impl RunscRuntime {
-    async fn start_with_undo(
-        &self,
-        spec: &SandboxSpec,
-        image: Option<&Path>,
-    ) -> Result<Started, RuntimeError> {
-        let mut undo = UndoStack::new(Arc::clone(&self.inner), spec.id.clone());
-        match self.try_start(spec, image, &mut undo).await {
-            Ok(started) => {
-                undo.disarm();
-                Ok(started)
-            }
-            Err(err) => {
-                for e in undo.run().await {
-                    tracing::warn!(sandbox_id = %spec.id, error = %crate::error_chain(&e), "undo after failed start");
-                }
-                Err(err)
-            }
-        }
-    }
-
     /// Freeze, checkpoint into `image` (which must not exist), thaw. The sandbox runs on
     /// whatever happens; `image` exists afterwards only if it is complete.
     async fn checkpoint_into(&self, id: &SandboxId, image: &Path) -> Result<(), RuntimeError> {
@@ -501,11 +479,19 @@ fn log_tail(path: &Path) -> String {
 #[async_trait]
 impl Runtime for RunscRuntime {
     async fn start(&self, spec: &SandboxSpec) -> Result<Started, RuntimeError> {
-        self.start_with_undo(spec, None).await
-    }
-
-    async fn start_from(&self, spec: &SandboxSpec, image: &Path) -> Result<Started, RuntimeError> {
-        self.start_with_undo(spec, Some(image)).await
+        let mut undo = UndoStack::new(Arc::clone(&self.inner), spec.id.clone());
+        match self.try_start(spec, &mut undo).await {
+            Ok(started) => {
+                undo.disarm();
+                Ok(started)
+            }
+            Err(err) => {
+                for e in undo.run().await {
+                    tracing::warn!(sandbox_id = %spec.id, error = %crate::error_chain(&e), "undo after failed start");
+                }
+                Err(err)
+            }
+        }
     }
 
     async fn pause(&self, id: &SandboxId) -> Result<(), RuntimeError> {
@@ -570,10 +556,6 @@ impl Runtime for RunscRuntime {
                 .state(id)
                 .await
                 .is_ok_and(|s| s.status == ContainerStatus::Paused)
-    }
-
-    async fn snapshot(&self, id: &SandboxId, image: &Path) -> Result<(), RuntimeError> {
-        self.checkpoint_into(id, image).await
     }
 
     async fn destroy(&self, id: &SandboxId) -> Result<(), RuntimeError> {

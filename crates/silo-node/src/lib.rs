@@ -44,7 +44,7 @@ pub mod sandbox;
 use std::error::Error;
 use std::io;
 use std::net::{Ipv4Addr, SocketAddr};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -97,10 +97,6 @@ pub trait Runtime: Send + Sync {
     /// Start a sandbox; returns once its agent answers. On failure nothing is left
     /// behind.
     async fn start(&self, spec: &SandboxSpec) -> Result<Started, RuntimeError>;
-    /// Start a sandbox from a checkpoint image made by [`Runtime::snapshot`] (a fork, or
-    /// a snapshot used as a template). `spec.rootfs` must be the rootfs the image was
-    /// taken on.
-    async fn start_from(&self, spec: &SandboxSpec, image: &Path) -> Result<Started, RuntimeError>;
     /// Pause the sandbox with everything in it (see [`PauseMode`]): it then uses no
     /// CPU. On failure it keeps running.
     async fn pause(&self, id: &SandboxId) -> Result<(), RuntimeError>;
@@ -108,9 +104,6 @@ pub trait Runtime: Send + Sync {
     async fn resume(&self, id: &SandboxId) -> Result<Started, RuntimeError>;
     /// Whether `id` is paused: frozen, or a complete checkpoint is on disk.
     async fn is_paused(&self, id: &SandboxId) -> bool;
-    /// Save a running sandbox's whole state into the directory `image` (which must not
-    /// exist) and keep it running.
-    async fn snapshot(&self, id: &SandboxId, image: &Path) -> Result<(), RuntimeError>;
     /// Release everything the sandbox holds. Idempotent; needs only the id.
     async fn destroy(&self, id: &SandboxId) -> Result<(), RuntimeError>;
     /// Every sandbox this runtime holds anything for, running or half-made.
