@@ -33,6 +33,7 @@ N_RUN = int(os.environ.get("BENCH_RUNS", 100))
 N_RAW = int(os.environ.get("BENCH_RAW", 10))
 N_FIRST = int(os.environ.get("BENCH_FIRST_CODE", 10))
 N_CODE = int(os.environ.get("BENCH_CODE", 100))
+N_PAUSE = int(os.environ.get("BENCH_PAUSES", 10))
 
 
 def pct(samples, p):
@@ -104,6 +105,36 @@ def bench_code_interpreter():
     ]
 
 
+def bench_pause_resume():
+    """Pause then resume (connect) of an idle sandbox and of one holding 256 MiB it wrote."""
+    from e2b import Sandbox
+
+    rows = []
+    for label, setup in (
+        ("idle", None),
+        ("256 MiB touched", "python3 -c \"import time; b = bytearray(256 << 20); "
+         "b[::4096] = b'x' * len(b[::4096]); time.sleep(3600)\""),
+    ):
+        sbx = Sandbox.create("base", timeout=600)
+        try:
+            if setup:
+                sbx.commands.run(setup, background=True)
+                time.sleep(3)
+            pauses, resumes = [], []
+            for _ in range(N_PAUSE):
+                start = time.perf_counter()
+                assert sbx.pause()
+                pauses.append(time.perf_counter() - start)
+                start = time.perf_counter()
+                sbx.connect()
+                resumes.append(time.perf_counter() - start)
+            assert sbx.commands.run("echo back").stdout == "back\n"
+        finally:
+            sbx.kill()
+        rows += [summary(f"pause ({label})", pauses), summary(f"resume by connect ({label})", resumes)]
+    return rows
+
+
 def bench_raw_runsc(template_dir):
     rootfs = sorted(Path(template_dir, "base").glob("*/rootfs"), key=lambda p: p.stat().st_mtime)[-1]
     work = Path(tempfile.mkdtemp(prefix="silo-bench-raw-"))
@@ -139,7 +170,7 @@ def bench_raw_runsc(template_dir):
 def main():
     server = SiloServer(subnet="10.216.0.0/16").start()
     try:
-        rows = bench_sdk(server) + bench_code_interpreter()
+        rows = bench_sdk(server) + bench_code_interpreter() + bench_pause_resume()
     finally:
         server.stop()
     rows += bench_raw_runsc(server.template_dir)
