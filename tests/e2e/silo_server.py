@@ -138,9 +138,19 @@ class SiloServer:
         root = self.data_dir / "node" / "sandboxes"
         return sorted(p.name for p in root.iterdir()) if root.exists() else []
 
+    def firewall_chains(self) -> list:
+        """Per-sandbox nftables chains left in this server's table."""
+        base, length = self.subnet.split("/")
+        table = "silo_" + base.replace(".", "_") + "_" + length
+        out = subprocess.run(
+            ["nft", "list", "table", "inet", table], capture_output=True, text=True
+        ).stdout
+        return [line.split()[1] for line in out.splitlines() if line.strip().startswith("chain sb_")]
+
     def leaks(self) -> dict:
         """What this server still holds on the host."""
         return {
+            "firewall": self.firewall_chains(),
             "runsc": self.runsc_containers(),
             "netns": sorted(host_netns() - self.netns_before),
             "links": sorted(host_links() - self.links_before),

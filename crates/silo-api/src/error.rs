@@ -55,9 +55,9 @@ impl ApiError {
                 SandboxError::WrongState { .. } | SandboxError::AlreadyPaused(_) => {
                     StatusCode::CONFLICT
                 }
-                SandboxError::Pause { .. } | SandboxError::Resume { .. } => {
-                    StatusCode::INTERNAL_SERVER_ERROR
-                }
+                SandboxError::Pause { .. }
+                | SandboxError::Resume { .. }
+                | SandboxError::Network { .. } => StatusCode::INTERNAL_SERVER_ERROR,
                 SandboxError::Start { .. }
                 | SandboxError::Destroy { .. }
                 | SandboxError::Init { .. }

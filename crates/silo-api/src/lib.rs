@@ -20,7 +20,7 @@ use std::sync::Arc;
 use axum::extract::{Request, State};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::{get, post, put};
 use axum::{Json, Router};
 use tracing::Instrument;
 
@@ -56,6 +56,7 @@ pub fn router(state: AppState) -> Router {
         .route("/sandboxes/{id}/timeout", post(sandboxes::set_timeout))
         .route("/sandboxes/{id}/connect", post(sandboxes::connect))
         .route("/sandboxes/{id}/pause", post(sandboxes::pause))
+        .route("/sandboxes/{id}/network", put(sandboxes::update_network))
         .route("/sandboxes/{id}/resume", post(sandboxes::resume))
         .route("/v2/sandboxes/{id}/connect", post(sandboxes::connect))
         .route_layer(middleware::from_fn_with_state(

@@ -14,6 +14,7 @@ use silo_protocol::rest::{self, ConnectSandbox, NewSandbox, SetTimeout};
 use crate::error::ApiError;
 use crate::extract::{ApiJson, SandboxPath};
 use crate::AppState;
+use silo_node::network::{Cidr, EgressPolicy};
 use silo_node::sandbox::CreateRequest;
 
 fn rfc3339(ms: i64) -> String {
@@ -86,6 +87,7 @@ pub async fn create(
             secure: body.secure.unwrap_or(true),
             auto_pause: body.auto_pause.unwrap_or(false),
             auto_resume: body.auto_resume.is_some_and(|a| a.enabled),
+            egress: egress_policy(body.allow_internet_access, body.network.unwrap_or_default())?,
         })
         .await?;
     Ok((StatusCode::CREATED, Json(app.sandbox_body(&rec))))
@@ -138,6 +140,72 @@ pub async fn resume(
         )));
     }
     Ok((StatusCode::CREATED, Json(app.sandbox_body(&rec))))
+}
+
+/// `PUT /sandboxes/{id}/network`: 204.
+pub async fn update_network(
+    State(app): State<AppState>,
+    SandboxPath(id): SandboxPath,
+    ApiJson(body): ApiJson<rest::NetworkUpdate>,
+) -> Result<StatusCode, ApiError> {
+    let config = rest::NetworkConfig {
+        allow_out: body.allow_out,
+        deny_out: body.deny_out,
+        dns_servers: body.dns_servers,
+        egress_proxy: body.egress_proxy,
+        rules: body.rules,
+        ..Default::default()
+    };
+    let policy = egress_policy(body.allow_internet_access, config)?;
+    app.manager.update_network(&id, policy).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// The egress policy a create or update body asks for. What silo cannot enforce yet is
+/// refused rather than ignored: a sandbox must never be more open than asked.
+fn egress_policy(
+    allow_internet_access: Option<bool>,
+    network: rest::NetworkConfig,
+) -> Result<EgressPolicy, ApiError> {
+    let unsupported = |what: &str| {
+        Err(ApiError::BadRequest(format!(
+            "network.{what} is not supported by silo yet; allowOut/denyOut take IPv4 addresses and CIDR blocks"
+        )))
+    };
+    if network.allow_public_traffic == Some(false) {
+        return unsupported("allowPublicTraffic=false");
+    }
+    if network.egress_proxy.as_ref().is_some_and(|v| !v.is_null()) {
+        return unsupported("egressProxy");
+    }
+    if network
+        .rules
+        .as_ref()
+        .is_some_and(|v| v.as_object().is_some_and(|o| !o.is_empty()))
+    {
+        return unsupported("rules");
+    }
+    if network.mask_request_host.is_some() {
+        return unsupported("maskRequestHost");
+    }
+    let parse = |field: &str, entries: Option<Vec<String>>| {
+        entries
+            .unwrap_or_default()
+            .iter()
+            .map(|entry| {
+                entry.parse::<Cidr>().map_err(|err| {
+                    ApiError::BadRequest(format!(
+                        "network.{field}: {err}; domain names are not supported yet"
+                    ))
+                })
+            })
+            .collect::<Result<Vec<_>, _>>()
+    };
+    Ok(EgressPolicy {
+        internet: allow_internet_access.unwrap_or(true),
+        allow: parse("allowOut", network.allow_out)?,
+        deny: parse("denyOut", network.deny_out)?,
+    })
 }
 
 /// `POST /sandboxes/{id}/pause`: 204, or 409 when it is already paused.

@@ -67,6 +67,28 @@ pub struct SandboxRecord {
     pub auto_pause: bool,
     /// Traffic through the proxy to the paused sandbox resumes it.
     pub auto_resume: bool,
+    /// Its egress rules, as last applied.
+    pub network: NetworkRules,
+}
+
+/// A sandbox's egress rules: CIDR blocks, already validated by the caller.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct NetworkRules {
+    pub internet: bool,
+    #[serde(default)]
+    pub allow_out: Vec<String>,
+    #[serde(default)]
+    pub deny_out: Vec<String>,
+}
+
+impl Default for NetworkRules {
+    fn default() -> Self {
+        NetworkRules {
+            internet: true,
+            allow_out: Vec::new(),
+            deny_out: Vec::new(),
+        }
+    }
 }
 
 /// One entry of a sandbox's history.
@@ -133,6 +155,9 @@ CREATE INDEX sandbox_events_sandbox ON sandbox_events(sandbox_id, seq);
     r#"
 ALTER TABLE sandboxes ADD COLUMN auto_pause INTEGER NOT NULL DEFAULT 0;
 ALTER TABLE sandboxes ADD COLUMN auto_resume INTEGER NOT NULL DEFAULT 0;
+"#,
+    r#"
+ALTER TABLE sandboxes ADD COLUMN network TEXT NOT NULL DEFAULT '{"internet":true}';
 "#,
 ];
 
@@ -226,8 +251,8 @@ impl Catalog {
         tx.execute(
             "INSERT INTO sandboxes (id, template_id, state, started_at, end_at, metadata, env_vars,
                 access_token, envd_version, cpu_count, memory_mb, disk_size_mb, address,
-                auto_pause, auto_resume)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)",
+                auto_pause, auto_resume, network)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16)",
             params![
                 rec.id.as_str(),
                 rec.template_id,
@@ -244,6 +269,7 @@ impl Catalog {
                 rec.address,
                 rec.auto_pause,
                 rec.auto_resume,
+                serde_json::to_string(&rec.network).expect("rules serialize"),
             ],
         )?;
         insert_event(&tx, &rec.id, None, rec.state, "created")?;
@@ -284,6 +310,14 @@ impl Catalog {
             id,
             "UPDATE sandboxes SET address = ?2 WHERE id = ?1",
             address,
+        )
+    }
+
+    pub fn set_network(&self, id: &SandboxId, rules: &NetworkRules) -> Result<()> {
+        self.update_sandbox(
+            id,
+            "UPDATE sandboxes SET network = ?2 WHERE id = ?1",
+            serde_json::to_string(rules).expect("rules serialize"),
         )
     }
 
@@ -412,7 +446,7 @@ impl Catalog {
 const SELECT_SANDBOX: &str =
     "SELECT id, template_id, state, started_at, end_at, metadata, env_vars,
     access_token, envd_version, cpu_count, memory_mb, disk_size_mb, address,
-    auto_pause, auto_resume FROM sandboxes";
+    auto_pause, auto_resume, network FROM sandboxes";
 
 /// A row as stored, before its text columns are parsed.
 struct RawRow {
@@ -431,6 +465,7 @@ struct RawRow {
     address: Option<String>,
     auto_pause: bool,
     auto_resume: bool,
+    network: String,
 }
 
 fn raw_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<RawRow> {
@@ -450,6 +485,7 @@ fn raw_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<RawRow> {
         address: row.get(12)?,
         auto_pause: row.get(13)?,
         auto_resume: row.get(14)?,
+        network: row.get(15)?,
     })
 }
 
@@ -477,6 +513,8 @@ impl RawRow {
             address: self.address,
             auto_pause: self.auto_pause,
             auto_resume: self.auto_resume,
+            network: serde_json::from_str(&self.network)
+                .map_err(|e| corrupt(format!("network: {e}")))?,
         })
     }
 }
@@ -541,6 +579,7 @@ mod tests {
             address: None,
             auto_pause: false,
             auto_resume: false,
+            network: NetworkRules::default(),
         }
     }
 

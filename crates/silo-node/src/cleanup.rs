@@ -26,17 +26,19 @@ pub(crate) enum Undo {
     ReleaseAddress,
     DeleteNetns,
     DeleteVeth,
+    RemoveFirewall,
     RemoveCgroups,
     DeleteContainer,
 }
 
 impl Undo {
     /// Everything a started sandbox holds, in the order `start` acquires it.
-    pub(crate) const PLAN: [Undo; 6] = [
+    pub(crate) const PLAN: [Undo; 7] = [
         Undo::RemoveSandboxDir,
         Undo::ReleaseAddress,
         Undo::DeleteNetns,
         Undo::DeleteVeth,
+        Undo::RemoveFirewall,
         Undo::RemoveCgroups,
         Undo::DeleteContainer,
     ];
@@ -51,6 +53,18 @@ impl Undo {
             }),
             Undo::RemoveCgroups => remove_cgroups(inner.cgroup_dirs(id)).await,
             Undo::DeleteVeth => Ok(network::delete_veth(&NetNames::of(id)).await?),
+            Undo::RemoveFirewall => {
+                let names = NetNames::of(id);
+                inner
+                    .firewall
+                    .remove(&names)
+                    .await
+                    .map_err(|source| NetworkError::Firewall {
+                        name: names.veth.clone(),
+                        source,
+                    })?;
+                Ok(())
+            }
             Undo::DeleteNetns => Ok(network::delete_netns(&NetNames::of(id)).await?),
             Undo::ReleaseAddress => Ok(inner.pool.release(id)?),
             Undo::RemoveSandboxDir => {

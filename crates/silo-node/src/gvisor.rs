@@ -32,7 +32,7 @@ use silo_protocol::ports;
 
 use crate::bundle::BundleSpec;
 use crate::cleanup::{self, Undo, UndoStack};
-use crate::network::{self, AddressPool, NetNames};
+use crate::network::{self, AddressPool, EgressPolicy, Firewall, NetNames, NetworkError};
 use crate::runsc::{ContainerStatus, Overlay, Runsc, Subcommand};
 use crate::{health, CheckpointFailure, Runtime, RuntimeError, SandboxSpec, Started};
 
@@ -104,6 +104,9 @@ pub(crate) struct Inner {
     pub(crate) config: RunscConfig,
     pub(crate) runsc: Runsc,
     pub(crate) pool: AddressPool,
+    pub(crate) firewall: Firewall,
+    /// Set once the firewall's shared table is installed (at the first start).
+    firewall_ready: tokio::sync::OnceCell<()>,
 }
 
 impl Inner {
@@ -159,9 +162,11 @@ impl RunscRuntime {
             timeout: config.command_timeout,
         };
         let inner = Inner {
+            firewall: Firewall::new(base, prefix_len),
             config,
             runsc,
             pool,
+            firewall_ready: tokio::sync::OnceCell::new(),
         };
         for dir in [inner.runsc.root.clone(), inner.sandboxes_dir()] {
             std::fs::create_dir_all(&dir)
@@ -224,6 +229,10 @@ impl RunscRuntime {
         network::create_veth(&names, &lease)
             .await
             .map_err(net_err)?;
+        undo.push(Undo::RemoveFirewall);
+        self.apply_egress(&names, &spec.egress)
+            .await
+            .map_err(net_err)?;
 
         let cgroups_path = inner.cgroups_path(id);
         let netns_path = names.netns_path();
@@ -265,6 +274,24 @@ impl RunscRuntime {
             agent,
             ready_after,
         })
+    }
+
+    async fn apply_egress(
+        &self,
+        names: &NetNames,
+        policy: &EgressPolicy,
+    ) -> Result<(), NetworkError> {
+        let firewall = &self.inner.firewall;
+        let err = |source| NetworkError::Firewall {
+            name: names.veth.clone(),
+            source,
+        };
+        self.inner
+            .firewall_ready
+            .get_or_try_init(|| firewall.install())
+            .await
+            .map_err(err)?;
+        firewall.apply(names, policy).await.map_err(err)
     }
 
     /// Poll the agent's `/health` until it answers 2xx, the container stops, or the
@@ -546,6 +573,15 @@ impl Runtime for RunscRuntime {
                 Err(err)
             }
         }
+    }
+
+    async fn set_egress(&self, id: &SandboxId, policy: &EgressPolicy) -> Result<(), RuntimeError> {
+        self.apply_egress(&NetNames::of(id), policy)
+            .await
+            .map_err(|source| RuntimeError::SetupNetwork {
+                id: id.clone(),
+                source,
+            })
     }
 
     async fn is_paused(&self, id: &SandboxId) -> bool {

@@ -63,6 +63,8 @@ pub struct SandboxSpec {
     pub cpu_count: u32,
     pub memory_mb: u32,
     pub hostname: String,
+    /// What it may reach outside.
+    pub egress: network::EgressPolicy,
 }
 
 impl SandboxSpec {
@@ -74,6 +76,7 @@ impl SandboxSpec {
             cpu_count: 2,
             memory_mb: 512,
             hostname: "sandbox".into(),
+            egress: network::EgressPolicy::default(),
         }
     }
 }
@@ -102,6 +105,12 @@ pub trait Runtime: Send + Sync {
     async fn pause(&self, id: &SandboxId) -> Result<(), RuntimeError>;
     /// Bring a paused sandbox back as it was. On failure it stays paused.
     async fn resume(&self, id: &SandboxId) -> Result<Started, RuntimeError>;
+    /// Replace the sandbox's egress rules; new connections follow them at once.
+    async fn set_egress(
+        &self,
+        id: &SandboxId,
+        policy: &network::EgressPolicy,
+    ) -> Result<(), RuntimeError>;
     /// Whether `id` is paused: frozen, or a complete checkpoint is on disk.
     async fn is_paused(&self, id: &SandboxId) -> bool;
     /// Release everything the sandbox holds. Idempotent; needs only the id.

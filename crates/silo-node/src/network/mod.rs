@@ -12,9 +12,10 @@
 //! done with iproute2's `ip`, and every delete is idempotent: a missing netns or link
 //! counts as deleted.
 //!
-//! Internet access (issue 5) fits on top without changing this: forwarding plus one
-//! nftables masquerade rule for the pool, matched on the `silo` interface prefix.
+//! What a sandbox may reach is [`firewall`]'s: NAT, egress rules and isolation in one
+//! nftables table per pool.
 
+mod firewall;
 mod pool;
 
 use std::io;
@@ -27,6 +28,7 @@ use silo_protocol::ids::SandboxId;
 use tokio::io::AsyncWriteExt;
 use tokio::process::Command;
 
+pub use firewall::{Cidr, EgressPolicy, Firewall, FirewallError};
 pub use pool::{AddressPool, Lease, LINK_PREFIX_LEN};
 
 /// Where `ip netns` keeps named namespaces.
@@ -83,6 +85,12 @@ pub enum NetworkError {
         name: String,
         #[source]
         source: IpError,
+    },
+    #[error("firewall rules of {name}")]
+    Firewall {
+        name: String,
+        #[source]
+        source: FirewallError,
     },
     #[error("delete veth {name}")]
     DeleteVeth {

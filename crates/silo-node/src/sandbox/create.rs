@@ -23,6 +23,8 @@ pub struct CreateRequest {
     pub auto_pause: bool,
     /// Resume a paused sandbox when traffic for it arrives.
     pub auto_resume: bool,
+    /// What it may reach outside.
+    pub egress: crate::network::EgressPolicy,
 }
 
 impl Manager {
@@ -48,12 +50,13 @@ impl Manager {
             address: None,
             auto_pause: req.auto_pause,
             auto_resume: req.auto_resume,
+            network: super::network::rules_of(&req.egress),
         };
         self.catalog.insert_sandbox(&rec)?;
         let span = tracing::info_span!("create", sandbox_id = %rec.id, template = %template);
         let _enter = span.enter();
 
-        match self.boot(&rec, rootfs).await {
+        match self.boot(&rec, rootfs, req.egress).await {
             Ok(address) => {
                 self.catalog.set_address(&rec.id, Some(&address))?;
                 self.catalog.transition(
@@ -85,8 +88,10 @@ impl Manager {
         &self,
         rec: &SandboxRecord,
         rootfs: std::path::PathBuf,
+        egress: crate::network::EgressPolicy,
     ) -> Result<String, SandboxError> {
         let mut spec = SandboxSpec::new(rec.id.clone(), rootfs);
+        spec.egress = egress;
         spec.cpu_count = rec.cpu_count;
         spec.memory_mb = rec.memory_mb;
         let started = self

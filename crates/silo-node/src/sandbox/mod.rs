@@ -3,6 +3,7 @@
 //!
 //! - [`create`]: template → runtime start → agent `/init` → `Running`.
 //! - [`kill`]: `Killing` → runtime destroy (idempotent) → `Killed`.
+//! - `network`: egress rules, replaced live.
 //! - [`pause`]: checkpoint to disk and restore, after closing the sandbox's traffic.
 //! - [`timeout`]: set/extend the end time, and the reaper that kills (or pauses)
 //!   expired sandboxes.
@@ -11,6 +12,7 @@
 
 mod create;
 mod kill;
+mod network;
 mod pause;
 mod reconcile;
 mod templates;
@@ -67,6 +69,12 @@ pub enum SandboxError {
     AlreadyPaused(SandboxId),
     #[error("cannot pause sandbox {id}; it keeps running")]
     Pause {
+        id: SandboxId,
+        #[source]
+        source: Box<RuntimeError>,
+    },
+    #[error("cannot apply the network rules of sandbox {id}")]
+    Network {
         id: SandboxId,
         #[source]
         source: Box<RuntimeError>,

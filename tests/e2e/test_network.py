@@ -1,0 +1,160 @@
+"""Egress rules, NAT and isolation, against a stand-in internet: a network namespace the
+test makes (these machines reach no outside address), with HTTP servers on two networks.
+
+  sandbox ── veth ── host (NAT) ── tinet0 198.18.0.1 ── netns silo-test-inet
+                                                          198.18.0.2:80, 198.19.0.2:80
+"""
+
+import subprocess
+import tempfile
+import time
+
+import pytest
+from e2b import Sandbox
+
+pytestmark = pytest.mark.server_only
+
+NETNS = "inet-test"
+HOST_END = "tinet0"
+SITE_A = "198.18.0.2"
+SITE_B = "198.19.0.2"
+# A service of the host listening on every address.
+HOST_SERVICE = ("198.18.0.1", 8099)
+
+
+def sh(*args):
+    subprocess.run(args, check=True, capture_output=True)
+
+
+@pytest.fixture(scope="module")
+def internet():
+    sh("ip", "netns", "add", NETNS)
+    servers = []
+    try:
+        sh("ip", "link", "add", HOST_END, "type", "veth", "peer", "name", "eth0", "netns", NETNS)
+        sh("ip", "addr", "add", "198.18.0.1/24", "dev", HOST_END)
+        sh("ip", "link", "set", HOST_END, "up")
+        for cmd in (
+            ["addr", "add", f"{SITE_A}/24", "dev", "eth0"],
+            ["addr", "add", f"{SITE_B}/24", "dev", "eth0"],
+            ["link", "set", "eth0", "up"],
+            ["link", "set", "lo", "up"],
+            ["route", "add", "default", "via", "198.18.0.1"],
+        ):
+            sh("ip", "-n", NETNS, *cmd)
+        sh("ip", "route", "add", "198.19.0.0/24", "via", SITE_A)
+        root = tempfile.mkdtemp(prefix="silo-inet-")
+        servers.append(subprocess.Popen(
+            ["ip", "netns", "exec", NETNS, "python3", "-m", "http.server", "80",
+             "--bind", "0.0.0.0", "--directory", root],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        ))
+        servers.append(subprocess.Popen(
+            ["python3", "-m", "http.server", str(HOST_SERVICE[1]), "--bind", "0.0.0.0",
+             "--directory", root],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        ))
+        time.sleep(1)
+        yield
+    finally:
+        for server in servers:
+            server.kill()
+            server.wait()
+        subprocess.run(["ip", "route", "del", "198.19.0.0/24"], capture_output=True)
+        subprocess.run(["ip", "link", "del", HOST_END], capture_output=True)
+        subprocess.run(["ip", "netns", "del", NETNS], capture_output=True)
+
+
+def reaches(sbx, ip: str, port: int = 80) -> bool:
+    """Whether a TCP connection from inside the sandbox gets through (2 s to try)."""
+    probe = f"timeout 2 bash -c 'exec 3<>/dev/tcp/{ip}/{port}' && echo open || echo closed"
+    return sbx.commands.run(probe).stdout.strip() == "open"
+
+
+def own_address(sbx) -> str:
+    out = sbx.commands.run(
+        "python3 -c \"import socket; s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); "
+        f"s.connect(('{SITE_A}', 80)); print(s.getsockname()[0])\""
+    )
+    return out.stdout.strip()
+
+
+def test_internet_is_on_by_default(silo, internet):
+    sbx = Sandbox.create("base", timeout=120)
+    try:
+        assert reaches(sbx, SITE_A) and reaches(sbx, SITE_B)
+        page = sbx.commands.run(
+            f"python3 -c \"import urllib.request; print(urllib.request.urlopen('http://{SITE_A}/').status)\""
+        )
+        assert page.stdout.strip() == "200"
+    finally:
+        sbx.kill()
+
+
+def test_internet_off_reaches_nothing(silo, internet):
+    sbx = Sandbox.create("base", timeout=120, allow_internet_access=False)
+    try:
+        assert not reaches(sbx, SITE_A) and not reaches(sbx, SITE_B)
+    finally:
+        sbx.kill()
+
+
+def test_deny_and_allow_by_cidr(silo, internet):
+    denied = Sandbox.create("base", timeout=120, network={"deny_out": ["198.18.0.0/24"]})
+    only = Sandbox.create(
+        "base", timeout=120, network={"allow_out": [SITE_B], "deny_out": ["0.0.0.0/0"]}
+    )
+    try:
+        assert not reaches(denied, SITE_A) and reaches(denied, SITE_B)
+        # allowOut wins over denyOut.
+        assert reaches(only, SITE_B) and not reaches(only, SITE_A)
+    finally:
+        denied.kill()
+        only.kill()
+
+
+def test_rules_change_live(silo, internet):
+    sbx = Sandbox.create("base", timeout=120)
+    try:
+        assert reaches(sbx, SITE_A)
+        sbx.update_network({"deny_out": ["198.18.0.0/24"]})
+        assert not reaches(sbx, SITE_A) and reaches(sbx, SITE_B)
+        # An update replaces everything: omitted fields are cleared.
+        sbx.update_network({})
+        assert reaches(sbx, SITE_A)
+        sbx.update_network({"allow_internet_access": False})
+        assert not reaches(sbx, SITE_B)
+    finally:
+        sbx.kill()
+
+
+def test_never_the_host_other_sandboxes_or_metadata(silo, internet):
+    """Whatever the rules allow: no host service, no other sandbox, no link-local."""
+    neighbour = Sandbox.create("base", timeout=120)
+    sbx = Sandbox.create("base", timeout=120, network={"allow_out": ["0.0.0.0/0"]})
+    try:
+        assert reaches(sbx, SITE_A), "the rules themselves allow the internet"
+        assert not reaches(sbx, *HOST_SERVICE)
+        assert not reaches(sbx, own_address(neighbour), 49983)
+        assert not reaches(sbx, "169.254.169.254")
+        # The sandbox's gateway is the host too (its /30: gateway = own address - 1).
+        own = own_address(sbx).split(".")
+        gateway = ".".join(own[:3] + [str(int(own[3]) - 1)])
+        assert not reaches(sbx, gateway, HOST_SERVICE[1])
+        # The neighbour is untouched and still reachable through the proxy.
+        assert neighbour.commands.run("echo fine").stdout == "fine\n"
+    finally:
+        neighbour.kill()
+        sbx.kill()
+
+
+def test_bad_rules_are_refused(silo):
+    for network in (
+        {"allow_out": ["example.com"]},
+        {"deny_out": ["1.2.3.4/40"]},
+    ):
+        with pytest.raises(Exception) as err:
+            Sandbox.create("base", timeout=60, network=network)
+        assert "network." in str(err.value), err.value
+    status, body, _ = silo.api("PUT", "/sandboxes/inotasandbox000000000/network", {})
+    assert status == 404, body
