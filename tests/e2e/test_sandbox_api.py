@@ -204,3 +204,23 @@ def test_proxy_routes_by_host_name(sandbox, silo):
     assert r.status_code == 502 and "was not found" in r.json()["message"]
     r = httpx.get(f"{silo.url}/health")
     assert r.status_code == 200 and r.json() == {"status": "ok"}
+
+
+def test_api_keys_are_created_listed_and_revoked_on_a_running_server(silo):
+    keys = lambda *args: subprocess.run(
+        [silo.bin, "keys", "--data-dir", str(silo.data_dir), *args], capture_output=True, text=True
+    )
+    created = keys("create")
+    assert created.returncode == 0, created.stderr
+    key = created.stdout.strip()
+    assert key.startswith("e2b_") and key != silo.api_key
+    assert key in keys("ls").stdout
+    assert silo.api("GET", "/v2/sandboxes", key=key)[0] == 200
+
+    revoked = keys("revoke", key)
+    assert revoked.returncode == 0, revoked.stderr
+    status, body, _ = silo.api("GET", "/v2/sandboxes", key=key)
+    assert (status, body["code"]) == (401, 401)
+    assert key not in keys("ls").stdout
+    assert keys("revoke", key).returncode != 0, "revoking twice says there is no such key"
+    assert silo.api("GET", "/v2/sandboxes")[0] == 200, "other keys keep working"

@@ -216,12 +216,41 @@ impl Catalog {
         if !keys.is_empty() {
             return Ok(keys);
         }
+        Ok(vec![self.create_api_key()?])
+    }
+
+    /// A new API key, valid at once (servers read keys from the catalog per request).
+    pub fn create_api_key(&self) -> Result<ApiKey> {
         let key = ApiKey::generate();
         self.conn().execute(
             "INSERT INTO api_keys (key, created_at) VALUES (?1, ?2)",
             params![key.expose(), now_ms()],
         )?;
-        Ok(vec![key])
+        Ok(key)
+    }
+
+    /// Revoke a key; `false` if there was no such key. Requests with it fail at once.
+    pub fn revoke_api_key(&self, key: &str) -> Result<bool> {
+        let removed = self
+            .conn()
+            .execute("DELETE FROM api_keys WHERE key = ?1", [key])?;
+        Ok(removed > 0)
+    }
+
+    /// Every key with its creation time (Unix ms), oldest first.
+    pub fn api_keys_created(&self) -> Result<Vec<(ApiKey, i64)>> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare("SELECT key, created_at FROM api_keys ORDER BY created_at")?;
+        let rows = stmt
+            .query_map([], |row| {
+                Ok((row.get::<_, String>(0)?, row.get::<_, i64>(1)?))
+            })?
+            .filter_map(|row| {
+                let (key, at) = row.ok()?;
+                Some((key.parse().ok()?, at))
+            })
+            .collect();
+        Ok(rows)
     }
 
     pub fn api_keys(&self) -> Result<Vec<ApiKey>> {
@@ -588,6 +617,19 @@ mod tests {
         catalog
             .transition(&rec.id, SandboxState::Creating, SandboxState::Running, "up")
             .unwrap();
+    }
+
+    #[test]
+    fn keys_are_created_and_revoked() {
+        let catalog = Catalog::open_in_memory().unwrap();
+        let first = catalog.ensure_api_key().unwrap().remove(0);
+        let second = catalog.create_api_key().unwrap();
+        assert!(catalog.is_valid_api_key(second.expose()).unwrap());
+        assert_eq!(catalog.api_keys_created().unwrap().len(), 2);
+        assert!(catalog.revoke_api_key(second.expose()).unwrap());
+        assert!(!catalog.revoke_api_key(second.expose()).unwrap());
+        assert!(!catalog.is_valid_api_key(second.expose()).unwrap());
+        assert!(catalog.is_valid_api_key(first.expose()).unwrap());
     }
 
     #[test]

@@ -107,6 +107,22 @@ pub struct ServeArgs {
 pub struct KeysArgs {
     #[command(flatten)]
     pub dirs: DataDirArgs,
+    /// Without a command: print the keys (creating the first on a fresh data dir).
+    #[command(subcommand)]
+    pub command: Option<KeysCommand>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum KeysCommand {
+    /// Create a key and print it; it works at once, also on a running server.
+    Create,
+    /// List the keys with their creation time.
+    Ls,
+    /// Revoke a key: requests with it get 401 at once.
+    Revoke {
+        /// The key, as `silo keys` prints it.
+        key: String,
+    },
 }
 
 #[derive(Debug, Clone, Args)]
