@@ -607,6 +607,19 @@ impl Runtime for RunscRuntime {
         }
     }
 
+    async fn running(&self) -> Result<Vec<SandboxId>, RuntimeError> {
+        Ok(self
+            .inner
+            .runsc
+            .list()
+            .await
+            .map_err(RuntimeError::ListContainers)?
+            .into_iter()
+            .filter(|c| matches!(c.status, ContainerStatus::Running | ContainerStatus::Paused))
+            .filter_map(|c| c.id.parse().ok())
+            .collect())
+    }
+
     async fn list(&self) -> Result<Vec<SandboxId>, RuntimeError> {
         let mut ids: Vec<SandboxId> = self
             .inner

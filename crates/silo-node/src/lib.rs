@@ -115,6 +115,8 @@ pub trait Runtime: Send + Sync {
     async fn is_paused(&self, id: &SandboxId) -> bool;
     /// Release everything the sandbox holds. Idempotent; needs only the id.
     async fn destroy(&self, id: &SandboxId) -> Result<(), RuntimeError>;
+    /// Sandboxes whose container is up (running or frozen).
+    async fn running(&self) -> Result<Vec<SandboxId>, RuntimeError>;
     /// Every sandbox this runtime holds anything for, running or half-made.
     async fn list(&self) -> Result<Vec<SandboxId>, RuntimeError>;
 }

@@ -11,6 +11,8 @@ use super::{Manager, SandboxError};
 
 /// How often the reaper looks for expired sandboxes: the precision of timeouts.
 const REAP_INTERVAL: Duration = Duration::from_millis(500);
+/// Every this many reaper rounds it also looks for sandboxes that died on their own.
+const SWEEP_EVERY: u32 = 10;
 
 impl Manager {
     /// Kill the sandbox `seconds` from now (shorter or longer than before).
@@ -53,12 +55,51 @@ impl Manager {
         Ok((rec, false))
     }
 
+    /// Sandboxes the catalog has running whose container is gone (the host's OOM killer
+    /// took it, or someone killed it outside silo) are recorded as killed, with why, and
+    /// what is left of them is released.
+    async fn sweep_dead(self: &Arc<Self>) {
+        // The catalog first: a sandbox running in it was started before the listing.
+        let running = match self.catalog.sandboxes_in(&[SandboxState::Running]) {
+            Ok(running) => running,
+            Err(err) => {
+                tracing::error!(error = %crate::error_chain(&err), "sweep cannot read the catalog");
+                return;
+            }
+        };
+        if running.is_empty() {
+            return;
+        }
+        let alive: std::collections::HashSet<_> = match self.runtime.running().await {
+            Ok(ids) => ids.into_iter().collect(),
+            Err(err) => {
+                tracing::warn!(error = %crate::error_chain(&err), "sweep cannot list containers");
+                return;
+            }
+        };
+        for rec in running.iter().filter(|rec| !alive.contains(&rec.id)) {
+            tracing::warn!(sandbox_id = %rec.id, "sandbox died outside silo's control; releasing it");
+            let reason = "died: its container exited (out of memory, or killed outside silo)";
+            match self.kill(&rec.id, reason) {
+                Ok(()) | Err(SandboxError::NotFound(_)) => {}
+                Err(err) => {
+                    tracing::error!(sandbox_id = %rec.id, error = %crate::error_chain(&err), "releasing a dead sandbox failed")
+                }
+            }
+        }
+    }
+
     /// Kill expired sandboxes until the process ends.
     pub async fn run_reaper(self: Arc<Self>) {
         let mut tick = tokio::time::interval(REAP_INTERVAL);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut rounds = 0u32;
         loop {
             tick.tick().await;
+            rounds = rounds.wrapping_add(1);
+            if rounds.is_multiple_of(SWEEP_EVERY) {
+                self.sweep_dead().await;
+            }
             let expired = match self.catalog.expired(now_ms()) {
                 Ok(expired) => expired,
                 Err(err) => {
