@@ -158,3 +158,39 @@ def test_bad_rules_are_refused(silo):
         assert "network." in str(err.value), err.value
     status, body, _ = silo.api("PUT", "/sandboxes/inotasandbox000000000/network", {})
     assert status == 404, body
+
+
+def test_private_ports_need_the_traffic_token(silo):
+    import urllib.error
+    import urllib.request
+
+    sbx = Sandbox.create("base", timeout=120, network={"allow_public_traffic": False})
+    try:
+        token = sbx.traffic_access_token
+        assert token
+        sbx.commands.run("python3 -m http.server 8000 >/dev/null 2>&1", background=True)
+
+        def get(headers):
+            req = urllib.request.Request(f"{silo.url}/", headers={
+                "E2b-Sandbox-Id": sbx.sandbox_id, "E2b-Sandbox-Port": "8000", **headers,
+            })
+            try:
+                with urllib.request.urlopen(req, timeout=10) as resp:
+                    return resp.status
+            except urllib.error.HTTPError as err:
+                return err.code
+            except OSError:
+                return None
+
+        deadline = time.monotonic() + 20
+        while get({"E2B-Traffic-Access-Token": token}) != 200:
+            assert time.monotonic() < deadline, "the server never answered with the token"
+            time.sleep(0.2)
+        assert get({}) == 403
+        assert get({"E2B-Traffic-Access-Token": "wrong"}) == 403
+        # envd has its own token and needs no traffic token: the SDK works as ever.
+        assert sbx.commands.run("echo ok").stdout == "ok\n"
+        status, body, _ = silo.api("POST", f"/v2/sandboxes/{sbx.sandbox_id}/connect", {"timeout": 60})
+        assert status == 200 and body["trafficAccessToken"] == token
+    finally:
+        sbx.kill()

@@ -100,6 +100,7 @@ impl HttpBody for UntilCancelled {
 
 const SANDBOX_ID_HEADER: &str = "e2b-sandbox-id";
 const SANDBOX_PORT_HEADER: &str = "e2b-sandbox-port";
+const TRAFFIC_TOKEN_HEADER: &str = "e2b-traffic-access-token";
 
 /// Which sandbox and port a request is for, if it is sandbox traffic.
 #[derive(Debug, PartialEq, Eq)]
@@ -171,6 +172,20 @@ async fn forward(app: &AppState, id: &str, port: u16, mut req: Request) -> Respo
             return not_found();
         }
     };
+    if let Some(wanted) = &route.traffic_access_token {
+        let given = req
+            .headers()
+            .get(TRAFFIC_TOKEN_HEADER)
+            .and_then(|v| v.to_str().ok());
+        if given != Some(wanted.as_str()) {
+            return proxy_error(
+                StatusCode::FORBIDDEN,
+                format!("sandbox {id} does not allow public traffic: send its trafficAccessToken as the E2B-Traffic-Access-Token header"),
+            );
+        }
+    }
+    // The sandbox's servers never see the token.
+    req.headers_mut().remove(TRAFFIC_TOKEN_HEADER);
     let addr = route.addr;
     let path = req
         .uri()

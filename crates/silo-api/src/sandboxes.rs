@@ -39,7 +39,7 @@ impl AppState {
             envd_version: rec.envd_version.clone(),
             alias: None,
             envd_access_token: rec.envd_access_token.clone(),
-            traffic_access_token: None,
+            traffic_access_token: rec.traffic_access_token.clone(),
             domain: self.domain.clone(),
         }
     }
@@ -87,7 +87,12 @@ pub async fn create(
             secure: body.secure.unwrap_or(true),
             auto_pause: body.auto_pause.unwrap_or(false),
             auto_resume: body.auto_resume.is_some_and(|a| a.enabled),
-            egress: egress_policy(body.allow_internet_access, body.network.unwrap_or_default())?,
+            public_traffic: body
+                .network
+                .as_ref()
+                .and_then(|n| n.allow_public_traffic)
+                .unwrap_or(true),
+            egress: create_egress(body.allow_internet_access, body.network.unwrap_or_default())?,
         })
         .await?;
     Ok((StatusCode::CREATED, Json(app.sandbox_body(&rec))))
@@ -101,15 +106,21 @@ pub async fn connect(
     body: axum::body::Bytes,
 ) -> Result<impl IntoResponse, ApiError> {
     // The body is optional: v1 clients send `{"timeout":N}`, others may send nothing.
-    let timeout = if body.iter().all(u8::is_ascii_whitespace) {
-        None
-    } else {
-        serde_json::from_slice::<ConnectSandbox>(&body)
-            .map_err(|err| ApiError::BadRequest(format!("invalid connect body: {err}")))?
-            .timeout
-    };
+    let timeout = optional_body::<ConnectSandbox>(&body, "connect")?.timeout;
     let (rec, resumed) = app.manager.connect(&id, timeout).await?;
     Ok((resumed_status(resumed), Json(app.sandbox_body(&rec))))
+}
+
+/// A JSON body that may also be empty (then the defaults).
+fn optional_body<T: serde::de::DeserializeOwned + Default>(
+    body: &[u8],
+    what: &str,
+) -> Result<T, ApiError> {
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Ok(T::default());
+    }
+    serde_json::from_slice(body)
+        .map_err(|err| ApiError::BadRequest(format!("invalid {what} body: {err}")))
 }
 
 fn resumed_status(resumed: bool) -> StatusCode {
@@ -126,13 +137,7 @@ pub async fn resume(
     SandboxPath(id): SandboxPath,
     body: axum::body::Bytes,
 ) -> Result<impl IntoResponse, ApiError> {
-    let timeout = if body.iter().all(u8::is_ascii_whitespace) {
-        None
-    } else {
-        serde_json::from_slice::<rest::ResumeSandbox>(&body)
-            .map_err(|err| ApiError::BadRequest(format!("invalid resume body: {err}")))?
-            .timeout
-    };
+    let timeout = optional_body::<rest::ResumeSandbox>(&body, "resume")?.timeout;
     let (rec, resumed) = app.manager.resume(&id, timeout).await?;
     if !resumed {
         return Err(ApiError::Conflict(format!(
@@ -148,45 +153,42 @@ pub async fn update_network(
     SandboxPath(id): SandboxPath,
     ApiJson(body): ApiJson<rest::NetworkUpdate>,
 ) -> Result<StatusCode, ApiError> {
-    let config = rest::NetworkConfig {
-        allow_out: body.allow_out,
-        deny_out: body.deny_out,
-        dns_servers: body.dns_servers,
-        egress_proxy: body.egress_proxy,
-        rules: body.rules,
-        ..Default::default()
-    };
-    let policy = egress_policy(body.allow_internet_access, config)?;
+    let policy = egress_policy(body.allow_internet_access, body.egress)?;
     app.manager.update_network(&id, policy).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
-/// The egress policy a create or update body asks for. What silo cannot enforce yet is
-/// refused rather than ignored: a sandbox must never be more open than asked.
-fn egress_policy(
+/// What silo cannot enforce yet is refused rather than ignored: a sandbox must never be
+/// more open than asked.
+fn unsupported(what: &str) -> ApiError {
+    ApiError::BadRequest(format!(
+        "network.{what} is not supported by silo yet; allowOut/denyOut take IPv4 addresses and CIDR blocks"
+    ))
+}
+
+fn create_egress(
     allow_internet_access: Option<bool>,
     network: rest::NetworkConfig,
 ) -> Result<EgressPolicy, ApiError> {
-    let unsupported = |what: &str| {
-        Err(ApiError::BadRequest(format!(
-            "network.{what} is not supported by silo yet; allowOut/denyOut take IPv4 addresses and CIDR blocks"
-        )))
-    };
-    if network.allow_public_traffic == Some(false) {
-        return unsupported("allowPublicTraffic=false");
+    if network.mask_request_host.is_some() {
+        return Err(unsupported("maskRequestHost"));
     }
-    if network.egress_proxy.as_ref().is_some_and(|v| !v.is_null()) {
-        return unsupported("egressProxy");
+    egress_policy(allow_internet_access, network.egress)
+}
+
+fn egress_policy(
+    allow_internet_access: Option<bool>,
+    egress: rest::Egress,
+) -> Result<EgressPolicy, ApiError> {
+    if egress.egress_proxy.as_ref().is_some_and(|v| !v.is_null()) {
+        return Err(unsupported("egressProxy"));
     }
-    if network
+    if egress
         .rules
         .as_ref()
         .is_some_and(|v| v.as_object().is_some_and(|o| !o.is_empty()))
     {
-        return unsupported("rules");
-    }
-    if network.mask_request_host.is_some() {
-        return unsupported("maskRequestHost");
+        return Err(unsupported("rules"));
     }
     let parse = |field: &str, entries: Option<Vec<String>>| {
         entries
@@ -203,8 +205,8 @@ fn egress_policy(
     };
     Ok(EgressPolicy {
         internet: allow_internet_access.unwrap_or(true),
-        allow: parse("allowOut", network.allow_out)?,
-        deny: parse("denyOut", network.deny_out)?,
+        allow: parse("allowOut", egress.allow_out)?,
+        deny: parse("denyOut", egress.deny_out)?,
     })
 }
 

@@ -69,6 +69,9 @@ pub struct SandboxRecord {
     pub auto_resume: bool,
     /// Its egress rules, as last applied.
     pub network: NetworkRules,
+    /// Set when its ports are not public (`allowPublicTraffic=false`): the proxy then wants
+    /// it as `E2B-Traffic-Access-Token` on every port but envd's.
+    pub traffic_access_token: Option<String>,
 }
 
 /// A sandbox's egress rules: CIDR blocks, already validated by the caller.
@@ -158,6 +161,9 @@ ALTER TABLE sandboxes ADD COLUMN auto_resume INTEGER NOT NULL DEFAULT 0;
 "#,
     r#"
 ALTER TABLE sandboxes ADD COLUMN network TEXT NOT NULL DEFAULT '{"internet":true}';
+"#,
+    r#"
+ALTER TABLE sandboxes ADD COLUMN traffic_token TEXT;
 "#,
 ];
 
@@ -280,8 +286,8 @@ impl Catalog {
         tx.execute(
             "INSERT INTO sandboxes (id, template_id, state, started_at, end_at, metadata, env_vars,
                 access_token, envd_version, cpu_count, memory_mb, disk_size_mb, address,
-                auto_pause, auto_resume, network)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16)",
+                auto_pause, auto_resume, network, traffic_token)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17)",
             params![
                 rec.id.as_str(),
                 rec.template_id,
@@ -299,6 +305,7 @@ impl Catalog {
                 rec.auto_pause,
                 rec.auto_resume,
                 serde_json::to_string(&rec.network).expect("rules serialize"),
+                rec.traffic_access_token,
             ],
         )?;
         insert_event(&tx, &rec.id, None, rec.state, "created")?;
@@ -475,7 +482,7 @@ impl Catalog {
 const SELECT_SANDBOX: &str =
     "SELECT id, template_id, state, started_at, end_at, metadata, env_vars,
     access_token, envd_version, cpu_count, memory_mb, disk_size_mb, address,
-    auto_pause, auto_resume, network FROM sandboxes";
+    auto_pause, auto_resume, network, traffic_token FROM sandboxes";
 
 /// A row as stored, before its text columns are parsed.
 struct RawRow {
@@ -495,6 +502,7 @@ struct RawRow {
     auto_pause: bool,
     auto_resume: bool,
     network: String,
+    traffic_access_token: Option<String>,
 }
 
 fn raw_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<RawRow> {
@@ -515,6 +523,7 @@ fn raw_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<RawRow> {
         auto_pause: row.get(13)?,
         auto_resume: row.get(14)?,
         network: row.get(15)?,
+        traffic_access_token: row.get(16)?,
     })
 }
 
@@ -542,6 +551,7 @@ impl RawRow {
             address: self.address,
             auto_pause: self.auto_pause,
             auto_resume: self.auto_resume,
+            traffic_access_token: self.traffic_access_token,
             network: serde_json::from_str(&self.network)
                 .map_err(|e| corrupt(format!("network: {e}")))?,
         })
@@ -609,6 +619,7 @@ mod tests {
             auto_pause: false,
             auto_resume: false,
             network: NetworkRules::default(),
+            traffic_access_token: None,
         }
     }
 

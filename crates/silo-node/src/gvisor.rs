@@ -354,13 +354,7 @@ impl RunscRuntime {
         tokio::fs::create_dir_all(&partial)
             .await
             .map_err(|e| err(e.into()))?;
-        runsc
-            .call(&Subcommand::Pause { id })
-            .await
-            .map_err(|source| RuntimeError::Freeze {
-                id: id.clone(),
-                source,
-            })?;
+        self.freeze(id).await?;
         let saved = runsc
             .call(&Subcommand::Checkpoint {
                 image: &partial,
@@ -378,12 +372,39 @@ impl RunscRuntime {
                 tracing::warn!(sandbox_id = %id, error = %e, "removing a partial checkpoint");
             }
         }
-        let thawed = runsc.call(&Subcommand::Resume { id }).await;
+        let thawed = self.unfreeze(id).await;
         saved?;
-        thawed.map_err(|source| RuntimeError::Thaw {
-            id: id.clone(),
-            source,
-        })
+        thawed
+    }
+
+    async fn freeze(&self, id: &SandboxId) -> Result<(), RuntimeError> {
+        self.inner
+            .runsc
+            .call(&Subcommand::Pause { id })
+            .await
+            .map_err(|source| RuntimeError::Freeze {
+                id: id.clone(),
+                source,
+            })
+    }
+
+    async fn unfreeze(&self, id: &SandboxId) -> Result<(), RuntimeError> {
+        self.inner
+            .runsc
+            .call(&Subcommand::Resume { id })
+            .await
+            .map_err(|source| RuntimeError::Thaw {
+                id: id.clone(),
+                source,
+            })
+    }
+
+    async fn is_frozen(&self, id: &SandboxId) -> bool {
+        self.inner
+            .runsc
+            .state(id)
+            .await
+            .is_ok_and(|s| s.status == ContainerStatus::Paused)
     }
 
     /// Stop the container and drop its cgroups; the rest of the sandbox stays.
@@ -406,74 +427,55 @@ impl RunscRuntime {
 
     async fn try_resume(&self, id: &SandboxId, image: &Path) -> Result<Started, RuntimeError> {
         let inner = &self.inner;
-        let net_err = |source| RuntimeError::SetupNetwork {
-            id: id.clone(),
-            source,
-        };
-        let lease = inner
-            .pool
-            .find(id)
-            .map_err(net_err)?
-            .ok_or_else(|| RuntimeError::NotPaused { id: id.clone() })?;
+        let lease = self.lease_of(id)?;
         network::restore_address(&NetNames::of(id), &lease)
             .await
-            .map_err(net_err)?;
+            .map_err(|source| RuntimeError::SetupNetwork {
+                id: id.clone(),
+                source,
+            })?;
         // A container left from the pause (its delete failed) would block the restore.
         self.stop_container(id).await?;
         let dir = inner.sandbox_dir(id);
-        let log = dir.join("console.log");
         inner
             .runsc
-            .restore_detached(image, &dir, id, &log)
+            .restore_detached(image, &dir, id, &dir.join("console.log"))
             .await
             .map_err(|source| RuntimeError::StartContainer {
                 id: id.clone(),
                 source,
             })?;
-        let agent = SocketAddr::from((lease.ip, ports::ENVD));
-        let began = Instant::now();
-        self.wait_ready(id, agent, &log).await?;
-        Ok(Started {
-            ip: lease.ip,
-            gateway: lease.gateway,
-            agent,
-            ready_after: began.elapsed(),
-        })
+        self.ready(id, &lease).await
     }
-}
 
-impl RunscRuntime {
     /// Resume a frozen sandbox.
     async fn thaw(&self, id: &SandboxId) -> Result<Started, RuntimeError> {
-        let inner = &self.inner;
-        let frozen = inner
-            .runsc
-            .state(id)
-            .await
-            .is_ok_and(|s| s.status == ContainerStatus::Paused);
-        if !frozen {
+        if !self.is_frozen(id).await {
             return Err(RuntimeError::NotPaused { id: id.clone() });
         }
-        let lease = inner
+        let lease = self.lease_of(id)?;
+        self.unfreeze(id).await?;
+        self.ready(id, &lease).await
+    }
+
+    /// The address of a sandbox that exists; none means it was never paused here.
+    fn lease_of(&self, id: &SandboxId) -> Result<network::Lease, RuntimeError> {
+        self.inner
             .pool
             .find(id)
             .map_err(|source| RuntimeError::SetupNetwork {
                 id: id.clone(),
                 source,
             })?
-            .ok_or_else(|| RuntimeError::NotPaused { id: id.clone() })?;
-        inner
-            .runsc
-            .call(&Subcommand::Resume { id })
-            .await
-            .map_err(|source| RuntimeError::Thaw {
-                id: id.clone(),
-                source,
-            })?;
+            .ok_or_else(|| RuntimeError::NotPaused { id: id.clone() })
+    }
+
+    /// Wait for a resumed sandbox's agent.
+    async fn ready(&self, id: &SandboxId, lease: &network::Lease) -> Result<Started, RuntimeError> {
         let agent = SocketAddr::from((lease.ip, ports::ENVD));
         let began = Instant::now();
-        self.wait_ready(id, agent, &inner.sandbox_dir(id).join("console.log"))
-            .await?;
+        let log = self.inner.sandbox_dir(id).join("console.log");
+        self.wait_ready(id, agent, &log).await?;
         Ok(Started {
             ip: lease.ip,
             gateway: lease.gateway,
@@ -523,14 +525,7 @@ impl Runtime for RunscRuntime {
 
     async fn pause(&self, id: &SandboxId) -> Result<(), RuntimeError> {
         if self.inner.config.pause_mode == PauseMode::Freeze {
-            self.inner
-                .runsc
-                .call(&Subcommand::Pause { id })
-                .await
-                .map_err(|source| RuntimeError::Freeze {
-                    id: id.clone(),
-                    source,
-                })?;
+            self.freeze(id).await?;
             tracing::info!(sandbox_id = %id, "sandbox frozen");
             return Ok(());
         }
@@ -585,13 +580,7 @@ impl Runtime for RunscRuntime {
     }
 
     async fn is_paused(&self, id: &SandboxId) -> bool {
-        self.inner.sandbox_dir(id).join(CHECKPOINT).is_dir()
-            || self
-                .inner
-                .runsc
-                .state(id)
-                .await
-                .is_ok_and(|s| s.status == ContainerStatus::Paused)
+        self.inner.sandbox_dir(id).join(CHECKPOINT).is_dir() || self.is_frozen(id).await
     }
 
     async fn destroy(&self, id: &SandboxId) -> Result<(), RuntimeError> {

@@ -43,42 +43,41 @@ pub struct NewSandbox {
     pub network: Option<NetworkConfig>,
 }
 
-/// `network` of the create body.
+/// The egress part of `network`, shared by the create body and the update.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
-pub struct NetworkConfig {
+pub struct Egress {
     #[serde(default)]
     pub allow_out: Option<Vec<String>>,
     #[serde(default)]
     pub deny_out: Option<Vec<String>>,
-    #[serde(default)]
-    pub allow_public_traffic: Option<bool>,
     #[serde(default)]
     pub dns_servers: Option<Vec<String>>,
     #[serde(default)]
     pub egress_proxy: Option<serde_json::Value>,
     #[serde(default)]
     pub rules: Option<serde_json::Value>,
+}
+
+/// `network` of the create body.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct NetworkConfig {
+    #[serde(flatten)]
+    pub egress: Egress,
+    #[serde(default)]
+    pub allow_public_traffic: Option<bool>,
     #[serde(default)]
     pub mask_request_host: Option<String>,
 }
 
 /// `PUT /sandboxes/{id}/network`: replaces the egress rules; omitted fields are cleared.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
 pub struct NetworkUpdate {
+    #[serde(flatten)]
+    pub egress: Egress,
     #[serde(default)]
-    pub allow_out: Option<Vec<String>>,
-    #[serde(default)]
-    pub deny_out: Option<Vec<String>>,
-    #[serde(default, rename = "allow_internet_access")]
     pub allow_internet_access: Option<bool>,
-    #[serde(default)]
-    pub dns_servers: Option<Vec<String>>,
-    #[serde(default)]
-    pub egress_proxy: Option<serde_json::Value>,
-    #[serde(default)]
-    pub rules: Option<serde_json::Value>,
 }
 
 /// `autoResume` of the create body.

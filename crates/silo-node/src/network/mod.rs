@@ -178,21 +178,22 @@ pub async fn create_veth(names: &NetNames, lease: &Lease) -> Result<(), NetworkE
         gw = lease.gateway,
     );
     ip(&["-batch", "-"], Some(&host)).await.map_err(err)?;
-    let inside = format!(
-        "addr add {ip}/{LINK_PREFIX_LEN} dev eth0\n\
-         link set eth0 up\n\
-         route add default via {gw}\n",
-        ip = lease.ip,
-        gw = lease.gateway,
-    );
-    ip(&["-n", &names.netns, "-batch", "-"], Some(&inside))
-        .await
-        .map_err(err)
+    address_inside(names, lease).await.map_err(err)
 }
 
 /// Put the sandbox's address and route back on `eth0` inside the netns. runsc moves them
 /// into its netstack when a sandbox starts, and a restored sandbox reads them again.
 pub async fn restore_address(names: &NetNames, lease: &Lease) -> Result<(), NetworkError> {
+    address_inside(names, lease)
+        .await
+        .map_err(|source| NetworkError::RestoreAddress {
+            name: names.netns.clone(),
+            source,
+        })
+}
+
+/// Address, link and default route of `eth0` inside the netns (idempotent: `replace`).
+async fn address_inside(names: &NetNames, lease: &Lease) -> Result<(), IpError> {
     let inside = format!(
         "addr replace {ip}/{LINK_PREFIX_LEN} dev eth0\n\
          link set eth0 up\n\
@@ -200,12 +201,7 @@ pub async fn restore_address(names: &NetNames, lease: &Lease) -> Result<(), Netw
         ip = lease.ip,
         gw = lease.gateway,
     );
-    ip(&["-n", &names.netns, "-batch", "-"], Some(&inside))
-        .await
-        .map_err(|source| NetworkError::RestoreAddress {
-            name: names.netns.clone(),
-            source,
-        })
+    ip(&["-n", &names.netns, "-batch", "-"], Some(&inside)).await
 }
 
 /// Delete the host end of the veth (its peer goes with it); gone already is fine.

@@ -25,6 +25,9 @@ pub struct CreateRequest {
     pub auto_resume: bool,
     /// What it may reach outside.
     pub egress: crate::network::EgressPolicy,
+    /// Whether its ports answer without the traffic access token (E2B's
+    /// `allowPublicTraffic`, on by default).
+    pub public_traffic: bool,
 }
 
 impl Manager {
@@ -51,6 +54,7 @@ impl Manager {
             auto_pause: req.auto_pause,
             auto_resume: req.auto_resume,
             network: super::network::rules_of(&req.egress),
+            traffic_access_token: (!req.public_traffic).then(generate_access_token),
         };
         self.catalog.insert_sandbox(&rec)?;
         let span = tracing::info_span!("create", sandbox_id = %rec.id, template = %template);

@@ -131,6 +131,8 @@ pub struct Manager {
 pub struct Route {
     pub addr: SocketAddr,
     pub traffic: CancellationToken,
+    /// The token requests to this port must carry, if its ports are not public.
+    pub traffic_access_token: Option<String>,
 }
 
 impl Manager {
@@ -196,9 +198,14 @@ impl Manager {
             .as_deref()
             .and_then(|addr| addr.parse().ok())
             .ok_or_else(|| SandboxError::NotFound(id.clone()))?;
+        // envd's port has its own token (X-Access-Token); the others take the traffic one.
+        let traffic_access_token = rec
+            .traffic_access_token
+            .filter(|_| port != silo_protocol::ports::ENVD);
         Ok(Route {
             addr: SocketAddr::new(ip, port),
             traffic: self.traffic.token(id),
+            traffic_access_token,
         })
     }
 
