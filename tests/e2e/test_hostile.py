@@ -118,3 +118,22 @@ def test_a_sandbox_killed_outside_silo_is_reported_gone(silo, neighbour):
     while victim.sandbox_id in silo.runsc_containers():
         assert time.monotonic() < deadline, "its container was never released"
         time.sleep(0.5)
+
+
+def test_endless_output_is_held_back_not_buffered(neighbour, attacker):
+    # Nobody reads this stream: the agent must push back, not buffer without end.
+    unread = attacker.commands.run("yes flood", background=True)
+    time.sleep(5)
+    rss_kib = int(attacker.commands.run("ps -o rss= -p 1").stdout)
+    assert rss_kib < 100 * 1024, f"the agent grew to {rss_kib} KiB"
+    unread.kill()
+    # A reader gets the flood as it comes and can stop it.
+    read = attacker.commands.run("yes flood", background=True)
+    chunks = 0
+    for _ in read:
+        chunks += 1
+        if chunks >= 200:
+            break
+    read.kill()
+    assert chunks >= 200
+    assert attacker.commands.run("echo alive").stdout == "alive\n"
