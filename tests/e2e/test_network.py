@@ -194,3 +194,13 @@ def test_private_ports_need_the_traffic_token(silo):
         assert status == 200 and body["trafficAccessToken"] == token
     finally:
         sbx.kill()
+
+
+def test_rules_come_back_after_the_host_flushes_them(silo, internet):
+    table = "silo_" + silo.subnet.split("/")[0].replace(".", "_") + "_" + silo.subnet.split("/")[1]
+    subprocess.run(["nft", "delete", "table", "inet", table], check=True)
+    sbx = Sandbox.create("base", timeout=120, network={"deny_out": ["198.18.0.0/24"]})
+    try:
+        assert not reaches(sbx, SITE_A) and reaches(sbx, SITE_B)
+    finally:
+        sbx.kill()

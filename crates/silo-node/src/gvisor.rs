@@ -32,7 +32,9 @@ use silo_protocol::ports;
 
 use crate::bundle::BundleSpec;
 use crate::cleanup::{self, Undo, UndoStack};
-use crate::network::{self, AddressPool, EgressPolicy, Firewall, NetNames, NetworkError};
+use crate::network::{
+    self, AddressPool, EgressPolicy, Firewall, FirewallError, NetNames, NetworkError,
+};
 use crate::runsc::{ContainerStatus, Overlay, Runsc, Subcommand};
 use crate::{health, CheckpointFailure, Runtime, RuntimeError, SandboxSpec, Started};
 
@@ -291,7 +293,16 @@ impl RunscRuntime {
             .get_or_try_init(|| firewall.install())
             .await
             .map_err(err)?;
-        firewall.apply(names, policy).await.map_err(err)
+        match firewall.apply(names, policy).await {
+            // The shared table went away under silo (the host's rules were flushed):
+            // install it again and retry once.
+            Err(FirewallError::Failed { .. }) => {
+                tracing::warn!(veth = %names.veth, "firewall table missing or damaged; installing it again");
+                firewall.install().await.map_err(err)?;
+                firewall.apply(names, policy).await.map_err(err)
+            }
+            other => other.map_err(err),
+        }
     }
 
     /// Poll the agent's `/health` until it answers 2xx, the container stops, or the
