@@ -1,10 +1,11 @@
 //! Pause and resume: `Running → Pausing → Paused → Resuming → Running`.
 //!
-//! Before the checkpoint, every connection between the host and the sandbox is closed
-//! and the sandbox has closed its end too (see [`Manager::quiesce`]): runsc 20240729
-//! resets open connections *while* it saves, and a reset landing in the save can leave a
-//! process's epoll deaf for good after the restore (the agent stops accepting). Closed
-//! first, nothing is reset in the save. See docs/adr/0006-pause-by-checkpoint.md.
+//! The runtime freezes the sandbox, or checkpoints it to disk (`PauseMode`). Before
+//! either, every connection between the host and the sandbox is closed and the sandbox
+//! has closed its end too (see [`Manager::quiesce`]): streams end as on E2B, and runsc
+//! 20240729 resets connections still open *while* it checkpoints, which can leave a
+//! process's epoll deaf after the restore. Closing first avoids the common case; what
+//! still fails is in docs/adr/0006-pause.md.
 //!
 //! One lifecycle operation runs at a time per sandbox (its lock), so two connects to a
 //! paused sandbox resume it once, and the second sees it running.
