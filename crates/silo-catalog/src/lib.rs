@@ -383,29 +383,30 @@ impl Catalog {
 
     /// Sandboxes in any of `states`, oldest first.
     pub fn sandboxes_in(&self, states: &[SandboxState]) -> Result<Vec<SandboxRecord>> {
-        let conn = self.conn();
-        let mut stmt = conn.prepare(&format!("{SELECT_SANDBOX} ORDER BY started_at, id"))?;
-        let rows: Vec<RawRow> = stmt
-            .query_map([], raw_row)?
-            .collect::<std::result::Result<_, _>>()?;
-        let mut out = Vec::new();
-        for row in rows {
-            let rec = row.into_record()?;
-            if states.contains(&rec.state) {
-                out.push(rec);
-            }
-        }
-        Ok(out)
+        let placeholders = (1..=states.len())
+            .map(|i| format!("?{i}"))
+            .collect::<Vec<_>>()
+            .join(", ");
+        self.records(
+            &format!("{SELECT_SANDBOX} WHERE state IN ({placeholders}) ORDER BY started_at, id"),
+            rusqlite::params_from_iter(states.iter().map(|s| s.as_str())),
+        )
     }
 
     /// Running sandboxes whose end time has passed.
     pub fn expired(&self, now_ms: i64) -> Result<Vec<SandboxRecord>> {
+        self.records(
+            &format!("{SELECT_SANDBOX} WHERE state = 'running' AND end_at <= ?1 ORDER BY end_at"),
+            [now_ms],
+        )
+    }
+
+    /// The sandboxes `sql` (a [`SELECT_SANDBOX`] query) selects.
+    fn records(&self, sql: &str, params: impl rusqlite::Params) -> Result<Vec<SandboxRecord>> {
         let conn = self.conn();
-        let mut stmt = conn.prepare(&format!(
-            "{SELECT_SANDBOX} WHERE state = 'running' AND end_at <= ?1 ORDER BY end_at"
-        ))?;
+        let mut stmt = conn.prepare(sql)?;
         let rows: Vec<RawRow> = stmt
-            .query_map([now_ms], raw_row)?
+            .query_map(params, raw_row)?
             .collect::<std::result::Result<_, _>>()?;
         rows.into_iter().map(RawRow::into_record).collect()
     }

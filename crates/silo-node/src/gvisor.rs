@@ -420,12 +420,13 @@ impl RunscRuntime {
 
     /// Stop the container and drop its cgroups; the rest of the sandbox stays.
     async fn stop_container(&self, id: &SandboxId) -> Result<(), RuntimeError> {
-        let errors = cleanup::run_steps(
-            &self.inner,
-            id,
-            vec![Undo::RemoveCgroups, Undo::DeleteContainer],
-        )
-        .await;
+        self.release(id, vec![Undo::RemoveCgroups, Undo::DeleteContainer])
+            .await
+    }
+
+    /// Run undo `steps` (newest first), all of them; any failures as one error.
+    async fn release(&self, id: &SandboxId, steps: Vec<Undo>) -> Result<(), RuntimeError> {
+        let errors = cleanup::run_steps(&self.inner, id, steps).await;
         if errors.is_empty() {
             Ok(())
         } else {
@@ -595,16 +596,9 @@ impl Runtime for RunscRuntime {
     }
 
     async fn destroy(&self, id: &SandboxId) -> Result<(), RuntimeError> {
-        let errors = cleanup::run_steps(&self.inner, id, Undo::PLAN.to_vec()).await;
-        if errors.is_empty() {
-            tracing::info!(sandbox_id = %id, "sandbox destroyed");
-            Ok(())
-        } else {
-            Err(RuntimeError::Teardown {
-                id: id.clone(),
-                errors,
-            })
-        }
+        self.release(id, Undo::PLAN.to_vec()).await?;
+        tracing::info!(sandbox_id = %id, "sandbox destroyed");
+        Ok(())
     }
 
     async fn running(&self) -> Result<Vec<SandboxId>, RuntimeError> {

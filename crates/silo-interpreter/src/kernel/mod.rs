@@ -340,16 +340,7 @@ impl Kernel {
             Channels::Jupyter { signer, shell, .. } => {
                 let (msg_id, frames) = signer.request(msg_type, content);
                 let replies = route(&msg_id);
-                let message = ZmqMessage::try_from(frames).expect("request has frames");
-                shell
-                    .lock()
-                    .await
-                    .send(message)
-                    .await
-                    .map_err(|source| KernelError::Send {
-                        kernel: self.name.clone(),
-                        source,
-                    })?;
+                self.send_frames(shell, frames).await?;
                 Ok(replies)
             }
             Channels::Node(pipe) => {
@@ -411,19 +402,28 @@ impl Kernel {
                 InterruptMode::Message,
             ) => {
                 let (_, frames) = signer.request("interrupt_request", json!({}));
-                let message = ZmqMessage::try_from(frames).expect("request has frames");
                 // The reply is not awaited: the effect shows up as the execution ending.
-                control
-                    .lock()
-                    .await
-                    .send(message)
-                    .await
-                    .map_err(|source| KernelError::Send {
-                        kernel: self.name.clone(),
-                        source,
-                    })
+                self.send_frames(control, frames).await
             }
         }
+    }
+
+    /// Send a signed request's frames on one of the kernel's sockets.
+    async fn send_frames<S: SocketSend>(
+        &self,
+        socket: &tokio::sync::Mutex<S>,
+        frames: Vec<bytes::Bytes>,
+    ) -> Result<(), KernelError> {
+        let message = ZmqMessage::try_from(frames).expect("request has frames");
+        socket
+            .lock()
+            .await
+            .send(message)
+            .await
+            .map_err(|source| KernelError::Send {
+                kernel: self.name.clone(),
+                source,
+            })
     }
 
     /// Kills the kernel's process group and waits until the kernel process is gone.
