@@ -1,16 +1,24 @@
 """Egress rules, NAT and isolation, against a stand-in internet: a network namespace the
-test makes (these machines reach no outside address), with HTTP servers on two networks.
+test makes (these machines reach no outside address), with HTTP servers on two networks,
+HTTPS and DNS on the first.
 
-  sandbox ── veth ── host (NAT) ── tinet0 198.18.0.1 ── netns silo-test-inet
-                                                          198.18.0.2:80, 198.19.0.2:80
+  sandbox ── veth ── host (NAT) ── tinet0 198.18.0.1 ── netns inet-test
+                                                          198.18.0.2:80,443,8080
+                                                          198.19.0.2:80
+                                                          198.18.0.53:53/udp
 """
 
+import os
+import signal
 import subprocess
+import sys
 import tempfile
 import time
 
 import pytest
 from e2b import Sandbox
+
+from silo_server import SiloServer
 
 pytestmark = pytest.mark.server_only
 
@@ -18,6 +26,9 @@ NETNS = "inet-test"
 HOST_END = "tinet0"
 SITE_A = "198.18.0.2"
 SITE_B = "198.19.0.2"
+# The stand-in internet's resolver. A sandbox with host-name rules may reach its
+# resolvers at every port (as E2B), so it is not one of the sites.
+RESOLVER = "198.18.0.53"
 # A service of the host listening on every address.
 HOST_SERVICE = ("198.18.0.1", 8099)
 
@@ -37,6 +48,7 @@ def internet():
         for cmd in (
             ["addr", "add", f"{SITE_A}/24", "dev", "eth0"],
             ["addr", "add", f"{SITE_B}/24", "dev", "eth0"],
+            ["addr", "add", f"{RESOLVER}/24", "dev", "eth0"],
             ["link", "set", "eth0", "up"],
             ["link", "set", "lo", "up"],
             ["route", "add", "default", "via", "198.18.0.1"],
@@ -54,6 +66,17 @@ def internet():
              "--directory", root],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         ))
+        subprocess.run(
+            ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+             "-subj", "/CN=site-a", "-keyout", f"{root}/key.pem", "-out", f"{root}/cert.pem"],
+            check=True, capture_output=True,
+        )
+        helpers = os.path.join(os.path.dirname(__file__), "inet_services.py")
+        for service in (["https", root], ["dns", RESOLVER, SITE_A]):
+            servers.append(subprocess.Popen(
+                ["ip", "netns", "exec", NETNS, sys.executable, helpers, *service],
+                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            ))
         time.sleep(1)
         yield
     finally:
@@ -150,8 +173,10 @@ def test_never_the_host_other_sandboxes_or_metadata(silo, internet):
 
 def test_bad_rules_are_refused(silo):
     for network in (
-        {"allow_out": ["example.com"]},
+        {"deny_out": ["example.com"]},
+        {"allow_out": ["not a name"]},
         {"deny_out": ["1.2.3.4/40"]},
+        {"allow_out": ["example.com"], "dns_servers": ["dns.example.com"]},
     ):
         with pytest.raises(Exception) as err:
             Sandbox.create("base", timeout=60, network=network)
@@ -204,3 +229,121 @@ def test_rules_come_back_after_the_host_flushes_them(silo, internet):
         assert not reaches(sbx, SITE_A) and reaches(sbx, SITE_B)
     finally:
         sbx.kill()
+
+
+# Host names for the stand-in internet's DNS (inet_services.py): every name under .test
+# resolves to SITE_A.
+WEB_RULES = {
+    "allow_out": ["allowed.test", "*.wild.test"],
+    "deny_out": ["0.0.0.0/0"],
+    "dns_servers": [RESOLVER],
+}
+
+
+def resolve(sbx, name: str) -> str:
+    out = sbx.commands.run(f"getent hosts {name} | cut -d' ' -f1 || true", timeout=20)
+    return out.stdout.strip()
+
+
+def http_status(sbx, ip: str, host: str) -> str:
+    """GET http://ip/ with Host: host from inside; the status, or the error's name."""
+    code = (
+        "import urllib.request, urllib.error\n"
+        f"req = urllib.request.Request('http://{ip}/', headers={{'Host': '{host}'}})\n"
+        "try:\n"
+        "    print(urllib.request.urlopen(req, timeout=5).status)\n"
+        "except urllib.error.HTTPError as e:\n"
+        "    print(e.code, e.read().decode().strip())\n"
+        "except Exception as e:\n"
+        "    print(type(e).__name__)\n"
+    )
+    sbx.files.write("/tmp/get.py", code)
+    return sbx.commands.run("python3 /tmp/get.py", timeout=20).stdout.strip()
+
+
+def tls_handshake(sbx, ip: str, name: str) -> str:
+    """A TLS handshake to ip:443 asking for `name`: "ok", or the error."""
+    code = (
+        "import socket, ssl\n"
+        "ctx = ssl.create_default_context()\n"
+        "ctx.check_hostname = False\n"
+        "ctx.verify_mode = ssl.CERT_NONE\n"
+        "try:\n"
+        f"    with socket.create_connection(('{ip}', 443), timeout=5) as raw:\n"
+        f"        with ctx.wrap_socket(raw, server_hostname='{name}') as tls:\n"
+        "            print('ok')\n"
+        "except Exception as e:\n"
+        "    print(type(e).__name__, e)\n"
+    )
+    sbx.files.write("/tmp/tls.py", code)
+    return sbx.commands.run("python3 /tmp/tls.py", timeout=20).stdout.strip()
+
+
+def test_host_names_in_allow_out(silo, internet):
+    sbx = Sandbox.create("base", timeout=120, network=WEB_RULES)
+    try:
+        # DNS: allowed names resolve (through the resolver named in dnsServers), others
+        # are refused on the host.
+        assert resolve(sbx, "allowed.test") == SITE_A
+        assert resolve(sbx, "x.wild.test") == SITE_A
+        assert resolve(sbx, "denied.test") == ""
+        # HTTP by Host header, TLS by server name; the same address either way.
+        assert http_status(sbx, SITE_A, "allowed.test") == "200"
+        assert http_status(sbx, SITE_A, "deep.x.wild.test") == "200"
+        refused = http_status(sbx, SITE_A, "denied.test")
+        assert refused.startswith("403") and "denied.test" in refused, refused
+        assert http_status(sbx, SITE_A, "wild.test").startswith("403"), "*. means below only"
+        assert tls_handshake(sbx, SITE_A, "allowed.test") == "ok"
+        denied = tls_handshake(sbx, SITE_A, "denied.test")
+        assert "ACCESS_DENIED" in denied.upper(), denied
+        # Other ports follow the address rules only: denied here.
+        assert not reaches(sbx, SITE_A, 8080)
+    finally:
+        sbx.kill()
+
+
+def test_host_names_and_addresses_together(silo, internet):
+    sbx = Sandbox.create(
+        "base", timeout=120,
+        network={**WEB_RULES, "allow_out": ["allowed.test", SITE_B]},
+    )
+    try:
+        # An allowed address is allowed whatever name the client asks for.
+        assert http_status(sbx, SITE_B, "anything.example") == "200"
+        assert http_status(sbx, SITE_A, "anything.example").startswith("403")
+    finally:
+        sbx.kill()
+
+
+def test_host_name_rules_change_live(silo, internet):
+    sbx = Sandbox.create("base", timeout=120)
+    try:
+        assert http_status(sbx, SITE_A, "denied.test") == "200"
+        sbx.update_network(WEB_RULES)
+        assert http_status(sbx, SITE_A, "denied.test").startswith("403")
+        assert http_status(sbx, SITE_A, "allowed.test") == "200"
+        assert resolve(sbx, "denied.test") == ""
+        sbx.update_network({})
+        assert http_status(sbx, SITE_A, "denied.test") == "200"
+    finally:
+        sbx.kill()
+
+
+def test_host_name_rules_survive_a_restart(internet, monkeypatch):
+    """The egress filter lives in silo's process (new ports at each start): a kill -9
+    and a restart must give a kept sandbox its host-name rules back, not open it up."""
+    server = SiloServer(subnet="10.218.0.0/16").start()
+    try:
+        for key, value in server.env().items():
+            monkeypatch.setenv(key, value)
+        sbx = Sandbox.create("base", timeout=120, network=WEB_RULES)
+        assert http_status(sbx, SITE_A, "allowed.test") == "200"
+        server.proc.send_signal(signal.SIGKILL)
+        server.proc.wait(timeout=30)
+        server.start()
+        assert http_status(sbx, SITE_A, "allowed.test") == "200"
+        assert http_status(sbx, SITE_A, "denied.test").startswith("403")
+        assert resolve(sbx, "allowed.test") == SITE_A
+        assert resolve(sbx, "denied.test") == ""
+    finally:
+        server.stop()

@@ -2,6 +2,7 @@
 //! shape the answer.
 
 use std::collections::BTreeMap;
+use std::net::Ipv4Addr;
 
 use axum::extract::{RawQuery, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
@@ -14,7 +15,7 @@ use silo_protocol::rest::{self, ConnectSandbox, NewSandbox, SetTimeout};
 use crate::error::ApiError;
 use crate::extract::{ApiJson, SandboxPath};
 use crate::AppState;
-use silo_node::network::{Cidr, EgressPolicy};
+use silo_node::network::{Cidr, DomainPattern, EgressPolicy};
 use silo_node::sandbox::CreateRequest;
 
 fn rfc3339(ms: i64) -> String {
@@ -162,9 +163,12 @@ pub async fn update_network(
 /// more open than asked.
 fn unsupported(what: &str) -> ApiError {
     ApiError::BadRequest(format!(
-        "network.{what} is not supported by silo yet; allowOut/denyOut take IPv4 addresses and CIDR blocks"
+        "network.{what} is not supported by silo yet; use allowOut/denyOut (addresses, CIDR blocks, and host names in allowOut)"
     ))
 }
+
+/// E2B's cap on `dnsServers`.
+const MAX_DNS_SERVERS: usize = 10;
 
 fn create_egress(
     allow_internet_access: Option<bool>,
@@ -190,23 +194,54 @@ fn egress_policy(
     {
         return Err(unsupported("rules"));
     }
-    let parse = |field: &str, entries: Option<Vec<String>>| {
-        entries
-            .unwrap_or_default()
-            .iter()
-            .map(|entry| {
-                entry.parse::<Cidr>().map_err(|err| {
-                    ApiError::BadRequest(format!(
-                        "network.{field}: {err}; domain names are not supported yet"
-                    ))
-                })
+    let bad = |field: &str, err: String| ApiError::BadRequest(format!("network.{field}: {err}"));
+    let mut allow = Vec::new();
+    let mut allow_domains = Vec::new();
+    for entry in egress.allow_out.unwrap_or_default() {
+        match entry.parse::<Cidr>() {
+            Ok(cidr) => allow.push(cidr),
+            Err(not_cidr) => allow_domains.push(
+                entry
+                    .parse::<DomainPattern>()
+                    .map_err(|not_name| bad("allowOut", format!("{not_cidr}, and {not_name}")))?,
+            ),
+        }
+    }
+    let deny = egress
+        .deny_out
+        .unwrap_or_default()
+        .iter()
+        .map(|entry| {
+            entry.parse::<Cidr>().map_err(|err| {
+                bad("denyOut", format!("{err}; host names are allowed in allowOut only (deny the rest with 0.0.0.0/0)"))
             })
-            .collect::<Result<Vec<_>, _>>()
-    };
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let dns_servers = egress
+        .dns_servers
+        .map(|servers| {
+            if servers.len() > MAX_DNS_SERVERS {
+                return Err(bad(
+                    "dnsServers",
+                    format!("at most {MAX_DNS_SERVERS} servers"),
+                ));
+            }
+            servers
+                .iter()
+                .map(|s| {
+                    s.trim()
+                        .parse::<Ipv4Addr>()
+                        .map_err(|_| bad("dnsServers", format!("{s:?} is not an IPv4 address")))
+                })
+                .collect::<Result<Vec<_>, _>>()
+        })
+        .transpose()?;
     Ok(EgressPolicy {
         internet: allow_internet_access.unwrap_or(true),
-        allow: parse("allowOut", egress.allow_out)?,
-        deny: parse("denyOut", egress.deny_out)?,
+        allow,
+        deny,
+        allow_domains,
+        dns_servers,
     })
 }
 

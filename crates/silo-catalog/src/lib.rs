@@ -74,7 +74,8 @@ pub struct SandboxRecord {
     pub traffic_access_token: Option<String>,
 }
 
-/// A sandbox's egress rules: CIDR blocks, already validated by the caller.
+/// A sandbox's egress rules, already validated by the caller: CIDR blocks, host names
+/// allowed, and the resolvers named with them.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct NetworkRules {
     pub internet: bool,
@@ -82,6 +83,10 @@ pub struct NetworkRules {
     pub allow_out: Vec<String>,
     #[serde(default)]
     pub deny_out: Vec<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub allow_domains: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dns_servers: Option<Vec<String>>,
 }
 
 impl Default for NetworkRules {
@@ -90,6 +95,8 @@ impl Default for NetworkRules {
             internet: true,
             allow_out: Vec::new(),
             deny_out: Vec::new(),
+            allow_domains: Vec::new(),
+            dns_servers: None,
         }
     }
 }

@@ -54,6 +54,9 @@ impl Undo {
             Undo::RemoveCgroups => remove_cgroups(inner.cgroup_dirs(id)).await,
             Undo::DeleteVeth => Ok(network::delete_veth(&NetNames::of(id)).await?),
             Undo::RemoveFirewall => {
+                if let Some(filter) = inner.egress.get() {
+                    filter.remove(id);
+                }
                 let names = NetNames::of(id);
                 inner
                     .firewall

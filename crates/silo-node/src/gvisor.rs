@@ -33,7 +33,8 @@ use silo_protocol::ports;
 use crate::bundle::BundleSpec;
 use crate::cleanup::{self, Undo, UndoStack};
 use crate::network::{
-    self, AddressPool, EgressPolicy, Firewall, FirewallError, NetNames, NetworkError,
+    self, AddressPool, Cidr, EgressFilter, EgressPolicy, FilterConfig, Firewall, FirewallError,
+    NetNames, NetworkError,
 };
 use crate::runsc::{ContainerStatus, Overlay, Runsc, Subcommand};
 use crate::{health, CheckpointFailure, Runtime, RuntimeError, SandboxSpec, Started};
@@ -68,6 +69,9 @@ pub struct RunscConfig {
     pub ready_timeout: Duration,
     /// What `pause` does. Default [`PauseMode::Freeze`].
     pub pause_mode: PauseMode,
+    /// Resolver for the DNS of sandboxes with host-name rules that name none of their
+    /// own. Default: the host's (first `nameserver` of /etc/resolv.conf).
+    pub dns_upstream: SocketAddr,
 }
 
 /// How a sandbox is paused.
@@ -97,6 +101,7 @@ impl RunscConfig {
             command_timeout: Duration::from_secs(30),
             ready_timeout: Duration::from_secs(15),
             pause_mode: PauseMode::default(),
+            dns_upstream: network::host_resolver(),
         }
     }
 }
@@ -107,8 +112,9 @@ pub(crate) struct Inner {
     pub(crate) runsc: Runsc,
     pub(crate) pool: AddressPool,
     pub(crate) firewall: Firewall,
-    /// Set once the firewall's shared table is installed (at the first start).
-    firewall_ready: tokio::sync::OnceCell<()>,
+    /// Started, and the firewall's shared table installed with its ports, at the first
+    /// sandbox's rules.
+    pub(crate) egress: tokio::sync::OnceCell<EgressFilter>,
 }
 
 impl Inner {
@@ -168,7 +174,7 @@ impl RunscRuntime {
             config,
             runsc,
             pool,
-            firewall_ready: tokio::sync::OnceCell::new(),
+            egress: tokio::sync::OnceCell::new(),
         };
         for dir in [inner.runsc.root.clone(), inner.sandboxes_dir()] {
             std::fs::create_dir_all(&dir)
@@ -232,7 +238,7 @@ impl RunscRuntime {
             .await
             .map_err(net_err)?;
         undo.push(Undo::RemoveFirewall);
-        self.apply_egress(&names, &spec.egress)
+        self.apply_egress(id, &lease, &spec.egress)
             .await
             .map_err(net_err)?;
 
@@ -280,29 +286,44 @@ impl RunscRuntime {
 
     async fn apply_egress(
         &self,
-        names: &NetNames,
+        id: &SandboxId,
+        lease: &network::Lease,
         policy: &EgressPolicy,
     ) -> Result<(), NetworkError> {
+        let names = NetNames::of(id);
         let firewall = &self.inner.firewall;
         let err = |source| NetworkError::Firewall {
             name: names.veth.clone(),
             source,
         };
-        self.inner
-            .firewall_ready
-            .get_or_try_init(|| firewall.install())
-            .await
-            .map_err(err)?;
-        match firewall.apply(names, policy).await {
+        let filter = self
+            .inner
+            .egress
+            .get_or_try_init(|| async {
+                let filter = EgressFilter::start(FilterConfig {
+                    blocked: std::iter::once(firewall.pool())
+                        .chain(network::ALWAYS_BLOCKED)
+                        .collect::<Vec<Cidr>>(),
+                    dns_upstream: self.inner.config.dns_upstream,
+                })
+                .await
+                .map_err(NetworkError::StartFilter)?;
+                firewall.install(filter.ports()).await.map_err(err)?;
+                Ok::<_, NetworkError>(filter)
+            })
+            .await?;
+        match firewall.apply(&names, policy).await {
             // The shared table went away under silo (the host's rules were flushed):
             // install it again and retry once.
             Err(FirewallError::Failed { .. }) => {
                 tracing::warn!(veth = %names.veth, "firewall table missing or damaged; installing it again");
-                firewall.install().await.map_err(err)?;
-                firewall.apply(names, policy).await.map_err(err)
+                firewall.install(filter.ports()).await.map_err(err)?;
+                firewall.apply(&names, policy).await.map_err(err)?;
             }
-            other => other.map_err(err),
+            other => other.map_err(err)?,
         }
+        filter.set(id, lease.ip, policy);
+        Ok(())
     }
 
     /// Poll the agent's `/health` until it answers 2xx, the container stops, or the
@@ -583,7 +604,8 @@ impl Runtime for RunscRuntime {
     }
 
     async fn set_egress(&self, id: &SandboxId, policy: &EgressPolicy) -> Result<(), RuntimeError> {
-        self.apply_egress(&NetNames::of(id), policy)
+        let lease = self.lease_of(id)?;
+        self.apply_egress(id, &lease, policy)
             .await
             .map_err(|source| RuntimeError::SetupNetwork {
                 id: id.clone(),

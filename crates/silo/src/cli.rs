@@ -86,6 +86,11 @@ pub struct ServeArgs {
     /// network this host uses; two servers on one host need two ranges.
     #[arg(long, default_value = "10.213.0.0/16", value_parser = parse_subnet)]
     pub subnet: (std::net::Ipv4Addr, u8),
+    /// Resolver (`ip` or `ip:port`) answering the allowed names of sandboxes with host
+    /// names in allowOut, unless their `dnsServers` name one [default: the first
+    /// nameserver of /etc/resolv.conf].
+    #[arg(long, value_parser = parse_resolver)]
+    pub dns_upstream: Option<SocketAddr>,
     /// Domain sandboxes are reached under, as `{port}-{id}.{domain}` (needs wildcard DNS).
     #[arg(long, env = "SILO_DOMAIN")]
     pub domain: Option<String>,
@@ -229,6 +234,15 @@ fn parse_subnet(s: &str) -> Result<(std::net::Ipv4Addr, u8), String> {
     Ok((ip, len))
 }
 
+fn parse_resolver(s: &str) -> Result<SocketAddr, String> {
+    s.parse::<SocketAddr>()
+        .or_else(|_| {
+            s.parse::<std::net::IpAddr>()
+                .map(|ip| SocketAddr::new(ip, 53))
+        })
+        .map_err(|_| format!("{s:?} is not an address (ip or ip:port)"))
+}
+
 fn parse_key_value(s: &str) -> Result<(String, String), String> {
     s.split_once('=')
         .map(|(k, v)| (k.to_owned(), v.to_owned()))
@@ -262,6 +276,7 @@ mod tests {
             panic!("not serve")
         };
         assert_eq!(args.listen.to_string(), "127.0.0.1:3000");
+        assert_eq!(args.dns_upstream, None);
         assert_eq!(args.dirs.data_dir, PathBuf::from(DEFAULT_DATA_DIR));
         assert_eq!(
             args.dirs.template_dir(),

@@ -32,6 +32,9 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
         _ => silo_node::PauseMode::Freeze,
     };
     runsc.address_pool = args.subnet;
+    if let Some(resolver) = args.dns_upstream {
+        runsc.dns_upstream = resolver;
+    }
     let runtime = RunscRuntime::new(runsc).context("cannot set up the gVisor runtime")?;
 
     let defaults = SandboxDefaults {

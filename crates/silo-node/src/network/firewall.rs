@@ -4,10 +4,14 @@
 //! table inet silo_10_213_0_0_16
 //!   set blocked      other sandboxes (the pool), link-local/metadata, loopback, multicast
 //!   map egress       veth name → jump to that sandbox's chain
+//!   set filtered     veth names of sandboxes with host-name rules
+//!   chain prerouting from @filtered: TCP to ports 80/443 of an outside address, and
+//!                    all DNS, → redirected to the egress filter's ports on the host
 //!   chain forward    established → accept; from the pool to @blocked → drop;
 //!                    iifname vmap @egress; anything else from the pool → drop
-//!   chain input      from the pool: established → accept, the rest → drop (no host
-//!                    service is reachable from a sandbox; the proxy connects outwards)
+//!   chain input      from the pool: established → accept, redirected to the egress
+//!                    filter → accept, the rest → drop (no host service is reachable
+//!                    from a sandbox; the proxy connects outwards)
 //!   chain postrouting  from the pool, leaving by another interface → masquerade
 //!   chain sb_<tag>   one per sandbox: allowOut → accept, denyOut → drop, then
 //!                    accept or drop as internet access says
@@ -27,75 +31,10 @@ use std::time::Duration;
 use tokio::io::AsyncWriteExt;
 use tokio::process::Command;
 
+use super::policy::{Cidr, EgressPolicy, ALWAYS_BLOCKED};
 use super::NetNames;
 
 const NFT_TIMEOUT: Duration = Duration::from_secs(10);
-
-/// Destinations no sandbox reaches, whatever its rules say (besides the pool itself).
-const ALWAYS_BLOCKED: [&str; 4] = ["0.0.0.0/8", "127.0.0.0/8", "169.254.0.0/16", "224.0.0.0/3"];
-
-/// An IPv4 network, `a.b.c.d/len`; a bare address is a /32.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Cidr {
-    pub addr: Ipv4Addr,
-    pub prefix_len: u8,
-}
-
-impl std::str::FromStr for Cidr {
-    type Err = String;
-
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let (addr, len) = match s.split_once('/') {
-            Some((addr, len)) => (addr, Some(len)),
-            None => (s, None),
-        };
-        let addr: Ipv4Addr = addr
-            .trim()
-            .parse()
-            .map_err(|_| format!("{s:?} is not an IPv4 address or CIDR block"))?;
-        let prefix_len = match len {
-            None => 32,
-            Some(len) => match len.trim().parse::<u8>() {
-                Ok(len) if len <= 32 => len,
-                _ => return Err(format!("{s:?}: the prefix length must be 0 to 32")),
-            },
-        };
-        // nftables refuses host bits below the prefix; clear them as a user would mean.
-        let mask = u32::MAX
-            .checked_shl(32 - u32::from(prefix_len))
-            .unwrap_or(0);
-        Ok(Cidr {
-            addr: Ipv4Addr::from(u32::from(addr) & mask),
-            prefix_len,
-        })
-    }
-}
-
-impl std::fmt::Display for Cidr {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}/{}", self.addr, self.prefix_len)
-    }
-}
-
-/// What a sandbox may reach outside: allowOut wins over denyOut, and the rest
-/// follows `internet`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct EgressPolicy {
-    pub internet: bool,
-    pub allow: Vec<Cidr>,
-    pub deny: Vec<Cidr>,
-}
-
-impl Default for EgressPolicy {
-    /// Internet on, as E2B's default.
-    fn default() -> Self {
-        EgressPolicy {
-            internet: true,
-            allow: Vec::new(),
-            deny: Vec::new(),
-        }
-    }
-}
 
 #[derive(Debug, thiserror::Error)]
 pub enum FirewallError {
@@ -107,6 +46,13 @@ pub enum FirewallError {
     Failed { stderr: String },
     #[error("enable IPv4 forwarding")]
     Forwarding(#[source] io::Error),
+}
+
+/// Where the egress filter listens on the host (see [`super::filter`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FilterPorts {
+    pub tcp: u16,
+    pub dns: u16,
 }
 
 /// The nftables table of one address pool.
@@ -128,27 +74,38 @@ impl Firewall {
         }
     }
 
+    /// The address pool this table guards.
+    pub fn pool(&self) -> Cidr {
+        self.pool
+    }
+
     /// Create (or reset) the table's shared parts and turn on IPv4 forwarding. Per
     /// sandbox chains and map entries already there are kept, so sandboxes running
     /// across a restart of silo keep their rules.
-    pub async fn install(&self) -> Result<(), FirewallError> {
+    pub async fn install(&self, filter: FilterPorts) -> Result<(), FirewallError> {
         std::fs::write("/proc/sys/net/ipv4/ip_forward", "1").map_err(FirewallError::Forwarding)?;
-        nft(&self.base_batch()).await
+        nft(&self.base_batch(filter)).await
     }
 
-    fn base_batch(&self) -> String {
+    fn base_batch(&self, filter: FilterPorts) -> String {
         let t = &self.table;
         let pool = self.pool;
         let blocked = std::iter::once(pool.to_string())
-            .chain(ALWAYS_BLOCKED.iter().map(|s| s.to_string()))
+            .chain(ALWAYS_BLOCKED.iter().map(Cidr::to_string))
             .collect::<Vec<_>>()
             .join(", ");
+        let FilterPorts { tcp, dns } = filter;
         format!(
             "add table inet {t}\n\
              add set inet {t} blocked {{ type ipv4_addr; flags interval; }}\n\
              flush set inet {t} blocked\n\
              add element inet {t} blocked {{ {blocked} }}\n\
              add map inet {t} egress {{ type ifname : verdict; }}\n\
+             add set inet {t} filtered {{ type ifname; }}\n\
+             add chain inet {t} prerouting {{ type nat hook prerouting priority dstnat; policy accept; }}\n\
+             flush chain inet {t} prerouting\n\
+             add rule inet {t} prerouting iifname @filtered ip daddr != @blocked fib daddr type != local tcp dport {{ 80, 443 }} redirect to :{tcp}\n\
+             add rule inet {t} prerouting iifname @filtered udp dport 53 redirect to :{dns}\n\
              add chain inet {t} forward {{ type filter hook forward priority filter; policy accept; }}\n\
              flush chain inet {t} forward\n\
              add rule inet {t} forward ct state established,related accept\n\
@@ -159,6 +116,8 @@ impl Firewall {
              add chain inet {t} input {{ type filter hook input priority filter; policy accept; }}\n\
              flush chain inet {t} input\n\
              add rule inet {t} input ip saddr {pool} ct state established,related accept\n\
+             add rule inet {t} input ip saddr {pool} ct status dnat tcp dport {tcp} accept\n\
+             add rule inet {t} input ip saddr {pool} ct status dnat udp dport {dns} accept\n\
              add rule inet {t} input ip saddr {pool} drop\n\
              add chain inet {t} postrouting {{ type nat hook postrouting priority srcnat; policy accept; }}\n\
              flush chain inet {t} postrouting\n\
@@ -189,11 +148,12 @@ impl Firewall {
                 .collect::<Vec<_>>()
                 .join(", ")
         };
-        if !policy.allow.is_empty() {
+        let allow = policy.allowed_cidrs();
+        if !allow.is_empty() {
             let _ = writeln!(
                 batch,
                 "add rule inet {t} {chain} ip daddr {{ {} }} accept",
-                set(&policy.allow)
+                set(&allow)
             );
         }
         if !policy.deny.is_empty() {
@@ -210,6 +170,19 @@ impl Firewall {
             "add element inet {t} egress {{ \"{}\" : jump {chain} }}",
             names.veth
         );
+        // Adding first makes the delete safe when the element was not there.
+        let _ = writeln!(
+            batch,
+            "add element inet {t} filtered {{ \"{}\" }}",
+            names.veth
+        );
+        if !policy.filters_names() {
+            let _ = writeln!(
+                batch,
+                "delete element inet {t} filtered {{ \"{}\" }}",
+                names.veth
+            );
+        }
         batch
     }
 
@@ -219,6 +192,10 @@ impl Firewall {
         let chain = chain_name(names);
         // Each deletion alone: one that finds nothing must not undo the other.
         for cmd in [
+            format!(
+                "delete element inet {t} filtered {{ \"{}\" }}\n",
+                names.veth
+            ),
             format!("delete element inet {t} egress {{ \"{}\" }}\n", names.veth),
             format!("delete chain inet {t} {chain}\n"),
         ] {
@@ -272,24 +249,6 @@ mod tests {
     use silo_protocol::ids::SandboxId;
 
     #[test]
-    fn parses_cidrs_and_bare_addresses() {
-        let c: Cidr = "8.8.8.0/24".parse().unwrap();
-        assert_eq!(c.to_string(), "8.8.8.0/24");
-        assert_eq!("1.1.1.1".parse::<Cidr>().unwrap().to_string(), "1.1.1.1/32");
-        assert_eq!(
-            "10.1.2.3/8".parse::<Cidr>().unwrap().to_string(),
-            "10.0.0.0/8"
-        );
-        assert_eq!(
-            "0.0.0.0/0".parse::<Cidr>().unwrap().to_string(),
-            "0.0.0.0/0"
-        );
-        for bad in ["example.com", "1.2.3.4/33", "1.2.3/24", "", "::1"] {
-            assert!(bad.parse::<Cidr>().is_err(), "{bad:?}");
-        }
-    }
-
-    #[test]
     fn sandbox_rules_put_allow_before_deny_before_the_default() {
         let fw = Firewall::new(Ipv4Addr::new(10, 213, 0, 0), 16);
         let names = NetNames::of(&SandboxId::generate());
@@ -297,6 +256,7 @@ mod tests {
             internet: false,
             allow: vec!["1.1.1.1".parse().unwrap()],
             deny: vec!["0.0.0.0/0".parse().unwrap()],
+            ..EgressPolicy::default()
         };
         let batch = fw.sandbox_batch(&names, &policy);
         let allow = batch.find("{ 1.1.1.1/32 } accept").expect("allow rule");
@@ -305,14 +265,42 @@ mod tests {
         assert!(allow < deny && deny < default, "{batch}");
         assert!(batch.starts_with("add chain inet silo_10_213_0_0_16 sb_silo"));
         assert!(batch.contains(&format!("\"{}\" : jump sb_{}", names.veth, names.veth)));
+        assert!(
+            batch.contains("delete element inet silo_10_213_0_0_16 filtered"),
+            "no host-name rules: not redirected to the filter"
+        );
+    }
+
+    #[test]
+    fn host_name_rules_send_the_sandbox_through_the_filter() {
+        let fw = Firewall::new(Ipv4Addr::new(10, 213, 0, 0), 16);
+        let names = NetNames::of(&SandboxId::generate());
+        let policy = EgressPolicy {
+            allow_domains: vec!["example.com".parse().unwrap()],
+            dns_servers: Some(vec![Ipv4Addr::new(1, 1, 1, 1)]),
+            ..EgressPolicy::default()
+        };
+        let batch = fw.sandbox_batch(&names, &policy);
+        assert!(batch.contains("ip daddr { 1.1.1.1/32 } accept"), "{batch}");
+        assert!(batch.contains(&format!(
+            "add element inet silo_10_213_0_0_16 filtered {{ \"{}\" }}",
+            names.veth
+        )));
+        assert!(!batch.contains("delete element"), "{batch}");
     }
 
     #[test]
     fn base_rules_block_the_pool_and_fail_closed() {
         let fw = Firewall::new(Ipv4Addr::new(10, 213, 0, 0), 16);
-        let batch = fw.base_batch();
+        let batch = fw.base_batch(FilterPorts {
+            tcp: 4100,
+            dns: 4101,
+        });
         assert!(batch
             .contains("add element inet silo_10_213_0_0_16 blocked { 10.213.0.0/16, 0.0.0.0/8"));
+        assert!(batch.contains("tcp dport { 80, 443 } redirect to :4100"));
+        assert!(batch.contains("udp dport 53 redirect to :4101"));
+        assert!(batch.contains("ct status dnat tcp dport 4100 accept"));
         let vmap = batch.find("iifname vmap @egress").unwrap();
         let closed = batch.find("forward ip saddr 10.213.0.0/16 drop").unwrap();
         assert!(vmap < closed);

@@ -13,9 +13,11 @@
 //! counts as deleted.
 //!
 //! What a sandbox may reach is [`firewall`]'s: NAT, egress rules and isolation in one
-//! nftables table per pool.
+//! nftables table per pool; host-name rules are [`filter`]'s, on the host.
 
+mod filter;
 mod firewall;
+mod policy;
 mod pool;
 
 use std::io;
@@ -28,7 +30,9 @@ use silo_protocol::ids::SandboxId;
 use tokio::io::AsyncWriteExt;
 use tokio::process::Command;
 
-pub use firewall::{Cidr, EgressPolicy, Firewall, FirewallError};
+pub use filter::{host_resolver, EgressFilter, FilterConfig};
+pub use firewall::{FilterPorts, Firewall, FirewallError};
+pub use policy::{Cidr, DomainPattern, EgressPolicy, ALWAYS_BLOCKED, DEFAULT_DNS_SERVER};
 pub use pool::{AddressPool, Lease, LINK_PREFIX_LEN};
 
 /// Where `ip netns` keeps named namespaces.
@@ -86,6 +90,8 @@ pub enum NetworkError {
         #[source]
         source: IpError,
     },
+    #[error("start the egress filter")]
+    StartFilter(#[source] io::Error),
     #[error("firewall rules of {name}")]
     Firewall {
         name: String,

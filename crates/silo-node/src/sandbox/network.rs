@@ -37,12 +37,36 @@ impl Manager {
 
 /// The catalog's form of a policy.
 pub(super) fn rules_of(policy: &EgressPolicy) -> NetworkRules {
-    let strings = |cidrs: &[crate::network::Cidr]| cidrs.iter().map(ToString::to_string).collect();
+    fn strings<T: ToString>(items: &[T]) -> Vec<String> {
+        items.iter().map(ToString::to_string).collect()
+    }
     NetworkRules {
         internet: policy.internet,
         allow_out: strings(&policy.allow),
         deny_out: strings(&policy.deny),
+        allow_domains: strings(&policy.allow_domains),
+        dns_servers: policy.dns_servers.as_deref().map(strings),
     }
+}
+
+/// A policy from the catalog's form (written by [`rules_of`], so it parses).
+pub(super) fn policy_of(rules: &NetworkRules) -> Result<EgressPolicy, String> {
+    fn parsed<T: std::str::FromStr>(items: &[String]) -> Result<Vec<T>, String>
+    where
+        T::Err: std::fmt::Display,
+    {
+        items
+            .iter()
+            .map(|s| s.parse().map_err(|e: T::Err| e.to_string()))
+            .collect()
+    }
+    Ok(EgressPolicy {
+        internet: rules.internet,
+        allow: parsed(&rules.allow_out)?,
+        deny: parsed(&rules.deny_out)?,
+        allow_domains: parsed(&rules.allow_domains)?,
+        dns_servers: rules.dns_servers.as_deref().map(parsed).transpose()?,
+    })
 }
 
 #[cfg(test)]
@@ -55,10 +79,14 @@ mod tests {
             internet: false,
             allow: vec!["1.1.1.1".parse().unwrap()],
             deny: vec!["0.0.0.0/0".parse().unwrap()],
+            allow_domains: vec!["*.pypi.org".parse().unwrap()],
+            dns_servers: Some(vec!["9.9.9.9".parse().unwrap()]),
         };
         let rules = rules_of(&policy);
         assert!(!rules.internet);
         assert_eq!(rules.allow_out, vec!["1.1.1.1/32"]);
         assert_eq!(rules.deny_out, vec!["0.0.0.0/0"]);
+        assert_eq!(rules.allow_domains, vec!["*.pypi.org"]);
+        assert_eq!(policy_of(&rules).unwrap(), policy);
     }
 }

@@ -62,6 +62,10 @@ impl Manager {
             // One sandbox that cannot be settled must not keep silo from serving the
             // others: it is logged, stays as it is, and the next start tries again.
             match self.reconcile_one(&rec, in_runtime.contains(&rec.id)).await {
+                Ok(Outcome::Kept) => {
+                    report.kept += 1;
+                    self.readopt_host_name_rules(&rec).await;
+                }
                 Ok(outcome) => *report.count(outcome) += 1,
                 Err(err) => {
                     tracing::error!(sandbox_id = %rec.id, state = %rec.state, error = %crate::error_chain(&err), "cannot reconcile sandbox; retried at the next start");
@@ -131,6 +135,23 @@ impl Manager {
             return Ok(true);
         }
         Ok(false)
+    }
+
+    /// The egress filter lives in this process: give it back the host-name rules of a
+    /// kept sandbox (which also puts its new ports into the firewall). Until then that
+    /// sandbox's traffic on ports 80/443 and its DNS are refused, never let through.
+    async fn readopt_host_name_rules(&self, rec: &silo_catalog::SandboxRecord) {
+        let policy = match super::network::policy_of(&rec.network) {
+            Ok(policy) if policy.filters_names() => policy,
+            Ok(_) => return,
+            Err(err) => {
+                tracing::error!(sandbox_id = %rec.id, %err, "unreadable network rules in the catalog");
+                return;
+            }
+        };
+        if let Err(err) = self.runtime.set_egress(&rec.id, &policy).await {
+            tracing::error!(sandbox_id = %rec.id, error = %crate::error_chain(&err), "cannot restore host-name rules; its web traffic and DNS stay refused");
+        }
     }
 
     async fn answers(&self, rec: &silo_catalog::SandboxRecord) -> bool {

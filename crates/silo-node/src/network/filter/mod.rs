@@ -1,0 +1,177 @@
+//! The egress filter: where host-name rules are enforced, on the host, never inside the
+//! sandbox (which could change anything of its own).
+//!
+//! For a sandbox with host names in allowOut, the firewall redirects its TCP to ports
+//! 80 and 443 of outside addresses, and all its DNS, to the two sockets here:
+//!
+//! - [`tcp`]: reads the first bytes, takes the TLS server name or the HTTP Host header,
+//!   decides with [`EgressPolicy::permits`] and, if allowed, connects to the address the
+//!   sandbox asked for (`SO_ORIGINAL_DST`) and relays both ways;
+//! - [`dns`]: answers REFUSED for a name the rules do not allow, and forwards the rest
+//!   to a resolver the host can reach.
+//!
+//! Both ports are ephemeral, chosen at start and written into the firewall's shared
+//! table; each server has its own.
+
+mod dns;
+mod sniff;
+mod tcp;
+
+use std::collections::HashMap;
+use std::io;
+use std::net::{Ipv4Addr, SocketAddr};
+use std::sync::{Arc, RwLock};
+
+use silo_protocol::ids::SandboxId;
+use tokio::net::{TcpListener, UdpSocket};
+use tokio_util::sync::{CancellationToken, DropGuard};
+
+use super::firewall::FilterPorts;
+use super::policy::{Cidr, EgressPolicy};
+
+/// How the filter is set up.
+#[derive(Debug, Clone)]
+pub struct FilterConfig {
+    /// Destinations never connected to, whatever a sandbox's rules say.
+    pub blocked: Vec<Cidr>,
+    /// Where allowed DNS queries go when the sandbox names no resolver of its own.
+    pub dns_upstream: SocketAddr,
+}
+
+/// The running filter; dropping it stops it.
+pub struct EgressFilter {
+    rules: Rules,
+    ports: FilterPorts,
+    _stop: DropGuard,
+}
+
+/// Host-name policies by sandbox address.
+#[derive(Clone, Default)]
+struct Rules(Arc<RwLock<HashMap<Ipv4Addr, Entry>>>);
+
+#[derive(Clone)]
+struct Entry {
+    id: SandboxId,
+    policy: Arc<EgressPolicy>,
+    /// Cancelled when the sandbox goes: its relays end with it (a peer that vanished
+    /// with its veth would never close them).
+    gone: CancellationToken,
+}
+
+impl Rules {
+    fn of(&self, ip: Ipv4Addr) -> Option<Entry> {
+        let map = self.0.read().unwrap_or_else(|e| e.into_inner());
+        map.get(&ip).cloned()
+    }
+}
+
+impl EgressFilter {
+    /// Bind both sockets on every host address (ports chosen by the kernel) and serve.
+    pub async fn start(config: FilterConfig) -> io::Result<Self> {
+        let listener = TcpListener::bind((Ipv4Addr::UNSPECIFIED, 0)).await?;
+        let dns_socket = UdpSocket::bind((Ipv4Addr::UNSPECIFIED, 0)).await?;
+        let ports = FilterPorts {
+            tcp: listener.local_addr()?.port(),
+            dns: dns_socket.local_addr()?.port(),
+        };
+        let rules = Rules::default();
+        let stop = CancellationToken::new();
+        let blocked: Arc<[Cidr]> = config.blocked.into();
+        tokio::spawn(tcp::serve(listener, rules.clone(), blocked, stop.clone()));
+        tokio::spawn(dns::serve(
+            dns_socket,
+            rules.clone(),
+            config.dns_upstream,
+            stop.clone(),
+        ));
+        tracing::info!(
+            tcp_port = ports.tcp,
+            dns_port = ports.dns,
+            "egress filter listening"
+        );
+        Ok(EgressFilter {
+            rules,
+            ports,
+            _stop: stop.drop_guard(),
+        })
+    }
+
+    pub fn ports(&self) -> FilterPorts {
+        self.ports
+    }
+
+    /// Take the sandbox's rules for its new connections (or forget it, when they name
+    /// no host).
+    pub fn set(&self, id: &SandboxId, ip: Ipv4Addr, policy: &EgressPolicy) {
+        if !policy.filters_names() {
+            return self.remove(id);
+        }
+        let mut map = self.rules.0.write().unwrap_or_else(|e| e.into_inner());
+        let gone = map
+            .get(&ip)
+            .filter(|entry| entry.id == *id)
+            .map_or_else(CancellationToken::new, |entry| entry.gone.clone());
+        map.insert(
+            ip,
+            Entry {
+                id: id.clone(),
+                policy: Arc::new(policy.clone()),
+                gone,
+            },
+        );
+    }
+
+    /// Forget the sandbox and end its relays; forgetting an unknown one is fine.
+    pub fn remove(&self, id: &SandboxId) {
+        let mut map = self.rules.0.write().unwrap_or_else(|e| e.into_inner());
+        map.retain(|_, entry| {
+            let keep = entry.id != *id;
+            if !keep {
+                entry.gone.cancel();
+            }
+            keep
+        });
+    }
+}
+
+/// The first `nameserver` of the host's resolv.conf, else the local stub resolver.
+pub fn host_resolver() -> SocketAddr {
+    let conf = std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default();
+    let ip = conf
+        .lines()
+        .filter_map(|line| line.trim().strip_prefix("nameserver"))
+        .find_map(|rest| rest.trim().parse::<Ipv4Addr>().ok())
+        .unwrap_or(Ipv4Addr::new(127, 0, 0, 53));
+    SocketAddr::from((ip, 53))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn keeps_rules_only_for_sandboxes_with_host_names() {
+        let filter = EgressFilter::start(FilterConfig {
+            blocked: Vec::new(),
+            dns_upstream: "127.0.0.1:9".parse().unwrap(),
+        })
+        .await
+        .unwrap();
+        let id = SandboxId::generate();
+        let ip = Ipv4Addr::new(10, 213, 0, 2);
+        let named = EgressPolicy {
+            allow_domains: vec!["example.com".parse().unwrap()],
+            ..EgressPolicy::default()
+        };
+        filter.set(&id, ip, &named);
+        let entry = filter.rules.of(ip).expect("kept");
+        // A new policy keeps the connections made under the old one.
+        filter.set(&id, ip, &named);
+        assert!(!entry.gone.is_cancelled());
+        // Rules without host names: forgotten, and its relays end.
+        filter.set(&id, ip, &EgressPolicy::default());
+        assert!(filter.rules.of(ip).is_none());
+        assert!(entry.gone.is_cancelled());
+        filter.remove(&id);
+    }
+}
