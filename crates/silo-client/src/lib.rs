@@ -2,8 +2,6 @@
 //! integration tests. It speaks the same wire as the E2B SDKs: REST for the control plane,
 //! and Connect-JSON through the sandbox proxy (mode A headers) for commands.
 
-use std::collections::BTreeMap;
-
 use base64::Engine;
 use futures_util::StreamExt;
 use serde_json::json;
@@ -72,23 +70,13 @@ impl Client {
         Err(ClientError::Api { status, message })
     }
 
-    pub async fn create(
-        &self,
-        template: &str,
-        timeout_seconds: Option<u64>,
-        metadata: BTreeMap<String, String>,
-    ) -> Result<Sandbox> {
-        let body = NewSandbox {
-            template_id: template.to_owned(),
-            timeout: timeout_seconds,
-            metadata: Some(metadata),
-            env_vars: Some(BTreeMap::new()),
-            ..Default::default()
-        };
+    /// Create a sandbox: `NewSandbox { template_id, ..Default::default() }` for the
+    /// server's defaults.
+    pub async fn create(&self, body: &NewSandbox) -> Result<Sandbox> {
         let req = self
             .http
             .post(format!("{}/v2/sandboxes", self.api_url))
-            .json(&body);
+            .json(body);
         self.send(req)
             .await?
             .json()

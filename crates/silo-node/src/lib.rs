@@ -62,19 +62,25 @@ pub struct SandboxSpec {
     pub rootfs: PathBuf,
     pub cpu_count: u32,
     pub memory_mb: u32,
+    /// Room for its writes (root filesystem and /tmp).
+    pub disk_size_mb: u32,
+    /// Tasks (processes and threads) it may have.
+    pub pids_limit: u32,
     pub hostname: String,
     /// What it may reach outside.
     pub egress: network::EgressPolicy,
 }
 
 impl SandboxSpec {
-    /// 2 CPUs, 512 MiB, hostname `sandbox`.
+    /// 2 CPUs, 512 MiB, 1 GiB of disk, 1024 tasks, hostname `sandbox`.
     pub fn new(id: SandboxId, rootfs: impl Into<PathBuf>) -> Self {
         SandboxSpec {
             id,
             rootfs: rootfs.into(),
             cpu_count: 2,
             memory_mb: 512,
+            disk_size_mb: 1024,
+            pids_limit: 1024,
             hostname: "sandbox".into(),
             egress: network::EgressPolicy::default(),
         }

@@ -41,6 +41,18 @@ pub struct NewSandbox {
     pub auto_resume: Option<AutoResume>,
     #[serde(default)]
     pub network: Option<NetworkConfig>,
+    /// silo's own: CPUs, memory and disk of this sandbox instead of the server's
+    /// defaults, within its maximums (E2B sets them per template only).
+    #[serde(default, rename = "cpuCount", skip_serializing_if = "Option::is_none")]
+    pub cpu_count: Option<u32>,
+    #[serde(default, rename = "memoryMB", skip_serializing_if = "Option::is_none")]
+    pub memory_mb: Option<u32>,
+    #[serde(
+        default,
+        rename = "diskSizeMB",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub disk_size_mb: Option<u32>,
 }
 
 /// The egress part of `network`, shared by the create body and the update.

@@ -100,12 +100,28 @@ pub struct ServeArgs {
     /// Longest lifetime a client may ask for, in seconds.
     #[arg(long, default_value_t = 86_400)]
     pub max_timeout: u64,
-    /// Memory of each sandbox, in MiB.
+    /// Memory of a sandbox whose create does not say, in MiB.
     #[arg(long, default_value_t = 512)]
     pub memory_mb: u32,
-    /// CPUs of each sandbox.
+    /// CPUs of a sandbox whose create does not say.
     #[arg(long, default_value_t = 2)]
     pub cpu_count: u32,
+    /// Room for a sandbox's writes (root filesystem and /tmp) when its create does not
+    /// say, in MiB.
+    #[arg(long, default_value_t = 1024)]
+    pub disk_size_mb: u32,
+    /// Most CPUs a create may ask for (`cpuCount`) [default: this host's CPUs].
+    #[arg(long)]
+    pub max_cpu_count: Option<u32>,
+    /// Most memory a create may ask for (`memoryMB`) [default: this host's memory].
+    #[arg(long)]
+    pub max_memory_mb: Option<u32>,
+    /// Most disk a create may ask for (`diskSizeMB`), in MiB.
+    #[arg(long, default_value_t = 10_240)]
+    pub max_disk_size_mb: u32,
+    /// Processes and threads one sandbox may have; a fork bomb stops there.
+    #[arg(long, default_value_t = 1024)]
+    pub pids_limit: u32,
 }
 
 #[derive(Debug, Args)]
@@ -179,6 +195,15 @@ pub enum SandboxCommand {
         /// Metadata as key=value (repeatable).
         #[arg(long = "metadata", value_parser = parse_key_value)]
         metadata: Vec<(String, String)>,
+        /// CPUs [default: the server's].
+        #[arg(long)]
+        cpu_count: Option<u32>,
+        /// Memory in MiB [default: the server's].
+        #[arg(long)]
+        memory_mb: Option<u32>,
+        /// Disk for its writes in MiB [default: the server's].
+        #[arg(long)]
+        disk_size_mb: Option<u32>,
     },
     /// Run a shell command in a sandbox; exits with the command's exit code.
     Exec {

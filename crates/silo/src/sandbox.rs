@@ -6,6 +6,7 @@ use std::process::ExitCode;
 use anyhow::Context;
 use silo_client::{Client, Output};
 use silo_protocol::ids::SandboxId;
+use silo_protocol::rest::NewSandbox;
 
 use crate::cli::{SandboxArgs, SandboxCommand};
 
@@ -33,9 +34,20 @@ pub async fn run(args: SandboxArgs) -> anyhow::Result<ExitCode> {
             template,
             timeout,
             metadata,
+            cpu_count,
+            memory_mb,
+            disk_size_mb,
         } => {
             let sbx = client
-                .create(&template, timeout, metadata.into_iter().collect())
+                .create(&NewSandbox {
+                    template_id: template,
+                    timeout,
+                    metadata: Some(metadata.into_iter().collect()),
+                    cpu_count,
+                    memory_mb,
+                    disk_size_mb,
+                    ..NewSandbox::default()
+                })
                 .await?;
             println!("{}", sbx.sandbox_id);
         }

@@ -42,7 +42,11 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
         max_timeout: Duration::from_secs(args.max_timeout),
         cpu_count: args.cpu_count,
         memory_mb: args.memory_mb,
-        ..SandboxDefaults::default()
+        disk_size_mb: args.disk_size_mb,
+        max_cpu_count: args.max_cpu_count.unwrap_or_else(host_cpus),
+        max_memory_mb: args.max_memory_mb.unwrap_or_else(host_memory_mb),
+        max_disk_size_mb: args.max_disk_size_mb,
+        pids_limit: args.pids_limit,
     };
     let manager = Manager::new(
         catalog,
@@ -138,4 +142,20 @@ fn install_agent(explicit: Option<&Path>, data_dir: &Path) -> anyhow::Result<Pat
     std::fs::rename(&tmp, dir.join("silo-agent"))
         .with_context(|| format!("cannot install the agent into {}", dir.display()))?;
     Ok(dir)
+}
+
+fn host_cpus() -> u32 {
+    std::thread::available_parallelism().map_or(1, |n| n.get() as u32)
+}
+
+/// MemTotal of /proc/meminfo in MiB (4 GiB if unreadable).
+fn host_memory_mb() -> u32 {
+    std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|info| {
+            let line = info.lines().find(|l| l.starts_with("MemTotal:"))?;
+            let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+            u32::try_from(kib / 1024).ok()
+        })
+        .unwrap_or(4096)
 }

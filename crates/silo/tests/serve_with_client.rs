@@ -10,6 +10,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use silo_client::{Client, Output};
+use silo_protocol::rest::NewSandbox;
 
 struct Server {
     child: Child,
@@ -71,6 +72,27 @@ impl Server {
 
 impl Drop for Server {
     fn drop(&mut self) {
+        // Sandboxes outlive their server: a failed assertion must not leave one behind
+        // (the next run would meet it at the same address).
+        let silo = |args: &[&str]| {
+            Command::new(env!("CARGO_BIN_EXE_silo"))
+                .arg("sandbox")
+                .args(args)
+                .env("E2B_API_URL", &self.url)
+                .env("E2B_API_KEY", self.api_key())
+                .output()
+        };
+        if let Ok(listed) = silo(&["ls"]) {
+            let listed = String::from_utf8_lossy(&listed.stdout);
+            let ids: Vec<&str> = listed
+                .lines()
+                .filter_map(|line| line.split_whitespace().next())
+                .filter(|word| word.parse::<silo_protocol::ids::SandboxId>().is_ok())
+                .collect();
+            if !ids.is_empty() {
+                let _ = silo(&[&["kill"], &ids[..]].concat());
+            }
+        }
         // SIGTERM lets it finish background teardowns before exiting.
         let _ = Command::new("kill")
             .args(["-TERM", &self.child.id().to_string()])
@@ -93,11 +115,14 @@ async fn create_run_and_kill_with_the_rust_client() {
     let client = Client::new(&server.url, &server.api_key());
 
     let sandbox = client
-        .create(
-            "base",
-            Some(60),
-            [("from".to_owned(), "rust".to_owned())].into(),
-        )
+        .create(&NewSandbox {
+            template_id: "base".into(),
+            timeout: Some(60),
+            metadata: Some([("from".to_owned(), "rust".to_owned())].into()),
+            cpu_count: Some(1),
+            memory_mb: Some(256),
+            ..NewSandbox::default()
+        })
         .await
         .expect("create");
     let mut stdout = Vec::new();
@@ -122,6 +147,33 @@ async fn create_run_and_kill_with_the_rust_client() {
     assert!(listed.iter().any(|s| s.sandbox_id == sandbox.sandbox_id));
     let detail = client.get(&sandbox.sandbox_id).await.expect("get");
     assert_eq!(detail.metadata["from"], "rust");
+    assert_eq!((detail.cpu_count, detail.memory_mb), (1, 256));
+    // runsc shows the sandbox at least 2 CPUs (fewer can break applications' locking);
+    // the quota is what holds it to one CPU's time.
+    // (This host has cgroup v1 hierarchies, as runsc uses them.)
+    let read = |file: &str| {
+        let (hierarchy, name) = file.split_once('.').expect("controller.file");
+        let path = PathBuf::from("/sys/fs/cgroup")
+            .join(hierarchy)
+            .join("silo")
+            .join(sandbox.sandbox_id.as_str())
+            .join(format!("{hierarchy}.{name}"));
+        std::fs::read_to_string(path).unwrap_or_default()
+    };
+    assert_eq!(read("cpu.cfs_quota_us").trim(), "100000");
+    assert_eq!(
+        read("memory.limit_in_bytes").trim(),
+        (256u64 << 20).to_string()
+    );
+    let too_big = client
+        .create(&NewSandbox {
+            template_id: "base".into(),
+            cpu_count: Some(4096),
+            ..NewSandbox::default()
+        })
+        .await
+        .expect_err("over the maximum");
+    assert!(too_big.to_string().contains("cpuCount 4096"), "{too_big}");
 
     client.kill(&sandbox.sandbox_id).await.expect("kill");
     let err = client.kill(&sandbox.sandbox_id).await.unwrap_err();

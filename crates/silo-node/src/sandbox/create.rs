@@ -28,6 +28,10 @@ pub struct CreateRequest {
     /// Whether its ports answer without the traffic access token (E2B's
     /// `allowPublicTraffic`, on by default).
     pub public_traffic: bool,
+    /// Resources asked for; `None` takes the server's default.
+    pub cpu_count: Option<u32>,
+    pub memory_mb: Option<u32>,
+    pub disk_size_mb: Option<u32>,
 }
 
 impl Manager {
@@ -35,6 +39,15 @@ impl Manager {
         let template = self.templates.canonical(&req.template)?.to_owned();
         let rootfs = self.templates.rootfs(&template)?;
         let timeout = self.clamp_timeout(req.timeout_seconds);
+        let d = &self.defaults;
+        let cpu_count = within("cpuCount", req.cpu_count, d.cpu_count, d.max_cpu_count)?;
+        let memory_mb = within("memoryMB", req.memory_mb, d.memory_mb, d.max_memory_mb)?;
+        let disk_size_mb = within(
+            "diskSizeMB",
+            req.disk_size_mb,
+            d.disk_size_mb,
+            d.max_disk_size_mb,
+        )?;
         let now = now_ms();
         let mut rec = SandboxRecord {
             id: SandboxId::generate(),
@@ -47,9 +60,9 @@ impl Manager {
             env_vars: req.env_vars,
             envd_access_token: req.secure.then(generate_access_token),
             envd_version: self.envd_version.clone(),
-            cpu_count: self.defaults.cpu_count,
-            memory_mb: self.defaults.memory_mb,
-            disk_size_mb: self.defaults.disk_size_mb,
+            cpu_count,
+            memory_mb,
+            disk_size_mb,
             address: None,
             auto_pause: req.auto_pause,
             auto_resume: req.auto_resume,
@@ -98,6 +111,8 @@ impl Manager {
         spec.egress = egress;
         spec.cpu_count = rec.cpu_count;
         spec.memory_mb = rec.memory_mb;
+        spec.disk_size_mb = rec.disk_size_mb;
+        spec.pids_limit = self.defaults.pids_limit;
         let started = self
             .runtime
             .start(&spec)
@@ -120,5 +135,34 @@ impl Manager {
                 source,
             })?;
         Ok(started.ip.to_string())
+    }
+}
+
+/// `asked`, or `default` when not asked, if it is 1 to `max`.
+fn within(field: &str, asked: Option<u32>, default: u32, max: u32) -> Result<u32, SandboxError> {
+    let value = asked.unwrap_or(default);
+    if (1..=max).contains(&value) {
+        Ok(value)
+    } else {
+        Err(SandboxError::InvalidRequest(format!(
+            "{field} {value} is outside this server's range: ask for 1 to {max}"
+        )))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn resources_stay_within_the_maximums() {
+        assert_eq!(within("cpuCount", None, 2, 4).unwrap(), 2);
+        assert_eq!(within("cpuCount", Some(4), 2, 4).unwrap(), 4);
+        let err = within("cpuCount", Some(64), 2, 4).unwrap_err().to_string();
+        assert!(
+            err.contains("cpuCount 64") && err.contains("1 to 4"),
+            "{err}"
+        );
+        assert!(within("memoryMB", Some(0), 512, 4096).is_err());
     }
 }

@@ -41,6 +41,11 @@ pub struct SandboxDefaults {
     pub cpu_count: u32,
     pub memory_mb: u32,
     pub disk_size_mb: u32,
+    pub max_cpu_count: u32,
+    pub max_memory_mb: u32,
+    pub max_disk_size_mb: u32,
+    /// Tasks (processes and threads) one sandbox may have.
+    pub pids_limit: u32,
 }
 
 impl Default for SandboxDefaults {
@@ -51,6 +56,10 @@ impl Default for SandboxDefaults {
             cpu_count: 2,
             memory_mb: 512,
             disk_size_mb: 1024,
+            max_cpu_count: 2,
+            max_memory_mb: 8192,
+            max_disk_size_mb: 10_240,
+            pids_limit: 1024,
         }
     }
 }
