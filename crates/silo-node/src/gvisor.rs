@@ -581,6 +581,10 @@ impl Runtime for RunscRuntime {
         Ok(())
     }
 
+    fn pause_saves_connections(&self) -> bool {
+        self.inner.config.pause_mode == PauseMode::Checkpoint
+    }
+
     async fn resume(&self, id: &SandboxId) -> Result<Started, RuntimeError> {
         let image = self.inner.sandbox_dir(id).join(CHECKPOINT);
         if !image.is_dir() {

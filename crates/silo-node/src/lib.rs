@@ -109,6 +109,9 @@ pub trait Runtime: Send + Sync {
     /// Pause the sandbox with everything in it (see [`PauseMode`]): it then uses no
     /// CPU. On failure it keeps running.
     async fn pause(&self, id: &SandboxId) -> Result<(), RuntimeError>;
+    /// Whether `pause` saves the sandbox's network state to disk (a checkpoint), so its
+    /// connections must be closed at both ends first; freezing keeps them as they are.
+    fn pause_saves_connections(&self) -> bool;
     /// Bring a paused sandbox back as it was. On failure it stays paused.
     async fn resume(&self, id: &SandboxId) -> Result<Started, RuntimeError>;
     /// Replace the sandbox's egress rules; new connections follow them at once.

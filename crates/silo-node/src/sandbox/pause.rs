@@ -1,11 +1,11 @@
 //! Pause and resume: `Running → Pausing → Paused → Resuming → Running`.
 //!
 //! The runtime freezes the sandbox, or checkpoints it to disk (`PauseMode`). Before
-//! either, every connection between the host and the sandbox is closed and the sandbox
-//! has closed its end too (see [`Manager::quiesce`]): streams end as on E2B, and runsc
-//! 20240729 resets connections still open *while* it checkpoints, which can leave a
-//! process's epoll deaf after the restore. Closing first avoids the common case; what
-//! still fails is in docs/adr/0006-pause.md.
+//! either, every connection between the host and the sandbox is closed, so streams end
+//! as on E2B. Before a checkpoint silo also waits until the sandbox has closed its ends
+//! (see [`Manager::quiesce`]): runsc 20240729 resets connections still open *while* it
+//! checkpoints, which can leave a process's epoll deaf after the restore. Closing first
+//! avoids the common case; what still fails is in docs/adr/0006-pause.md.
 //!
 //! One lifecycle operation runs at a time per sandbox (its lock), so two connects to a
 //! paused sandbox resume it once, and the second sees it running.
@@ -138,10 +138,14 @@ impl Manager {
         }
     }
 
-    /// Close every proxied connection to the sandbox and wait (bounded) until the
-    /// sandbox has closed its ends. Stragglers are logged; the checkpoint resets them.
+    /// Close every proxied connection to the sandbox and, before a checkpoint, wait
+    /// (bounded) until the sandbox has closed its ends. Stragglers are logged; the
+    /// checkpoint resets them.
     async fn quiesce(&self, id: &SandboxId, ip: Ipv4Addr) {
         self.traffic.close(id);
+        if !self.runtime.pause_saves_connections() {
+            return;
+        }
         let began = Instant::now();
         loop {
             match crate::network::open_connections(ip) {
