@@ -127,6 +127,15 @@ def test_timeout_without_auto_resume_stays_paused(silo):
         wait_for_state(sbx.sandbox_id, "paused")
         with pytest.raises(SandboxException):
             sbx.commands.run("echo no", request_timeout=10)
+        # Raw traffic is told what to do about it.
+        import urllib.error
+        import urllib.request
+        req = urllib.request.Request(f"{silo.url}/", headers={
+            "E2b-Sandbox-Id": sbx.sandbox_id, "E2b-Sandbox-Port": "8000",
+        })
+        with pytest.raises(urllib.error.HTTPError) as err:
+            urllib.request.urlopen(req, timeout=10)
+        assert err.value.code == 502 and "paused; connect to it" in err.value.read().decode()
         assert Sandbox.get_info(sbx.sandbox_id).state.value == "paused"
         sbx.connect(timeout=60)
         assert sbx.commands.run("echo yes").stdout == "yes\n"

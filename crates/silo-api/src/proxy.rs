@@ -26,6 +26,8 @@ use bytes::Bytes;
 use hyper::body::{Body as HttpBody, Frame, Incoming};
 use hyper_util::client::legacy::{connect::HttpConnector, Client};
 use hyper_util::rt::TokioExecutor;
+use silo_catalog::SandboxState;
+use silo_node::sandbox::SandboxError;
 use silo_protocol::ids::SandboxId;
 use silo_protocol::rest::ApiError as WireError;
 use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
@@ -167,6 +169,16 @@ async fn forward(app: &AppState, id: &str, port: u16, mut req: Request) -> Respo
     };
     let route = match app.manager.route(&sandbox, port).await {
         Ok(route) => route,
+        Err(SandboxError::WrongState {
+            state: SandboxState::Paused,
+            ..
+        }) => {
+            // Still "was not found" for the SDK, but saying what to do about it.
+            return proxy_error(
+                StatusCode::BAD_GATEWAY,
+                format!("the sandbox {id} was not found running: it is paused; connect to it to resume it, or create it with autoResume"),
+            );
+        }
         Err(err) => {
             tracing::debug!(sandbox_id = %id, error = %crate::error::chain(&err), "no route");
             return not_found();
