@@ -141,19 +141,27 @@ class SiloServer:
         root = self.data_dir / "node" / "sandboxes"
         return sorted(p.name for p in root.iterdir()) if root.exists() else []
 
+    def firewall_table(self) -> str:
+        base, length = self.subnet.split("/")
+        return "silo_" + base.replace(".", "_") + "_" + length
+
     def firewall_chains(self) -> list:
         """Per-sandbox nftables chains left in this server's table."""
-        base, length = self.subnet.split("/")
-        table = "silo_" + base.replace(".", "_") + "_" + length
         out = subprocess.run(
-            ["nft", "list", "table", "inet", table], capture_output=True, text=True
+            ["nft", "list", "table", "inet", self.firewall_table()], capture_output=True, text=True
         ).stdout
         return [line.split()[1] for line in out.splitlines() if line.strip().startswith("chain sb_")]
 
+    def firewall_tables(self) -> list:
+        """This server's table, if it is there (it goes when silo stops with no sandbox)."""
+        out = subprocess.run(["nft", "list", "tables"], capture_output=True, text=True).stdout
+        return [t for t in out.split() if t == self.firewall_table()]
+
     def leaks(self) -> dict:
         """What this server still holds on the host."""
+        stopped = self.proc is not None and self.proc.poll() is not None
         return {
-            "firewall": self.firewall_chains(),
+            "firewall": self.firewall_chains() + (self.firewall_tables() if stopped else []),
             "runsc": self.runsc_containers(),
             "netns": sorted(host_netns() - self.netns_before),
             "links": sorted(host_links() - self.links_before),

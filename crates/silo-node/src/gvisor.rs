@@ -664,4 +664,18 @@ impl Runtime for RunscRuntime {
         ids.dedup();
         Ok(ids)
     }
+
+    async fn shutdown(&self) {
+        match self.list().await {
+            Ok(ids) if ids.is_empty() => {
+                if let Err(e) = self.inner.firewall.uninstall().await {
+                    tracing::warn!(error = %crate::error_chain(&e), "removing the firewall table");
+                }
+            }
+            Ok(_) => {}
+            Err(e) => {
+                tracing::warn!(error = %crate::error_chain(&e), "listing sandboxes at shutdown")
+            }
+        }
+    }
 }

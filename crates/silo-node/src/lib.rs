@@ -128,6 +128,9 @@ pub trait Runtime: Send + Sync {
     async fn running(&self) -> Result<Vec<SandboxId>, RuntimeError>;
     /// Every sandbox this runtime holds anything for, running or half-made.
     async fn list(&self) -> Result<Vec<SandboxId>, RuntimeError>;
+    /// silo is stopping: release what serves all sandboxes, if none is left (sandboxes
+    /// outlive a restart, and need it then).
+    async fn shutdown(&self);
 }
 
 /// Errors of the runtime's verbs.

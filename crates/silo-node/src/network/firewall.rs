@@ -125,6 +125,14 @@ impl Firewall {
         )
     }
 
+    /// Remove the whole table (no sandbox left); gone already is fine.
+    pub async fn uninstall(&self) -> Result<(), FirewallError> {
+        match nft(&format!("delete table inet {}\n", self.table)).await {
+            Err(FirewallError::Failed { stderr }) if is_missing(&stderr) => Ok(()),
+            other => other,
+        }
+    }
+
     /// Install or replace the sandbox's egress rules, atomically.
     pub async fn apply(
         &self,

@@ -187,6 +187,7 @@ impl Manager {
     pub async fn shutdown(&self) {
         self.tasks.close();
         self.tasks.wait().await;
+        self.runtime.shutdown().await;
     }
 
     /// Where to send traffic for `port` of a sandbox. A paused sandbox created with
