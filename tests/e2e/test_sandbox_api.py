@@ -206,6 +206,61 @@ def test_proxy_routes_by_host_name(sandbox, silo):
     assert r.status_code == 200 and r.json() == {"status": "ok"}
 
 
+def test_websockets_and_streams_pass_through_the_proxy(sandbox, silo):
+    from websockets.sync.client import connect
+
+    echo = open(os.path.join(os.path.dirname(__file__), "ws_echo.py")).read()
+    sandbox.files.write("/home/user/ws_echo.py", echo)
+    sandbox.commands.run("python3 /home/user/ws_echo.py 8765", background=True)
+    headers = {"E2b-Sandbox-Id": sandbox.sandbox_id, "E2b-Sandbox-Port": "8765"}
+    url = silo.url.replace("http://", "ws://") + "/"
+    deadline = time.monotonic() + 20
+    while True:
+        try:
+            ws = connect(url, additional_headers=headers, open_timeout=5)
+            break
+        except Exception:
+            assert time.monotonic() < deadline, "the echo server never answered"
+            time.sleep(0.2)
+    with ws:
+        for text in ("hello", "x" * 1000):
+            ws.send(text)
+            assert ws.recv(timeout=10) == f"echo: {text}"
+
+    # A streamed response arrives piece by piece: the server sends its second line only
+    # once the client has read the first (it waits for a file the test writes then).
+    server = (
+        "import http.server, os, time\n"
+        "class H(http.server.BaseHTTPRequestHandler):\n"
+        "    protocol_version = 'HTTP/1.1'\n"
+        "    def chunk(self, data):\n"
+        "        self.wfile.write(b'%x\\r\\n%s\\r\\n' % (len(data), data))\n"
+        "        self.wfile.flush()\n"
+        "    def do_GET(self):\n"
+        "        self.send_response(200)\n"
+        "        self.send_header('Transfer-Encoding', 'chunked')\n"
+        "        self.end_headers()\n"
+        "        self.chunk(b'first\\n')\n"
+        "        while not os.path.exists('/tmp/go'):\n"
+        "            time.sleep(0.05)\n"
+        "        self.chunk(b'second\\n')\n"
+        "        self.wfile.write(b'0\\r\\n\\r\\n')\n"
+        "http.server.HTTPServer(('0.0.0.0', 8766), H).serve_forever()\n"
+    )
+    sandbox.files.write("/home/user/stream.py", server)
+    sandbox.commands.run("python3 /home/user/stream.py", background=True)
+    headers["E2b-Sandbox-Port"] = "8766"
+    deadline = time.monotonic() + 20
+    while httpx.head(silo.url + "/", headers=headers).status_code == 502:
+        assert time.monotonic() < deadline, "the streaming server never answered"
+        time.sleep(0.2)
+    with httpx.stream("GET", silo.url + "/", headers=headers, timeout=20) as r:
+        lines = r.iter_lines()
+        assert next(lines) == "first"
+        sandbox.files.write("/tmp/go", "")
+        assert list(lines) == ["second"]
+
+
 def test_api_keys_are_created_listed_and_revoked_on_a_running_server(silo):
     keys = lambda *args: subprocess.run(
         [silo.bin, "keys", "--data-dir", str(silo.data_dir), *args], capture_output=True, text=True

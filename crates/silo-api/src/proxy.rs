@@ -6,6 +6,9 @@
 //! - Host `{port}-{sandbox id}.{domain}` (mode B, wildcard DNS).
 
 //!
+//! An upgrade (WebSocket) is passed through: the sandbox's 101 goes back to the client
+//! and the two upgraded connections are spliced.
+//!
 //! Connections to a sandbox are pooled per sandbox and tied to its traffic token (see
 //! `silo_node::sandbox::Route`): when the sandbox pauses, its streams in flight end and
 //! its pooled connections close, so none is open when it is checkpointed.
@@ -25,7 +28,7 @@ use axum::Json;
 use bytes::Bytes;
 use hyper::body::{Body as HttpBody, Frame, Incoming};
 use hyper_util::client::legacy::{connect::HttpConnector, Client};
-use hyper_util::rt::TokioExecutor;
+use hyper_util::rt::{TokioExecutor, TokioIo};
 use silo_catalog::SandboxState;
 use silo_node::sandbox::SandboxError;
 use silo_protocol::ids::SandboxId;
@@ -209,13 +212,38 @@ async fn forward(app: &AppState, id: &str, port: u16, mut req: Request) -> Respo
         Err(_) => return proxy_error(StatusCode::BAD_REQUEST, "invalid request path".into()),
     };
     *req.uri_mut() = uri;
+    let upgrade = upgrade_of(req.headers());
     strip_hop_by_hop(req.headers_mut());
+    let client_side = upgrade.clone().map(|protocol| {
+        req.headers_mut().insert(
+            header::CONNECTION,
+            header::HeaderValue::from_static("upgrade"),
+        );
+        req.headers_mut().insert(header::UPGRADE, protocol);
+        hyper::upgrade::on(&mut req)
+    });
     let client = app.upstreams.client(&sandbox, &route.traffic);
     let answer = tokio::select! {
         answer = client.request(req) => answer,
         () = route.traffic.cancelled() => return not_found(),
     };
     match answer {
+        Ok(mut resp) if resp.status() == StatusCode::SWITCHING_PROTOCOLS => {
+            let Some(client_side) = client_side else {
+                return proxy_error(
+                    StatusCode::BAD_GATEWAY,
+                    format!("sandbox {id}: port {port} switched protocols unasked"),
+                );
+            };
+            let sandbox_side = hyper::upgrade::on(&mut resp);
+            tokio::spawn(splice_upgraded(
+                client_side,
+                sandbox_side,
+                route.traffic.clone(),
+            ));
+            let (parts, _) = resp.into_parts();
+            Response::from_parts(parts, Body::empty())
+        }
         Ok(resp) => {
             let (mut parts, body) = resp.into_parts();
             strip_hop_by_hop(&mut parts.headers);
@@ -233,6 +261,37 @@ async fn forward(app: &AppState, id: &str, port: u16, mut req: Request) -> Respo
                 format!("sandbox {id}: port {port} is not open; is a server listening on it inside the sandbox?"),
             )
         }
+    }
+}
+
+/// The protocol a request asks to switch to (WebSocket, usually): `Connection: upgrade`
+/// with an `Upgrade` header.
+fn upgrade_of(headers: &HeaderMap) -> Option<header::HeaderValue> {
+    let asks = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|token| token.trim().eq_ignore_ascii_case("upgrade"));
+    asks.then(|| headers.get(header::UPGRADE).cloned())
+        .flatten()
+}
+
+/// Relay an upgraded connection (a WebSocket) both ways until either side closes or
+/// the sandbox's traffic ends.
+async fn splice_upgraded(
+    client_side: hyper::upgrade::OnUpgrade,
+    sandbox_side: hyper::upgrade::OnUpgrade,
+    traffic: CancellationToken,
+) {
+    let (Ok(client), Ok(sandbox)) = tokio::join!(client_side, sandbox_side) else {
+        return;
+    };
+    let mut client = TokioIo::new(client);
+    let mut sandbox = TokioIo::new(sandbox);
+    tokio::select! {
+        _ = tokio::io::copy_bidirectional(&mut client, &mut sandbox) => {}
+        () = traffic.cancelled() => {}
     }
 }
 
@@ -304,5 +363,16 @@ mod tests {
         assert_eq!(target(&h, None), None);
         let h = headers(&[("host", "api.silo.test")]);
         assert_eq!(target(&h, None), None);
+    }
+
+    #[test]
+    fn sees_upgrade_requests() {
+        let h = headers(&[
+            ("connection", "keep-alive, Upgrade"),
+            ("upgrade", "websocket"),
+        ]);
+        assert_eq!(upgrade_of(&h).unwrap(), "websocket");
+        assert!(upgrade_of(&headers(&[("upgrade", "websocket")])).is_none());
+        assert!(upgrade_of(&headers(&[("connection", "upgrade")])).is_none());
     }
 }
