@@ -262,14 +262,15 @@ impl RunscRuntime {
         undo.push(Undo::RemoveCgroups);
         undo.push(Undo::DeleteContainer);
         let log = dir.join("console.log");
-        inner
-            .runsc
-            .run_detached(&dir, id, &log)
-            .await
-            .map_err(|source| RuntimeError::StartContainer {
-                id: id.clone(),
-                source,
-            })?;
+        match &spec.from_image {
+            None => inner.runsc.run_detached(&dir, id, &log).await,
+            // The image's netstack takes this netns's address at restore.
+            Some(image) => inner.runsc.restore_detached(image, &dir, id, &log).await,
+        }
+        .map_err(|source| RuntimeError::StartContainer {
+            id: id.clone(),
+            source,
+        })?;
         let running_after = began.elapsed();
 
         let agent = SocketAddr::from((lease.ip, ports::ENVD));
@@ -373,7 +374,16 @@ impl RunscRuntime {
     /// Freeze, checkpoint into `image` (which must not exist), thaw. The sandbox runs on
     /// whatever happens; `image` exists afterwards only if it is complete.
     async fn checkpoint_into(&self, id: &SandboxId, image: &Path) -> Result<(), RuntimeError> {
-        let runsc = &self.inner.runsc;
+        self.freeze(id).await?;
+        let saved = self.save(id, image).await;
+        let thawed = self.unfreeze(id).await;
+        saved?;
+        thawed
+    }
+
+    /// Checkpoint a frozen sandbox into `image` (which must not exist) by way of
+    /// `<image>.partial`, so that `image` exists only when complete.
+    async fn save(&self, id: &SandboxId, image: &Path) -> Result<(), RuntimeError> {
         let partial = image.with_extension("partial");
         let err = |source| RuntimeError::Checkpoint {
             id: id.clone(),
@@ -386,14 +396,15 @@ impl RunscRuntime {
         tokio::fs::create_dir_all(&partial)
             .await
             .map_err(|e| err(e.into()))?;
-        self.freeze(id).await?;
-        let saved = runsc
+        let saved = match self
+            .inner
+            .runsc
             .call(&Subcommand::Checkpoint {
                 image: &partial,
                 id,
             })
-            .await;
-        let saved = match saved {
+            .await
+        {
             Ok(()) => tokio::fs::rename(&partial, image)
                 .await
                 .map_err(|e| err(e.into())),
@@ -404,9 +415,7 @@ impl RunscRuntime {
                 tracing::warn!(sandbox_id = %id, error = %e, "removing a partial checkpoint");
             }
         }
-        let thawed = self.unfreeze(id).await;
-        saved?;
-        thawed
+        saved
     }
 
     async fn freeze(&self, id: &SandboxId) -> Result<(), RuntimeError> {
@@ -579,6 +588,14 @@ impl Runtime for RunscRuntime {
         }
         tracing::info!(sandbox_id = %id, ?saved_after, stopped_after = ?began.elapsed(), "sandbox paused");
         Ok(())
+    }
+
+    async fn snapshot(&self, id: &SandboxId, image: &Path) -> Result<(), RuntimeError> {
+        if self.is_frozen(id).await {
+            self.save(id, image).await
+        } else {
+            self.checkpoint_into(id, image).await
+        }
     }
 
     fn pause_saves_connections(&self) -> bool {

@@ -69,6 +69,10 @@ pub struct SandboxSpec {
     pub hostname: String,
     /// What it may reach outside.
     pub egress: network::EgressPolicy,
+    /// Restore this snapshot image (see [`Runtime::snapshot`]) instead of booting: the
+    /// new sandbox starts with the saved memory, processes and files. `rootfs` must be
+    /// the one the snapshot was taken on.
+    pub from_image: Option<PathBuf>,
 }
 
 impl SandboxSpec {
@@ -83,6 +87,7 @@ impl SandboxSpec {
             pids_limit: 1024,
             hostname: "sandbox".into(),
             egress: network::EgressPolicy::default(),
+            from_image: None,
         }
     }
 }
@@ -109,6 +114,10 @@ pub trait Runtime: Send + Sync {
     /// Pause the sandbox with everything in it (see [`PauseMode`]): it then uses no
     /// CPU. On failure it keeps running.
     async fn pause(&self, id: &SandboxId) -> Result<(), RuntimeError>;
+    /// Save the whole sandbox (memory, processes, files) into `image`, which must not
+    /// exist, and leave it as it was (running, or frozen). `image` exists afterwards
+    /// only if it is complete. Close its connections first, as for a checkpoint pause.
+    async fn snapshot(&self, id: &SandboxId, image: &std::path::Path) -> Result<(), RuntimeError>;
     /// Whether `pause` saves the sandbox's network state to disk (a checkpoint), so its
     /// connections must be closed at both ends first; freezing keeps them as they are.
     fn pause_saves_connections(&self) -> bool;

@@ -192,3 +192,36 @@ async fn futures_join(
     }
     results
 }
+
+#[tokio::test]
+#[ignore = "needs root, runsc, SILO_TEST_ROOTFS and SILO_TEST_AGENT_DIR"]
+async fn snapshot_starts_copies_and_the_source_runs_on() {
+    let _host = HOST.lock().await;
+    let env = env();
+    let rt = runtime(&env, &env.agent_dir);
+    let baseline = usage(&rt).await;
+    let source = spec(&env);
+    rt.start(&source).await.expect("start source");
+    let image = env.state.path().join("snapshot");
+    rt.snapshot(&source.id, &image).await.expect("snapshot");
+    assert!(image.is_dir());
+    let mut copies = Vec::new();
+    for _ in 0..3 {
+        let copy = SandboxSpec {
+            from_image: Some(image.clone()),
+            ..spec_with_new_id(&source)
+        };
+        let started = rt.start(&copy).await.expect("start from the snapshot");
+        copies.push((copy.id, started.ip));
+    }
+    let mut ips: Vec<_> = copies.iter().map(|(_, ip)| *ip).collect();
+    ips.dedup();
+    assert_eq!(ips.len(), 3, "each copy has its own address");
+    assert!(!rt.is_paused(&source.id).await, "the source runs on");
+    for (id, _) in &copies {
+        rt.destroy(id).await.expect("destroy copy");
+    }
+    rt.destroy(&source.id).await.expect("destroy source");
+    std::fs::remove_dir_all(&image).expect("remove image");
+    assert_eq!(usage(&rt).await, baseline);
+}
