@@ -57,6 +57,7 @@ impl ApiError {
                 }
                 SandboxError::Pause { .. }
                 | SandboxError::Resume { .. }
+                | SandboxError::Snapshot { .. }
                 | SandboxError::Network { .. } => StatusCode::INTERNAL_SERVER_ERROR,
                 SandboxError::Start { .. }
                 | SandboxError::Destroy { .. }
@@ -68,21 +69,27 @@ impl ApiError {
     }
 }
 
-impl IntoResponse for ApiError {
-    fn into_response(self) -> Response {
+impl ApiError {
+    /// The status and body the client gets (server errors logged here, with their
+    /// cause, under the request's id).
+    pub fn wire(&self) -> (StatusCode, WireError) {
         let status = self.status();
         let request_id = REQUEST_ID.try_with(Clone::clone).unwrap_or_default();
-        // A failed pause or resume leaves the sandbox as it was; its cause (a full disk, a
-        // failed restore) is what the caller needs to act on, so it is not hidden.
+        // A failed pause, resume or snapshot leaves the sandbox as it was; its cause (a full
+        // disk, a failed restore) is what the caller needs to act on, so it is not hidden.
         let shown = matches!(
             self,
-            ApiError::Sandbox(SandboxError::Pause { .. } | SandboxError::Resume { .. })
+            ApiError::Sandbox(
+                SandboxError::Pause { .. }
+                    | SandboxError::Resume { .. }
+                    | SandboxError::Snapshot { .. }
+            )
         );
         let message = if shown {
-            tracing::error!(request_id, error = %chain(&self), "request failed");
-            chain(&self)
+            tracing::error!(request_id, error = %chain(self), "request failed");
+            chain(self)
         } else if status.is_server_error() {
-            tracing::error!(request_id, error = %chain(&self), "request failed");
+            tracing::error!(request_id, error = %chain(self), "request failed");
             format!("internal error (request id {request_id}); see the silo serve log")
         } else {
             self.to_string()
@@ -91,6 +98,13 @@ impl IntoResponse for ApiError {
             code: status.as_u16(),
             message,
         };
+        (status, body)
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let (status, body) = self.wire();
         (status, Json(body)).into_response()
     }
 }

@@ -32,7 +32,7 @@ fn wire_state(state: SandboxState) -> rest::SandboxState {
 }
 
 impl AppState {
-    fn sandbox_body(&self, rec: &SandboxRecord) -> rest::Sandbox {
+    pub(crate) fn sandbox_body(&self, rec: &SandboxRecord) -> rest::Sandbox {
         rest::Sandbox {
             template_id: rec.template_id.clone(),
             sandbox_id: rec.id.clone(),
@@ -116,7 +116,7 @@ pub async fn connect(
 }
 
 /// A JSON body that may also be empty (then the defaults).
-fn optional_body<T: serde::de::DeserializeOwned + Default>(
+pub(crate) fn optional_body<T: serde::de::DeserializeOwned + Default>(
     body: &[u8],
     what: &str,
 ) -> Result<T, ApiError> {

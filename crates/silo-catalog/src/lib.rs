@@ -7,6 +7,7 @@
 //!
 //! Types: [`Catalog`] (the handle), [`SandboxRecord`] (one row), [`ListFilter`] (paging).
 
+mod snapshots;
 pub mod state;
 
 use std::collections::BTreeMap;
@@ -16,6 +17,7 @@ use std::sync::Mutex;
 use rusqlite::{params, Connection, OptionalExtension};
 use silo_protocol::ids::{ApiKey, SandboxId};
 
+pub use snapshots::SnapshotRecord;
 pub use state::{InvalidTransition, SandboxState};
 
 #[derive(Debug, thiserror::Error)]
@@ -171,6 +173,21 @@ ALTER TABLE sandboxes ADD COLUMN network TEXT NOT NULL DEFAULT '{"internet":true
 "#,
     r#"
 ALTER TABLE sandboxes ADD COLUMN traffic_token TEXT;
+"#,
+    r#"
+CREATE TABLE snapshots (
+    id            TEXT PRIMARY KEY,
+    name          TEXT UNIQUE,
+    sandbox_id    TEXT NOT NULL,
+    template_id   TEXT NOT NULL,
+    rootfs        TEXT NOT NULL,
+    cpu_count     INTEGER NOT NULL,
+    memory_mb     INTEGER NOT NULL,
+    disk_size_mb  INTEGER NOT NULL,
+    env_vars      TEXT NOT NULL,
+    access_token  TEXT,
+    created_at    INTEGER NOT NULL
+);
 "#,
 ];
 

@@ -36,7 +36,12 @@ pub enum AgentError {
     },
     #[error("agent did not answer within {0:?}")]
     Timeout(Duration),
+    #[error("the saved access token is not a valid header value")]
+    InvalidToken,
 }
+
+/// envd's per-sandbox token header.
+const ACCESS_TOKEN_HEADER: &str = "x-access-token";
 
 #[derive(Clone)]
 pub struct AgentClient {
@@ -60,12 +65,23 @@ impl AgentClient {
         }
     }
 
-    pub async fn init(&self, agent: SocketAddr, init: &InitRequest) -> Result<(), AgentError> {
+    /// Configure the agent; `current_token` is the token it already holds (an agent
+    /// restored from a snapshot), which it wants before it takes a new one.
+    pub async fn init(
+        &self,
+        agent: SocketAddr,
+        init: &InitRequest,
+        current_token: Option<&str>,
+    ) -> Result<(), AgentError> {
         let body = serde_json::to_vec(init).expect("init body serializes");
-        let req = hyper::Request::post(format!("http://{agent}/init"))
-            .header(hyper::header::CONTENT_TYPE, "application/json")
+        let mut req = hyper::Request::post(format!("http://{agent}/init"))
+            .header(hyper::header::CONTENT_TYPE, "application/json");
+        if let Some(token) = current_token {
+            req = req.header(ACCESS_TOKEN_HEADER, token);
+        }
+        let req = req
             .body(Full::new(Bytes::from(body)))
-            .expect("static request parts are valid");
+            .map_err(|_| AgentError::InvalidToken)?;
         let resp = tokio::time::timeout(INIT_TIMEOUT, self.http.request(req))
             .await
             .map_err(|_| AgentError::Timeout(INIT_TIMEOUT))?

@@ -124,6 +124,41 @@ pub struct ResumeSandbox {
     pub auto_pause: Option<bool>,
 }
 
+/// `POST /sandboxes/{id}/snapshots`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct NewSnapshot {
+    #[serde(default)]
+    pub name: Option<String>,
+    /// `false` asks for a filesystem-only snapshot.
+    #[serde(default)]
+    pub memory: Option<bool>,
+}
+
+/// A snapshot: `POST /sandboxes/{id}/snapshots` answers one, `GET /snapshots` a list.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SnapshotInfo {
+    #[serde(rename = "snapshotID")]
+    pub snapshot_id: String,
+    pub names: Vec<String>,
+}
+
+/// `POST /sandboxes/{id}/fork`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct ForkSandbox {
+    #[serde(default)]
+    pub timeout: Option<u64>,
+    #[serde(default)]
+    pub count: Option<u32>,
+}
+
+/// One entry of a fork's answer: the new sandbox, or why that copy failed.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum ForkResult {
+    Sandbox(Sandbox),
+    Error(ApiError),
+}
+
 /// `POST /sandboxes/{id}/connect` and `/v2/.../connect`.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct ConnectSandbox {

@@ -54,6 +54,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
         Templates::new(args.dirs.template_dir()),
         defaults,
         silo_protocol::envd::ENVD_VERSION.to_owned(),
+        data_dir.join("snapshots"),
     );
     let report = manager
         .reconcile()

@@ -2,6 +2,7 @@
 //! Any failure after the record exists kills what was started, so nothing is left behind.
 
 use std::collections::BTreeMap;
+use std::path::PathBuf;
 
 use silo_catalog::{now_ms, SandboxRecord, SandboxState};
 use silo_protocol::ids::{generate_access_token, SandboxId};
@@ -34,20 +35,87 @@ pub struct CreateRequest {
     pub disk_size_mb: Option<u32>,
 }
 
+/// What a new sandbox starts from: a template booted fresh, or a snapshot restored.
+#[derive(Debug, Clone)]
+pub(super) struct Origin {
+    /// The template's canonical name, or the snapshot's id (for logs).
+    pub(super) name: String,
+    pub(super) rootfs: PathBuf,
+    pub(super) snapshot: Option<SavedState>,
+}
+
+/// A snapshot image and what its agent was configured with when saved.
+#[derive(Debug, Clone)]
+pub(super) struct SavedState {
+    pub(super) image: PathBuf,
+    /// The envd token the saved agent holds: the new configuration must present it.
+    pub(super) access_token: Option<String>,
+    pub(super) env_vars: BTreeMap<String, String>,
+    pub(super) cpu_count: u32,
+    pub(super) memory_mb: u32,
+    pub(super) disk_size_mb: u32,
+}
+
 impl Manager {
+    /// Create a sandbox from a template, or from a snapshot named by id or name.
     pub async fn create(&self, req: CreateRequest) -> Result<SandboxRecord, SandboxError> {
-        let template = self.templates.canonical(&req.template)?.to_owned();
-        let rootfs = self.templates.rootfs(&template)?;
+        let origin = self.origin(&req.template)?;
+        self.create_from(req, origin).await
+    }
+
+    /// A snapshot by id or name, else a template by name or alias.
+    pub(super) fn origin(&self, name: &str) -> Result<Origin, SandboxError> {
+        if let Some(snap) = self.catalog.snapshot(name)? {
+            return Ok(Origin {
+                rootfs: snap.rootfs.into(),
+                snapshot: Some(SavedState {
+                    image: self.snapshot_image(&snap.id),
+                    access_token: snap.access_token,
+                    env_vars: snap.env_vars,
+                    cpu_count: snap.cpu_count,
+                    memory_mb: snap.memory_mb,
+                    disk_size_mb: snap.disk_size_mb,
+                }),
+                name: snap.id,
+            });
+        }
+        let template = self.templates.canonical(name)?.to_owned();
+        Ok(Origin {
+            rootfs: self.templates.rootfs(&template)?,
+            snapshot: None,
+            name: template,
+        })
+    }
+
+    pub(super) async fn create_from(
+        &self,
+        req: CreateRequest,
+        origin: Origin,
+    ) -> Result<SandboxRecord, SandboxError> {
         let timeout = self.clamp_timeout(req.timeout_seconds);
         let d = &self.defaults;
-        let cpu_count = within("cpuCount", req.cpu_count, d.cpu_count, d.max_cpu_count)?;
-        let memory_mb = within("memoryMB", req.memory_mb, d.memory_mb, d.max_memory_mb)?;
+        // A snapshot keeps the resources it was saved with unless asked otherwise.
+        let saved = origin.snapshot.as_ref();
+        let cpu_count = within(
+            "cpuCount",
+            req.cpu_count,
+            saved.map_or(d.cpu_count, |s| s.cpu_count),
+            d.max_cpu_count,
+        )?;
+        let memory_mb = within(
+            "memoryMB",
+            req.memory_mb,
+            saved.map_or(d.memory_mb, |s| s.memory_mb),
+            d.max_memory_mb,
+        )?;
         let disk_size_mb = within(
             "diskSizeMB",
             req.disk_size_mb,
-            d.disk_size_mb,
+            saved.map_or(d.disk_size_mb, |s| s.disk_size_mb),
             d.max_disk_size_mb,
         )?;
+        let mut env_vars = saved.map(|s| s.env_vars.clone()).unwrap_or_default();
+        env_vars.extend(req.env_vars);
         let now = now_ms();
         let mut rec = SandboxRecord {
             id: SandboxId::generate(),
@@ -57,7 +125,7 @@ impl Manager {
             started_at_ms: now,
             end_at_ms: now + timeout.as_millis() as i64,
             metadata: req.metadata,
-            env_vars: req.env_vars,
+            env_vars,
             envd_access_token: req.secure.then(generate_access_token),
             envd_version: self.envd_version.clone(),
             cpu_count,
@@ -70,10 +138,10 @@ impl Manager {
             traffic_access_token: (!req.public_traffic).then(generate_access_token),
         };
         self.catalog.insert_sandbox(&rec)?;
-        let span = tracing::info_span!("create", sandbox_id = %rec.id, template = %template);
+        let span = tracing::info_span!("create", sandbox_id = %rec.id, from = %origin.name);
         let _enter = span.enter();
 
-        match self.boot(&rec, rootfs, req.egress).await {
+        match self.boot(&rec, origin, req.egress).await {
             Ok(address) => {
                 self.catalog.set_address(&rec.id, Some(&address))?;
                 self.catalog.transition(
@@ -104,11 +172,12 @@ impl Manager {
     async fn boot(
         &self,
         rec: &SandboxRecord,
-        rootfs: std::path::PathBuf,
+        origin: Origin,
         egress: crate::network::EgressPolicy,
     ) -> Result<String, SandboxError> {
-        let mut spec = SandboxSpec::new(rec.id.clone(), rootfs);
+        let mut spec = SandboxSpec::new(rec.id.clone(), origin.rootfs);
         spec.egress = egress;
+        spec.from_image = origin.snapshot.as_ref().map(|s| s.image.clone());
         spec.cpu_count = rec.cpu_count;
         spec.memory_mb = rec.memory_mb;
         spec.disk_size_mb = rec.disk_size_mb;
@@ -127,8 +196,9 @@ impl Manager {
             default_user: Some("user".into()),
             default_workdir: Some("/home/user".into()),
         };
+        let saved_token = origin.snapshot.and_then(|s| s.access_token);
         self.agent
-            .init(started.agent, &init)
+            .init(started.agent, &init, saved_token.as_deref())
             .await
             .map_err(|source| SandboxError::Init {
                 id: rec.id.clone(),

@@ -15,6 +15,7 @@ mod kill;
 mod network;
 mod pause;
 mod reconcile;
+mod snapshot;
 mod templates;
 mod timeout;
 mod traffic;
@@ -31,6 +32,7 @@ use silo_protocol::ids::SandboxId;
 
 use crate::{Runtime, RuntimeError};
 pub use create::CreateRequest;
+pub use snapshot::MAX_FORKS;
 pub use templates::Templates;
 
 /// Limits and defaults for sandboxes (documented on the CLI flags that set them).
@@ -88,6 +90,12 @@ pub enum SandboxError {
         #[source]
         source: Box<RuntimeError>,
     },
+    #[error("cannot snapshot sandbox {id}; it runs on as it was")]
+    Snapshot {
+        id: SandboxId,
+        #[source]
+        source: Box<RuntimeError>,
+    },
     #[error("cannot resume sandbox {id}; it stays paused")]
     Resume {
         id: SandboxId,
@@ -127,6 +135,8 @@ pub struct Manager {
     agent: crate::agent::AgentClient,
     defaults: SandboxDefaults,
     envd_version: String,
+    /// Snapshot images, one directory per snapshot id.
+    snapshots_dir: std::path::PathBuf,
     /// Teardowns running after their kill returned; awaited by [`Manager::shutdown`].
     tasks: tokio_util::task::TaskTracker,
     traffic: traffic::Traffic,
@@ -151,6 +161,7 @@ impl Manager {
         templates: Templates,
         defaults: SandboxDefaults,
         envd_version: String,
+        snapshots_dir: std::path::PathBuf,
     ) -> Arc<Manager> {
         Arc::new(Manager {
             catalog,
@@ -159,6 +170,7 @@ impl Manager {
             agent: crate::agent::AgentClient::new(),
             defaults,
             envd_version,
+            snapshots_dir,
             tasks: tokio_util::task::TaskTracker::new(),
             traffic: traffic::Traffic::default(),
             locks: Mutex::default(),

@@ -43,7 +43,8 @@ impl Manager {
         }
         self.step(id, SandboxState::Running, SandboxState::Pausing, reason)?;
         if let Some(ip) = rec.address.as_deref().and_then(|a| a.parse().ok()) {
-            self.quiesce(id, ip).await;
+            self.quiesce(id, ip, self.runtime.pause_saves_connections())
+                .await;
         }
         match self.runtime.pause(id).await {
             Ok(()) => {
@@ -138,12 +139,12 @@ impl Manager {
         }
     }
 
-    /// Close every proxied connection to the sandbox and, before a checkpoint, wait
-    /// (bounded) until the sandbox has closed its ends. Stragglers are logged; the
-    /// checkpoint resets them.
-    async fn quiesce(&self, id: &SandboxId, ip: Ipv4Addr) {
+    /// Close every proxied connection to the sandbox and, before a checkpoint
+    /// (`saving`), wait (bounded) until the sandbox has closed its ends. Stragglers are
+    /// logged; the checkpoint resets them.
+    pub(super) async fn quiesce(&self, id: &SandboxId, ip: Ipv4Addr, saving: bool) {
         self.traffic.close(id);
-        if !self.runtime.pause_saves_connections() {
+        if !saving {
             return;
         }
         let began = Instant::now();
@@ -168,7 +169,7 @@ impl Manager {
         }
     }
 
-    fn lifecycle_lock(&self, id: &SandboxId) -> Arc<tokio::sync::Mutex<()>> {
+    pub(super) fn lifecycle_lock(&self, id: &SandboxId) -> Arc<tokio::sync::Mutex<()>> {
         let mut locks = self.locks.lock().unwrap_or_else(|e| e.into_inner());
         // Locks of sandboxes nobody is operating on are dropped as others are taken.
         locks.retain(|_, lock| Arc::strong_count(lock) > 1);

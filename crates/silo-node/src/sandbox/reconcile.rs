@@ -7,7 +7,8 @@
 //! - pausing or resuming when silo stopped: running if its agent answers, else paused
 //!   if a complete checkpoint is on disk, else killed;
 //! - half-done otherwise (creating, killing): finished by killing;
-//! - in the runtime but not live in the catalog: a leak, destroyed.
+//! - in the runtime but not live in the catalog: a leak, destroyed;
+//! - a snapshot image no snapshot row names: removed.
 
 use std::collections::HashSet;
 
@@ -23,6 +24,8 @@ pub struct ReconcileReport {
     pub leaked: usize,
     /// Could not be settled now (logged); the next start tries again.
     pub failed: usize,
+    /// Snapshot images no snapshot names (a crash mid-save, a fork cut short): removed.
+    pub orphan_images: usize,
 }
 
 enum Outcome {
@@ -73,6 +76,7 @@ impl Manager {
                 }
             }
         }
+        report.orphan_images = self.remove_orphan_images().await;
         for id in in_runtime.difference(&known) {
             tracing::warn!(sandbox_id = %id, "destroying a sandbox the catalog does not know");
             match self.destroy_runtime(id).await {

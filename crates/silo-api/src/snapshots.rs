@@ -1,0 +1,133 @@
+//! Snapshots and fork: `POST /sandboxes/{id}/snapshots`, `GET /snapshots`,
+//! `DELETE /templates/{id}` (a snapshot is a template to the SDK), `POST
+//! /sandboxes/{id}/fork`.
+
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode};
+use axum::response::IntoResponse;
+use axum::Json;
+use silo_catalog::SnapshotRecord;
+use silo_node::sandbox::MAX_FORKS;
+use silo_protocol::rest::{ForkResult, ForkSandbox, NewSnapshot, SnapshotInfo};
+
+use crate::error::ApiError;
+use crate::extract::SandboxPath;
+use crate::sandboxes::optional_body;
+use crate::AppState;
+
+fn info(snap: &SnapshotRecord) -> SnapshotInfo {
+    SnapshotInfo {
+        snapshot_id: snap.id.clone(),
+        names: snap.name.iter().cloned().collect(),
+    }
+}
+
+/// `POST /sandboxes/{id}/snapshots`: 201 with the snapshot's id and names.
+pub async fn create(
+    State(app): State<AppState>,
+    SandboxPath(id): SandboxPath,
+    body: axum::body::Bytes,
+) -> Result<impl IntoResponse, ApiError> {
+    let req = optional_body::<NewSnapshot>(&body, "snapshot")?;
+    if req.memory == Some(false) {
+        return Err(ApiError::BadRequest(
+            "filesystem-only snapshots are not supported by silo; leave mode/memory out for a full snapshot".into(),
+        ));
+    }
+    if let Some(name) = &req.name {
+        if name.trim().is_empty() || name.len() > 128 {
+            return Err(ApiError::BadRequest(
+                "snapshot name: 1 to 128 characters".into(),
+            ));
+        }
+    }
+    let snap = app.manager.snapshot(&id, req.name).await?;
+    Ok((StatusCode::CREATED, Json(info(&snap))))
+}
+
+#[derive(Debug, serde::Deserialize)]
+pub struct ListQuery {
+    #[serde(rename = "sandboxID")]
+    sandbox_id: Option<String>,
+    name: Option<String>,
+    limit: Option<usize>,
+    #[serde(rename = "nextToken")]
+    next_token: Option<String>,
+}
+
+/// `GET /snapshots`: newest first, paged by `limit` and `X-Next-Token`.
+pub async fn list(
+    State(app): State<AppState>,
+    Query(query): Query<ListQuery>,
+) -> Result<impl IntoResponse, ApiError> {
+    let of = match &query.sandbox_id {
+        None => None,
+        // A malformed id names no sandbox: no snapshots, as for an unknown one.
+        Some(id) => match id.parse() {
+            Ok(id) => Some(id),
+            Err(_) => return Ok((HeaderMap::new(), Json(Vec::new()))),
+        },
+    };
+    let mut snaps = app.manager.snapshots(of.as_ref())?.into_iter().filter(|s| {
+        query
+            .name
+            .as_ref()
+            .is_none_or(|name| s.name.as_ref() == Some(name))
+    });
+    if let Some(after) = &query.next_token {
+        for snap in snaps.by_ref() {
+            if &snap.id == after {
+                break;
+            }
+        }
+    }
+    let limit = query.limit.unwrap_or(usize::MAX).max(1);
+    let page: Vec<SnapshotRecord> = snaps.by_ref().take(limit).collect();
+    let mut headers = HeaderMap::new();
+    if page.len() == limit && snaps.next().is_some() {
+        if let Some(last) = page.last() {
+            if let Ok(token) = HeaderValue::from_str(&last.id) {
+                headers.insert("x-next-token", token);
+            }
+        }
+    }
+    Ok((headers, Json(page.iter().map(info).collect::<Vec<_>>())))
+}
+
+/// `DELETE /templates/{id}`: 204 when the snapshot was deleted, 404 when there is none.
+pub async fn delete(
+    State(app): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    if app.manager.delete_snapshot(&id).await? {
+        Ok(StatusCode::NO_CONTENT)
+    } else {
+        Err(ApiError::NotFound(format!(
+            "snapshot {id:?} was not found (templates are managed with `silo template`)"
+        )))
+    }
+}
+
+/// `POST /sandboxes/{id}/fork`: 201 with one entry per copy, a sandbox or an error.
+pub async fn fork(
+    State(app): State<AppState>,
+    SandboxPath(id): SandboxPath,
+    body: axum::body::Bytes,
+) -> Result<impl IntoResponse, ApiError> {
+    let req = optional_body::<ForkSandbox>(&body, "fork")?;
+    let count = req.count.unwrap_or(1);
+    if !(1..=MAX_FORKS).contains(&count) {
+        return Err(ApiError::BadRequest(format!(
+            "count {count}: fork 1 to {MAX_FORKS} sandboxes at a time"
+        )));
+    }
+    let forks = app.manager.fork(&id, count, req.timeout).await?;
+    let body: Vec<ForkResult> = forks
+        .into_iter()
+        .map(|fork| match fork {
+            Ok(rec) => ForkResult::Sandbox(app.sandbox_body(&rec)),
+            Err(err) => ForkResult::Error(ApiError::Sandbox(err).wire().1),
+        })
+        .collect();
+    Ok((StatusCode::CREATED, Json(body)))
+}
