@@ -135,6 +135,29 @@ def bench_pause_resume():
     return rows
 
 
+def bench_fork():
+    """fork(count=1) and fork(count=10) of a sandbox: the save and every copy restored."""
+    from e2b import Sandbox
+
+    rows = []
+    sbx = Sandbox.create("base", timeout=600)
+    try:
+        sbx.files.write("/home/user/state.txt", "forked")
+        for count, rounds in ((1, N_PAUSE), (10, 3)):
+            samples = []
+            for _ in range(rounds):
+                start = time.perf_counter()
+                forks = sbx.fork(count=count)
+                samples.append(time.perf_counter() - start)
+                assert all(isinstance(f, Sandbox) for f in forks), forks
+                for fork in forks:
+                    fork.kill()
+            rows.append(summary(f"fork, {count} cop{'y' if count == 1 else 'ies'}", samples))
+    finally:
+        sbx.kill()
+    return rows
+
+
 def bench_raw_runsc(template_dir):
     rootfs = sorted(Path(template_dir, "base").glob("*/rootfs"), key=lambda p: p.stat().st_mtime)[-1]
     work = Path(tempfile.mkdtemp(prefix="silo-bench-raw-"))
@@ -170,7 +193,7 @@ def bench_raw_runsc(template_dir):
 def main():
     server = SiloServer(subnet="10.216.0.0/16").start()
     try:
-        rows = bench_sdk(server) + bench_code_interpreter() + bench_pause_resume()
+        rows = bench_sdk(server) + bench_code_interpreter() + bench_pause_resume() + bench_fork()
     finally:
         server.stop()
     rows += bench_raw_runsc(server.template_dir)

@@ -45,6 +45,7 @@ install_deps() {
   command -v debootstrap >/dev/null 2>&1 || missing+=(debootstrap)
   command -v ip >/dev/null 2>&1 || missing+=(iproute2)
   command -v nft >/dev/null 2>&1 || missing+=(nftables)
+  command -v mkfs.ext4 >/dev/null 2>&1 || missing+=(e2fsprogs)
   command -v cc >/dev/null 2>&1 || missing+=(gcc libc6-dev)
   if runsc_ok && [ ${#missing[@]} -eq 0 ]; then
     return

@@ -1,9 +1,12 @@
 //! The OCI bundle of one sandbox: `<sandbox dir>/config.json`.
 //!
 //! The root is the template's rootfs, shared read-only by every sandbox of the
-//! template (runsc's `--overlay2` puts each sandbox's writes in its own upper layer,
-//! so nothing is copied). The first process is the agent, bind-mounted read-only from
-//! the host at [`AGENT_MOUNT`], listening on every address at envd's port.
+//! template (runsc's `--overlay2` puts each sandbox's writes in its own upper layer, a
+//! file on the sandbox's disk, so nothing is copied). /tmp is a bind of an empty host
+//! directory so that its writes land on that disk too. The first process is the agent,
+//! bind-mounted read-only from the host at [`AGENT_MOUNT`], listening on every address
+//! at envd's port. RLIMIT_NPROC caps each user's tasks (gVisor enforces it; root inside
+//! lacks CAP_SYS_RESOURCE to raise it), so a fork bomb stops there.
 
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
@@ -38,6 +41,10 @@ pub struct BundleSpec<'a> {
     pub hostname: &'a str,
     pub cpu_count: u32,
     pub memory_mb: u32,
+    /// Tasks (processes and threads) per user inside.
+    pub pids_limit: u32,
+    /// An empty host directory, bound at /tmp (see the module doc).
+    pub tmp_dir: &'a Path,
 }
 
 /// Capabilities of root inside the sandbox: Docker's default set, enough for the agent
@@ -82,7 +89,10 @@ impl BundleSpec<'_> {
                     "effective": CAPABILITIES,
                     "permitted": CAPABILITIES,
                 },
-                "rlimits": [{ "type": "RLIMIT_NOFILE", "hard": 1_048_576u64, "soft": 1_048_576u64 }],
+                "rlimits": [
+                    { "type": "RLIMIT_NOFILE", "hard": 1_048_576u64, "soft": 1_048_576u64 },
+                    { "type": "RLIMIT_NPROC", "hard": self.pids_limit, "soft": self.pids_limit },
+                ],
             },
             // Not read-only: the overlay above it takes the writes.
             "root": { "path": self.rootfs, "readonly": false },
@@ -93,10 +103,11 @@ impl BundleSpec<'_> {
                   "options": ["nosuid", "strictatime", "mode=755", "size=65536k"] },
                 { "destination": "/dev/pts", "type": "devpts", "source": "devpts",
                   "options": ["nosuid", "noexec", "newinstance", "ptmxmode=0666", "mode=0620", "gid=5"] },
+                // Memory, so capped as Docker caps it.
                 { "destination": "/dev/shm", "type": "tmpfs", "source": "shm",
-                  "options": ["nosuid", "noexec", "nodev", "mode=1777"] },
-                { "destination": "/tmp", "type": "tmpfs", "source": "tmpfs",
-                  "options": ["nosuid", "nodev", "mode=1777"] },
+                  "options": ["nosuid", "noexec", "nodev", "mode=1777", "size=65536k"] },
+                { "destination": "/tmp", "type": "bind", "source": self.tmp_dir,
+                  "options": ["rbind", "nosuid", "nodev"] },
                 { "destination": "/sys", "type": "sysfs", "source": "sysfs",
                   "options": ["nosuid", "noexec", "nodev", "ro"] },
                 { "destination": AGENT_MOUNT, "type": "bind", "source": self.agent_dir,
@@ -155,6 +166,8 @@ mod tests {
             hostname: "sbx",
             cpu_count: 2,
             memory_mb: 512,
+            pids_limit: 512,
+            tmp_dir: Path::new("/s/abc/tmp"),
         }
     }
 

@@ -23,6 +23,7 @@ use crate::runsc::RunscError;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Undo {
     RemoveSandboxDir,
+    RemoveDisk,
     ReleaseAddress,
     DeleteNetns,
     DeleteVeth,
@@ -33,8 +34,9 @@ pub(crate) enum Undo {
 
 impl Undo {
     /// Everything a started sandbox holds, in the order `start` acquires it.
-    pub(crate) const PLAN: [Undo; 7] = [
+    pub(crate) const PLAN: [Undo; 8] = [
         Undo::RemoveSandboxDir,
+        Undo::RemoveDisk,
         Undo::ReleaseAddress,
         Undo::DeleteNetns,
         Undo::DeleteVeth,
@@ -70,6 +72,14 @@ impl Undo {
             }
             Undo::DeleteNetns => Ok(network::delete_netns(&NetNames::of(id)).await?),
             Undo::ReleaseAddress => Ok(inner.pool.release(id)?),
+            Undo::RemoveDisk => {
+                crate::disk::remove(&inner.sandbox_dir(id))
+                    .await
+                    .map_err(|source| TeardownError::RemoveDisk {
+                        id: id.clone(),
+                        source,
+                    })
+            }
             Undo::RemoveSandboxDir => {
                 let path = inner.sandbox_dir(id);
                 match tokio::fs::remove_dir_all(&path).await {
@@ -100,6 +110,12 @@ pub enum TeardownError {
     },
     #[error(transparent)]
     Network(#[from] NetworkError),
+    #[error("remove the disk of sandbox {id}")]
+    RemoveDisk {
+        id: SandboxId,
+        #[source]
+        source: crate::disk::DiskError,
+    },
     #[error("remove sandbox directory {path}")]
     RemoveSandboxDir {
         path: PathBuf,

@@ -4,12 +4,13 @@
 //!
 //! ```text
 //! runsc/            runsc --root: its container state, silo's alone
-//! sandboxes/<id>/   the OCI bundle (config.json) and console.log (runsc's and the
-//!                   agent's stdio); checkpoint/ while paused
+//! sandboxes/<id>/   the OCI bundle (config.json), console.log (runsc's and the
+//!                   agent's stdio), disk.img mounted at disk/ (see crate::disk), an
+//!                   empty tmp/ (bound at /tmp); checkpoint/ while paused
 //! addresses/<slot>  address leases (see network::AddressPool)
 //! ```
 //!
-//! `start` acquires in [`Undo::PLAN`] order: sandbox dir, address, netns, veth,
+//! `start` acquires in [`Undo::PLAN`] order: sandbox dir, its disk, address, netns, veth,
 //! container (and the cgroups runsc makes for it), then waits for the agent's
 //! `/health`. Any failure, or a dropped future, releases everything acquired so far.
 //!
@@ -36,7 +37,7 @@ use crate::network::{
     self, AddressPool, Cidr, EgressFilter, EgressPolicy, FilterConfig, Firewall, FirewallError,
     NetNames, NetworkError,
 };
-use crate::runsc::{ContainerStatus, Overlay, Runsc, Subcommand};
+use crate::runsc::{ContainerStatus, Runsc, Subcommand};
 use crate::{health, CheckpointFailure, Runtime, RuntimeError, SandboxSpec, Started};
 
 /// A paused sandbox's complete checkpoint image, inside its sandbox dir.
@@ -54,8 +55,6 @@ pub struct RunscConfig {
     /// Host directory holding the static `silo-agent`, mounted read-only at /opt/silo
     /// in every sandbox. No default.
     pub agent_dir: PathBuf,
-    /// Where sandbox writes go. Default [`Overlay::Memory`].
-    pub overlay: Overlay,
     /// Pool of sandbox addresses, one /30 each. Default `10.213.0.0/16`. It must not
     /// overlap any network the host uses, and two silo nodes on one host need two pools.
     pub address_pool: (Ipv4Addr, u8),
@@ -94,7 +93,6 @@ impl RunscConfig {
             platform: "systrap".into(),
             state_dir: state_dir.into(),
             agent_dir: agent_dir.into(),
-            overlay: Overlay::Memory,
             address_pool: (Ipv4Addr::new(10, 213, 0, 0), 16),
             cgroup_root: "/sys/fs/cgroup".into(),
             cgroup_parent: "silo".into(),
@@ -166,7 +164,6 @@ impl RunscRuntime {
             binary: config.runsc.clone(),
             root: config.state_dir.join("runsc"),
             platform: config.platform.clone(),
-            overlay: config.overlay.clone(),
             timeout: config.command_timeout,
         };
         let inner = Inner {
@@ -224,6 +221,14 @@ impl RunscRuntime {
             }
         }
 
+        undo.push(Undo::RemoveDisk);
+        let disk = crate::disk::create(&dir, spec.disk_size_mb)
+            .await
+            .map_err(|source| RuntimeError::CreateDisk {
+                id: id.clone(),
+                source,
+            })?;
+
         let net_err = |source| RuntimeError::SetupNetwork {
             id: id.clone(),
             source,
@@ -244,6 +249,18 @@ impl RunscRuntime {
 
         let cgroups_path = inner.cgroups_path(id);
         let netns_path = names.netns_path();
+        // /tmp is a bind of this empty directory, so that runsc overlays it into the
+        // disk too; the directory itself is never written.
+        let tmp = dir.join("tmp");
+        let made = tokio::fs::create_dir_all(&tmp).await.and(
+            tokio::fs::set_permissions(&tmp, std::os::unix::fs::PermissionsExt::from_mode(0o1777))
+                .await,
+        );
+        made.map_err(|source| RuntimeError::CreateSandboxDir {
+            id: id.clone(),
+            path: tmp.clone(),
+            source,
+        })?;
         BundleSpec {
             rootfs: &spec.rootfs,
             agent_dir: &inner.config.agent_dir,
@@ -252,6 +269,8 @@ impl RunscRuntime {
             hostname: &spec.hostname,
             cpu_count: spec.cpu_count,
             memory_mb: spec.memory_mb,
+            pids_limit: spec.pids_limit,
+            tmp_dir: &tmp,
         }
         .write(&dir)
         .map_err(|source| RuntimeError::WriteBundle {
@@ -263,14 +282,20 @@ impl RunscRuntime {
         undo.push(Undo::DeleteContainer);
         let log = dir.join("console.log");
         match &spec.from_image {
-            None => inner.runsc.run_detached(&dir, id, &log).await,
+            None => inner.runsc.run_detached(&dir, id, &disk, &log).await,
             // The image's netstack takes this netns's address at restore.
-            Some(image) => inner.runsc.restore_detached(image, &dir, id, &log).await,
+            Some(image) => {
+                inner
+                    .runsc
+                    .restore_detached(image, &dir, id, &disk, &log)
+                    .await
+            }
         }
         .map_err(|source| RuntimeError::StartContainer {
             id: id.clone(),
             source,
         })?;
+        self.shield_from_oom(id).await;
         let running_after = began.elapsed();
 
         let agent = SocketAddr::from((lease.ip, ports::ENVD));
@@ -402,6 +427,7 @@ impl RunscRuntime {
             .call(&Subcommand::Checkpoint {
                 image: &partial,
                 id,
+                disk: &crate::disk::mount_point(&self.inner.sandbox_dir(id)),
             })
             .await
         {
@@ -416,6 +442,26 @@ impl RunscRuntime {
             }
         }
         saved
+    }
+
+    /// Make the sandbox's own process (gVisor's kernel) the host OOM killer's last
+    /// choice in its memory cgroup: at the limit the killer then picks the process of
+    /// the task that allocated (its systrap stub), which the sandbox sees exit, instead
+    /// of taking the whole sandbox down.
+    async fn shield_from_oom(&self, id: &SandboxId) {
+        const OOM_SCORE_ADJ: &str = "-900";
+        let shielded = match self.inner.runsc.state(id).await {
+            Ok(state) if state.pid > 0 => {
+                tokio::fs::write(format!("/proc/{}/oom_score_adj", state.pid), OOM_SCORE_ADJ)
+                    .await
+                    .map_err(|e| e.to_string())
+            }
+            Ok(state) => Err(format!("no sandbox process (pid {})", state.pid)),
+            Err(e) => Err(e.to_string()),
+        };
+        if let Err(error) = shielded {
+            tracing::warn!(sandbox_id = %id, %error, "cannot shield the sandbox process from the OOM killer");
+        }
     }
 
     async fn freeze(&self, id: &SandboxId) -> Result<(), RuntimeError> {
@@ -479,14 +525,16 @@ impl RunscRuntime {
         // A container left from the pause (its delete failed) would block the restore.
         self.stop_container(id).await?;
         let dir = inner.sandbox_dir(id);
+        let disk = crate::disk::mount_point(&dir);
         inner
             .runsc
-            .restore_detached(image, &dir, id, &dir.join("console.log"))
+            .restore_detached(image, &dir, id, &disk, &dir.join("console.log"))
             .await
             .map_err(|source| RuntimeError::StartContainer {
                 id: id.clone(),
                 source,
             })?;
+        self.shield_from_oom(id).await;
         self.ready(id, &lease).await
     }
 

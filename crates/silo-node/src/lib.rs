@@ -13,6 +13,7 @@
 //! - [`network`]: netns + veth + a /30 per sandbox, from a persisted address pool.
 //! - [`bundle`]: the OCI `config.json` (template rootfs below a per-sandbox overlay,
 //!   the agent bind-mounted read-only at /opt/silo).
+//! - [`disk`]: each sandbox's size-limited disk, where its writes go.
 //! - `cleanup`: the undo stack every acquisition registers with.
 //! - [`sandbox`]: the lifecycle on top of the runtime: create, kill, timeouts and
 //!   reconcile, each state change checked and recorded by the catalog.
@@ -34,6 +35,7 @@
 pub mod agent;
 pub mod bundle;
 mod cleanup;
+pub mod disk;
 mod gvisor;
 mod health;
 pub mod leaks;
@@ -76,7 +78,7 @@ pub struct SandboxSpec {
 }
 
 impl SandboxSpec {
-    /// 2 CPUs, 512 MiB, 1 GiB of disk, 1024 tasks, hostname `sandbox`.
+    /// 2 CPUs, 512 MiB, 1 GiB of disk, 512 tasks per user, hostname `sandbox`.
     pub fn new(id: SandboxId, rootfs: impl Into<PathBuf>) -> Self {
         SandboxSpec {
             id,
@@ -84,7 +86,7 @@ impl SandboxSpec {
             cpu_count: 2,
             memory_mb: 512,
             disk_size_mb: 1024,
-            pids_limit: 1024,
+            pids_limit: 512,
             hostname: "sandbox".into(),
             egress: network::EgressPolicy::default(),
             from_image: None,
@@ -155,6 +157,12 @@ pub enum RuntimeError {
     },
     #[error("sandbox {id} already exists on this host")]
     SandboxExists { id: SandboxId },
+    #[error("create the disk of sandbox {id}")]
+    CreateDisk {
+        id: SandboxId,
+        #[source]
+        source: disk::DiskError,
+    },
     #[error("create directory {path} for sandbox {id}")]
     CreateSandboxDir {
         id: SandboxId,

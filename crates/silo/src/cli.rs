@@ -119,8 +119,9 @@ pub struct ServeArgs {
     /// Most disk a create may ask for (`diskSizeMB`), in MiB.
     #[arg(long, default_value_t = 10_240)]
     pub max_disk_size_mb: u32,
-    /// Processes and threads one sandbox may have; a fork bomb stops there.
-    #[arg(long, default_value_t = 1024)]
+    /// Processes and threads each user in a sandbox may have (RLIMIT_NPROC); a fork
+    /// bomb stops there.
+    #[arg(long, default_value_t = 512)]
     pub pids_limit: u32,
 }
 

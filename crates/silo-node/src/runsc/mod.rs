@@ -25,34 +25,16 @@ use tokio::process::Command;
 
 pub use state::{ContainerState, ContainerStatus};
 
-/// Where a sandbox's root filesystem writes go.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Overlay {
-    /// A tmpfs upper layer inside the sandbox; counted against its memory.
-    Memory,
-    /// A file-backed upper layer, its filestore created in this host directory.
-    Dir(PathBuf),
-}
-
-impl Overlay {
-    fn flag(&self) -> OsString {
-        let mut flag = OsString::from("--overlay2=root:");
-        match self {
-            Overlay::Memory => flag.push("memory"),
-            Overlay::Dir(dir) => {
-                flag.push("dir=");
-                flag.push(dir);
-            }
-        }
-        flag
-    }
-}
-
 /// A runsc subcommand with its typed arguments.
 #[derive(Debug, Clone, Copy)]
 pub enum Subcommand<'a> {
-    /// `run --detach --bundle <bundle> <id>`: create and start in one step.
-    RunDetached { bundle: &'a Path, id: &'a SandboxId },
+    /// `run --detach --bundle <bundle> <id>`: create and start in one step, the
+    /// sandbox's writes kept in a file in `disk` (see [`crate::disk`]).
+    RunDetached {
+        bundle: &'a Path,
+        id: &'a SandboxId,
+        disk: &'a Path,
+    },
     /// `state <id>`: JSON of one container.
     State { id: &'a SandboxId },
     /// `list --format=json`: JSON array of all containers under the root.
@@ -71,13 +53,18 @@ pub enum Subcommand<'a> {
     Resume { id: &'a SandboxId },
     /// `checkpoint --leave-running --image-path <image> <id>`: save the whole sandbox
     /// (memory, processes, the memory-backed overlay) and keep it as it was.
-    Checkpoint { image: &'a Path, id: &'a SandboxId },
+    Checkpoint {
+        image: &'a Path,
+        id: &'a SandboxId,
+        disk: &'a Path,
+    },
     /// `restore --detach --image-path <image> --bundle <bundle> <id>`: a new container
     /// from a checkpoint image.
     RestoreDetached {
         image: &'a Path,
         bundle: &'a Path,
         id: &'a SandboxId,
+        disk: &'a Path,
     },
 }
 
@@ -93,6 +80,16 @@ impl Subcommand<'_> {
             Subcommand::Resume { .. } => "resume",
             Subcommand::Checkpoint { .. } => "checkpoint",
             Subcommand::RestoreDetached { .. } => "restore",
+        }
+    }
+
+    /// The sandbox's disk, for the subcommands that make or save its filesystem.
+    fn disk(&self) -> Option<&Path> {
+        match self {
+            Subcommand::RunDetached { disk, .. }
+            | Subcommand::Checkpoint { disk, .. }
+            | Subcommand::RestoreDetached { disk, .. } => Some(disk),
+            _ => None,
         }
     }
 }
@@ -140,7 +137,6 @@ pub struct Runsc {
     pub root: PathBuf,
     /// `--platform`: `systrap`, `ptrace` or `kvm`.
     pub platform: String,
-    pub overlay: Overlay,
     /// Limit for any one call.
     pub timeout: Duration,
 }
@@ -154,12 +150,16 @@ impl Runsc {
             "--network=sandbox".into(),
             // Lets checkpoint drop open TCP connections instead of refusing to save.
             "--net-disconnect-ok".into(),
-            self.overlay.flag(),
             "--cpu-num-from-quota".into(),
-            cmd.name().into(),
         ];
+        if let Some(disk) = cmd.disk() {
+            // Every writable mount (root, /tmp) gets an overlay whose upper layer is a
+            // file in the sandbox's disk: the disk's size bounds them all.
+            argv.push(path_flag("--overlay2=all:dir=", disk));
+        }
+        argv.push(cmd.name().into());
         match *cmd {
-            Subcommand::RunDetached { bundle, id } => {
+            Subcommand::RunDetached { bundle, id, .. } => {
                 argv.push("--detach".into());
                 argv.push("--bundle".into());
                 argv.push(bundle.into());
@@ -181,12 +181,14 @@ impl Runsc {
                 argv.push(id.as_str().into());
             }
             Subcommand::Pause { id } | Subcommand::Resume { id } => argv.push(id.as_str().into()),
-            Subcommand::Checkpoint { image, id } => {
+            Subcommand::Checkpoint { image, id, .. } => {
                 argv.push("--leave-running".into());
                 argv.push(path_flag("--image-path=", image));
                 argv.push(id.as_str().into());
             }
-            Subcommand::RestoreDetached { image, bundle, id } => {
+            Subcommand::RestoreDetached {
+                image, bundle, id, ..
+            } => {
                 argv.push("--detach".into());
                 argv.push(path_flag("--image-path=", image));
                 argv.push("--bundle".into());
@@ -232,9 +234,10 @@ impl Runsc {
         &self,
         bundle: &Path,
         id: &SandboxId,
+        disk: &Path,
         log: &Path,
     ) -> Result<(), RunscError> {
-        self.detached(&Subcommand::RunDetached { bundle, id }, log)
+        self.detached(&Subcommand::RunDetached { bundle, id, disk }, log)
             .await
     }
 
@@ -245,10 +248,19 @@ impl Runsc {
         image: &Path,
         bundle: &Path,
         id: &SandboxId,
+        disk: &Path,
         log: &Path,
     ) -> Result<(), RunscError> {
-        self.detached(&Subcommand::RestoreDetached { image, bundle, id }, log)
-            .await
+        self.detached(
+            &Subcommand::RestoreDetached {
+                image,
+                bundle,
+                id,
+                disk,
+            },
+            log,
+        )
+        .await
     }
 
     async fn detached(&self, cmd: &Subcommand<'_>, log: &Path) -> Result<(), RunscError> {
@@ -375,7 +387,6 @@ mod tests {
             binary: "/usr/bin/runsc".into(),
             root: "/var/lib/silo/runsc".into(),
             platform: "systrap".into(),
-            overlay: Overlay::Memory,
             timeout: Duration::from_secs(5),
         }
     }
@@ -388,14 +399,14 @@ mod tests {
             .collect()
     }
 
-    const GLOBAL: [&str; 6] = [
+    const GLOBAL: [&str; 5] = [
         "--root=/var/lib/silo/runsc",
         "--platform=systrap",
         "--network=sandbox",
         "--net-disconnect-ok",
-        "--overlay2=root:memory",
         "--cpu-num-from-quota",
     ];
+    const DISK: &str = "--overlay2=all:dir=/s/iabc/disk";
 
     fn expect(rest: &[&str]) -> Vec<String> {
         GLOBAL.iter().chain(rest).map(|s| s.to_string()).collect()
@@ -406,8 +417,13 @@ mod tests {
         let id: SandboxId = "iabcdefghij012345678".parse().expect("valid id");
         let bundle = Path::new("/b/iabc");
         assert_eq!(
-            argv(Subcommand::RunDetached { bundle, id: &id }),
+            argv(Subcommand::RunDetached {
+                bundle,
+                id: &id,
+                disk: Path::new("/s/iabc/disk")
+            }),
             expect(&[
+                DISK,
                 "run",
                 "--detach",
                 "--bundle",
@@ -449,8 +465,13 @@ mod tests {
         let id: SandboxId = "iabcdefghij012345678".parse().expect("valid id");
         let image = Path::new("/s/iabc/checkpoint");
         assert_eq!(
-            argv(Subcommand::Checkpoint { image, id: &id }),
+            argv(Subcommand::Checkpoint {
+                image,
+                id: &id,
+                disk: Path::new("/s/iabc/disk")
+            }),
             expect(&[
+                DISK,
                 "checkpoint",
                 "--leave-running",
                 "--image-path=/s/iabc/checkpoint",
@@ -461,9 +482,11 @@ mod tests {
             argv(Subcommand::RestoreDetached {
                 image,
                 bundle: Path::new("/s/iabc"),
-                id: &id
+                id: &id,
+                disk: Path::new("/s/iabc/disk")
             }),
             expect(&[
+                DISK,
                 "restore",
                 "--detach",
                 "--image-path=/s/iabc/checkpoint",
@@ -476,14 +499,6 @@ mod tests {
             argv(Subcommand::Pause { id: &id }),
             expect(&["pause", "iabcdefghij012345678"])
         );
-    }
-
-    #[test]
-    fn file_backed_overlay_flag() {
-        let mut r = runsc();
-        r.overlay = Overlay::Dir("/var/lib/silo/overlay".into());
-        let argv = r.argv(&Subcommand::List);
-        assert_eq!(argv[4], "--overlay2=root:dir=/var/lib/silo/overlay");
     }
 
     #[tokio::test]

@@ -61,7 +61,7 @@ impl Default for SandboxDefaults {
             max_cpu_count: 2,
             max_memory_mb: 8192,
             max_disk_size_mb: 10_240,
-            pids_limit: 1024,
+            pids_limit: 512,
         }
     }
 }
