@@ -158,6 +158,8 @@ def test_never_the_host_other_sandboxes_or_metadata(silo, internet):
     try:
         assert reaches(sbx, SITE_A), "the rules themselves allow the internet"
         assert not reaches(sbx, *HOST_SERVICE)
+        # The host's loopback is not the sandbox's: 127.0.0.1 is its own (nothing there).
+        assert not reaches(sbx, "127.0.0.1", HOST_SERVICE[1])
         assert not reaches(sbx, own_address(neighbour), 49983)
         assert not reaches(sbx, "169.254.169.254")
         # The sandbox's gateway is the host too (its /30: gateway = own address - 1).
