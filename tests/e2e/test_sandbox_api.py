@@ -279,3 +279,46 @@ def test_api_keys_are_created_listed_and_revoked_on_a_running_server(silo):
     assert key not in keys("ls").stdout
     assert keys("revoke", key).returncode != 0, "revoking twice says there is no such key"
     assert silo.api("GET", "/v2/sandboxes")[0] == 200, "other keys keep working"
+
+
+def test_template_resources_are_defaults_a_create_may_override(monkeypatch):
+    """A template build's resources.json (what `silo template build --memory-mb` writes)
+    sets its sandboxes' defaults; a create body may ask otherwise within the maximums."""
+    import json
+    import tempfile
+    from pathlib import Path
+
+    from silo_server import SiloServer
+
+    server = SiloServer(subnet="10.223.0.0/16")
+    real = sorted(Path(server.template_dir, "base").glob("*/rootfs"), key=lambda p: p.stat().st_mtime)[-1]
+    templates = Path(tempfile.mkdtemp(prefix="silo-templates-"))
+    build = templates / "base" / "b1"
+    build.mkdir(parents=True)
+    (build / "rootfs").symlink_to(real)
+    (build / "resources.json").write_text(json.dumps({"cpuCount": 1, "memoryMB": 384, "diskSizeMB": 256}))
+    server.template_dir = str(templates)
+    server.start()
+    try:
+        for key, value in server.env().items():
+            monkeypatch.setenv(key, value)
+        sbx = Sandbox.create("base", timeout=60)
+        info = Sandbox.get_info(sbx.sandbox_id)
+        assert (info.cpu_count, info.memory_mb) == (1, 384)
+        assert server.api("GET", f"/sandboxes/{sbx.sandbox_id}")[1]["diskSizeMB"] == 256
+        # The disk is the template's size: a 300 MiB write does not fit.
+        out = sbx.commands.run("dd if=/dev/zero of=/home/user/f bs=1M count=300 2>&1; echo rc=$?", timeout=120)
+        assert "No space left on device" in out.stdout
+        status, body, _ = server.api("POST", "/v2/sandboxes", {
+            "templateID": "base", "timeout": 60, "memoryMB": 256, "envVars": {}, "metadata": {},
+        })
+        assert status == 201, body
+        assert server.api("GET", f"/sandboxes/{body['sandboxID']}")[1]["memoryMB"] == 256
+        status, body, _ = server.api("POST", "/v2/sandboxes", {
+            "templateID": "base", "cpuCount": 99, "envVars": {}, "metadata": {},
+        })
+        assert status == 400 and "cpuCount 99" in body["message"], body
+    finally:
+        server.stop()
+        import shutil
+        shutil.rmtree(templates, ignore_errors=True)

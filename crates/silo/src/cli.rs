@@ -240,6 +240,16 @@ pub enum TemplateCommand {
         /// from them is running: their rootfs is its lower layer.
         #[arg(long)]
         prune: bool,
+        /// The template's default CPUs (a create may ask otherwise, within the server's
+        /// maximum) [default: the server's].
+        #[arg(long)]
+        cpu_count: Option<u32>,
+        /// The template's default memory in MiB [default: the server's].
+        #[arg(long)]
+        memory_mb: Option<u32>,
+        /// The template's default disk in MiB [default: the server's].
+        #[arg(long)]
+        disk_size_mb: Option<u32>,
     },
     /// List built templates.
     Ls,

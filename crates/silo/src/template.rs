@@ -4,8 +4,11 @@ use std::io::IsTerminal;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
-use anyhow::bail;
+use std::path::Path;
+
+use anyhow::{bail, Context};
 use indicatif::{ProgressBar, ProgressStyle};
+use silo_node::sandbox::{resources_of, TemplateResources, RESOURCES_FILE};
 use silo_templates::{Progress, Stage};
 
 use crate::cli::{TemplateArgs, TemplateCommand};
@@ -13,7 +16,13 @@ use crate::cli::{TemplateArgs, TemplateCommand};
 pub async fn run(args: TemplateArgs) -> anyhow::Result<ExitCode> {
     let dir = args.dirs.template_dir();
     match args.command {
-        TemplateCommand::Build { name, prune } => {
+        TemplateCommand::Build {
+            name,
+            prune,
+            cpu_count,
+            memory_mb,
+            disk_size_mb,
+        } => {
             let layer = match name.as_str() {
                 "base" => None,
                 "code-interpreter" | "code-interpreter-v1" => {
@@ -46,6 +55,14 @@ pub async fn run(args: TemplateArgs) -> anyhow::Result<ExitCode> {
                     built?
                 }
             };
+            let resources = TemplateResources {
+                cpu_count,
+                memory_mb,
+                disk_size_mb,
+            };
+            if resources != TemplateResources::default() {
+                write_resources(&built.rootfs, &resources)?;
+            }
             eprintln!(
                 "template {name} ready in {:.1}s: {}",
                 started.elapsed().as_secs_f64(),
@@ -68,6 +85,24 @@ pub async fn run(args: TemplateArgs) -> anyhow::Result<ExitCode> {
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Set the build's default resources: those given replace the ones written before.
+fn write_resources(rootfs: &Path, given: &TemplateResources) -> anyhow::Result<()> {
+    let mut resources = resources_of(rootfs)?;
+    resources.cpu_count = given.cpu_count.or(resources.cpu_count);
+    resources.memory_mb = given.memory_mb.or(resources.memory_mb);
+    resources.disk_size_mb = given.disk_size_mb.or(resources.disk_size_mb);
+    let build = rootfs
+        .parent()
+        .context("a template rootfs has a build directory")?;
+    let path = build.join(RESOURCES_FILE);
+    let tmp = build.join(format!(".{RESOURCES_FILE}.tmp"));
+    std::fs::write(&tmp, serde_json::to_vec_pretty(&resources)?)
+        .and_then(|()| std::fs::rename(&tmp, &path))
+        .with_context(|| format!("cannot write {}", path.display()))?;
+    eprintln!("template defaults: {}", serde_json::to_string(&resources)?);
+    Ok(())
 }
 
 /// A spinner with the stage and the latest output line on a terminal; plain stage
@@ -120,5 +155,29 @@ impl BuildDisplay {
         if let Some(bar) = &self.bar {
             bar.finish_and_clear();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn resources_given_replace_only_themselves() {
+        let dir = tempfile::tempdir().unwrap();
+        let rootfs = dir.path().join("base/h/rootfs");
+        std::fs::create_dir_all(&rootfs).unwrap();
+        let memory = TemplateResources {
+            memory_mb: Some(384),
+            ..TemplateResources::default()
+        };
+        write_resources(&rootfs, &memory).unwrap();
+        let cpus = TemplateResources {
+            cpu_count: Some(1),
+            ..TemplateResources::default()
+        };
+        write_resources(&rootfs, &cpus).unwrap();
+        let read = resources_of(&rootfs).unwrap();
+        assert_eq!((read.cpu_count, read.memory_mb), (Some(1), Some(384)));
     }
 }

@@ -41,6 +41,8 @@ pub(super) struct Origin {
     /// The template's canonical name, or the snapshot's id (for logs).
     pub(super) name: String,
     pub(super) rootfs: PathBuf,
+    /// The template's own defaults (a snapshot's saved resources come first).
+    pub(super) resources: super::TemplateResources,
     pub(super) snapshot: Option<SavedState>,
 }
 
@@ -68,6 +70,7 @@ impl Manager {
         if let Some(snap) = self.catalog.snapshot(name)? {
             return Ok(Origin {
                 rootfs: snap.rootfs.into(),
+                resources: super::TemplateResources::default(),
                 snapshot: Some(SavedState {
                     image: self.snapshot_image(&snap.id),
                     access_token: snap.access_token,
@@ -80,8 +83,10 @@ impl Manager {
             });
         }
         let template = self.templates.canonical(name)?.to_owned();
+        let rootfs = self.templates.rootfs(&template)?;
         Ok(Origin {
-            rootfs: self.templates.rootfs(&template)?,
+            resources: super::resources_of(&rootfs)?,
+            rootfs,
             snapshot: None,
             name: template,
         })
@@ -94,24 +99,26 @@ impl Manager {
     ) -> Result<SandboxRecord, SandboxError> {
         let timeout = self.clamp_timeout(req.timeout_seconds);
         let d = &self.defaults;
-        // A snapshot keeps the resources it was saved with unless asked otherwise.
+        // Asked for, else what a snapshot was saved with, else the template's, else
+        // the server's.
         let saved = origin.snapshot.as_ref();
+        let t = origin.resources;
         let cpu_count = within(
             "cpuCount",
             req.cpu_count,
-            saved.map_or(d.cpu_count, |s| s.cpu_count),
+            saved.map_or(t.cpu_count.unwrap_or(d.cpu_count), |s| s.cpu_count),
             d.max_cpu_count,
         )?;
         let memory_mb = within(
             "memoryMB",
             req.memory_mb,
-            saved.map_or(d.memory_mb, |s| s.memory_mb),
+            saved.map_or(t.memory_mb.unwrap_or(d.memory_mb), |s| s.memory_mb),
             d.max_memory_mb,
         )?;
         let disk_size_mb = within(
             "diskSizeMB",
             req.disk_size_mb,
-            saved.map_or(d.disk_size_mb, |s| s.disk_size_mb),
+            saved.map_or(t.disk_size_mb.unwrap_or(d.disk_size_mb), |s| s.disk_size_mb),
             d.max_disk_size_mb,
         )?;
         let mut env_vars = saved.map(|s| s.env_vars.clone()).unwrap_or_default();

@@ -86,6 +86,7 @@ impl Manager {
             let origin = Origin {
                 name: format!("fork of {id}"),
                 rootfs,
+                resources: Default::default(),
                 snapshot: Some(SavedState {
                     image,
                     access_token: rec.envd_access_token.clone(),
