@@ -123,3 +123,43 @@ def test_bad_snapshot_and_fork_requests(silo, source):
     assert status == 400 and "filesystem-only" in body["message"], body
     status, body, _ = silo.api("DELETE", "/templates/snapnothing")
     assert status == 404, body
+
+
+def test_a_disk_too_full_for_the_image_fails_clearly_and_the_sandbox_runs_on(monkeypatch):
+    """The server's data dir on a 96 MiB tmpfs, a sandbox holding 200 MiB of memory: its
+    image cannot be written. The error says why, and the sandbox runs on untouched."""
+    import subprocess
+
+    from silo_server import SiloServer
+
+    server = SiloServer(subnet="10.224.0.0/16")
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=96m", "silo-e2e-full", str(server.data_dir)], check=True)
+    try:
+        server.start()
+        for key, value in server.env().items():
+            monkeypatch.setenv(key, value)
+        sbx = Sandbox.create("base", timeout=120)
+        sbx.files.write("/home/user/kept.txt", "kept")
+        sbx.commands.run(
+            # Random bytes: the image is compressed, so zeros would fit.
+            "python3 -c \"import os, time; b = os.urandom(200 << 20); "
+            "open('/tmp/ready', 'w').close(); time.sleep(600)\"",
+            background=True,
+        )
+        deadline = time.monotonic() + 60
+        while sbx.commands.run("test -e /tmp/ready && echo yes || true").stdout != "yes\n":
+            assert time.monotonic() < deadline, "the allocation never finished"
+            time.sleep(0.5)
+        status, body, _ = server.api("POST", f"/sandboxes/{sbx.sandbox_id}/snapshots", {})
+        assert status == 500, body
+        assert "no space left on device" in body["message"].lower(), body
+        assert "runs on" in body["message"], body
+        assert sbx.files.read("/home/user/kept.txt") == "kept"
+        assert Sandbox.get_info(sbx.sandbox_id).state.value == "running"
+        assert server.api("GET", "/snapshots")[1] == []
+        snapshots_dir = server.data_dir / "snapshots"
+        assert not snapshots_dir.exists() or list(snapshots_dir.iterdir()) == [], "no half-written image"
+    finally:
+        server.stop(keep_data=True)
+        subprocess.run(["umount", str(server.data_dir)], check=False)
+        subprocess.run(["rm", "-rf", str(server.data_dir)], check=False)
