@@ -94,9 +94,7 @@ pub async fn create(
                 .and_then(|n| n.allow_public_traffic)
                 .unwrap_or(true),
             egress: create_egress(body.allow_internet_access, body.network.unwrap_or_default())?,
-            cpu_count: body.cpu_count,
-            memory_mb: body.memory_mb,
-            disk_size_mb: body.disk_size_mb,
+            resources: body.resources,
         })
         .await?;
     Ok((StatusCode::CREATED, Json(app.sandbox_body(&rec))))

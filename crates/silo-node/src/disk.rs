@@ -39,8 +39,8 @@ pub fn mount_point(dir: &Path) -> PathBuf {
     dir.join(MOUNT_POINT)
 }
 
-/// Make and mount the disk of `size_mb` MiB; returns its mount point.
-pub async fn create(dir: &Path, size_mb: u32) -> Result<PathBuf, DiskError> {
+/// Make and mount the disk of `size_mb` MiB at [`mount_point`].
+pub async fn create(dir: &Path, size_mb: u32) -> Result<(), DiskError> {
     let image = dir.join(IMAGE);
     let mount_point = mount_point(dir);
     let io_err = |source| DiskError::Image {
@@ -80,8 +80,7 @@ pub async fn create(dir: &Path, size_mb: u32) -> Result<PathBuf, DiskError> {
         ],
         &mount_point,
     )
-    .await?;
-    Ok(mount_point)
+    .await
 }
 
 /// Unmount (the loop device goes with it) and delete the image; gone already is fine.

@@ -222,7 +222,7 @@ impl RunscRuntime {
         }
 
         undo.push(Undo::RemoveDisk);
-        let disk = crate::disk::create(&dir, spec.disk_size_mb)
+        crate::disk::create(&dir, spec.disk_size_mb)
             .await
             .map_err(|source| RuntimeError::CreateDisk {
                 id: id.clone(),
@@ -281,21 +281,9 @@ impl RunscRuntime {
         undo.push(Undo::RemoveCgroups);
         undo.push(Undo::DeleteContainer);
         let log = dir.join("console.log");
-        match &spec.from_image {
-            None => inner.runsc.run_detached(&dir, id, &disk, &log).await,
-            // The image's netstack takes this netns's address at restore.
-            Some(image) => {
-                inner
-                    .runsc
-                    .restore_detached(image, &dir, id, &disk, &log)
-                    .await
-            }
-        }
-        .map_err(|source| RuntimeError::StartContainer {
-            id: id.clone(),
-            source,
-        })?;
-        self.shield_from_oom(id).await;
+        // A restored image's netstack takes this netns's address.
+        self.start_container(id, spec.from_image.as_deref(), &log)
+            .await?;
         let running_after = began.elapsed();
 
         let agent = SocketAddr::from((lease.ip, ports::ENVD));
@@ -444,6 +432,29 @@ impl RunscRuntime {
         saved
     }
 
+    /// Run the sandbox's container from its bundle and disk, booted fresh or restored
+    /// from `image`.
+    async fn start_container(
+        &self,
+        id: &SandboxId,
+        image: Option<&Path>,
+        log: &Path,
+    ) -> Result<(), RuntimeError> {
+        let runsc = &self.inner.runsc;
+        let dir = self.inner.sandbox_dir(id);
+        let disk = crate::disk::mount_point(&dir);
+        match image {
+            None => runsc.run_detached(&dir, id, &disk, log).await,
+            Some(image) => runsc.restore_detached(image, &dir, id, &disk, log).await,
+        }
+        .map_err(|source| RuntimeError::StartContainer {
+            id: id.clone(),
+            source,
+        })?;
+        self.shield_from_oom(id).await;
+        Ok(())
+    }
+
     /// Make the sandbox's own process (gVisor's kernel) the host OOM killer's last
     /// choice in its memory cgroup: at the limit the killer then picks the process of
     /// the task that allocated (its systrap stub), which the sandbox sees exit, instead
@@ -524,17 +535,8 @@ impl RunscRuntime {
             })?;
         // A container left from the pause (its delete failed) would block the restore.
         self.stop_container(id).await?;
-        let dir = inner.sandbox_dir(id);
-        let disk = crate::disk::mount_point(&dir);
-        inner
-            .runsc
-            .restore_detached(image, &dir, id, &disk, &dir.join("console.log"))
-            .await
-            .map_err(|source| RuntimeError::StartContainer {
-                id: id.clone(),
-                source,
-            })?;
-        self.shield_from_oom(id).await;
+        let log = inner.sandbox_dir(id).join("console.log");
+        self.start_container(id, Some(image), &log).await?;
         self.ready(id, &lease).await
     }
 

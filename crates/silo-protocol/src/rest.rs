@@ -41,8 +41,16 @@ pub struct NewSandbox {
     pub auto_resume: Option<AutoResume>,
     #[serde(default)]
     pub network: Option<NetworkConfig>,
-    /// silo's own: CPUs, memory and disk of this sandbox instead of the server's
-    /// defaults, within its maximums (E2B sets them per template only).
+    /// silo's own: CPUs, memory and disk of this sandbox instead of the template's or
+    /// the server's defaults, within its maximums (E2B sets them per template only).
+    #[serde(flatten)]
+    pub resources: Resources,
+}
+
+/// CPUs, memory (MiB) and disk (MiB), each given or not: asked for by a create, or a
+/// template's defaults.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Resources {
     #[serde(default, rename = "cpuCount", skip_serializing_if = "Option::is_none")]
     pub cpu_count: Option<u32>,
     #[serde(default, rename = "memoryMB", skip_serializing_if = "Option::is_none")]
@@ -53,6 +61,17 @@ pub struct NewSandbox {
         skip_serializing_if = "Option::is_none"
     )]
     pub disk_size_mb: Option<u32>,
+}
+
+impl Resources {
+    /// Each field from `self` if given, else from `fallback`.
+    pub fn or(self, fallback: Resources) -> Resources {
+        Resources {
+            cpu_count: self.cpu_count.or(fallback.cpu_count),
+            memory_mb: self.memory_mb.or(fallback.memory_mb),
+            disk_size_mb: self.disk_size_mb.or(fallback.disk_size_mb),
+        }
+    }
 }
 
 /// The egress part of `network`, shared by the create body and the update.

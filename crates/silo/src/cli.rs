@@ -196,15 +196,8 @@ pub enum SandboxCommand {
         /// Metadata as key=value (repeatable).
         #[arg(long = "metadata", value_parser = parse_key_value)]
         metadata: Vec<(String, String)>,
-        /// CPUs [default: the server's].
-        #[arg(long)]
-        cpu_count: Option<u32>,
-        /// Memory in MiB [default: the server's].
-        #[arg(long)]
-        memory_mb: Option<u32>,
-        /// Disk for its writes in MiB [default: the server's].
-        #[arg(long)]
-        disk_size_mb: Option<u32>,
+        #[command(flatten)]
+        resources: ResourceArgs,
     },
     /// Run a shell command in a sandbox; exits with the command's exit code.
     Exec {
@@ -240,19 +233,38 @@ pub enum TemplateCommand {
         /// from them is running: their rootfs is its lower layer.
         #[arg(long)]
         prune: bool,
-        /// The template's default CPUs (a create may ask otherwise, within the server's
-        /// maximum) [default: the server's].
-        #[arg(long)]
-        cpu_count: Option<u32>,
-        /// The template's default memory in MiB [default: the server's].
-        #[arg(long)]
-        memory_mb: Option<u32>,
-        /// The template's default disk in MiB [default: the server's].
-        #[arg(long)]
-        disk_size_mb: Option<u32>,
+        /// The template's defaults (a create may ask otherwise, within the server's
+        /// maximums).
+        #[command(flatten)]
+        resources: ResourceArgs,
     },
     /// List built templates.
     Ls,
+}
+
+/// A sandbox's resources, each optional.
+#[derive(Debug, Args)]
+pub struct ResourceArgs {
+    /// CPUs [default: the template's, else the server's].
+    #[arg(long)]
+    pub cpu_count: Option<u32>,
+    /// Memory in MiB [default: the template's, else the server's].
+    #[arg(long)]
+    pub memory_mb: Option<u32>,
+    /// Disk for its writes (/ and /tmp) in MiB [default: the template's, else the
+    /// server's].
+    #[arg(long)]
+    pub disk_size_mb: Option<u32>,
+}
+
+impl ResourceArgs {
+    pub fn resources(&self) -> silo_protocol::rest::Resources {
+        silo_protocol::rest::Resources {
+            cpu_count: self.cpu_count,
+            memory_mb: self.memory_mb,
+            disk_size_mb: self.disk_size_mb,
+        }
+    }
 }
 
 fn parse_subnet(s: &str) -> Result<(std::net::Ipv4Addr, u8), String> {

@@ -34,18 +34,14 @@ pub async fn run(args: SandboxArgs) -> anyhow::Result<ExitCode> {
             template,
             timeout,
             metadata,
-            cpu_count,
-            memory_mb,
-            disk_size_mb,
+            resources,
         } => {
             let sbx = client
                 .create(&NewSandbox {
                     template_id: template,
                     timeout,
                     metadata: Some(metadata.into_iter().collect()),
-                    cpu_count,
-                    memory_mb,
-                    disk_size_mb,
+                    resources: resources.resources(),
                     ..NewSandbox::default()
                 })
                 .await?;

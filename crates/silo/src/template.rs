@@ -8,7 +8,8 @@ use std::path::Path;
 
 use anyhow::{bail, Context};
 use indicatif::{ProgressBar, ProgressStyle};
-use silo_node::sandbox::{resources_of, TemplateResources, RESOURCES_FILE};
+use silo_node::sandbox::{resources_of, RESOURCES_FILE};
+use silo_protocol::rest::Resources;
 use silo_templates::{Progress, Stage};
 
 use crate::cli::{TemplateArgs, TemplateCommand};
@@ -19,9 +20,7 @@ pub async fn run(args: TemplateArgs) -> anyhow::Result<ExitCode> {
         TemplateCommand::Build {
             name,
             prune,
-            cpu_count,
-            memory_mb,
-            disk_size_mb,
+            resources,
         } => {
             let layer = match name.as_str() {
                 "base" => None,
@@ -55,12 +54,8 @@ pub async fn run(args: TemplateArgs) -> anyhow::Result<ExitCode> {
                     built?
                 }
             };
-            let resources = TemplateResources {
-                cpu_count,
-                memory_mb,
-                disk_size_mb,
-            };
-            if resources != TemplateResources::default() {
+            let resources = resources.resources();
+            if resources != Resources::default() {
                 write_resources(&built.rootfs, &resources)?;
             }
             eprintln!(
@@ -88,11 +83,8 @@ pub async fn run(args: TemplateArgs) -> anyhow::Result<ExitCode> {
 }
 
 /// Set the build's default resources: those given replace the ones written before.
-fn write_resources(rootfs: &Path, given: &TemplateResources) -> anyhow::Result<()> {
-    let mut resources = resources_of(rootfs)?;
-    resources.cpu_count = given.cpu_count.or(resources.cpu_count);
-    resources.memory_mb = given.memory_mb.or(resources.memory_mb);
-    resources.disk_size_mb = given.disk_size_mb.or(resources.disk_size_mb);
+fn write_resources(rootfs: &Path, given: &Resources) -> anyhow::Result<()> {
+    let resources = given.or(resources_of(rootfs)?);
     let build = rootfs
         .parent()
         .context("a template rootfs has a build directory")?;
@@ -167,14 +159,14 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let rootfs = dir.path().join("base/h/rootfs");
         std::fs::create_dir_all(&rootfs).unwrap();
-        let memory = TemplateResources {
+        let memory = Resources {
             memory_mb: Some(384),
-            ..TemplateResources::default()
+            ..Resources::default()
         };
         write_resources(&rootfs, &memory).unwrap();
-        let cpus = TemplateResources {
+        let cpus = Resources {
             cpu_count: Some(1),
-            ..TemplateResources::default()
+            ..Resources::default()
         };
         write_resources(&rootfs, &cpus).unwrap();
         let read = resources_of(&rootfs).unwrap();

@@ -10,7 +10,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use silo_client::{Client, Output};
-use silo_protocol::rest::NewSandbox;
+use silo_protocol::rest::{NewSandbox, Resources};
 
 struct Server {
     child: Child,
@@ -119,8 +119,11 @@ async fn create_run_and_kill_with_the_rust_client() {
             template_id: "base".into(),
             timeout: Some(60),
             metadata: Some([("from".to_owned(), "rust".to_owned())].into()),
-            cpu_count: Some(1),
-            memory_mb: Some(256),
+            resources: Resources {
+                cpu_count: Some(1),
+                memory_mb: Some(256),
+                disk_size_mb: None,
+            },
             ..NewSandbox::default()
         })
         .await
@@ -168,7 +171,10 @@ async fn create_run_and_kill_with_the_rust_client() {
     let too_big = client
         .create(&NewSandbox {
             template_id: "base".into(),
-            cpu_count: Some(4096),
+            resources: Resources {
+                cpu_count: Some(4096),
+                ..Resources::default()
+            },
             ..NewSandbox::default()
         })
         .await

@@ -6,6 +6,7 @@ use std::path::PathBuf;
 
 use silo_catalog::{now_ms, SandboxRecord, SandboxState};
 use silo_protocol::ids::{generate_access_token, SandboxId};
+use silo_protocol::rest::Resources;
 
 use super::{Manager, SandboxError};
 use crate::agent::InitRequest;
@@ -29,10 +30,8 @@ pub struct CreateRequest {
     /// Whether its ports answer without the traffic access token (E2B's
     /// `allowPublicTraffic`, on by default).
     pub public_traffic: bool,
-    /// Resources asked for; `None` takes the server's default.
-    pub cpu_count: Option<u32>,
-    pub memory_mb: Option<u32>,
-    pub disk_size_mb: Option<u32>,
+    /// Resources asked for; what is not takes the origin's, else the server's default.
+    pub resources: Resources,
 }
 
 /// What a new sandbox starts from: a template booted fresh, or a snapshot restored.
@@ -41,8 +40,8 @@ pub(super) struct Origin {
     /// The template's canonical name, or the snapshot's id (for logs).
     pub(super) name: String,
     pub(super) rootfs: PathBuf,
-    /// The template's own defaults (a snapshot's saved resources come first).
-    pub(super) resources: super::TemplateResources,
+    /// Its defaults: a template's, or what a snapshot was saved with.
+    pub(super) resources: Resources,
     pub(super) snapshot: Option<SavedState>,
 }
 
@@ -53,9 +52,6 @@ pub(super) struct SavedState {
     /// The envd token the saved agent holds: the new configuration must present it.
     pub(super) access_token: Option<String>,
     pub(super) env_vars: BTreeMap<String, String>,
-    pub(super) cpu_count: u32,
-    pub(super) memory_mb: u32,
-    pub(super) disk_size_mb: u32,
 }
 
 impl Manager {
@@ -70,14 +66,15 @@ impl Manager {
         if let Some(snap) = self.catalog.snapshot(name)? {
             return Ok(Origin {
                 rootfs: snap.rootfs.into(),
-                resources: super::TemplateResources::default(),
+                resources: Resources {
+                    cpu_count: Some(snap.cpu_count),
+                    memory_mb: Some(snap.memory_mb),
+                    disk_size_mb: Some(snap.disk_size_mb),
+                },
                 snapshot: Some(SavedState {
                     image: self.snapshot_image(&snap.id),
                     access_token: snap.access_token,
                     env_vars: snap.env_vars,
-                    cpu_count: snap.cpu_count,
-                    memory_mb: snap.memory_mb,
-                    disk_size_mb: snap.disk_size_mb,
                 }),
                 name: snap.id,
             });
@@ -99,28 +96,16 @@ impl Manager {
     ) -> Result<SandboxRecord, SandboxError> {
         let timeout = self.clamp_timeout(req.timeout_seconds);
         let d = &self.defaults;
-        // Asked for, else what a snapshot was saved with, else the template's, else
-        // the server's.
-        let saved = origin.snapshot.as_ref();
-        let t = origin.resources;
-        let cpu_count = within(
-            "cpuCount",
-            req.cpu_count,
-            saved.map_or(t.cpu_count.unwrap_or(d.cpu_count), |s| s.cpu_count),
-            d.max_cpu_count,
-        )?;
-        let memory_mb = within(
-            "memoryMB",
-            req.memory_mb,
-            saved.map_or(t.memory_mb.unwrap_or(d.memory_mb), |s| s.memory_mb),
-            d.max_memory_mb,
-        )?;
+        let asked = req.resources.or(origin.resources);
+        let cpu_count = within("cpuCount", asked.cpu_count, d.cpu_count, d.max_cpu_count)?;
+        let memory_mb = within("memoryMB", asked.memory_mb, d.memory_mb, d.max_memory_mb)?;
         let disk_size_mb = within(
             "diskSizeMB",
-            req.disk_size_mb,
-            saved.map_or(t.disk_size_mb.unwrap_or(d.disk_size_mb), |s| s.disk_size_mb),
+            asked.disk_size_mb,
+            d.disk_size_mb,
             d.max_disk_size_mb,
         )?;
+        let saved = origin.snapshot.as_ref();
         let mut env_vars = saved.map(|s| s.env_vars.clone()).unwrap_or_default();
         env_vars.extend(req.env_vars);
         let now = now_ms();

@@ -33,7 +33,7 @@ use silo_protocol::ids::SandboxId;
 use crate::{Runtime, RuntimeError};
 pub use create::CreateRequest;
 pub use snapshot::MAX_FORKS;
-pub use templates::{resources_of, TemplateResources, Templates, RESOURCES_FILE};
+pub use templates::{resources_of, Templates, RESOURCES_FILE};
 
 /// Limits and defaults for sandboxes (documented on the CLI flags that set them).
 #[derive(Debug, Clone)]

@@ -15,6 +15,7 @@ use std::path::{Path, PathBuf};
 
 use silo_catalog::{now_ms, SandboxRecord, SandboxState, SnapshotRecord};
 use silo_protocol::ids::SandboxId;
+use silo_protocol::rest::Resources;
 
 use super::create::{CreateRequest, Origin, SavedState};
 use super::{Manager, SandboxError};
@@ -86,14 +87,15 @@ impl Manager {
             let origin = Origin {
                 name: format!("fork of {id}"),
                 rootfs,
-                resources: Default::default(),
+                resources: Resources {
+                    cpu_count: Some(rec.cpu_count),
+                    memory_mb: Some(rec.memory_mb),
+                    disk_size_mb: Some(rec.disk_size_mb),
+                },
                 snapshot: Some(SavedState {
                     image,
                     access_token: rec.envd_access_token.clone(),
                     env_vars: rec.env_vars.clone(),
-                    cpu_count: rec.cpu_count,
-                    memory_mb: rec.memory_mb,
-                    disk_size_mb: rec.disk_size_mb,
                 }),
             };
             (rec, origin)
@@ -111,9 +113,7 @@ impl Manager {
                 egress: super::network::policy_of(&rec.network)
                     .map_err(SandboxError::InvalidRequest)?,
                 public_traffic: rec.traffic_access_token.is_none(),
-                cpu_count: None,
-                memory_mb: None,
-                disk_size_mb: None,
+                resources: Resources::default(),
             };
             forks.push(self.create_from(req, origin.clone()).await);
         }

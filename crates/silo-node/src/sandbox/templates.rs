@@ -3,31 +3,17 @@
 //! A template build lives at `<dir>/<name>/<build-hash>/rootfs` and is renamed into place
 //! only when complete, so any such directory is usable; the newest one wins. Beside the
 //! rootfs, `resources.json` may give the template's default resources
-//! ([`TemplateResources`]), which `silo template build --cpu-count/--memory-mb/
+//! ([`Resources`]; what it leaves out is the server's default), which `silo template build --cpu-count/--memory-mb/
 //! --disk-size-mb` writes.
 
 use std::path::{Path, PathBuf};
+
+use silo_protocol::rest::Resources;
 
 use super::SandboxError;
 
 /// A build's resources file, beside its rootfs.
 pub const RESOURCES_FILE: &str = "resources.json";
-
-/// A template's default resources; what it leaves out is the server's default.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct TemplateResources {
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub cpu_count: Option<u32>,
-    #[serde(default, rename = "memoryMB", skip_serializing_if = "Option::is_none")]
-    pub memory_mb: Option<u32>,
-    #[serde(
-        default,
-        rename = "diskSizeMB",
-        skip_serializing_if = "Option::is_none"
-    )]
-    pub disk_size_mb: Option<u32>,
-}
 
 /// Names the SDKs use for silo's templates.
 const ALIASES: &[(&str, &str)] = &[("code-interpreter-v1", "code-interpreter")];
@@ -70,9 +56,9 @@ impl Templates {
 }
 
 /// The resources of the build whose rootfs is `rootfs` (none set when it has no file).
-pub fn resources_of(rootfs: &Path) -> Result<TemplateResources, SandboxError> {
+pub fn resources_of(rootfs: &Path) -> Result<Resources, SandboxError> {
     let Some(path) = rootfs.parent().map(|build| build.join(RESOURCES_FILE)) else {
-        return Ok(TemplateResources::default());
+        return Ok(Resources::default());
     };
     match std::fs::read(&path) {
         Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| {
@@ -81,7 +67,7 @@ pub fn resources_of(rootfs: &Path) -> Result<TemplateResources, SandboxError> {
                 path.display()
             ))
         }),
-        Err(_) => Ok(TemplateResources::default()),
+        Err(_) => Ok(Resources::default()),
     }
 }
 
@@ -126,7 +112,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let rootfs = dir.path().join("base/h/rootfs");
         std::fs::create_dir_all(&rootfs).unwrap();
-        assert_eq!(resources_of(&rootfs).unwrap(), TemplateResources::default());
+        assert_eq!(resources_of(&rootfs).unwrap(), Resources::default());
         std::fs::write(
             dir.path().join("base/h").join(RESOURCES_FILE),
             r#"{"memoryMB":384}"#,
