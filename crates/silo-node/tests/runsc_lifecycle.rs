@@ -96,6 +96,8 @@ async fn twenty_start_destroy_cycles_leak_nothing() {
             times[0], times[10], times[19]
         );
     }
+    // No sandbox left: the pool's firewall table goes too.
+    rt.shutdown().await;
 }
 
 #[tokio::test]
@@ -122,6 +124,8 @@ async fn destroy_after_restart_needs_only_the_id_and_is_idempotent() {
     second.destroy(&other.id).await.expect("destroy other");
     assert!(second.list().await.expect("list").is_empty());
     assert_eq!(usage(&second).await, baseline);
+    // No sandbox left: the pool's firewall table goes too.
+    second.shutdown().await;
 }
 
 fn spec_with_new_id(spec: &SandboxSpec) -> SandboxSpec {
@@ -150,6 +154,8 @@ async fn failed_start_undoes_everything() {
     );
     assert_eq!(usage(&rt).await, baseline);
     assert!(rt.list().await.expect("list").is_empty());
+    // No sandbox left: the pool's firewall table goes too.
+    rt.shutdown().await;
 }
 
 #[tokio::test]
@@ -172,6 +178,8 @@ async fn concurrent_starts_get_distinct_addresses() {
         rt.destroy(&spec.id).await.expect("destroy");
     }
     assert_eq!(usage(&rt).await, baseline);
+    // No sandbox left: the pool's firewall table goes too.
+    rt.shutdown().await;
 }
 
 async fn futures_join(
@@ -224,4 +232,6 @@ async fn snapshot_starts_copies_and_the_source_runs_on() {
     rt.destroy(&source.id).await.expect("destroy source");
     std::fs::remove_dir_all(&image).expect("remove image");
     assert_eq!(usage(&rt).await, baseline);
+    // No sandbox left: the pool's firewall table goes too.
+    rt.shutdown().await;
 }
