@@ -7,7 +7,6 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::IntoResponse;
 use axum::Json;
 use silo_catalog::SnapshotRecord;
-use silo_node::sandbox::MAX_FORKS;
 use silo_protocol::rest::{ForkResult, ForkSandbox, NewSnapshot, SnapshotInfo};
 
 use crate::error::ApiError;
@@ -68,28 +67,21 @@ pub async fn list(
             Err(_) => return Ok((HeaderMap::new(), Json(Vec::new()))),
         },
     };
-    let mut snaps = app.manager.snapshots(of.as_ref())?.into_iter().filter(|s| {
+    let snaps = app.manager.snapshots(of.as_ref())?.into_iter().filter(|s| {
         query
             .name
             .as_ref()
             .is_none_or(|name| s.name.as_ref() == Some(name))
     });
-    if let Some(after) = &query.next_token {
-        for snap in snaps.by_ref() {
-            if &snap.id == after {
-                break;
-            }
-        }
-    }
-    let limit = query.limit.unwrap_or(usize::MAX).max(1);
-    let page: Vec<SnapshotRecord> = snaps.by_ref().take(limit).collect();
+    let (page, next_token) = silo_catalog::page(
+        snaps,
+        query.next_token.as_deref(),
+        query.limit.map(|limit| limit.max(1)),
+        |snap| snap.id.as_str(),
+    );
     let mut headers = HeaderMap::new();
-    if page.len() == limit && snaps.next().is_some() {
-        if let Some(last) = page.last() {
-            if let Ok(token) = HeaderValue::from_str(&last.id) {
-                headers.insert("x-next-token", token);
-            }
-        }
+    if let Some(token) = next_token.and_then(|t| HeaderValue::from_str(&t).ok()) {
+        headers.insert("x-next-token", token);
     }
     Ok((headers, Json(page.iter().map(info).collect::<Vec<_>>())))
 }
@@ -115,13 +107,10 @@ pub async fn fork(
     body: axum::body::Bytes,
 ) -> Result<impl IntoResponse, ApiError> {
     let req = optional_body::<ForkSandbox>(&body, "fork")?;
-    let count = req.count.unwrap_or(1);
-    if !(1..=MAX_FORKS).contains(&count) {
-        return Err(ApiError::BadRequest(format!(
-            "count {count}: fork 1 to {MAX_FORKS} sandboxes at a time"
-        )));
-    }
-    let forks = app.manager.fork(&id, count, req.timeout).await?;
+    let forks = app
+        .manager
+        .fork(&id, req.count.unwrap_or(1), req.timeout)
+        .await?;
     let body: Vec<ForkResult> = forks
         .into_iter()
         .map(|fork| match fork {

@@ -191,6 +191,33 @@ CREATE TABLE snapshots (
 "#,
 ];
 
+/// One page of `items`: those after the one whose key is `after` (the previous page's
+/// token), at most `limit` of them, and the token of the next page (the last key) when
+/// more follow.
+pub fn page<T>(
+    items: impl Iterator<Item = T>,
+    after: Option<&str>,
+    limit: Option<usize>,
+    key: impl Fn(&T) -> &str,
+) -> (Vec<T>, Option<String>) {
+    let mut items = items.peekable();
+    if let Some(after) = after {
+        for item in items.by_ref() {
+            if key(&item) == after {
+                break;
+            }
+        }
+    }
+    let limit = limit.unwrap_or(usize::MAX);
+    let taken: Vec<T> = items.by_ref().take(limit).collect();
+    let next_token = if taken.len() == limit && items.peek().is_some() {
+        taken.last().map(|item| key(item).to_owned())
+    } else {
+        None
+    };
+    (taken, next_token)
+}
+
 pub fn now_ms() -> i64 {
     chrono::Utc::now().timestamp_millis()
 }
@@ -444,7 +471,7 @@ impl Catalog {
         };
         let mut all = self.sandboxes_in(&states)?;
         all.reverse();
-        let mut matching = all.into_iter().filter(|rec| {
+        let matching = all.into_iter().filter(|rec| {
             filter
                 .template_id
                 .as_ref()
@@ -454,22 +481,10 @@ impl Catalog {
                     .iter()
                     .all(|(key, value)| rec.metadata.get(key) == Some(value))
         });
-        // The token is the id of the last sandbox of the previous page.
-        if let Some(after) = &filter.after {
-            for rec in matching.by_ref() {
-                if rec.id.as_str() == after {
-                    break;
-                }
-            }
-        }
-        let limit = filter.limit.unwrap_or(usize::MAX);
-        let mut sandboxes: Vec<SandboxRecord> = matching.by_ref().take(limit).collect();
-        let next_token = if sandboxes.len() == limit && matching.next().is_some() {
-            sandboxes.last().map(|rec| rec.id.to_string())
-        } else {
-            None
-        };
-        sandboxes.shrink_to_fit();
+        let (sandboxes, next_token) =
+            page(matching, filter.after.as_deref(), filter.limit, |rec| {
+                rec.id.as_str()
+            });
         Ok(Page {
             sandboxes,
             next_token,
@@ -622,6 +637,24 @@ fn insert_event(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn pages_follow_the_token() {
+        let items = ["a", "b", "c", "d", "e"];
+        let pages = |after, limit| page(items.iter().copied(), after, limit, |s| s);
+        assert_eq!(pages(None, Some(2)), (vec!["a", "b"], Some("b".into())));
+        assert_eq!(
+            pages(Some("b"), Some(2)),
+            (vec!["c", "d"], Some("d".into()))
+        );
+        assert_eq!(pages(Some("d"), Some(2)), (vec!["e"], None));
+        assert_eq!(
+            pages(Some("c"), Some(2)),
+            (vec!["d", "e"], None),
+            "no empty last page"
+        );
+        assert_eq!(pages(None, None).0.len(), 5);
+    }
 
     fn record(template: &str, metadata: &[(&str, &str)]) -> SandboxRecord {
         SandboxRecord {

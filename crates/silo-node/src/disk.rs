@@ -87,7 +87,8 @@ pub async fn create(dir: &Path, size_mb: u32) -> Result<(), DiskError> {
 /// The container must be gone first: its store file keeps the mount busy.
 pub async fn remove(dir: &Path) -> Result<(), DiskError> {
     let mount_point = mount_point(dir);
-    if is_mounted(&mount_point) {
+    let wanted = mount_point.to_string_lossy();
+    if crate::leaks::count_mounts(|mounted| mounted == wanted) > 0 {
         tool("umount", &[mount_point.as_os_str()], &mount_point).await?;
     }
     let image = dir.join(IMAGE);
@@ -98,15 +99,6 @@ pub async fn remove(dir: &Path) -> Result<(), DiskError> {
         }),
         _ => Ok(()),
     }
-}
-
-fn is_mounted(path: &Path) -> bool {
-    let wanted = path.to_string_lossy();
-    std::fs::read_to_string("/proc/self/mountinfo")
-        .unwrap_or_default()
-        .lines()
-        .filter_map(|line| line.split(' ').nth(4))
-        .any(|mount_point| mount_point == wanted)
 }
 
 async fn tool(name: &'static str, args: &[&std::ffi::OsStr], path: &Path) -> Result<(), DiskError> {

@@ -79,7 +79,7 @@ fn count_entries(dir: &Path, keep: impl Fn(&str) -> bool) -> usize {
 }
 
 /// Lines of /proc/self/mountinfo whose mount point passes `keep`.
-fn count_mounts(keep: impl Fn(&str) -> bool) -> usize {
+pub(crate) fn count_mounts(keep: impl Fn(&str) -> bool) -> usize {
     let Ok(text) = std::fs::read_to_string("/proc/self/mountinfo") else {
         return 0;
     };

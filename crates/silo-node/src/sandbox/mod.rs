@@ -32,7 +32,6 @@ use silo_protocol::ids::SandboxId;
 
 use crate::{Runtime, RuntimeError};
 pub use create::CreateRequest;
-pub use snapshot::MAX_FORKS;
 pub use templates::{resources_of, Templates, RESOURCES_FILE};
 
 /// Limits and defaults for sandboxes (documented on the CLI flags that set them).
@@ -46,7 +45,7 @@ pub struct SandboxDefaults {
     pub max_cpu_count: u32,
     pub max_memory_mb: u32,
     pub max_disk_size_mb: u32,
-    /// Tasks (processes and threads) one sandbox may have.
+    /// Tasks (processes and threads) each user in a sandbox may have (RLIMIT_NPROC).
     pub pids_limit: u32,
 }
 

@@ -21,7 +21,7 @@ use super::create::{CreateRequest, Origin, SavedState};
 use super::{Manager, SandboxError};
 
 /// Most copies one fork may ask for (E2B's limit).
-pub const MAX_FORKS: u32 = 20;
+const MAX_FORKS: u32 = 20;
 
 impl Manager {
     pub(super) fn snapshot_image(&self, snapshot_id: &str) -> PathBuf {
@@ -75,10 +75,12 @@ impl Manager {
                 "count {count}: fork 1 to {MAX_FORKS} sandboxes at a time"
             )));
         }
-        let (rec, origin) = {
+        let (rec, egress, origin) = {
             let lock = self.lifecycle_lock(id);
             let _held = lock.lock().await;
             let rec = self.get(id)?;
+            let egress =
+                super::network::policy_of(&rec.network).map_err(SandboxError::InvalidRequest)?;
             let rootfs = self.origin(&rec.template_id)?.rootfs;
             let image = self
                 .snapshots_dir
@@ -98,7 +100,7 @@ impl Manager {
                     env_vars: rec.env_vars.clone(),
                 }),
             };
-            (rec, origin)
+            (rec, egress, origin)
         };
         let mut forks = Vec::with_capacity(count as usize);
         for _ in 0..count {
@@ -110,8 +112,7 @@ impl Manager {
                 secure: rec.envd_access_token.is_some(),
                 auto_pause: rec.auto_pause,
                 auto_resume: rec.auto_resume,
-                egress: super::network::policy_of(&rec.network)
-                    .map_err(SandboxError::InvalidRequest)?,
+                egress: egress.clone(),
                 public_traffic: rec.traffic_access_token.is_none(),
                 resources: Resources::default(),
             };
