@@ -450,29 +450,7 @@ impl RunscRuntime {
         .map_err(|source| RuntimeError::StartContainer {
             id: id.clone(),
             source,
-        })?;
-        self.shield_from_oom(id).await;
-        Ok(())
-    }
-
-    /// Make the sandbox's own process (gVisor's kernel) the host OOM killer's last
-    /// choice in its memory cgroup: at the limit the killer then picks the process of
-    /// the task that allocated (its systrap stub), which the sandbox sees exit, instead
-    /// of taking the whole sandbox down.
-    async fn shield_from_oom(&self, id: &SandboxId) {
-        const OOM_SCORE_ADJ: &str = "-900";
-        let shielded = match self.inner.runsc.state(id).await {
-            Ok(state) if state.pid > 0 => {
-                tokio::fs::write(format!("/proc/{}/oom_score_adj", state.pid), OOM_SCORE_ADJ)
-                    .await
-                    .map_err(|e| e.to_string())
-            }
-            Ok(state) => Err(format!("no sandbox process (pid {})", state.pid)),
-            Err(e) => Err(e.to_string()),
-        };
-        if let Err(error) = shielded {
-            tracing::warn!(sandbox_id = %id, %error, "cannot shield the sandbox process from the OOM killer");
-        }
+        })
     }
 
     async fn freeze(&self, id: &SandboxId) -> Result<(), RuntimeError> {
