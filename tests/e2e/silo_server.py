@@ -67,6 +67,8 @@ class SiloServer:
                 "--template-dir", self.template_dir,
                 "--agent", self.agent,
                 "--subnet", self.subnet,
+                # SILO_E2E_SERVE_ARGS: extra flags, e.g. "--pause-mode checkpoint".
+                *os.environ.get("SILO_E2E_SERVE_ARGS", "").split(),
             ],
             stdout=log,
             stderr=subprocess.STDOUT,

@@ -173,7 +173,7 @@ async fn forward(app: &AppState, id: &str, port: u16, mut req: Request) -> Respo
     let route = match app.manager.route(&sandbox, port).await {
         Ok(route) => route,
         Err(SandboxError::WrongState {
-            state: SandboxState::Paused,
+            state: SandboxState::Paused | SandboxState::Pausing,
             ..
         }) => {
             // Still "was not found" for the SDK, but saying what to do about it.

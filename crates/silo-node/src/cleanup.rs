@@ -45,6 +45,10 @@ impl Undo {
         Undo::DeleteContainer,
     ];
 
+    /// What a sandbox saved to disk by a pause gives back: everything after its dir and
+    /// disk (which hold the image and its files). Resume acquires it anew.
+    pub(crate) const SAVED_SANDBOX_LETS_GO: &'static [Undo] = Self::PLAN.split_at(2).1;
+
     async fn run(self, inner: &Inner, id: &SandboxId) -> Result<(), TeardownError> {
         match self {
             Undo::DeleteContainer => inner.runsc.delete_force(id).await.map_err(|source| {

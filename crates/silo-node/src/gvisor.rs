@@ -14,12 +14,14 @@
 //! container (and the cgroups runsc makes for it), then waits for the agent's
 //! `/health`. Any failure, or a dropped future, releases everything acquired so far.
 //!
-//! `pause` freezes the sandbox, checkpoints it with `--leave-running` into
-//! `checkpoint.partial/`, renames that to `checkpoint/` (so a complete image exists
-//! exactly when `checkpoint/` does, whatever crashes when) and only then deletes the
-//! container; a failed checkpoint thaws it and it runs on. A paused sandbox keeps its
-//! dir, address, netns and veth, and nothing else. `resume` puts the address back on
-//! the netns's interface, restores, waits for `/health`, then drops the image.
+//! `pause` freezes the sandbox (default), or, in checkpoint mode, checkpoints it with
+//! `--leave-running` into `checkpoint.partial/`, renames that to `checkpoint/` (so a
+//! complete image exists exactly when `checkpoint/` does, whatever crashes when) and only
+//! then releases its container, cgroups, firewall rules, veth, netns and address; a failed
+//! checkpoint thaws it and it runs on. A saved sandbox is then only its dir (image and
+//! disk). `resume` gives it a network anew (a new address), restores, waits for
+//! `/health`, then drops the image; a failed restore releases what it took and the
+//! sandbox stays saved.
 
 use std::io;
 use std::net::{Ipv4Addr, SocketAddr};
@@ -38,7 +40,7 @@ use crate::network::{
     NetNames, NetworkError,
 };
 use crate::runsc::{ContainerStatus, Runsc, Subcommand};
-use crate::{health, CheckpointFailure, Runtime, RuntimeError, SandboxSpec, Started};
+use crate::{health, CheckpointFailure, Paused, Runtime, RuntimeError, SandboxSpec, Started};
 
 /// A paused sandbox's complete checkpoint image, inside its sandbox dir.
 const CHECKPOINT: &str = "checkpoint";
@@ -229,23 +231,8 @@ impl RunscRuntime {
                 source,
             })?;
 
-        let net_err = |source| RuntimeError::SetupNetwork {
-            id: id.clone(),
-            source,
-        };
-        undo.push(Undo::ReleaseAddress);
-        let lease = inner.pool.allocate(id).map_err(net_err)?;
+        let lease = self.acquire_network(id, &spec.egress, undo).await?;
         let names = NetNames::of(id);
-        undo.push(Undo::DeleteNetns);
-        network::create_netns(&names).await.map_err(net_err)?;
-        undo.push(Undo::DeleteVeth);
-        network::create_veth(&names, &lease)
-            .await
-            .map_err(net_err)?;
-        undo.push(Undo::RemoveFirewall);
-        self.apply_egress(id, &lease, &spec.egress)
-            .await
-            .map_err(net_err)?;
 
         let cgroups_path = inner.cgroups_path(id);
         let netns_path = names.netns_path();
@@ -296,6 +283,34 @@ impl RunscRuntime {
             agent,
             ready_after,
         })
+    }
+
+    /// An address, a netns with a veth to it, and the egress rules, each pushed on
+    /// `undo` before it is taken.
+    async fn acquire_network(
+        &self,
+        id: &SandboxId,
+        egress: &EgressPolicy,
+        undo: &mut UndoStack,
+    ) -> Result<network::Lease, RuntimeError> {
+        let net_err = |source| RuntimeError::SetupNetwork {
+            id: id.clone(),
+            source,
+        };
+        undo.push(Undo::ReleaseAddress);
+        let lease = self.inner.pool.allocate(id).map_err(net_err)?;
+        let names = NetNames::of(id);
+        undo.push(Undo::DeleteNetns);
+        network::create_netns(&names).await.map_err(net_err)?;
+        undo.push(Undo::DeleteVeth);
+        network::create_veth(&names, &lease)
+            .await
+            .map_err(net_err)?;
+        undo.push(Undo::RemoveFirewall);
+        self.apply_egress(id, &lease, egress)
+            .await
+            .map_err(net_err)?;
+        Ok(lease)
     }
 
     async fn apply_egress(
@@ -475,18 +490,17 @@ impl RunscRuntime {
             })
     }
 
+    /// Whether a complete checkpoint of the sandbox is on disk.
+    fn is_saved(&self, id: &SandboxId) -> bool {
+        self.inner.sandbox_dir(id).join(CHECKPOINT).is_dir()
+    }
+
     async fn is_frozen(&self, id: &SandboxId) -> bool {
         self.inner
             .runsc
             .state(id)
             .await
             .is_ok_and(|s| s.status == ContainerStatus::Paused)
-    }
-
-    /// Stop the container and drop its cgroups; the rest of the sandbox stays.
-    async fn stop_container(&self, id: &SandboxId) -> Result<(), RuntimeError> {
-        self.release(id, vec![Undo::RemoveCgroups, Undo::DeleteContainer])
-            .await
     }
 
     /// Run undo `steps` (newest first), all of them; any failures as one error.
@@ -502,18 +516,23 @@ impl RunscRuntime {
         }
     }
 
-    async fn try_resume(&self, id: &SandboxId, image: &Path) -> Result<Started, RuntimeError> {
-        let inner = &self.inner;
-        let lease = self.lease_of(id)?;
-        network::restore_address(&NetNames::of(id), &lease)
-            .await
-            .map_err(|source| RuntimeError::SetupNetwork {
-                id: id.clone(),
-                source,
-            })?;
-        // A container left from the pause (its delete failed) would block the restore.
-        self.stop_container(id).await?;
-        let log = inner.sandbox_dir(id).join("console.log");
+    /// Restore a saved sandbox into a network made anew, with a new address: restoring
+    /// it onto the link it was saved on, where its half-closed connections' peers still
+    /// are, is what left runsc 20240729's restored agent deaf (docs/adr/0006-pause.md).
+    async fn try_resume(
+        &self,
+        id: &SandboxId,
+        image: &Path,
+        egress: &EgressPolicy,
+        undo: &mut UndoStack,
+    ) -> Result<Started, RuntimeError> {
+        // What a pause or an earlier resume cut short left behind would block this one.
+        self.release(id, Undo::SAVED_SANDBOX_LETS_GO.to_vec())
+            .await?;
+        let lease = self.acquire_network(id, egress, undo).await?;
+        undo.push(Undo::RemoveCgroups);
+        undo.push(Undo::DeleteContainer);
+        let log = self.inner.sandbox_dir(id).join("console.log");
         self.start_container(id, Some(image), &log).await?;
         self.ready(id, &lease).await
     }
@@ -593,11 +612,11 @@ impl Runtime for RunscRuntime {
         }
     }
 
-    async fn pause(&self, id: &SandboxId) -> Result<(), RuntimeError> {
+    async fn pause(&self, id: &SandboxId) -> Result<Paused, RuntimeError> {
         if self.inner.config.pause_mode == PauseMode::Freeze {
             self.freeze(id).await?;
             tracing::info!(sandbox_id = %id, "sandbox frozen");
-            return Ok(());
+            return Ok(Paused::Frozen);
         }
         let image = self.inner.sandbox_dir(id).join(CHECKPOINT);
         remove_dir_if_present(&image)
@@ -611,11 +630,11 @@ impl Runtime for RunscRuntime {
         self.checkpoint_into(id, &image).await?;
         let saved_after = began.elapsed();
         // The image is complete: from here on the sandbox is paused whatever fails.
-        if let Err(err) = self.stop_container(id).await {
-            tracing::warn!(sandbox_id = %id, error = %crate::error_chain(&err), "stopping a checkpointed sandbox; resume retries");
+        if let Err(err) = self.release(id, Undo::SAVED_SANDBOX_LETS_GO.to_vec()).await {
+            tracing::warn!(sandbox_id = %id, error = %crate::error_chain(&err), "releasing a saved sandbox's container and network; resume retries");
         }
         tracing::info!(sandbox_id = %id, ?saved_after, stopped_after = ?began.elapsed(), "sandbox paused");
-        Ok(())
+        Ok(Paused::Saved)
     }
 
     async fn snapshot(&self, id: &SandboxId, image: &Path) -> Result<(), RuntimeError> {
@@ -630,22 +649,24 @@ impl Runtime for RunscRuntime {
         self.inner.config.pause_mode == PauseMode::Checkpoint
     }
 
-    async fn resume(&self, id: &SandboxId) -> Result<Started, RuntimeError> {
+    async fn resume(&self, id: &SandboxId, egress: &EgressPolicy) -> Result<Started, RuntimeError> {
         let image = self.inner.sandbox_dir(id).join(CHECKPOINT);
         if !image.is_dir() {
             return self.thaw(id).await;
         }
-        match self.try_resume(id, &image).await {
+        let mut undo = UndoStack::new(Arc::clone(&self.inner), id.clone());
+        match self.try_resume(id, &image, egress, &mut undo).await {
             Ok(started) => {
+                undo.disarm();
                 if let Err(e) = remove_dir_if_present(&image).await {
                     tracing::warn!(sandbox_id = %id, error = %e, "removing the image of a resumed sandbox");
                 }
-                tracing::info!(sandbox_id = %id, ready_after = ?started.ready_after, "sandbox resumed");
+                tracing::info!(sandbox_id = %id, ip = %started.ip, ready_after = ?started.ready_after, "sandbox resumed");
                 Ok(started)
             }
             Err(err) => {
-                if let Err(e) = self.stop_container(id).await {
-                    tracing::warn!(sandbox_id = %id, error = %crate::error_chain(&e), "stopping a failed restore");
+                for e in undo.run().await {
+                    tracing::warn!(sandbox_id = %id, error = %crate::error_chain(&e), "undo after a failed restore");
                 }
                 Err(err)
             }
@@ -653,6 +674,10 @@ impl Runtime for RunscRuntime {
     }
 
     async fn set_egress(&self, id: &SandboxId, policy: &EgressPolicy) -> Result<(), RuntimeError> {
+        if self.is_saved(id) {
+            // A saved sandbox has no network; resume applies the catalog's rules.
+            return Ok(());
+        }
         let lease = self.lease_of(id)?;
         self.apply_egress(id, &lease, policy)
             .await
@@ -663,7 +688,7 @@ impl Runtime for RunscRuntime {
     }
 
     async fn is_paused(&self, id: &SandboxId) -> bool {
-        self.inner.sandbox_dir(id).join(CHECKPOINT).is_dir() || self.is_frozen(id).await
+        self.is_saved(id) || self.is_frozen(id).await
     }
 
     async fn destroy(&self, id: &SandboxId) -> Result<(), RuntimeError> {

@@ -107,6 +107,15 @@ pub struct Started {
     pub ready_after: Duration,
 }
 
+/// What a pause kept of the sandbox.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Paused {
+    /// Frozen in place: memory, address and connections kept.
+    Frozen,
+    /// Saved to disk and stopped: no memory and no address; resume gives it a new one.
+    Saved,
+}
+
 /// Runs sandboxes. Kept small so another isolation engine can implement it.
 #[async_trait]
 pub trait Runtime: Send + Sync {
@@ -115,7 +124,7 @@ pub trait Runtime: Send + Sync {
     async fn start(&self, spec: &SandboxSpec) -> Result<Started, RuntimeError>;
     /// Pause the sandbox with everything in it (see [`PauseMode`]): it then uses no
     /// CPU. On failure it keeps running.
-    async fn pause(&self, id: &SandboxId) -> Result<(), RuntimeError>;
+    async fn pause(&self, id: &SandboxId) -> Result<Paused, RuntimeError>;
     /// Save the whole sandbox (memory, processes, files) into `image`, which must not
     /// exist, and leave it as it was (running, or frozen). `image` exists afterwards
     /// only if it is complete. Close its connections first, as for a checkpoint pause.
@@ -123,8 +132,13 @@ pub trait Runtime: Send + Sync {
     /// Whether `pause` saves the sandbox's network state to disk (a checkpoint), so its
     /// connections must be closed at both ends first; freezing keeps them as they are.
     fn pause_saves_connections(&self) -> bool;
-    /// Bring a paused sandbox back as it was. On failure it stays paused.
-    async fn resume(&self, id: &SandboxId) -> Result<Started, RuntimeError>;
+    /// Bring a paused sandbox back as it was, under `egress` (a saved sandbox gets its
+    /// network anew). On failure it stays paused.
+    async fn resume(
+        &self,
+        id: &SandboxId,
+        egress: &network::EgressPolicy,
+    ) -> Result<Started, RuntimeError>;
     /// Replace the sandbox's egress rules; new connections follow them at once.
     async fn set_egress(
         &self,

@@ -235,3 +235,46 @@ async fn snapshot_starts_copies_and_the_source_runs_on() {
     // No sandbox left: the pool's firewall table goes too.
     rt.shutdown().await;
 }
+
+#[tokio::test]
+#[ignore = "needs root, runsc, SILO_TEST_ROOTFS and SILO_TEST_AGENT_DIR"]
+async fn checkpoint_pause_holds_only_files_and_resumes_on_a_new_address() {
+    let _host = HOST.lock().await;
+    let env = env();
+    let mut config = RunscConfig::new(env.state.path(), &env.agent_dir);
+    config.address_pool = ("10.214.0.0".parse().expect("ip"), 24);
+    config.ready_timeout = Duration::from_secs(20);
+    config.pause_mode = silo_node::PauseMode::Checkpoint;
+    let rt = RunscRuntime::new(config).expect("runtime");
+    let baseline = usage(&rt).await;
+    let spec = spec(&env);
+    let first = rt.start(&spec).await.expect("start");
+
+    let paused = rt.pause(&spec.id).await.expect("pause");
+    assert_eq!(paused, silo_node::Paused::Saved);
+    assert!(rt.is_paused(&spec.id).await);
+    // Its dir (image, disk) is all a saved sandbox keeps: no process, container,
+    // address or network device.
+    let saved = usage(&rt).await;
+    assert_eq!(saved.containers, baseline.containers, "{saved:?}");
+    assert_eq!(saved.runsc_processes, baseline.runsc_processes, "{saved:?}");
+    assert_eq!(saved.netns, baseline.netns, "{saved:?}");
+    assert_eq!(saved.veths, baseline.veths, "{saved:?}");
+    assert_eq!(saved.address_leases, baseline.address_leases, "{saved:?}");
+    assert_eq!(saved.sandbox_dirs, baseline.sandbox_dirs + 1, "{saved:?}");
+
+    let policy = silo_node::network::EgressPolicy::default();
+    let resumed = rt.resume(&spec.id, &policy).await.expect("resume");
+    assert_ne!(resumed.ip, first.ip, "a resumed sandbox gets a new address");
+    assert!(!rt.is_paused(&spec.id).await);
+    // Paused again and resumed again: the same holds every time.
+    assert_eq!(
+        rt.pause(&spec.id).await.expect("pause again"),
+        silo_node::Paused::Saved
+    );
+    rt.resume(&spec.id, &policy).await.expect("resume again");
+
+    rt.destroy(&spec.id).await.expect("destroy");
+    assert_eq!(usage(&rt).await, baseline);
+    rt.shutdown().await;
+}

@@ -84,12 +84,6 @@ pub enum NetworkError {
         #[source]
         source: IpError,
     },
-    #[error("put the address back in netns {name}")]
-    RestoreAddress {
-        name: String,
-        #[source]
-        source: IpError,
-    },
     #[error("start the egress filter")]
     StartFilter(#[source] io::Error),
     #[error("firewall rules of {name}")]
@@ -185,17 +179,6 @@ pub async fn create_veth(names: &NetNames, lease: &Lease) -> Result<(), NetworkE
     );
     ip(&["-batch", "-"], Some(&host)).await.map_err(err)?;
     address_inside(names, lease).await.map_err(err)
-}
-
-/// Put the sandbox's address and route back on `eth0` inside the netns. runsc moves them
-/// into its netstack when a sandbox starts, and a restored sandbox reads them again.
-pub async fn restore_address(names: &NetNames, lease: &Lease) -> Result<(), NetworkError> {
-    address_inside(names, lease)
-        .await
-        .map_err(|source| NetworkError::RestoreAddress {
-            name: names.netns.clone(),
-            source,
-        })
 }
 
 /// Address, link and default route of `eth0` inside the netns (idempotent: `replace`).

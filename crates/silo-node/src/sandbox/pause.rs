@@ -18,6 +18,7 @@ use silo_catalog::{now_ms, CatalogError, SandboxRecord, SandboxState};
 use silo_protocol::ids::SandboxId;
 
 use super::{Manager, SandboxError};
+use crate::Paused;
 
 /// How long a pause waits for the sandbox to close connections the host closed.
 const QUIESCE_TIMEOUT: Duration = Duration::from_secs(3);
@@ -47,7 +48,11 @@ impl Manager {
                 .await;
         }
         match self.runtime.pause(id).await {
-            Ok(()) => {
+            Ok(paused) => {
+                if paused == Paused::Saved {
+                    // Its address went back to the pool; resume gives it another.
+                    self.catalog.set_address(id, None)?;
+                }
                 self.step(
                     id,
                     SandboxState::Pausing,
@@ -92,9 +97,11 @@ impl Manager {
                 })
             }
         }
+        let egress =
+            super::network::policy_of(&rec.network).map_err(SandboxError::InvalidRequest)?;
         self.step(id, SandboxState::Paused, SandboxState::Resuming, "resume")?;
         let began = Instant::now();
-        match self.runtime.resume(id).await {
+        match self.runtime.resume(id, &egress).await {
             Ok(started) => {
                 let end = now_ms() + self.clamp_timeout(timeout_seconds).as_millis() as i64;
                 self.catalog.set_end_at(id, end)?;

@@ -78,6 +78,21 @@ impl Manager {
             }
         };
         for rec in running.iter().filter(|rec| !alive.contains(&rec.id)) {
+            // A pause may have stopped its container since the catalog was read (a
+            // checkpoint does): look again, with no pause or resume under way.
+            let lock = self.lifecycle_lock(&rec.id);
+            let _held = lock.lock().await;
+            let still_running = self
+                .get(&rec.id)
+                .is_ok_and(|now| now.state == SandboxState::Running);
+            let container_gone = self
+                .runtime
+                .running()
+                .await
+                .is_ok_and(|ids| !ids.contains(&rec.id));
+            if !(still_running && container_gone) {
+                continue;
+            }
             tracing::warn!(sandbox_id = %rec.id, "sandbox died outside silo's control; releasing it");
             let reason = "died: its container exited (out of memory, or killed outside silo)";
             match self.kill(&rec.id, reason) {
