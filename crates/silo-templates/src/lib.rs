@@ -17,6 +17,7 @@
 
 mod base;
 mod cache;
+pub mod dockerfile;
 pub mod layer;
 pub mod mirror;
 pub mod recipe;
