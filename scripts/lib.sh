@@ -84,6 +84,6 @@ build_silo() {
 
 build_templates() {
   say "building the base and code-interpreter templates (reused when already built)"
-  "$SILO_ROOT/target/release/silo" template build base --data-dir "$SILO_DATA_DIR"
-  "$SILO_ROOT/target/release/silo" template build code-interpreter --data-dir "$SILO_DATA_DIR"
+  "$SILO_ROOT/target/release/silo" template build -n base --data-dir "$SILO_DATA_DIR"
+  "$SILO_ROOT/target/release/silo" template build -n code-interpreter --data-dir "$SILO_DATA_DIR"
 }

@@ -32,7 +32,7 @@ const USER: &str = "user";
 const UID: &str = "1000";
 
 /// A build stage, reported when it begins.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Stage {
     /// A complete build exists; nothing to do.
     Cached,
@@ -44,6 +44,14 @@ pub enum Stage {
     Step {
         index: usize,
         total: usize,
+    },
+    /// A Dockerfile template: instruction `index` of `total` (from 1), `cached` when
+    /// its layer was built before.
+    Instruction {
+        index: usize,
+        total: usize,
+        text: String,
+        cached: bool,
     },
     Publish,
 }
@@ -103,6 +111,17 @@ pub enum BuildError {
         to: PathBuf,
         #[source]
         source: io::Error,
+    },
+    #[error(transparent)]
+    Dockerfile(#[from] crate::dockerfile::ParseError),
+    #[error("{0}")]
+    Context(String),
+    #[error("step {index} (Dockerfile line {line}) `{instruction}` failed: {detail}")]
+    Step {
+        index: usize,
+        line: usize,
+        instruction: String,
+        detail: String,
     },
     #[error("prune {path}")]
     Prune {

@@ -101,3 +101,18 @@ pub(crate) async fn remove_build_dir(dir: &Path) -> io::Result<()> {
     }
     tokio::fs::remove_dir_all(dir).await
 }
+
+/// The rootfs of the newest complete build under `template_dir`, if any: builds only
+/// ever appear complete, so any `<hash>/rootfs` is usable.
+pub fn newest_build(template_dir: &Path) -> Option<TemplatePath> {
+    std::fs::read_dir(template_dir)
+        .ok()?
+        .filter_map(Result::ok)
+        .filter(|entry| !entry.file_name().to_string_lossy().starts_with('.'))
+        .map(|entry| TemplatePath {
+            rootfs: entry.path().join("rootfs"),
+            hash: entry.file_name().to_string_lossy().into_owned(),
+        })
+        .filter(|build| build.rootfs.is_dir())
+        .max_by_key(|build| build.rootfs.metadata().and_then(|m| m.modified()).ok())
+}

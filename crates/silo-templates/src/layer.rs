@@ -133,7 +133,7 @@ pub async fn build_layer(
 }
 
 /// Run a build command, reporting its output lines; fail with its last lines.
-async fn run(
+pub(crate) async fn run(
     cmd: &mut Command,
     program: &'static str,
     progress: &mut (impl FnMut(Progress) + Send),

@@ -17,10 +17,15 @@
 
 mod base;
 mod cache;
+pub mod dockerbuild;
 pub mod dockerfile;
 pub mod layer;
 pub mod mirror;
 pub mod recipe;
 
 pub use base::{build_base, prune_base, BuildError, Progress, Stage, TemplatePath};
+pub use cache::newest_build;
+pub use dockerbuild::{
+    build_dockerfile, BuildRunsc, DockerfileBuild, TemplateConfig, TEMPLATE_CONFIG_FILE,
+};
 pub use layer::{build_layer, Layer, CODE_INTERPRETER};

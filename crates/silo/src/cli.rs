@@ -17,7 +17,7 @@ pub const DEFAULT_DATA_DIR: &str = "/var/lib/silo";
     long_about = "Secure, self-hosted sandboxes for AI agents.\n\n\
         `silo serve` runs the control plane, the sandbox proxy and this host's sandboxes on one \
         port; the official E2B SDKs talk to it unchanged. Quick start:\n\n  \
-        sudo silo template build base\n  sudo silo serve\n  \
+        sudo silo template build -n base\n  sudo silo serve\n  \
         export E2B_API_URL=http://127.0.0.1:3000 E2B_SANDBOX_URL=http://127.0.0.1:3000 \
         E2B_API_KEY=$(sudo silo keys)\n  silo sandbox create base"
 )]
@@ -225,10 +225,35 @@ pub struct TemplateArgs {
 
 #[derive(Debug, Subcommand)]
 pub enum TemplateCommand {
-    /// Build a template (reuses a complete build of the same recipe).
+    /// Build a template: silo's own (`-n base`, `-n code-interpreter`) or yours from a
+    /// Dockerfile. Steps whose layer was built before are reused, so an unchanged
+    /// rebuild runs nothing.
+    ///
+    /// Dockerfiles may use FROM (a silo template), RUN (run in a gVisor sandbox with the
+    /// host's network), COPY and ADD (from CONTEXT, honouring .dockerignore, with
+    /// --chown/--chmod), ENV, ARG, WORKDIR, USER and LABEL. ENV, WORKDIR and USER become
+    /// the defaults of the template's sandboxes.
+    #[command(
+        after_help = "Examples:\n  silo template build -n base\n  silo template build -n my-agent .\n  silo template build -n my-agent -f docker/Agent.Dockerfile --build-arg VERSION=2 ."
+    )]
     Build {
-        /// Template name: `base`.
+        /// Template name; sandboxes start from it with `template="NAME"`.
+        #[arg(short = 'n', long = "name")]
         name: String,
+        /// The Dockerfile [default: CONTEXT/Dockerfile].
+        #[arg(short = 'f', long = "file")]
+        file: Option<PathBuf>,
+        /// Directory COPY and ADD take files from [default: .].
+        context: Option<PathBuf>,
+        /// A value for an ARG, as NAME=VALUE (repeatable).
+        #[arg(long = "build-arg", value_name = "NAME=VALUE")]
+        build_args: Vec<String>,
+        /// runsc binary that runs RUN steps.
+        #[arg(long, default_value = "/usr/bin/runsc")]
+        runsc: PathBuf,
+        /// gVisor platform for RUN steps.
+        #[arg(long, default_value = "systrap")]
+        platform: String,
         /// Also remove older builds of this template. Only safe when no sandbox started
         /// from them is running: their rootfs is its lower layer.
         #[arg(long)]
@@ -309,8 +334,16 @@ mod tests {
 
     #[test]
     fn directory_flags_go_after_the_subcommand_too() {
-        let cli =
-            Cli::try_parse_from(["silo", "template", "build", "base", "--data-dir", "/d"]).unwrap();
+        let cli = Cli::try_parse_from([
+            "silo",
+            "template",
+            "build",
+            "-n",
+            "base",
+            "--data-dir",
+            "/d",
+        ])
+        .unwrap();
         let Command::Template(args) = cli.command else {
             panic!("not template")
         };

@@ -4,7 +4,8 @@ use std::io::IsTerminal;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
-use std::path::Path;
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context};
 use indicatif::{ProgressBar, ProgressStyle};
@@ -19,36 +20,56 @@ pub async fn run(args: TemplateArgs) -> anyhow::Result<ExitCode> {
     match args.command {
         TemplateCommand::Build {
             name,
+            file,
+            context,
+            build_args,
+            runsc,
+            platform,
             prune,
             resources,
         } => {
-            let layer = match name.as_str() {
-                "base" => None,
-                "code-interpreter" | "code-interpreter-v1" => {
-                    Some(&silo_templates::CODE_INTERPRETER)
-                }
-                _ => bail!(
-                    "unknown template {name:?}: silo builds `base` and `code-interpreter` \
-                     (Dockerfile templates are coming)"
-                ),
-            };
             let started = Instant::now();
-            let display = BuildDisplay::new("base");
-            let base = silo_templates::build_base(&dir, |progress| display.show(progress)).await;
-            display.finish();
-            let base = base?;
-            if prune {
-                for old in silo_templates::prune_base(&dir, &base).await? {
-                    eprintln!("removed old build {}", old.display());
+            let built = match name.as_str() {
+                "base" | "code-interpreter" | "code-interpreter-v1" => {
+                    if file.is_some() || context.is_some() {
+                        bail!("{name:?} is one of silo's own templates and is built from its recipe; give your Dockerfile template another name (-n)");
+                    }
+                    build_builtin(&dir, &name, prune).await?
                 }
-            }
-            let built = match layer {
-                None => base,
-                Some(layer) => {
-                    let display = BuildDisplay::new(layer.name);
-                    let built = silo_templates::build_layer(&dir, layer, &base, |progress| {
-                        display.show(progress)
-                    })
+                _ => {
+                    let context = context.unwrap_or_else(|| PathBuf::from("."));
+                    let file = file.unwrap_or_else(|| context.join("Dockerfile"));
+                    let dockerfile = std::fs::read_to_string(&file).with_context(|| {
+                        format!(
+                            "cannot read the Dockerfile {} (give one with -f)",
+                            file.display()
+                        )
+                    })?;
+                    let build_args = build_args
+                        .iter()
+                        .map(|pair| {
+                            pair.split_once('=')
+                                .map(|(k, v)| (k.to_owned(), v.to_owned()))
+                                .with_context(|| format!("--build-arg {pair:?} is not NAME=VALUE"))
+                        })
+                        .collect::<anyhow::Result<HashMap<_, _>>>()?;
+                    let runsc = silo_templates::BuildRunsc {
+                        binary: runsc,
+                        platform,
+                        root: dir.join(".runsc"),
+                    };
+                    let display = BuildDisplay::with_output(&name, true);
+                    let built = silo_templates::build_dockerfile(
+                        &silo_templates::DockerfileBuild {
+                            templates_dir: &dir,
+                            name: &name,
+                            dockerfile: &dockerfile,
+                            context: &context,
+                            build_args: &build_args,
+                            runsc: &runsc,
+                        },
+                        |progress| display.show(progress),
+                    )
                     .await;
                     display.finish();
                     built?
@@ -82,6 +103,32 @@ pub async fn run(args: TemplateArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// Build `base`, and `code-interpreter` on it.
+async fn build_builtin(
+    dir: &Path,
+    name: &str,
+    prune: bool,
+) -> anyhow::Result<silo_templates::TemplatePath> {
+    let display = BuildDisplay::new("base");
+    let base = silo_templates::build_base(dir, |progress| display.show(progress)).await;
+    display.finish();
+    let base = base?;
+    if prune {
+        for old in silo_templates::prune_base(dir, &base).await? {
+            eprintln!("removed old build {}", old.display());
+        }
+    }
+    if name == "base" {
+        return Ok(base);
+    }
+    let layer = &silo_templates::CODE_INTERPRETER;
+    let display = BuildDisplay::new(layer.name);
+    let built =
+        silo_templates::build_layer(dir, layer, &base, |progress| display.show(progress)).await;
+    display.finish();
+    Ok(built?)
+}
+
 /// Set the build's default resources: those given replace the ones written before.
 fn write_resources(rootfs: &Path, given: &Resources) -> anyhow::Result<()> {
     let resources = given.or(resources_of(rootfs)?);
@@ -101,11 +148,17 @@ fn write_resources(rootfs: &Path, given: &Resources) -> anyhow::Result<()> {
 /// lines otherwise (CI logs stay readable).
 struct BuildDisplay {
     bar: Option<ProgressBar>,
-    template: &'static str,
+    template: String,
+    /// Print every output line (a Dockerfile's RUN output), not only the latest.
+    stream_lines: bool,
 }
 
 impl BuildDisplay {
-    fn new(template: &'static str) -> BuildDisplay {
+    fn new(template: &str) -> BuildDisplay {
+        Self::with_output(template, false)
+    }
+
+    fn with_output(template: &str, stream_lines: bool) -> BuildDisplay {
         let bar = std::io::stderr().is_terminal().then(|| {
             let bar = ProgressBar::new_spinner();
             bar.set_style(
@@ -115,7 +168,11 @@ impl BuildDisplay {
             bar.enable_steady_tick(Duration::from_millis(120));
             bar
         });
-        BuildDisplay { bar, template }
+        BuildDisplay {
+            bar,
+            template: template.to_owned(),
+            stream_lines,
+        }
     }
 
     fn show(&self, progress: Progress) {
@@ -127,6 +184,15 @@ impl BuildDisplay {
                     Stage::Configure => "configure (user, sudo, agent mount point)".to_owned(),
                     Stage::CopyParent => "copy the parent template".to_owned(),
                     Stage::Step { index, total } => format!("step {index}/{total}"),
+                    Stage::Instruction {
+                        index,
+                        total,
+                        text,
+                        cached,
+                    } => {
+                        let cached = if cached { " (cached)" } else { "" };
+                        format!("step {index}/{total}{cached}: {text}")
+                    }
                     Stage::Publish => "publish".to_owned(),
                 };
                 let label = format!("{}: {step}", self.template);
@@ -135,11 +201,12 @@ impl BuildDisplay {
                     None => eprintln!("{label}"),
                 }
             }
-            Progress::Line(line) => {
-                if let Some(bar) = &self.bar {
-                    bar.set_message(line);
-                }
-            }
+            Progress::Line(line) => match (&self.bar, self.stream_lines) {
+                (Some(bar), true) => bar.println(format!("  | {line}")),
+                (Some(bar), false) => bar.set_message(line),
+                (None, true) => eprintln!("  | {line}"),
+                (None, false) => {}
+            },
         }
     }
 

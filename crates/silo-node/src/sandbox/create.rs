@@ -8,6 +8,8 @@ use silo_catalog::{now_ms, SandboxRecord, SandboxState};
 use silo_protocol::ids::{generate_access_token, SandboxId};
 use silo_protocol::rest::Resources;
 
+use silo_templates::TemplateConfig;
+
 use super::{Manager, SandboxError};
 use crate::agent::InitRequest;
 use crate::SandboxSpec;
@@ -42,7 +44,17 @@ pub(super) struct Origin {
     pub(super) rootfs: PathBuf,
     /// Its defaults: a template's, or what a snapshot was saved with.
     pub(super) resources: Resources,
+    /// The template's defaults for its sandboxes (env, user, workdir).
+    pub(super) config: TemplateConfig,
     pub(super) snapshot: Option<SavedState>,
+}
+
+/// The user commands run as, and their directory, unless the template says otherwise.
+const DEFAULT_USER: &str = "user";
+const DEFAULT_WORKDIR: &str = "/home/user";
+
+fn config_of(rootfs: &std::path::Path) -> Result<TemplateConfig, SandboxError> {
+    TemplateConfig::of(rootfs).map_err(SandboxError::InvalidRequest)
 }
 
 /// A snapshot image and what its agent was configured with when saved.
@@ -64,8 +76,10 @@ impl Manager {
     /// A snapshot by id or name, else a template by name or alias.
     pub(super) fn origin(&self, name: &str) -> Result<Origin, SandboxError> {
         if let Some(snap) = self.catalog.snapshot(name)? {
+            let rootfs = PathBuf::from(snap.rootfs);
             return Ok(Origin {
-                rootfs: snap.rootfs.into(),
+                config: config_of(&rootfs)?,
+                rootfs,
                 resources: Resources {
                     cpu_count: Some(snap.cpu_count),
                     memory_mb: Some(snap.memory_mb),
@@ -83,6 +97,7 @@ impl Manager {
         let rootfs = self.templates.rootfs(&template)?;
         Ok(Origin {
             resources: super::resources_of(&rootfs)?,
+            config: config_of(&rootfs)?,
             rootfs,
             snapshot: None,
             name: template,
@@ -167,6 +182,7 @@ impl Manager {
         origin: Origin,
         egress: crate::network::EgressPolicy,
     ) -> Result<String, SandboxError> {
+        let config = origin.config;
         let mut spec = SandboxSpec::new(rec.id.clone(), origin.rootfs);
         spec.egress = egress;
         spec.from_image = origin.snapshot.as_ref().map(|s| s.image.clone());
@@ -182,11 +198,18 @@ impl Manager {
                 id: rec.id.clone(),
                 source: Box::new(source),
             })?;
+        // The template's ENV, USER and WORKDIR, under what the create asked for.
+        let mut env_vars = config.env;
+        env_vars.extend(rec.env_vars.clone());
+        let default_user = config.user.unwrap_or_else(|| DEFAULT_USER.to_owned());
+        let default_workdir = config
+            .workdir
+            .or_else(|| (default_user == DEFAULT_USER).then(|| DEFAULT_WORKDIR.to_owned()));
         let init = InitRequest {
             access_token: rec.envd_access_token.clone(),
-            env_vars: rec.env_vars.clone(),
-            default_user: Some("user".into()),
-            default_workdir: Some("/home/user".into()),
+            env_vars,
+            default_user: Some(default_user),
+            default_workdir,
         };
         let saved_token = origin.snapshot.and_then(|s| s.access_token);
         self.agent

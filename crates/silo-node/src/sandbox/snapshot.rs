@@ -81,14 +81,15 @@ impl Manager {
             let rec = self.get(id)?;
             let egress =
                 super::network::policy_of(&rec.network).map_err(SandboxError::InvalidRequest)?;
-            let rootfs = self.origin(&rec.template_id)?.rootfs;
+            let template = self.origin(&rec.template_id)?;
             let image = self
                 .snapshots_dir
                 .join(format!("fork{}", SandboxId::generate()));
             self.save(&rec, &image).await?;
             let origin = Origin {
                 name: format!("fork of {id}"),
-                rootfs,
+                rootfs: template.rootfs,
+                config: template.config,
                 resources: Resources {
                     cpu_count: Some(rec.cpu_count),
                     memory_mb: Some(rec.memory_mb),

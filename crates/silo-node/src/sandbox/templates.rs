@@ -72,12 +72,7 @@ pub fn resources_of(rootfs: &Path) -> Result<Resources, SandboxError> {
 }
 
 fn newest_build(template_dir: &Path) -> Option<PathBuf> {
-    std::fs::read_dir(template_dir)
-        .ok()?
-        .filter_map(Result::ok)
-        .map(|entry| entry.path().join("rootfs"))
-        .filter(|rootfs| rootfs.is_dir())
-        .max_by_key(|rootfs| rootfs.metadata().and_then(|m| m.modified()).ok())
+    silo_templates::newest_build(template_dir).map(|build| build.rootfs)
 }
 
 #[cfg(test)]

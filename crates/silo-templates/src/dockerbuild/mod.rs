@@ -1,0 +1,557 @@
+//! Templates built from Dockerfiles, without a Docker engine, cached layer by layer.
+//!
+//! - FROM names a silo template; its newest build's rootfs is the bottom layer, and
+//!   its `template.json` (env, workdir, user) the starting state.
+//! - Each step that changes files (RUN, COPY, ADD, WORKDIR) is a layer: an overlayfs
+//!   upper directory in `<templates_dir>/.layers/<key>/diff`, built on an overlay of
+//!   the layers below it and renamed into place only when complete. The key is a hash
+//!   of the key below, the step with its variables substituted and, for COPY and ADD,
+//!   the content of what it copies. So an unchanged rebuild runs nothing, a change
+//!   rebuilds from the changed step on, and templates sharing steps share layers.
+//! - ENV, ARG, USER and LABEL change only the state carried to later steps and into
+//!   `template.json`; they make no layer but are part of the keys after them.
+//! - The template itself is the layers flattened into `<templates_dir>/<name>/<key>/
+//!   rootfs` (sandboxes need one plain directory), published like every build
+//!   ([`crate::cache`]): a failed build registers nothing.
+
+mod context;
+mod run;
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use tokio::process::Command;
+
+pub use context::Context;
+pub use run::{BuildRunsc, User};
+
+use crate::base::{BuildError, Progress, Stage, TemplatePath};
+use crate::cache::{self, Slot};
+use crate::dockerfile::{self, Step};
+
+/// What a template gives the sandboxes made from it, beside its rootfs.
+pub const TEMPLATE_CONFIG_FILE: &str = "template.json";
+
+/// A template's defaults for its sandboxes (from ENV, WORKDIR, USER, LABEL).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", default)]
+pub struct TemplateConfig {
+    pub env: BTreeMap<String, String>,
+    pub workdir: Option<String>,
+    pub user: Option<String>,
+    pub labels: BTreeMap<String, String>,
+}
+
+impl TemplateConfig {
+    /// The config of the build whose rootfs is `rootfs` (the default when it has none).
+    pub fn of(rootfs: &Path) -> Result<TemplateConfig, String> {
+        let Some(path) = rootfs.parent().map(|b| b.join(TEMPLATE_CONFIG_FILE)) else {
+            return Ok(TemplateConfig::default());
+        };
+        match std::fs::read(&path) {
+            Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| {
+                format!(
+                    "{} is unreadable: {e}; rebuild the template",
+                    path.display()
+                )
+            }),
+            Err(_) => Ok(TemplateConfig::default()),
+        }
+    }
+}
+
+/// A Dockerfile build.
+pub struct DockerfileBuild<'a> {
+    pub templates_dir: &'a Path,
+    /// The template's name.
+    pub name: &'a str,
+    pub dockerfile: &'a str,
+    pub context: &'a Path,
+    /// `--build-arg NAME=VALUE`s.
+    pub build_args: &'a HashMap<String, String>,
+    pub runsc: &'a BuildRunsc,
+}
+
+/// Why a step failed: which one, and what happened.
+fn step_error(index: usize, line: usize, text: &str, detail: impl std::fmt::Display) -> BuildError {
+    BuildError::Step {
+        index,
+        line,
+        instruction: text.to_owned(),
+        detail: detail.to_string(),
+    }
+}
+
+/// The state carried from step to step.
+#[derive(Debug, Clone)]
+struct State {
+    config: TemplateConfig,
+    /// ARGs in scope, with their values.
+    args: HashMap<String, String>,
+}
+
+impl State {
+    /// Variables for substitution: ARGs, then ENV over them (as Docker).
+    fn vars(&self) -> HashMap<String, String> {
+        let mut vars = self.args.clone();
+        vars.extend(self.config.env.clone());
+        vars
+    }
+
+    fn workdir(&self) -> &str {
+        self.config.workdir.as_deref().unwrap_or("/")
+    }
+
+    /// An absolute path in the image for `path`, relative ones under the workdir.
+    fn absolute(&self, path: &str) -> String {
+        if path.starts_with('/') {
+            path.to_owned()
+        } else {
+            format!("{}/{}", self.workdir().trim_end_matches('/'), path)
+        }
+    }
+}
+
+/// Build the Dockerfile's template, or reuse what is built.
+pub async fn build_dockerfile(
+    build: &DockerfileBuild<'_>,
+    mut progress: impl FnMut(Progress) + Send,
+) -> Result<TemplatePath, BuildError> {
+    let file = dockerfile::parse(build.dockerfile)?;
+    let context = Context::open(build.context).map_err(BuildError::Context)?;
+
+    let mut global = HashMap::new();
+    for arg in &file.global_args {
+        if let Some(value) = build.build_args.get(&arg.name).or(arg.default.as_ref()) {
+            global.insert(arg.name.clone(), value.clone());
+        }
+    }
+    let from = dockerfile::substitute(&file.from.item, &global);
+    let parent = crate::cache::newest_build(&build.templates_dir.join(&from))
+        .filter(|_| !from.starts_with('.') && !from.contains('/'))
+        .ok_or_else(|| {
+            step_error(0, file.from.line, &file.from.text, format!("template {from:?} is not built here: build it first (silo template build -n {from}); images from registries are not supported yet"))
+        })?;
+    let mut state = State {
+        config: TemplateConfig::of(&parent.rootfs).map_err(BuildError::Context)?,
+        args: HashMap::new(),
+    };
+    let layers_dir = build.templates_dir.join(".layers");
+    let mut key = hash_text(&format!("from {from} {}", parent.hash));
+    // Layer diffs, lowest first, above the parent's rootfs.
+    let mut chain: Vec<PathBuf> = Vec::new();
+    let total = file.steps.len();
+    for (i, step) in file.steps.iter().enumerate() {
+        let index = i + 1;
+        let fail = |detail: String| step_error(index, step.line, &step.text, detail);
+        let vars = state.vars();
+        let sub = |s: &str| dockerfile::substitute(s, &vars);
+        // What the layer depends on: the step as it will run.
+        let (canonical, changes_files) = match &step.item {
+            Step::Run(command) => (
+                format!(
+                    "run {:?} env {:?} user {:?} workdir {:?} args {:?}",
+                    command.argv(),
+                    state.config.env,
+                    state.config.user,
+                    state.workdir(),
+                    sorted(&state.args)
+                ),
+                true,
+            ),
+            Step::Copy {
+                sources,
+                dest,
+                chown,
+                chmod,
+                extract,
+            } => {
+                let mut resolved = Vec::new();
+                for source in sources {
+                    resolved.extend(context.resolve(&sub(source)).map_err(&fail)?);
+                }
+                let content = context.hash(&resolved).map_err(&fail)?;
+                (
+                    format!(
+                        "copy {resolved:?} {} {:?} {chmod:?} {extract} {content}",
+                        state.absolute(&sub(dest)),
+                        chown.as_deref().map(sub)
+                    ),
+                    true,
+                )
+            }
+            Step::Workdir(path) => (format!("workdir {}", state.absolute(&sub(path))), true),
+            other => (format!("{other:?} {:?}", sorted(&vars)), false),
+        };
+        key = hash_text(&format!("{key}\n{canonical}"));
+        let layer = layers_dir.join(&key);
+        let cached = !changes_files || layer.is_dir();
+        progress(Progress::Stage(Stage::Instruction {
+            index,
+            total,
+            text: step.text.clone(),
+            cached: cached && changes_files,
+        }));
+        if changes_files && !cached {
+            let work = layers_dir.join(format!(".tmp-{key}-{}", std::process::id()));
+            let made = async {
+                let _ = cache::remove_build_dir(&work).await;
+                let overlay = Overlay::mount(&parent.rootfs, &chain, &work).await?;
+                let ran = run_step(
+                    build,
+                    &context,
+                    &state,
+                    &step.item,
+                    &overlay.merged,
+                    &work,
+                    &key,
+                    &mut progress,
+                )
+                .await;
+                overlay.unmount().await;
+                ran?;
+                let _ = tokio::fs::remove_dir_all(work.join("bundle")).await;
+                tokio::fs::rename(&work, &layer)
+                    .await
+                    .map_err(|source| BuildError::Publish {
+                        from: work.clone(),
+                        to: layer.clone(),
+                        source,
+                    })
+            }
+            .await;
+            if let Err(e) = made {
+                let _ = cache::remove_build_dir(&work).await;
+                return Err(match e {
+                    BuildError::Context(detail) | BuildError::Chroot { detail, .. } => fail(detail),
+                    other => other,
+                });
+            }
+        }
+        if changes_files {
+            chain.push(layer.join("diff"));
+        }
+        apply(&mut state, &step.item, build.build_args, &sub);
+    }
+
+    let work = match cache::slot(&build.templates_dir.join(build.name), &key[..16]).await? {
+        Slot::Cached(done) => {
+            progress(Progress::Stage(Stage::Cached));
+            return Ok(done);
+        }
+        Slot::Build(work) => work,
+    };
+    progress(Progress::Stage(Stage::Publish));
+    let flattened = async {
+        let scratch = build
+            .templates_dir
+            .join(".layers")
+            .join(format!(".flatten-{}", std::process::id()));
+        let _ = cache::remove_build_dir(&scratch).await;
+        let overlay = Overlay::mount(&parent.rootfs, &chain, &scratch).await?;
+        let copied = crate::layer::run(
+            Command::new("cp")
+                .arg("-a")
+                .arg(overlay.merged.join("."))
+                .arg(&work.rootfs),
+            "cp",
+            &mut progress,
+        )
+        .await;
+        overlay.unmount().await;
+        let _ = cache::remove_build_dir(&scratch).await;
+        copied?;
+        let config = serde_json::to_vec_pretty(&state.config).expect("config serializes");
+        let path = work
+            .rootfs
+            .parent()
+            .expect("rootfs has a parent")
+            .join(TEMPLATE_CONFIG_FILE);
+        tokio::fs::write(&path, config)
+            .await
+            .map_err(|source| BuildError::Configure { path, source })
+    }
+    .await;
+    if let Err(e) = flattened {
+        work.discard().await;
+        return Err(e);
+    }
+    work.publish().await
+}
+
+fn sorted(map: &HashMap<String, String>) -> BTreeMap<&String, &String> {
+    map.iter().collect()
+}
+
+fn hash_text(text: &str) -> String {
+    context::hex(&Sha256::digest(text.as_bytes()))
+}
+
+/// Carry a step's effect on the state.
+fn apply(
+    state: &mut State,
+    step: &Step,
+    build_args: &HashMap<String, String>,
+    sub: &dyn Fn(&str) -> String,
+) {
+    match step {
+        Step::Env(pairs) => {
+            for (k, v) in pairs {
+                state.config.env.insert(k.clone(), sub(v));
+            }
+        }
+        Step::Arg(arg) => {
+            let value = build_args
+                .get(&arg.name)
+                .cloned()
+                .or_else(|| arg.default.as_deref().map(sub));
+            state
+                .args
+                .insert(arg.name.clone(), value.unwrap_or_default());
+        }
+        Step::Workdir(path) => state.config.workdir = Some(state.absolute(&sub(path))),
+        Step::User(user) => state.config.user = Some(sub(user)),
+        Step::Label(pairs) => {
+            for (k, v) in pairs {
+                state.config.labels.insert(sub(k), sub(v));
+            }
+        }
+        Step::Run(_) | Step::Copy { .. } => {}
+    }
+}
+
+/// Execute a file-changing step on `merged`.
+#[allow(clippy::too_many_arguments)]
+async fn run_step(
+    build: &DockerfileBuild<'_>,
+    context: &Context,
+    state: &State,
+    step: &Step,
+    merged: &Path,
+    work: &Path,
+    key: &str,
+    progress: &mut (impl FnMut(Progress) + Send),
+) -> Result<(), BuildError> {
+    let vars = state.vars();
+    let sub = |s: &str| dockerfile::substitute(s, &vars);
+    let user = match &state.config.user {
+        Some(spec) => User::resolve(merged, spec).map_err(BuildError::Context)?,
+        None => User::ROOT,
+    };
+    match step {
+        Step::Run(command) => {
+            let home = if user.home.is_empty() {
+                "/root"
+            } else {
+                &user.home
+            };
+            let mut env: BTreeMap<String, String> = BTreeMap::from([
+                (
+                    "PATH".to_owned(),
+                    "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".to_owned(),
+                ),
+                ("HOME".to_owned(), home.to_owned()),
+            ]);
+            env.extend(state.args.clone());
+            env.extend(state.config.env.clone());
+            let workdir = state.workdir().to_owned();
+            tokio::fs::create_dir_all(merged.join(workdir.trim_start_matches('/')))
+                .await
+                .map_err(|e| BuildError::Context(format!("create the workdir {workdir}: {e}")))?;
+            run::run_step(
+                build.runsc,
+                &run::RunSpec {
+                    rootfs: merged,
+                    bundle_dir: &work.join("bundle"),
+                    container_id: &format!("silo-build-{}", &key[..16]),
+                    argv: command.argv(),
+                    env: env.into_iter().map(|(k, v)| format!("{k}={v}")).collect(),
+                    cwd: &workdir,
+                    user: &user,
+                },
+                progress,
+            )
+            .await
+        }
+        Step::Copy {
+            sources,
+            dest,
+            chown,
+            chmod,
+            extract,
+        } => {
+            let owner = match chown {
+                Some(spec) => User::resolve(merged, &sub(spec)).map_err(BuildError::Context)?,
+                None => User::ROOT,
+            };
+            let mode = chmod
+                .as_deref()
+                .and_then(|m| u32::from_str_radix(m, 8).ok());
+            let mut resolved = Vec::new();
+            for source in sources {
+                resolved.extend(context.resolve(&sub(source)).map_err(BuildError::Context)?);
+            }
+            let dest = state.absolute(&sub(dest));
+            let into_dir =
+                dest.ends_with('/') || resolved.len() > 1 || resolved.iter().any(|s| s.is_dir);
+            let target = merged.join(dest.trim_start_matches('/'));
+            copy_sources(
+                context, &resolved, &target, into_dir, *extract, &owner, mode,
+            )
+            .map_err(BuildError::Context)
+        }
+        Step::Workdir(path) => {
+            let dir = merged.join(state.absolute(&sub(path)).trim_start_matches('/'));
+            std::fs::create_dir_all(&dir)
+                .and_then(|()| std::os::unix::fs::chown(&dir, Some(user.uid), Some(user.gid)))
+                .map_err(|e| BuildError::Context(format!("create {}: {e}", dir.display())))
+        }
+        _ => Ok(()),
+    }
+}
+
+/// Copy resolved sources into `target` (a directory when `into_dir`), owned by `owner`.
+fn copy_sources(
+    context: &Context,
+    sources: &[context::Source],
+    target: &Path,
+    into_dir: bool,
+    extract: bool,
+    owner: &User,
+    mode: Option<u32>,
+) -> Result<(), String> {
+    use std::os::unix::fs::PermissionsExt;
+    let set_owner = |path: &Path| -> Result<(), String> {
+        std::os::unix::fs::lchown(path, Some(owner.uid), Some(owner.gid))
+            .map_err(|e| format!("chown {}: {e}", path.display()))
+    };
+    let mkdirs = |dir: &Path| {
+        std::fs::create_dir_all(dir).map_err(|e| format!("create {}: {e}", dir.display()))
+    };
+    let copy_one = |from: &Path, to: &Path| -> Result<(), String> {
+        let meta =
+            std::fs::symlink_metadata(from).map_err(|e| format!("{}: {e}", from.display()))?;
+        if let Some(parent) = to.parent() {
+            mkdirs(parent)?;
+        }
+        if meta.file_type().is_symlink() {
+            let link = std::fs::read_link(from).map_err(|e| e.to_string())?;
+            let _ = std::fs::remove_file(to);
+            std::os::unix::fs::symlink(link, to).map_err(|e| format!("{}: {e}", to.display()))?;
+        } else if meta.is_dir() {
+            mkdirs(to)?;
+            let perms =
+                std::fs::Permissions::from_mode(mode.unwrap_or(meta.permissions().mode() & 0o7777));
+            std::fs::set_permissions(to, perms).map_err(|e| e.to_string())?;
+        } else {
+            std::fs::copy(from, to)
+                .map_err(|e| format!("copy {} to {}: {e}", from.display(), to.display()))?;
+            let perms =
+                std::fs::Permissions::from_mode(mode.unwrap_or(meta.permissions().mode() & 0o7777));
+            std::fs::set_permissions(to, perms).map_err(|e| e.to_string())?;
+        }
+        set_owner(to)
+    };
+    for source in sources {
+        let from = context.root.join(&source.path);
+        if source.is_dir {
+            mkdirs(target)?;
+            for entry in context.under(&source.path) {
+                let relative = entry
+                    .strip_prefix(&source.path)
+                    .map_err(|e| e.to_string())?;
+                copy_one(&context.root.join(entry), &target.join(relative))?;
+            }
+            continue;
+        }
+        let name = source.path.file_name().ok_or("a source without a name")?;
+        if extract && is_archive(&source.path) {
+            mkdirs(target)?;
+            let status = std::process::Command::new("tar")
+                .arg("-xf")
+                .arg(&from)
+                .arg("-C")
+                .arg(target)
+                .status()
+                .map_err(|e| format!("run tar: {e}"))?;
+            if !status.success() {
+                return Err(format!("extract {}: tar {status}", source.path.display()));
+            }
+            continue;
+        }
+        let to = if into_dir {
+            target.join(name)
+        } else {
+            target.to_path_buf()
+        };
+        copy_one(&from, &to)?;
+    }
+    Ok(())
+}
+
+fn is_archive(path: &Path) -> bool {
+    let name = path.to_string_lossy();
+    [
+        ".tar", ".tar.gz", ".tgz", ".tar.xz", ".txz", ".tar.bz2", ".tbz2",
+    ]
+    .iter()
+    .any(|ext| name.ends_with(ext))
+}
+
+/// An overlay of `chain` (lowest first) over `bottom`, with a fresh upper dir
+/// `<work>/diff`, mounted at `<work>/merged`.
+struct Overlay {
+    merged: PathBuf,
+}
+
+impl Overlay {
+    async fn mount(bottom: &Path, chain: &[PathBuf], work: &Path) -> Result<Overlay, BuildError> {
+        let prepare = |source| BuildError::PrepareDir {
+            path: work.to_owned(),
+            source,
+        };
+        for dir in ["diff", "work", "merged"] {
+            tokio::fs::create_dir_all(work.join(dir))
+                .await
+                .map_err(prepare)?;
+        }
+        let lower: Vec<String> = chain
+            .iter()
+            .rev()
+            .map(|p| p.display().to_string())
+            .chain(std::iter::once(bottom.display().to_string()))
+            .collect();
+        let options = format!(
+            "lowerdir={},upperdir={},workdir={}",
+            lower.join(":"),
+            work.join("diff").display(),
+            work.join("work").display()
+        );
+        let merged = work.join("merged");
+        let out = Command::new("mount")
+            .args(["-t", "overlay", "overlay", "-o", &options])
+            .arg(&merged)
+            .output()
+            .await
+            .map_err(|source| BuildError::Spawn {
+                program: "mount",
+                source,
+            })?;
+        if !out.status.success() {
+            return Err(BuildError::Chroot {
+                command: format!("mount -t overlay -o {options} {}", merged.display()),
+                detail: String::from_utf8_lossy(&out.stderr).trim().to_owned(),
+            });
+        }
+        Ok(Overlay { merged })
+    }
+
+    async fn unmount(self) {
+        let _ = Command::new("umount").arg(&self.merged).status().await;
+        let work = self.merged.with_file_name("work");
+        let _ = tokio::fs::remove_dir_all(&work).await;
+        let _ = tokio::fs::remove_dir(&self.merged).await;
+    }
+}

@@ -1,0 +1,228 @@
+//! RUN: a command in a gVisor sandbox whose root is the layer being built.
+//!
+//! The sandbox is a plain `runsc run` of a bundle written here: the merged overlay as
+//! a writable root (`--overlay2=none`, so writes land in the layer), the host's network
+//! (`--network=host`: builds reach package registries), the host's resolv.conf and CA
+//! bundle bound read-only over the rootfs's own, and the step's user, env and workdir.
+//! It is not a silo sandbox: no agent, netns or disk, and it is deleted after the step.
+
+use std::path::{Path, PathBuf};
+
+use serde_json::json;
+use tokio::process::Command;
+
+use crate::base::{BuildError, Progress};
+
+/// How to run runsc for builds.
+#[derive(Debug, Clone)]
+pub struct BuildRunsc {
+    pub binary: PathBuf,
+    pub platform: String,
+    /// runsc's state root for build sandboxes.
+    pub root: PathBuf,
+}
+
+/// The user a step runs as, resolved in the layer's /etc/passwd and /etc/group.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct User {
+    pub uid: u32,
+    pub gid: u32,
+    pub groups: Vec<u32>,
+    pub home: String,
+}
+
+impl User {
+    pub const ROOT: User = User {
+        uid: 0,
+        gid: 0,
+        groups: Vec::new(),
+        home: String::new(),
+    };
+
+    /// `name`, `uid`, `name:group` or `uid:gid`, looked up in `rootfs`.
+    pub fn resolve(rootfs: &Path, spec: &str) -> Result<User, String> {
+        let passwd = std::fs::read_to_string(rootfs.join("etc/passwd")).unwrap_or_default();
+        let group = std::fs::read_to_string(rootfs.join("etc/group")).unwrap_or_default();
+        let (user, group_spec) = match spec.split_once(':') {
+            Some((u, g)) => (u, Some(g)),
+            None => (spec, None),
+        };
+        let entry = passwd
+            .lines()
+            .map(|l| l.split(':').collect::<Vec<_>>())
+            .find(|f| f.len() >= 7 && (f[0] == user || f[2] == user));
+        let (uid, mut gid, name, home) = match (&entry, user.parse::<u32>()) {
+            (Some(f), _) => (
+                f[2].parse()
+                    .map_err(|_| format!("bad uid for {user} in /etc/passwd"))?,
+                f[3].parse()
+                    .map_err(|_| format!("bad gid for {user} in /etc/passwd"))?,
+                f[0].to_owned(),
+                f[5].to_owned(),
+            ),
+            (None, Ok(uid)) => (uid, uid, String::new(), "/".to_owned()),
+            (None, Err(_)) => return Err(format!(
+                "user {user:?} does not exist in the template (create it with RUN useradd first)"
+            )),
+        };
+        let groups_of = |predicate: &dyn Fn(&[&str]) -> bool| -> Vec<u32> {
+            group
+                .lines()
+                .map(|l| l.split(':').collect::<Vec<_>>())
+                .filter(|f| f.len() >= 4 && predicate(f))
+                .filter_map(|f| f[2].parse().ok())
+                .collect()
+        };
+        if let Some(g) = group_spec {
+            gid = match g.parse::<u32>() {
+                Ok(gid) => gid,
+                Err(_) => *groups_of(&|f| f[0] == g)
+                    .first()
+                    .ok_or_else(|| format!("group {g:?} does not exist in the template"))?,
+            };
+        }
+        let groups = if name.is_empty() {
+            Vec::new()
+        } else {
+            groups_of(&|f| f[3].split(',').any(|member| member == name))
+        };
+        Ok(User {
+            uid,
+            gid,
+            groups,
+            home,
+        })
+    }
+}
+
+/// What one RUN needs.
+pub struct RunSpec<'a> {
+    pub rootfs: &'a Path,
+    pub bundle_dir: &'a Path,
+    pub container_id: &'a str,
+    pub argv: Vec<String>,
+    pub env: Vec<String>,
+    pub cwd: &'a str,
+    pub user: &'a User,
+}
+
+/// Capabilities of a Docker build step: what package managers need as root.
+const CAPABILITIES: [&str; 14] = [
+    "CAP_CHOWN",
+    "CAP_DAC_OVERRIDE",
+    "CAP_FSETID",
+    "CAP_FOWNER",
+    "CAP_MKNOD",
+    "CAP_NET_RAW",
+    "CAP_SETGID",
+    "CAP_SETUID",
+    "CAP_SETFCAP",
+    "CAP_SETPCAP",
+    "CAP_NET_BIND_SERVICE",
+    "CAP_SYS_CHROOT",
+    "CAP_KILL",
+    "CAP_AUDIT_WRITE",
+];
+
+const HOST_RESOLV_CONF: &str = "/etc/resolv.conf";
+const HOST_CA_BUNDLE: &str = "/etc/ssl/certs/ca-certificates.crt";
+
+/// Run the step; its output goes to `progress` line by line. The sandbox is deleted
+/// whatever happens.
+pub async fn run_step(
+    runsc: &BuildRunsc,
+    spec: &RunSpec<'_>,
+    progress: &mut (impl FnMut(Progress) + Send),
+) -> Result<(), BuildError> {
+    write_bundle(spec).map_err(|source| BuildError::PrepareDir {
+        path: spec.bundle_dir.to_owned(),
+        source,
+    })?;
+    let mut cmd = Command::new(&runsc.binary);
+    cmd.arg(format!("--root={}", runsc.root.display()))
+        .arg(format!("--platform={}", runsc.platform))
+        .args(["--network=host", "--overlay2=none"])
+        .args(["run", "--bundle"])
+        .arg(spec.bundle_dir)
+        .arg(spec.container_id);
+    let result = crate::layer::run(&mut cmd, "runsc", progress).await;
+    let _ = Command::new(&runsc.binary)
+        .arg(format!("--root={}", runsc.root.display()))
+        .args(["delete", "--force", spec.container_id])
+        .output()
+        .await;
+    result
+}
+
+fn write_bundle(spec: &RunSpec<'_>) -> std::io::Result<()> {
+    let mut mounts = vec![
+        json!({"destination": "/proc", "type": "proc", "source": "proc"}),
+        json!({"destination": "/dev", "type": "tmpfs", "source": "tmpfs", "options": ["nosuid", "mode=755"]}),
+        json!({"destination": "/dev/shm", "type": "tmpfs", "source": "shm", "options": ["nosuid", "nodev", "mode=1777"]}),
+        json!({"destination": "/sys", "type": "sysfs", "source": "sysfs", "options": ["nosuid", "noexec", "nodev", "ro"]}),
+    ];
+    // Bound over the rootfs's own files only where those exist, so the layer gets no
+    // mount points of its own.
+    for (host, inside) in [
+        (HOST_RESOLV_CONF, "etc/resolv.conf"),
+        (HOST_CA_BUNDLE, "etc/ssl/certs/ca-certificates.crt"),
+    ] {
+        if Path::new(host).is_file() && spec.rootfs.join(inside).is_file() {
+            mounts.push(json!({"destination": format!("/{inside}"), "type": "bind", "source": host, "options": ["rbind", "ro"]}));
+        }
+    }
+    let config = json!({
+        "ociVersion": "1.0.2",
+        "process": {
+            "terminal": false,
+            "user": {"uid": spec.user.uid, "gid": spec.user.gid, "additionalGids": spec.user.groups},
+            "args": spec.argv,
+            "env": spec.env,
+            "cwd": spec.cwd,
+            "capabilities": {
+                "bounding": CAPABILITIES, "effective": CAPABILITIES, "permitted": CAPABILITIES,
+            },
+            "rlimits": [{"type": "RLIMIT_NOFILE", "hard": 1048576u64, "soft": 1048576u64}],
+        },
+        "root": {"path": spec.rootfs, "readonly": false},
+        "hostname": "build",
+        "mounts": mounts,
+        "linux": {"namespaces": [{"type": "pid"}, {"type": "ipc"}, {"type": "uts"}, {"type": "mount"}]},
+    });
+    std::fs::create_dir_all(spec.bundle_dir)?;
+    std::fs::write(
+        spec.bundle_dir.join("config.json"),
+        serde_json::to_vec_pretty(&config)?,
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn resolves_users_and_groups_from_the_rootfs() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(dir.path().join("etc")).unwrap();
+        std::fs::write(
+            dir.path().join("etc/passwd"),
+            "root:x:0:0:root:/root:/bin/bash\nuser:x:1000:1000::/home/user:/bin/bash\n",
+        )
+        .unwrap();
+        std::fs::write(
+            dir.path().join("etc/group"),
+            "root:x:0:\nsudo:x:27:user\nuser:x:1000:\nstaff:x:50:\n",
+        )
+        .unwrap();
+        let user = User::resolve(dir.path(), "user").unwrap();
+        assert_eq!(
+            (user.uid, user.gid, user.groups.clone()),
+            (1000, 1000, vec![27])
+        );
+        assert_eq!(user.home, "/home/user");
+        assert_eq!(User::resolve(dir.path(), "1000:staff").unwrap().gid, 50);
+        assert_eq!(User::resolve(dir.path(), "4242").unwrap().uid, 4242);
+        assert!(User::resolve(dir.path(), "nobody-here").is_err());
+        assert!(User::resolve(dir.path(), "user:nogroup").is_err());
+    }
+}
