@@ -627,7 +627,13 @@ impl Runtime for RunscRuntime {
                 source: e.into(),
             })?;
         let began = Instant::now();
-        self.checkpoint_into(id, &image).await?;
+        // Frozen from the save until the container is gone, so nothing it does after
+        // the save is lost.
+        self.freeze(id).await?;
+        if let Err(err) = self.save(id, &image).await {
+            self.unfreeze(id).await?;
+            return Err(err);
+        }
         let saved_after = began.elapsed();
         // The image is complete: from here on the sandbox is paused whatever fails.
         if let Err(err) = self.release(id, Undo::SAVED_SANDBOX_LETS_GO.to_vec()).await {

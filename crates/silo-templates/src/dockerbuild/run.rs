@@ -61,9 +61,11 @@ impl User {
                 f[5].to_owned(),
             ),
             (None, Ok(uid)) => (uid, uid, String::new(), "/".to_owned()),
-            (None, Err(_)) => return Err(format!(
+            (None, Err(_)) => {
+                return Err(format!(
                 "user {user:?} does not exist in the template (create it with RUN useradd first)"
-            )),
+            ))
+            }
         };
         let groups_of = |predicate: &dyn Fn(&[&str]) -> bool| -> Vec<u32> {
             group
