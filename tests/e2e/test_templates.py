@@ -110,8 +110,13 @@ def test_dockerfile_template_builds_caches_and_starts_sandboxes(workspace, monke
     finally:
         server.stop()
 
+    # What a build killed mid-step left behind goes at the next build.
+    stale = templates / ".layers" / ".tmp-0123456789abcdef-4194303"
+    (stale / "diff").mkdir(parents=True)
+
     # Unchanged: every layer and the template itself come from the cache.
     again = build(templates, context, "e2e-app")
+    assert not stale.exists()
     assert again.returncode == 0, again.stderr
     assert "cached: a complete build" in again.stderr
     assert "step 6/9 (cached)" in again.stderr and "step 9/9 (cached)" in again.stderr

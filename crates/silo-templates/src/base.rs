@@ -204,12 +204,14 @@ pub async fn prune_base(
     Ok(removed)
 }
 
-/// Whether `name` is the temp dir (`.tmp-<hash>-<pid>`) of a process still running.
-fn builder_alive(name: &str) -> bool {
-    name.strip_prefix(".tmp-")
-        .and_then(|rest| rest.rsplit_once('-'))
-        .and_then(|(_, pid)| pid.parse::<u32>().ok())
-        .is_some_and(|pid| Path::new("/proc").join(pid.to_string()).exists())
+/// Whether `name` is a temp dir (`.tmp-<hash>-<pid>`, `.flatten-<pid>`) of a process
+/// still running.
+pub(crate) fn builder_alive(name: &str) -> bool {
+    name.starts_with('.')
+        && name
+            .rsplit_once('-')
+            .and_then(|(_, pid)| pid.parse::<u32>().ok())
+            .is_some_and(|pid| Path::new("/proc").join(pid.to_string()).exists())
 }
 
 async fn debootstrap(

@@ -139,6 +139,7 @@ pub async fn build_dockerfile(
         args: HashMap::new(),
     };
     let layers_dir = build.templates_dir.join(".layers");
+    remove_dead_builders(&layers_dir).await;
     let mut key = hash_text(&format!("from {from} {}", parent.hash));
     // Layer diffs, lowest first, above the parent's rootfs.
     let mut chain: Vec<PathBuf> = Vec::new();
@@ -279,6 +280,22 @@ pub async fn build_dockerfile(
         return Err(e);
     }
     work.publish().await
+}
+
+/// Remove what builds that died mid-step left in `layers_dir` (temp layers, flatten
+/// scratch dirs, and any overlay still mounted in them).
+async fn remove_dead_builders(layers_dir: &Path) {
+    let Ok(entries) = std::fs::read_dir(layers_dir) else {
+        return;
+    };
+    for entry in entries.filter_map(Result::ok) {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if name.starts_with('.') && !crate::base::builder_alive(&name) {
+            if let Err(e) = cache::remove_build_dir(&entry.path()).await {
+                tracing::warn!(path = %entry.path().display(), error = %e, "removing a dead build's leftovers");
+            }
+        }
+    }
 }
 
 fn sorted(map: &HashMap<String, String>) -> BTreeMap<&String, &String> {
