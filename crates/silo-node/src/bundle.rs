@@ -49,22 +49,7 @@ pub struct BundleSpec<'a> {
 
 /// Capabilities of root inside the sandbox: Docker's default set, enough for the agent
 /// to switch users and for `sudo`. They act on gVisor's kernel, not the host's.
-const CAPABILITIES: [&str; 14] = [
-    "CAP_CHOWN",
-    "CAP_DAC_OVERRIDE",
-    "CAP_FSETID",
-    "CAP_FOWNER",
-    "CAP_MKNOD",
-    "CAP_NET_RAW",
-    "CAP_SETGID",
-    "CAP_SETUID",
-    "CAP_SETFCAP",
-    "CAP_SETPCAP",
-    "CAP_NET_BIND_SERVICE",
-    "CAP_SYS_CHROOT",
-    "CAP_KILL",
-    "CAP_AUDIT_WRITE",
-];
+const CAPABILITIES: [&str; 14] = silo_templates::dockerbuild::DOCKER_DEFAULT_CAPABILITIES;
 
 const CPU_PERIOD_US: u64 = 100_000;
 

@@ -207,6 +207,30 @@ fn merged_lines(
     rx
 }
 
+/// `mount ARGS TARGET`; a failure says the command and mount's own message.
+pub(crate) async fn mount(args: &[&str], target: &Path) -> Result<(), BuildError> {
+    let out = Command::new("mount")
+        .args(args)
+        .arg(target)
+        .output()
+        .await
+        .map_err(|source| BuildError::Spawn {
+            program: "mount",
+            source,
+        })?;
+    if out.status.success() {
+        return Ok(());
+    }
+    Err(BuildError::Chroot {
+        command: format!("mount {} {}", args.join(" "), target.display()),
+        detail: format!(
+            "{}: {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim()
+        ),
+    })
+}
+
 /// /proc and /dev inside the chroot for the steps (package scripts need them); always
 /// unmounted before the build is published or discarded.
 struct ChrootMounts {
@@ -223,21 +247,9 @@ impl ChrootMounts {
             ("dev", vec!["--rbind", "/dev"]),
         ] {
             let path = rootfs.join(target);
-            let status = Command::new("mount")
-                .args(&args)
-                .arg(&path)
-                .status()
-                .await
-                .map_err(|source| BuildError::Spawn {
-                    program: "mount",
-                    source,
-                })?;
-            if !status.success() {
+            if let Err(e) = mount(&args, &path).await {
                 mounts.unmount().await;
-                return Err(BuildError::Chroot {
-                    command: format!("mount {} {}", args.join(" "), path.display()),
-                    detail: status.to_string(),
-                });
+                return Err(e);
             }
             mounts.mounted.push(path);
         }

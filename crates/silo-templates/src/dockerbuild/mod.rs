@@ -25,7 +25,7 @@ use sha2::{Digest, Sha256};
 use tokio::process::Command;
 
 pub use context::Context;
-pub use run::{BuildRunsc, User};
+pub use run::{BuildRunsc, User, DOCKER_DEFAULT_CAPABILITIES};
 
 use crate::base::{BuildError, Progress, Stage, TemplatePath};
 use crate::cache::{self, Slot};
@@ -150,67 +150,36 @@ pub async fn build_dockerfile(
         let vars = state.vars();
         let sub = |s: &str| dockerfile::substitute(s, &vars);
         // What the layer depends on: the step as it will run.
-        let (canonical, changes_files) = match &step.item {
-            Step::Run(command) => (
-                format!(
-                    "run {:?} env {:?} user {:?} workdir {:?} args {:?}",
-                    command.argv(),
-                    state.config.env,
-                    state.config.user,
-                    state.workdir(),
-                    sorted(&state.args)
-                ),
-                true,
-            ),
-            Step::Copy {
-                sources,
-                dest,
-                chown,
-                chmod,
-                extract,
-            } => {
-                let mut resolved = Vec::new();
-                for source in sources {
-                    resolved.extend(context.resolve(&sub(source)).map_err(&fail)?);
-                }
-                let content = context.hash(&resolved).map_err(&fail)?;
-                (
-                    format!(
-                        "copy {resolved:?} {} {:?} {chmod:?} {extract} {content}",
-                        state.absolute(&sub(dest)),
-                        chown.as_deref().map(sub)
-                    ),
-                    true,
-                )
-            }
-            Step::Workdir(path) => (format!("workdir {}", state.absolute(&sub(path))), true),
-            other => (format!("{other:?} {:?}", sorted(&vars)), false),
+        let action = plan(&context, &state, &step.item, &sub).map_err(&fail)?;
+        let canonical = match &action {
+            Some(action) => action.canonical(&state),
+            None => format!("{:?} {:?}", step.item, sorted(&vars)),
         };
         key = hash_text(&format!("{key}\n{canonical}"));
         let layer = layers_dir.join(&key);
-        let cached = !changes_files || layer.is_dir();
+        let built_before = action.is_some() && layer.is_dir();
         progress(Progress::Stage(Stage::Instruction {
             index,
             total,
             text: step.text.clone(),
-            cached: cached && changes_files,
+            cached: built_before,
         }));
-        if changes_files && !cached {
+        if let Some(action) = action.as_ref().filter(|_| !built_before) {
             let work = layers_dir.join(format!(".tmp-{key}-{}", std::process::id()));
             let made = async {
                 let _ = cache::remove_build_dir(&work).await;
                 let overlay = Overlay::mount(&parent.rootfs, &chain, &work).await?;
-                let ran = run_step(
-                    build,
-                    &context,
-                    &state,
-                    &step.item,
-                    &overlay.merged,
-                    &work,
-                    &key,
-                    &mut progress,
-                )
-                .await;
+                let ran = action
+                    .run(
+                        build,
+                        &context,
+                        &state,
+                        &overlay.merged,
+                        &work,
+                        &key,
+                        &mut progress,
+                    )
+                    .await;
                 overlay.unmount().await;
                 ran?;
                 let _ = tokio::fs::remove_dir_all(work.join("bundle")).await;
@@ -231,7 +200,7 @@ pub async fn build_dockerfile(
                 });
             }
         }
-        if changes_files {
+        if action.is_some() {
             chain.push(layer.join("diff"));
         }
         apply(&mut state, &step.item, build.build_args, &sub);
@@ -246,10 +215,7 @@ pub async fn build_dockerfile(
     };
     progress(Progress::Stage(Stage::Publish));
     let flattened = async {
-        let scratch = build
-            .templates_dir
-            .join(".layers")
-            .join(format!(".flatten-{}", std::process::id()));
+        let scratch = layers_dir.join(format!(".flatten-{}", std::process::id()));
         let _ = cache::remove_build_dir(&scratch).await;
         let overlay = Overlay::mount(&parent.rootfs, &chain, &scratch).await?;
         let copied = crate::layer::run(
@@ -339,59 +305,33 @@ fn apply(
     }
 }
 
-/// Execute a file-changing step on `merged`.
-#[allow(clippy::too_many_arguments)]
-async fn run_step(
-    build: &DockerfileBuild<'_>,
+/// A step that changes files, with its variables substituted and its sources
+/// resolved: what its layer's key covers, and what runs to build the layer.
+enum Action<'s> {
+    Run(&'s dockerfile::Command),
+    Copy {
+        sources: Vec<context::Source>,
+        /// Absolute, in the image.
+        dest: String,
+        chown: Option<String>,
+        chmod: Option<&'s str>,
+        extract: bool,
+        /// Of the sources' paths, modes and bytes.
+        content: String,
+    },
+    /// The absolute directory to create.
+    Workdir(String),
+}
+
+/// The action of a step that changes files; `None` for one that only changes state.
+fn plan<'s>(
     context: &Context,
     state: &State,
-    step: &Step,
-    merged: &Path,
-    work: &Path,
-    key: &str,
-    progress: &mut (impl FnMut(Progress) + Send),
-) -> Result<(), BuildError> {
-    let vars = state.vars();
-    let sub = |s: &str| dockerfile::substitute(s, &vars);
-    let user = match &state.config.user {
-        Some(spec) => User::resolve(merged, spec).map_err(BuildError::Context)?,
-        None => User::ROOT,
-    };
-    match step {
-        Step::Run(command) => {
-            let home = if user.home.is_empty() {
-                "/root"
-            } else {
-                &user.home
-            };
-            let mut env: BTreeMap<String, String> = BTreeMap::from([
-                (
-                    "PATH".to_owned(),
-                    "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".to_owned(),
-                ),
-                ("HOME".to_owned(), home.to_owned()),
-            ]);
-            env.extend(state.args.clone());
-            env.extend(state.config.env.clone());
-            let workdir = state.workdir().to_owned();
-            tokio::fs::create_dir_all(merged.join(workdir.trim_start_matches('/')))
-                .await
-                .map_err(|e| BuildError::Context(format!("create the workdir {workdir}: {e}")))?;
-            run::run_step(
-                build.runsc,
-                &run::RunSpec {
-                    rootfs: merged,
-                    bundle_dir: &work.join("bundle"),
-                    container_id: &format!("silo-build-{}", &key[..16]),
-                    argv: command.argv(),
-                    env: env.into_iter().map(|(k, v)| format!("{k}={v}")).collect(),
-                    cwd: &workdir,
-                    user: &user,
-                },
-                progress,
-            )
-            .await
-        }
+    step: &'s Step,
+    sub: &dyn Fn(&str) -> String,
+) -> Result<Option<Action<'s>>, String> {
+    Ok(Some(match step {
+        Step::Run(command) => Action::Run(command),
         Step::Copy {
             sources,
             dest,
@@ -399,33 +339,128 @@ async fn run_step(
             chmod,
             extract,
         } => {
-            let owner = match chown {
-                Some(spec) => User::resolve(merged, &sub(spec)).map_err(BuildError::Context)?,
-                None => User::ROOT,
-            };
-            let mode = chmod
-                .as_deref()
-                .and_then(|m| u32::from_str_radix(m, 8).ok());
             let mut resolved = Vec::new();
             for source in sources {
-                resolved.extend(context.resolve(&sub(source)).map_err(BuildError::Context)?);
+                resolved.extend(context.resolve(&sub(source))?);
             }
-            let dest = state.absolute(&sub(dest));
-            let into_dir =
-                dest.ends_with('/') || resolved.len() > 1 || resolved.iter().any(|s| s.is_dir);
-            let target = merged.join(dest.trim_start_matches('/'));
-            copy_sources(
-                context, &resolved, &target, into_dir, *extract, &owner, mode,
-            )
-            .map_err(BuildError::Context)
+            let content = context.hash(&resolved)?;
+            Action::Copy {
+                sources: resolved,
+                dest: state.absolute(&sub(dest)),
+                chown: chown.as_deref().map(sub),
+                chmod: chmod.as_deref(),
+                extract: *extract,
+                content,
+            }
         }
-        Step::Workdir(path) => {
-            let dir = merged.join(state.absolute(&sub(path)).trim_start_matches('/'));
-            std::fs::create_dir_all(&dir)
-                .and_then(|()| std::os::unix::fs::chown(&dir, Some(user.uid), Some(user.gid)))
-                .map_err(|e| BuildError::Context(format!("create {}: {e}", dir.display())))
+        Step::Workdir(path) => Action::Workdir(state.absolute(&sub(path))),
+        Step::Env(_) | Step::Arg(_) | Step::User(_) | Step::Label(_) => return Ok(None),
+    }))
+}
+
+impl Action<'_> {
+    /// The text a layer's key hashes: the action and what it runs under.
+    fn canonical(&self, state: &State) -> String {
+        match self {
+            Action::Run(command) => format!(
+                "run {:?} env {:?} user {:?} workdir {:?} args {:?}",
+                command.argv(),
+                state.config.env,
+                state.config.user,
+                state.workdir(),
+                sorted(&state.args)
+            ),
+            Action::Copy {
+                sources,
+                dest,
+                chown,
+                chmod,
+                extract,
+                content,
+            } => format!("copy {sources:?} {dest} {chown:?} {chmod:?} {extract} {content}"),
+            Action::Workdir(dir) => format!("workdir {dir}"),
         }
-        _ => Ok(()),
+    }
+
+    /// Build the layer on `merged`.
+    #[allow(clippy::too_many_arguments)]
+    async fn run(
+        &self,
+        build: &DockerfileBuild<'_>,
+        context: &Context,
+        state: &State,
+        merged: &Path,
+        work: &Path,
+        key: &str,
+        progress: &mut (impl FnMut(Progress) + Send),
+    ) -> Result<(), BuildError> {
+        let user = match &state.config.user {
+            Some(spec) => User::resolve(merged, spec).map_err(BuildError::Context)?,
+            None => User::ROOT,
+        };
+        match self {
+            Action::Run(command) => {
+                let home = if user.home.is_empty() {
+                    "/root"
+                } else {
+                    &user.home
+                };
+                let mut env: BTreeMap<String, String> = BTreeMap::from([
+                    (
+                        "PATH".to_owned(),
+                        "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".to_owned(),
+                    ),
+                    ("HOME".to_owned(), home.to_owned()),
+                ]);
+                env.extend(state.args.clone());
+                env.extend(state.config.env.clone());
+                let workdir = state.workdir().to_owned();
+                tokio::fs::create_dir_all(merged.join(workdir.trim_start_matches('/')))
+                    .await
+                    .map_err(|e| {
+                        BuildError::Context(format!("create the workdir {workdir}: {e}"))
+                    })?;
+                run::run_step(
+                    build.runsc,
+                    &run::RunSpec {
+                        rootfs: merged,
+                        bundle_dir: &work.join("bundle"),
+                        container_id: &format!("silo-build-{}", &key[..16]),
+                        argv: command.argv(),
+                        env: env.into_iter().map(|(k, v)| format!("{k}={v}")).collect(),
+                        cwd: &workdir,
+                        user: &user,
+                    },
+                    progress,
+                )
+                .await
+            }
+            Action::Copy {
+                sources,
+                dest,
+                chown,
+                chmod,
+                extract,
+                content: _,
+            } => {
+                let owner = match chown {
+                    Some(spec) => User::resolve(merged, spec).map_err(BuildError::Context)?,
+                    None => User::ROOT,
+                };
+                let mode = chmod.and_then(|m| u32::from_str_radix(m, 8).ok());
+                let into_dir =
+                    dest.ends_with('/') || sources.len() > 1 || sources.iter().any(|s| s.is_dir);
+                let target = merged.join(dest.trim_start_matches('/'));
+                copy_sources(context, sources, &target, into_dir, *extract, &owner, mode)
+                    .map_err(BuildError::Context)
+            }
+            Action::Workdir(dir) => {
+                let dir = merged.join(dir.trim_start_matches('/'));
+                std::fs::create_dir_all(&dir)
+                    .and_then(|()| std::os::unix::fs::chown(&dir, Some(user.uid), Some(user.gid)))
+                    .map_err(|e| BuildError::Context(format!("create {}: {e}", dir.display())))
+            }
+        }
     }
 }
 
@@ -547,21 +582,7 @@ impl Overlay {
             work.join("work").display()
         );
         let merged = work.join("merged");
-        let out = Command::new("mount")
-            .args(["-t", "overlay", "overlay", "-o", &options])
-            .arg(&merged)
-            .output()
-            .await
-            .map_err(|source| BuildError::Spawn {
-                program: "mount",
-                source,
-            })?;
-        if !out.status.success() {
-            return Err(BuildError::Chroot {
-                command: format!("mount -t overlay -o {options} {}", merged.display()),
-                detail: String::from_utf8_lossy(&out.stderr).trim().to_owned(),
-            });
-        }
+        crate::layer::mount(&["-t", "overlay", "overlay", "-o", &options], &merged).await?;
         Ok(Overlay { merged })
     }
 

@@ -108,8 +108,10 @@ pub struct RunSpec<'a> {
     pub user: &'a User,
 }
 
-/// Capabilities of a Docker build step: what package managers need as root.
-const CAPABILITIES: [&str; 14] = [
+/// Docker's default capability set: what a build step's package managers need as root,
+/// and what a sandbox's agent needs to switch users and serve `sudo`. They act on
+/// gVisor's kernel, not the host's.
+pub const DOCKER_DEFAULT_CAPABILITIES: [&str; 14] = [
     "CAP_CHOWN",
     "CAP_DAC_OVERRIDE",
     "CAP_FSETID",
@@ -182,7 +184,9 @@ fn write_bundle(spec: &RunSpec<'_>) -> std::io::Result<()> {
             "env": spec.env,
             "cwd": spec.cwd,
             "capabilities": {
-                "bounding": CAPABILITIES, "effective": CAPABILITIES, "permitted": CAPABILITIES,
+                "bounding": DOCKER_DEFAULT_CAPABILITIES,
+                "effective": DOCKER_DEFAULT_CAPABILITIES,
+                "permitted": DOCKER_DEFAULT_CAPABILITIES,
             },
             "rlimits": [{"type": "RLIMIT_NOFILE", "hard": 1048576u64, "soft": 1048576u64}],
         },
