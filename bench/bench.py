@@ -5,6 +5,10 @@ Starts its own `silo serve` (like the e2e tests), then measures with the officia
   - commands.run("echo hi") round trip, N_RUN times on one sandbox;
   - with e2e-code-interpreter: create → first run_code("1+1") result, N_FIRST times, and
     run_code("1+1") round trip, N_CODE times on one sandbox;
+  - a template built from a Dockerfile (the e2e suite's: COPY, a wheel pip-installed,
+    ENV, WORKDIR, USER, and a start command serving HTTP with a ready check): the build
+    with --no-cache, the rebuild unchanged, and Sandbox.create from it (the sandbox is
+    handed out once its ready command passes), N_TEMPLATE_CREATE times;
   - raw `runsc run` of the same base rootfs (an OCI bundle running /bin/true, no
     network, memory overlay), N_RAW times, for comparison;
 and writes a Markdown table to stdout and bench/results/<date>-<host>/results.md.
@@ -34,6 +38,7 @@ N_RAW = int(os.environ.get("BENCH_RAW", 10))
 N_FIRST = int(os.environ.get("BENCH_FIRST_CODE", 10))
 N_CODE = int(os.environ.get("BENCH_CODE", 100))
 N_PAUSE = int(os.environ.get("BENCH_PAUSES", 10))
+N_TEMPLATE_CREATE = int(os.environ.get("BENCH_TEMPLATE_CREATES", 10))
 
 
 def pct(samples, p):
@@ -190,10 +195,48 @@ def bench_raw_runsc(template_dir):
     return [summary("raw `runsc run` /bin/true, same rootfs", samples)]
 
 
+def bench_template(server):
+    from e2b import Sandbox
+    from test_templates import DOCKERFILE, READY_CMD, START_CMD, make_wheel
+
+    silo = os.environ.get("SILO_BIN", str(ROOT / "target/release/silo"))
+    env = {**os.environ, **server.env()}
+    with tempfile.TemporaryDirectory(prefix="silo-bench-context-") as context:
+        context = Path(context)
+        (context / "wheels").mkdir()
+        make_wheel(context / "wheels" / "silohello-1.0-py3-none-any.whl")
+        (context / "app.txt").write_text("copied from the context\n")
+        (context / "data.txt").write_text("bench\n")
+        (context / "Dockerfile").write_text(DOCKERFILE)
+        build = [silo, "template", "build", "-n", "bench-web", "--start-cmd", START_CMD,
+                 "--ready-cmd", READY_CMD, str(context)]
+        timings = []
+        for extra in (["--no-cache"], []):
+            start = time.perf_counter()
+            subprocess.run(build + extra, check=True, capture_output=True, env=env)
+            timings.append(time.perf_counter() - start)
+    creates = []
+    try:
+        for _ in range(N_TEMPLATE_CREATE):
+            start = time.perf_counter()
+            sbx = Sandbox.create("bench-web", timeout=120)
+            creates.append(time.perf_counter() - start)
+            sbx.kill()
+    finally:
+        server.kill_all()
+        subprocess.run([silo, "template", "delete", "bench-web"], capture_output=True, env=env)
+    return [
+        summary("template build from a Dockerfile, --no-cache", timings[:1]),
+        summary("the same build again, unchanged (cached)", timings[1:]),
+        summary('SDK Sandbox.create from it (start command up, ready check passed)', creates),
+    ]
+
+
 def main():
     server = SiloServer(subnet="10.216.0.0/16").start()
     try:
-        rows = bench_sdk(server) + bench_code_interpreter() + bench_pause_resume() + bench_fork()
+        rows = (bench_sdk(server) + bench_code_interpreter() + bench_pause_resume() + bench_fork()
+                + bench_template(server))
     finally:
         server.stop()
     rows += bench_raw_runsc(server.template_dir)

@@ -99,6 +99,11 @@ class SiloServer:
             "E2B_API_KEY": self.api_key,
         }
 
+    def use_env(self, monkeypatch):
+        """Point the SDK (and `silo` client commands) at this server for one test."""
+        for key, value in self.env().items():
+            monkeypatch.setenv(key, value)
+
     def log(self) -> str:
         try:
             return self.log_path.read_text(errors="replace")[-20000:]

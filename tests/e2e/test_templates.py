@@ -1,16 +1,20 @@
-"""Templates from Dockerfiles: `silo template build` runs each step (RUN in gVisor),
-caches layers, and sandboxes made from the template with the official SDK have its
-files, packages, ENV, WORKDIR and USER. Bad Dockerfiles fail with a clear message and
-register nothing."""
+"""Templates from Dockerfiles and from the official SDK's `Template` builder, built by a
+running `silo serve`: each step runs (RUN in gVisor), layers are cached, the start
+command runs in every sandbox and the ready command gates it, and sandboxes made from
+the template with the official SDK have its files, packages, ENV, WORKDIR and USER.
+Bad builds fail with a clear message and register nothing; templates are listed,
+aliased, and deleted only when nothing uses them."""
 
 import os
 import subprocess
 import tempfile
+import urllib.error
+import urllib.request
 import zipfile
 from pathlib import Path
 
 import pytest
-from e2b import Sandbox
+from e2b import Sandbox, Template
 
 from silo_server import SiloServer
 
@@ -28,6 +32,10 @@ COPY --chown=user:user data.txt /home/user/data.txt
 USER user
 RUN echo "$MESSAGE" > /home/user/built-by.txt && whoami >> /home/user/built-by.txt
 """
+
+# Serves the workdir (/srv/app) on port 8000; ready once it answers.
+START_CMD = "python3 -m http.server 8000"
+READY_CMD = "python3 -c 'import urllib.request; urllib.request.urlopen(\"http://127.0.0.1:8000/\")'"
 
 
 def make_wheel(path: Path) -> None:
@@ -65,95 +73,242 @@ def workspace():
     subprocess.run(["rm", "-rf", str(root)], check=False)
 
 
-def build(templates: Path, context: Path, name: str, dockerfile: str | None = None):
+@pytest.fixture(scope="module")
+def server(workspace):
+    templates, _ = workspace
+    server = SiloServer(subnet="10.225.0.0/16")
+    server.template_dir = str(templates)
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def sdk_env(server, monkeypatch):
+    server.use_env(monkeypatch)
+
+
+def build(server, context: Path, name: str, *flags: str, dockerfile: str | None = None):
     args = [os.environ.get("SILO_BIN", "target/release/silo"), "template", "build",
-            "-n", name, "--template-dir", str(templates), str(context)]
+            "-n", name, *flags, str(context)]
     if dockerfile is not None:
         path = context / f"{name}.Dockerfile"
         path.write_text(dockerfile)
         args[5:5] = ["-f", str(path)]
-    return subprocess.run(args, capture_output=True, text=True, timeout=900)
+    return subprocess.run(args, capture_output=True, text=True, timeout=900,
+                          env={**os.environ, **server.env()})
 
 
-def test_dockerfile_template_builds_caches_and_starts_sandboxes(workspace, monkeypatch):
+def silo(server, *args: str):
+    return subprocess.run([os.environ.get("SILO_BIN", "target/release/silo"), "template", *args],
+                          capture_output=True, text=True, timeout=120,
+                          env={**os.environ, **server.env()})
+
+
+def builds_of(templates: Path, name: str) -> list:
+    """The template's complete builds on disk."""
+    path = templates / name
+    return [d for d in path.iterdir() if not d.name.startswith(".")] if path.exists() else []
+
+
+def test_dockerfile_template_builds_caches_and_starts_sandboxes(workspace, server, sdk_env):
     templates, context = workspace
-    first = build(templates, context, "e2e-app")
+    first = build(server, context, "e2e-app", "--start-cmd", START_CMD, "--ready-cmd", READY_CMD)
     assert first.returncode == 0, first.stderr
     assert "hi from a wheel" not in first.stderr  # pip ran quietly; RUN output is streamed
     assert "step 9/9: RUN echo" in first.stderr
+    assert "uploading the build context" in first.stderr
+    assert "booting a sandbox to run the start command" in first.stderr
 
-    server = SiloServer(subnet="10.225.0.0/16")
-    server.template_dir = str(templates)
-    server.start()
+    sbx = Sandbox.create("e2e-app", timeout=120)
     try:
-        for key, value in server.env().items():
-            monkeypatch.setenv(key, value)
-        sbx = Sandbox.create("e2e-app", timeout=120)
+        run = lambda cmd: sbx.commands.run(cmd).stdout.strip()  # noqa: E731
+        assert run("cat /srv/app/app.txt") == "copied from the context"
+        assert run("python3 -c 'import silohello; print(silohello.GREETING)'") == "hi from a wheel"
+        assert run("echo $MESSAGE") == "hello from silo"
+        assert run("pwd") == "/srv/app"
+        assert run("whoami") == "user"
+        assert run("stat -c %U /home/user/data.txt") == "user"
+        assert sbx.files.read("/home/user/built-by.txt") == "hello from silo\nuser\n"
+        assert not sbx.files.exists("/srv/app/secret.txt")
+        # The start command is up when the sandbox is handed out: no waiting here.
+        fetched = run("python3 -c 'import urllib.request; "
+                      "print(urllib.request.urlopen(\"http://127.0.0.1:8000/app.txt\").read().decode())'")
+        assert fetched == "copied from the context"
+        starts = [p for p in sbx.commands.list() if p.tag == "start_cmd"]
+        assert [p.args[-1] for p in starts] == [START_CMD]
+        # What the create asks for wins over the template's ENV.
+        other = Sandbox.create("e2e-app", timeout=60, envs={"MESSAGE": "mine"})
         try:
-            run = lambda cmd: sbx.commands.run(cmd).stdout.strip()  # noqa: E731
-            assert run("cat /srv/app/app.txt") == "copied from the context"
-            assert run("python3 -c 'import silohello; print(silohello.GREETING)'") == "hi from a wheel"
-            assert run("echo $MESSAGE") == "hello from silo"
-            assert run("pwd") == "/srv/app"
-            assert run("whoami") == "user"
-            assert run("stat -c %U /home/user/data.txt") == "user"
-            assert sbx.files.read("/home/user/built-by.txt") == "hello from silo\nuser\n"
-            assert not sbx.files.exists("/srv/app/secret.txt")
-            # What the create asks for wins over the template's ENV.
-            other = Sandbox.create("e2e-app", timeout=60, envs={"MESSAGE": "mine"})
-            try:
-                assert other.commands.run("echo $MESSAGE").stdout.strip() == "mine"
-            finally:
-                other.kill()
+            assert other.commands.run("echo $MESSAGE").stdout.strip() == "mine"
         finally:
-            sbx.kill()
+            other.kill()
     finally:
-        server.stop()
+        sbx.kill()
 
     # What a build killed mid-step left behind goes at the next build.
     stale = templates / ".layers" / ".tmp-0123456789abcdef-4194303"
     (stale / "diff").mkdir(parents=True)
 
-    # Unchanged: every layer and the template itself come from the cache.
-    again = build(templates, context, "e2e-app")
+    # Unchanged: nothing is uploaded, every layer and the template come from the cache.
+    again = build(server, context, "e2e-app", "--start-cmd", START_CMD, "--ready-cmd", READY_CMD)
     assert not stale.exists()
     assert again.returncode == 0, again.stderr
-    assert "cached: a complete build" in again.stderr
+    assert "build context" in again.stderr and "unchanged: not uploaded" in again.stderr
+    assert "this exact template is built already" in again.stderr
     assert "step 6/9 (cached)" in again.stderr and "step 9/9 (cached)" in again.stderr
 
     # One COPY changed: the steps before it are reused, it and those after run again.
     (context / "data.txt").write_text("second version\n")
-    changed = build(templates, context, "e2e-app")
+    changed = build(server, context, "e2e-app", "--start-cmd", START_CMD, "--ready-cmd", READY_CMD)
     assert changed.returncode == 0, changed.stderr
     assert "step 6/9 (cached): RUN pip install" in changed.stderr
     assert "step 7/9: COPY --chown=user:user data.txt" in changed.stderr
     assert "step 9/9: RUN echo" in changed.stderr
-    assert len([d for d in (templates / "e2e-app").iterdir() if not d.name.startswith(".")]) == 2
+    assert len(builds_of(templates, "e2e-app")) == 2
+
+    # The API kept each build's status and log.
+    status, info, _ = server.api("GET", "/templates/e2e-app")
+    assert status == 200, info
+    assert [b["status"] for b in info["builds"]] == ["ready", "ready", "ready"]
+    build_id = info["builds"][0]["buildID"]
+    status, report, _ = server.api("GET", f"/templates/e2e-app/builds/{build_id}/status?logsOffset=0")
+    assert status == 200 and report["status"] == "ready"
+    assert any("step 7/9: COPY" in e["message"] for e in report["logEntries"])
 
 
 @pytest.mark.parametrize(
-    "dockerfile, expected",
+    "flags, dockerfile, expected",
     [
-        ("FROM base\nRUN true\nFROBNICATE now\n", "Dockerfile line 3: unknown instruction \"FROBNICATE\""),
-        ("FROM base\nRUN echo about to fail && exit 3\n",
+        ([], "FROM base\nRUN true\nFROBNICATE now\n", "Dockerfile line 3: unknown instruction \"FROBNICATE\""),
+        ([], "FROM base\nRUN echo about to fail && exit 3\n",
          "step 1 (Dockerfile line 2) `RUN echo about to fail && exit 3` failed: exit status: 3; last output:\nabout to fail"),
-        ("FROM base\nCOPY missing.txt /x\n", "COPY source \"missing.txt\" is not in the build context"),
-        ("FROM no-such-template\n", "template \"no-such-template\" is not built here"),
-        ("FROM base\nCMD [\"sleep\", \"1\"]\n", "--start-cmd"),
+        ([], "FROM base\nCOPY missing.txt /x\n", "COPY source \"missing.txt\" is not in the build context"),
+        ([], "FROM no-such-template\n", "template \"no-such-template\" is not built here"),
+        ([], "FROM base\nCMD [\"sleep\", \"1\"]\n", "--start-cmd"),
+        (["--start-cmd", "echo boom; exit 4", "--ready-cmd", "false"], "FROM base\nRUN true\n",
+         "the template's start command exited with code 4 before its ready command passed; its last output: boom"),
     ],
 )
-def test_bad_dockerfiles_fail_clearly_and_register_nothing(workspace, dockerfile, expected):
+def test_bad_builds_fail_clearly_and_register_nothing(workspace, server, flags, dockerfile, expected):
     templates, context = workspace
-    result = build(templates, context, "e2e-broken", dockerfile)
+    result = build(server, context, "e2e-broken", *flags, dockerfile=dockerfile)
     assert result.returncode != 0
     assert expected in result.stderr, result.stderr
-    assert not (templates / "e2e-broken").exists() or not [
-        d for d in (templates / "e2e-broken").iterdir() if not d.name.startswith(".")
-    ]
-    # No build sandbox, overlay mount or half-made layer is left behind.
+    assert not builds_of(templates, "e2e-broken")
+    assert "e2e-broken" not in silo(server, "list").stdout
+    # No build sandbox, check sandbox, overlay mount or half-made layer is left behind.
     assert "silo-build" not in subprocess.run(
         ["runsc", "--root", str(templates / ".runsc"), "list"], capture_output=True, text=True
     ).stdout
+    assert server.runsc_containers() == []
     assert str(templates) not in Path("/proc/mounts").read_text()
     layers = templates / ".layers"
     assert not layers.exists() or not [d for d in layers.iterdir() if d.name.startswith(".")]
+
+
+def test_sdk_template_builder_builds_with_start_and_ready(workspace, server, sdk_env):
+    _, context = workspace
+    logs = []
+    template = (
+        Template(file_context_path=str(context))
+        .from_base_image()
+        .copy("app.txt", "/opt/site/")
+        .run_cmd("echo made-by-root > /opt/root.txt", user="root")
+        .set_envs({"SITE": "sdk"})
+        .make_dir("/opt/made", mode=0o750)
+        .set_workdir("/opt/site")
+        .set_start_cmd("python3 -m http.server 8001",
+                       "python3 -c 'import socket; socket.create_connection((\"127.0.0.1\", 8001))'")
+    )
+    info = Template.build(template, "e2e-sdk", cpu_count=1, memory_mb=384,
+                          on_build_logs=lambda entry: logs.append(entry.message))
+    assert info.template_id == "e2e-sdk" and info.build_id
+    assert any("Uploaded 'app.txt'" in line for line in logs), logs
+    assert any("step 2/5: RUN echo made-by-root > /opt/root.txt (as root)" in line for line in logs), logs
+    assert Template.exists("e2e-sdk") and not Template.exists("e2e-no-such")
+
+    sbx = Sandbox.create("e2e-sdk", timeout=60)
+    try:
+        out = sbx.commands.run("cat app.txt /opt/root.txt; echo $SITE; pwd").stdout.split()
+        assert out == ["copied", "from", "the", "context", "made-by-root", "sdk", "/opt/site"]
+        fetched = sbx.commands.run(
+            "python3 -c 'import urllib.request; print(urllib.request.urlopen(\"http://127.0.0.1:8001/app.txt\").read().decode())'"
+        )
+        assert fetched.stdout.strip() == "copied from the context"
+        assert sbx.commands.run("stat -c %a /opt/made").stdout.strip() == "750"
+        assert sbx.get_info().cpu_count == 1 and sbx.get_info().memory_mb == 384
+    finally:
+        sbx.kill()
+
+    # Unchanged: the SDK skips the upload, the server reuses the build.
+    logs.clear()
+    Template.build(template, "e2e-sdk", on_build_logs=lambda entry: logs.append(entry.message))
+    assert any("already cached" in line for line in logs), logs
+    assert any("this exact template is built already" in line for line in logs), logs
+    # skip_cache: every step runs again.
+    logs.clear()
+    Template.build(template, "e2e-sdk", skip_cache=True, on_build_logs=lambda entry: logs.append(entry.message))
+    assert not any("(cached)" in line for line in logs), logs
+
+    # A step silo cannot build is refused when the build starts, with the reason.
+    with pytest.raises(Exception, match="cannot pull images"):
+        Template.build(Template().from_image("python:3.12").run_cmd("true"), "e2e-sdk-image")
+
+
+def test_templates_are_listed_aliased_and_deleted_only_when_unused(workspace, server, sdk_env):
+    templates, context = workspace
+    made = build(server, context, "e2e-small", dockerfile="FROM base\nRUN echo small > /small.txt\n")
+    assert made.returncode == 0, made.stderr
+
+    alias = silo(server, "alias", "e2e-nick", "e2e-small")
+    assert alias.returncode == 0, alias.stderr
+    listed = silo(server, "list")
+    assert any(line.startswith("e2e-small ") and line.endswith("e2e-nick")
+               for line in listed.stdout.splitlines()), listed.stdout
+    status, body, _ = server.api("GET", "/templates/aliases/e2e-nick")
+    assert (status, body["templateID"]) == (200, "e2e-small")
+
+    sbx = Sandbox.create("e2e-nick", timeout=60)
+    try:
+        assert sbx.files.read("/small.txt") == "small\n"
+        refused = silo(server, "delete", "e2e-small")
+        assert refused.returncode != 0
+        assert "409" in refused.stderr and sbx.sandbox_id in refused.stderr, refused.stderr
+    finally:
+        sbx.kill()
+
+    assert silo(server, "delete", "e2e-nick").returncode == 0
+    assert not (templates / "e2e-small").exists()
+    assert "e2e-small" not in silo(server, "list").stdout
+    status, _, _ = server.api("GET", "/templates/aliases/e2e-nick")
+    assert status == 404
+    with pytest.raises(Exception, match="not found"):
+        Sandbox.create("e2e-small", timeout=30)
+    assert "own templates" in silo(server, "delete", "base").stderr
+
+
+def test_uploads_and_build_calls_refuse_bad_input(server):
+    status, body, _ = server.api("GET", "/templates/x/files/not-hex")
+    assert status == 400 and "hex digest" in body["message"]
+    status, body, _ = server.api("POST", "/v2/templates/x/builds/00000000-0000-0000-0000-000000000000", {})
+    assert status == 404
+    status, body, _ = server.api("POST", "/v3/templates", {"name": "../etc"})
+    assert status == 400 and "invalid template name" in body["message"]
+    status, body, _ = server.api("POST", "/v3/templates", b"{not json")
+    assert status == 400
+    status, requested, _ = server.api("POST", "/v3/templates", {"name": "e2e-unused"})
+    assert status == 202
+    # A COPY of files never uploaded is refused when the build starts.
+    status, body, _ = server.api(
+        "POST", f"/v2/templates/e2e-unused/builds/{requested['buildID']}",
+        {"fromTemplate": "base", "steps": [{"type": "COPY", "args": ["a", "/a"], "filesHash": "ab" * 32}]},
+    )
+    assert status == 400 and "were not uploaded" in body["message"]
+    # An upload URL works once, and only with its token.
+    status, upload, _ = server.api("GET", f"/templates/e2e-unused/files/{'cd' * 32}")
+    assert status == 201 and not upload["present"]
+    bad = urllib.request.Request(upload["url"] + "x", data=b"", method="PUT")
+    with pytest.raises(urllib.error.HTTPError) as err:
+        urllib.request.urlopen(bad, timeout=30)
+    assert err.value.code == 404

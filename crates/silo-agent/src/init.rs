@@ -51,6 +51,12 @@ pub async fn init(
         }
     });
     tracing::info!("initialized by the control plane");
+    crate::process::ready::start_and_wait(
+        &state,
+        req.start_cmd.as_deref(),
+        req.ready_cmd.as_deref(),
+    )
+    .await?;
     Ok(StatusCode::NO_CONTENT)
 }
 

@@ -7,6 +7,7 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use silo_protocol::rest::ApiError as WireError;
 
+use silo_node::builds::TemplateError;
 use silo_node::sandbox::SandboxError;
 
 tokio::task_local! {
@@ -38,6 +39,8 @@ pub enum ApiError {
     Conflict(String),
     #[error(transparent)]
     Sandbox(#[from] SandboxError),
+    #[error(transparent)]
+    Template(#[from] TemplateError),
 }
 
 impl ApiError {
@@ -47,25 +50,34 @@ impl ApiError {
             ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
             ApiError::Conflict(_) => StatusCode::CONFLICT,
-            ApiError::Sandbox(err) => match err {
-                SandboxError::NotFound(_) | SandboxError::TemplateNotFound(_) => {
-                    StatusCode::NOT_FOUND
-                }
-                SandboxError::InvalidRequest(_) => StatusCode::BAD_REQUEST,
-                SandboxError::WrongState { .. } | SandboxError::AlreadyPaused(_) => {
-                    StatusCode::CONFLICT
-                }
-                SandboxError::Pause { .. }
-                | SandboxError::Resume { .. }
-                | SandboxError::Snapshot { .. }
-                | SandboxError::Network { .. } => StatusCode::INTERNAL_SERVER_ERROR,
-                SandboxError::Start { .. }
-                | SandboxError::Destroy { .. }
-                | SandboxError::Init { .. }
-                | SandboxError::ListRuntime(_)
-                | SandboxError::Catalog(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            ApiError::Template(err) => match err {
+                TemplateError::Invalid(_) => StatusCode::BAD_REQUEST,
+                TemplateError::NotFound(_) => StatusCode::NOT_FOUND,
+                TemplateError::Conflict(_) => StatusCode::CONFLICT,
+                TemplateError::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+                TemplateError::Io { .. } => StatusCode::INTERNAL_SERVER_ERROR,
+                TemplateError::Sandbox(err) => sandbox_status(err),
             },
+            ApiError::Sandbox(err) => sandbox_status(err),
         }
+    }
+}
+
+/// The status of a sandbox error (alone, or under a template's).
+fn sandbox_status(err: &SandboxError) -> StatusCode {
+    match err {
+        SandboxError::NotFound(_) | SandboxError::TemplateNotFound(_) => StatusCode::NOT_FOUND,
+        SandboxError::InvalidRequest(_) => StatusCode::BAD_REQUEST,
+        SandboxError::WrongState { .. } | SandboxError::AlreadyPaused(_) => StatusCode::CONFLICT,
+        SandboxError::Pause { .. }
+        | SandboxError::Resume { .. }
+        | SandboxError::Snapshot { .. }
+        | SandboxError::Network { .. } => StatusCode::INTERNAL_SERVER_ERROR,
+        SandboxError::Start { .. }
+        | SandboxError::Destroy { .. }
+        | SandboxError::Init { .. }
+        | SandboxError::ListRuntime(_)
+        | SandboxError::Catalog(_) => StatusCode::INTERNAL_SERVER_ERROR,
     }
 }
 
@@ -77,12 +89,15 @@ impl ApiError {
         let request_id = REQUEST_ID.try_with(Clone::clone).unwrap_or_default();
         // A failed pause, resume or snapshot leaves the sandbox as it was; its cause (a full
         // disk, a failed restore) is what the caller needs to act on, so it is not hidden.
+        // So is an agent's refusal of its configuration: a template's ready command
+        // that did not pass says why in it.
         let shown = matches!(
             self,
             ApiError::Sandbox(
                 SandboxError::Pause { .. }
                     | SandboxError::Resume { .. }
                     | SandboxError::Snapshot { .. }
+                    | SandboxError::Init { .. }
             )
         );
         let message = if shown {

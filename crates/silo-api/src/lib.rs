@@ -14,6 +14,7 @@ pub mod extract;
 pub mod proxy;
 pub mod sandboxes;
 pub mod snapshots;
+pub mod templates;
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -21,7 +22,7 @@ use std::sync::Arc;
 use axum::extract::{Request, State};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{delete, get, post, put};
+use axum::routing::{get, post, put};
 use axum::{Json, Router};
 use tracing::Instrument;
 
@@ -34,6 +35,7 @@ pub const CLIENT_ID: &str = "silo";
 #[derive(Clone)]
 pub struct AppState {
     pub manager: Arc<Manager>,
+    pub builder: Arc<silo_node::builds::Builder>,
     pub upstreams: proxy::Upstreams,
     /// The domain sandboxes are reached under (`{port}-{id}.{domain}`), if configured.
     pub domain: Option<String>,
@@ -63,13 +65,35 @@ pub fn router(state: AppState) -> Router {
         .route("/sandboxes/{id}/snapshots", post(snapshots::create))
         .route("/sandboxes/{id}/fork", post(snapshots::fork))
         .route("/snapshots", get(snapshots::list))
-        .route("/templates/{id}", delete(snapshots::delete))
+        .route("/templates", get(templates::list))
+        .route(
+            "/templates/{id}",
+            get(templates::get).delete(templates::delete),
+        )
+        .route("/v3/templates", post(templates::request_build))
+        .route("/templates/{id}/files/{hash}", get(templates::file_upload))
+        .route(
+            "/v2/templates/{id}/builds/{build}",
+            post(templates::start_build),
+        )
+        .route(
+            "/templates/{id}/builds/{build}/status",
+            get(templates::build_status),
+        )
+        .route(
+            "/templates/aliases/{alias}",
+            get(templates::get_alias)
+                .put(templates::set_alias)
+                .delete(templates::delete_alias),
+        )
         .route_layer(middleware::from_fn_with_state(
             state.clone(),
             require_api_key,
         ));
     Router::new()
         .route("/health", get(health))
+        // The one-time token in the URL is the right to upload (see templates::file_upload).
+        .route("/uploads/{token}", put(templates::upload))
         .merge(api)
         .fallback(not_found)
         .layer(middleware::from_fn_with_state(

@@ -18,7 +18,7 @@ use crate::AppState;
 use silo_node::network::{Cidr, DomainPattern, EgressPolicy};
 use silo_node::sandbox::CreateRequest;
 
-fn rfc3339(ms: i64) -> String {
+pub(crate) fn rfc3339(ms: i64) -> String {
     DateTime::<Utc>::from_timestamp_millis(ms)
         .unwrap_or_default()
         .to_rfc3339_opts(SecondsFormat::Millis, true)

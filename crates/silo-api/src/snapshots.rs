@@ -1,8 +1,8 @@
-//! Snapshots and fork: `POST /sandboxes/{id}/snapshots`, `GET /snapshots`,
-//! `DELETE /templates/{id}` (a snapshot is a template to the SDK), `POST
-//! /sandboxes/{id}/fork`.
+//! Snapshots and fork: `POST /sandboxes/{id}/snapshots`, `GET /snapshots`, `POST
+//! /sandboxes/{id}/fork`. Deleting one is `DELETE /templates/{id}` (a snapshot is a
+//! template to the SDK), in [`crate::templates`].
 
-use axum::extract::{Path, Query, State};
+use axum::extract::{Query, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::IntoResponse;
 use axum::Json;
@@ -84,20 +84,6 @@ pub async fn list(
         headers.insert("x-next-token", token);
     }
     Ok((headers, Json(page.iter().map(info).collect::<Vec<_>>())))
-}
-
-/// `DELETE /templates/{id}`: 204 when the snapshot was deleted, 404 when there is none.
-pub async fn delete(
-    State(app): State<AppState>,
-    Path(id): Path<String>,
-) -> Result<StatusCode, ApiError> {
-    if app.manager.delete_snapshot(&id).await? {
-        Ok(StatusCode::NO_CONTENT)
-    } else {
-        Err(ApiError::NotFound(format!(
-            "snapshot {id:?} was not found (templates are managed with `silo template`)"
-        )))
-    }
 }
 
 /// `POST /sandboxes/{id}/fork`: 201 with one entry per copy, a sandbox or an error.

@@ -7,6 +7,7 @@
 //!
 //! Types: [`Catalog`] (the handle), [`SandboxRecord`] (one row), [`ListFilter`] (paging).
 
+mod builds;
 mod snapshots;
 pub mod state;
 
@@ -17,6 +18,7 @@ use std::sync::Mutex;
 use rusqlite::{params, Connection, OptionalExtension};
 use silo_protocol::ids::{ApiKey, SandboxId};
 
+pub use builds::{BuildLogEntry, BuildRecord, BuildStatus};
 pub use snapshots::SnapshotRecord;
 pub use state::{InvalidTransition, SandboxState};
 
@@ -187,6 +189,30 @@ CREATE TABLE snapshots (
     env_vars      TEXT NOT NULL,
     access_token  TEXT,
     created_at    INTEGER NOT NULL
+);
+"#,
+    r#"
+CREATE TABLE template_builds (
+    id           TEXT PRIMARY KEY,
+    template     TEXT NOT NULL,
+    status       TEXT NOT NULL,
+    created_at   INTEGER NOT NULL,
+    finished_at  INTEGER,
+    reason       TEXT,
+    step         TEXT
+);
+CREATE INDEX template_builds_template ON template_builds(template, created_at);
+CREATE TABLE template_build_logs (
+    build_id  TEXT NOT NULL,
+    seq       INTEGER NOT NULL,
+    at        INTEGER NOT NULL,
+    level     TEXT NOT NULL,
+    message   TEXT NOT NULL,
+    PRIMARY KEY (build_id, seq)
+);
+CREATE TABLE template_aliases (
+    alias     TEXT PRIMARY KEY,
+    template  TEXT NOT NULL
 );
 "#,
 ];

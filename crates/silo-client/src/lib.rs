@@ -8,6 +8,9 @@ use serde_json::json;
 use silo_protocol::connect::{self, Decoder, EndStream, FLAG_END_STREAM};
 use silo_protocol::ids::SandboxId;
 use silo_protocol::rest::{ApiError, ListedSandbox, NewSandbox, Sandbox, SandboxDetail};
+use silo_protocol::templates::{
+    AliasInfo, BuildInfo, BuildRequest, BuildRequested, BuildStart, FileUpload, TemplateInfo,
+};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
@@ -104,6 +107,89 @@ impl Client {
 
     pub async fn kill(&self, id: &SandboxId) -> Result<()> {
         let req = self.http.delete(format!("{}/sandboxes/{id}", self.api_url));
+        self.send(req).await.map(drop)
+    }
+
+    async fn json<T: serde::de::DeserializeOwned>(
+        &self,
+        req: reqwest::RequestBuilder,
+    ) -> Result<T> {
+        self.send(req)
+            .await?
+            .json()
+            .await
+            .map_err(ClientError::Decode)
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.api_url)
+    }
+
+    /// Ask for a build of template `req.name`.
+    pub async fn request_build(&self, req: &BuildRequest) -> Result<BuildRequested> {
+        self.json(self.http.post(self.url("/v3/templates")).json(req))
+            .await
+    }
+
+    /// Whether the server has the files with `hash`, and where to upload them if not.
+    pub async fn file_upload(&self, template: &str, hash: &str) -> Result<FileUpload> {
+        self.json(
+            self.http
+                .get(self.url(&format!("/templates/{template}/files/{hash}"))),
+        )
+        .await
+    }
+
+    /// Upload a tar to the URL [`Client::file_upload`] gave.
+    pub async fn upload(&self, url: &str, tar: Vec<u8>) -> Result<()> {
+        self.send(self.http.put(url).body(tar)).await.map(drop)
+    }
+
+    pub async fn start_build(&self, template: &str, build: &str, start: &BuildStart) -> Result<()> {
+        let url = self.url(&format!("/v2/templates/{template}/builds/{build}"));
+        self.send(self.http.post(url).json(start)).await.map(drop)
+    }
+
+    /// A build's status and its log entries from `offset` on.
+    pub async fn build_status(
+        &self,
+        template: &str,
+        build: &str,
+        offset: usize,
+    ) -> Result<BuildInfo> {
+        let url = self.url(&format!(
+            "/templates/{template}/builds/{build}/status?logsOffset={offset}"
+        ));
+        self.json(self.http.get(url)).await
+    }
+
+    pub async fn templates(&self) -> Result<Vec<TemplateInfo>> {
+        self.json(self.http.get(self.url("/templates"))).await
+    }
+
+    pub async fn template(&self, name: &str) -> Result<TemplateInfo> {
+        self.json(self.http.get(self.url(&format!("/templates/{name}"))))
+            .await
+    }
+
+    pub async fn delete_template(&self, name: &str) -> Result<()> {
+        let req = self.http.delete(self.url(&format!("/templates/{name}")));
+        self.send(req).await.map(drop)
+    }
+
+    /// Point `alias` at `template`.
+    pub async fn set_alias(&self, alias: &str, template: &str) -> Result<AliasInfo> {
+        let req = self
+            .http
+            .put(self.url(&format!("/templates/aliases/{alias}")))
+            .json(&json!({ "templateID": template }));
+        self.json(req).await
+    }
+
+    pub async fn delete_alias(&self, alias: &str) -> Result<()> {
+        let req = self
+            .http
+            .delete(self.url(&format!("/templates/aliases/{alias}")));
         self.send(req).await.map(drop)
     }
 

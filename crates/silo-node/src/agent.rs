@@ -8,22 +8,12 @@ use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::{connect::HttpConnector, Client};
 use hyper_util::rt::TokioExecutor;
-use serde::Serialize;
+use silo_protocol::envd::InitRequest;
 
 const INIT_TIMEOUT: Duration = Duration::from_secs(10);
-
-/// envd's `POST /init` body.
-#[derive(Debug, Serialize)]
-#[serde(rename_all = "camelCase")]
-pub struct InitRequest {
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub access_token: Option<String>,
-    pub env_vars: std::collections::BTreeMap<String, String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub default_user: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub default_workdir: Option<String>,
-}
+/// With a start command, `/init` also waits for the template's ready command (which
+/// the agent gives up on after two minutes).
+const INIT_WITH_START_TIMEOUT: Duration = Duration::from_secs(130);
 
 #[derive(Debug, thiserror::Error)]
 pub enum AgentError {
@@ -82,9 +72,14 @@ impl AgentClient {
         let req = req
             .body(Full::new(Bytes::from(body)))
             .map_err(|_| AgentError::InvalidToken)?;
-        let resp = tokio::time::timeout(INIT_TIMEOUT, self.http.request(req))
+        let timeout = if init.start_cmd.is_some() || init.ready_cmd.is_some() {
+            INIT_WITH_START_TIMEOUT
+        } else {
+            INIT_TIMEOUT
+        };
+        let resp = tokio::time::timeout(timeout, self.http.request(req))
             .await
-            .map_err(|_| AgentError::Timeout(INIT_TIMEOUT))?
+            .map_err(|_| AgentError::Timeout(timeout))?
             .map_err(AgentError::Request)?;
         let status = resp.status();
         if status.is_success() {

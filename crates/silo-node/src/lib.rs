@@ -33,6 +33,7 @@
 //! ```
 
 pub mod agent;
+pub mod builds;
 pub mod bundle;
 mod cleanup;
 pub mod disk;

@@ -526,6 +526,13 @@ pub struct InitRequest {
     pub default_user: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub default_workdir: Option<String>,
+    /// silo's: the template's start command, run (as the default user) before `/init`
+    /// answers; for a sandbox booted fresh, not one restored with its processes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub start_cmd: Option<String>,
+    /// silo's: run until it exits 0 before `/init` answers.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ready_cmd: Option<String>,
 }
 
 /// One element of the `POST /files` response.

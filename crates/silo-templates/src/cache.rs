@@ -102,6 +102,15 @@ pub(crate) async fn remove_build_dir(dir: &Path) -> io::Result<()> {
     tokio::fs::remove_dir_all(dir).await
 }
 
+/// Make `rootfs` the newest build of its template (see [`newest_build`]).
+pub(crate) fn touch(rootfs: &Path) {
+    let touched =
+        std::fs::File::open(rootfs).and_then(|dir| dir.set_modified(std::time::SystemTime::now()));
+    if let Err(e) = touched {
+        tracing::warn!(rootfs = %rootfs.display(), error = %e, "marking a build the newest");
+    }
+}
+
 /// The rootfs of the newest complete build under `template_dir`, if any: builds only
 /// ever appear complete, so any `<hash>/rootfs` is usable.
 pub fn newest_build(template_dir: &Path) -> Option<TemplatePath> {

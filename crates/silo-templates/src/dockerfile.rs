@@ -33,6 +33,9 @@ pub struct Located<T> {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Step {
     Run(Command),
+    /// A RUN as another user than the current USER, which it leaves unchanged (E2B's
+    /// `run_cmd(cmd, user=...)`; Dockerfiles have no such form).
+    RunAs(Command, String),
     /// COPY, or ADD (`extract`: local tar archives are unpacked, as Docker does).
     Copy {
         sources: Vec<String>,

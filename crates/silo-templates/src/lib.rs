@@ -22,10 +22,12 @@ pub mod dockerfile;
 pub mod layer;
 pub mod mirror;
 pub mod recipe;
+pub mod steps;
 
 pub use base::{build_base, prune_base, BuildError, Progress, Stage, TemplatePath};
 pub use cache::newest_build;
 pub use dockerbuild::{
-    build_dockerfile, BuildRunsc, DockerfileBuild, TemplateConfig, TEMPLATE_CONFIG_FILE,
+    build_dockerfile, BuildRunsc, Built, DockerfileBuild, StartCommand, TemplateConfig,
+    Unpublished, TEMPLATE_CONFIG_FILE,
 };
 pub use layer::{build_layer, Layer, CODE_INTERPRETER};

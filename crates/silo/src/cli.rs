@@ -217,24 +217,30 @@ pub enum SandboxCommand {
 
 #[derive(Debug, Args)]
 pub struct TemplateArgs {
+    /// Where silo's own templates are built (`build -n base|code-interpreter` runs on
+    /// this host, before any server; everything else asks the running server).
     #[command(flatten)]
     pub dirs: DataDirArgs,
+    #[command(flatten)]
+    pub client: ClientArgs,
     #[command(subcommand)]
     pub command: TemplateCommand,
 }
 
 #[derive(Debug, Subcommand)]
 pub enum TemplateCommand {
-    /// Build a template: silo's own (`-n base`, `-n code-interpreter`) or yours from a
-    /// Dockerfile. Steps whose layer was built before are reused, so an unchanged
-    /// rebuild runs nothing.
+    /// Build a template: yours from a Dockerfile, on the running server, or silo's own
+    /// (`-n base`, `-n code-interpreter`) on this host. Steps whose layer was built
+    /// before are reused, so an unchanged rebuild runs nothing.
     ///
     /// Dockerfiles may use FROM (a silo template), RUN (run in a gVisor sandbox with the
     /// host's network), COPY and ADD (from CONTEXT, honouring .dockerignore, with
     /// --chown/--chmod), ENV, ARG, WORKDIR, USER and LABEL. ENV, WORKDIR and USER become
-    /// the defaults of the template's sandboxes.
+    /// the defaults of the template's sandboxes. The context is uploaded to the server
+    /// (only when it changed), the build's log streams here, and the template is
+    /// registered only if every step, and the ready command, succeed.
     #[command(
-        after_help = "Examples:\n  silo template build -n base\n  silo template build -n my-agent .\n  silo template build -n my-agent -f docker/Agent.Dockerfile --build-arg VERSION=2 ."
+        after_help = "Examples:\n  silo template build -n base\n  silo template build -n my-agent .\n  silo template build -n web --start-cmd 'python3 -m http.server 8000' --ready-cmd 'curl -sf localhost:8000' .\n  silo template build -n my-agent -f docker/Agent.Dockerfile --build-arg VERSION=2 ."
     )]
     Build {
         /// Template name; sandboxes start from it with `template="NAME"`.
@@ -246,16 +252,21 @@ pub enum TemplateCommand {
         /// Directory COPY and ADD take files from [default: .].
         context: Option<PathBuf>,
         /// A value for an ARG, as NAME=VALUE (repeatable).
-        #[arg(long = "build-arg", value_name = "NAME=VALUE")]
-        build_args: Vec<String>,
-        /// runsc binary that runs RUN steps.
-        #[arg(long, default_value = "/usr/bin/runsc")]
-        runsc: PathBuf,
-        /// gVisor platform for RUN steps.
-        #[arg(long, default_value = "systrap")]
-        platform: String,
-        /// Also remove older builds of this template. Only safe when no sandbox started
-        /// from them is running: their rootfs is its lower layer.
+        #[arg(long = "build-arg", value_name = "NAME=VALUE", value_parser = parse_key_value)]
+        build_args: Vec<(String, String)>,
+        /// A command every sandbox of the template runs as it starts (as its default
+        /// user, left running), e.g. a server.
+        #[arg(long)]
+        start_cmd: Option<String>,
+        /// A command run until it exits 0 before a sandbox is handed out (and before
+        /// the template counts as built), e.g. `curl -sf localhost:8000`.
+        #[arg(long)]
+        ready_cmd: Option<String>,
+        /// Rebuild every step, whatever is cached.
+        #[arg(long)]
+        no_cache: bool,
+        /// silo's own templates: also remove their older builds. Only safe when no
+        /// sandbox started from them is running: their rootfs is its lower layer.
         #[arg(long)]
         prune: bool,
         /// The template's defaults (a create may ask otherwise, within the server's
@@ -263,8 +274,30 @@ pub enum TemplateCommand {
         #[command(flatten)]
         resources: ResourceArgs,
     },
-    /// List built templates.
-    Ls,
+    /// List the server's templates.
+    #[command(alias = "ls")]
+    List,
+    /// Show a template: defaults, aliases, builds (JSON).
+    Inspect {
+        /// Template name or alias.
+        name: String,
+    },
+    /// Delete a template and all its builds; refused while sandboxes or snapshots use
+    /// it.
+    Delete {
+        /// Template name or alias.
+        name: String,
+    },
+    /// Give a template another name to create sandboxes by (moves an alias that
+    /// exists).
+    Alias {
+        /// The new name.
+        alias: String,
+        /// The template it names.
+        template: String,
+    },
+    /// Remove an alias (the template stays).
+    Unalias { alias: String },
 }
 
 /// A sandbox's resources, each optional.

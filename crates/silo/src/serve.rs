@@ -62,6 +62,15 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
         .context("cannot reconcile the catalog with running sandboxes")?;
     tracing::info!(?report, "reconciled sandboxes from the previous run");
     tokio::spawn(Arc::clone(&manager).run_reaper());
+    let builder = silo_node::builds::Builder::new(
+        Arc::clone(&manager),
+        silo_templates::BuildRunsc {
+            binary: args.runsc.clone(),
+            platform: args.platform.clone(),
+            root: args.dirs.template_dir().join(".runsc"),
+        },
+    )
+    .context("cannot set up template builds")?;
 
     // Streams (command output, code results) are many small writes: without TCP_NODELAY,
     // Nagle and delayed ACKs add tens of milliseconds to each.
@@ -71,6 +80,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
         .tap_io(|tcp| drop(tcp.set_nodelay(true)));
     let app = silo_api::router(AppState {
         manager: Arc::clone(&manager),
+        builder,
         upstreams: silo_api::proxy::Upstreams::default(),
         domain: args.domain.clone(),
     });

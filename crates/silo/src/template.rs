@@ -1,106 +1,236 @@
-//! `silo template build|ls`: build templates with a progress display, list what is built.
+//! `silo template build|list|inspect|delete|alias|unalias`: silo's own templates are
+//! built here; the rest are client calls to the running server, whose build log streams
+//! back onto a progress display.
 
 use std::io::IsTerminal;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
-use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context};
 use indicatif::{ProgressBar, ProgressStyle};
-use silo_node::sandbox::{resources_of, RESOURCES_FILE};
+use silo_client::Client;
+use silo_node::sandbox::write_resources;
 use silo_protocol::rest::Resources;
+use silo_protocol::templates::{BuildRequest, BuildStart};
 use silo_templates::{Progress, Stage};
 
 use crate::cli::{TemplateArgs, TemplateCommand};
 
 pub async fn run(args: TemplateArgs) -> anyhow::Result<ExitCode> {
-    let dir = args.dirs.template_dir();
     match args.command {
         TemplateCommand::Build {
             name,
             file,
             context,
             build_args,
-            runsc,
-            platform,
+            start_cmd,
+            ready_cmd,
+            no_cache,
             prune,
             resources,
         } => {
             let started = Instant::now();
-            let built = match name.as_str() {
-                "base" | "code-interpreter" | "code-interpreter-v1" => {
-                    if file.is_some() || context.is_some() {
-                        bail!("{name:?} is one of silo's own templates and is built from its recipe; give your Dockerfile template another name (-n)");
-                    }
-                    build_builtin(&dir, &name, prune).await?
+            if BUILT_IN.contains(&name.as_str()) {
+                if file.is_some() || context.is_some() || start_cmd.is_some() || ready_cmd.is_some()
+                {
+                    bail!("{name:?} is one of silo's own templates and is built from its recipe; give your Dockerfile template another name (-n)");
                 }
-                _ => {
-                    let context = context.unwrap_or_else(|| PathBuf::from("."));
-                    let file = file.unwrap_or_else(|| context.join("Dockerfile"));
-                    let dockerfile = std::fs::read_to_string(&file).with_context(|| {
-                        format!(
-                            "cannot read the Dockerfile {} (give one with -f)",
-                            file.display()
-                        )
-                    })?;
-                    let build_args = build_args
-                        .iter()
-                        .map(|pair| {
-                            pair.split_once('=')
-                                .map(|(k, v)| (k.to_owned(), v.to_owned()))
-                                .with_context(|| format!("--build-arg {pair:?} is not NAME=VALUE"))
-                        })
-                        .collect::<anyhow::Result<HashMap<_, _>>>()?;
-                    let runsc = silo_templates::BuildRunsc {
-                        binary: runsc,
-                        platform,
-                        root: dir.join(".runsc"),
-                    };
-                    let display = BuildDisplay::with_output(&name, true);
-                    let built = silo_templates::build_dockerfile(
-                        &silo_templates::DockerfileBuild {
-                            templates_dir: &dir,
-                            name: &name,
-                            dockerfile: &dockerfile,
-                            context: &context,
-                            build_args: &build_args,
-                            runsc: &runsc,
-                        },
-                        |progress| display.show(progress),
-                    )
-                    .await;
-                    display.finish();
-                    built?
+                let dir = args.dirs.template_dir();
+                let built = build_builtin(&dir, &name, prune).await?;
+                let given = resources.resources();
+                if given != Resources::default() {
+                    let now = write_resources(&built.rootfs, &given)?;
+                    eprintln!("template defaults: {}", serde_json::to_string(&now)?);
                 }
-            };
-            let resources = resources.resources();
-            if resources != Resources::default() {
-                write_resources(&built.rootfs, &resources)?;
+                eprintln!(
+                    "template {name} ready in {:.1}s: {}",
+                    started.elapsed().as_secs_f64(),
+                    built.rootfs.display()
+                );
+                return Ok(ExitCode::SUCCESS);
             }
+            let client = Client::new(&args.client.api_url, args.client.api_key()?);
+            let context = context.unwrap_or_else(|| PathBuf::from("."));
+            let file = file.unwrap_or_else(|| context.join("Dockerfile"));
+            let dockerfile = std::fs::read_to_string(&file).with_context(|| {
+                format!(
+                    "cannot read the Dockerfile {} (give one with -f)",
+                    file.display()
+                )
+            })?;
+            // Refuse a bad Dockerfile before uploading anything.
+            silo_templates::dockerfile::parse(&dockerfile)
+                .with_context(|| format!("{} cannot be built", file.display()))?;
+            let given = resources.resources();
+            let requested = client
+                .request_build(&BuildRequest {
+                    name: Some(name.clone()),
+                    tags: None,
+                    cpu_count: given.cpu_count,
+                    memory_mb: given.memory_mb,
+                    disk_size_mb: given.disk_size_mb,
+                })
+                .await?;
+            let context_hash = upload_context(&client, &requested.template_id, &context).await?;
+            client
+                .start_build(
+                    &requested.template_id,
+                    &requested.build_id,
+                    &BuildStart {
+                        force: no_cache,
+                        start_cmd,
+                        ready_cmd,
+                        dockerfile: Some(dockerfile),
+                        context_hash: Some(context_hash),
+                        build_args: build_args.into_iter().collect(),
+                        ..BuildStart::default()
+                    },
+                )
+                .await?;
+            follow_build(&client, &requested.template_id, &requested.build_id).await?;
             eprintln!(
-                "template {name} ready in {:.1}s: {}",
+                "template {name} ready in {:.1}s (build {})",
                 started.elapsed().as_secs_f64(),
-                built.rootfs.display()
+                requested.build_id
             );
         }
-        TemplateCommand::Ls => {
-            let mut names: Vec<String> = std::fs::read_dir(&dir)
-                .into_iter()
-                .flatten()
-                .flatten()
-                .filter(|entry| entry.path().is_dir())
-                .map(|entry| entry.file_name().to_string_lossy().into_owned())
-                .filter(|name| !name.starts_with('.'))
-                .collect();
-            names.sort();
-            for name in names {
-                println!("{name}");
+        TemplateCommand::List => {
+            let client = Client::new(&args.client.api_url, args.client.api_key()?);
+            println!(
+                "{:<24} {:>4} {:>7} {:>7} {:<24} ALIASES",
+                "NAME", "CPUS", "MEM MB", "DISK MB", "UPDATED"
+            );
+            for t in client.templates().await? {
+                println!(
+                    "{:<24} {:>4} {:>7} {:>7} {:<24} {}",
+                    t.template_id,
+                    t.cpu_count,
+                    t.memory_mb,
+                    t.disk_size_mb,
+                    t.updated_at,
+                    t.aliases.join(",")
+                );
             }
+        }
+        TemplateCommand::Inspect { name } => {
+            let client = Client::new(&args.client.api_url, args.client.api_key()?);
+            let info = client.template(&name).await?;
+            println!("{}", serde_json::to_string_pretty(&info)?);
+        }
+        TemplateCommand::Delete { name } => {
+            let client = Client::new(&args.client.api_url, args.client.api_key()?);
+            client.delete_template(&name).await?;
+            eprintln!("deleted {name}");
+        }
+        TemplateCommand::Alias { alias, template } => {
+            let client = Client::new(&args.client.api_url, args.client.api_key()?);
+            let target = client.set_alias(&alias, &template).await?;
+            eprintln!("{alias} -> {}", target.template_id);
+        }
+        TemplateCommand::Unalias { alias } => {
+            let client = Client::new(&args.client.api_url, args.client.api_key()?);
+            client.delete_alias(&alias).await?;
+            eprintln!("removed alias {alias}");
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Names `silo template build` builds here from silo's recipes.
+const BUILT_IN: &[&str] = &["base", "code-interpreter", "code-interpreter-v1"];
+
+/// Upload the build context (minus .dockerignore) as one tar named by its hash,
+/// unless the server has it; returns the hash.
+async fn upload_context(client: &Client, template: &str, dir: &Path) -> anyhow::Result<String> {
+    let tar = context_tar(dir)?;
+    let hash = sha256_hex(&tar);
+    let upload = client.file_upload(template, &hash).await?;
+    match upload.url.filter(|_| !upload.present) {
+        Some(url) => {
+            eprintln!(
+                "uploading the build context {} ({:.1} MiB)",
+                dir.display(),
+                tar.len() as f64 / (1 << 20) as f64
+            );
+            client.upload(&url, tar).await?;
+        }
+        None => eprintln!("build context {} unchanged: not uploaded", dir.display()),
+    }
+    Ok(hash)
+}
+
+/// The context's files as a tar: sorted, with no times or owners in it, so the same
+/// files always make the same bytes (and hash).
+fn context_tar(dir: &Path) -> anyhow::Result<Vec<u8>> {
+    let context = silo_templates::dockerbuild::Context::open(dir).map_err(anyhow::Error::msg)?;
+    let mut tar = tar::Builder::new(Vec::new());
+    tar.follow_symlinks(false);
+    for relative in context.entries() {
+        let path = context.root.join(relative);
+        let meta = std::fs::symlink_metadata(&path)
+            .with_context(|| format!("cannot read {}", path.display()))?;
+        let mut header = tar::Header::new_gnu();
+        header.set_metadata_in_mode(&meta, tar::HeaderMode::Deterministic);
+        // Deterministic mode keeps only the executable bit; keep the whole mode.
+        header.set_mode(std::os::unix::fs::PermissionsExt::mode(&meta.permissions()) & 0o7777);
+        if meta.file_type().is_symlink() {
+            let target = std::fs::read_link(&path)?;
+            tar.append_link(&mut header, relative, target)?;
+        } else if meta.is_dir() {
+            tar.append_data(&mut header, relative, std::io::empty())?;
+        } else {
+            let file = std::fs::File::open(&path)
+                .with_context(|| format!("cannot read {}", path.display()))?;
+            tar.append_data(&mut header, relative, file)?;
+        }
+    }
+    Ok(tar.into_inner()?)
+}
+
+fn sha256_hex(bytes: &[u8]) -> String {
+    use sha2::Digest;
+    sha2::Sha256::digest(bytes)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// Show the build's log as it grows (steps on the spinner, RUN output as lines) until
+/// it ends; an error carries the server's reason.
+async fn follow_build(client: &Client, template: &str, build: &str) -> anyhow::Result<()> {
+    let display = BuildDisplay::with_output(template, true);
+    let mut offset = 0;
+    let result = loop {
+        let status = match client.build_status(template, build, offset).await {
+            Ok(status) => status,
+            Err(e) => break Err(anyhow::Error::from(e)),
+        };
+        offset += status.log_entries.len();
+        for entry in &status.log_entries {
+            display.log(&entry.level, &entry.message);
+        }
+        // Finished, and its whole log shown.
+        if status.log_entries.is_empty() {
+            match status.status.as_str() {
+                "ready" => break Ok(()),
+                "error" => {
+                    let reason = status.reason.map(|r| match r.step {
+                        Some(step) => format!("step {step}: {}", r.message),
+                        None => r.message,
+                    });
+                    break Err(anyhow::anyhow!(
+                        "build {build} of {template} failed: {}",
+                        reason.unwrap_or_else(|| "no reason given".into())
+                    ));
+                }
+                _ => tokio::time::sleep(Duration::from_millis(200)).await,
+            }
+        }
+    };
+    display.finish();
+    result
 }
 
 /// Build `base`, and `code-interpreter` on it.
@@ -127,21 +257,6 @@ async fn build_builtin(
         silo_templates::build_layer(dir, layer, &base, |progress| display.show(progress)).await;
     display.finish();
     Ok(built?)
-}
-
-/// Set the build's default resources: those given replace the ones written before.
-fn write_resources(rootfs: &Path, given: &Resources) -> anyhow::Result<()> {
-    let resources = given.or(resources_of(rootfs)?);
-    let build = rootfs
-        .parent()
-        .context("a template rootfs has a build directory")?;
-    let path = build.join(RESOURCES_FILE);
-    let tmp = build.join(format!(".{RESOURCES_FILE}.tmp"));
-    std::fs::write(&tmp, serde_json::to_vec_pretty(&resources)?)
-        .and_then(|()| std::fs::rename(&tmp, &path))
-        .with_context(|| format!("cannot write {}", path.display()))?;
-    eprintln!("template defaults: {}", serde_json::to_string(&resources)?);
-    Ok(())
 }
 
 /// A spinner with the stage and the latest output line on a terminal; plain stage
@@ -210,33 +325,26 @@ impl BuildDisplay {
         }
     }
 
+    /// A line of a server build's log: a step on the spinner, everything as a line.
+    fn log(&self, level: &str, message: &str) {
+        let line = match level {
+            "error" | "warn" => format!("{level}: {message}"),
+            _ => message.to_owned(),
+        };
+        match &self.bar {
+            Some(bar) => {
+                if message.starts_with("step ") {
+                    bar.set_prefix(format!("{}: {message}", self.template));
+                }
+                bar.println(line);
+            }
+            None => eprintln!("{line}"),
+        }
+    }
+
     fn finish(&self) {
         if let Some(bar) = &self.bar {
             bar.finish_and_clear();
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn resources_given_replace_only_themselves() {
-        let dir = tempfile::tempdir().unwrap();
-        let rootfs = dir.path().join("base/h/rootfs");
-        std::fs::create_dir_all(&rootfs).unwrap();
-        let memory = Resources {
-            memory_mb: Some(384),
-            ..Resources::default()
-        };
-        write_resources(&rootfs, &memory).unwrap();
-        let cpus = Resources {
-            cpu_count: Some(1),
-            ..Resources::default()
-        };
-        write_resources(&rootfs, &cpus).unwrap();
-        let read = resources_of(&rootfs).unwrap();
-        assert_eq!((read.cpu_count, read.memory_mb), (Some(1), Some(384)));
     }
 }

@@ -14,6 +14,7 @@ mod input;
 mod list;
 mod output;
 mod pty;
+pub mod ready;
 mod reaper;
 mod signal;
 mod spawn;

@@ -60,7 +60,7 @@ pub(super) fn map_events(
     out
 }
 
-fn launch(
+pub(super) fn launch(
     state: &AppState,
     username: Option<&str>,
     opts: StreamOptions,

@@ -11,8 +11,8 @@ use silo_protocol::rest::Resources;
 use silo_templates::TemplateConfig;
 
 use super::{Manager, SandboxError};
-use crate::agent::InitRequest;
 use crate::SandboxSpec;
+use silo_protocol::envd::InitRequest;
 
 /// What a caller asks for; the REST layer fills it from the v1 or v2 body.
 #[derive(Debug, Default)]
@@ -53,7 +53,7 @@ pub(super) struct Origin {
 const DEFAULT_USER: &str = "user";
 const DEFAULT_WORKDIR: &str = "/home/user";
 
-fn config_of(rootfs: &std::path::Path) -> Result<TemplateConfig, SandboxError> {
+pub(super) fn config_of(rootfs: &std::path::Path) -> Result<TemplateConfig, SandboxError> {
     TemplateConfig::of(rootfs).map_err(SandboxError::InvalidRequest)
 }
 
@@ -73,7 +73,8 @@ impl Manager {
         self.create_from(req, origin).await
     }
 
-    /// A snapshot by id or name, else a template by name or alias.
+    /// A snapshot by id or name, else a template by name or alias (silo's own, or one
+    /// set with `silo template alias`).
     pub(super) fn origin(&self, name: &str) -> Result<Origin, SandboxError> {
         if let Some(snap) = self.catalog.snapshot(name)? {
             let rootfs = PathBuf::from(snap.rootfs);
@@ -93,7 +94,12 @@ impl Manager {
                 name: snap.id,
             });
         }
-        let template = self.templates.canonical(name)?.to_owned();
+        let mut template = self.templates.canonical(name)?.to_owned();
+        if !self.templates.is_built(&template) {
+            if let Some(target) = self.catalog.alias(&template)? {
+                template = target;
+            }
+        }
         let rootfs = self.templates.rootfs(&template)?;
         Ok(Origin {
             resources: super::resources_of(&rootfs)?,
@@ -205,11 +211,15 @@ impl Manager {
         let default_workdir = config
             .workdir
             .or_else(|| (default_user == DEFAULT_USER).then(|| DEFAULT_WORKDIR.to_owned()));
+        // A restored sandbox's start command is running already, in its saved state.
+        let start = config.start.filter(|_| origin.snapshot.is_none());
         let init = InitRequest {
             access_token: rec.envd_access_token.clone(),
-            env_vars,
+            env_vars: Some(env_vars),
             default_user: Some(default_user),
             default_workdir,
+            start_cmd: start.as_ref().and_then(|s| s.start_cmd.clone()),
+            ready_cmd: start.and_then(|s| s.ready_cmd),
         };
         let saved_token = origin.snapshot.and_then(|s| s.access_token);
         self.agent

@@ -19,6 +19,7 @@ mod snapshot;
 mod templates;
 mod timeout;
 mod traffic;
+mod trial;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -32,7 +33,8 @@ use silo_protocol::ids::SandboxId;
 
 use crate::{Runtime, RuntimeError};
 pub use create::CreateRequest;
-pub use templates::{resources_of, Templates, RESOURCES_FILE};
+pub use templates::{resources_of, write_resources, Templates, RESOURCES_FILE};
+pub use trial::TRIAL_METADATA;
 
 /// Limits and defaults for sandboxes (documented on the CLI flags that set them).
 #[derive(Debug, Clone)]
@@ -69,7 +71,7 @@ impl Default for SandboxDefaults {
 pub enum SandboxError {
     #[error("sandbox {0} was not found")]
     NotFound(SandboxId),
-    #[error("template {0:?} was not found; build it with `silo template build {0}`")]
+    #[error("template {0:?} was not found; build it with `silo template build -n {0}` (`silo template list` shows what is built)")]
     TemplateNotFound(String),
     #[error("{0}")]
     InvalidRequest(String),
@@ -178,6 +180,14 @@ impl Manager {
 
     pub fn catalog(&self) -> &Catalog {
         &self.catalog
+    }
+
+    pub fn envd_version(&self) -> &str {
+        &self.envd_version
+    }
+
+    pub fn templates(&self) -> &Templates {
+        &self.templates
     }
 
     pub fn defaults(&self) -> &SandboxDefaults {

@@ -47,6 +47,15 @@ impl Templates {
             .map_or(name, |(_, canonical)| canonical))
     }
 
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Whether `name` (canonical) has a complete build.
+    pub fn is_built(&self, name: &str) -> bool {
+        newest_build(&self.dir.join(name)).is_some()
+    }
+
     /// The rootfs of the newest complete build of `name`.
     pub fn rootfs(&self, name: &str) -> Result<PathBuf, SandboxError> {
         let canonical = self.canonical(name)?;
@@ -69,6 +78,24 @@ pub fn resources_of(rootfs: &Path) -> Result<Resources, SandboxError> {
         }),
         Err(_) => Ok(Resources::default()),
     }
+}
+
+/// Set a build's default resources: those given replace the ones written before.
+/// Returns what the build has now.
+pub fn write_resources(rootfs: &Path, given: &Resources) -> Result<Resources, SandboxError> {
+    let resources = given.or(resources_of(rootfs)?);
+    let Some(build) = rootfs.parent() else {
+        return Ok(resources);
+    };
+    let path = build.join(RESOURCES_FILE);
+    let tmp = build.join(format!(".{RESOURCES_FILE}.tmp"));
+    let json = serde_json::to_vec_pretty(&resources).expect("resources serialize");
+    std::fs::write(&tmp, json)
+        .and_then(|()| std::fs::rename(&tmp, &path))
+        .map_err(|e| {
+            SandboxError::InvalidRequest(format!("cannot write {}: {e}", path.display()))
+        })?;
+    Ok(resources)
 }
 
 fn newest_build(template_dir: &Path) -> Option<PathBuf> {
@@ -100,6 +127,26 @@ mod tests {
             ));
         }
         std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn resources_given_replace_only_themselves() {
+        let dir = tempfile::tempdir().unwrap();
+        let rootfs = dir.path().join("base/h/rootfs");
+        std::fs::create_dir_all(&rootfs).unwrap();
+        let memory = Resources {
+            memory_mb: Some(384),
+            ..Resources::default()
+        };
+        write_resources(&rootfs, &memory).unwrap();
+        let cpus = Resources {
+            cpu_count: Some(1),
+            ..Resources::default()
+        };
+        let now = write_resources(&rootfs, &cpus).unwrap();
+        let read = resources_of(&rootfs).unwrap();
+        assert_eq!(now, read);
+        assert_eq!((read.cpu_count, read.memory_mb), (Some(1), Some(384)));
     }
 
     #[test]

@@ -73,6 +73,11 @@ impl Context {
         Ok(Context { root, entries })
     }
 
+    /// Every entry a build may copy (relative paths, sorted).
+    pub fn entries(&self) -> &[PathBuf] {
+        &self.entries
+    }
+
     /// The entries a COPY source names: a path, or a pattern with `*`, `?` or `[`.
     pub fn resolve(&self, source: &str) -> Result<Vec<Source>, String> {
         let cleaned = clean(source).ok_or_else(|| {

@@ -34,7 +34,8 @@ use crate::dockerfile::{self, Step};
 /// What a template gives the sandboxes made from it, beside its rootfs.
 pub const TEMPLATE_CONFIG_FILE: &str = "template.json";
 
-/// A template's defaults for its sandboxes (from ENV, WORKDIR, USER, LABEL).
+/// A template's defaults for its sandboxes (from ENV, WORKDIR, USER, LABEL, and the
+/// build's start and ready commands).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", default)]
 pub struct TemplateConfig {
@@ -42,6 +43,18 @@ pub struct TemplateConfig {
     pub workdir: Option<String>,
     pub user: Option<String>,
     pub labels: BTreeMap<String, String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub start: Option<StartCommand>,
+}
+
+/// What runs in every sandbox of a template as it starts, and the check that it is up.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", default)]
+pub struct StartCommand {
+    /// A shell command, left running.
+    pub start_cmd: Option<String>,
+    /// A shell command run until it exits 0; the sandbox is ready then.
+    pub ready_cmd: Option<String>,
 }
 
 impl TemplateConfig {
@@ -62,16 +75,45 @@ impl TemplateConfig {
     }
 }
 
-/// A Dockerfile build.
+/// A Dockerfile build (the file parsed, or E2B's build steps turned into one).
 pub struct DockerfileBuild<'a> {
     pub templates_dir: &'a Path,
     /// The template's name.
     pub name: &'a str,
-    pub dockerfile: &'a str,
+    pub dockerfile: &'a dockerfile::Dockerfile,
     pub context: &'a Path,
     /// `--build-arg NAME=VALUE`s.
     pub build_args: &'a HashMap<String, String>,
     pub runsc: &'a BuildRunsc,
+    /// Rebuild from this step (1 = the first) on, whatever is cached.
+    pub force_from: Option<usize>,
+    pub start: Option<StartCommand>,
+}
+
+/// A finished build: reused as it was, or complete but not yet visible, so the caller
+/// can check it (boot it, run its start and ready commands) before it counts.
+pub enum Built {
+    Cached(TemplatePath),
+    Unpublished(Unpublished),
+}
+
+pub struct Unpublished {
+    work: cache::Work,
+}
+
+impl Unpublished {
+    pub fn rootfs(&self) -> &Path {
+        &self.work.rootfs
+    }
+
+    /// Make the build the template's newest.
+    pub async fn publish(self) -> Result<TemplatePath, BuildError> {
+        self.work.publish().await
+    }
+
+    pub async fn discard(self) {
+        self.work.discard().await
+    }
 }
 
 /// Why a step failed: which one, and what happened.
@@ -118,8 +160,8 @@ impl State {
 pub async fn build_dockerfile(
     build: &DockerfileBuild<'_>,
     mut progress: impl FnMut(Progress) + Send,
-) -> Result<TemplatePath, BuildError> {
-    let file = dockerfile::parse(build.dockerfile)?;
+) -> Result<Built, BuildError> {
+    let file = build.dockerfile;
     let context = Context::open(build.context).map_err(BuildError::Context)?;
 
     let mut global = HashMap::new();
@@ -146,6 +188,10 @@ pub async fn build_dockerfile(
     let total = file.steps.len();
     for (i, step) in file.steps.iter().enumerate() {
         let index = i + 1;
+        if build.force_from == Some(index) {
+            let now = std::time::SystemTime::now();
+            key = hash_text(&format!("{key}\nforced at {now:?}"));
+        }
         let fail = |detail: String| step_error(index, step.line, &step.text, detail);
         let vars = state.vars();
         let sub = |s: &str| dockerfile::substitute(s, &vars);
@@ -205,11 +251,15 @@ pub async fn build_dockerfile(
         }
         apply(&mut state, &step.item, build.build_args, &sub);
     }
+    state.config.start = build.start.clone();
+    key = hash_text(&format!("{key}\nstart {:?}", state.config.start));
 
     let work = match cache::slot(&build.templates_dir.join(build.name), &key[..16]).await? {
         Slot::Cached(done) => {
             progress(Progress::Stage(Stage::Cached));
-            return Ok(done);
+            // The newest build is the template's: this one again.
+            cache::touch(&done.rootfs);
+            return Ok(Built::Cached(done));
         }
         Slot::Build(work) => work,
     };
@@ -245,7 +295,7 @@ pub async fn build_dockerfile(
         work.discard().await;
         return Err(e);
     }
-    work.publish().await
+    Ok(Built::Unpublished(Unpublished { work }))
 }
 
 /// Remove what builds that died mid-step left in `layers_dir` (temp layers, flatten
@@ -301,14 +351,18 @@ fn apply(
                 state.config.labels.insert(sub(k), sub(v));
             }
         }
-        Step::Run(_) | Step::Copy { .. } => {}
+        Step::Run(_) | Step::RunAs(..) | Step::Copy { .. } => {}
     }
 }
 
 /// A step that changes files, with its variables substituted and its sources
 /// resolved: what its layer's key covers, and what runs to build the layer.
 enum Action<'s> {
-    Run(&'s dockerfile::Command),
+    Run {
+        command: &'s dockerfile::Command,
+        /// Who runs it, when not the current USER.
+        user: Option<String>,
+    },
     Copy {
         sources: Vec<context::Source>,
         /// Absolute, in the image.
@@ -331,7 +385,14 @@ fn plan<'s>(
     sub: &dyn Fn(&str) -> String,
 ) -> Result<Option<Action<'s>>, String> {
     Ok(Some(match step {
-        Step::Run(command) => Action::Run(command),
+        Step::Run(command) => Action::Run {
+            command,
+            user: None,
+        },
+        Step::RunAs(command, user) => Action::Run {
+            command,
+            user: Some(sub(user)),
+        },
         Step::Copy {
             sources,
             dest,
@@ -362,11 +423,11 @@ impl Action<'_> {
     /// The text a layer's key hashes: the action and what it runs under.
     fn canonical(&self, state: &State) -> String {
         match self {
-            Action::Run(command) => format!(
+            Action::Run { command, user } => format!(
                 "run {:?} env {:?} user {:?} workdir {:?} args {:?}",
                 command.argv(),
                 state.config.env,
-                state.config.user,
+                user.as_ref().or(state.config.user.as_ref()),
                 state.workdir(),
                 sorted(&state.args)
             ),
@@ -394,12 +455,18 @@ impl Action<'_> {
         key: &str,
         progress: &mut (impl FnMut(Progress) + Send),
     ) -> Result<(), BuildError> {
-        let user = match &state.config.user {
+        let user_spec = match self {
+            Action::Run {
+                user: Some(user), ..
+            } => Some(user),
+            _ => state.config.user.as_ref(),
+        };
+        let user = match user_spec {
             Some(spec) => User::resolve(merged, spec).map_err(BuildError::Context)?,
             None => User::ROOT,
         };
         match self {
-            Action::Run(command) => {
+            Action::Run { command, .. } => {
                 let home = if user.home.is_empty() {
                     "/root"
                 } else {

@@ -1,0 +1,247 @@
+//! Templates: E2B's build API (`POST /v3/templates`, `GET /templates/{id}/files/{hash}`,
+//! `POST /v2/templates/{id}/builds/{build}`, `GET .../builds/{build}/status`), listing
+//! (`GET /templates`, `GET /templates/{id}`), delete (`DELETE /templates/{id}`, which also
+//! deletes snapshots, templates to the SDK) and aliases (`/templates/aliases/{alias}`).
+//! A template's id is its name.
+
+use axum::body::Body;
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::IntoResponse;
+use axum::Json;
+use futures_util::TryStreamExt;
+use silo_catalog::BuildRecord;
+use silo_node::builds::{TemplateError, TemplateSummary};
+use silo_protocol::templates::{
+    AliasInfo, BuildFailure, BuildInfo, BuildLogLine, BuildRequest, BuildRequested, BuildStart,
+    FileUpload, TemplateBuildInfo, TemplateInfo,
+};
+use tokio_util::io::StreamReader;
+
+use crate::error::ApiError;
+use crate::sandboxes::{optional_body, rfc3339};
+use crate::AppState;
+
+/// `POST /v3/templates`: 202 with the new build's ids.
+pub async fn request_build(
+    State(app): State<AppState>,
+    body: axum::body::Bytes,
+) -> Result<impl IntoResponse, ApiError> {
+    let req = optional_body::<BuildRequest>(&body, "template build request")?;
+    let build = app.builder.request(&req)?;
+    let aliases = app.builder.aliases(&build.template)?;
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(BuildRequested {
+            names: vec![build.template.clone()],
+            template_id: build.template,
+            build_id: build.id,
+            public: false,
+            tags: Vec::new(),
+            aliases,
+        }),
+    ))
+}
+
+/// `GET /templates/{id}/files/{hash}`: 201, whether the files are here and, if not, a
+/// one-time URL on this server to `PUT` them to.
+pub async fn file_upload(
+    State(app): State<AppState>,
+    Path((template, hash)): Path<(String, String)>,
+    headers: HeaderMap,
+) -> Result<impl IntoResponse, ApiError> {
+    let present = app.builder.has_upload(&template, &hash)?;
+    let url = if present {
+        None
+    } else {
+        let token = app.builder.upload_token(&hash)?;
+        // The client reached this server by this Host, so it can reach the upload too.
+        let host = headers
+            .get(axum::http::header::HOST)
+            .and_then(|h| h.to_str().ok())
+            .ok_or_else(|| ApiError::BadRequest("the request has no Host header".into()))?;
+        Some(format!("http://{host}/uploads/{token}"))
+    };
+    Ok((StatusCode::CREATED, Json(FileUpload { present, url })))
+}
+
+/// `PUT /uploads/{token}`: the files (a tar, gzipped or not) for the URL handed out.
+pub async fn upload(
+    State(app): State<AppState>,
+    Path(token): Path<String>,
+    body: Body,
+) -> Result<StatusCode, ApiError> {
+    let stream = body
+        .into_data_stream()
+        .map_err(|e| std::io::Error::other(e.to_string()));
+    app.builder
+        .upload(&token, StreamReader::new(Box::pin(stream)))
+        .await?;
+    Ok(StatusCode::OK)
+}
+
+/// `POST /v2/templates/{id}/builds/{build}`: 202 once the steps are accepted.
+pub async fn start_build(
+    State(app): State<AppState>,
+    Path((template, build_id)): Path<(String, String)>,
+    body: axum::body::Bytes,
+) -> Result<StatusCode, ApiError> {
+    let start = optional_body::<BuildStart>(&body, "template build")?;
+    app.builder.start(&template, &build_id, start)?;
+    Ok(StatusCode::ACCEPTED)
+}
+
+#[derive(Debug, serde::Deserialize)]
+pub struct StatusQuery {
+    #[serde(rename = "logsOffset")]
+    logs_offset: Option<u64>,
+    limit: Option<u64>,
+}
+
+/// `GET /templates/{id}/builds/{build}/status`.
+pub async fn build_status(
+    State(app): State<AppState>,
+    Path((template, build_id)): Path<(String, String)>,
+    Query(query): Query<StatusQuery>,
+) -> Result<Json<BuildInfo>, ApiError> {
+    let report = app.builder.status(
+        &template,
+        &build_id,
+        query.logs_offset.unwrap_or(0),
+        query.limit,
+    )?;
+    let build = report.build;
+    Ok(Json(BuildInfo {
+        template_id: build.template,
+        build_id: build.id,
+        status: build.status.as_str().to_owned(),
+        logs: Vec::new(),
+        log_entries: report
+            .log
+            .into_iter()
+            .map(|entry| BuildLogLine {
+                timestamp: rfc3339(entry.at_ms),
+                level: entry.level,
+                message: entry.message,
+            })
+            .collect(),
+        reason: build.reason.map(|message| BuildFailure {
+            message,
+            step: build.step,
+        }),
+    }))
+}
+
+/// `GET /templates`: every built template.
+pub async fn list(State(app): State<AppState>) -> Result<Json<Vec<TemplateInfo>>, ApiError> {
+    let mut out = Vec::new();
+    for name in app.builder.templates() {
+        match app.builder.summary(&name) {
+            Ok(summary) => out.push(info(&app, summary, false)),
+            // Deleted between the listing and the summary.
+            Err(TemplateError::Sandbox(_)) => {}
+            Err(err) => return Err(err.into()),
+        }
+    }
+    Ok(Json(out))
+}
+
+/// `GET /templates/{id}`: one template, with its builds.
+pub async fn get(
+    State(app): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Json<TemplateInfo>, ApiError> {
+    let name = app.builder.resolve(&id)?;
+    Ok(Json(info(&app, app.builder.summary(&name)?, true)))
+}
+
+fn info(app: &AppState, t: TemplateSummary, with_builds: bool) -> TemplateInfo {
+    let build_info = |b: &BuildRecord| TemplateBuildInfo {
+        build_id: b.id.clone(),
+        status: b.status.as_str().to_owned(),
+        created_at: rfc3339(b.created_at_ms),
+        updated_at: rfc3339(b.finished_at_ms.unwrap_or(b.created_at_ms)),
+        finished_at: b.finished_at_ms.map(rfc3339),
+        cpu_count: t.cpu_count,
+        memory_mb: t.memory_mb,
+    };
+    let ready = t
+        .builds
+        .iter()
+        .find(|b| b.status == silo_catalog::BuildStatus::Ready);
+    TemplateInfo {
+        template_id: t.name.clone(),
+        build_id: ready.map(|b| b.id.clone()).unwrap_or_default(),
+        cpu_count: t.cpu_count,
+        memory_mb: t.memory_mb,
+        disk_size_mb: t.disk_size_mb,
+        public: false,
+        names: std::iter::once(t.name.clone())
+            .chain(t.aliases.iter().cloned())
+            .collect(),
+        aliases: t.aliases.clone(),
+        created_at: rfc3339(t.created_at_ms),
+        updated_at: rfc3339(t.updated_at_ms),
+        created_by: None,
+        last_spawned_at: None,
+        spawn_count: 0,
+        build_count: t.builds.len() as u64,
+        envd_version: app.manager.envd_version().to_owned(),
+        build_status: "ready".to_owned(),
+        builds: with_builds.then(|| t.builds.iter().map(build_info).collect()),
+    }
+}
+
+/// `DELETE /templates/{id}`: 204 when the snapshot or template was deleted; 409 while
+/// sandboxes or snapshots use the template.
+pub async fn delete(
+    State(app): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    if app.manager.delete_snapshot(&id).await? {
+        return Ok(StatusCode::NO_CONTENT);
+    }
+    app.builder.delete(&id).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// `GET /templates/aliases/{alias}`.
+pub async fn get_alias(
+    State(app): State<AppState>,
+    Path(alias): Path<String>,
+) -> Result<Json<AliasInfo>, ApiError> {
+    Ok(Json(AliasInfo {
+        template_id: app.builder.resolve(&alias)?,
+        public: false,
+    }))
+}
+
+/// `PUT /templates/aliases/{alias}` with `{"templateID": ...}` (silo's): point an alias
+/// at a template.
+pub async fn set_alias(
+    State(app): State<AppState>,
+    Path(alias): Path<String>,
+    body: axum::body::Bytes,
+) -> Result<Json<AliasInfo>, ApiError> {
+    let target = optional_body::<AliasInfoRequest>(&body, "alias")?;
+    app.builder.set_alias(&alias, &target.template_id)?;
+    Ok(Json(AliasInfo {
+        template_id: app.builder.resolve(&alias)?,
+        public: false,
+    }))
+}
+
+#[derive(Debug, Default, serde::Deserialize)]
+pub struct AliasInfoRequest {
+    #[serde(rename = "templateID", default)]
+    template_id: String,
+}
+
+/// `DELETE /templates/aliases/{alias}` (silo's).
+pub async fn delete_alias(
+    State(app): State<AppState>,
+    Path(alias): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    app.builder.delete_alias(&alias)?;
+    Ok(StatusCode::NO_CONTENT)
+}

@@ -1,0 +1,323 @@
+//! Template builds (status and log, kept after they finish) and template aliases.
+//!
+//! A build's files live in the template directory; its row says how it went, so the API
+//! can answer "where is build X" and show its log long after the build ran.
+
+use rusqlite::{params, OptionalExtension};
+
+use super::{now_ms, Catalog, CatalogError, Result};
+
+/// Where a build stands (E2B's `TemplateBuildStatus` values).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BuildStatus {
+    /// Requested; its files are being uploaded and it has not been started.
+    Waiting,
+    Building,
+    Ready,
+    Error,
+}
+
+impl BuildStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            BuildStatus::Waiting => "waiting",
+            BuildStatus::Building => "building",
+            BuildStatus::Ready => "ready",
+            BuildStatus::Error => "error",
+        }
+    }
+
+    fn parse(text: &str) -> Option<BuildStatus> {
+        [
+            BuildStatus::Waiting,
+            BuildStatus::Building,
+            BuildStatus::Ready,
+            BuildStatus::Error,
+        ]
+        .into_iter()
+        .find(|s| s.as_str() == text)
+    }
+
+    pub fn is_finished(self) -> bool {
+        matches!(self, BuildStatus::Ready | BuildStatus::Error)
+    }
+}
+
+/// One build as the catalog knows it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct BuildRecord {
+    pub id: String,
+    pub template: String,
+    pub status: BuildStatus,
+    pub created_at_ms: i64,
+    pub finished_at_ms: Option<i64>,
+    /// Why it failed, and at which step ("1", "2", ... or "finalize").
+    pub reason: Option<String>,
+    pub step: Option<String>,
+}
+
+/// One line of a build's log.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BuildLogEntry {
+    pub at_ms: i64,
+    /// "debug", "info", "warn" or "error".
+    pub level: String,
+    pub message: String,
+}
+
+const SELECT_BUILD: &str =
+    "SELECT id, template, status, created_at, finished_at, reason, step FROM template_builds";
+
+impl Catalog {
+    pub fn insert_build(&self, id: &str, template: &str) -> Result<BuildRecord> {
+        let rec = BuildRecord {
+            id: id.to_owned(),
+            template: template.to_owned(),
+            status: BuildStatus::Waiting,
+            created_at_ms: now_ms(),
+            finished_at_ms: None,
+            reason: None,
+            step: None,
+        };
+        self.conn().execute(
+            "INSERT INTO template_builds (id, template, status, created_at) VALUES (?1, ?2, ?3, ?4)",
+            params![rec.id, rec.template, rec.status.as_str(), rec.created_at_ms],
+        )?;
+        Ok(rec)
+    }
+
+    pub fn build(&self, id: &str) -> Result<Option<BuildRecord>> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare(&format!("{SELECT_BUILD} WHERE id = ?1"))?;
+        stmt.query_row([id], build_row).optional()?.transpose()
+    }
+
+    /// A template's builds, newest first.
+    pub fn builds_of(&self, template: &str) -> Result<Vec<BuildRecord>> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare(&format!(
+            "{SELECT_BUILD} WHERE template = ?1 ORDER BY created_at DESC, rowid DESC"
+        ))?;
+        let rows = stmt
+            .query_map([template], build_row)?
+            .collect::<std::result::Result<Vec<_>, _>>()?;
+        rows.into_iter().collect()
+    }
+
+    /// Names of the templates that have builds recorded.
+    pub fn built_templates(&self) -> Result<Vec<String>> {
+        let conn = self.conn();
+        let mut stmt =
+            conn.prepare("SELECT DISTINCT template FROM template_builds ORDER BY template")?;
+        let rows = stmt
+            .query_map([], |row| row.get(0))?
+            .collect::<std::result::Result<Vec<String>, _>>()?;
+        Ok(rows)
+    }
+
+    /// Move a build on; a finished one keeps its end time, reason and failed step.
+    pub fn set_build_status(
+        &self,
+        id: &str,
+        status: BuildStatus,
+        reason: Option<&str>,
+        step: Option<&str>,
+    ) -> Result<()> {
+        let finished = status.is_finished().then(now_ms);
+        self.conn().execute(
+            "UPDATE template_builds SET status = ?2, finished_at = ?3, reason = ?4, step = ?5 \
+             WHERE id = ?1",
+            params![id, status.as_str(), finished, reason, step],
+        )?;
+        Ok(())
+    }
+
+    /// Builds that were under way when the server stopped can never finish: fail them.
+    pub fn fail_unfinished_builds(&self, reason: &str) -> Result<usize> {
+        Ok(self.conn().execute(
+            "UPDATE template_builds SET status = 'error', finished_at = ?1, reason = ?2 \
+             WHERE status IN ('waiting', 'building')",
+            params![now_ms(), reason],
+        )?)
+    }
+
+    pub fn append_build_log(&self, id: &str, level: &str, message: &str) -> Result<()> {
+        self.conn().execute(
+            "INSERT INTO template_build_logs (build_id, seq, at, level, message) \
+             SELECT ?1, COALESCE(MAX(seq) + 1, 0), ?2, ?3, ?4 FROM template_build_logs \
+             WHERE build_id = ?1",
+            params![id, now_ms(), level, message],
+        )?;
+        Ok(())
+    }
+
+    /// Up to `limit` log entries of a build, from the `offset`-th on.
+    pub fn build_logs(&self, id: &str, offset: u64, limit: u64) -> Result<Vec<BuildLogEntry>> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare(
+            "SELECT at, level, message FROM template_build_logs WHERE build_id = ?1 \
+             AND seq >= ?2 ORDER BY seq LIMIT ?3",
+        )?;
+        let rows = stmt
+            .query_map(
+                params![
+                    id,
+                    offset.min(i64::MAX as u64) as i64,
+                    limit.min(i64::MAX as u64) as i64
+                ],
+                |row| {
+                    Ok(BuildLogEntry {
+                        at_ms: row.get(0)?,
+                        level: row.get(1)?,
+                        message: row.get(2)?,
+                    })
+                },
+            )?
+            .collect::<std::result::Result<Vec<_>, _>>()?;
+        Ok(rows)
+    }
+
+    /// Point `alias` at `template`; an alias already taken moves to it.
+    pub fn set_alias(&self, alias: &str, template: &str) -> Result<()> {
+        self.conn().execute(
+            "INSERT INTO template_aliases (alias, template) VALUES (?1, ?2) \
+             ON CONFLICT(alias) DO UPDATE SET template = excluded.template",
+            params![alias, template],
+        )?;
+        Ok(())
+    }
+
+    /// The template an alias names.
+    pub fn alias(&self, alias: &str) -> Result<Option<String>> {
+        Ok(self
+            .conn()
+            .query_row(
+                "SELECT template FROM template_aliases WHERE alias = ?1",
+                [alias],
+                |row| row.get(0),
+            )
+            .optional()?)
+    }
+
+    pub fn aliases_of(&self, template: &str) -> Result<Vec<String>> {
+        let conn = self.conn();
+        let mut stmt =
+            conn.prepare("SELECT alias FROM template_aliases WHERE template = ?1 ORDER BY alias")?;
+        let rows = stmt
+            .query_map([template], |row| row.get(0))?
+            .collect::<std::result::Result<Vec<String>, _>>()?;
+        Ok(rows)
+    }
+
+    pub fn delete_alias(&self, alias: &str) -> Result<bool> {
+        Ok(self
+            .conn()
+            .execute("DELETE FROM template_aliases WHERE alias = ?1", [alias])?
+            > 0)
+    }
+
+    /// Forget a template: its builds, their logs, its aliases.
+    pub fn delete_template(&self, template: &str) -> Result<()> {
+        let mut conn = self.conn();
+        let tx = conn.transaction()?;
+        tx.execute(
+            "DELETE FROM template_build_logs WHERE build_id IN \
+             (SELECT id FROM template_builds WHERE template = ?1)",
+            [template],
+        )?;
+        tx.execute(
+            "DELETE FROM template_builds WHERE template = ?1",
+            [template],
+        )?;
+        tx.execute(
+            "DELETE FROM template_aliases WHERE template = ?1",
+            [template],
+        )?;
+        tx.commit()?;
+        Ok(())
+    }
+}
+
+fn build_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<Result<BuildRecord>> {
+    let id: String = row.get(0)?;
+    let status: String = row.get(2)?;
+    Ok(match BuildStatus::parse(&status) {
+        Some(status) => Ok(BuildRecord {
+            template: row.get(1)?,
+            status,
+            created_at_ms: row.get(3)?,
+            finished_at_ms: row.get(4)?,
+            reason: row.get(5)?,
+            step: row.get(6)?,
+            id,
+        }),
+        None => Err(CatalogError::Corrupt {
+            id,
+            reason: format!("build status {status:?}"),
+        }),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_build_keeps_its_status_and_log() {
+        let catalog = Catalog::open_in_memory().unwrap();
+        catalog.insert_build("b1", "web").unwrap();
+        catalog
+            .set_build_status("b1", BuildStatus::Building, None, None)
+            .unwrap();
+        for line in ["one", "two", "three"] {
+            catalog.append_build_log("b1", "info", line).unwrap();
+        }
+        let logs = catalog.build_logs("b1", 1, 100).unwrap();
+        let lines: Vec<&str> = logs.iter().map(|e| e.message.as_str()).collect();
+        assert_eq!(lines, ["two", "three"]);
+        assert_eq!(catalog.build_logs("b1", 0, 1).unwrap().len(), 1);
+        catalog
+            .set_build_status("b1", BuildStatus::Error, Some("exit 1"), Some("2"))
+            .unwrap();
+        let rec = catalog.build("b1").unwrap().unwrap();
+        assert_eq!(rec.status, BuildStatus::Error);
+        assert_eq!(
+            (rec.reason.as_deref(), rec.step.as_deref()),
+            (Some("exit 1"), Some("2"))
+        );
+        assert!(rec.finished_at_ms.is_some());
+    }
+
+    #[test]
+    fn unfinished_builds_fail_after_a_restart() {
+        let catalog = Catalog::open_in_memory().unwrap();
+        catalog.insert_build("b1", "web").unwrap();
+        catalog.insert_build("b2", "web").unwrap();
+        catalog
+            .set_build_status("b2", BuildStatus::Ready, None, None)
+            .unwrap();
+        assert_eq!(catalog.fail_unfinished_builds("restarted").unwrap(), 1);
+        assert_eq!(
+            catalog.build("b1").unwrap().unwrap().status,
+            BuildStatus::Error
+        );
+        assert_eq!(
+            catalog.build("b2").unwrap().unwrap().status,
+            BuildStatus::Ready
+        );
+    }
+
+    #[test]
+    fn aliases_move_and_go_with_their_template() {
+        let catalog = Catalog::open_in_memory().unwrap();
+        catalog.set_alias("app", "web-v1").unwrap();
+        catalog.set_alias("app", "web-v2").unwrap();
+        assert_eq!(catalog.alias("app").unwrap().as_deref(), Some("web-v2"));
+        catalog.insert_build("b1", "web-v2").unwrap();
+        catalog.append_build_log("b1", "info", "x").unwrap();
+        catalog.delete_template("web-v2").unwrap();
+        assert_eq!(catalog.alias("app").unwrap(), None);
+        assert!(catalog.build("b1").unwrap().is_none());
+        assert!(catalog.build_logs("b1", 0, 10).unwrap().is_empty());
+    }
+}

@@ -1,0 +1,745 @@
+//! Template builds run by the server: E2B's build API and `silo template build` both
+//! come here.
+//!
+//! 1. [`Builder::request`]: a build id, recorded `waiting`, with the resources asked for.
+//! 2. Files arrive by content hash ([`Builder::has_upload`], [`Builder::store_upload`]):
+//!    tars (gzipped or not) kept in `<templates>/.uploads/<hash>`, so an unchanged
+//!    context is never sent twice.
+//! 3. [`Builder::start`]: the steps (E2B's, or a Dockerfile) are checked at once (a bad
+//!    step is a 400, not a failed build later), then built in the background, one build
+//!    at a time: the uploads unpacked into a context dir, the layers built
+//!    ([`silo_templates::build_dockerfile`]), then, if the template has a start command,
+//!    a sandbox booted from the unpublished build must pass its ready command
+//!    ([`Manager::trial`]). Only then is the build published; a failure registers
+//!    nothing. Every stage and RUN output line goes to the build's log in the catalog.
+//! 4. [`Builder::status`]: status, reason and the log from an offset.
+
+use std::collections::HashMap;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use silo_catalog::{BuildLogEntry, BuildRecord, BuildStatus, CatalogError, SandboxState};
+use silo_protocol::rest::Resources;
+use silo_protocol::templates::{BuildRequest, BuildStart};
+use silo_templates::dockerfile::{self, Dockerfile};
+use silo_templates::{BuildRunsc, Built, Progress, Stage, StartCommand};
+use tokio::io::{AsyncRead, AsyncWriteExt};
+
+use crate::sandbox::{write_resources, Manager, SandboxError};
+
+/// The largest upload taken (one COPY's files, or a whole build context).
+pub const MAX_UPLOAD_BYTES: u64 = 4 << 30;
+/// Log entries per status answer, as E2B's API pages them.
+pub const LOG_PAGE: u64 = 100;
+/// silo's own templates, built by `silo template build -n base|code-interpreter`.
+const BUILT_IN: &[&str] = &["base", "code-interpreter", "code-interpreter-v1"];
+
+#[derive(Debug, thiserror::Error)]
+pub enum TemplateError {
+    #[error("{0}")]
+    Invalid(String),
+    #[error("{0}")]
+    NotFound(String),
+    #[error("{0}")]
+    Conflict(String),
+    #[error("upload is larger than {MAX_UPLOAD_BYTES} bytes")]
+    TooLarge,
+    #[error("{context}")]
+    Io {
+        context: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Sandbox(#[from] SandboxError),
+}
+
+impl From<CatalogError> for TemplateError {
+    fn from(err: CatalogError) -> Self {
+        TemplateError::Sandbox(err.into())
+    }
+}
+
+fn io(context: impl Into<String>) -> impl FnOnce(std::io::Error) -> TemplateError {
+    let context = context.into();
+    move |source| TemplateError::Io { context, source }
+}
+
+/// What a requested build was asked for until it starts.
+struct Requested {
+    template: String,
+    resources: Resources,
+}
+
+/// A build's status and the page of its log asked for.
+pub struct BuildReport {
+    pub build: BuildRecord,
+    pub log: Vec<BuildLogEntry>,
+}
+
+pub struct Builder {
+    manager: Arc<Manager>,
+    dir: PathBuf,
+    runsc: BuildRunsc,
+    requested: Mutex<HashMap<String, Requested>>,
+    /// Upload URLs handed out and not used yet: token → files hash. The SDK uploads to
+    /// the URL without its API key (E2B's are presigned), so the URL carries the right.
+    upload_tokens: Mutex<HashMap<String, String>>,
+    /// One build at a time: builds share the layer store's scratch names, and each
+    /// wants the host's cores.
+    running: tokio::sync::Mutex<()>,
+}
+
+impl Builder {
+    /// The builder of the templates in `manager`'s template dir; builds that a previous
+    /// run left unfinished are failed, and their scratch space removed.
+    pub fn new(manager: Arc<Manager>, runsc: BuildRunsc) -> Result<Arc<Builder>, TemplateError> {
+        let dir = manager.templates().dir().to_owned();
+        let failed = manager
+            .catalog()
+            .fail_unfinished_builds("the server stopped during the build; start it again")?;
+        if failed > 0 {
+            tracing::warn!(
+                failed,
+                "builds left unfinished by the previous run were failed"
+            );
+        }
+        let _ = std::fs::remove_dir_all(dir.join(".contexts"));
+        if let Ok(entries) = std::fs::read_dir(dir.join(".uploads")) {
+            for entry in entries.flatten() {
+                if entry.file_name().to_string_lossy().starts_with('.') {
+                    let _ = std::fs::remove_file(entry.path());
+                }
+            }
+        }
+        Ok(Arc::new(Builder {
+            manager,
+            dir,
+            runsc,
+            requested: Mutex::default(),
+            upload_tokens: Mutex::default(),
+            running: tokio::sync::Mutex::new(()),
+        }))
+    }
+
+    fn requested(&self) -> std::sync::MutexGuard<'_, HashMap<String, Requested>> {
+        self.requested.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Record a new build of the template `req.name`.
+    pub fn request(&self, req: &BuildRequest) -> Result<BuildRecord, TemplateError> {
+        let name = req.name.as_deref().unwrap_or_default();
+        let name = self.manager.templates().canonical(name)?;
+        if BUILT_IN.contains(&name) {
+            return Err(TemplateError::Invalid(format!(
+                "{name:?} is one of silo's own templates (built by `silo template build -n {name}`); give yours another name, and start it FROM {name}"
+            )));
+        }
+        let build = self
+            .manager
+            .catalog()
+            .insert_build(&uuid::Uuid::new_v4().to_string(), name)?;
+        self.requested().insert(
+            build.id.clone(),
+            Requested {
+                template: name.to_owned(),
+                resources: Resources {
+                    cpu_count: req.cpu_count,
+                    memory_mb: req.memory_mb,
+                    disk_size_mb: req.disk_size_mb,
+                },
+            },
+        );
+        Ok(build)
+    }
+
+    fn upload_path(&self, hash: &str) -> Result<PathBuf, TemplateError> {
+        let valid = (8..=128).contains(&hash.len()) && hash.bytes().all(|b| b.is_ascii_hexdigit());
+        if !valid {
+            return Err(TemplateError::Invalid(format!(
+                "files hash {hash:?} is not a hex digest"
+            )));
+        }
+        Ok(self.dir.join(".uploads").join(hash.to_ascii_lowercase()))
+    }
+
+    /// Whether the files with this hash were uploaded before.
+    pub fn has_upload(&self, template: &str, hash: &str) -> Result<bool, TemplateError> {
+        self.manager.templates().canonical(template)?;
+        Ok(self.upload_path(hash)?.is_file())
+    }
+
+    /// A one-time token for uploading the files with `hash` (see [`Builder::upload`]).
+    pub fn upload_token(&self, hash: &str) -> Result<String, TemplateError> {
+        self.upload_path(hash)?;
+        let token = uuid::Uuid::new_v4().simple().to_string();
+        let mut tokens = self.upload_tokens.lock().unwrap_or_else(|p| p.into_inner());
+        // Tokens never used are dropped in bulk rather than tracked by age.
+        if tokens.len() >= 10_000 {
+            tokens.clear();
+        }
+        tokens.insert(token.clone(), hash.to_owned());
+        Ok(token)
+    }
+
+    /// Keep the upload a token was handed out for.
+    pub async fn upload(
+        &self,
+        token: &str,
+        body: impl AsyncRead + Unpin,
+    ) -> Result<(), TemplateError> {
+        let hash = self
+            .upload_tokens
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(token)
+            .ok_or_else(|| {
+                TemplateError::NotFound(
+                    "this upload URL is unknown or used: ask GET /templates/{id}/files/{hash} for a new one".into(),
+                )
+            })?;
+        self.store_upload(&hash, body).await
+    }
+
+    /// Keep an uploaded tar under its hash (written whole, then renamed into place).
+    async fn store_upload(
+        &self,
+        hash: &str,
+        body: impl AsyncRead + Unpin,
+    ) -> Result<(), TemplateError> {
+        let path = self.upload_path(hash)?;
+        let dir = path.parent().expect("uploads have a dir");
+        tokio::fs::create_dir_all(dir)
+            .await
+            .map_err(io(format!("create {}", dir.display())))?;
+        let tmp = dir.join(format!(".{hash}-{}", uuid::Uuid::new_v4()));
+        let written = async {
+            let mut file = tokio::fs::File::create(&tmp)
+                .await
+                .map_err(io("create the upload file"))?;
+            let mut limited = tokio::io::AsyncReadExt::take(body, MAX_UPLOAD_BYTES + 1);
+            let size = tokio::io::copy(&mut limited, &mut file)
+                .await
+                .map_err(io("receive the upload"))?;
+            if size > MAX_UPLOAD_BYTES {
+                return Err(TemplateError::TooLarge);
+            }
+            file.flush().await.map_err(io("write the upload"))?;
+            tokio::fs::rename(&tmp, &path)
+                .await
+                .map_err(io("keep the upload"))
+        }
+        .await;
+        if written.is_err() {
+            let _ = tokio::fs::remove_file(&tmp).await;
+        }
+        written
+    }
+
+    /// Check what to build, then build it in the background.
+    pub fn start(
+        self: &Arc<Self>,
+        template: &str,
+        build_id: &str,
+        start: BuildStart,
+    ) -> Result<(), TemplateError> {
+        let catalog = self.manager.catalog();
+        let build = catalog
+            .build(build_id)?
+            .filter(|b| b.template == template)
+            .ok_or_else(|| {
+                TemplateError::NotFound(format!(
+                    "build {build_id} of template {template:?} was not found; request one with POST /v3/templates"
+                ))
+            })?;
+        let requested = self.requested().remove(build_id);
+        let Some(requested) = requested.filter(|_| build.status == BuildStatus::Waiting) else {
+            return Err(TemplateError::Conflict(format!(
+                "build {build_id} is {}: it can be started once",
+                build.status.as_str()
+            )));
+        };
+        let plan = match self.plan(&start) {
+            Ok(plan) => plan,
+            Err(err) => {
+                let reason = err.to_string();
+                catalog.append_build_log(build_id, "error", &reason)?;
+                catalog.set_build_status(build_id, BuildStatus::Error, Some(&reason), None)?;
+                return Err(err);
+            }
+        };
+        let builder = Arc::clone(self);
+        let build_id = build_id.to_owned();
+        tokio::spawn(async move {
+            builder.run(&build_id, requested, plan).await;
+        });
+        Ok(())
+    }
+
+    /// The Dockerfile to build and the uploads it copies from, or why it cannot be built.
+    fn plan(&self, start: &BuildStart) -> Result<Plan, TemplateError> {
+        let invalid = |e: dockerfile::ParseError| TemplateError::Invalid(e.to_string());
+        let (dockerfile, mut uploads) = match &start.dockerfile {
+            Some(text) => (
+                dockerfile::parse(text).map_err(invalid)?,
+                start.context_hash.iter().cloned().collect::<Vec<_>>(),
+            ),
+            None => (
+                silo_templates::steps::to_dockerfile(start).map_err(invalid)?,
+                start
+                    .steps
+                    .iter()
+                    .filter_map(|s| s.files_hash.clone())
+                    .collect(),
+            ),
+        };
+        uploads.dedup();
+        for hash in &uploads {
+            if !self.upload_path(hash)?.is_file() {
+                return Err(TemplateError::Invalid(format!(
+                    "the files with hash {hash} were not uploaded: PUT them to the url GET /templates/{{id}}/files/{hash} gives"
+                )));
+            }
+        }
+        let force_from = if start.force {
+            Some(1)
+        } else {
+            start.steps.iter().position(|s| s.force).map(|i| i + 1)
+        };
+        let command = StartCommand {
+            start_cmd: start.start_cmd.clone().filter(|c| !c.trim().is_empty()),
+            ready_cmd: start.ready_cmd.clone().filter(|c| !c.trim().is_empty()),
+        };
+        Ok(Plan {
+            dockerfile,
+            uploads,
+            build_args: start.build_args.clone().into_iter().collect(),
+            force_from,
+            start: (command != StartCommand::default()).then_some(command),
+        })
+    }
+
+    async fn run(&self, build_id: &str, requested: Requested, plan: Plan) {
+        let catalog = self.manager.catalog();
+        let log = |level: &str, message: &str| {
+            if let Err(e) = catalog.append_build_log(build_id, level, message) {
+                tracing::warn!(build_id, error = %e, "cannot write the build log");
+            }
+        };
+        let _turn = match self.running.try_lock() {
+            Ok(turn) => turn,
+            Err(_) => {
+                log("info", "waiting for the build before this one to finish");
+                self.running.lock().await
+            }
+        };
+        let _ = catalog.set_build_status(build_id, BuildStatus::Building, None, None);
+        let template = &requested.template;
+        log(
+            "info",
+            &format!("building template {template} ({build_id})"),
+        );
+        let started = std::time::Instant::now();
+        let failed_step = Mutex::new(None::<String>);
+        let result = self
+            .build(build_id, &requested, &plan, &|progress| match progress {
+                Progress::Stage(Stage::Instruction {
+                    index,
+                    total,
+                    text,
+                    cached,
+                }) => {
+                    *failed_step.lock().unwrap_or_else(|p| p.into_inner()) =
+                        Some(index.to_string());
+                    let cached = if cached { " (cached)" } else { "" };
+                    log("info", &format!("step {index}/{total}{cached}: {text}"));
+                }
+                Progress::Stage(Stage::Publish) => {
+                    *failed_step.lock().unwrap_or_else(|p| p.into_inner()) =
+                        Some("finalize".into());
+                    log("info", "flattening the layers into the template");
+                }
+                Progress::Stage(Stage::Cached) => {
+                    log("info", "this exact template is built already");
+                }
+                Progress::Stage(_) => {}
+                Progress::Line(line) => log("info", &format!("  | {line}")),
+            })
+            .await;
+        let outcome = match result {
+            Ok(()) => {
+                log(
+                    "info",
+                    &format!(
+                        "template {template} is ready ({:.1}s)",
+                        started.elapsed().as_secs_f64()
+                    ),
+                );
+                catalog.set_build_status(build_id, BuildStatus::Ready, None, None)
+            }
+            Err(err) => {
+                let reason = crate::error_chain(&err);
+                log("error", &reason);
+                let step = match &err {
+                    BuildFailure::Build(silo_templates::BuildError::Step { index, .. }) => {
+                        Some(index.to_string())
+                    }
+                    BuildFailure::Trial(_) => Some("finalize".to_owned()),
+                    _ => failed_step
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .clone(),
+                };
+                catalog.set_build_status(
+                    build_id,
+                    BuildStatus::Error,
+                    Some(&reason),
+                    step.as_deref(),
+                )
+            }
+        };
+        if let Err(e) = outcome {
+            tracing::error!(build_id, error = %e, "cannot record the build's end");
+        }
+    }
+
+    async fn build(
+        &self,
+        build_id: &str,
+        requested: &Requested,
+        plan: &Plan,
+        progress: &(dyn Fn(Progress) + Sync),
+    ) -> Result<(), BuildFailure> {
+        let context = self.dir.join(".contexts").join(build_id);
+        let unpacked = self.unpack(&plan.uploads, &context).await;
+        let built = match unpacked {
+            Ok(()) => {
+                silo_templates::build_dockerfile(
+                    &silo_templates::DockerfileBuild {
+                        templates_dir: &self.dir,
+                        name: &requested.template,
+                        dockerfile: &plan.dockerfile,
+                        context: &context,
+                        build_args: &plan.build_args,
+                        runsc: &self.runsc,
+                        force_from: plan.force_from,
+                        start: plan.start.clone(),
+                    },
+                    progress,
+                )
+                .await
+            }
+            Err(e) => Err(silo_templates::BuildError::Context(e)),
+        };
+        let _ = tokio::fs::remove_dir_all(&context).await;
+        let published = match built.map_err(BuildFailure::Build)? {
+            Built::Cached(done) => done,
+            Built::Unpublished(pending) => {
+                let checked = async {
+                    write_resources(pending.rootfs(), &requested.resources)?;
+                    if plan.start.is_some() {
+                        progress(Progress::Line(
+                            "booting a sandbox to run the start command and wait for the ready command".into(),
+                        ));
+                        self.manager.trial(&requested.template, pending.rootfs()).await?;
+                    }
+                    Ok::<_, SandboxError>(())
+                }
+                .await;
+                if let Err(e) = checked {
+                    pending.discard().await;
+                    return Err(BuildFailure::Trial(e));
+                }
+                pending.publish().await.map_err(BuildFailure::Build)?
+            }
+        };
+        write_resources(&published.rootfs, &requested.resources).map_err(BuildFailure::Trial)?;
+        Ok(())
+    }
+
+    /// Unpack the uploads (tars, gzipped or not) into one context dir.
+    async fn unpack(&self, uploads: &[String], context: &Path) -> Result<(), String> {
+        let _ = tokio::fs::remove_dir_all(context).await;
+        std::fs::create_dir_all(context)
+            .map_err(|e| format!("create the build context {}: {e}", context.display()))?;
+        for hash in uploads {
+            let path = self.upload_path(hash).map_err(|e| e.to_string())?;
+            let context = context.to_owned();
+            tokio::task::spawn_blocking(move || unpack_tar(&path, &context))
+                .await
+                .map_err(|e| format!("unpacking the upload {hash}: {e}"))?
+                .map_err(|e| format!("unpacking the upload {hash}: {e}"))?;
+        }
+        Ok(())
+    }
+
+    /// A build's status and its log from `offset` (at most [`LOG_PAGE`] entries).
+    pub fn status(
+        &self,
+        template: &str,
+        build_id: &str,
+        offset: u64,
+        limit: Option<u64>,
+    ) -> Result<BuildReport, TemplateError> {
+        let catalog = self.manager.catalog();
+        let build = catalog
+            .build(build_id)?
+            .filter(|b| b.template == template)
+            .ok_or_else(|| {
+                TemplateError::NotFound(format!(
+                    "build {build_id} of template {template:?} was not found"
+                ))
+            })?;
+        let limit = limit.unwrap_or(LOG_PAGE).min(LOG_PAGE);
+        let log = catalog.build_logs(build_id, offset, limit)?;
+        Ok(BuildReport { build, log })
+    }
+
+    /// A built template: its aliases, builds, resources and times.
+    pub fn summary(&self, name: &str) -> Result<TemplateSummary, TemplateError> {
+        let rootfs = self.manager.templates().rootfs(name)?;
+        let defaults = self.manager.defaults();
+        let resources = crate::sandbox::resources_of(&rootfs)?;
+        let modified = |path: &Path| {
+            path.metadata()
+                .and_then(|m| m.modified())
+                .ok()
+                .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+                .map_or(0, |d| d.as_millis() as i64)
+        };
+        let catalog = self.manager.catalog();
+        let builds = catalog.builds_of(name)?;
+        let updated_at_ms = modified(&rootfs);
+        // The first build recorded, or (built outside the API) the oldest time on disk.
+        let created_at_ms = builds
+            .last()
+            .map(|b| b.created_at_ms)
+            .unwrap_or_else(|| modified(&self.dir.join(name)).min(updated_at_ms));
+        Ok(TemplateSummary {
+            name: name.to_owned(),
+            aliases: catalog.aliases_of(name)?,
+            builds,
+            cpu_count: resources.cpu_count.unwrap_or(defaults.cpu_count),
+            memory_mb: resources.memory_mb.unwrap_or(defaults.memory_mb),
+            disk_size_mb: resources.disk_size_mb.unwrap_or(defaults.disk_size_mb),
+            created_at_ms,
+            updated_at_ms,
+            config: silo_templates::TemplateConfig::of(&rootfs).unwrap_or_default(),
+        })
+    }
+
+    /// The templates with a complete build, by name.
+    pub fn templates(&self) -> Vec<String> {
+        let mut names: Vec<String> = std::fs::read_dir(&self.dir)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .map(|entry| entry.file_name().to_string_lossy().into_owned())
+            .filter(|name| !name.starts_with('.') && self.manager.templates().is_built(name))
+            .collect();
+        names.sort();
+        names
+    }
+
+    /// A template by name or alias: its canonical name, if it is built.
+    pub fn resolve(&self, name_or_alias: &str) -> Result<String, TemplateError> {
+        let name = self.manager.templates().canonical(name_or_alias)?;
+        if self.manager.templates().is_built(name) {
+            return Ok(name.to_owned());
+        }
+        match self.manager.catalog().alias(name)? {
+            Some(target) => Ok(target),
+            None => Err(TemplateError::NotFound(format!(
+                "template {name_or_alias:?} was not found (`silo template list` shows what is built)"
+            ))),
+        }
+    }
+
+    pub fn aliases(&self, template: &str) -> Result<Vec<String>, TemplateError> {
+        Ok(self.manager.catalog().aliases_of(template)?)
+    }
+
+    pub fn delete_alias(&self, alias: &str) -> Result<(), TemplateError> {
+        if self.manager.catalog().delete_alias(alias)? {
+            Ok(())
+        } else {
+            Err(TemplateError::NotFound(format!(
+                "alias {alias:?} was not found"
+            )))
+        }
+    }
+
+    /// Point `alias` at a built template.
+    pub fn set_alias(&self, alias: &str, template: &str) -> Result<(), TemplateError> {
+        let alias = self.manager.templates().canonical(alias)?;
+        let template = self.resolve(template)?;
+        if self.manager.templates().is_built(alias) {
+            return Err(TemplateError::Conflict(format!(
+                "{alias:?} is a template's own name; an alias must not hide it"
+            )));
+        }
+        self.manager.catalog().set_alias(alias, &template)?;
+        Ok(())
+    }
+
+    /// Delete a template (every build, its aliases and build records), unless a
+    /// sandbox or snapshot still uses it.
+    pub async fn delete(&self, name_or_alias: &str) -> Result<(), TemplateError> {
+        let name = self.resolve(name_or_alias)?;
+        if BUILT_IN.contains(&name.as_str()) {
+            return Err(TemplateError::Invalid(format!(
+                "{name:?} is one of silo's own templates; other templates start from it"
+            )));
+        }
+        let catalog = self.manager.catalog();
+        let aliases = catalog.aliases_of(&name)?;
+        let names_it = |template: &str| {
+            template == name
+                || aliases.iter().any(|a| a == template)
+                || self.manager.templates().canonical(template).ok() == Some(name.as_str())
+        };
+        let live = [
+            SandboxState::Creating,
+            SandboxState::Running,
+            SandboxState::Pausing,
+            SandboxState::Paused,
+            SandboxState::Resuming,
+        ];
+        let users: Vec<String> = catalog
+            .sandboxes_in(&live)?
+            .into_iter()
+            .filter(|s| names_it(&s.template_id))
+            .map(|s| s.id.to_string())
+            .collect();
+        if !users.is_empty() {
+            return Err(TemplateError::Conflict(format!(
+                "template {name:?} is in use by sandbox(es) {}: kill them first",
+                users.join(", ")
+            )));
+        }
+        let template_dir = self.dir.join(&name);
+        let snapshots: Vec<String> = catalog
+            .snapshots(None)?
+            .into_iter()
+            .filter(|s| Path::new(&s.rootfs).starts_with(&template_dir))
+            .map(|s| s.id)
+            .collect();
+        if !snapshots.is_empty() {
+            return Err(TemplateError::Conflict(format!(
+                "template {name:?} is in use by snapshot(s) {}: delete them first",
+                snapshots.join(", ")
+            )));
+        }
+        catalog.delete_template(&name)?;
+        tokio::fs::remove_dir_all(&template_dir)
+            .await
+            .map_err(io(format!("remove {}", template_dir.display())))
+    }
+}
+
+/// A built template, for listings.
+pub struct TemplateSummary {
+    pub name: String,
+    pub aliases: Vec<String>,
+    /// Newest first.
+    pub builds: Vec<BuildRecord>,
+    pub cpu_count: u32,
+    pub memory_mb: u32,
+    pub disk_size_mb: u32,
+    pub created_at_ms: i64,
+    /// When its newest build was made (or made the newest again).
+    pub updated_at_ms: i64,
+    pub config: silo_templates::TemplateConfig,
+}
+
+/// What a started build will do.
+struct Plan {
+    dockerfile: Dockerfile,
+    uploads: Vec<String>,
+    build_args: HashMap<String, String>,
+    force_from: Option<usize>,
+    start: Option<StartCommand>,
+}
+
+/// Why a build failed: its steps, or its check.
+#[derive(Debug, thiserror::Error)]
+enum BuildFailure {
+    #[error(transparent)]
+    Build(silo_templates::BuildError),
+    #[error("the template's sandbox did not become ready")]
+    Trial(#[source] SandboxError),
+}
+
+/// Unpack a tar (gzipped or not) into `into`; entries that would land outside it are
+/// refused by the tar crate.
+fn unpack_tar(path: &Path, into: &Path) -> std::io::Result<()> {
+    let mut file = std::fs::File::open(path)?;
+    let mut magic = [0u8; 2];
+    let gzipped = file.read_exact(&mut magic).is_ok() && magic == [0x1f, 0x8b];
+    let file = std::fs::File::open(path)?;
+    let reader: Box<dyn Read> = if gzipped {
+        Box::new(flate2::read::GzDecoder::new(file))
+    } else {
+        Box::new(file)
+    };
+    let mut archive = tar::Archive::new(reader);
+    archive.set_preserve_permissions(true);
+    archive.set_overwrite(true);
+    archive.unpack(into)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unpacks_plain_and_gzipped_tars_and_stays_inside() {
+        let dir = tempfile::tempdir().unwrap();
+        let make = |gzip: bool| -> PathBuf {
+            let path = dir.path().join(if gzip { "a.tgz" } else { "a.tar" });
+            let file = std::fs::File::create(&path).unwrap();
+            let writer: Box<dyn std::io::Write> = if gzip {
+                Box::new(flate2::write::GzEncoder::new(
+                    file,
+                    flate2::Compression::fast(),
+                ))
+            } else {
+                Box::new(file)
+            };
+            let mut tar = tar::Builder::new(writer);
+            let mut header = tar::Header::new_gnu();
+            header.set_size(2);
+            header.set_mode(0o644);
+            header.set_cksum();
+            tar.append_data(&mut header, "sub/hi.txt", &b"hi"[..])
+                .unwrap();
+            tar.into_inner().unwrap().flush().unwrap();
+            path
+        };
+        for gzip in [false, true] {
+            let into = dir.path().join(format!("out-{gzip}"));
+            std::fs::create_dir_all(&into).unwrap();
+            unpack_tar(&make(gzip), &into).unwrap();
+            assert_eq!(std::fs::read(into.join("sub/hi.txt")).unwrap(), b"hi");
+        }
+        // A member named ../escape is refused, not written beside the target.
+        let evil = dir.path().join("evil.tar");
+        let mut bytes = Vec::new();
+        {
+            let mut header = tar::Header::new_gnu();
+            header.as_gnu_mut().unwrap().name[..9].copy_from_slice(b"../escape");
+            header.set_size(1);
+            header.set_mode(0o644);
+            header.set_cksum();
+            let mut tar = tar::Builder::new(&mut bytes);
+            tar.append(&header, &b"x"[..]).unwrap();
+            tar.finish().unwrap();
+        }
+        std::fs::write(&evil, bytes).unwrap();
+        let into = dir.path().join("jail");
+        std::fs::create_dir_all(&into).unwrap();
+        let _ = unpack_tar(&evil, &into);
+        assert!(!dir.path().join("escape").exists());
+    }
+}
