@@ -312,3 +312,115 @@ def test_uploads_and_build_calls_refuse_bad_input(server):
     with pytest.raises(urllib.error.HTTPError) as err:
         urllib.request.urlopen(bad, timeout=30)
     assert err.value.code == 404
+
+
+def write_oci_layout(layout: Path, base_rootfs: Path) -> None:
+    """An OCI image layout tagged v1: layer 1 is silo's base tree (plain tar) plus
+    /opt/data/old.txt; layer 2 (gzip) drops user `user` from passwd/group, whites out
+    /home/user, /etc/motd and everything under /opt/data, and adds /srv and a new file."""
+    import gzip
+    import hashlib
+    import json
+    import shutil
+    import tarfile
+
+    blobs = layout / "blobs" / "sha256"
+    blobs.mkdir(parents=True)
+
+    def put(data: bytes) -> str:
+        digest = hashlib.sha256(data).hexdigest()
+        (blobs / digest).write_bytes(data)
+        return f"sha256:{digest}"
+
+    extra = layout.parent / "extra"
+    (extra / "opt/data").mkdir(parents=True)
+    (extra / "opt/data/old.txt").write_text("old\n")
+    layer1 = layout.parent / "layer1.tar"
+    subprocess.run(["tar", "-C", str(base_rootfs), "-cf", str(layer1), "."], check=True)
+    subprocess.run(["tar", "-C", str(extra), "-rf", str(layer1), "./opt/data"], check=True)
+    layer1_bytes = layer1.read_bytes()
+    layer1.unlink()
+    shutil.rmtree(extra)
+
+    def member(tar, name, text=None, mode=0o644, kind=tarfile.REGTYPE):
+        info = tarfile.TarInfo(name)
+        info.type, info.mode = kind, mode
+        data = (text or "").encode()
+        info.size = len(data) if kind == tarfile.REGTYPE else 0
+        tar.addfile(info, __import__("io").BytesIO(data) if kind == tarfile.REGTYPE else None)
+
+    strip = lambda text: "".join(  # noqa: E731
+        line.replace(",user", "").replace(":user", ":") + "\n"
+        for line in text.splitlines() if not line.startswith("user:"))
+    raw = __import__("io").BytesIO()
+    with tarfile.open(fileobj=raw, mode="w") as tar:
+        member(tar, "etc/passwd", strip((base_rootfs / "etc/passwd").read_text()))
+        member(tar, "etc/group", strip((base_rootfs / "etc/group").read_text()))
+        member(tar, "etc/.wh.motd")
+        member(tar, "home/.wh.user")
+        member(tar, "opt/data/.wh..wh..opq")
+        member(tar, "opt/data/new.txt", "new\n")
+        member(tar, "srv", mode=0o755, kind=tarfile.DIRTYPE)
+    layer2_raw = raw.getvalue()
+    layer2 = gzip.compress(layer2_raw)
+
+    config = {
+        "architecture": "amd64", "os": "linux",
+        "config": {"Env": ["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+                           "IMAGE_VAR=from-image"],
+                   "WorkingDir": "/srv", "Labels": {"made-by": "silo-test"}},
+        "rootfs": {"type": "layers", "diff_ids": [
+            "sha256:" + hashlib.sha256(layer1_bytes).hexdigest(),
+            "sha256:" + hashlib.sha256(layer2_raw).hexdigest()]},
+    }
+    config_bytes = json.dumps(config).encode()
+    manifest = json.dumps({
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "config": {"mediaType": "application/vnd.oci.image.config.v1+json",
+                   "digest": put(config_bytes), "size": len(config_bytes)},
+        "layers": [
+            {"mediaType": "application/vnd.oci.image.layer.v1.tar",
+             "digest": put(layer1_bytes), "size": len(layer1_bytes)},
+            {"mediaType": "application/vnd.oci.image.layer.v1.tar+gzip",
+             "digest": put(layer2), "size": len(layer2)},
+        ],
+    }).encode()
+    index = {"schemaVersion": 2, "manifests": [{
+        "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "digest": put(manifest), "size": len(manifest),
+        "annotations": {"org.opencontainers.image.ref.name": "v1"}}]}
+    (layout / "index.json").write_text(json.dumps(index))
+    (layout / "oci-layout").write_text('{"imageLayoutVersion": "1.0.0"}')
+
+
+def test_from_an_oci_image_layout(workspace, server, sdk_env):
+    templates, _ = workspace
+    shared = Path(os.environ.get("SILO_TEST_TEMPLATE_DIR", "/var/lib/silo/templates"))
+    base_rootfs = max((shared / "base").glob("*/rootfs"), key=lambda p: p.stat().st_mtime)
+    context = templates.parent / "oci-context"
+    write_oci_layout(context / "image", base_rootfs)
+    (context / "Dockerfile").write_text(
+        'FROM oci:image:v1\nRUN echo "$IMAGE_VAR" > /built.txt && id -un >> /built.txt\n')
+    made = build(server, context, "e2e-oci")
+    assert made.returncode == 0, made.stderr
+    assert "unpacking the image" in made.stderr
+
+    sbx = Sandbox.create("e2e-oci", timeout=60)
+    try:
+        run = lambda cmd: sbx.commands.run(cmd).stdout.strip()  # noqa: E731
+        assert run("cat /built.txt") == "from-image\nroot"
+        assert run("echo $IMAGE_VAR; pwd; whoami") == "from-image\n/srv\nuser"
+        assert run("ls /opt/data") == "new.txt"
+        assert run("test -e /etc/motd && echo there || echo gone") == "gone"
+        # silo made it fit: user `user` again, with a home and sudo through the agent.
+        assert run("stat -c %U /home/user") == "user"
+        assert run("sudo -n id -un") == "root"
+    finally:
+        sbx.kill()
+
+    broken = build(server, context, "e2e-oci-broken", dockerfile="FROM oci:image:v2\n")
+    assert broken.returncode != 0
+    assert 'no image tagged "v2"' in broken.stderr and "it has: v1" in broken.stderr, broken.stderr
+    escape = build(server, context, "e2e-oci-broken", dockerfile="FROM oci:../../etc\n")
+    assert escape.returncode != 0 and "leaves the build context" in escape.stderr, escape.stderr

@@ -140,9 +140,16 @@ impl Client {
         .await
     }
 
-    /// Upload a tar to the URL [`Client::file_upload`] gave.
-    pub async fn upload(&self, url: &str, tar: Vec<u8>) -> Result<()> {
-        self.send(self.http.put(url).body(tar)).await.map(drop)
+    /// Upload a tar (streamed from `file`, `len` bytes) to the URL
+    /// [`Client::file_upload`] gave.
+    pub async fn upload(&self, url: &str, file: tokio::fs::File, len: u64) -> Result<()> {
+        let body = reqwest::Body::wrap_stream(tokio_util::io::ReaderStream::new(file));
+        let req = self
+            .http
+            .put(url)
+            .header(reqwest::header::CONTENT_LENGTH, len)
+            .body(body);
+        self.send(req).await.map(drop)
     }
 
     pub async fn start_build(&self, template: &str, build: &str, start: &BuildStart) -> Result<()> {

@@ -360,6 +360,9 @@ impl Builder {
                         Some("finalize".into());
                     log("info", "flattening the layers into the template");
                 }
+                Progress::Stage(Stage::Image { reference }) => {
+                    log("info", &format!("unpacking the image {reference}"));
+                }
                 Progress::Stage(Stage::Cached) => {
                     log("info", "this exact template is built already");
                 }
@@ -382,6 +385,10 @@ impl Builder {
                 let reason = crate::error_chain(&err);
                 log("error", &reason);
                 let step = match &err {
+                    // Step 0 is FROM: E2B calls it "base".
+                    BuildFailure::Build(silo_templates::BuildError::Step { index: 0, .. }) => {
+                        Some("base".to_owned())
+                    }
                     BuildFailure::Build(silo_templates::BuildError::Step { index, .. }) => {
                         Some(index.to_string())
                     }

@@ -53,6 +53,10 @@ pub enum Stage {
         text: String,
         cached: bool,
     },
+    /// A Dockerfile template: unpacking the OCI image it starts FROM.
+    Image {
+        reference: String,
+    },
     Publish,
 }
 
@@ -320,6 +324,16 @@ async fn configure(rootfs: &Path) -> Result<(), BuildError> {
     )
     .await?;
     symlink(rootfs, "usr/bin/sudo", "/opt/silo/silo-agent").await?;
+    configure_host_files(rootfs).await?;
+    for cache in ["var/cache/apt/archives", "var/lib/apt/lists"] {
+        remove_files_in(&rootfs.join(cache)).await?;
+    }
+    Ok(())
+}
+
+/// What every template's tree needs from silo, whatever made it: hostname, hosts, the
+/// host's resolver, and the agent's mount point.
+pub(crate) async fn configure_host_files(rootfs: &Path) -> Result<(), BuildError> {
     write(rootfs, "etc/hostname", &format!("{HOSTNAME}\n"), 0o644).await?;
     write(
         rootfs,
@@ -342,13 +356,15 @@ async fn configure(rootfs: &Path) -> Result<(), BuildError> {
             path: opt_silo,
             source,
         })?;
-    for cache in ["var/cache/apt/archives", "var/lib/apt/lists"] {
-        remove_files_in(&rootfs.join(cache)).await?;
-    }
     Ok(())
 }
 
-async fn write(rootfs: &Path, rel: &str, content: &str, mode: u32) -> Result<(), BuildError> {
+pub(crate) async fn write(
+    rootfs: &Path,
+    rel: &str,
+    content: &str,
+    mode: u32,
+) -> Result<(), BuildError> {
     let path = rootfs.join(rel);
     let err = |source| BuildError::Configure {
         path: path.clone(),
@@ -371,7 +387,7 @@ async fn remove_if_present(path: &Path) -> io::Result<()> {
 }
 
 /// Make `rel` a symlink to `target` (a path as the sandbox sees it), replacing any file.
-async fn symlink(rootfs: &Path, rel: &str, target: &str) -> Result<(), BuildError> {
+pub(crate) async fn symlink(rootfs: &Path, rel: &str, target: &str) -> Result<(), BuildError> {
     let path = rootfs.join(rel);
     let err = |source| BuildError::Configure {
         path: path.clone(),

@@ -19,6 +19,7 @@ mod base;
 mod cache;
 pub mod dockerbuild;
 pub mod dockerfile;
+pub mod image;
 pub mod layer;
 pub mod mirror;
 pub mod recipe;

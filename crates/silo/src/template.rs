@@ -144,28 +144,35 @@ const BUILT_IN: &[&str] = &["base", "code-interpreter", "code-interpreter-v1"];
 /// Upload the build context (minus .dockerignore) as one tar named by its hash,
 /// unless the server has it; returns the hash.
 async fn upload_context(client: &Client, template: &str, dir: &Path) -> anyhow::Result<String> {
-    let tar = context_tar(dir)?;
-    let hash = sha256_hex(&tar);
+    let (file, hash) = context_tar(dir)?;
     let upload = client.file_upload(template, &hash).await?;
     match upload.url.filter(|_| !upload.present) {
         Some(url) => {
+            let len = file.metadata()?.len();
             eprintln!(
                 "uploading the build context {} ({:.1} MiB)",
                 dir.display(),
-                tar.len() as f64 / (1 << 20) as f64
+                len as f64 / (1 << 20) as f64
             );
-            client.upload(&url, tar).await?;
+            client
+                .upload(&url, tokio::fs::File::from_std(file), len)
+                .await?;
         }
         None => eprintln!("build context {} unchanged: not uploaded", dir.display()),
     }
     Ok(hash)
 }
 
-/// The context's files as a tar: sorted, with no times or owners in it, so the same
-/// files always make the same bytes (and hash).
-fn context_tar(dir: &Path) -> anyhow::Result<Vec<u8>> {
+/// The context's files as a tar in a temporary file, and its hash: sorted, with no
+/// times or owners in it, so the same files always make the same bytes.
+fn context_tar(dir: &Path) -> anyhow::Result<(std::fs::File, String)> {
+    use std::io::Seek;
     let context = silo_templates::dockerbuild::Context::open(dir).map_err(anyhow::Error::msg)?;
-    let mut tar = tar::Builder::new(Vec::new());
+    let file = tempfile::tempfile().context("cannot create a temporary file for the context")?;
+    let mut tar = tar::Builder::new(Hashing {
+        inner: file,
+        hash: sha2::Sha256::default(),
+    });
     tar.follow_symlinks(false);
     for relative in context.entries() {
         let path = context.root.join(relative);
@@ -186,15 +193,29 @@ fn context_tar(dir: &Path) -> anyhow::Result<Vec<u8>> {
             tar.append_data(&mut header, relative, file)?;
         }
     }
-    Ok(tar.into_inner()?)
+    let Hashing { mut inner, hash } = tar.into_inner()?;
+    inner.rewind()?;
+    use sha2::Digest;
+    let hex = hash.finalize().iter().map(|b| format!("{b:02x}")).collect();
+    Ok((inner, hex))
 }
 
-fn sha256_hex(bytes: &[u8]) -> String {
-    use sha2::Digest;
-    sha2::Sha256::digest(bytes)
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
+/// A writer that hashes what passes through it.
+struct Hashing<W> {
+    inner: W,
+    hash: sha2::Sha256,
+}
+
+impl<W: std::io::Write> std::io::Write for Hashing<W> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let n = self.inner.write(buf)?;
+        sha2::Digest::update(&mut self.hash, &buf[..n]);
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.inner.flush()
+    }
 }
 
 /// Show the build's log as it grows (steps on the spinner, RUN output as lines) until
@@ -308,6 +329,7 @@ impl BuildDisplay {
                         let cached = if cached { " (cached)" } else { "" };
                         format!("step {index}/{total}{cached}: {text}")
                     }
+                    Stage::Image { reference } => format!("unpack the image {reference}"),
                     Stage::Publish => "publish".to_owned(),
                 };
                 let label = format!("{}: {step}", self.template);
@@ -346,5 +368,30 @@ impl BuildDisplay {
         if let Some(bar) = &self.bar {
             bar.finish_and_clear();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_same_context_makes_the_same_tar() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("a.txt"), "a").unwrap();
+        std::fs::write(dir.path().join("secret"), "s").unwrap();
+        std::fs::write(dir.path().join(".dockerignore"), "secret\n").unwrap();
+        let (file, first) = context_tar(dir.path()).unwrap();
+        let names: Vec<String> = tar::Archive::new(file)
+            .entries()
+            .unwrap()
+            .map(|e| e.unwrap().path().unwrap().display().to_string())
+            .collect();
+        assert_eq!(names, [".dockerignore", "a.txt"]);
+        // Touching a file changes its time, not the tar.
+        std::fs::write(dir.path().join("a.txt"), "a").unwrap();
+        assert_eq!(context_tar(dir.path()).unwrap().1, first);
+        std::fs::write(dir.path().join("a.txt"), "b").unwrap();
+        assert_ne!(context_tar(dir.path()).unwrap().1, first);
     }
 }

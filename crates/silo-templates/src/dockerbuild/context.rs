@@ -78,6 +78,24 @@ impl Context {
         &self.entries
     }
 
+    /// A directory of the context by its relative path (symlinks resolved, and still
+    /// inside the context).
+    pub fn within(&self, dir: &str) -> Result<PathBuf, String> {
+        let outside = || format!("{dir:?} leaves the build context; give a path inside it");
+        let cleaned = clean(dir).ok_or_else(outside)?;
+        let path =
+            self.root.join(&cleaned).canonicalize().map_err(|e| {
+                format!("{dir:?} in the build context {}: {e}", self.root.display())
+            })?;
+        if !path.starts_with(&self.root) {
+            return Err(outside());
+        }
+        if !path.is_dir() {
+            return Err(format!("{dir:?} in the build context is not a directory"));
+        }
+        Ok(path)
+    }
+
     /// The entries a COPY source names: a path, or a pattern with `*`, `?` or `[`.
     pub fn resolve(&self, source: &str) -> Result<Vec<Source>, String> {
         let cleaned = clean(source).ok_or_else(|| {

@@ -171,11 +171,23 @@ pub async fn build_dockerfile(
         }
     }
     let from = dockerfile::substitute(&file.from.item, &global);
-    let parent = crate::cache::newest_build(&build.templates_dir.join(&from))
-        .filter(|_| !from.starts_with('.') && !from.contains('/'))
-        .ok_or_else(|| {
-            step_error(0, file.from.line, &file.from.text, format!("template {from:?} is not built here: build it first (silo template build -n {from}); images from registries are not supported yet"))
-        })?;
+    let from_error = |detail: String| step_error(0, file.from.line, &file.from.text, detail);
+    let parent = match crate::image::parse_layout_ref(&from) {
+        Some((dir, tag)) => {
+            let layout = context.within(dir).map_err(&from_error)?;
+            crate::image::from_layout(build.templates_dir, &layout, tag, &mut progress)
+                .await
+                .map_err(|e| match e {
+                    BuildError::Context(detail) => from_error(detail),
+                    other => other,
+                })?
+        }
+        None => crate::cache::newest_build(&build.templates_dir.join(&from))
+            .filter(|_| !from.starts_with('.') && !from.contains('/'))
+            .ok_or_else(|| {
+                from_error(format!("template {from:?} is not built here: build it first (silo template build -n {from}), or start FROM oci:<dir>[:tag], an OCI image layout in the build context; images from registries are not supported yet"))
+            })?,
+    };
     let mut state = State {
         config: TemplateConfig::of(&parent.rootfs).map_err(BuildError::Context)?,
         args: HashMap::new(),
