@@ -72,6 +72,17 @@ SRC
   fi
 }
 
+# What only the tests use: a local registry and skopeo (template builds FROM a registry).
+install_test_deps() {
+  local missing=()
+  command -v docker-registry >/dev/null 2>&1 || missing+=(docker-registry)
+  command -v skopeo >/dev/null 2>&1 || missing+=(skopeo)
+  if [ ${#missing[@]} -gt 0 ]; then
+    say "installing test packages (${missing[*]})"
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -q "${missing[@]}"
+  fi
+}
+
 # silo (release) and the static silo-agent, side by side in target/release.
 build_silo() {
   say "building silo (release)"

@@ -7,6 +7,7 @@ set -euo pipefail
 source "$(dirname "$0")/lib.sh"
 need_root
 install_deps
+install_test_deps
 build_silo
 build_templates
 cd "$SILO_ROOT"

@@ -40,7 +40,7 @@ def host_links() -> set:
 
 
 class SiloServer:
-    def __init__(self, subnet: str = ""):
+    def __init__(self, subnet: str = "", extra_args: tuple = ()):
         # SILO_E2E_SUBNET lets a second test run share the host (tests that start their
         # own servers pick their own ranges).
         subnet = subnet or os.environ.get("SILO_E2E_SUBNET", "10.213.0.0/16")
@@ -48,6 +48,7 @@ class SiloServer:
         self.agent = os.environ.get("SILO_AGENT_BIN", str(ROOT / "target/release/silo-agent"))
         self.template_dir = os.environ.get("SILO_TEST_TEMPLATE_DIR", "/var/lib/silo/templates")
         self.subnet = subnet
+        self.extra_args = list(extra_args)
         self.data_dir = Path(tempfile.mkdtemp(prefix="silo-e2e-"))
         self.port = _free_port()
         self.url = f"http://127.0.0.1:{self.port}"
@@ -67,6 +68,7 @@ class SiloServer:
                 "--template-dir", self.template_dir,
                 "--agent", self.agent,
                 "--subnet", self.subnet,
+                *self.extra_args,
                 # SILO_E2E_SERVE_ARGS: extra flags, e.g. "--pause-mode checkpoint".
                 *os.environ.get("SILO_E2E_SERVE_ARGS", "").split(),
             ],

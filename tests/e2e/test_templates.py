@@ -73,10 +73,42 @@ def workspace():
     subprocess.run(["rm", "-rf", str(root)], check=False)
 
 
+def _free_port() -> int:
+    import socket
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+# A local registry for FROM <registry>/<image> (docker-registry, plain http).
+REGISTRY = f"127.0.0.1:{_free_port()}"
+
+
+@pytest.fixture(scope="module")
+def registry(workspace):
+    templates, _ = workspace
+    storage = templates.parent / "registry"
+    storage.mkdir()
+    config = storage / "config.yml"
+    config.write_text(f"version: 0.1\nstorage:\n  filesystem:\n    rootdirectory: {storage}/data\n"
+                      f"http:\n  addr: {REGISTRY}\nlog:\n  level: warn\n")
+    proc = subprocess.Popen(["docker-registry", "serve", str(config)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    for _ in range(100):
+        try:
+            urllib.request.urlopen(f"http://{REGISTRY}/v2/", timeout=1)
+            break
+        except (urllib.error.URLError, OSError):
+            __import__("time").sleep(0.1)
+    yield REGISTRY
+    proc.terminate()
+    proc.wait(timeout=10)
+
+
 @pytest.fixture(scope="module")
 def server(workspace):
     templates, _ = workspace
-    server = SiloServer(subnet="10.225.0.0/16")
+    server = SiloServer(subnet="10.225.0.0/16", extra_args=("--insecure-registry", REGISTRY))
     server.template_dir = str(templates)
     server.start()
     yield server
@@ -252,8 +284,11 @@ def test_sdk_template_builder_builds_with_start_and_ready(workspace, server, sdk
     assert not any("(cached)" in line for line in logs), logs
 
     # A step silo cannot build is refused when the build starts, with the reason.
-    with pytest.raises(Exception, match="cannot pull images"):
-        Template.build(Template().from_image("python:3.12").run_cmd("true"), "e2e-sdk-image")
+    status, requested, _ = server.api("POST", "/v3/templates", {"name": "e2e-sdk-odd"})
+    status, body, _ = server.api(
+        "POST", f"/v2/templates/e2e-sdk-odd/builds/{requested['buildID']}",
+        {"fromTemplate": "base", "steps": [{"type": "EXPOSE", "args": ["80"]}]})
+    assert status == 400 and 'step type "EXPOSE" is not supported' in body["message"], body
 
 
 def test_templates_are_listed_aliased_and_deleted_only_when_unused(workspace, server, sdk_env):
@@ -394,7 +429,7 @@ def write_oci_layout(layout: Path, base_rootfs: Path) -> None:
     (layout / "oci-layout").write_text('{"imageLayoutVersion": "1.0.0"}')
 
 
-def test_from_an_oci_image_layout(workspace, server, sdk_env):
+def test_from_an_oci_image_layout_and_a_registry(workspace, server, registry, sdk_env):
     templates, _ = workspace
     shared = Path(os.environ.get("SILO_TEST_TEMPLATE_DIR", "/var/lib/silo/templates"))
     base_rootfs = max((shared / "base").glob("*/rootfs"), key=lambda p: p.stat().st_mtime)
@@ -424,3 +459,25 @@ def test_from_an_oci_image_layout(workspace, server, sdk_env):
     assert 'no image tagged "v2"' in broken.stderr and "it has: v1" in broken.stderr, broken.stderr
     escape = build(server, context, "e2e-oci-broken", dockerfile="FROM oci:../../etc\n")
     assert escape.returncode != 0 and "leaves the build context" in escape.stderr, escape.stderr
+
+    # The same image from a registry: pushed with skopeo, pulled by the build.
+    subprocess.run(["skopeo", "copy", "--quiet", "--dest-tls-verify=false", f"oci:{context / 'image'}:v1",
+                    f"docker://{registry}/silo/test:v1"], check=True, timeout=300)
+    pulled = build(server, context, "e2e-pulled",
+                   dockerfile=f"FROM {registry}/silo/test:v1\nRUN echo pulled > /pulled.txt\n")
+    assert pulled.returncode == 0, pulled.stderr
+    assert f"pulling {registry}/silo/test:v1" in pulled.stderr
+    template = Template().from_image(f"{registry}/silo/test:v1").run_cmd("echo sdk > /sdk.txt")
+    Template.build(template, "e2e-pulled-sdk")
+    for name, marker in [("e2e-pulled", "/pulled.txt"), ("e2e-pulled-sdk", "/sdk.txt")]:
+        sbx = Sandbox.create(name, timeout=60)
+        try:
+            out = sbx.commands.run(f"echo $IMAGE_VAR; cat {marker}; whoami").stdout.split()
+            assert out == ["from-image", marker.strip("/").removesuffix(".txt"), "user"]
+        finally:
+            sbx.kill()
+    missing = build(server, context, "e2e-oci-broken", dockerfile=f"FROM {registry}/silo/nope:v1\n")
+    assert missing.returncode != 0 and "no such image or tag" in missing.stderr, missing.stderr
+    unreachable = build(server, context, "e2e-oci-broken", dockerfile="FROM 127.0.0.1:1/silo/test:v1\n")
+    assert unreachable.returncode != 0
+    assert "cannot reach the registry 127.0.0.1:1" in unreachable.stderr, unreachable.stderr

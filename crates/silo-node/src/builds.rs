@@ -23,6 +23,7 @@ use silo_catalog::{BuildLogEntry, BuildRecord, BuildStatus, CatalogError, Sandbo
 use silo_protocol::rest::Resources;
 use silo_protocol::templates::{BuildRequest, BuildStart};
 use silo_templates::dockerfile::{self, Dockerfile};
+use silo_templates::registry::RegistryAccess;
 use silo_templates::{BuildRunsc, Built, Progress, Stage, StartCommand};
 use tokio::io::{AsyncRead, AsyncWriteExt};
 
@@ -82,6 +83,8 @@ pub struct Builder {
     manager: Arc<Manager>,
     dir: PathBuf,
     runsc: BuildRunsc,
+    /// Registries spoken to over plain http (`silo serve --insecure-registry`).
+    insecure_registries: Vec<String>,
     requested: Mutex<HashMap<String, Requested>>,
     /// Upload URLs handed out and not used yet: token → files hash. The SDK uploads to
     /// the URL without its API key (E2B's are presigned), so the URL carries the right.
@@ -94,7 +97,11 @@ pub struct Builder {
 impl Builder {
     /// The builder of the templates in `manager`'s template dir; builds that a previous
     /// run left unfinished are failed, and their scratch space removed.
-    pub fn new(manager: Arc<Manager>, runsc: BuildRunsc) -> Result<Arc<Builder>, TemplateError> {
+    pub fn new(
+        manager: Arc<Manager>,
+        runsc: BuildRunsc,
+        insecure_registries: Vec<String>,
+    ) -> Result<Arc<Builder>, TemplateError> {
         let dir = manager.templates().dir().to_owned();
         let failed = manager
             .catalog()
@@ -117,6 +124,7 @@ impl Builder {
             manager,
             dir,
             runsc,
+            insecure_registries,
             requested: Mutex::default(),
             upload_tokens: Mutex::default(),
             running: tokio::sync::Mutex::new(()),
@@ -307,6 +315,16 @@ impl Builder {
         } else {
             start.steps.iter().position(|s| s.force).map(|i| i + 1)
         };
+        let credentials = match &start.from_image_registry {
+            None => None,
+            Some(c) if c.kind == "registry" => c.username.clone().zip(c.password.clone()),
+            Some(c) => {
+                return Err(TemplateError::Invalid(format!(
+                    "registry credentials of type {:?} are not supported by silo: give a username and password (type \"registry\")",
+                    c.kind
+                )))
+            }
+        };
         let command = StartCommand {
             start_cmd: start.start_cmd.clone().filter(|c| !c.trim().is_empty()),
             ready_cmd: start.ready_cmd.clone().filter(|c| !c.trim().is_empty()),
@@ -317,6 +335,10 @@ impl Builder {
             build_args: start.build_args.clone().into_iter().collect(),
             force_from,
             start: (command != StartCommand::default()).then_some(command),
+            registry: RegistryAccess {
+                insecure: self.insecure_registries.clone(),
+                credentials,
+            },
         })
     }
 
@@ -432,6 +454,7 @@ impl Builder {
                         runsc: &self.runsc,
                         force_from: plan.force_from,
                         start: plan.start.clone(),
+                        registry: &plan.registry,
                     },
                     progress,
                 )
@@ -667,6 +690,7 @@ struct Plan {
     build_args: HashMap<String, String>,
     force_from: Option<usize>,
     start: Option<StartCommand>,
+    registry: RegistryAccess,
 }
 
 /// Why a build failed: its steps, or its check.

@@ -65,6 +65,9 @@ pub struct BuildStart {
     pub from_image: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub from_template: Option<String>,
+    /// Credentials for `from_image`'s registry.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub from_image_registry: Option<RegistryCredentials>,
     /// Rebuild every step, whatever is cached.
     pub force: bool,
     pub steps: Vec<BuildStep>,
@@ -79,6 +82,17 @@ pub struct BuildStart {
     pub context_hash: Option<String>,
     #[serde(skip_serializing_if = "BTreeMap::is_empty")]
     pub build_args: BTreeMap<String, String>,
+}
+
+/// E2B's `fromImageRegistry`: `{"type": "registry", "username", "password"}` (silo
+/// supports that type; `aws` and `gcp` are E2B's own integrations).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct RegistryCredentials {
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub username: Option<String>,
+    pub password: Option<String>,
 }
 
 /// One E2B build step: `COPY [src, dest, user, mode]`, `RUN [cmd, user?]`, `ENV [k, v,

@@ -23,6 +23,7 @@ pub mod image;
 pub mod layer;
 pub mod mirror;
 pub mod recipe;
+pub mod registry;
 pub mod steps;
 
 pub use base::{build_base, prune_base, BuildError, Progress, Stage, TemplatePath};

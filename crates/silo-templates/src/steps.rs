@@ -11,8 +11,8 @@ const IMAGE_TEMPLATES: &[(&str, &str)] = &[
     ("e2bdev/code-interpreter", "code-interpreter"),
 ];
 
-/// The template a build starts from: `fromTemplate`, or `fromImage` when it names one of
-/// silo's templates (E2B's base images are silo's `base` and `code-interpreter`).
+/// What a build starts from: `fromTemplate`, or `fromImage`: one of silo's templates
+/// (E2B's base images are silo's `base` and `code-interpreter`), else an image to pull.
 pub fn parent_template(start: &BuildStart) -> Result<String, ParseError> {
     let refuse = |message: String| Err(ParseError { line: 0, message });
     match (&start.from_template, &start.from_image) {
@@ -23,11 +23,12 @@ pub fn parent_template(start: &BuildStart) -> Result<String, ParseError> {
             if let Some((_, template)) = IMAGE_TEMPLATES.iter().find(|(i, _)| *i == name) {
                 return Ok((*template).to_owned());
             }
-            if tag == "latest" && !name.contains('/') {
+            if tag == "latest" && !name.contains('/') && !image.contains(':') {
                 // A silo template named like the image: `FROM base` in a Dockerfile.
                 return Ok(name.to_owned());
             }
-            refuse(format!("FROM {image}: silo cannot pull images from registries yet; start from a silo template instead (from_template(\"base\"), or `silo template list` for what is built)"))
+            // Pulled from its registry when the build starts.
+            Ok(image.clone())
         }
         (None, None) => refuse("the build names no base: give fromTemplate (or fromImage)".into()),
     }
@@ -220,10 +221,7 @@ mod tests {
             from_image: Some("python:3".into()),
             ..BuildStart::default()
         };
-        assert!(to_dockerfile(&from_registry)
-            .unwrap_err()
-            .message
-            .contains("cannot pull"));
+        assert_eq!(to_dockerfile(&from_registry).unwrap().from.item, "python:3");
         let odd = BuildStart {
             from_template: Some("base".into()),
             steps: vec![step("EXPOSE", &["80"])],

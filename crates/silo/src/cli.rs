@@ -82,6 +82,10 @@ pub struct ServeArgs {
     /// no memory; experimental with runsc 20240729, see docs/adr/0006-pause.md).
     #[arg(long, default_value = "freeze", value_parser = ["freeze", "checkpoint"])]
     pub pause_mode: String,
+    /// A registry (`host:port`) that template builds pull `FROM` images from over plain
+    /// http rather than https (repeatable), e.g. a local `docker-registry`.
+    #[arg(long = "insecure-registry", value_name = "HOST:PORT")]
+    pub insecure_registries: Vec<String>,
     /// Private range sandbox addresses come from, one /30 each. It must not overlap a
     /// network this host uses; two servers on one host need two ranges.
     #[arg(long, default_value = "10.213.0.0/16", value_parser = parse_subnet)]

@@ -69,6 +69,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
             platform: args.platform.clone(),
             root: args.dirs.template_dir().join(".runsc"),
         },
+        args.insecure_registries.clone(),
     )
     .context("cannot set up template builds")?;
 

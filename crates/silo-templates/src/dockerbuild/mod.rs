@@ -24,6 +24,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use tokio::process::Command;
 
+pub(crate) use context::hex;
 pub use context::Context;
 pub use run::{BuildRunsc, User, DOCKER_DEFAULT_CAPABILITIES};
 
@@ -88,6 +89,8 @@ pub struct DockerfileBuild<'a> {
     /// Rebuild from this step (1 = the first) on, whatever is cached.
     pub force_from: Option<usize>,
     pub start: Option<StartCommand>,
+    /// How to reach registries, for a FROM that names an image.
+    pub registry: &'a crate::registry::RegistryAccess,
 }
 
 /// A finished build: reused as it was, or complete but not yet visible, so the caller
@@ -182,11 +185,34 @@ pub async fn build_dockerfile(
                     other => other,
                 })?
         }
-        None => crate::cache::newest_build(&build.templates_dir.join(&from))
+        None => match crate::cache::newest_build(&build.templates_dir.join(&from))
             .filter(|_| !from.starts_with('.') && !from.contains('/'))
-            .ok_or_else(|| {
-                from_error(format!("template {from:?} is not built here: build it first (silo template build -n {from}), or start FROM oci:<dir>[:tag], an OCI image layout in the build context; images from registries are not supported yet"))
-            })?,
+        {
+            Some(template) => template,
+            // Not a silo template, but named like an image: pull it.
+            None if from.contains(['/', ':']) => {
+                let image = crate::registry::ImageRef::parse(&from).map_err(&from_error)?;
+                progress(Progress::Line(format!("pulling {}", image.name())));
+                let layout = build.templates_dir.join(".images/pulled");
+                crate::registry::pull(&image, build.registry, &layout)
+                    .await
+                    .map_err(&from_error)?;
+                crate::image::from_layout(
+                    build.templates_dir,
+                    &layout,
+                    Some(&image.name()),
+                    &mut progress,
+                )
+                .await
+                .map_err(|e| match e {
+                    BuildError::Context(detail) => from_error(detail),
+                    other => other,
+                })?
+            }
+            None => {
+                return Err(from_error(format!("template {from:?} is not built here: build it first (silo template build -n {from}), or start FROM an image (registry/name:tag, or oci:<dir>[:tag] for an OCI image layout in the build context)")))
+            }
+        },
     };
     let mut state = State {
         config: TemplateConfig::of(&parent.rootfs).map_err(BuildError::Context)?,
