@@ -145,7 +145,8 @@ def builds_of(templates: Path, name: str) -> list:
 
 def test_dockerfile_template_builds_caches_and_starts_sandboxes(workspace, server, sdk_env):
     templates, context = workspace
-    first = build(server, context, "e2e-app", "--start-cmd", START_CMD, "--ready-cmd", READY_CMD)
+    first = build(server, context, "e2e-app", "--start-cmd", START_CMD, "--ready-cmd", READY_CMD,
+                  "--cpu", "1", "--memory-mb", "384")
     assert first.returncode == 0, first.stderr
     assert "hi from a wheel" not in first.stderr  # pip ran quietly; RUN output is streamed
     assert "step 9/9: RUN echo" in first.stderr
@@ -161,12 +162,18 @@ def test_dockerfile_template_builds_caches_and_starts_sandboxes(workspace, serve
         assert run("pwd") == "/srv/app"
         assert run("whoami") == "user"
         assert run("stat -c %U /home/user/data.txt") == "user"
+        assert (sbx.get_info().cpu_count, sbx.get_info().memory_mb) == (1, 384)
         assert sbx.files.read("/home/user/built-by.txt") == "hello from silo\nuser\n"
         assert not sbx.files.exists("/srv/app/secret.txt")
         # The start command is up when the sandbox is handed out: no waiting here.
         fetched = run("python3 -c 'import urllib.request; "
                       "print(urllib.request.urlopen(\"http://127.0.0.1:8000/app.txt\").read().decode())'")
         assert fetched == "copied from the context"
+        # And from outside, through silo's proxy, as any client reaches a sandbox port.
+        through_proxy = urllib.request.Request(
+            f"{server.url}/app.txt", headers={"E2b-Sandbox-Id": sbx.sandbox_id, "E2b-Sandbox-Port": "8000"})
+        with urllib.request.urlopen(through_proxy, timeout=30) as resp:
+            assert resp.read().decode() == "copied from the context\n"
         starts = [p for p in sbx.commands.list() if p.tag == "start_cmd"]
         assert [p.args[-1] for p in starts] == [START_CMD]
         # What the create asks for wins over the template's ENV.

@@ -308,7 +308,7 @@ pub enum TemplateCommand {
 #[derive(Debug, Args)]
 pub struct ResourceArgs {
     /// CPUs [default: the template's, else the server's].
-    #[arg(long)]
+    #[arg(long, visible_alias = "cpu")]
     pub cpu_count: Option<u32>,
     /// Memory in MiB [default: the template's, else the server's].
     #[arg(long)]
