@@ -5,9 +5,11 @@ the template with the official SDK have its files, packages, ENV, WORKDIR and US
 Bad builds fail with a clear message and register nothing; templates are listed,
 aliased, and deleted only when nothing uses them."""
 
+import io
 import os
 import subprocess
 import tempfile
+import time
 import urllib.error
 import urllib.request
 import zipfile
@@ -16,7 +18,7 @@ from pathlib import Path
 import pytest
 from e2b import Sandbox, Template
 
-from silo_server import SiloServer
+from silo_server import SiloServer, free_port
 
 pytestmark = pytest.mark.server_only
 
@@ -73,15 +75,8 @@ def workspace():
     subprocess.run(["rm", "-rf", str(root)], check=False)
 
 
-def _free_port() -> int:
-    import socket
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 # A local registry for FROM <registry>/<image> (docker-registry, plain http).
-REGISTRY = f"127.0.0.1:{_free_port()}"
+REGISTRY = f"127.0.0.1:{free_port()}"
 
 
 @pytest.fixture(scope="module")
@@ -99,7 +94,7 @@ def registry(workspace):
             urllib.request.urlopen(f"http://{REGISTRY}/v2/", timeout=1)
             break
         except (urllib.error.URLError, OSError):
-            __import__("time").sleep(0.1)
+            time.sleep(0.1)
     yield REGISTRY
     proc.terminate()
     proc.wait(timeout=10)
@@ -389,12 +384,12 @@ def write_oci_layout(layout: Path, base_rootfs: Path) -> None:
         info.type, info.mode = kind, mode
         data = (text or "").encode()
         info.size = len(data) if kind == tarfile.REGTYPE else 0
-        tar.addfile(info, __import__("io").BytesIO(data) if kind == tarfile.REGTYPE else None)
+        tar.addfile(info, io.BytesIO(data) if kind == tarfile.REGTYPE else None)
 
     strip = lambda text: "".join(  # noqa: E731
         line.replace(",user", "").replace(":user", ":") + "\n"
         for line in text.splitlines() if not line.startswith("user:"))
-    raw = __import__("io").BytesIO()
+    raw = io.BytesIO()
     with tarfile.open(fileobj=raw, mode="w") as tar:
         member(tar, "etc/passwd", strip((base_rootfs / "etc/passwd").read_text()))
         member(tar, "etc/group", strip((base_rootfs / "etc/group").read_text()))

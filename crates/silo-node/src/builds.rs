@@ -33,8 +33,9 @@ use crate::sandbox::{write_resources, Manager, SandboxError};
 pub const MAX_UPLOAD_BYTES: u64 = 4 << 30;
 /// Log entries per status answer, as E2B's API pages them.
 pub const LOG_PAGE: u64 = 100;
-/// silo's own templates, built by `silo template build -n base|code-interpreter`.
-const BUILT_IN: &[&str] = &["base", "code-interpreter", "code-interpreter-v1"];
+/// silo's own templates, built on the host by `silo template build -n
+/// base|code-interpreter` (setup does it), not through the API.
+pub const BUILT_IN: &[&str] = &["base", "code-interpreter", "code-interpreter-v1"];
 
 #[derive(Debug, thiserror::Error)]
 pub enum TemplateError {

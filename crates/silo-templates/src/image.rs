@@ -167,11 +167,7 @@ fn select_manifest(layout: &Path, tag: Option<&str>) -> Result<String, String> {
     };
     if chosen.media_type == INDEX || chosen.media_type == DOCKER_LIST {
         let nested: Index = read_json(layout, &chosen.digest)?;
-        let arch = match std::env::consts::ARCH {
-            "x86_64" => "amd64",
-            "aarch64" => "arm64",
-            other => other,
-        };
+        let arch = oci_arch();
         return nested
             .manifests
             .iter()
@@ -190,6 +186,15 @@ fn select_manifest(layout: &Path, tag: Option<&str>) -> Result<String, String> {
         return Err(format!("unsupported manifest type {}", chosen.media_type));
     }
     Ok(chosen.digest.clone())
+}
+
+/// This host's architecture as OCI platforms name it.
+pub(crate) fn oci_arch() -> &'static str {
+    match std::env::consts::ARCH {
+        "x86_64" => "amd64",
+        "aarch64" => "arm64",
+        other => other,
+    }
 }
 
 fn digest_hex(digest: &str) -> Result<String, String> {

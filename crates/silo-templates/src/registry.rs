@@ -119,11 +119,7 @@ pub async fn pull(image: &ImageRef, access: &RegistryAccess, layout: &Path) -> R
     let platform_manifest = if media_type.contains("index") || media_type.contains("list") {
         let index: serde_json::Value =
             serde_json::from_slice(&manifest).map_err(|e| format!("image index: {e}"))?;
-        let arch = match std::env::consts::ARCH {
-            "x86_64" => "amd64",
-            "aarch64" => "arm64",
-            other => other,
-        };
+        let arch = crate::image::oci_arch();
         let chosen = index["manifests"]
             .as_array()
             .into_iter()

@@ -11,6 +11,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context};
 use indicatif::{ProgressBar, ProgressStyle};
 use silo_client::Client;
+use silo_node::builds::BUILT_IN;
 use silo_node::sandbox::write_resources;
 use silo_protocol::rest::Resources;
 use silo_protocol::templates::{BuildRequest, BuildStart};
@@ -137,9 +138,6 @@ pub async fn run(args: TemplateArgs) -> anyhow::Result<ExitCode> {
     }
     Ok(ExitCode::SUCCESS)
 }
-
-/// Names `silo template build` builds here from silo's recipes.
-const BUILT_IN: &[&str] = &["base", "code-interpreter", "code-interpreter-v1"];
 
 /// Upload the build context (minus .dockerignore) as one tar named by its hash,
 /// unless the server has it; returns the hash.
