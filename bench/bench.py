@@ -1,7 +1,10 @@
 """silo's benchmark: what a user of the E2B SDK waits for, beside raw gVisor.
 
 Starts its own `silo serve` (like the e2e tests), then measures with the official SDK:
-  - Sandbox.create("base") latency, N_CREATE times (each sandbox killed after);
+  - Sandbox.create("base") latency, N_CREATE times (each sandbox killed after), and 10
+    and 50 creates at once (all must succeed);
+  - files.write / files.read of 32 MiB, N_FILES times: throughput;
+  - memory per idle base sandbox, N_IDLE held at once: RSS and PSS of its host processes;
   - commands.run("echo hi") round trip, N_RUN times on one sandbox;
   - with e2e-code-interpreter: create → first run_code("1+1") result, N_FIRST times, and
     run_code("1+1") round trip, N_CODE times on one sandbox;
@@ -12,7 +15,10 @@ Starts its own `silo serve` (like the e2e tests), then measures with the officia
     handed out once its ready command passes), N_TEMPLATE_CREATE times;
   - raw `runsc run` of the same base rootfs (an OCI bundle running /bin/true, no
     network, memory overlay), N_RAW times, for comparison;
-and writes a Markdown table to stdout and bench/results/<date>-<host>/results.md.
+  - with a warm pool (`--pool base=4`, a server of its own): create → first command;
+  - a plain host process spawn (/bin/true), the floor under everything;
+each latency as p50/p95/p99/mean. Writes a Markdown table to stdout and
+bench/results/<date>-<host>/results.md, and the rows as results.json for comparing runs.
 
 Run it with scripts/bench.sh (which builds first), as root.
 """
@@ -40,6 +46,8 @@ N_FIRST = int(os.environ.get("BENCH_FIRST_CODE", 10))
 N_CODE = int(os.environ.get("BENCH_CODE", 100))
 N_PAUSE = int(os.environ.get("BENCH_PAUSES", 10))
 N_TEMPLATE_CREATE = int(os.environ.get("BENCH_TEMPLATE_CREATES", 10))
+N_FILES = int(os.environ.get("BENCH_FILES", 5))
+N_IDLE = int(os.environ.get("BENCH_IDLE", 20))
 
 
 def pct(samples, p):
@@ -55,8 +63,133 @@ def summary(name, samples_s):
         "n": len(ms),
         "p50_ms": round(pct(ms, 50), 1),
         "p95_ms": round(pct(ms, 95), 1),
+        "p99_ms": round(pct(ms, 99), 1),
         "mean_ms": round(statistics.fmean(ms), 1),
     }
+
+
+def value_row(name, n, value, unit):
+    """A row that is one figure (a throughput, a size), not a latency."""
+    return {"name": name, "n": n, "value": round(value, 1), "unit": unit}
+
+
+def bench_concurrent_creates(concurrency):
+    """`concurrency` creates at once: every one must succeed; their latencies."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from e2b import Sandbox
+
+    def create(_):
+        start = time.perf_counter()
+        sbx = Sandbox.create("base", timeout=300)
+        return time.perf_counter() - start, sbx
+
+    with ThreadPoolExecutor(max_workers=concurrency) as pool:
+        results = list(pool.map(create, range(concurrency)))
+    for _, sbx in results:
+        sbx.kill()
+    return [summary(f"SDK Sandbox.create(\"base\"), {concurrency} at once", [t for t, _ in results])]
+
+
+def bench_files():
+    """Upload and download of a 32 MiB file through the SDK (files.write / files.read)."""
+    from e2b import Sandbox
+
+    size = 32 << 20
+    data = os.urandom(size)
+    ups, downs = [], []
+    sbx = Sandbox.create("base", timeout=300)
+    try:
+        for _ in range(N_FILES):
+            start = time.perf_counter()
+            sbx.files.write("/tmp/bench.bin", data)
+            ups.append(time.perf_counter() - start)
+            start = time.perf_counter()
+            back = sbx.files.read("/tmp/bench.bin", format="bytes")
+            downs.append(time.perf_counter() - start)
+            assert len(back) == size
+    finally:
+        sbx.kill()
+    mib = size / (1 << 20)
+    return [
+        value_row("files.write 32 MiB, throughput (median)", N_FILES, mib / statistics.median(ups), "MiB/s"),
+        value_row("files.read 32 MiB, throughput (median)", N_FILES, mib / statistics.median(downs), "MiB/s"),
+    ]
+
+
+def sandbox_memory_kib(sandbox_id):
+    """RSS and PSS (KiB) of the host processes that run one sandbox (runsc's sandbox and
+    gofer: every process whose command line names it)."""
+    rss = pss = 0
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            if sandbox_id.encode() not in (proc / "cmdline").read_bytes():
+                continue
+            for line in (proc / "smaps_rollup").read_text().splitlines():
+                if line.startswith("Rss:"):
+                    rss += int(line.split()[1])
+                elif line.startswith("Pss:"):
+                    pss += int(line.split()[1])
+        except OSError:
+            continue
+    return rss, pss
+
+
+def bench_memory():
+    """Host memory per idle base sandbox, N_IDLE held at once: RSS and PSS of its
+    processes (PSS shares what sandboxes have in common among them)."""
+    from e2b import Sandbox
+
+    held = [Sandbox.create("base", timeout=600) for _ in range(N_IDLE)]
+    try:
+        time.sleep(5)  # let them settle into idle
+        per = [sandbox_memory_kib(s.sandbox_id) for s in held]
+    finally:
+        for sbx in held:
+            sbx.kill()
+    return [
+        value_row(f"idle sandbox RSS (median of {N_IDLE} held)", N_IDLE,
+                  statistics.median(r for r, _ in per) / 1024, "MiB"),
+        value_row(f"idle sandbox PSS (median of {N_IDLE} held)", N_IDLE,
+                  statistics.median(p for _, p in per) / 1024, "MiB"),
+    ]
+
+
+def bench_pool():
+    """With `--pool base=4`: create → first command done, sequentially (one create every
+    0.5 s, which the pool's refill keeps up with), and `commands.run` on a pooled one."""
+    from e2b import Sandbox
+
+    server = SiloServer(subnet="10.216.0.0/16", extra_args=("--pool", "base=4")).start()
+    try:
+        os.environ.update(server.env())
+        deadline = time.monotonic() + 120
+        while server.api("GET", "/health")[1]["pooled"].get("base", 0) < 4:
+            assert time.monotonic() < deadline, "the pool never filled"
+            time.sleep(0.2)
+        firsts = []
+        for _ in range(N_CREATE):
+            start = time.perf_counter()
+            sbx = Sandbox.create("base", timeout=120)
+            assert sbx.commands.run("echo hi").stdout == "hi\n"
+            firsts.append(time.perf_counter() - start)
+            sbx.kill()
+            time.sleep(0.5)
+    finally:
+        server.stop()
+    return [summary("pooled: Sandbox.create(\"base\") → first commands.run done", firsts)]
+
+
+def bench_spawn():
+    """The floor under everything: a plain process spawn on the host."""
+    samples = []
+    for _ in range(N_RUN):
+        start = time.perf_counter()
+        subprocess.run(["/bin/true"], check=True)
+        samples.append(time.perf_counter() - start)
+    return [summary("host process spawn (/bin/true), floor", samples)]
 
 
 def bench_sdk(server):
@@ -237,19 +370,25 @@ def bench_template(server):
 def main():
     server = SiloServer(subnet="10.216.0.0/16").start()
     try:
-        rows = (bench_sdk(server) + bench_code_interpreter() + bench_pause_resume() + bench_fork()
-                + bench_template(server))
+        rows = (bench_sdk(server) + bench_concurrent_creates(10) + bench_concurrent_creates(50)
+                + bench_files() + bench_memory() + bench_code_interpreter() + bench_pause_resume()
+                + bench_fork() + bench_template(server))
     finally:
         server.stop()
-    rows += bench_raw_runsc(server.template_dir)
+    rows += bench_pool() + bench_raw_runsc(server.template_dir) + bench_spawn()
     machine = f"{platform.node()}-{os.cpu_count()}cpu"
     lines = [
         f"Measured {date.today()} on {machine} ({platform.release()}), runsc systrap.",
         "",
-        "| what | n | p50 | p95 | mean |",
-        "|---|---|---|---|---|",
+        "| what | n | p50 | p95 | p99 | mean |",
+        "|---|---|---|---|---|---|",
     ]
-    lines += [f"| {r['name']} | {r['n']} | {r['p50_ms']} ms | {r['p95_ms']} ms | {r['mean_ms']} ms |" for r in rows]
+    for r in rows:
+        if "value" in r:
+            lines.append(f"| {r['name']} | {r['n']} | {r['value']} {r['unit']} | | | |")
+        else:
+            lines.append(f"| {r['name']} | {r['n']} | {r['p50_ms']} ms | {r['p95_ms']} ms "
+                         f"| {r['p99_ms']} ms | {r['mean_ms']} ms |")
     report = "\n".join(lines) + "\n"
     out = ROOT / "bench" / "results" / f"{date.today()}-{machine}"
     out.mkdir(parents=True, exist_ok=True)

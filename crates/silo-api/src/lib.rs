@@ -104,8 +104,9 @@ pub fn router(state: AppState) -> Router {
         .with_state(state)
 }
 
-async fn health() -> impl IntoResponse {
-    Json(serde_json::json!({ "status": "ok" }))
+/// `GET /health`: up, and how many sandboxes wait in each warm pool.
+async fn health(State(app): State<AppState>) -> impl IntoResponse {
+    Json(serde_json::json!({ "status": "ok", "pooled": app.manager.pooled() }))
 }
 
 async fn not_found(req: Request) -> ApiError {

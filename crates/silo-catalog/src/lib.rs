@@ -390,6 +390,52 @@ impl Catalog {
         Ok(())
     }
 
+    /// Hand a pooled sandbox to a user: its row takes `rec`'s user-facing fields (times,
+    /// metadata, env vars, tokens, pause flags, network rules) and goes `Running`, if it
+    /// is still `Pooled`.
+    pub fn hand_out(&self, rec: &SandboxRecord) -> Result<()> {
+        let mut conn = self.conn();
+        let tx = conn.transaction()?;
+        let actual = read_state(&tx, &rec.id)?;
+        SandboxState::Pooled.check_transition(SandboxState::Running)?;
+        if actual != SandboxState::Pooled {
+            return Err(CatalogError::StateChanged {
+                id: rec.id.clone(),
+                expected: SandboxState::Pooled,
+                actual,
+            });
+        }
+        tx.execute(
+            "UPDATE sandboxes SET state = ?2, template_id = ?3, started_at = ?4, end_at = ?5,
+                metadata = ?6, env_vars = ?7, access_token = ?8, auto_pause = ?9,
+                auto_resume = ?10, network = ?11, traffic_token = ?12
+             WHERE id = ?1",
+            params![
+                rec.id.as_str(),
+                SandboxState::Running.as_str(),
+                rec.template_id,
+                rec.started_at_ms,
+                rec.end_at_ms,
+                serde_json::to_string(&rec.metadata).expect("string map serializes"),
+                serde_json::to_string(&rec.env_vars).expect("string map serializes"),
+                rec.envd_access_token,
+                rec.auto_pause,
+                rec.auto_resume,
+                serde_json::to_string(&rec.network).expect("rules serialize"),
+                rec.traffic_access_token,
+            ],
+        )?;
+        insert_event(
+            &tx,
+            &rec.id,
+            Some(SandboxState::Pooled),
+            SandboxState::Running,
+            "handed out from the warm pool",
+        )?;
+        tx.commit()?;
+        Ok(())
+    }
+
     /// Move a sandbox from `from` to `to`, if it is still in `from` and the step is legal.
     pub fn transition(
         &self,
@@ -712,6 +758,34 @@ mod tests {
         catalog
             .transition(&rec.id, SandboxState::Creating, SandboxState::Running, "up")
             .unwrap();
+    }
+
+    #[test]
+    fn a_pooled_sandbox_is_handed_out_once_with_its_users_settings() {
+        let catalog = Catalog::open_in_memory().unwrap();
+        let mut rec = record("base", &[]);
+        catalog.insert_sandbox(&rec).unwrap();
+        catalog
+            .transition(&rec.id, SandboxState::Creating, SandboxState::Pooled, "up")
+            .unwrap();
+        let listed = catalog.list(&ListFilter::default()).unwrap();
+        assert!(
+            listed.sandboxes.is_empty(),
+            "pooled sandboxes are not listed"
+        );
+        rec.metadata = BTreeMap::from([("who".into(), "me".into())]);
+        rec.envd_access_token = Some("mine".into());
+        rec.auto_pause = true;
+        catalog.hand_out(&rec).unwrap();
+        let got = catalog.get_sandbox(&rec.id).unwrap().unwrap();
+        assert_eq!(got.state, SandboxState::Running);
+        assert_eq!(got.metadata, rec.metadata);
+        assert_eq!(got.envd_access_token.as_deref(), Some("mine"));
+        assert!(got.auto_pause);
+        assert!(matches!(
+            catalog.hand_out(&rec),
+            Err(CatalogError::StateChanged { .. })
+        ));
     }
 
     #[test]

@@ -12,6 +12,8 @@ use std::str::FromStr;
 pub enum SandboxState {
     /// Resources are being acquired; the agent is not answering yet.
     Creating,
+    /// Booted from its template and waiting in the warm pool: no user has its id yet.
+    Pooled,
     /// The agent answers; user traffic is routed to it.
     Running,
     /// Being checkpointed to disk.
@@ -34,8 +36,9 @@ pub struct InvalidTransition {
 }
 
 impl SandboxState {
-    pub const ALL: [SandboxState; 7] = [
+    pub const ALL: [SandboxState; 8] = [
         SandboxState::Creating,
+        SandboxState::Pooled,
         SandboxState::Running,
         SandboxState::Pausing,
         SandboxState::Paused,
@@ -49,7 +52,8 @@ impl SandboxState {
     pub fn check_transition(self, to: SandboxState) -> Result<(), InvalidTransition> {
         use SandboxState::*;
         let ok = match self {
-            Creating => matches!(to, Running | Killing),
+            Creating => matches!(to, Pooled | Running | Killing),
+            Pooled => matches!(to, Running | Killing),
             Running => matches!(to, Pausing | Killing),
             Pausing => matches!(to, Paused | Running | Killing),
             Paused => matches!(to, Resuming | Killing),
@@ -72,6 +76,7 @@ impl SandboxState {
     pub fn as_str(self) -> &'static str {
         match self {
             SandboxState::Creating => "creating",
+            SandboxState::Pooled => "pooled",
             SandboxState::Running => "running",
             SandboxState::Pausing => "pausing",
             SandboxState::Paused => "paused",
@@ -106,8 +111,11 @@ mod tests {
     #[test]
     fn transition_table() {
         let allowed = [
+            (Creating, Pooled),
             (Creating, Running),
             (Creating, Killing),
+            (Pooled, Running),
+            (Pooled, Killing),
             (Running, Pausing),
             (Running, Killing),
             (Pausing, Paused),

@@ -82,6 +82,12 @@ pub struct ServeArgs {
     /// no memory; experimental with runsc 20240729, see docs/adr/0006-pause.md).
     #[arg(long, default_value = "freeze", value_parser = ["freeze", "checkpoint"])]
     pub pause_mode: String,
+    /// Keep SIZE sandboxes of template NAME booted ahead of demand (repeatable): a
+    /// create that asks for no other resources gets one at once (its env vars, metadata,
+    /// timeout, token and network rules applied at hand-out), and the pool refills in
+    /// the background while the host has memory to spare.
+    #[arg(long = "pool", value_name = "NAME=SIZE", value_parser = parse_pool)]
+    pub pools: Vec<(String, usize)>,
     /// A registry (`host:port`) that template builds pull `FROM` images from over plain
     /// http rather than https (repeatable), e.g. a local `docker-registry`.
     #[arg(long = "insecure-registry", value_name = "HOST:PORT")]
@@ -351,6 +357,16 @@ fn parse_resolver(s: &str) -> Result<SocketAddr, String> {
                 .map(|ip| SocketAddr::new(ip, 53))
         })
         .map_err(|_| format!("{s:?} is not an address (ip or ip:port)"))
+}
+
+fn parse_pool(s: &str) -> Result<(String, usize), String> {
+    let (name, size) = parse_key_value(s)?;
+    let size = size
+        .parse()
+        .ok()
+        .filter(|n| *n <= 1000)
+        .ok_or_else(|| format!("{s:?}: SIZE must be a number from 0 to 1000"))?;
+    Ok((name, size))
 }
 
 fn parse_key_value(s: &str) -> Result<(String, String), String> {

@@ -62,6 +62,10 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
         .context("cannot reconcile the catalog with running sandboxes")?;
     tracing::info!(?report, "reconciled sandboxes from the previous run");
     tokio::spawn(Arc::clone(&manager).run_reaper());
+    manager
+        .set_pool_sizes(args.pools.iter().cloned().collect())
+        .context("--pool")?;
+    tokio::spawn(Arc::clone(&manager).run_pool());
     let builder = silo_node::builds::Builder::new(
         Arc::clone(&manager),
         silo_templates::BuildRunsc {

@@ -70,7 +70,14 @@ impl Manager {
     /// Create a sandbox from a template, or from a snapshot named by id or name.
     pub async fn create(&self, req: CreateRequest) -> Result<SandboxRecord, SandboxError> {
         let origin = self.origin(&req.template)?;
-        self.create_from(req, origin).await
+        // A sandbox from the warm pool has the template's defaults: only a create that
+        // asks for no others can take one.
+        if origin.snapshot.is_none() && req.resources == Resources::default() {
+            if let Some(rec) = self.hand_out(&req, &origin).await {
+                return Ok(rec);
+            }
+        }
+        self.create_from(req, origin, SandboxState::Running).await
     }
 
     /// A snapshot by id or name, else a template by name or alias (silo's own, or one
@@ -110,12 +117,18 @@ impl Manager {
         })
     }
 
+    /// Boot a sandbox from `origin` and take it to `target`: `Running` for a user, or
+    /// `Pooled` to wait in the warm pool (with no end time until it is handed out).
     pub(super) async fn create_from(
         &self,
         req: CreateRequest,
         origin: Origin,
+        target: SandboxState,
     ) -> Result<SandboxRecord, SandboxError> {
-        let timeout = self.clamp_timeout(req.timeout_seconds);
+        let timeout = match target {
+            SandboxState::Pooled => super::pool::NEVER,
+            _ => self.clamp_timeout(req.timeout_seconds),
+        };
         let d = &self.defaults;
         let asked = req.resources.or(origin.resources);
         let cpu_count = within("cpuCount", asked.cpu_count, d.cpu_count, d.max_cpu_count)?;
@@ -157,15 +170,11 @@ impl Manager {
         match self.boot(&rec, origin, req.egress).await {
             Ok(address) => {
                 self.catalog.set_address(&rec.id, Some(&address))?;
-                self.catalog.transition(
-                    &rec.id,
-                    SandboxState::Creating,
-                    SandboxState::Running,
-                    "agent ready",
-                )?;
+                self.catalog
+                    .transition(&rec.id, SandboxState::Creating, target, "agent ready")?;
                 rec.address = Some(address);
-                rec.state = SandboxState::Running;
-                tracing::info!(sandbox_id = %rec.id, "sandbox running");
+                rec.state = target;
+                tracing::info!(sandbox_id = %rec.id, state = %target, "sandbox up");
                 Ok(rec)
             }
             Err(err) => {

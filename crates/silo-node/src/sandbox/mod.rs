@@ -8,12 +8,14 @@
 //! - [`timeout`]: set/extend the end time, and the reaper that kills (or pauses)
 //!   expired sandboxes.
 //! - [`reconcile`]: at start, make the catalog and the runtime agree.
+//! - `pool`: the warm pool, sandboxes booted ahead of demand and handed to creates.
 //! - `traffic`: the token that ends a sandbox's proxied traffic when it pauses.
 
 mod create;
 mod kill;
 mod network;
 mod pause;
+mod pool;
 mod reconcile;
 mod snapshot;
 mod templates;
@@ -143,6 +145,7 @@ pub struct Manager {
     traffic: traffic::Traffic,
     /// One pause/resume at a time per sandbox.
     locks: Mutex<HashMap<SandboxId, Arc<tokio::sync::Mutex<()>>>>,
+    pool: pool::Pool,
 }
 
 /// Where to send a request for a sandbox port, and the token that ends it when the
@@ -175,6 +178,7 @@ impl Manager {
             tasks: tokio_util::task::TaskTracker::new(),
             traffic: traffic::Traffic::default(),
             locks: Mutex::default(),
+            pool: pool::Pool::default(),
         })
     }
 
@@ -194,10 +198,16 @@ impl Manager {
         &self.defaults
     }
 
-    /// A sandbox a user can see: one being killed is already gone.
+    /// A sandbox a user can see: one being killed is already gone, and a pooled one is
+    /// no one's yet.
     pub fn get(&self, id: &SandboxId) -> Result<SandboxRecord, SandboxError> {
         match self.catalog.get_sandbox(id)? {
-            Some(rec) if !matches!(rec.state, SandboxState::Killing | SandboxState::Killed) => {
+            Some(rec)
+                if !matches!(
+                    rec.state,
+                    SandboxState::Pooled | SandboxState::Killing | SandboxState::Killed
+                ) =>
+            {
                 Ok(rec)
             }
             _ => Err(SandboxError::NotFound(id.clone())),
@@ -206,6 +216,7 @@ impl Manager {
 
     /// Wait for background teardowns (kills that already answered) to finish.
     pub async fn shutdown(&self) {
+        self.close_pool().await;
         self.tasks.close();
         self.tasks.wait().await;
         self.runtime.shutdown().await;

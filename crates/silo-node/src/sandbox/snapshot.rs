@@ -117,7 +117,10 @@ impl Manager {
                 public_traffic: rec.traffic_access_token.is_none(),
                 resources: Resources::default(),
             };
-            forks.push(self.create_from(req, origin.clone()).await);
+            forks.push(
+                self.create_from(req, origin.clone(), SandboxState::Running)
+                    .await,
+            );
         }
         if let Some(saved) = &origin.snapshot {
             remove_image(&saved.image).await;

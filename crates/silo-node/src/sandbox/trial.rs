@@ -4,6 +4,8 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 
+use silo_catalog::SandboxState;
+
 use super::create::{config_of, CreateRequest, Origin};
 use super::{Manager, SandboxError};
 
@@ -27,7 +29,7 @@ impl Manager {
             public_traffic: true,
             ..CreateRequest::default()
         };
-        let rec = self.create_from(req, origin).await?;
+        let rec = self.create_from(req, origin, SandboxState::Running).await?;
         self.finish_kill(&rec.id, rec.state, "template check done")
             .await
     }

@@ -1,0 +1,272 @@
+//! The warm pool: sandboxes booted from a template ahead of demand (`Pooled` in the
+//! catalog, invisible to users), each handed to one create and never reused.
+//!
+//! - Sizes per template come from `silo serve --pool NAME=SIZE`. [`Manager::run_pool`]
+//!   keeps each pool full in the background, one boot at a time, and stops filling
+//!   while the host has less than [`MIN_AVAILABLE_MB`] of memory available.
+//! - A pooled sandbox belongs to one build of its template: when the template is rebuilt,
+//!   the stale ones are killed and replaced.
+//! - A hand-out gives the sandbox its user's settings: the agent is configured again
+//!   (new access token, the create's env vars), egress rules applied, and the catalog
+//!   row rewritten (times, metadata, tokens, flags) as it goes `Running`. If any of that
+//!   fails, the sandbox is killed and the create boots one cold.
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use silo_catalog::{now_ms, SandboxRecord, SandboxState};
+use silo_protocol::envd::InitRequest;
+use silo_protocol::ids::{generate_access_token, SandboxId};
+
+use super::create::{CreateRequest, Origin};
+use super::{Manager, SandboxError};
+
+/// A pooled sandbox's time to live: until it is handed out.
+pub(super) const NEVER: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
+/// Below this much available host memory, pools are not filled.
+pub const MIN_AVAILABLE_MB: u64 = 2048;
+/// How often the filler looks again when nothing woke it.
+const RECHECK: Duration = Duration::from_secs(2);
+
+/// A sandbox waiting in a pool.
+struct Waiting {
+    id: SandboxId,
+    /// The build it was booted from.
+    rootfs: PathBuf,
+    /// The agent's token until hand-out.
+    token: Option<String>,
+}
+
+#[derive(Default)]
+pub(super) struct Pool {
+    /// Wanted size per canonical template name.
+    sizes: Mutex<BTreeMap<String, usize>>,
+    ready: Mutex<HashMap<String, VecDeque<Waiting>>>,
+    wake: tokio::sync::Notify,
+    closed: std::sync::atomic::AtomicBool,
+}
+
+impl Pool {
+    fn ready(&self) -> std::sync::MutexGuard<'_, HashMap<String, VecDeque<Waiting>>> {
+        self.ready.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn is_closed(&self) -> bool {
+        self.closed.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
+impl Manager {
+    /// Keep `sizes` (template name or alias → count) sandboxes ready per template.
+    pub fn set_pool_sizes(&self, sizes: BTreeMap<String, usize>) -> Result<(), SandboxError> {
+        let mut canonical = BTreeMap::new();
+        for (name, size) in sizes {
+            canonical.insert(self.templates.canonical(&name)?.to_owned(), size);
+        }
+        *self.pool.sizes.lock().unwrap_or_else(|p| p.into_inner()) = canonical;
+        self.pool.wake.notify_one();
+        Ok(())
+    }
+
+    /// Pooled sandboxes ready now, per template.
+    pub fn pooled(&self) -> BTreeMap<String, usize> {
+        self.pool
+            .ready()
+            .iter()
+            .map(|(name, queue)| (name.clone(), queue.len()))
+            .collect()
+    }
+
+    /// Fill the pools until [`Manager::shutdown`].
+    pub async fn run_pool(self: Arc<Self>) {
+        while !self.pool.is_closed() {
+            let sizes = self
+                .pool
+                .sizes
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .clone();
+            let mut booted = false;
+            for (template, size) in sizes {
+                booted |= self.fill_one(&template, size).await;
+            }
+            if !booted {
+                let _ = tokio::time::timeout(RECHECK, self.pool.wake.notified()).await;
+            }
+        }
+    }
+
+    /// Drop `template`'s stale sandboxes, and boot one if it is short; whether it did.
+    async fn fill_one(&self, template: &str, size: usize) -> bool {
+        // Not built (yet): nothing to pool.
+        let Ok(origin) = self.origin(template) else {
+            return false;
+        };
+        let stale: Vec<SandboxId> = {
+            let mut ready = self.pool.ready();
+            let queue = ready.entry(template.to_owned()).or_default();
+            let (keep, stale): (VecDeque<Waiting>, VecDeque<Waiting>) =
+                queue.drain(..).partition(|w| w.rootfs == origin.rootfs);
+            *queue = keep;
+            stale.into_iter().map(|w| w.id).collect()
+        };
+        for id in stale {
+            self.discard_pooled(&id, "its template was rebuilt").await;
+        }
+        let short = self.pool.ready().get(template).map_or(0, VecDeque::len) < size;
+        if !short || available_mb() < MIN_AVAILABLE_MB {
+            return false;
+        }
+        let req = CreateRequest {
+            template: template.to_owned(),
+            secure: true,
+            public_traffic: true,
+            ..CreateRequest::default()
+        };
+        let rootfs = origin.rootfs.clone();
+        match self.create_from(req, origin, SandboxState::Pooled).await {
+            Ok(rec) if !self.pool.is_closed() => {
+                tracing::debug!(sandbox_id = %rec.id, template, "pooled");
+                self.pool
+                    .ready()
+                    .entry(template.to_owned())
+                    .or_default()
+                    .push_back(Waiting {
+                        id: rec.id,
+                        rootfs,
+                        token: rec.envd_access_token,
+                    });
+                true
+            }
+            Ok(rec) => {
+                self.discard_pooled(&rec.id, "the server is stopping").await;
+                false
+            }
+            Err(err) => {
+                tracing::warn!(template, error = %crate::error_chain(&err), "cannot boot a sandbox for the pool; retrying later");
+                false
+            }
+        }
+    }
+
+    async fn discard_pooled(&self, id: &SandboxId, reason: &str) {
+        if let Err(err) = self.finish_kill(id, SandboxState::Pooled, reason).await {
+            tracing::warn!(sandbox_id = %id, error = %crate::error_chain(&err), "removing a pooled sandbox");
+        }
+    }
+
+    /// A pooled sandbox of `origin`'s build, made the caller's; `None` when the pool is
+    /// empty or the hand-out failed (the caller then boots one cold).
+    pub(super) async fn hand_out(
+        &self,
+        req: &CreateRequest,
+        origin: &Origin,
+    ) -> Option<SandboxRecord> {
+        let waiting = {
+            let mut ready = self.pool.ready();
+            let queue = ready.get_mut(&origin.name)?;
+            let at = queue.iter().position(|w| w.rootfs == origin.rootfs)?;
+            queue.remove(at)?
+        };
+        self.pool.wake.notify_one();
+        match self.configure_pooled(req, &waiting).await {
+            Ok(rec) => {
+                tracing::info!(sandbox_id = %rec.id, template = %origin.name, "handed out from the pool");
+                Some(rec)
+            }
+            Err(err) => {
+                tracing::warn!(sandbox_id = %waiting.id, error = %crate::error_chain(&err), "a pooled sandbox could not be handed out; starting one cold");
+                self.discard_pooled(&waiting.id, "hand-out failed").await;
+                None
+            }
+        }
+    }
+
+    async fn configure_pooled(
+        &self,
+        req: &CreateRequest,
+        waiting: &Waiting,
+    ) -> Result<SandboxRecord, SandboxError> {
+        let mut rec = self
+            .catalog
+            .get_sandbox(&waiting.id)?
+            .filter(|r| r.state == SandboxState::Pooled)
+            .ok_or_else(|| SandboxError::NotFound(waiting.id.clone()))?;
+        let address = rec
+            .address
+            .as_deref()
+            .and_then(|a| a.parse().ok())
+            .ok_or_else(|| SandboxError::NotFound(waiting.id.clone()))?;
+        let now = now_ms();
+        rec.template_id = req.template.clone();
+        rec.started_at_ms = now;
+        rec.end_at_ms = now + self.clamp_timeout(req.timeout_seconds).as_millis() as i64;
+        rec.metadata = req.metadata.clone();
+        rec.env_vars = req.env_vars.clone();
+        rec.envd_access_token = req.secure.then(generate_access_token);
+        rec.auto_pause = req.auto_pause;
+        rec.auto_resume = req.auto_resume;
+        rec.network = super::network::rules_of(&req.egress);
+        rec.traffic_access_token = (!req.public_traffic).then(generate_access_token);
+        let init = InitRequest {
+            // An empty token clears the pool's: the create asked for none.
+            access_token: Some(rec.envd_access_token.clone().unwrap_or_default()),
+            env_vars: Some(rec.env_vars.clone()),
+            ..InitRequest::default()
+        };
+        self.agent
+            .init(
+                std::net::SocketAddr::new(address, silo_protocol::ports::ENVD),
+                &init,
+                waiting.token.as_deref(),
+            )
+            .await
+            .map_err(|source| SandboxError::Init {
+                id: rec.id.clone(),
+                source,
+            })?;
+        if req.egress != crate::network::EgressPolicy::default() {
+            self.runtime
+                .set_egress(&rec.id, &req.egress)
+                .await
+                .map_err(|source| SandboxError::Network {
+                    id: rec.id.clone(),
+                    source: Box::new(source),
+                })?;
+        }
+        self.catalog.hand_out(&rec)?;
+        rec.state = SandboxState::Running;
+        Ok(rec)
+    }
+
+    /// Stop filling and kill every pooled sandbox (they are disposable, and no one
+    /// would pick them up after a restart).
+    pub(super) async fn close_pool(&self) {
+        self.pool
+            .closed
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+        self.pool.wake.notify_one();
+        let waiting: Vec<SandboxId> = self
+            .pool
+            .ready()
+            .drain()
+            .flat_map(|(_, queue)| queue.into_iter().map(|w| w.id))
+            .collect();
+        for id in waiting {
+            self.discard_pooled(&id, "the server is stopping").await;
+        }
+    }
+}
+
+/// MemAvailable of /proc/meminfo in MiB (unknown: plenty).
+fn available_mb() -> u64 {
+    std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|info| {
+            let line = info.lines().find(|l| l.starts_with("MemAvailable:"))?;
+            line.split_whitespace().nth(1)?.parse::<u64>().ok()
+        })
+        .map_or(u64::MAX, |kib| kib / 1024)
+}

@@ -1,0 +1,138 @@
+"""The warm pool (`silo serve --pool NAME=SIZE`): sandboxes booted ahead of demand and
+handed to creates. A pooled sandbox never carries another's state, env vars, files or
+token; the pool refills; pooled sandboxes stay invisible until handed out; a rebuilt
+template drains its stale pooled sandboxes."""
+
+import json
+import os
+import subprocess
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import pytest
+from e2b import Sandbox
+
+from silo_server import SiloServer
+
+pytestmark = pytest.mark.server_only
+
+
+def pooled(server) -> dict:
+    with urllib.request.urlopen(f"{server.url}/health", timeout=10) as resp:
+        return json.loads(resp.read())["pooled"]
+
+
+def wait_pooled(server, template: str, count: int, timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
+    while pooled(server).get(template, 0) != count:
+        assert time.monotonic() < deadline, f"pool of {template} never reached {count}: {pooled(server)}"
+        time.sleep(0.2)
+
+
+@pytest.fixture(scope="module")
+def workspace():
+    root = Path(tempfile.mkdtemp(prefix="silo-pool-e2e-"))
+    templates = root / "templates"
+    templates.mkdir()
+    shared = Path(os.environ.get("SILO_TEST_TEMPLATE_DIR", "/var/lib/silo/templates"))
+    (templates / "base").symlink_to(shared / "base")
+    yield root, templates
+    subprocess.run(["rm", "-rf", str(root)], check=False)
+
+
+@pytest.fixture(scope="module")
+def server(workspace):
+    _, templates = workspace
+    server = SiloServer(subnet="10.226.0.0/16",
+                        extra_args=("--pool", "base=2", "--pool", "e2e-pooled=1"))
+    server.template_dir = str(templates)
+    server.start()
+    yield server
+    server.stop()
+
+
+def envd_status(sbx, token) -> int:
+    """What the sandbox's envd answers to a files read made with `token`."""
+    req = urllib.request.Request(
+        f"{os.environ['E2B_API_URL']}/files?path=/etc/hostname",
+        headers={"E2b-Sandbox-Id": sbx.sandbox_id, "E2b-Sandbox-Port": "49983",
+                 "X-Access-Token": token})
+    try:
+        with urllib.request.urlopen(req, timeout=30) as resp:
+            return resp.status
+    except urllib.error.HTTPError as err:
+        return err.code
+
+
+def test_pooled_sandboxes_are_handed_out_clean_and_the_pool_refills(server, monkeypatch):
+    server.use_env(monkeypatch)
+    wait_pooled(server, "base", 2)
+    # Waiting sandboxes are no one's: not listed.
+    assert Sandbox.list().next_items() == []
+
+    first = Sandbox.create("base", timeout=120, envs={"ONLY_FIRST": "1"}, metadata={"who": "first"})
+    second = Sandbox.create("base", timeout=120, envs={"ONLY_SECOND": "2"}, metadata={"who": "second"})
+    try:
+        first.files.write("/home/user/mine.txt", "first's")
+        first.commands.run("echo first > /tmp/trace")
+        out = second.commands.run("echo [$ONLY_FIRST][$ONLY_SECOND]; ls /home/user; cat /tmp/trace || true")
+        assert out.stdout.splitlines()[0] == "[][2]"
+        assert "mine.txt" not in out.stdout and "first" not in out.stdout
+        assert first.commands.run("echo $ONLY_FIRST$ONLY_SECOND").stdout.strip() == "1"
+        assert first.get_info().metadata == {"who": "first"}
+        assert second.get_info().metadata == {"who": "second"}
+        end_in = (second.get_info().end_at.timestamp() - time.time())
+        assert 60 < end_in <= 125, end_in
+        # Each has its own token; one's does not open the other.
+        first_token, second_token = first._envd_access_token, second._envd_access_token
+        assert first_token and second_token and first_token != second_token
+        assert envd_status(second, first_token) == 401
+        assert envd_status(second, second_token) == 200
+        listed = {s.sandbox_id for s in Sandbox.list().next_items()}
+        assert listed == {first.sandbox_id, second.sandbox_id}
+        # The pool refills behind the creates.
+        wait_pooled(server, "base", 2)
+    finally:
+        first.kill()
+        second.kill()
+
+    # A create asking for other resources, or a non-secure one, is served too.
+    other = Sandbox.create("base", timeout=60, secure=False)
+    try:
+        assert other.commands.run("echo ok").stdout == "ok\n"
+    finally:
+        other.kill()
+
+
+def test_a_rebuilt_template_drains_its_stale_pooled_sandboxes(workspace, server, monkeypatch):
+    server.use_env(monkeypatch)
+    root, _ = workspace
+    context = root / "context"
+    context.mkdir(exist_ok=True)
+
+    def build(version: str):
+        (context / "Dockerfile").write_text(f"FROM base\nRUN echo {version} > /version.txt\n")
+        done = subprocess.run(
+            [os.environ.get("SILO_BIN", "target/release/silo"), "template", "build", "-n", "e2e-pooled",
+             str(context)], capture_output=True, text=True, timeout=600, env={**os.environ, **server.env()})
+        assert done.returncode == 0, done.stderr
+
+    build("one")
+    wait_pooled(server, "e2e-pooled", 1)
+    build("two")
+    # Never a sandbox of build one after build two is published; the pool refills
+    # from build two.
+    sbx = Sandbox.create("e2e-pooled", timeout=60)
+    try:
+        assert sbx.files.read("/version.txt").strip() == "two"
+    finally:
+        sbx.kill()
+    wait_pooled(server, "e2e-pooled", 1)
+    sbx = Sandbox.create("e2e-pooled", timeout=60)
+    try:
+        assert sbx.files.read("/version.txt").strip() == "two"
+    finally:
+        sbx.kill()
