@@ -136,3 +136,15 @@ def test_a_rebuilt_template_drains_its_stale_pooled_sandboxes(workspace, server,
         assert sbx.files.read("/version.txt").strip() == "two"
     finally:
         sbx.kill()
+
+    # Deleting the template takes its pooled sandboxes with it (they are no one's).
+    deleted = subprocess.run(
+        [os.environ.get("SILO_BIN", "target/release/silo"), "template", "delete", "e2e-pooled"],
+        capture_output=True, text=True, timeout=120, env={**os.environ, **server.env()})
+    assert deleted.returncode == 0, deleted.stderr
+    wait_pooled(server, "e2e-pooled", 0)
+    wait_pooled(server, "base", 2)
+    deadline = time.monotonic() + 60
+    while len(server.runsc_containers()) != 2:  # only base's pool is left
+        assert time.monotonic() < deadline, server.runsc_containers()
+        time.sleep(0.2)

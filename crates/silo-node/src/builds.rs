@@ -641,6 +641,8 @@ impl Builder {
             .sandboxes_in(&live)?
             .into_iter()
             .filter(|s| names_it(&s.template_id))
+            // A sandbox booting for the pool is no one's (it is drained below).
+            .filter(|s| !s.metadata.contains_key(crate::sandbox::POOL_METADATA))
             .map(|s| s.id.to_string())
             .collect();
         if !users.is_empty() {
@@ -662,6 +664,8 @@ impl Builder {
                 snapshots.join(", ")
             )));
         }
+        // Its pooled sandboxes are no one's: they go with it.
+        self.manager.drain_pool(&name).await;
         catalog.delete_template(&name)?;
         tokio::fs::remove_dir_all(&template_dir)
             .await

@@ -35,6 +35,7 @@ use silo_protocol::ids::SandboxId;
 
 use crate::{Runtime, RuntimeError};
 pub use create::CreateRequest;
+pub use pool::POOL_METADATA;
 pub use templates::{resources_of, write_resources, Templates, RESOURCES_FILE};
 pub use trial::TRIAL_METADATA;
 

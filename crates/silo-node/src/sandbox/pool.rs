@@ -27,6 +27,9 @@ use super::{Manager, SandboxError};
 pub(super) const NEVER: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
 /// Below this much available host memory, pools are not filled.
 pub const MIN_AVAILABLE_MB: u64 = 2048;
+/// Sandboxes booting for a pool carry this metadata key (replaced at hand-out), so
+/// nothing mistakes them for a user's.
+pub const POOL_METADATA: &str = "silo.pool";
 /// How often the filler looks again when nothing woke it.
 const RECHECK: Duration = Duration::from_secs(2);
 
@@ -100,13 +103,16 @@ impl Manager {
 
     /// Drop `template`'s stale sandboxes, and boot one if it is short; whether it did.
     async fn fill_one(&self, template: &str, size: usize) -> bool {
-        // Not built (yet): nothing to pool.
         let Ok(origin) = self.origin(template) else {
+            // Not built (yet), or deleted: nothing to pool.
+            self.drain_pool(template).await;
             return false;
         };
+        // Queued under the name creates resolve to (an alias's template).
+        let template = origin.name.clone();
         let stale: Vec<SandboxId> = {
             let mut ready = self.pool.ready();
-            let queue = ready.entry(template.to_owned()).or_default();
+            let queue = ready.entry(template.clone()).or_default();
             let (keep, stale): (VecDeque<Waiting>, VecDeque<Waiting>) =
                 queue.drain(..).partition(|w| w.rootfs == origin.rootfs);
             *queue = keep;
@@ -115,12 +121,13 @@ impl Manager {
         for id in stale {
             self.discard_pooled(&id, "its template was rebuilt").await;
         }
-        let short = self.pool.ready().get(template).map_or(0, VecDeque::len) < size;
+        let short = self.pool.ready().get(&template).map_or(0, VecDeque::len) < size;
         if !short || available_mb() < MIN_AVAILABLE_MB {
             return false;
         }
         let req = CreateRequest {
-            template: template.to_owned(),
+            template: template.clone(),
+            metadata: BTreeMap::from([(POOL_METADATA.to_owned(), template.clone())]),
             secure: true,
             public_traffic: true,
             ..CreateRequest::default()
@@ -131,7 +138,7 @@ impl Manager {
                 tracing::debug!(sandbox_id = %rec.id, template, "pooled");
                 self.pool
                     .ready()
-                    .entry(template.to_owned())
+                    .entry(template)
                     .or_default()
                     .push_back(Waiting {
                         id: rec.id,
@@ -145,9 +152,17 @@ impl Manager {
                 false
             }
             Err(err) => {
-                tracing::warn!(template, error = %crate::error_chain(&err), "cannot boot a sandbox for the pool; retrying later");
+                tracing::warn!(%template, error = %crate::error_chain(&err), "cannot boot a sandbox for the pool; retrying later");
                 false
             }
+        }
+    }
+
+    /// Kill every sandbox waiting in `template`'s pool (a template being deleted).
+    pub async fn drain_pool(&self, template: &str) {
+        let waiting = self.pool.ready().remove(template).unwrap_or_default();
+        for w in waiting {
+            self.discard_pooled(&w.id, "its template is gone").await;
         }
     }
 
