@@ -203,7 +203,7 @@ def test_proxy_routes_by_host_name(sandbox, silo):
     r = httpx.get(f"{silo.url}/health", headers={"Host": f"49983-{'i' + '1' * 19}.sandboxes.test"})
     assert r.status_code == 502 and "was not found" in r.json()["message"]
     r = httpx.get(f"{silo.url}/health")
-    assert r.status_code == 200 and r.json() == {"status": "ok"}
+    assert r.status_code == 200 and r.json()["status"] == "ok"
 
 
 def test_websockets_and_streams_pass_through_the_proxy(sandbox, silo):

@@ -324,11 +324,32 @@ async fn configure(rootfs: &Path) -> Result<(), BuildError> {
     )
     .await?;
     symlink(rootfs, "usr/bin/sudo", "/opt/silo/silo-agent").await?;
+    fast_login_profile(rootfs).await?;
     configure_host_files(rootfs).await?;
     for cache in ["var/cache/apt/archives", "var/lib/apt/lists"] {
         remove_files_in(&rootfs.join(cache)).await?;
     }
     Ok(())
+}
+
+/// The SDKs run every command with `bash -l -c`, so /etc/profile runs each time; its
+/// `$(id -u)` costs a fork and exec, which gVisor makes the largest part of a short
+/// command's time (~25 ms of ~55 ms measured). bash knows its `EUID`; sh falls back to
+/// `id`.
+pub(crate) async fn fast_login_profile(rootfs: &Path) -> Result<(), BuildError> {
+    let path = rootfs.join("etc/profile");
+    if !path.is_file() {
+        return Ok(());
+    }
+    let profile =
+        tokio::fs::read_to_string(&path)
+            .await
+            .map_err(|source| BuildError::Configure {
+                path: path.clone(),
+                source,
+            })?;
+    let patched = profile.replace("\"$(id -u)\"", "\"${EUID:-$(id -u)}\"");
+    write(rootfs, "etc/profile", &patched, 0o644).await
 }
 
 /// What every template's tree needs from silo, whatever made it: hostname, hosts, the

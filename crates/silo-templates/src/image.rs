@@ -392,6 +392,7 @@ async fn prepare(rootfs: &Path) -> Result<(), BuildError> {
         made.map_err(|source| BuildError::Configure { path, source })?;
     }
     symlink(rootfs, "usr/bin/sudo", "/opt/silo/silo-agent").await?;
+    crate::base::fast_login_profile(rootfs).await?;
     crate::base::configure_host_files(rootfs).await
 }
 

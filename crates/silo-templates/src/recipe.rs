@@ -32,7 +32,7 @@ pub const BASE: Recipe = Recipe {
         "python3-pip",
         "sudo",
     ],
-    steps_version: 2,
+    steps_version: 3,
 };
 
 impl Recipe {

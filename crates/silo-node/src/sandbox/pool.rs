@@ -1,9 +1,11 @@
 //! The warm pool: sandboxes booted from a template ahead of demand (`Pooled` in the
 //! catalog, invisible to users), each handed to one create and never reused.
 //!
-//! - Sizes per template come from `silo serve --pool NAME=SIZE`. [`Manager::run_pool`]
-//!   keeps each pool full in the background, one boot at a time, and stops filling
-//!   while the host has less than [`MIN_AVAILABLE_MB`] of memory available.
+//! - Sizes per template come from `silo serve --pool NAME=SIZE`, and grow with recent
+//!   demand: a pool holds as many sandboxes as creates of its template came in the last
+//!   [`DEMAND_WINDOW`], from its configured size up to [`DEMAND_FACTOR`] times it.
+//!   [`Manager::run_pool`] keeps each pool full in the background, one boot at a time,
+//!   and stops filling while the host has less than [`MIN_AVAILABLE_MB`] available.
 //! - A pooled sandbox belongs to one build of its template: when the template is rebuilt,
 //!   the stale ones are killed and replaced.
 //! - A hand-out gives the sandbox its user's settings: the agent is configured again
@@ -14,7 +16,7 @@
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use silo_catalog::{now_ms, SandboxRecord, SandboxState};
 use silo_protocol::envd::InitRequest;
@@ -30,6 +32,10 @@ pub const MIN_AVAILABLE_MB: u64 = 2048;
 /// Sandboxes booting for a pool carry this metadata key (replaced at hand-out), so
 /// nothing mistakes them for a user's.
 pub const POOL_METADATA: &str = "silo.pool";
+/// How far back creates count as demand.
+pub const DEMAND_WINDOW: Duration = Duration::from_secs(30);
+/// A pool grows with demand up to this many times its configured size.
+pub const DEMAND_FACTOR: usize = 4;
 /// How often the filler looks again when nothing woke it.
 const RECHECK: Duration = Duration::from_secs(2);
 
@@ -42,10 +48,39 @@ struct Waiting {
     token: Option<String>,
 }
 
+/// When creates of one template came, within [`DEMAND_WINDOW`].
+#[derive(Default)]
+struct Demand(VecDeque<Instant>);
+
+impl Demand {
+    fn record(&mut self, at: Instant) {
+        self.forget_before(at);
+        self.0.push_back(at);
+    }
+
+    fn forget_before(&mut self, now: Instant) {
+        while self
+            .0
+            .front()
+            .is_some_and(|t| now.duration_since(*t) > DEMAND_WINDOW)
+        {
+            self.0.pop_front();
+        }
+    }
+
+    /// The pool size for a template configured with `configured`.
+    fn target(&mut self, configured: usize, now: Instant) -> usize {
+        self.forget_before(now);
+        self.0.len().clamp(configured, configured * DEMAND_FACTOR)
+    }
+}
+
 #[derive(Default)]
 pub(super) struct Pool {
-    /// Wanted size per canonical template name.
+    /// Configured size per canonical template name.
     sizes: Mutex<BTreeMap<String, usize>>,
+    /// Recent creates per template (as creates resolve it).
+    demand: Mutex<HashMap<String, Demand>>,
     ready: Mutex<HashMap<String, VecDeque<Waiting>>>,
     wake: tokio::sync::Notify,
     closed: std::sync::atomic::AtomicBool,
@@ -54,6 +89,10 @@ pub(super) struct Pool {
 impl Pool {
     fn ready(&self) -> std::sync::MutexGuard<'_, HashMap<String, VecDeque<Waiting>>> {
         self.ready.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn demand(&self) -> std::sync::MutexGuard<'_, HashMap<String, Demand>> {
+        self.demand.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     fn is_closed(&self) -> bool {
@@ -110,6 +149,12 @@ impl Manager {
         };
         // Queued under the name creates resolve to (an alias's template).
         let template = origin.name.clone();
+        let size = self
+            .pool
+            .demand()
+            .entry(template.clone())
+            .or_default()
+            .target(size, Instant::now());
         let stale: Vec<SandboxId> = {
             let mut ready = self.pool.ready();
             let queue = ready.entry(template.clone()).or_default();
@@ -173,12 +218,18 @@ impl Manager {
     }
 
     /// A pooled sandbox of `origin`'s build, made the caller's; `None` when the pool is
-    /// empty or the hand-out failed (the caller then boots one cold).
+    /// empty or the hand-out failed (the caller then boots one cold). Every call counts
+    /// as demand for the template.
     pub(super) async fn hand_out(
         &self,
         req: &CreateRequest,
         origin: &Origin,
     ) -> Option<SandboxRecord> {
+        self.pool
+            .demand()
+            .entry(origin.name.clone())
+            .or_default()
+            .record(Instant::now());
         let waiting = {
             let mut ready = self.pool.ready();
             let queue = ready.get_mut(&origin.name)?;
@@ -284,4 +335,34 @@ fn available_mb() -> u64 {
             line.split_whitespace().nth(1)?.parse::<u64>().ok()
         })
         .map_or(u64::MAX, |kib| kib / 1024)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pools_grow_with_recent_demand_within_bounds() {
+        let start = Instant::now();
+        let mut demand = Demand::default();
+        assert_eq!(demand.target(2, start), 2);
+        for i in 0..5 {
+            demand.record(start + Duration::from_secs(i));
+        }
+        assert_eq!(demand.target(2, start + Duration::from_secs(5)), 5);
+        for i in 5..20 {
+            demand.record(start + Duration::from_secs(i));
+        }
+        // At most DEMAND_FACTOR times the configured size.
+        assert_eq!(
+            demand.target(2, start + Duration::from_secs(20)),
+            2 * DEMAND_FACTOR
+        );
+        // Demand older than the window is forgotten.
+        let later = start + Duration::from_secs(19) + DEMAND_WINDOW + Duration::from_secs(1);
+        assert_eq!(demand.target(2, later), 2);
+        // A template not configured for a pool gets none, whatever the demand.
+        demand.record(later);
+        assert_eq!(demand.target(0, later), 0);
+    }
 }
