@@ -54,7 +54,8 @@ if MODE == "server":
     @pytest.fixture(scope="session")
     def silo():
         """One real `silo serve` for the session, checked for leaks at the end."""
-        server = SiloServer().start()
+        # Metrics sampled every second, so test_metrics.py need not wait long.
+        server = SiloServer(extra_args=("--metrics-interval", "1")).start()
         os.environ.pop("E2B_DEBUG", None)
         os.environ.update(server.env())
         try:

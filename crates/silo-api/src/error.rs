@@ -10,6 +10,8 @@ use silo_protocol::rest::ApiError as WireError;
 use silo_node::builds::TemplateError;
 use silo_node::sandbox::SandboxError;
 
+use crate::telemetry::ErrorKind;
+
 tokio::task_local! {
     /// The id of the request being served, for error bodies and logs.
     pub static REQUEST_ID: String;
@@ -43,41 +45,51 @@ pub enum ApiError {
     Template(#[from] TemplateError),
 }
 
+impl From<silo_catalog::CatalogError> for ApiError {
+    fn from(err: silo_catalog::CatalogError) -> Self {
+        ApiError::Sandbox(err.into())
+    }
+}
+
 impl ApiError {
-    fn status(&self) -> StatusCode {
+    /// The HTTP status, and the kind `silo_errors_total` counts it under.
+    fn class(&self) -> (StatusCode, &'static str) {
         match self {
-            ApiError::Unauthorized => StatusCode::UNAUTHORIZED,
-            ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
-            ApiError::NotFound(_) => StatusCode::NOT_FOUND,
-            ApiError::Conflict(_) => StatusCode::CONFLICT,
+            ApiError::Unauthorized => (StatusCode::UNAUTHORIZED, "unauthorized"),
+            ApiError::BadRequest(_) => (StatusCode::BAD_REQUEST, "bad_request"),
+            ApiError::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
+            ApiError::Conflict(_) => (StatusCode::CONFLICT, "conflict"),
             ApiError::Template(err) => match err {
-                TemplateError::Invalid(_) => StatusCode::BAD_REQUEST,
-                TemplateError::NotFound(_) => StatusCode::NOT_FOUND,
-                TemplateError::Conflict(_) => StatusCode::CONFLICT,
-                TemplateError::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
-                TemplateError::Io { .. } => StatusCode::INTERNAL_SERVER_ERROR,
-                TemplateError::Sandbox(err) => sandbox_status(err),
+                TemplateError::Invalid(_) => (StatusCode::BAD_REQUEST, "template_invalid"),
+                TemplateError::NotFound(_) => (StatusCode::NOT_FOUND, "template_not_found"),
+                TemplateError::Conflict(_) => (StatusCode::CONFLICT, "template_conflict"),
+                TemplateError::TooLarge => (StatusCode::PAYLOAD_TOO_LARGE, "upload_too_large"),
+                TemplateError::Io { .. } => (StatusCode::INTERNAL_SERVER_ERROR, "template_io"),
+                TemplateError::Sandbox(err) => sandbox_class(err),
             },
-            ApiError::Sandbox(err) => sandbox_status(err),
+            ApiError::Sandbox(err) => sandbox_class(err),
         }
     }
 }
 
-/// The status of a sandbox error (alone, or under a template's).
-fn sandbox_status(err: &SandboxError) -> StatusCode {
+/// The status and kind of a sandbox error (alone, or under a template's).
+fn sandbox_class(err: &SandboxError) -> (StatusCode, &'static str) {
+    const INTERNAL: StatusCode = StatusCode::INTERNAL_SERVER_ERROR;
     match err {
-        SandboxError::NotFound(_) | SandboxError::TemplateNotFound(_) => StatusCode::NOT_FOUND,
-        SandboxError::InvalidRequest(_) => StatusCode::BAD_REQUEST,
-        SandboxError::WrongState { .. } | SandboxError::AlreadyPaused(_) => StatusCode::CONFLICT,
-        SandboxError::Pause { .. }
-        | SandboxError::Resume { .. }
-        | SandboxError::Snapshot { .. }
-        | SandboxError::Network { .. } => StatusCode::INTERNAL_SERVER_ERROR,
-        SandboxError::Start { .. }
-        | SandboxError::Destroy { .. }
-        | SandboxError::Init { .. }
-        | SandboxError::ListRuntime(_)
-        | SandboxError::Catalog(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        SandboxError::NotFound(_) => (StatusCode::NOT_FOUND, "sandbox_not_found"),
+        SandboxError::TemplateNotFound(_) => (StatusCode::NOT_FOUND, "template_not_found"),
+        SandboxError::InvalidRequest(_) => (StatusCode::BAD_REQUEST, "invalid_request"),
+        SandboxError::WrongState { .. } => (StatusCode::CONFLICT, "wrong_state"),
+        SandboxError::AlreadyPaused(_) => (StatusCode::CONFLICT, "already_paused"),
+        SandboxError::Pause { .. } => (INTERNAL, "pause_failed"),
+        SandboxError::Resume { .. } => (INTERNAL, "resume_failed"),
+        SandboxError::Snapshot { .. } => (INTERNAL, "snapshot_failed"),
+        SandboxError::Network { .. } => (INTERNAL, "network_failed"),
+        SandboxError::Start { .. } => (INTERNAL, "start_failed"),
+        SandboxError::Destroy { .. } => (INTERNAL, "destroy_failed"),
+        SandboxError::Init { .. } => (INTERNAL, "agent_init_failed"),
+        SandboxError::ListRuntime(_) => (INTERNAL, "runtime_failed"),
+        SandboxError::Catalog(_) => (INTERNAL, "catalog_failed"),
     }
 }
 
@@ -85,7 +97,7 @@ impl ApiError {
     /// The status and body the client gets (server errors logged here, with their
     /// cause, under the request's id).
     pub fn wire(&self) -> (StatusCode, WireError) {
-        let status = self.status();
+        let (status, _) = self.class();
         let request_id = REQUEST_ID.try_with(Clone::clone).unwrap_or_default();
         // A failed pause, resume or snapshot leaves the sandbox as it was; its cause (a full
         // disk, a failed restore) is what the caller needs to act on, so it is not hidden.
@@ -120,7 +132,9 @@ impl ApiError {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let (status, body) = self.wire();
-        (status, Json(body)).into_response()
+        let mut resp = (status, Json(body)).into_response();
+        resp.extensions_mut().insert(ErrorKind(self.class().1));
+        resp
     }
 }
 

@@ -25,6 +25,24 @@ where
     }
 }
 
+/// `axum::extract::Query`, answering bad query strings with a 400 in E2B's shape.
+pub struct ApiQuery<T>(pub T);
+
+impl<T, S> FromRequestParts<S> for ApiQuery<T>
+where
+    T: DeserializeOwned,
+    S: Send + Sync,
+{
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        match axum::extract::Query::<T>::from_request_parts(parts, state).await {
+            Ok(axum::extract::Query(value)) => Ok(ApiQuery(value)),
+            Err(rejection) => Err(ApiError::BadRequest(rejection.body_text())),
+        }
+    }
+}
+
 /// The `{id}` path segment as a [`SandboxId`]. A malformed id names no sandbox, so it is
 /// a 404 like any other unknown id.
 pub struct SandboxPath(pub SandboxId);

@@ -4,7 +4,8 @@
 //!   API-key auth;
 //! - the sandbox proxy ([`proxy`]), which takes every request that names a sandbox (by
 //!   header or Host) before routing and forwards it to that sandbox's agent;
-//! - `GET /health` for the server itself.
+//! - `GET /health` for the server itself, and `GET /metrics` for Prometheus
+//!   ([`telemetry`]).
 //!
 //! Handlers are thin: they extract ([`extract`]), call the [`manager`], and map errors to
 //! the wire once ([`error`]).
@@ -14,7 +15,9 @@ pub mod extract;
 pub mod proxy;
 pub mod sandboxes;
 pub mod snapshots;
+pub mod telemetry;
 pub mod templates;
+pub mod usage;
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -39,6 +42,7 @@ pub struct AppState {
     pub upstreams: proxy::Upstreams,
     /// The domain sandboxes are reached under (`{port}-{id}.{domain}`), if configured.
     pub domain: Option<String>,
+    pub telemetry: Arc<telemetry::Telemetry>,
 }
 
 /// The whole HTTP surface.
@@ -56,6 +60,8 @@ pub fn router(state: AppState) -> Router {
             "/sandboxes/{id}",
             get(sandboxes::get_info).delete(sandboxes::kill),
         )
+        .route("/sandboxes/metrics", get(usage::latest))
+        .route("/sandboxes/{id}/metrics", get(usage::of_sandbox))
         .route("/sandboxes/{id}/timeout", post(sandboxes::set_timeout))
         .route("/sandboxes/{id}/connect", post(sandboxes::connect))
         .route("/sandboxes/{id}/pause", post(sandboxes::pause))
@@ -92,6 +98,7 @@ pub fn router(state: AppState) -> Router {
         ));
     Router::new()
         .route("/health", get(health))
+        .route("/metrics", get(telemetry::scrape))
         // The one-time token in the URL is the right to upload (see templates::file_upload).
         .route("/uploads/{token}", put(templates::upload))
         .merge(api)
@@ -99,6 +106,10 @@ pub fn router(state: AppState) -> Router {
         .layer(middleware::from_fn_with_state(
             state.clone(),
             proxy::route_sandbox_traffic,
+        ))
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            telemetry::count_errors,
         ))
         .layer(middleware::from_fn(request_context))
         .with_state(state)
@@ -126,7 +137,7 @@ async fn require_api_key(State(app): State<AppState>, req: Request, next: Next) 
     match app.manager.catalog().is_valid_api_key(key) {
         Ok(true) => next.run(req).await,
         Ok(false) => ApiError::Unauthorized.into_response(),
-        Err(err) => ApiError::Sandbox(err.into()).into_response(),
+        Err(err) => ApiError::from(err).into_response(),
     }
 }
 

@@ -155,7 +155,13 @@ pub async fn route_sandbox_traffic(
     match target(req.headers(), app.domain.as_deref()) {
         None => next.run(req).await,
         Some(Target::Invalid(message)) => proxy_error(StatusCode::BAD_REQUEST, message),
-        Some(Target::Sandbox { id, port }) => forward(&app, &id, port, req).await,
+        Some(Target::Sandbox { id, port }) => {
+            let started = std::time::Instant::now();
+            let path = req.uri().path().to_owned();
+            let resp = forward(&app, &id, port, req).await;
+            app.telemetry.observe_call(&path, started.elapsed());
+            resp
+        }
     }
 }
 
@@ -312,14 +318,17 @@ fn strip_hop_by_hop(headers: &mut HeaderMap) {
 }
 
 fn proxy_error(status: StatusCode, message: String) -> Response {
-    (
+    let mut resp = (
         status,
         Json(WireError {
             code: status.as_u16(),
             message,
         }),
     )
-        .into_response()
+        .into_response();
+    resp.extensions_mut()
+        .insert(crate::telemetry::ErrorKind("sandbox_unreachable"));
+    resp
 }
 
 #[cfg(test)]

@@ -78,6 +78,7 @@ pub async fn create(
     State(app): State<AppState>,
     ApiJson(body): ApiJson<NewSandbox>,
 ) -> Result<impl IntoResponse, ApiError> {
+    let started = std::time::Instant::now();
     let rec = app
         .manager
         .create(CreateRequest {
@@ -97,6 +98,8 @@ pub async fn create(
             resources: body.resources,
         })
         .await?;
+    app.telemetry
+        .observe_create(&rec.template_id, started.elapsed());
     Ok((StatusCode::CREATED, Json(app.sandbox_body(&rec))))
 }
 
@@ -320,11 +323,7 @@ fn list_page(
     app: &AppState,
     filter: &ListFilter,
 ) -> Result<(Vec<rest::SandboxDetail>, Option<String>), ApiError> {
-    let page = app
-        .manager
-        .catalog()
-        .list(filter)
-        .map_err(|e| ApiError::Sandbox(e.into()))?;
+    let page = app.manager.catalog().list(filter)?;
     let body = page
         .sandboxes
         .iter()

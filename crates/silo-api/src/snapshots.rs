@@ -2,7 +2,7 @@
 //! /sandboxes/{id}/fork`. Deleting one is `DELETE /templates/{id}` (a snapshot is a
 //! template to the SDK), in [`crate::templates`].
 
-use axum::extract::{Query, State};
+use axum::extract::State;
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::IntoResponse;
 use axum::Json;
@@ -10,7 +10,7 @@ use silo_catalog::SnapshotRecord;
 use silo_protocol::rest::{ForkResult, ForkSandbox, NewSnapshot, SnapshotInfo};
 
 use crate::error::ApiError;
-use crate::extract::SandboxPath;
+use crate::extract::{ApiQuery, SandboxPath};
 use crate::sandboxes::optional_body;
 use crate::AppState;
 
@@ -57,7 +57,7 @@ pub struct ListQuery {
 /// `GET /snapshots`: newest first, paged by `limit` and `X-Next-Token`.
 pub async fn list(
     State(app): State<AppState>,
-    Query(query): Query<ListQuery>,
+    ApiQuery(query): ApiQuery<ListQuery>,
 ) -> Result<impl IntoResponse, ApiError> {
     let of = match &query.sandbox_id {
         None => None,

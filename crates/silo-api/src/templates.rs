@@ -5,7 +5,7 @@
 //! A template's id is its name.
 
 use axum::body::Body;
-use axum::extract::{Path, Query, State};
+use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::IntoResponse;
 use axum::Json;
@@ -19,6 +19,7 @@ use silo_protocol::templates::{
 use tokio_util::io::StreamReader;
 
 use crate::error::ApiError;
+use crate::extract::ApiQuery;
 use crate::sandboxes::{optional_body, rfc3339};
 use crate::AppState;
 
@@ -102,7 +103,7 @@ pub struct StatusQuery {
 pub async fn build_status(
     State(app): State<AppState>,
     Path((template, build_id)): Path<(String, String)>,
-    Query(query): Query<StatusQuery>,
+    ApiQuery(query): ApiQuery<StatusQuery>,
 ) -> Result<Json<BuildInfo>, ApiError> {
     let report = app.builder.status(
         &template,

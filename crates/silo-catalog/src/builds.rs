@@ -115,6 +115,20 @@ impl Catalog {
         Ok(rows)
     }
 
+    /// How many builds there are of each status.
+    pub fn count_builds(&self) -> Result<Vec<(String, u64)>> {
+        let conn = self.conn();
+        let mut stmt =
+            conn.prepare("SELECT status, COUNT(*) FROM template_builds GROUP BY status")?;
+        let rows = stmt.query_map([], |row| {
+            Ok((
+                row.get::<_, String>(0)?,
+                row.get::<_, i64>(1)?.max(0) as u64,
+            ))
+        })?;
+        Ok(rows.collect::<std::result::Result<_, _>>()?)
+    }
+
     /// Move a build on; a finished one keeps its end time, reason and failed step.
     pub fn set_build_status(
         &self,

@@ -8,6 +8,7 @@
 //! Types: [`Catalog`] (the handle), [`SandboxRecord`] (one row), [`ListFilter`] (paging).
 
 mod builds;
+mod metrics;
 mod snapshots;
 pub mod state;
 
@@ -19,6 +20,7 @@ use rusqlite::{params, Connection, OptionalExtension};
 use silo_protocol::ids::{ApiKey, SandboxId};
 
 pub use builds::{BuildLogEntry, BuildRecord, BuildStatus};
+pub use metrics::MetricSample;
 pub use snapshots::SnapshotRecord;
 pub use state::{InvalidTransition, SandboxState};
 
@@ -213,6 +215,20 @@ CREATE TABLE template_build_logs (
 CREATE TABLE template_aliases (
     alias     TEXT PRIMARY KEY,
     template  TEXT NOT NULL
+);
+"#,
+    r#"
+CREATE TABLE sandbox_metrics (
+    sandbox_id    TEXT NOT NULL,
+    at            INTEGER NOT NULL,
+    cpu_count     INTEGER NOT NULL,
+    cpu_used_pct  REAL NOT NULL,
+    mem_used      INTEGER NOT NULL,
+    mem_total     INTEGER NOT NULL,
+    mem_cache     INTEGER NOT NULL,
+    disk_used     INTEGER NOT NULL,
+    disk_total    INTEGER NOT NULL,
+    PRIMARY KEY (sandbox_id, at)
 );
 "#,
 ];
@@ -563,6 +579,26 @@ impl Catalog {
         })
     }
 
+    /// How many sandboxes are in each state, per template (killed ones included).
+    pub fn count_sandboxes(&self) -> Result<Vec<(SandboxState, String, u64)>> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare(
+            "SELECT state, template_id, COUNT(*) FROM sandboxes GROUP BY state, template_id",
+        )?;
+        let rows: Vec<(String, String, i64)> = stmt
+            .query_map([], |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?)))?
+            .collect::<std::result::Result<_, _>>()?;
+        rows.into_iter()
+            .map(|(state, template, count)| {
+                let state = state.parse().map_err(|reason| CatalogError::Corrupt {
+                    id: format!("(sandboxes of {template})"),
+                    reason,
+                })?;
+                Ok((state, template, count.max(0) as u64))
+            })
+            .collect()
+    }
+
     pub fn events(&self, id: &SandboxId) -> Result<Vec<SandboxEvent>> {
         let conn = self.conn();
         let mut stmt = conn.prepare(
@@ -707,7 +743,7 @@ fn insert_event(
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     #[test]
@@ -728,7 +764,7 @@ mod tests {
         assert_eq!(pages(None, None).0.len(), 5);
     }
 
-    fn record(template: &str, metadata: &[(&str, &str)]) -> SandboxRecord {
+    pub(crate) fn record(template: &str, metadata: &[(&str, &str)]) -> SandboxRecord {
         SandboxRecord {
             id: SandboxId::generate(),
             template_id: template.into(),
@@ -753,7 +789,7 @@ mod tests {
         }
     }
 
-    fn running(catalog: &Catalog, rec: &SandboxRecord) {
+    pub(crate) fn running(catalog: &Catalog, rec: &SandboxRecord) {
         catalog.insert_sandbox(rec).unwrap();
         catalog
             .transition(&rec.id, SandboxState::Creating, SandboxState::Running, "up")

@@ -126,8 +126,9 @@ impl Inner {
         self.sandboxes_dir().join(id.as_str())
     }
 
+    /// The sandbox's cgroup, relative to each hierarchy.
     fn cgroups_path(&self, id: &SandboxId) -> String {
-        format!("/{}/{}", self.config.cgroup_parent, id)
+        format!("{}/{}", self.config.cgroup_parent, id)
     }
 
     /// The sandbox's cgroup in every mounted hierarchy (existing or not).
@@ -252,7 +253,7 @@ impl RunscRuntime {
             rootfs: &spec.rootfs,
             agent_dir: &inner.config.agent_dir,
             netns_path: &netns_path,
-            cgroups_path: &cgroups_path,
+            cgroups_path: &format!("/{cgroups_path}"),
             hostname: &spec.hostname,
             cpu_count: spec.cpu_count,
             memory_mb: spec.memory_mb,
@@ -701,6 +702,18 @@ impl Runtime for RunscRuntime {
         self.release(id, Undo::PLAN.to_vec()).await?;
         tracing::info!(sandbox_id = %id, "sandbox destroyed");
         Ok(())
+    }
+
+    async fn usage(&self, id: &SandboxId) -> Result<crate::usage::Usage, RuntimeError> {
+        // A few small cgroup files and one statvfs: microseconds, not worth a thread.
+        let cgroup = self.inner.cgroups_path(id);
+        let disk = crate::disk::mount_point(&self.inner.sandbox_dir(id));
+        crate::usage::read(&self.inner.config.cgroup_root, &cgroup, &disk).map_err(|source| {
+            RuntimeError::Usage {
+                id: id.clone(),
+                source,
+            }
+        })
     }
 
     async fn running(&self) -> Result<Vec<SandboxId>, RuntimeError> {

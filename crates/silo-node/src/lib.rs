@@ -19,6 +19,7 @@
 //!   reconcile, each state change checked and recorded by the catalog.
 //! - [`agent`]: the calls the node makes to a sandbox's agent (`/init`).
 //! - [`leaks`]: counts what silo holds on the host, for leak tests and reconcile.
+//! - [`usage`]: what a sandbox uses of the host (CPU, memory, disk), for its metrics.
 //!
 //! ```no_run
 //! # async fn demo() -> Result<(), silo_node::RuntimeError> {
@@ -43,6 +44,7 @@ pub mod leaks;
 pub mod network;
 pub mod runsc;
 pub mod sandbox;
+pub mod usage;
 
 use std::error::Error;
 use std::io;
@@ -150,6 +152,8 @@ pub trait Runtime: Send + Sync {
     async fn is_paused(&self, id: &SandboxId) -> bool;
     /// Release everything the sandbox holds. Idempotent; needs only the id.
     async fn destroy(&self, id: &SandboxId) -> Result<(), RuntimeError>;
+    /// What the sandbox uses of the host now (CPU time so far, memory, disk).
+    async fn usage(&self, id: &SandboxId) -> Result<usage::Usage, RuntimeError>;
     /// Sandboxes whose container is up (running or frozen).
     async fn running(&self) -> Result<Vec<SandboxId>, RuntimeError>;
     /// Every sandbox this runtime holds anything for, running or half-made.
@@ -239,6 +243,12 @@ pub enum RuntimeError {
     },
     #[error("sandbox {id} has no checkpoint to resume from")]
     NotPaused { id: SandboxId },
+    #[error("cannot read what sandbox {id} uses")]
+    Usage {
+        id: SandboxId,
+        #[source]
+        source: usage::UsageError,
+    },
     #[error("list runsc containers")]
     ListContainers(#[source] runsc::RunscError),
     #[error("list sandbox directories in {path}")]

@@ -255,6 +255,38 @@ pub struct SandboxDetail {
 /// An entry of `GET /v2/sandboxes`: the detail's required fields plus metadata.
 pub type ListedSandbox = SandboxDetail;
 
+/// One sample of `GET /sandboxes/{id}/metrics` (and of `GET /sandboxes/metrics`).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct SandboxMetric {
+    /// RFC 3339.
+    pub timestamp: String,
+    /// Unix seconds.
+    pub timestamp_unix: i64,
+    pub cpu_count: u32,
+    /// Of all its CPUs together, 0-100.
+    pub cpu_used_pct: f64,
+    /// Bytes, as the rest.
+    pub mem_used: u64,
+    pub mem_total: u64,
+    pub mem_cache: u64,
+    pub disk_used: u64,
+    pub disk_total: u64,
+}
+
+/// `GET /sandboxes/{id}/metrics?start&end` (Unix seconds, both optional).
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct MetricsQuery {
+    pub start: Option<i64>,
+    pub end: Option<i64>,
+}
+
+/// `GET /sandboxes/metrics?sandbox_ids=a,b`: the newest sample of each.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct SandboxesWithMetrics {
+    pub sandboxes: BTreeMap<String, SandboxMetric>,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

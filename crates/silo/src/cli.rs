@@ -133,6 +133,13 @@ pub struct ServeArgs {
     /// bomb stops there.
     #[arg(long, default_value_t = 512)]
     pub pids_limit: u32,
+    /// Seconds between two samples of each running sandbox's CPU, memory and disk (what
+    /// the SDK's `get_metrics` returns).
+    #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u64).range(1..))]
+    pub metrics_interval: u64,
+    /// Hours a killed sandbox's metrics are kept.
+    #[arg(long, default_value_t = 24)]
+    pub metrics_retention_hours: u64,
 }
 
 #[derive(Debug, Args)]

@@ -10,7 +10,7 @@ use anyhow::{bail, Context};
 use axum::serve::ListenerExt;
 use silo_api::AppState;
 use silo_catalog::Catalog;
-use silo_node::sandbox::{Manager, SandboxDefaults, Templates};
+use silo_node::sandbox::{Manager, MetricsConfig, SandboxDefaults, Templates};
 use silo_node::{RunscConfig, RunscRuntime};
 
 use crate::cli::ServeArgs;
@@ -66,6 +66,10 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
         .set_pool_sizes(args.pools.iter().cloned().collect())
         .context("--pool")?;
     tokio::spawn(Arc::clone(&manager).run_pool());
+    tokio::spawn(Arc::clone(&manager).run_metrics(MetricsConfig {
+        every: Duration::from_secs(args.metrics_interval),
+        retention: Duration::from_secs(args.metrics_retention_hours.saturating_mul(3600)),
+    }));
     let builder = silo_node::builds::Builder::new(
         Arc::clone(&manager),
         silo_templates::BuildRunsc {
@@ -88,6 +92,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
         builder,
         upstreams: silo_api::proxy::Upstreams::default(),
         domain: args.domain.clone(),
+        telemetry: Arc::default(),
     });
     let url = format!("http://{}", args.listen);
     let key = keys

@@ -1,0 +1,120 @@
+"""Seeing inside (issue 8): per-sandbox metrics through the SDK's `get_metrics`, and the
+server's Prometheus `/metrics`. The session's server samples every second
+(`--metrics-interval 1`, see conftest.py)."""
+
+import datetime
+import time
+
+import httpx
+import pytest
+from prometheus_client.openmetrics.parser import text_string_to_metric_families
+
+pytestmark = pytest.mark.server_only
+
+MIB = 1 << 20
+
+
+def wait_for(what, check, seconds=60):
+    """`check()` until it returns something truthy; fail naming `what` after `seconds`."""
+    deadline = time.monotonic() + seconds
+    while True:
+        found = check()
+        if found:
+            return found
+        assert time.monotonic() < deadline, f"no {what} within {seconds} s"
+        time.sleep(0.5)
+
+
+def test_get_metrics_sees_memory_grow_when_the_sandbox_allocates(sandbox):
+    first = wait_for("first sample", sandbox.get_metrics)[-1]
+    assert first.cpu_count == 2 and first.mem_total == 512 * MIB
+    assert 0 < first.mem_used < first.mem_total
+    assert 0 < first.disk_used < first.disk_total <= 1024 * MIB
+    assert 0 <= first.cpu_used_pct <= 100
+
+    # 100 MiB, every page written, held until the sandbox goes.
+    sandbox.commands.run(
+        "python3 -c 'import time; b = b\"x\" * (100 << 20); open(\"/tmp/held\", \"w\").close(); time.sleep(600)'",
+        background=True,
+    )
+    wait_for("allocation", lambda: sandbox.files.exists("/tmp/held"))
+    grown = wait_for(
+        "sample with the 100 MiB",
+        lambda: [m for m in sandbox.get_metrics() if m.mem_used >= first.mem_used + 90 * MIB],
+    )
+    assert grown[-1].timestamp > first.timestamp
+
+    # Writing to the disk shows in its figure.
+    sandbox.commands.run("head -c 50M /dev/urandom > /home/user/blob && sync")
+    wait_for(
+        "sample with the 50 MB file",
+        lambda: [m for m in sandbox.get_metrics() if m.disk_used >= first.disk_used + 45 * MIB],
+    )
+
+    # start/end select a window; samples come oldest first.
+    samples = sandbox.get_metrics()
+    assert [m.timestamp for m in samples] == sorted(m.timestamp for m in samples)
+    now = datetime.datetime.now(datetime.timezone.utc)
+    assert sandbox.get_metrics(start=now + datetime.timedelta(hours=1), end=now + datetime.timedelta(hours=2)) == []
+    assert len(sandbox.get_metrics(start=samples[-1].timestamp)) >= 1
+
+
+def test_metrics_of_an_unknown_or_killed_sandbox_are_not_found(silo):
+    from e2b import Sandbox
+    from e2b.exceptions import NotFoundException
+
+    with pytest.raises(NotFoundException):
+        Sandbox.get_metrics("i" + "1" * 19)
+    sbx = Sandbox.create("base", timeout=60)
+    sbx.kill()
+    with pytest.raises(NotFoundException):
+        Sandbox.get_metrics(sbx.sandbox_id)
+    # A malformed window: a 400 in E2B's shape.
+    r = httpx.get(f"{silo.url}/sandboxes/{sbx.sandbox_id}/metrics?start=x",
+                  headers={"X-API-Key": silo.api_key})
+    assert r.status_code == 400 and r.json()["code"] == 400
+
+
+def test_latest_metrics_of_several_sandboxes(silo, sandbox):
+    wait_for("first sample", sandbox.get_metrics)
+    r = httpx.get(
+        f"{silo.url}/sandboxes/metrics",
+        params={"sandbox_ids": f"{sandbox.sandbox_id},i1111111111111111111,not-an-id"},
+        headers={"X-API-Key": silo.api_key},
+    )
+    assert r.status_code == 200
+    latest = r.json()["sandboxes"]
+    assert list(latest) == [sandbox.sandbox_id]
+    assert latest[sandbox.sandbox_id]["memTotal"] == 512 * MIB
+
+
+def scrape(silo) -> dict:
+    """`/metrics` parsed as OpenMetrics: {(sample name, labels as a sorted tuple): value}."""
+    r = httpx.get(f"{silo.url}/metrics")
+    assert r.status_code == 200
+    assert r.headers["content-type"].startswith("application/openmetrics-text")
+    return {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for family in text_string_to_metric_families(r.text)
+        for s in family.samples
+    }
+
+
+def test_prometheus_metrics_count_creates_sandboxes_and_errors(silo):
+    from e2b import Sandbox
+
+    creates = ("silo_sandbox_create_seconds_count", (("template", "base"),))
+    running = ("silo_sandboxes", (("state", "running"), ("template", "base")))
+    not_found = ("silo_errors_total", (("kind", "sandbox_not_found"), ("status", "404")))
+    before = scrape(silo)
+    sbx = Sandbox.create("base", timeout=60)
+    try:
+        sbx.commands.run("true")
+        httpx.get(f"{silo.url}/sandboxes/i1111111111111111111", headers={"X-API-Key": silo.api_key})
+        after = scrape(silo)
+        assert after[creates] == before.get(creates, 0) + 1
+        assert after[running] >= 1
+        assert after[not_found] == before.get(not_found, 0) + 1
+        assert after[("silo_sandbox_call_seconds_count", (("call", "command"),))] >= 1
+    finally:
+        sbx.kill()
