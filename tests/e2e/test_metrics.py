@@ -1,8 +1,11 @@
-"""Seeing inside (issue 8): per-sandbox metrics through the SDK's `get_metrics`, and the
-server's Prometheus `/metrics`. The session's server samples every second
+"""Seeing inside (issue 8): per-sandbox metrics through the SDK's `get_metrics`, the
+server's Prometheus `/metrics`, and each sandbox's log and timeline (`/logs`, `silo
+sandbox logs`). The session's server samples and collects every second
 (`--metrics-interval 1`, see conftest.py)."""
 
 import datetime
+import os
+import subprocess
 import time
 
 import httpx
@@ -118,3 +121,84 @@ def test_prometheus_metrics_count_creates_sandboxes_and_errors(silo):
         assert after[("silo_sandbox_call_seconds_count", (("call", "command"),))] >= 1
     finally:
         sbx.kill()
+
+
+def logs(silo, sandbox_id, **params) -> list:
+    r = httpx.get(f"{silo.url}/v2/sandboxes/{sandbox_id}/logs", params=params,
+                  headers={"X-API-Key": silo.api_key})
+    assert r.status_code == 200, r.text
+    return r.json()["logs"]
+
+
+def test_timeline_lists_a_failed_command_pause_resume_and_kill_in_order(silo):
+    from e2b import CommandExitException, Sandbox
+
+    sbx = Sandbox.create("base", timeout=60)
+    sbx.commands.run("echo to-stdout; echo to-stderr >&2")
+    with pytest.raises(CommandExitException):
+        sbx.commands.run("exit 3")
+    sbx.pause()
+    sbx.connect()
+    sbx.kill()
+
+    # Killed (its teardown finishes in the background), it stays readable.
+    entries = wait_for(
+        "killed in the timeline",
+        lambda: (lambda got: got if any(e["fields"].get("state") == "killed" for e in got) else None)(
+            logs(silo, sbx.sandbox_id)),
+    )
+    timeline = []
+    for e in entries:
+        kind = e["fields"]["type"]
+        if kind == "lifecycle" and e["fields"]["state"] in ("running", "paused", "killed"):
+            timeline.append(e["fields"]["state"])
+        elif kind == "process.exit" and e["fields"]["exitCode"] == "3":
+            timeline.append("exit 3")
+    assert timeline == ["running", "exit 3", "paused", "running", "killed"], entries
+    lines = {(e["fields"]["type"], e["message"]) for e in entries}
+    assert ("stdout", "to-stdout") in lines and ("stderr", "to-stderr") in lines
+    exits = [e for e in entries if e["fields"]["type"] == "process.exit"]
+    assert exits[-1]["level"] == "error" and exits[0]["level"] == "info"
+    reasons = [e["fields"]["reason"] for e in entries if e["fields"].get("state") == "killing"]
+    assert reasons == ["killed by request"]
+    timestamps = [e["timestamp"] for e in entries]
+    assert timestamps == sorted(timestamps)
+
+    # Filters: level, search, direction, cursor, limit.
+    assert all(e["level"] == "error" for e in logs(silo, sbx.sandbox_id, level="error"))
+    found = [e["message"] for e in logs(silo, sbx.sandbox_id, search="to-stderr")]
+    assert "to-stderr" in found and all("to-stderr" in m for m in found)
+    newest = logs(silo, sbx.sandbox_id, direction="backward", limit=1)
+    assert newest[0]["fields"]["state"] == "killed"
+    assert len(logs(silo, sbx.sandbox_id, limit=2)) == 2
+
+    # The v1 shape, and the CLI.
+    r = httpx.get(f"{silo.url}/sandboxes/{sbx.sandbox_id}/logs", headers={"X-API-Key": silo.api_key})
+    assert r.status_code == 200 and "to-stdout" in [l["line"] for l in r.json()["logs"]]
+    out = subprocess.run([silo.bin, "sandbox", "logs", sbx.sandbox_id], capture_output=True,
+                         text=True, timeout=30, env={**os.environ, **silo.env()})
+    assert out.returncode == 0, out.stderr
+    assert "to-stderr" in out.stdout and "exited with code 3" in out.stdout
+
+    r = httpx.get(f"{silo.url}/v2/sandboxes/i1111111111111111111/logs", headers={"X-API-Key": silo.api_key})
+    assert r.status_code == 404
+
+
+def test_logs_follow_prints_new_lines_until_the_sandbox_is_killed(silo):
+    from e2b import Sandbox
+
+    sbx = Sandbox.create("base", timeout=60)
+    follower = subprocess.Popen([silo.bin, "sandbox", "logs", "-f", sbx.sandbox_id],
+                                stdout=subprocess.PIPE, text=True, env={**os.environ, **silo.env()})
+    try:
+        sbx.commands.run("echo first-line")
+        sbx.commands.run("sleep 1; echo second-line")
+        sbx.kill()
+        out, _ = follower.communicate(timeout=60)
+    finally:
+        follower.kill()
+    assert follower.returncode == 0
+    printed = [line.split(None, 2)[2] for line in out.splitlines()]
+    assert printed.index("first-line") < printed.index("second-line")
+    assert printed.count("second-line") == 1
+    assert printed[-1] == "killing → killed: released"

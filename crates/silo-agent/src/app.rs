@@ -7,7 +7,7 @@ use axum::routing::{get, post};
 use axum::Router;
 
 use crate::state::AppState;
-use crate::{auth, files, filesystem, init, metrics, process, rpc};
+use crate::{auth, files, filesystem, init, journal, metrics, process, rpc};
 
 pub fn router(state: AppState) -> Router {
     let rpc_routes = process::router()
@@ -18,6 +18,7 @@ pub fn router(state: AppState) -> Router {
         .route("/init", post(init::init))
         .route("/envs", get(init::envs))
         .route("/metrics", get(metrics::metrics))
+        .route("/silo/journal", get(journal::journal))
         // Uploads enforce their own per-file cap while streaming.
         .route(
             "/files",

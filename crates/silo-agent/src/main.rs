@@ -19,6 +19,7 @@ mod files;
 mod filesystem;
 mod init;
 mod interpreter;
+mod journal;
 mod metrics;
 mod process;
 mod rpc;

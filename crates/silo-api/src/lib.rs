@@ -12,6 +12,7 @@
 
 pub mod error;
 pub mod extract;
+pub mod logs;
 pub mod proxy;
 pub mod sandboxes;
 pub mod snapshots;
@@ -62,6 +63,8 @@ pub fn router(state: AppState) -> Router {
         )
         .route("/sandboxes/metrics", get(usage::latest))
         .route("/sandboxes/{id}/metrics", get(usage::of_sandbox))
+        .route("/sandboxes/{id}/logs", get(logs::v1))
+        .route("/v2/sandboxes/{id}/logs", get(logs::v2))
         .route("/sandboxes/{id}/timeout", post(sandboxes::set_timeout))
         .route("/sandboxes/{id}/connect", post(sandboxes::connect))
         .route("/sandboxes/{id}/pause", post(sandboxes::pause))

@@ -8,6 +8,7 @@
 //! Types: [`Catalog`] (the handle), [`SandboxRecord`] (one row), [`ListFilter`] (paging).
 
 mod builds;
+mod logs;
 mod metrics;
 mod snapshots;
 pub mod state;
@@ -20,6 +21,7 @@ use rusqlite::{params, Connection, OptionalExtension};
 use silo_protocol::ids::{ApiKey, SandboxId};
 
 pub use builds::{BuildLogEntry, BuildRecord, BuildStatus};
+pub use logs::{LogLine, LogQuery};
 pub use metrics::MetricSample;
 pub use snapshots::SnapshotRecord;
 pub use state::{InvalidTransition, SandboxState};
@@ -230,6 +232,17 @@ CREATE TABLE sandbox_metrics (
     disk_total    INTEGER NOT NULL,
     PRIMARY KEY (sandbox_id, at)
 );
+CREATE TABLE sandbox_logs (
+    sandbox_id  TEXT NOT NULL,
+    seq         INTEGER NOT NULL,
+    at          INTEGER NOT NULL,
+    pid         INTEGER NOT NULL,
+    kind        TEXT NOT NULL,
+    text        TEXT NOT NULL,
+    exit_code   INTEGER,
+    PRIMARY KEY (sandbox_id, seq)
+);
+CREATE INDEX sandbox_logs_at ON sandbox_logs(sandbox_id, at);
 "#,
 ];
 
@@ -577,6 +590,35 @@ impl Catalog {
             sandboxes,
             next_token,
         })
+    }
+
+    /// Forget the sandboxes killed before `before_ms` (by the time of their last state
+    /// change), with their history, metrics and logs. Returns how many went.
+    pub fn prune_killed(&self, before_ms: i64) -> Result<usize> {
+        let mut conn = self.conn();
+        let tx = conn.transaction()?;
+        tx.execute(
+            "CREATE TEMP TABLE IF NOT EXISTS pruned (id TEXT PRIMARY KEY)",
+            [],
+        )?;
+        tx.execute("DELETE FROM pruned", [])?;
+        let pruned = tx.execute(
+            "INSERT INTO pruned SELECT s.id FROM sandboxes s WHERE s.state = 'killed' AND \
+             (SELECT MAX(at) FROM sandbox_events e WHERE e.sandbox_id = s.id) < ?1",
+            [before_ms],
+        )?;
+        for table in ["sandbox_metrics", "sandbox_logs", "sandbox_events"] {
+            tx.execute(
+                &format!("DELETE FROM {table} WHERE sandbox_id IN (SELECT id FROM pruned)"),
+                [],
+            )?;
+        }
+        tx.execute(
+            "DELETE FROM sandboxes WHERE id IN (SELECT id FROM pruned)",
+            [],
+        )?;
+        tx.commit()?;
+        Ok(pruned)
     }
 
     /// How many sandboxes are in each state, per template (killed ones included).

@@ -1,6 +1,6 @@
 //! Resource samples of sandboxes (CPU, memory, disk), taken by the node every few seconds
 //! while a sandbox runs. They are kept for the sandbox's life and, once it is killed, for
-//! a retention window ([`Catalog::prune_metrics`]), so a dead sandbox can still be looked
+//! a retention window ([`Catalog::prune_killed`]), so a dead sandbox can still be looked
 //! at.
 
 use rusqlite::params;
@@ -83,17 +83,6 @@ impl Catalog {
         }
         Ok(latest)
     }
-
-    /// Forget the samples older than `before_ms` of sandboxes that were killed: a live
-    /// sandbox keeps its whole history. Returns how many went.
-    pub fn prune_metrics(&self, before_ms: i64) -> Result<usize> {
-        let conn = self.conn();
-        Ok(conn.execute(
-            "DELETE FROM sandbox_metrics WHERE at < ?1 AND sandbox_id IN \
-             (SELECT id FROM sandboxes WHERE state = 'killed')",
-            [before_ms],
-        )?)
-    }
 }
 
 /// SQLite integers are signed; no byte count here comes near 2^63.
@@ -166,7 +155,7 @@ mod tests {
         );
 
         // Running: nothing is pruned, however old.
-        assert_eq!(catalog.prune_metrics(i64::MAX).unwrap(), 0);
+        assert_eq!(catalog.prune_killed(i64::MAX).unwrap(), 0);
         catalog
             .transition(
                 &rec.id,
@@ -178,7 +167,13 @@ mod tests {
         catalog
             .transition(&rec.id, SandboxState::Killing, SandboxState::Killed, "gone")
             .unwrap();
-        assert_eq!(catalog.prune_metrics(5_000).unwrap(), 1);
-        assert_eq!(catalog.metrics(&rec.id, 0, i64::MAX).unwrap().len(), 1);
+        // Killed, within the window: kept.
+        assert_eq!(catalog.prune_killed(0).unwrap(), 0);
+        assert_eq!(catalog.metrics(&rec.id, 0, i64::MAX).unwrap().len(), 2);
+        // Past it: the sandbox goes with its samples and history.
+        assert_eq!(catalog.prune_killed(i64::MAX).unwrap(), 1);
+        assert!(catalog.metrics(&rec.id, 0, i64::MAX).unwrap().is_empty());
+        assert!(catalog.get_sandbox(&rec.id).unwrap().is_none());
+        assert!(catalog.events(&rec.id).unwrap().is_empty());
     }
 }

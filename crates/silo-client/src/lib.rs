@@ -7,7 +7,9 @@ use futures_util::StreamExt;
 use serde_json::json;
 use silo_protocol::connect::{self, Decoder, EndStream, FLAG_END_STREAM};
 use silo_protocol::ids::SandboxId;
-use silo_protocol::rest::{ApiError, ListedSandbox, NewSandbox, Sandbox, SandboxDetail};
+use silo_protocol::rest::{
+    ApiError, ListedSandbox, NewSandbox, Sandbox, SandboxDetail, SandboxLogsV2,
+};
 use silo_protocol::templates::{
     AliasInfo, BuildInfo, BuildRequest, BuildRequested, BuildStart, FileUpload, TemplateInfo,
 };
@@ -76,33 +78,26 @@ impl Client {
     /// Create a sandbox: `NewSandbox { template_id, ..Default::default() }` for the
     /// server's defaults.
     pub async fn create(&self, body: &NewSandbox) -> Result<Sandbox> {
-        let req = self
-            .http
-            .post(format!("{}/v2/sandboxes", self.api_url))
-            .json(body);
-        self.send(req)
-            .await?
-            .json()
-            .await
-            .map_err(ClientError::Decode)
+        let req = self.http.post(self.url("/v2/sandboxes")).json(body);
+        self.json(req).await
     }
 
     pub async fn list(&self) -> Result<Vec<ListedSandbox>> {
-        let req = self.http.get(format!("{}/v2/sandboxes", self.api_url));
-        self.send(req)
-            .await?
-            .json()
-            .await
-            .map_err(ClientError::Decode)
+        self.json(self.http.get(self.url("/v2/sandboxes"))).await
     }
 
     pub async fn get(&self, id: &SandboxId) -> Result<SandboxDetail> {
-        let req = self.http.get(format!("{}/sandboxes/{id}", self.api_url));
-        self.send(req)
-            .await?
-            .json()
+        self.json(self.http.get(self.url(&format!("/sandboxes/{id}"))))
             .await
-            .map_err(ClientError::Decode)
+    }
+
+    /// A page of the sandbox's log and timeline, oldest first, from `cursor_ms` on.
+    pub async fn logs(&self, id: &SandboxId, cursor_ms: Option<i64>) -> Result<SandboxLogsV2> {
+        let mut req = self.http.get(self.url(&format!("/v2/sandboxes/{id}/logs")));
+        if let Some(cursor) = cursor_ms {
+            req = req.query(&[("cursor", cursor)]);
+        }
+        self.json(req).await
     }
 
     pub async fn kill(&self, id: &SandboxId) -> Result<()> {

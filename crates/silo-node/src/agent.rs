@@ -1,5 +1,6 @@
-//! The control plane's calls to a sandbox's agent (envd's `/init`), made once a sandbox
-//! is up and before it is handed to the user.
+//! The control plane's calls to a sandbox's agent: envd's `/init`, made once a sandbox
+//! is up and before it is handed to the user, and silo's `/silo/journal`, which the
+//! node collects into the sandbox's log.
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -8,9 +9,10 @@ use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::{connect::HttpConnector, Client};
 use hyper_util::rt::TokioExecutor;
-use silo_protocol::envd::InitRequest;
+use silo_protocol::envd::{InitRequest, JournalPage};
 
 const INIT_TIMEOUT: Duration = Duration::from_secs(10);
+const JOURNAL_TIMEOUT: Duration = Duration::from_secs(3);
 /// With a start command, `/init` also waits for the template's ready command (which
 /// the agent gives up on after two minutes).
 const INIT_WITH_START_TIMEOUT: Duration = Duration::from_secs(130);
@@ -28,6 +30,8 @@ pub enum AgentError {
     Timeout(Duration),
     #[error("the saved access token is not a valid header value")]
     InvalidToken,
+    #[error("agent's answer is not what silo expects")]
+    Body(#[source] serde_json::Error),
 }
 
 /// envd's per-sandbox token header.
@@ -92,5 +96,39 @@ impl AgentClient {
             .map(|b| String::from_utf8_lossy(&b.to_bytes()).into_owned())
             .unwrap_or_default();
         Err(AgentError::Status { status, body })
+    }
+
+    /// The journal entries after `after` (see silo-agent's `journal`).
+    pub async fn journal(
+        &self,
+        agent: SocketAddr,
+        token: Option<&str>,
+        after: u64,
+    ) -> Result<JournalPage, AgentError> {
+        let mut req = hyper::Request::get(format!("http://{agent}/silo/journal?after={after}"));
+        if let Some(token) = token {
+            req = req.header(ACCESS_TOKEN_HEADER, token);
+        }
+        let req = req
+            .body(Full::new(Bytes::new()))
+            .map_err(|_| AgentError::InvalidToken)?;
+        let answer = async {
+            let resp = self.http.request(req).await.map_err(AgentError::Request)?;
+            let status = resp.status();
+            let body = resp
+                .into_body()
+                .collect()
+                .await
+                .map(|b| b.to_bytes())
+                .unwrap_or_default();
+            if !status.is_success() {
+                let body = String::from_utf8_lossy(&body).into_owned();
+                return Err(AgentError::Status { status, body });
+            }
+            serde_json::from_slice(&body).map_err(AgentError::Body)
+        };
+        tokio::time::timeout(JOURNAL_TIMEOUT, answer)
+            .await
+            .map_err(|_| AgentError::Timeout(JOURNAL_TIMEOUT))?
     }
 }

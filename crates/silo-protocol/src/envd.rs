@@ -562,6 +562,54 @@ pub struct Metrics {
     pub disk_total: u64,
 }
 
+/// `GET /silo/journal?after=SEQ` (silo's own, not envd's): the lives of the processes
+/// started through the agent and their output, line by line, oldest first, for the
+/// sandbox's log and timeline.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct JournalPage {
+    pub entries: Vec<JournalEntry>,
+    /// Entries after `after` that were dropped because the journal was full.
+    #[serde(default)]
+    pub dropped: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct JournalEntry {
+    /// Counts from 1, one per entry, for the whole life of the agent.
+    pub seq: u64,
+    /// Unix milliseconds.
+    pub at_ms: i64,
+    pub pid: u32,
+    pub kind: JournalKind,
+    /// The command line (start), one line of output (without its newline), or the end's
+    /// status (exit).
+    pub text: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exit_code: Option<i32>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum JournalKind {
+    Start,
+    Stdout,
+    Stderr,
+    Pty,
+    Exit,
+}
+
+impl JournalKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            JournalKind::Start => "start",
+            JournalKind::Stdout => "stdout",
+            JournalKind::Stderr => "stderr",
+            JournalKind::Pty => "pty",
+            JournalKind::Exit => "exit",
+        }
+    }
+}
+
 /// Error body of envd's plain-HTTP endpoints: `{"code":404,"message":"..."}`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct HttpError {

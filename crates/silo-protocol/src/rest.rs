@@ -281,6 +281,73 @@ pub struct MetricsQuery {
     pub end: Option<i64>,
 }
 
+/// One entry of a sandbox's log: a lifecycle event, a process's start or exit, or a line
+/// of its output. `fields` says which (`type`) and carries the details.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct SandboxLogEntry {
+    /// RFC 3339.
+    pub timestamp: String,
+    pub level: LogLevel,
+    pub message: String,
+    pub fields: BTreeMap<String, String>,
+}
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, PartialOrd, Ord)]
+#[serde(rename_all = "lowercase")]
+pub enum LogLevel {
+    Debug,
+    Info,
+    Warn,
+    Error,
+}
+
+/// `GET /v2/sandboxes/{id}/logs`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct SandboxLogsV2 {
+    pub logs: Vec<SandboxLogEntry>,
+}
+
+/// `GET /sandboxes/{id}/logs` (v1): plain lines and the same entries.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct SandboxLogs {
+    pub logs: Vec<SandboxLogLine>,
+    pub log_entries: Vec<SandboxLogEntry>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct SandboxLogLine {
+    /// RFC 3339.
+    pub timestamp: String,
+    pub line: String,
+}
+
+/// `GET /v2/sandboxes/{id}/logs?cursor&limit&direction&level&search`.
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct LogsQueryV2 {
+    /// Unix milliseconds: from here on (forward, the default) or up to here (backward).
+    pub cursor: Option<i64>,
+    pub limit: Option<usize>,
+    pub direction: Option<LogsDirection>,
+    /// The least level shown.
+    pub level: Option<LogLevel>,
+    pub search: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum LogsDirection {
+    Forward,
+    Backward,
+}
+
+/// `GET /sandboxes/{id}/logs?start&limit` (v1; `start` in Unix milliseconds).
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct LogsQueryV1 {
+    pub start: Option<i64>,
+    pub limit: Option<usize>,
+}
+
 /// `GET /sandboxes/metrics?sandbox_ids=a,b`: the newest sample of each.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct SandboxesWithMetrics {

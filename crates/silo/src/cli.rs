@@ -134,12 +134,13 @@ pub struct ServeArgs {
     #[arg(long, default_value_t = 512)]
     pub pids_limit: u32,
     /// Seconds between two samples of each running sandbox's CPU, memory and disk (what
-    /// the SDK's `get_metrics` returns).
+    /// the SDK's `get_metrics` returns), and between two collections of its logs.
     #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u64).range(1..))]
     pub metrics_interval: u64,
-    /// Hours a killed sandbox's metrics are kept.
+    /// Hours a killed sandbox stays browsable (its logs, timeline and metrics); then it
+    /// is forgotten.
     #[arg(long, default_value_t = 24)]
-    pub metrics_retention_hours: u64,
+    pub retention_hours: u64,
 }
 
 #[derive(Debug, Args)]
@@ -223,6 +224,17 @@ pub enum SandboxCommand {
         /// The command, run with `bash -l -c`.
         #[arg(required = true, trailing_var_arg = true)]
         command: Vec<String>,
+    },
+    /// Print a sandbox's log and timeline: lifecycle events (created, paused, resumed,
+    /// killed, and why), processes started and their exit codes, and their output line
+    /// by line. A killed sandbox's log stays readable for `silo serve --retention-hours`.
+    Logs {
+        /// Sandbox id.
+        id: String,
+        /// Keep printing new entries as they come (collected every few seconds) until
+        /// the sandbox is killed or Ctrl-C.
+        #[arg(short, long)]
+        follow: bool,
     },
     /// Kill sandboxes.
     Kill {

@@ -10,7 +10,7 @@ use anyhow::{bail, Context};
 use axum::serve::ListenerExt;
 use silo_api::AppState;
 use silo_catalog::Catalog;
-use silo_node::sandbox::{Manager, MetricsConfig, SandboxDefaults, Templates};
+use silo_node::sandbox::{Manager, SamplerConfig, SandboxDefaults, Templates};
 use silo_node::{RunscConfig, RunscRuntime};
 
 use crate::cli::ServeArgs;
@@ -66,9 +66,9 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
         .set_pool_sizes(args.pools.iter().cloned().collect())
         .context("--pool")?;
     tokio::spawn(Arc::clone(&manager).run_pool());
-    tokio::spawn(Arc::clone(&manager).run_metrics(MetricsConfig {
+    tokio::spawn(Arc::clone(&manager).run_sampler(SamplerConfig {
         every: Duration::from_secs(args.metrics_interval),
-        retention: Duration::from_secs(args.metrics_retention_hours.saturating_mul(3600)),
+        retention: Duration::from_secs(args.retention_hours.saturating_mul(3600)),
     }));
     let builder = silo_node::builds::Builder::new(
         Arc::clone(&manager),

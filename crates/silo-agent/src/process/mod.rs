@@ -34,6 +34,7 @@ pub use reaper::Reaper;
 pub(crate) use spawn::become_user;
 
 use crate::error::Error;
+use crate::journal::Journal;
 use crate::state::AppState;
 
 pub fn router() -> Router<AppState> {
@@ -131,10 +132,12 @@ impl Process {
     }
 }
 
-/// The processes started through the agent that have not ended yet.
+/// The processes started through the agent that have not ended yet, and the journal of
+/// all of them.
 pub struct ProcessTable {
     reaper: Arc<Reaper>,
     processes: Mutex<HashMap<u32, Arc<Process>>>,
+    pub journal: Journal,
 }
 
 impl ProcessTable {
@@ -142,6 +145,7 @@ impl ProcessTable {
         ProcessTable {
             reaper,
             processes: Mutex::new(HashMap::new()),
+            journal: Journal::default(),
         }
     }
 

@@ -7,7 +7,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use silo_protocol::envd::{Base64Bytes, DataEvent, EndEvent, ProcessEvent};
+use silo_protocol::envd::{Base64Bytes, DataEvent, EndEvent, JournalKind, ProcessEvent};
 use tokio::net::unix::pipe;
 use tokio::sync::{oneshot, watch};
 
@@ -17,9 +17,9 @@ use super::{Process, ProcessTable};
 
 const READ_CHUNK: usize = 32 * 1024;
 
-/// Where a reader reads from.
+/// Where a reader reads from: stdout or stderr (by its journal kind), or the pty.
 enum Source {
-    Pipe(pipe::Receiver, fn(Base64Bytes) -> DataEvent),
+    Pipe(pipe::Receiver, JournalKind),
     Pty(Arc<Process>),
 }
 
@@ -49,11 +49,19 @@ impl Source {
         }
     }
 
+    fn kind(&self) -> JournalKind {
+        match self {
+            Source::Pipe(_, kind) => *kind,
+            Source::Pty(_) => JournalKind::Pty,
+        }
+    }
+
     fn event(&self, data: &[u8]) -> ProcessEvent {
         let bytes = Base64Bytes(data.to_vec());
-        ProcessEvent::Data(match self {
-            Source::Pipe(_, kind) => kind(bytes),
-            Source::Pty(_) => DataEvent::Pty(bytes),
+        ProcessEvent::Data(match self.kind() {
+            JournalKind::Stderr => DataEvent::Stderr(bytes),
+            JournalKind::Pty => DataEvent::Pty(bytes),
+            _ => DataEvent::Stdout(bytes),
         })
     }
 }
@@ -64,7 +72,18 @@ fn pty_of(p: &Process) -> &PtyMaster {
         .expect("pty sources are only made for pty processes")
 }
 
-async fn pump(process: Arc<Process>, source: Source, mut exited: watch::Receiver<bool>) {
+/// Journal a chunk of output, then send it to the subscribers.
+async fn relay(table: &ProcessTable, process: &Process, source: &Source, data: &[u8]) {
+    table.journal.output(process.pid, source.kind(), data);
+    process.broadcast(source.event(data)).await;
+}
+
+async fn pump(
+    table: Arc<ProcessTable>,
+    process: Arc<Process>,
+    source: Source,
+    mut exited: watch::Receiver<bool>,
+) {
     let mut buf = vec![0u8; READ_CHUNK];
     loop {
         if *exited.borrow() {
@@ -73,14 +92,14 @@ async fn pump(process: Arc<Process>, source: Source, mut exited: watch::Receiver
                 if n == 0 {
                     break;
                 }
-                process.broadcast(source.event(&buf[..n])).await;
+                relay(&table, &process, &source, &buf[..n]).await;
             }
             return;
         }
         tokio::select! {
             read = source.read(&mut buf) => match read {
                 Ok(0) | Err(_) => return,
-                Ok(n) => process.broadcast(source.event(&buf[..n])).await,
+                Ok(n) => relay(&table, &process, &source, &buf[..n]).await,
             },
             changed = exited.changed() => {
                 if changed.is_err() {
@@ -103,17 +122,17 @@ pub fn run(
     let (exited_tx, exited_rx) = watch::channel(false);
     let mut sources = Vec::new();
     if let Some(rx) = stdout {
-        sources.push(Source::Pipe(rx, DataEvent::Stdout));
+        sources.push(Source::Pipe(rx, JournalKind::Stdout));
     }
     if let Some(rx) = stderr {
-        sources.push(Source::Pipe(rx, DataEvent::Stderr));
+        sources.push(Source::Pipe(rx, JournalKind::Stderr));
     }
     if process.pty.is_some() {
         sources.push(Source::Pty(process.clone()));
     }
     let readers: Vec<_> = sources
         .into_iter()
-        .map(|s| tokio::spawn(pump(process.clone(), s, exited_rx.clone())))
+        .map(|s| tokio::spawn(pump(table.clone(), process.clone(), s, exited_rx.clone())))
         .collect();
 
     tokio::spawn(async move {
@@ -154,6 +173,9 @@ pub fn run(
         // Writes to a closed stdin fail from here on rather than block.
         process.stdin.lock().await.take();
         tracing::debug!(pid = process.pid, status = %end.status, "process ended");
+        table
+            .journal
+            .exited(process.pid, end.status.clone(), end.exit_code);
         table.remove(process.pid);
         process.finish(ProcessEvent::End(end)).await;
     });

@@ -60,6 +60,21 @@ pub(super) fn map_events(
     out
 }
 
+/// `cmd args...`, an argument quoted when it has spaces or quotes, for the journal.
+fn command_line(cmd: &str, args: &[String]) -> String {
+    std::iter::once(cmd)
+        .chain(args.iter().map(String::as_str))
+        .map(|word| {
+            if word.is_empty() || word.contains([' ', '\t', '\n', '"', '\'']) {
+                format!("{word:?}")
+            } else {
+                word.to_owned()
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
 pub(super) fn launch(
     state: &AppState,
     username: Option<&str>,
@@ -121,6 +136,10 @@ pub(super) fn launch(
     let spawned = spawn(spec, &state.processes.reaper)
         .map_err(|e| Error::io(format!("start {:?}", req.process.cmd), e))?;
     tracing::info!(pid = spawned.pid, cmd = %req.process.cmd, tag = ?req.tag, "process started");
+    state.processes.journal.started(
+        spawned.pid,
+        command_line(&req.process.cmd, &req.process.args),
+    );
 
     let process = Arc::new(Process {
         pid: spawned.pid,

@@ -19,6 +19,10 @@ impl Manager {
         let manager = Arc::clone(self);
         let id = id.clone();
         self.tasks.spawn(async move {
+            // The last of its log, while its agent still answers.
+            if rec.state == SandboxState::Running {
+                manager.collect_logs(&rec).await;
+            }
             if let Err(err) = manager.destroy_killing(&id).await {
                 tracing::error!(sandbox_id = %id, error = %crate::error_chain(&err), "releasing a killed sandbox failed; reconcile retries at the next start");
             }

@@ -1,7 +1,8 @@
-//! Per-sandbox metrics: every few seconds [`Manager::run_metrics`] reads what each running
+//! The sampler: every few seconds [`Manager::run_sampler`] reads what each running
 //! sandbox uses of the host (crate::usage) and records it in the catalog, where
-//! `get_metrics` finds it. CPU is the share of the sandbox's CPUs used since the previous
-//! sample. Samples of killed sandboxes go after the retention window.
+//! `get_metrics` finds it, and collects the sandbox's new log lines (super::logs). CPU is
+//! the share of the sandbox's CPUs used since the previous sample. Killed sandboxes, with
+//! their samples, logs and history, go after the retention window.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -13,16 +14,17 @@ use silo_protocol::ids::SandboxId;
 use super::Manager;
 use crate::usage::Usage;
 
-/// How often samples are taken, and how long those of a killed sandbox are kept.
+/// How often samples are taken, and how long the samples and logs of a killed sandbox
+/// are kept.
 #[derive(Debug, Clone, Copy)]
-pub struct MetricsConfig {
+pub struct SamplerConfig {
     pub every: Duration,
     pub retention: Duration,
 }
 
-impl Default for MetricsConfig {
+impl Default for SamplerConfig {
     fn default() -> Self {
-        MetricsConfig {
+        SamplerConfig {
             every: Duration::from_secs(5),
             retention: Duration::from_secs(24 * 3600),
         }
@@ -38,7 +40,7 @@ struct Previous {
 
 impl Manager {
     /// Sample every running sandbox each `config.every`, forever.
-    pub async fn run_metrics(self: Arc<Self>, config: MetricsConfig) {
+    pub async fn run_sampler(self: Arc<Self>, config: SamplerConfig) {
         let mut tick = tokio::time::interval(config.every);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut previous: HashMap<SandboxId, Previous> = HashMap::new();
@@ -66,13 +68,14 @@ impl Manager {
                     },
                 );
                 samples.push(sample(rec, at_ms, &usage, before));
+                self.collect_logs(rec).await;
             }
             previous.retain(|id, _| running.iter().any(|rec| &rec.id == id));
             let pruned_before = now_ms() - config.retention.as_millis() as i64;
             let stored = self
                 .catalog
                 .insert_metrics(&samples)
-                .and_then(|()| self.catalog.prune_metrics(pruned_before));
+                .and_then(|()| self.catalog.prune_killed(pruned_before));
             if let Err(err) = stored {
                 tracing::error!(error = %crate::error_chain(&err), "cannot store sandbox metrics");
             }

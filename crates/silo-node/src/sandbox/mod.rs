@@ -8,12 +8,14 @@
 //! - [`timeout`]: set/extend the end time, and the reaper that kills (or pauses)
 //!   expired sandboxes.
 //! - [`reconcile`]: at start, make the catalog and the runtime agree.
-//! - [`metrics`]: CPU, memory and disk samples of running sandboxes, kept in the catalog.
+//! - [`metrics`]: the sampler: CPU, memory and disk samples of running sandboxes, kept
+//!   in the catalog, and their logs collected (`logs`).
 //! - `pool`: the warm pool, sandboxes booted ahead of demand and handed to creates.
 //! - `traffic`: the token that ends a sandbox's proxied traffic when it pauses.
 
 mod create;
 mod kill;
+mod logs;
 mod metrics;
 mod network;
 mod pause;
@@ -37,7 +39,7 @@ use silo_protocol::ids::SandboxId;
 
 use crate::{Runtime, RuntimeError};
 pub use create::CreateRequest;
-pub use metrics::MetricsConfig;
+pub use metrics::SamplerConfig;
 pub use pool::POOL_METADATA;
 pub use templates::{resources_of, write_resources, Templates, RESOURCES_FILE};
 pub use trial::TRIAL_METADATA;

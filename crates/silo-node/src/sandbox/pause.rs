@@ -42,6 +42,8 @@ impl Manager {
                 })
             }
         }
+        // A paused agent answers nothing: collect its log first.
+        self.collect_logs(&rec).await;
         self.step(id, SandboxState::Running, SandboxState::Pausing, reason)?;
         if let Some(ip) = rec.address.as_deref().and_then(|a| a.parse().ok()) {
             self.quiesce(id, ip, self.runtime.pause_saves_connections())
