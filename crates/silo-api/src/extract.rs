@@ -43,6 +43,26 @@ where
     }
 }
 
+/// Who made the request, for the reasons recorded in a sandbox's timeline: the API key,
+/// shortened so the record does not hold a usable key.
+pub struct Caller(pub String);
+
+impl<S: Send + Sync> FromRequestParts<S> for Caller {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
+        let key = parts
+            .headers
+            .get("x-api-key")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default();
+        Ok(Caller(format!(
+            "API key {}…",
+            key.chars().take(8).collect::<String>()
+        )))
+    }
+}
+
 /// The `{id}` path segment as a [`SandboxId`]. A malformed id names no sandbox, so it is
 /// a 404 like any other unknown id.
 pub struct SandboxPath(pub SandboxId);

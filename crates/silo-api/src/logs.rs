@@ -3,7 +3,8 @@
 //! entries). One time-ordered stream merges
 //!
 //! - the lifecycle from the catalog's history (created, handed out from the pool, paused,
-//!   resumed, killed, each with why: "killed by request", "timeout", ...), and
+//!   resumed, killed, each with why and who asked: "killed by request (API key e2b_…)",
+//!   "timeout", ...; and OOM kills inside it), and
 //! - what the sandbox's processes did, collected from its agent (started with their
 //!   command line, each line of stdout/stderr, exited with their code).
 //!
@@ -142,6 +143,15 @@ fn entry(
 
 fn lifecycle_entry(e: &SandboxEvent) -> SandboxLogEntry {
     let to = e.to.as_str().to_owned();
+    if e.from == Some(e.to) {
+        // Not a state change: something that happened to it (an OOM kill).
+        return entry(
+            e.at_ms,
+            LogLevel::Warn,
+            e.detail.clone(),
+            &[("type", "event".into()), ("reason", e.detail.clone())],
+        );
+    }
     let mut fields = vec![("type", "lifecycle".to_owned()), ("state", to.clone())];
     let message = match e.from {
         Some(from) => {

@@ -13,7 +13,7 @@ use silo_catalog::{ListFilter, SandboxRecord, SandboxState};
 use silo_protocol::rest::{self, ConnectSandbox, NewSandbox, SetTimeout};
 
 use crate::error::ApiError;
-use crate::extract::{ApiJson, SandboxPath};
+use crate::extract::{ApiJson, Caller, SandboxPath};
 use crate::AppState;
 use silo_node::network::{Cidr, DomainPattern, EgressPolicy};
 use silo_node::sandbox::CreateRequest;
@@ -108,11 +108,13 @@ pub async fn create(
 pub async fn connect(
     State(app): State<AppState>,
     SandboxPath(id): SandboxPath,
+    Caller(caller): Caller,
     body: axum::body::Bytes,
 ) -> Result<impl IntoResponse, ApiError> {
     // The body is optional: v1 clients send `{"timeout":N}`, others may send nothing.
     let timeout = optional_body::<ConnectSandbox>(&body, "connect")?.timeout;
-    let (rec, resumed) = app.manager.connect(&id, timeout).await?;
+    let reason = format!("resumed by connect ({caller})");
+    let (rec, resumed) = app.manager.connect(&id, timeout, &reason).await?;
     Ok((resumed_status(resumed), Json(app.sandbox_body(&rec))))
 }
 
@@ -140,10 +142,12 @@ fn resumed_status(resumed: bool) -> StatusCode {
 pub async fn resume(
     State(app): State<AppState>,
     SandboxPath(id): SandboxPath,
+    Caller(caller): Caller,
     body: axum::body::Bytes,
 ) -> Result<impl IntoResponse, ApiError> {
     let timeout = optional_body::<rest::ResumeSandbox>(&body, "resume")?.timeout;
-    let (rec, resumed) = app.manager.resume(&id, timeout).await?;
+    let reason = format!("resumed by request ({caller})");
+    let (rec, resumed) = app.manager.resume(&id, timeout, &reason).await?;
     if !resumed {
         return Err(ApiError::Conflict(format!(
             "sandbox {id} is already running"
@@ -253,10 +257,12 @@ fn egress_policy(
 pub async fn pause(
     State(app): State<AppState>,
     SandboxPath(id): SandboxPath,
+    Caller(caller): Caller,
 ) -> Result<StatusCode, ApiError> {
     // The body (`memory`, `requireHealthyGuest`) changes nothing here: a pause always
     // keeps memory, and the agent's health is checked at resume.
-    app.manager.pause(&id, "paused by request").await?;
+    let reason = format!("paused by request ({caller})");
+    app.manager.pause(&id, &reason).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -273,8 +279,10 @@ pub async fn get_info(
 pub async fn kill(
     State(app): State<AppState>,
     SandboxPath(id): SandboxPath,
+    Caller(caller): Caller,
 ) -> Result<StatusCode, ApiError> {
-    app.manager.kill(&id, "killed by request")?;
+    app.manager
+        .kill(&id, &format!("killed by request ({caller})"))?;
     Ok(StatusCode::NO_CONTENT)
 }
 

@@ -493,6 +493,17 @@ impl Catalog {
         Ok(())
     }
 
+    /// Add something that happened to a sandbox without changing its state (an OOM
+    /// kill inside it) to its history.
+    pub fn note(&self, id: &SandboxId, detail: &str) -> Result<()> {
+        let mut conn = self.conn();
+        let tx = conn.transaction()?;
+        let state = read_state(&tx, id)?;
+        insert_event(&tx, id, Some(state), state, detail)?;
+        tx.commit()?;
+        Ok(())
+    }
+
     pub fn set_address(&self, id: &SandboxId, address: Option<&str>) -> Result<()> {
         self.update_sandbox(
             id,

@@ -19,6 +19,8 @@ pub struct Usage {
     /// Bytes used and in all on its disk.
     pub disk_used: u64,
     pub disk_total: u64,
+    /// Processes the kernel killed at its memory limit so far.
+    pub oom_kills: u64,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -45,6 +47,11 @@ pub fn read(cgroup_root: &Path, cgroup: &str, disk: &Path) -> Result<Usage, Usag
         stat_field(&stat, "total_cache"),
         stat_field(&stat, "total_inactive_file"),
     );
+    let oom_path = memory.join("memory.oom_control");
+    let oom_control = std::fs::read_to_string(&oom_path).map_err(|source| UsageError {
+        path: oom_path,
+        source,
+    })?;
     let fs = nix::sys::statvfs::statvfs(disk).map_err(|errno| UsageError {
         path: disk.to_owned(),
         source: errno.into(),
@@ -61,6 +68,7 @@ pub fn read(cgroup_root: &Path, cgroup: &str, disk: &Path) -> Result<Usage, Usag
         mem_cache: cache,
         disk_used,
         disk_total,
+        oom_kills: stat_field(&oom_control, "oom_kill"),
     })
 }
 
@@ -78,7 +86,8 @@ fn read_number(path: &Path) -> Result<u64, UsageError> {
     })
 }
 
-/// `name value` lines of a cgroup v1 `memory.stat`; 0 when absent.
+/// `name value` lines of a cgroup v1 `memory.stat` or `memory.oom_control`; 0 when
+/// absent.
 fn stat_field(stat: &str, name: &str) -> u64 {
     stat.lines()
         .filter_map(|line| line.split_once(' '))
@@ -105,10 +114,16 @@ mod tests {
             "cache 1\nrss 2\ntotal_cache 73400320\ntotal_inactive_file 4194304\n",
         )
         .unwrap();
+        std::fs::write(
+            mem.join("memory.oom_control"),
+            "oom_kill_disable 0\nunder_oom 0\noom_kill 2\n",
+        )
+        .unwrap();
         let usage = read(root.path(), "silo/sbx", root.path()).unwrap();
         assert_eq!(usage.cpu_ns, 1_500_000_000);
         assert_eq!(usage.mem_used, (100 << 20) - (4 << 20));
         assert_eq!(usage.mem_cache, 70 << 20);
+        assert_eq!(usage.oom_kills, 2);
         assert!(usage.disk_total > 0 && usage.disk_used <= usage.disk_total);
     }
 

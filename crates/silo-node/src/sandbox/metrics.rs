@@ -31,11 +31,12 @@ impl Default for SamplerConfig {
     }
 }
 
-/// The previous reading of a sandbox, for its CPU share.
+/// The previous reading of a sandbox, for its CPU share and new OOM kills.
 #[derive(Clone, Copy)]
 struct Previous {
     at_ms: i64,
     cpu_ns: u64,
+    oom_kills: u64,
 }
 
 impl Manager {
@@ -44,6 +45,7 @@ impl Manager {
         let mut tick = tokio::time::interval(config.every);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut previous: HashMap<SandboxId, Previous> = HashMap::new();
+        let sampler_started_ms = now_ms();
         loop {
             tick.tick().await;
             let running = match self.catalog.sandboxes_in(&[SandboxState::Running]) {
@@ -65,8 +67,17 @@ impl Manager {
                     Previous {
                         at_ms,
                         cpu_ns: usage.cpu_ns,
+                        oom_kills: usage.oom_kills,
                     },
                 );
+                // Counted from 0 for a sandbox this sampler saw start; one older (silo
+                // restarted) has its earlier kills recorded already.
+                let known_kills = before
+                    .map(|b| b.oom_kills)
+                    .or((rec.started_at_ms >= sampler_started_ms).then_some(0));
+                if let Some(known) = known_kills.filter(|&k| usage.oom_kills > k) {
+                    self.record_oom(rec, usage.oom_kills - known);
+                }
                 samples.push(sample(rec, at_ms, &usage, before));
                 self.collect_logs(rec).await;
             }
@@ -79,6 +90,19 @@ impl Manager {
             if let Err(err) = stored {
                 tracing::error!(error = %crate::error_chain(&err), "cannot store sandbox metrics");
             }
+        }
+    }
+}
+
+impl Manager {
+    fn record_oom(&self, rec: &SandboxRecord, kills: u64) {
+        let note = format!(
+            "out of memory: the kernel killed {kills} process(es) at the sandbox's {} MiB limit",
+            rec.memory_mb
+        );
+        tracing::warn!(sandbox_id = %rec.id, kills, "sandbox ran out of memory");
+        if let Err(err) = self.catalog.note(&rec.id, &note) {
+            tracing::error!(sandbox_id = %rec.id, error = %crate::error_chain(&err), "cannot record an OOM kill");
         }
     }
 }
@@ -120,6 +144,7 @@ mod tests {
         let before = Previous {
             at_ms: 0,
             cpu_ns: 0,
+            oom_kills: 0,
         };
         // One CPU busy for a second, of two: half.
         assert_eq!(cpu_pct(before, 1_000, 1_000_000_000, 2), 50.0);
@@ -128,6 +153,7 @@ mod tests {
         let later = Previous {
             at_ms: 0,
             cpu_ns: 5,
+            oom_kills: 0,
         };
         assert_eq!(cpu_pct(later, 1_000, 1, 1), 0.0);
         // More than the wall clock allows (rounding of two clocks) is capped.

@@ -233,7 +233,10 @@ impl Manager {
     pub async fn route(&self, id: &SandboxId, port: u16) -> Result<Route, SandboxError> {
         let mut rec = self.get(id)?;
         if rec.auto_resume && rec.state != SandboxState::Running {
-            rec = self.resume(id, None).await?.0;
+            rec = self
+                .resume(id, None, "resumed by traffic to it (autoResume)")
+                .await?
+                .0;
         }
         if rec.state != SandboxState::Running {
             return Err(SandboxError::WrongState {

@@ -80,11 +80,13 @@ impl Manager {
     }
 
     /// Resume a paused sandbox (a running one is returned as is) and give it `timeout`
-    /// from now. Returns the record and whether it was resumed.
+    /// from now; `reason` goes into its history. Returns the record and whether it was
+    /// resumed.
     pub async fn resume(
         &self,
         id: &SandboxId,
         timeout_seconds: Option<u64>,
+        reason: &str,
     ) -> Result<(SandboxRecord, bool), SandboxError> {
         let lock = self.lifecycle_lock(id);
         let _held = lock.lock().await;
@@ -101,7 +103,7 @@ impl Manager {
         }
         let egress =
             super::network::policy_of(&rec.network).map_err(SandboxError::InvalidRequest)?;
-        self.step(id, SandboxState::Paused, SandboxState::Resuming, "resume")?;
+        self.step(id, SandboxState::Paused, SandboxState::Resuming, reason)?;
         let began = Instant::now();
         match self.runtime.resume(id, &egress).await {
             Ok(started) => {

@@ -31,15 +31,17 @@ impl Manager {
     }
 
     /// Connect: a paused sandbox is resumed (then `true` is returned) with `seconds` to
-    /// live; for a running one a timeout given only ever extends its life.
+    /// live, `reason` recorded; for a running one a timeout given only ever extends its
+    /// life.
     pub async fn connect(
         &self,
         id: &SandboxId,
         seconds: Option<u64>,
+        reason: &str,
     ) -> Result<(silo_catalog::SandboxRecord, bool), SandboxError> {
         let mut rec = self.get(id)?;
         if rec.state != SandboxState::Running {
-            let (resumed_rec, resumed) = self.resume(id, seconds).await?;
+            let (resumed_rec, resumed) = self.resume(id, seconds, reason).await?;
             if resumed {
                 return Ok((resumed_rec, true));
             }
