@@ -32,6 +32,10 @@ if [ ! -x tests/.venv/bin/pytest ]; then
   python3 -m venv tests/.venv
 fi
 tests/.venv/bin/pip install -q -r tests/requirements.txt
+if [ ! -x tests/.venv-openapi/bin/schemathesis ]; then
+  python3 -m venv tests/.venv-openapi
+fi
+tests/.venv-openapi/bin/pip install -q -r tests/requirements-openapi.txt
 tests/.venv/bin/pytest tests/e2e -q -p no:cacheprovider
 
 say "code interpreter tests (official e2b-code-interpreter SDK, code-interpreter template)"

@@ -4,8 +4,9 @@
 //!   API-key auth;
 //! - the sandbox proxy ([`proxy`]), which takes every request that names a sandbox (by
 //!   header or Host) before routing and forwards it to that sandbox's agent;
-//! - `GET /health` for the server itself, and `GET /metrics` for Prometheus
-//!   ([`telemetry`]).
+//! - `GET /health` for the server itself, `GET /metrics` for Prometheus ([`telemetry`]),
+//!   and `GET /openapi.json`, this API described (generated from the handlers' own
+//!   annotations, see `routes`).
 //!
 //! Handlers are thin: they extract ([`extract`]), call the [`manager`], and map errors to
 //! the wire once ([`error`]).
@@ -26,9 +27,12 @@ use std::sync::Arc;
 use axum::extract::{Request, State};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post, put};
+use axum::routing::get;
 use axum::{Json, Router};
 use tracing::Instrument;
+use utoipa::OpenApi as _;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use crate::error::{ApiError, REQUEST_ID};
 use silo_node::sandbox::Manager;
@@ -48,63 +52,21 @@ pub struct AppState {
 
 /// The whole HTTP surface.
 pub fn router(state: AppState) -> Router {
-    let api = Router::new()
+    let (router, doc) = routes(state.clone()).split_for_parts();
+    let doc = bytes::Bytes::from(doc.to_json().expect("the OpenAPI document serializes"));
+    router
         .route(
-            "/sandboxes",
-            post(sandboxes::create).get(sandboxes::list_v1),
+            "/openapi.json",
+            get(move || {
+                let doc = doc.clone();
+                async move {
+                    (
+                        [(axum::http::header::CONTENT_TYPE, "application/json")],
+                        doc,
+                    )
+                }
+            }),
         )
-        .route(
-            "/v2/sandboxes",
-            post(sandboxes::create).get(sandboxes::list_v2),
-        )
-        .route(
-            "/sandboxes/{id}",
-            get(sandboxes::get_info).delete(sandboxes::kill),
-        )
-        .route("/sandboxes/metrics", get(usage::latest))
-        .route("/sandboxes/{id}/metrics", get(usage::of_sandbox))
-        .route("/sandboxes/{id}/logs", get(logs::v1))
-        .route("/v2/sandboxes/{id}/logs", get(logs::v2))
-        .route("/sandboxes/{id}/timeout", post(sandboxes::set_timeout))
-        .route("/sandboxes/{id}/connect", post(sandboxes::connect))
-        .route("/sandboxes/{id}/pause", post(sandboxes::pause))
-        .route("/sandboxes/{id}/network", put(sandboxes::update_network))
-        .route("/sandboxes/{id}/resume", post(sandboxes::resume))
-        .route("/v2/sandboxes/{id}/connect", post(sandboxes::connect))
-        .route("/sandboxes/{id}/snapshots", post(snapshots::create))
-        .route("/sandboxes/{id}/fork", post(snapshots::fork))
-        .route("/snapshots", get(snapshots::list))
-        .route("/templates", get(templates::list))
-        .route(
-            "/templates/{id}",
-            get(templates::get).delete(templates::delete),
-        )
-        .route("/v3/templates", post(templates::request_build))
-        .route("/templates/{id}/files/{hash}", get(templates::file_upload))
-        .route(
-            "/v2/templates/{id}/builds/{build}",
-            post(templates::start_build),
-        )
-        .route(
-            "/templates/{id}/builds/{build}/status",
-            get(templates::build_status),
-        )
-        .route(
-            "/templates/aliases/{alias}",
-            get(templates::get_alias)
-                .put(templates::set_alias)
-                .delete(templates::delete_alias),
-        )
-        .route_layer(middleware::from_fn_with_state(
-            state.clone(),
-            require_api_key,
-        ));
-    Router::new()
-        .route("/health", get(health))
-        .route("/metrics", get(telemetry::scrape))
-        // The one-time token in the URL is the right to upload (see templates::file_upload).
-        .route("/uploads/{token}", put(templates::upload))
-        .merge(api)
         .fallback(not_found)
         .layer(middleware::from_fn_with_state(
             state.clone(),
@@ -118,9 +80,105 @@ pub fn router(state: AppState) -> Router {
         .with_state(state)
 }
 
+/// Every route with its OpenAPI description: registering a handler documents it, so
+/// `/openapi.json` cannot drift from the router.
+fn routes(state: AppState) -> OpenApiRouter<AppState> {
+    let api = OpenApiRouter::new()
+        .routes(routes!(sandboxes::create_v1, sandboxes::list_v1))
+        .routes(routes!(sandboxes::create, sandboxes::list_v2))
+        .routes(routes!(sandboxes::get_info, sandboxes::kill))
+        .routes(routes!(usage::latest))
+        .routes(routes!(usage::of_sandbox))
+        .routes(routes!(logs::v1))
+        .routes(routes!(logs::v2))
+        .routes(routes!(sandboxes::set_timeout))
+        .routes(routes!(sandboxes::connect_v1))
+        .routes(routes!(sandboxes::connect))
+        .routes(routes!(sandboxes::pause))
+        .routes(routes!(sandboxes::update_network))
+        .routes(routes!(sandboxes::resume))
+        .routes(routes!(snapshots::create))
+        .routes(routes!(snapshots::fork))
+        .routes(routes!(snapshots::list))
+        .routes(routes!(templates::list))
+        .routes(routes!(templates::get, templates::delete))
+        .routes(routes!(templates::request_build))
+        .routes(routes!(templates::file_upload))
+        .routes(routes!(templates::start_build))
+        .routes(routes!(templates::build_status))
+        .routes(routes!(
+            templates::get_alias,
+            templates::set_alias,
+            templates::delete_alias
+        ))
+        .route_layer(middleware::from_fn_with_state(state, require_api_key));
+    OpenApiRouter::with_openapi(ApiDoc::openapi())
+        .routes(routes!(health))
+        .routes(routes!(telemetry::scrape))
+        // The one-time token in the URL is the right to upload (see templates::file_upload).
+        .routes(routes!(templates::upload))
+        .merge(api)
+}
+
+/// The document's frame; the paths come from the handlers (see [`routes`]).
+#[derive(utoipa::OpenApi)]
+#[openapi(
+    info(
+        title = "silo",
+        description = "Self-hosted sandboxes for AI agents. The control plane speaks E2B's REST API \
+            (the official e2b SDKs work against it unchanged) plus silo's own endpoints; \
+            traffic to a sandbox's ports (envd, the code interpreter, your servers) goes \
+            through the same listener with the E2b-Sandbox-Id and E2b-Sandbox-Port headers \
+            and is not described here."
+    ),
+    // Schemas only query parameters use (the handlers' bodies bring their own).
+    components(schemas(
+        silo_protocol::rest::LogLevel,
+        silo_protocol::rest::LogsDirection
+    )),
+    modifiers(&ApiKeyScheme),
+    tags(
+        (name = "sandboxes", description = "Create, list, pause, resume and kill sandboxes"),
+        (name = "snapshots", description = "Save sandboxes whole, start copies"),
+        (name = "templates", description = "Build and manage templates"),
+        (name = "observe", description = "Metrics, logs and timelines of sandboxes"),
+        (name = "server", description = "The server itself"),
+    )
+)]
+struct ApiDoc;
+
+/// `X-API-Key`, as `silo keys` prints it (E2B_API_KEY).
+struct ApiKeyScheme;
+
+impl utoipa::Modify for ApiKeyScheme {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::security::{ApiKey, ApiKeyValue, SecurityScheme};
+        openapi
+            .components
+            .get_or_insert_with(Default::default)
+            .add_security_scheme(
+                "api_key",
+                SecurityScheme::ApiKey(ApiKey::Header(ApiKeyValue::new("X-API-Key"))),
+            );
+    }
+}
+
+/// The server's health.
+#[derive(serde::Serialize, utoipa::ToSchema)]
+struct Health {
+    /// Always `ok` when it answers.
+    status: &'static str,
+    /// Sandboxes waiting in each template's warm pool.
+    pooled: std::collections::BTreeMap<String, usize>,
+}
+
 /// `GET /health`: up, and how many sandboxes wait in each warm pool.
-async fn health(State(app): State<AppState>) -> impl IntoResponse {
-    Json(serde_json::json!({ "status": "ok", "pooled": app.manager.pooled() }))
+#[utoipa::path(get, path = "/health", tag = "server", responses((status = 200, description = "Up, and how many sandboxes wait in each warm pool", body = Health)))]
+async fn health(State(app): State<AppState>) -> Json<Health> {
+    Json(Health {
+        status: "ok",
+        pooled: app.manager.pooled(),
+    })
 }
 
 async fn not_found(req: Request) -> ApiError {

@@ -30,6 +30,7 @@ const DEFAULT_LIMIT: usize = 1000;
 const MAX_LIMIT: usize = 10_000;
 
 /// `GET /v2/sandboxes/{id}/logs?cursor&limit&direction&level&search`.
+#[utoipa::path(get, path = "/v2/sandboxes/{id}/logs", tag = "observe", params(("id" = String, Path, description = "Sandbox id"), LogsQueryV2), responses((status = 200, description = "Log and timeline entries", body = SandboxLogsV2), (status = 400, description = "malformed request", body = silo_protocol::rest::ApiError), (status = 401, description = "no or wrong API key", body = silo_protocol::rest::ApiError), (status = 404, description = "no such sandbox", body = silo_protocol::rest::ApiError), (status = 500, description = "internal error; the log has the detail", body = silo_protocol::rest::ApiError)), security(("api_key" = [])))]
 pub async fn v2(
     State(app): State<AppState>,
     SandboxPath(id): SandboxPath,
@@ -50,6 +51,7 @@ pub async fn v2(
 }
 
 /// `GET /sandboxes/{id}/logs?start&limit` (v1).
+#[utoipa::path(get, path = "/sandboxes/{id}/logs", tag = "observe", params(("id" = String, Path, description = "Sandbox id"), LogsQueryV1), responses((status = 200, description = "Log and timeline entries", body = SandboxLogs), (status = 400, description = "malformed request", body = silo_protocol::rest::ApiError), (status = 401, description = "no or wrong API key", body = silo_protocol::rest::ApiError), (status = 404, description = "no such sandbox", body = silo_protocol::rest::ApiError), (status = 500, description = "internal error; the log has the detail", body = silo_protocol::rest::ApiError)), security(("api_key" = [])))]
 pub async fn v1(
     State(app): State<AppState>,
     SandboxPath(id): SandboxPath,

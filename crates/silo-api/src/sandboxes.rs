@@ -73,7 +73,17 @@ impl AppState {
     }
 }
 
-/// `POST /sandboxes` (v1) and `POST /v2/sandboxes`.
+/// `POST /sandboxes` (v1): as v2.
+#[utoipa::path(post, path = "/sandboxes", tag = "sandboxes", request_body = NewSandbox, responses((status = 201, description = "Created and running", body = rest::Sandbox), (status = 400, description = "malformed request", body = silo_protocol::rest::ApiError), (status = 401, description = "no or wrong API key", body = silo_protocol::rest::ApiError), (status = 404, description = "unknown template", body = silo_protocol::rest::ApiError), (status = 500, description = "internal error; the log has the detail", body = silo_protocol::rest::ApiError)), security(("api_key" = [])))]
+pub async fn create_v1(
+    state: State<AppState>,
+    body: ApiJson<NewSandbox>,
+) -> Result<impl IntoResponse, ApiError> {
+    create(state, body).await
+}
+
+/// `POST /v2/sandboxes`.
+#[utoipa::path(post, path = "/v2/sandboxes", tag = "sandboxes", request_body = NewSandbox, responses((status = 201, description = "Created and running", body = rest::Sandbox), (status = 400, description = "malformed request", body = silo_protocol::rest::ApiError), (status = 401, description = "no or wrong API key", body = silo_protocol::rest::ApiError), (status = 404, description = "unknown template", body = silo_protocol::rest::ApiError), (status = 500, description = "internal error; the log has the detail", body = silo_protocol::rest::ApiError)), security(("api_key" = [])))]
 pub async fn create(
     State(app): State<AppState>,
     ApiJson(body): ApiJson<NewSandbox>,
@@ -103,8 +113,20 @@ pub async fn create(
     Ok((StatusCode::CREATED, Json(app.sandbox_body(&rec))))
 }
 
-/// `POST /sandboxes/{id}/connect` (v1 and v2): 200 when already running, 201 when it
-/// was paused and has been resumed.
+/// `POST /sandboxes/{id}/connect` (v1): as v2.
+#[utoipa::path(post, path = "/sandboxes/{id}/connect", tag = "sandboxes", params(("id" = String, Path, description = "Sandbox id")), request_body(content = Option<ConnectSandbox>, description = "Optional; `timeout` in seconds"), responses((status = 200, description = "Already running", body = rest::Sandbox), (status = 201, description = "Was paused, resumed", body = rest::Sandbox), (status = 400, description = "malformed request", body = silo_protocol::rest::ApiError), (status = 401, description = "no or wrong API key", body = silo_protocol::rest::ApiError), (status = 404, description = "no such sandbox", body = silo_protocol::rest::ApiError), (status = 500, description = "internal error; the log has the detail", body = silo_protocol::rest::ApiError)), security(("api_key" = [])))]
+pub async fn connect_v1(
+    state: State<AppState>,
+    id: SandboxPath,
+    caller: Caller,
+    body: axum::body::Bytes,
+) -> Result<impl IntoResponse, ApiError> {
+    connect(state, id, caller, body).await
+}
+
+/// `POST /v2/sandboxes/{id}/connect`: 200 when already running, 201 when it was paused
+/// and has been resumed.
+#[utoipa::path(post, path = "/v2/sandboxes/{id}/connect", tag = "sandboxes", params(("id" = String, Path, description = "Sandbox id")), request_body(content = Option<ConnectSandbox>, description = "Optional; `timeout` in seconds"), responses((status = 200, description = "Already running", body = rest::Sandbox), (status = 201, description = "Was paused, resumed", body = rest::Sandbox), (status = 400, description = "malformed request", body = silo_protocol::rest::ApiError), (status = 401, description = "no or wrong API key", body = silo_protocol::rest::ApiError), (status = 404, description = "no such sandbox", body = silo_protocol::rest::ApiError), (status = 500, description = "internal error; the log has the detail", body = silo_protocol::rest::ApiError)), security(("api_key" = [])))]
 pub async fn connect(
     State(app): State<AppState>,
     SandboxPath(id): SandboxPath,
@@ -139,6 +161,7 @@ fn resumed_status(resumed: bool) -> StatusCode {
 }
 
 /// `POST /sandboxes/{id}/resume` (legacy): like connect, but a running sandbox is 409.
+#[utoipa::path(post, path = "/sandboxes/{id}/resume", tag = "sandboxes", params(("id" = String, Path, description = "Sandbox id")), request_body(content = Option<rest::ResumeSandbox>), responses((status = 201, description = "Resumed", body = rest::Sandbox), (status = 400, description = "malformed request", body = silo_protocol::rest::ApiError), (status = 401, description = "no or wrong API key", body = silo_protocol::rest::ApiError), (status = 404, description = "no such sandbox", body = silo_protocol::rest::ApiError), (status = 409, description = "already running", body = silo_protocol::rest::ApiError), (status = 500, description = "internal error; the log has the detail", body = silo_protocol::rest::ApiError)), security(("api_key" = [])))]
 pub async fn resume(
     State(app): State<AppState>,
     SandboxPath(id): SandboxPath,
@@ -157,6 +180,7 @@ pub async fn resume(
 }
 
 /// `PUT /sandboxes/{id}/network`: 204.
+#[utoipa::path(put, path = "/sandboxes/{id}/network", tag = "sandboxes", params(("id" = String, Path, description = "Sandbox id")), request_body = rest::NetworkUpdate, responses((status = 204, description = "Applied"), (status = 400, description = "malformed request", body = silo_protocol::rest::ApiError), (status = 401, description = "no or wrong API key", body = silo_protocol::rest::ApiError), (status = 404, description = "no such sandbox", body = silo_protocol::rest::ApiError), (status = 409, description = "not running", body = silo_protocol::rest::ApiError), (status = 500, description = "internal error; the log has the detail", body = silo_protocol::rest::ApiError)), security(("api_key" = [])))]
 pub async fn update_network(
     State(app): State<AppState>,
     SandboxPath(id): SandboxPath,
@@ -254,6 +278,7 @@ fn egress_policy(
 }
 
 /// `POST /sandboxes/{id}/pause`: 204, or 409 when it is already paused.
+#[utoipa::path(post, path = "/sandboxes/{id}/pause", tag = "sandboxes", params(("id" = String, Path, description = "Sandbox id")), responses((status = 204, description = "Paused"), (status = 401, description = "no or wrong API key", body = silo_protocol::rest::ApiError), (status = 404, description = "no such sandbox", body = silo_protocol::rest::ApiError), (status = 409, description = "already paused", body = silo_protocol::rest::ApiError), (status = 500, description = "internal error; the log has the detail", body = silo_protocol::rest::ApiError)), security(("api_key" = [])))]
 pub async fn pause(
     State(app): State<AppState>,
     SandboxPath(id): SandboxPath,
@@ -267,6 +292,7 @@ pub async fn pause(
 }
 
 /// `GET /sandboxes/{id}`.
+#[utoipa::path(get, path = "/sandboxes/{id}", tag = "sandboxes", params(("id" = String, Path, description = "Sandbox id")), responses((status = 200, body = rest::SandboxDetail), (status = 401, description = "no or wrong API key", body = silo_protocol::rest::ApiError), (status = 404, description = "no such sandbox", body = silo_protocol::rest::ApiError)), security(("api_key" = [])))]
 pub async fn get_info(
     State(app): State<AppState>,
     SandboxPath(id): SandboxPath,
@@ -276,6 +302,7 @@ pub async fn get_info(
 }
 
 /// `DELETE /sandboxes/{id}`.
+#[utoipa::path(delete, path = "/sandboxes/{id}", tag = "sandboxes", params(("id" = String, Path, description = "Sandbox id")), responses((status = 204, description = "Killed"), (status = 401, description = "no or wrong API key", body = silo_protocol::rest::ApiError), (status = 404, description = "no such sandbox", body = silo_protocol::rest::ApiError), (status = 500, description = "internal error; the log has the detail", body = silo_protocol::rest::ApiError)), security(("api_key" = [])))]
 pub async fn kill(
     State(app): State<AppState>,
     SandboxPath(id): SandboxPath,
@@ -287,6 +314,7 @@ pub async fn kill(
 }
 
 /// `POST /sandboxes/{id}/timeout`.
+#[utoipa::path(post, path = "/sandboxes/{id}/timeout", tag = "sandboxes", params(("id" = String, Path, description = "Sandbox id")), request_body = SetTimeout, responses((status = 204, description = "Its end is now plus `timeout` seconds"), (status = 400, description = "malformed request", body = silo_protocol::rest::ApiError), (status = 401, description = "no or wrong API key", body = silo_protocol::rest::ApiError), (status = 404, description = "no such sandbox", body = silo_protocol::rest::ApiError), (status = 500, description = "internal error; the log has the detail", body = silo_protocol::rest::ApiError)), security(("api_key" = [])))]
 pub async fn set_timeout(
     State(app): State<AppState>,
     SandboxPath(id): SandboxPath,
@@ -297,6 +325,7 @@ pub async fn set_timeout(
 }
 
 /// `GET /sandboxes` (v1): every running sandbox, optionally filtered by metadata.
+#[utoipa::path(get, path = "/sandboxes", tag = "sandboxes", params(("metadata" = Option<String>, Query, description = "`k=v&k2=v2`, keys and values percent-encoded first")), responses((status = 200, description = "Running sandboxes", body = Vec<rest::SandboxDetail>), (status = 400, description = "malformed request", body = silo_protocol::rest::ApiError), (status = 401, description = "no or wrong API key", body = silo_protocol::rest::ApiError), (status = 500, description = "internal error; the log has the detail", body = silo_protocol::rest::ApiError)), security(("api_key" = [])))]
 pub async fn list_v1(
     State(app): State<AppState>,
     RawQuery(query): RawQuery,
@@ -310,6 +339,7 @@ pub async fn list_v1(
 }
 
 /// `GET /v2/sandboxes`: filtered by state and metadata, paged with `X-Next-Token`.
+#[utoipa::path(get, path = "/v2/sandboxes", tag = "sandboxes", params(("metadata" = Option<String>, Query, description = "`k=v&k2=v2`, keys and values percent-encoded first"), ("state" = Option<String>, Query, description = "Comma-separated: running, paused"), ("template" = Option<String>, Query), ("limit" = Option<u32>, Query), ("nextToken" = Option<String>, Query, description = "X-Next-Token of the previous page")), responses((status = 200, description = "A page of sandboxes", body = Vec<rest::SandboxDetail>, headers(("X-Next-Token" = String, description = "Present when more follow"))), (status = 400, description = "malformed request", body = silo_protocol::rest::ApiError), (status = 401, description = "no or wrong API key", body = silo_protocol::rest::ApiError), (status = 500, description = "internal error; the log has the detail", body = silo_protocol::rest::ApiError)), security(("api_key" = [])))]
 pub async fn list_v2(
     State(app): State<AppState>,
     RawQuery(query): RawQuery,

@@ -22,6 +22,7 @@ fn info(snap: &SnapshotRecord) -> SnapshotInfo {
 }
 
 /// `POST /sandboxes/{id}/snapshots`: 201 with the snapshot's id and names.
+#[utoipa::path(post, path = "/sandboxes/{id}/snapshots", tag = "snapshots", params(("id" = String, Path, description = "Sandbox id")), request_body(content = Option<NewSnapshot>), responses((status = 201, description = "Saved; usable as a template", body = SnapshotInfo), (status = 400, description = "malformed request", body = silo_protocol::rest::ApiError), (status = 401, description = "no or wrong API key", body = silo_protocol::rest::ApiError), (status = 404, description = "no such sandbox", body = silo_protocol::rest::ApiError), (status = 409, description = "not running or paused", body = silo_protocol::rest::ApiError), (status = 500, description = "internal error; the log has the detail", body = silo_protocol::rest::ApiError)), security(("api_key" = [])))]
 pub async fn create(
     State(app): State<AppState>,
     SandboxPath(id): SandboxPath,
@@ -44,7 +45,8 @@ pub async fn create(
     Ok((StatusCode::CREATED, Json(info(&snap))))
 }
 
-#[derive(Debug, serde::Deserialize)]
+#[derive(Debug, serde::Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct ListQuery {
     #[serde(rename = "sandboxID")]
     sandbox_id: Option<String>,
@@ -55,6 +57,7 @@ pub struct ListQuery {
 }
 
 /// `GET /snapshots`: newest first, paged by `limit` and `X-Next-Token`.
+#[utoipa::path(get, path = "/snapshots", tag = "snapshots", params(ListQuery), responses((status = 200, description = "Newest first", body = Vec<SnapshotInfo>, headers(("X-Next-Token" = String, description = "Present when more follow"))), (status = 400, description = "malformed request", body = silo_protocol::rest::ApiError), (status = 401, description = "no or wrong API key", body = silo_protocol::rest::ApiError), (status = 500, description = "internal error; the log has the detail", body = silo_protocol::rest::ApiError)), security(("api_key" = [])))]
 pub async fn list(
     State(app): State<AppState>,
     ApiQuery(query): ApiQuery<ListQuery>,
@@ -87,6 +90,7 @@ pub async fn list(
 }
 
 /// `POST /sandboxes/{id}/fork`: 201 with one entry per copy, a sandbox or an error.
+#[utoipa::path(post, path = "/sandboxes/{id}/fork", tag = "snapshots", params(("id" = String, Path, description = "Sandbox id")), request_body(content = Option<ForkSandbox>), responses((status = 201, description = "One entry per copy: a sandbox or an error", body = Vec<ForkResult>), (status = 400, description = "malformed request", body = silo_protocol::rest::ApiError), (status = 401, description = "no or wrong API key", body = silo_protocol::rest::ApiError), (status = 404, description = "no such sandbox", body = silo_protocol::rest::ApiError), (status = 409, description = "not running or paused", body = silo_protocol::rest::ApiError), (status = 500, description = "internal error; the log has the detail", body = silo_protocol::rest::ApiError)), security(("api_key" = [])))]
 pub async fn fork(
     State(app): State<AppState>,
     SandboxPath(id): SandboxPath,

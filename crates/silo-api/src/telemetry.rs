@@ -152,6 +152,7 @@ impl Telemetry {
 }
 
 /// `GET /metrics`.
+#[utoipa::path(get, path = "/metrics", tag = "server", responses((status = 200, description = "OpenMetrics text", content_type = "application/openmetrics-text; version=1.0.0; charset=utf-8", body = String), (status = 500, description = "internal error; the log has the detail", body = silo_protocol::rest::ApiError)))]
 pub async fn scrape(State(app): State<AppState>) -> Result<Response, ApiError> {
     let t = &app.telemetry;
     let _one_at_a_time = t.scrape.lock().await;

@@ -24,6 +24,7 @@ use crate::sandboxes::{optional_body, rfc3339};
 use crate::AppState;
 
 /// `POST /v3/templates`: 202 with the new build's ids.
+#[utoipa::path(post, path = "/v3/templates", tag = "templates", request_body(content = Option<BuildRequest>), responses((status = 202, description = "Build requested", body = BuildRequested), (status = 400, description = "malformed request", body = silo_protocol::rest::ApiError), (status = 401, description = "no or wrong API key", body = silo_protocol::rest::ApiError), (status = 409, description = "a build of it is running", body = silo_protocol::rest::ApiError), (status = 500, description = "internal error; the log has the detail", body = silo_protocol::rest::ApiError)), security(("api_key" = [])))]
 pub async fn request_build(
     State(app): State<AppState>,
     body: axum::body::Bytes,
@@ -46,6 +47,7 @@ pub async fn request_build(
 
 /// `GET /templates/{id}/files/{hash}`: 201, whether the files are here and, if not, a
 /// one-time URL on this server to `PUT` them to.
+#[utoipa::path(get, path = "/templates/{id}/files/{hash}", tag = "templates", params(("id" = String, Path, description = "Template"), ("hash" = String, Path, description = "sha256 of the files")), responses((status = 201, description = "Whether the files are here, and where to PUT them if not", body = FileUpload), (status = 400, description = "malformed request", body = silo_protocol::rest::ApiError), (status = 401, description = "no or wrong API key", body = silo_protocol::rest::ApiError), (status = 404, description = "unknown template", body = silo_protocol::rest::ApiError), (status = 500, description = "internal error; the log has the detail", body = silo_protocol::rest::ApiError)), security(("api_key" = [])))]
 pub async fn file_upload(
     State(app): State<AppState>,
     Path((template, hash)): Path<(String, String)>,
@@ -67,6 +69,7 @@ pub async fn file_upload(
 }
 
 /// `PUT /uploads/{token}`: the files (a tar, gzipped or not) for the URL handed out.
+#[utoipa::path(put, path = "/uploads/{token}", tag = "templates", params(("token" = String, Path, description = "The one-time token of a file upload URL")), request_body(content = Vec<u8>, content_type = "application/octet-stream", description = "A tar, gzipped or not"), responses((status = 200, description = "Stored"), (status = 400, description = "malformed request", body = silo_protocol::rest::ApiError), (status = 404, description = "unknown or used token", body = silo_protocol::rest::ApiError), (status = 413, description = "too large", body = silo_protocol::rest::ApiError), (status = 500, description = "internal error; the log has the detail", body = silo_protocol::rest::ApiError)))]
 pub async fn upload(
     State(app): State<AppState>,
     Path(token): Path<String>,
@@ -82,6 +85,7 @@ pub async fn upload(
 }
 
 /// `POST /v2/templates/{id}/builds/{build}`: 202 once the steps are accepted.
+#[utoipa::path(post, path = "/v2/templates/{id}/builds/{build}", tag = "templates", params(("id" = String, Path, description = "Template"), ("build" = String, Path, description = "Build id")), request_body(content = Option<BuildStart>), responses((status = 202, description = "Started"), (status = 400, description = "malformed request", body = silo_protocol::rest::ApiError), (status = 401, description = "no or wrong API key", body = silo_protocol::rest::ApiError), (status = 404, description = "unknown build", body = silo_protocol::rest::ApiError), (status = 409, description = "already started", body = silo_protocol::rest::ApiError), (status = 500, description = "internal error; the log has the detail", body = silo_protocol::rest::ApiError)), security(("api_key" = [])))]
 pub async fn start_build(
     State(app): State<AppState>,
     Path((template, build_id)): Path<(String, String)>,
@@ -92,7 +96,8 @@ pub async fn start_build(
     Ok(StatusCode::ACCEPTED)
 }
 
-#[derive(Debug, serde::Deserialize)]
+#[derive(Debug, serde::Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct StatusQuery {
     #[serde(rename = "logsOffset")]
     logs_offset: Option<u64>,
@@ -100,6 +105,7 @@ pub struct StatusQuery {
 }
 
 /// `GET /templates/{id}/builds/{build}/status`.
+#[utoipa::path(get, path = "/templates/{id}/builds/{build}/status", tag = "templates", params(("id" = String, Path, description = "Template"), ("build" = String, Path, description = "Build id"), StatusQuery), responses((status = 200, body = BuildInfo), (status = 400, description = "malformed request", body = silo_protocol::rest::ApiError), (status = 401, description = "no or wrong API key", body = silo_protocol::rest::ApiError), (status = 404, description = "unknown build", body = silo_protocol::rest::ApiError), (status = 500, description = "internal error; the log has the detail", body = silo_protocol::rest::ApiError)), security(("api_key" = [])))]
 pub async fn build_status(
     State(app): State<AppState>,
     Path((template, build_id)): Path<(String, String)>,
@@ -134,6 +140,7 @@ pub async fn build_status(
 }
 
 /// `GET /templates`: every built template.
+#[utoipa::path(get, path = "/templates", tag = "templates", responses((status = 200, body = Vec<TemplateInfo>), (status = 401, description = "no or wrong API key", body = silo_protocol::rest::ApiError), (status = 500, description = "internal error; the log has the detail", body = silo_protocol::rest::ApiError)), security(("api_key" = [])))]
 pub async fn list(State(app): State<AppState>) -> Result<Json<Vec<TemplateInfo>>, ApiError> {
     let mut out = Vec::new();
     for name in app.builder.templates() {
@@ -148,6 +155,7 @@ pub async fn list(State(app): State<AppState>) -> Result<Json<Vec<TemplateInfo>>
 }
 
 /// `GET /templates/{id}`: one template, with its builds.
+#[utoipa::path(get, path = "/templates/{id}", tag = "templates", params(("id" = String, Path, description = "Template name, alias or id")), responses((status = 200, body = TemplateInfo), (status = 400, description = "malformed request", body = silo_protocol::rest::ApiError), (status = 401, description = "no or wrong API key", body = silo_protocol::rest::ApiError), (status = 404, description = "unknown template", body = silo_protocol::rest::ApiError), (status = 500, description = "internal error; the log has the detail", body = silo_protocol::rest::ApiError)), security(("api_key" = [])))]
 pub async fn get(
     State(app): State<AppState>,
     Path(id): Path<String>,
@@ -195,6 +203,7 @@ fn info(app: &AppState, t: TemplateSummary, with_builds: bool) -> TemplateInfo {
 
 /// `DELETE /templates/{id}`: 204 when the snapshot or template was deleted; 409 while
 /// sandboxes or snapshots use the template.
+#[utoipa::path(delete, path = "/templates/{id}", tag = "templates", params(("id" = String, Path, description = "Template or snapshot")), responses((status = 204, description = "Deleted"), (status = 400, description = "malformed request", body = silo_protocol::rest::ApiError), (status = 401, description = "no or wrong API key", body = silo_protocol::rest::ApiError), (status = 404, description = "unknown template", body = silo_protocol::rest::ApiError), (status = 409, description = "sandboxes or snapshots use it", body = silo_protocol::rest::ApiError), (status = 500, description = "internal error; the log has the detail", body = silo_protocol::rest::ApiError)), security(("api_key" = [])))]
 pub async fn delete(
     State(app): State<AppState>,
     Path(id): Path<String>,
@@ -207,6 +216,7 @@ pub async fn delete(
 }
 
 /// `GET /templates/aliases/{alias}`.
+#[utoipa::path(get, path = "/templates/aliases/{alias}", tag = "templates", params(("alias" = String, Path)), responses((status = 200, body = AliasInfo), (status = 400, description = "malformed request", body = silo_protocol::rest::ApiError), (status = 401, description = "no or wrong API key", body = silo_protocol::rest::ApiError), (status = 404, description = "unknown alias", body = silo_protocol::rest::ApiError), (status = 500, description = "internal error; the log has the detail", body = silo_protocol::rest::ApiError)), security(("api_key" = [])))]
 pub async fn get_alias(
     State(app): State<AppState>,
     Path(alias): Path<String>,
@@ -219,6 +229,7 @@ pub async fn get_alias(
 
 /// `PUT /templates/aliases/{alias}` with `{"templateID": ...}` (silo's): point an alias
 /// at a template.
+#[utoipa::path(put, path = "/templates/aliases/{alias}", tag = "templates", params(("alias" = String, Path)), request_body(content = Option<AliasInfoRequest>), responses((status = 200, body = AliasInfo), (status = 400, description = "malformed request", body = silo_protocol::rest::ApiError), (status = 401, description = "no or wrong API key", body = silo_protocol::rest::ApiError), (status = 404, description = "unknown template", body = silo_protocol::rest::ApiError), (status = 409, description = "the name is taken by a template", body = silo_protocol::rest::ApiError), (status = 500, description = "internal error; the log has the detail", body = silo_protocol::rest::ApiError)), security(("api_key" = [])))]
 pub async fn set_alias(
     State(app): State<AppState>,
     Path(alias): Path<String>,
@@ -232,13 +243,14 @@ pub async fn set_alias(
     }))
 }
 
-#[derive(Debug, Default, serde::Deserialize)]
+#[derive(Debug, Default, serde::Deserialize, utoipa::ToSchema)]
 pub struct AliasInfoRequest {
     #[serde(rename = "templateID", default)]
     template_id: String,
 }
 
 /// `DELETE /templates/aliases/{alias}` (silo's).
+#[utoipa::path(delete, path = "/templates/aliases/{alias}", tag = "templates", params(("alias" = String, Path)), responses((status = 204, description = "Removed"), (status = 400, description = "malformed request", body = silo_protocol::rest::ApiError), (status = 401, description = "no or wrong API key", body = silo_protocol::rest::ApiError), (status = 404, description = "unknown alias", body = silo_protocol::rest::ApiError), (status = 500, description = "internal error; the log has the detail", body = silo_protocol::rest::ApiError)), security(("api_key" = [])))]
 pub async fn delete_alias(
     State(app): State<AppState>,
     Path(alias): Path<String>,

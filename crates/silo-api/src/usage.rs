@@ -17,6 +17,7 @@ use crate::AppState;
 
 /// `GET /sandboxes/{id}/metrics?start&end`: from `start` (default: the sandbox's start)
 /// to `end` (default: now), Unix seconds.
+#[utoipa::path(get, path = "/sandboxes/{id}/metrics", tag = "observe", params(("id" = String, Path, description = "Sandbox id"), MetricsQuery), responses((status = 200, description = "Samples, oldest first", body = Vec<SandboxMetric>), (status = 400, description = "malformed request", body = silo_protocol::rest::ApiError), (status = 401, description = "no or wrong API key", body = silo_protocol::rest::ApiError), (status = 404, description = "no such sandbox", body = silo_protocol::rest::ApiError), (status = 500, description = "internal error; the log has the detail", body = silo_protocol::rest::ApiError)), security(("api_key" = [])))]
 pub async fn of_sandbox(
     State(app): State<AppState>,
     SandboxPath(id): SandboxPath,
@@ -43,6 +44,7 @@ pub async fn of_sandbox(
 
 /// `GET /sandboxes/metrics?sandbox_ids=a,b`: the newest sample of each named sandbox
 /// that is running or paused (others, and those without a sample yet, are left out).
+#[utoipa::path(get, path = "/sandboxes/metrics", tag = "observe", params(("sandbox_ids" = Option<String>, Query, description = "Comma-separated sandbox ids")), responses((status = 200, description = "The newest sample of each", body = SandboxesWithMetrics), (status = 400, description = "malformed request", body = silo_protocol::rest::ApiError), (status = 401, description = "no or wrong API key", body = silo_protocol::rest::ApiError), (status = 500, description = "internal error; the log has the detail", body = silo_protocol::rest::ApiError)), security(("api_key" = [])))]
 pub async fn latest(
     State(app): State<AppState>,
     ApiQuery(query): ApiQuery<BTreeMap<String, String>>,

@@ -97,6 +97,20 @@ impl<'de> Deserialize<'de> for SandboxId {
     }
 }
 
+#[cfg(feature = "openapi")]
+impl utoipa::PartialSchema for SandboxId {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        utoipa::openapi::ObjectBuilder::new()
+            .schema_type(utoipa::openapi::schema::Type::String)
+            .pattern(Some("^i[a-z0-9]{19}$"))
+            .description(Some("A sandbox id: `i` and 19 lowercase letters or digits"))
+            .into()
+    }
+}
+
+#[cfg(feature = "openapi")]
+impl utoipa::ToSchema for SandboxId {}
+
 /// An API key as the E2B SDK expects it: `e2b_` and 40 hex digits.
 /// Debug redacts it so that keys never reach a log line.
 #[derive(Clone, PartialEq, Eq, Hash)]

@@ -10,6 +10,7 @@ use crate::ids::SandboxId;
 
 /// Error body of every REST error: `{"code":404,"message":"..."}`.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ApiError {
     pub code: u16,
     pub message: String,
@@ -17,6 +18,7 @@ pub struct ApiError {
 
 /// `POST /v2/sandboxes` (and legacy `POST /sandboxes`, which adds `secure`).
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "camelCase")]
 pub struct NewSandbox {
     #[serde(rename = "templateID")]
@@ -50,6 +52,7 @@ pub struct NewSandbox {
 /// CPUs, memory (MiB) and disk (MiB), each given or not: asked for by a create, or a
 /// template's defaults.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Resources {
     #[serde(default, rename = "cpuCount", skip_serializing_if = "Option::is_none")]
     pub cpu_count: Option<u32>,
@@ -76,6 +79,7 @@ impl Resources {
 
 /// The egress part of `network`, shared by the create body and the update.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "camelCase")]
 pub struct Egress {
     #[serde(default)]
@@ -92,6 +96,7 @@ pub struct Egress {
 
 /// `network` of the create body.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "camelCase")]
 pub struct NetworkConfig {
     #[serde(flatten)]
@@ -104,6 +109,7 @@ pub struct NetworkConfig {
 
 /// `PUT /sandboxes/{id}/network`: replaces the egress rules; omitted fields are cleared.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct NetworkUpdate {
     #[serde(flatten)]
     pub egress: Egress,
@@ -113,6 +119,7 @@ pub struct NetworkUpdate {
 
 /// `autoResume` of the create body.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct AutoResume {
     #[serde(default)]
     pub enabled: bool,
@@ -120,6 +127,7 @@ pub struct AutoResume {
 
 /// What happens at the timeout, and whether traffic wakes a paused sandbox.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "camelCase")]
 pub struct Lifecycle {
     pub auto_resume: bool,
@@ -127,6 +135,7 @@ pub struct Lifecycle {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "lowercase")]
 pub enum OnTimeout {
     Kill,
@@ -135,6 +144,7 @@ pub enum OnTimeout {
 
 /// `POST /sandboxes/{id}/resume` (legacy; connect does the same).
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "camelCase")]
 pub struct ResumeSandbox {
     #[serde(default)]
@@ -145,6 +155,7 @@ pub struct ResumeSandbox {
 
 /// `POST /sandboxes/{id}/snapshots`.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct NewSnapshot {
     #[serde(default)]
     pub name: Option<String>,
@@ -155,6 +166,7 @@ pub struct NewSnapshot {
 
 /// A snapshot: `POST /sandboxes/{id}/snapshots` answers one, `GET /snapshots` a list.
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct SnapshotInfo {
     #[serde(rename = "snapshotID")]
     pub snapshot_id: String,
@@ -163,6 +175,7 @@ pub struct SnapshotInfo {
 
 /// `POST /sandboxes/{id}/fork`.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ForkSandbox {
     #[serde(default)]
     pub timeout: Option<u64>,
@@ -172,6 +185,7 @@ pub struct ForkSandbox {
 
 /// One entry of a fork's answer: the new sandbox, or why that copy failed.
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "camelCase")]
 pub enum ForkResult {
     Sandbox(Sandbox),
@@ -180,6 +194,7 @@ pub enum ForkResult {
 
 /// `POST /sandboxes/{id}/connect` and `/v2/.../connect`.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ConnectSandbox {
     #[serde(default)]
     pub timeout: Option<u64>,
@@ -187,12 +202,14 @@ pub struct ConnectSandbox {
 
 /// `POST /sandboxes/{id}/timeout`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct SetTimeout {
     pub timeout: u64,
 }
 
 /// Result of create and connect.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "camelCase")]
 pub struct Sandbox {
     #[serde(rename = "templateID")]
@@ -213,6 +230,7 @@ pub struct Sandbox {
 }
 
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "lowercase")]
 pub enum SandboxState {
     Running,
@@ -221,6 +239,7 @@ pub enum SandboxState {
 
 /// `GET /sandboxes/{id}`.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "camelCase")]
 pub struct SandboxDetail {
     #[serde(rename = "templateID")]
@@ -257,6 +276,7 @@ pub type ListedSandbox = SandboxDetail;
 
 /// One sample of `GET /sandboxes/{id}/metrics` (and of `GET /sandboxes/metrics`).
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "camelCase")]
 pub struct SandboxMetric {
     /// RFC 3339.
@@ -276,6 +296,7 @@ pub struct SandboxMetric {
 
 /// `GET /sandboxes/{id}/metrics?start&end` (Unix seconds, both optional).
 #[derive(Debug, Clone, Default, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::IntoParams), into_params(parameter_in = Query))]
 pub struct MetricsQuery {
     pub start: Option<i64>,
     pub end: Option<i64>,
@@ -284,6 +305,7 @@ pub struct MetricsQuery {
 /// One entry of a sandbox's log: a lifecycle event, a process's start or exit, or a line
 /// of its output. `fields` says which (`type`) and carries the details.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct SandboxLogEntry {
     /// RFC 3339.
     pub timestamp: String,
@@ -293,6 +315,7 @@ pub struct SandboxLogEntry {
 }
 
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, PartialOrd, Ord)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "lowercase")]
 pub enum LogLevel {
     Debug,
@@ -303,12 +326,14 @@ pub enum LogLevel {
 
 /// `GET /v2/sandboxes/{id}/logs`.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct SandboxLogsV2 {
     pub logs: Vec<SandboxLogEntry>,
 }
 
 /// `GET /sandboxes/{id}/logs` (v1): plain lines and the same entries.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "camelCase")]
 pub struct SandboxLogs {
     pub logs: Vec<SandboxLogLine>,
@@ -316,6 +341,7 @@ pub struct SandboxLogs {
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct SandboxLogLine {
     /// RFC 3339.
     pub timestamp: String,
@@ -324,6 +350,7 @@ pub struct SandboxLogLine {
 
 /// `GET /v2/sandboxes/{id}/logs?cursor&limit&direction&level&search`.
 #[derive(Debug, Clone, Default, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::IntoParams), into_params(parameter_in = Query))]
 pub struct LogsQueryV2 {
     /// Unix milliseconds: from here on (forward, the default) or up to here (backward).
     pub cursor: Option<i64>,
@@ -335,6 +362,7 @@ pub struct LogsQueryV2 {
 }
 
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "lowercase")]
 pub enum LogsDirection {
     Forward,
@@ -343,6 +371,7 @@ pub enum LogsDirection {
 
 /// `GET /sandboxes/{id}/logs?start&limit` (v1; `start` in Unix milliseconds).
 #[derive(Debug, Clone, Default, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::IntoParams), into_params(parameter_in = Query))]
 pub struct LogsQueryV1 {
     pub start: Option<i64>,
     pub limit: Option<usize>,
@@ -350,6 +379,7 @@ pub struct LogsQueryV1 {
 
 /// `GET /sandboxes/metrics?sandbox_ids=a,b`: the newest sample of each.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct SandboxesWithMetrics {
     pub sandboxes: BTreeMap<String, SandboxMetric>,
 }

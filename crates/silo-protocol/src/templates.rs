@@ -12,6 +12,7 @@ use serde::{Deserialize, Serialize};
 
 /// `POST /v3/templates`.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "camelCase")]
 pub struct BuildRequest {
     /// The template's name (E2B also accepts `alias`, its older name for it).
@@ -34,6 +35,7 @@ pub struct BuildRequest {
 
 /// The answer to [`BuildRequest`].
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "camelCase")]
 pub struct BuildRequested {
     #[serde(rename = "templateID")]
@@ -49,6 +51,7 @@ pub struct BuildRequested {
 /// `GET /templates/{id}/files/{hash}`: whether the server has those files, and where to
 /// `PUT` them (a tar, gzipped or not) if not.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct FileUpload {
     pub present: bool,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -59,6 +62,7 @@ pub struct FileUpload {
 /// `silo template build` sends a Dockerfile and the hash of its uploaded context
 /// (silo's extension: ARG, LABEL and ADD have no E2B step).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "camelCase", default)]
 pub struct BuildStart {
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -87,6 +91,7 @@ pub struct BuildStart {
 /// E2B's `fromImageRegistry`: `{"type": "registry", "username", "password"}` (silo
 /// supports that type; `aws` and `gcp` are E2B's own integrations).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(default)]
 pub struct RegistryCredentials {
     #[serde(rename = "type")]
@@ -98,6 +103,7 @@ pub struct RegistryCredentials {
 /// One E2B build step: `COPY [src, dest, user, mode]`, `RUN [cmd, user?]`, `ENV [k, v,
 /// ...]`, `WORKDIR [dir]`, `USER [name]`.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "camelCase", default)]
 pub struct BuildStep {
     #[serde(rename = "type")]
@@ -110,6 +116,7 @@ pub struct BuildStep {
 
 /// `GET /templates/{id}/builds/{build}/status`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "camelCase")]
 pub struct BuildInfo {
     #[serde(rename = "templateID")]
@@ -126,6 +133,7 @@ pub struct BuildInfo {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct BuildLogLine {
     pub timestamp: String,
     /// `debug`, `info`, `warn` or `error`.
@@ -134,6 +142,7 @@ pub struct BuildLogLine {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "camelCase")]
 pub struct BuildFailure {
     pub message: String,
@@ -144,6 +153,7 @@ pub struct BuildFailure {
 
 /// One template in `GET /templates` (and, with `builds`, `GET /templates/{id}`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "camelCase")]
 pub struct TemplateInfo {
     #[serde(rename = "templateID")]
@@ -172,6 +182,7 @@ pub struct TemplateInfo {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "camelCase")]
 pub struct TemplateBuildInfo {
     #[serde(rename = "buildID")]
@@ -188,6 +199,7 @@ pub struct TemplateBuildInfo {
 
 /// `GET /templates/aliases/{alias}`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct AliasInfo {
     #[serde(rename = "templateID")]
     pub template_id: String,
