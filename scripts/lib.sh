@@ -47,6 +47,8 @@ install_deps() {
   command -v nft >/dev/null 2>&1 || missing+=(nftables)
   command -v mkfs.ext4 >/dev/null 2>&1 || missing+=(e2fsprogs)
   command -v cc >/dev/null 2>&1 || missing+=(gcc libc6-dev)
+  # The dashboard (web/) is built with npm into the binary (crates/silo-api/build.rs).
+  command -v npm >/dev/null 2>&1 || missing+=(npm)
   if runsc_ok && [ ${#missing[@]} -eq 0 ]; then
     return
   fi
@@ -72,11 +74,13 @@ SRC
   fi
 }
 
-# What only the tests use: a local registry and skopeo (template builds FROM a registry).
+# What only the tests use: a local registry and skopeo (template builds FROM a registry),
+# and Chromium for the dashboard's browser test.
 install_test_deps() {
   local missing=()
   command -v docker-registry >/dev/null 2>&1 || missing+=(docker-registry)
   command -v skopeo >/dev/null 2>&1 || missing+=(skopeo)
+  command -v chromium >/dev/null 2>&1 || missing+=(chromium)
   if [ ${#missing[@]} -gt 0 ]; then
     say "installing test packages (${missing[*]})"
     DEBIAN_FRONTEND=noninteractive apt-get install -y -q "${missing[@]}"

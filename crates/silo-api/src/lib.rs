@@ -4,6 +4,8 @@
 //!   API-key auth;
 //! - the sandbox proxy ([`proxy`]), which takes every request that names a sandbox (by
 //!   header or Host) before routing and forwards it to that sandbox's agent;
+//! - the web dashboard at `/dashboard/` ([`dashboard`]) and its terminals
+//!   ([`terminal`]);
 //! - `GET /health` for the server itself, `GET /metrics` for Prometheus ([`telemetry`]),
 //!   and `GET /openapi.json`, this API described (generated from the handlers' own
 //!   annotations, see `routes`).
@@ -11,6 +13,7 @@
 //! Handlers are thin: they extract ([`extract`]), call the [`manager`], and map errors to
 //! the wire once ([`error`]).
 
+pub mod dashboard;
 pub mod error;
 pub mod extract;
 pub mod logs;
@@ -19,6 +22,7 @@ pub mod sandboxes;
 pub mod snapshots;
 pub mod telemetry;
 pub mod templates;
+pub mod terminal;
 pub mod usage;
 
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -67,6 +71,11 @@ pub fn router(state: AppState) -> Router {
                 }
             }),
         )
+        // Not in the document: a WebSocket, and the dashboard's own files.
+        .route("/sandboxes/{id}/terminal", get(terminal::terminal))
+        .route("/dashboard", get(dashboard::root))
+        .route("/dashboard/", get(dashboard::index))
+        .route("/dashboard/{*path}", get(dashboard::file))
         .fallback(not_found)
         .layer(middleware::from_fn_with_state(
             state.clone(),

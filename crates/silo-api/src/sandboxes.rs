@@ -27,6 +27,7 @@ pub(crate) fn rfc3339(ms: i64) -> String {
 fn wire_state(state: SandboxState) -> rest::SandboxState {
     match state {
         SandboxState::Paused | SandboxState::Pausing => rest::SandboxState::Paused,
+        SandboxState::Killing | SandboxState::Killed => rest::SandboxState::Killed,
         _ => rest::SandboxState::Running,
     }
 }
@@ -339,7 +340,7 @@ pub async fn list_v1(
 }
 
 /// `GET /v2/sandboxes`: filtered by state and metadata, paged with `X-Next-Token`.
-#[utoipa::path(get, path = "/v2/sandboxes", tag = "sandboxes", params(("metadata" = Option<String>, Query, description = "`k=v&k2=v2`, keys and values percent-encoded first"), ("state" = Option<String>, Query, description = "Comma-separated: running, paused"), ("template" = Option<String>, Query), ("limit" = Option<u32>, Query), ("nextToken" = Option<String>, Query, description = "X-Next-Token of the previous page")), responses((status = 200, description = "A page of sandboxes", body = Vec<rest::SandboxDetail>, headers(("X-Next-Token" = String, description = "Present when more follow"))), (status = 400, description = "malformed request", body = silo_protocol::rest::ApiError), (status = 401, description = "no or wrong API key", body = silo_protocol::rest::ApiError), (status = 500, description = "internal error; the log has the detail", body = silo_protocol::rest::ApiError)), security(("api_key" = [])))]
+#[utoipa::path(get, path = "/v2/sandboxes", tag = "sandboxes", params(("metadata" = Option<String>, Query, description = "`k=v&k2=v2`, keys and values percent-encoded first"), ("state" = Option<String>, Query, description = "Comma-separated: running, paused (E2B's), killed (silo's: the history)"), ("template" = Option<String>, Query), ("limit" = Option<u32>, Query), ("nextToken" = Option<String>, Query, description = "X-Next-Token of the previous page")), responses((status = 200, description = "A page of sandboxes", body = Vec<rest::SandboxDetail>, headers(("X-Next-Token" = String, description = "Present when more follow"))), (status = 400, description = "malformed request", body = silo_protocol::rest::ApiError), (status = 401, description = "no or wrong API key", body = silo_protocol::rest::ApiError), (status = 500, description = "internal error; the log has the detail", body = silo_protocol::rest::ApiError)), security(("api_key" = [])))]
 pub async fn list_v2(
     State(app): State<AppState>,
     RawQuery(query): RawQuery,
@@ -387,9 +388,11 @@ fn parse_list_query(query: &str) -> Result<ListFilter, ApiError> {
                     let state = match state {
                         "running" => SandboxState::Running,
                         "paused" => SandboxState::Paused,
+                        // silo's: the history, until the retention window forgets them.
+                        "killed" => SandboxState::Killed,
                         other => {
                             return Err(ApiError::BadRequest(format!(
-                                "unknown state {other:?}: use running or paused"
+                                "unknown state {other:?}: use running, paused or killed"
                             )))
                         }
                     };

@@ -235,6 +235,8 @@ pub struct Sandbox {
 pub enum SandboxState {
     Running,
     Paused,
+    /// silo's: only in lists that ask for `state=killed`.
+    Killed,
 }
 
 /// `GET /sandboxes/{id}`.
