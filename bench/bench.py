@@ -17,6 +17,10 @@ Starts its own `silo serve` (like the e2e tests), then measures with the officia
     network, memory overlay), N_RAW times, for comparison;
   - with a warm pool (`--pool base=4`, a server of its own): create → first command;
   - a plain host process spawn (/bin/true), the floor under everything;
+  - density (a server of its own): idle base sandboxes created two at a time and held,
+    until BENCH_DENSITY (500) are up, a create fails or takes over 60 s, or the host has
+    less than 2 GiB available: how many, PSS per sandbox then, the host memory they took,
+    the load, and whether the first and the last still answer a command;
 each latency as p50/p95/p99/mean. Writes a Markdown table to stdout and
 bench/results/<date>-<host>/results.md, and the rows as results.json for comparing runs.
 
@@ -48,6 +52,7 @@ N_PAUSE = int(os.environ.get("BENCH_PAUSES", 10))
 N_TEMPLATE_CREATE = int(os.environ.get("BENCH_TEMPLATE_CREATES", 10))
 N_FILES = int(os.environ.get("BENCH_FILES", 5))
 N_IDLE = int(os.environ.get("BENCH_IDLE", 20))
+N_DENSITY = int(os.environ.get("BENCH_DENSITY", 500))
 
 
 def pct(samples, p):
@@ -180,6 +185,68 @@ def bench_pool():
     finally:
         server.stop()
     return [summary("pooled: Sandbox.create(\"base\") → first commands.run done", firsts)]
+
+
+def available_mib():
+    for line in Path("/proc/meminfo").read_text().splitlines():
+        if line.startswith("MemAvailable:"):
+            return int(line.split()[1]) // 1024
+    return 0
+
+
+def bench_density():
+    """How many idle sandboxes one host holds (see the module doc for when it stops)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from e2b import Sandbox
+
+    server = SiloServer(subnet="10.217.0.0/16").start()
+    held, stopped_by, create_s = [], f"the cap of {N_DENSITY}", []
+    before_mib = available_mib()
+    started = time.monotonic()
+    try:
+        os.environ.update(server.env())
+
+        def create(_):
+            t = time.perf_counter()
+            sbx = Sandbox.create("base", timeout=3600)
+            return time.perf_counter() - t, sbx
+
+        with ThreadPoolExecutor(max_workers=2) as pool:
+            while len(held) < N_DENSITY:
+                if available_mib() < 2048:
+                    stopped_by = "less than 2 GiB of host memory available"
+                    break
+                try:
+                    batch = list(pool.map(create, range(min(2, N_DENSITY - len(held)))))
+                except Exception as err:  # noqa: BLE001 - any failed create ends the run
+                    stopped_by = f"a create failed: {str(err)[:120]}"
+                    break
+                held += [sbx for _, sbx in batch]
+                create_s += [t for t, _ in batch]
+                if max(t for t, _ in batch) > 60:
+                    stopped_by = "a create took over 60 s"
+                    break
+        elapsed = time.monotonic() - started
+        time.sleep(5)
+        answers = all(s.commands.run("echo hi", timeout=120).stdout == "hi\n" for s in (held[0], held[-1]))
+        sample = held[:: max(1, len(held) // 20)]
+        pss = statistics.median(sandbox_memory_kib(s.sandbox_id)[1] for s in sample) / 1024
+        used_mib = before_mib - available_mib()
+        load = os.getloadavg()[0]
+        print(f"density: {len(held)} held in {elapsed:.0f} s, stopped by {stopped_by}", flush=True)
+    finally:
+        server.stop()
+    last = create_s[-20:] or [0]
+    return [
+        value_row(f"idle sandboxes held at once (stopped by {stopped_by}; first and last "
+                  f"{'answer' if answers else 'do NOT answer'} a command)", len(held), len(held), "sandboxes"),
+        value_row("  time to create them, two at a time", len(held), elapsed, "s"),
+        summary("  Sandbox.create, the last 20 of them", last),
+        value_row("  PSS per sandbox at that count (median of a sample)", len(sample), pss, "MiB"),
+        value_row("  host memory they took (MemAvailable before - after)", len(held), used_mib, "MiB"),
+        value_row("  host load average (1 min) with them all idle", len(held), load, ""),
+    ]
 
 
 def bench_spawn():
@@ -367,7 +434,7 @@ def bench_template(server):
     ]
 
 
-def main():
+def all_benches():
     server = SiloServer(subnet="10.216.0.0/16").start()
     try:
         rows = (bench_sdk(server) + bench_concurrent_creates(10) + bench_concurrent_creates(50)
@@ -376,6 +443,15 @@ def main():
     finally:
         server.stop()
     rows += bench_pool() + bench_raw_runsc(server.template_dir) + bench_spawn()
+    if N_DENSITY:
+        rows += bench_density()
+    return rows
+
+
+def main():
+    # BENCH_ONLY=density runs that one alone (into results-density.md/.json).
+    only = os.environ.get("BENCH_ONLY")
+    rows = {"density": bench_density, "pool": bench_pool, "spawn": bench_spawn}[only]() if only else all_benches()
     machine = f"{platform.node()}-{os.cpu_count()}cpu"
     lines = [
         f"Measured {date.today()} on {machine} ({platform.release()}), runsc systrap.",
@@ -392,8 +468,9 @@ def main():
     report = "\n".join(lines) + "\n"
     out = ROOT / "bench" / "results" / f"{date.today()}-{machine}"
     out.mkdir(parents=True, exist_ok=True)
-    (out / "results.md").write_text(report)
-    (out / "results.json").write_text(json.dumps(rows, indent=2) + "\n")
+    name = f"results-{only}" if only else "results"
+    (out / f"{name}.md").write_text(report)
+    (out / f"{name}.json").write_text(json.dumps(rows, indent=2) + "\n")
     print(report)
 
 

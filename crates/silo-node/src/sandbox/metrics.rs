@@ -8,11 +8,15 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures_util::StreamExt;
 use silo_catalog::{now_ms, MetricSample, SandboxRecord, SandboxState};
 use silo_protocol::ids::SandboxId;
 
 use super::Manager;
 use crate::usage::Usage;
+
+/// Sandboxes whose logs are collected at once.
+const LOG_COLLECTIONS: usize = 16;
 
 /// How often samples are taken, and how long the samples and logs of a killed sandbox
 /// are kept.
@@ -79,8 +83,11 @@ impl Manager {
                     self.record_oom(rec, usage.oom_kills - known);
                 }
                 samples.push(sample(rec, at_ms, &usage, before));
-                self.collect_logs(rec).await;
             }
+            // Several at a time: one slow agent does not hold up the round.
+            futures_util::stream::iter(&running)
+                .for_each_concurrent(LOG_COLLECTIONS, |rec| self.collect_logs(rec))
+                .await;
             previous.retain(|id, _| running.iter().any(|rec| &rec.id == id));
             let pruned_before = now_ms() - config.retention.as_millis() as i64;
             let stored = self
