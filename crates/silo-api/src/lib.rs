@@ -5,7 +5,9 @@
 //! - the sandbox proxy ([`proxy`]), which takes every request that names a sandbox (by
 //!   header or Host) before routing and forwards it to that sandbox's agent;
 //! - `GET /health` for the server itself, and `GET /metrics` for Prometheus
-//!   ([`telemetry`]).
+//!   ([`telemetry`]);
+//! - `/mcp`, the MCP server over streamable HTTP ([`silo_mcp::http`]), behind the same
+//!   API-key check, when the server mounts it.
 //!
 //! Handlers are thin: they extract ([`extract`]), call the [`manager`], and map errors to
 //! the wire once ([`error`]).
@@ -44,11 +46,17 @@ pub struct AppState {
     /// The domain sandboxes are reached under (`{port}-{id}.{domain}`), if configured.
     pub domain: Option<String>,
     pub telemetry: Arc<telemetry::Telemetry>,
+    /// The MCP endpoint served at `/mcp`, if any.
+    pub mcp: Option<silo_mcp::http::Service>,
 }
 
 /// The whole HTTP surface.
 pub fn router(state: AppState) -> Router {
-    let api = Router::new()
+    let mut api = Router::new();
+    if let Some(mcp) = &state.mcp {
+        api = api.route_service("/mcp", mcp.clone());
+    }
+    let api = api
         .route(
             "/sandboxes",
             post(sandboxes::create).get(sandboxes::list_v1),
