@@ -6,6 +6,9 @@ session's own sandbox (created on first use, killed when the session ends), work
 sandbox the client names (left running), and get clear tool errors for bad input."""
 
 import contextlib
+import json
+import signal
+import subprocess
 import time
 
 import httpx
@@ -133,6 +136,8 @@ async def test_bad_input_is_a_clear_tool_error_not_a_crash(silo, transport):
         assert "bad sandbox_id" in err and "sandbox id" in err
         err = await call_failing(client, "kill_sandbox", sandbox_id=UNKNOWN_ID)
         assert "not found" in err
+        err = await call_failing(client, "create_sandbox", template="no-such-template")
+        assert 'cannot create a sandbox from template "no-such-template"' in err
 
         err = await call_failing(client, "read_file", path="/no/such/file.txt")
         assert "/no/such/file.txt" in err and "404" in err
@@ -192,6 +197,43 @@ async def test_create_and_kill_the_session_sandbox(silo):
         ours = mcp_sandboxes(silo) - before
         assert len(ours) == 1
     wait_gone(silo, ours)
+
+
+def test_silo_mcp_killed_with_sigterm_kills_its_sandbox(silo):
+    """The stdio server ends on SIGTERM too (what a client does when stdin is not
+    enough), and kills the session's sandbox before it exits."""
+    before = mcp_sandboxes(silo)
+    proc = subprocess.Popen(
+        [silo.bin, "mcp", "--api-url", silo.url, "--api-key", silo.api_key],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        def rpc(id, method, params):
+            proc.stdin.write(json.dumps({"jsonrpc": "2.0", "id": id, "method": method, "params": params}) + "\n")
+            proc.stdin.flush()
+            return json.loads(proc.stdout.readline())
+
+        init = rpc(1, "initialize", {
+            "protocolVersion": "2025-11-25",
+            "capabilities": {},
+            "clientInfo": {"name": "test", "version": "0"},
+        })
+        assert init["result"]["protocolVersion"] == "2025-11-25"
+        proc.stdin.write(json.dumps({"jsonrpc": "2.0", "method": "notifications/initialized"}) + "\n")
+        answer = rpc(2, "tools/call", {"name": "run_command", "arguments": {"command": "echo up"}})
+        assert answer["result"]["content"][0]["text"] == "exit code 0\n[stdout]\nup\n"
+        ours = mcp_sandboxes(silo) - before
+        assert len(ours) == 1
+
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=30) == 0
+        assert not mcp_sandboxes(silo) & ours
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
 
 
 def test_the_http_endpoint_wants_the_api_key(silo):
