@@ -8,7 +8,9 @@
 //!   ([`terminal`]);
 //! - `GET /health` for the server itself, `GET /metrics` for Prometheus ([`telemetry`]),
 //!   and `GET /openapi.json`, this API described (generated from the handlers' own
-//!   annotations, see `routes`).
+//!   annotations, see `routes`);
+//! - `/mcp`, the MCP server over streamable HTTP ([`silo_mcp::http`]), behind the same
+//!   API-key check, when the server mounts it.
 //!
 //! Handlers are thin: they extract ([`extract`]), call the [`manager`], and map errors to
 //! the wire once ([`error`]).
@@ -52,6 +54,8 @@ pub struct AppState {
     /// The domain sandboxes are reached under (`{port}-{id}.{domain}`), if configured.
     pub domain: Option<String>,
     pub telemetry: Arc<telemetry::Telemetry>,
+    /// The MCP endpoint served at `/mcp`, if any.
+    pub mcp: Option<silo_mcp::http::Service>,
 }
 
 /// The whole HTTP surface.
@@ -120,13 +124,27 @@ fn routes(state: AppState) -> OpenApiRouter<AppState> {
             templates::set_alias,
             templates::delete_alias
         ))
-        .route_layer(middleware::from_fn_with_state(state, require_api_key));
+        .route_layer(middleware::from_fn_with_state(
+            state.clone(),
+            require_api_key,
+        ));
+    // MCP speaks its own protocol on one path: behind the key, outside the document.
+    let mcp = match &state.mcp {
+        Some(mcp) => Router::new()
+            .route_service("/mcp", mcp.clone())
+            .route_layer(middleware::from_fn_with_state(
+                state.clone(),
+                require_api_key,
+            )),
+        None => Router::new(),
+    };
     OpenApiRouter::with_openapi(ApiDoc::openapi())
         .routes(routes!(health))
         .routes(routes!(telemetry::scrape))
         // The one-time token in the URL is the right to upload (see templates::file_upload).
         .routes(routes!(templates::upload))
         .merge(api)
+        .merge(OpenApiRouter::from(mcp))
 }
 
 /// The document's frame; the paths come from the handlers (see [`routes`]).

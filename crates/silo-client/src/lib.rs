@@ -1,15 +1,18 @@
-//! A Rust client for silo, used by the `silo sandbox ...` commands and the Rust
-//! integration tests. It speaks the same wire as the E2B SDKs: REST for the control plane,
-//! and Connect-JSON through the sandbox proxy (mode A headers) for commands.
+//! A Rust client for silo, used by the `silo sandbox ...` commands, `silo mcp` and the
+//! Rust integration tests. It speaks the same wire as the E2B SDKs: REST for the control
+//! plane, and through the sandbox proxy (mode A headers: `E2b-Sandbox-Id`,
+//! `E2b-Sandbox-Port`) envd's Connect-JSON for commands ([`Client::run`]) and the file
+//! system ([`files`]), and the code interpreter's `/execute` ([`code`]).
+
+pub mod code;
+pub mod files;
 
 use base64::Engine;
 use futures_util::StreamExt;
 use serde_json::json;
 use silo_protocol::connect::{self, Decoder, EndStream, FLAG_END_STREAM};
 use silo_protocol::ids::SandboxId;
-use silo_protocol::rest::{
-    ApiError, ListedSandbox, NewSandbox, Sandbox, SandboxDetail, SandboxLogsV2,
-};
+use silo_protocol::rest::{ListedSandbox, NewSandbox, Sandbox, SandboxDetail, SandboxLogsV2};
 use silo_protocol::templates::{
     AliasInfo, BuildInfo, BuildRequest, BuildRequested, BuildStart, FileUpload, TemplateInfo,
 };
@@ -28,6 +31,19 @@ pub enum ClientError {
     Decode(#[source] reqwest::Error),
     #[error("command stream broke: {0}")]
     Stream(String),
+    #[error("{what} is larger than {limit} bytes")]
+    TooLarge { what: String, limit: usize },
+}
+
+impl ClientError {
+    /// The HTTP status silo (or the sandbox behind it) answered, if it answered with an
+    /// error.
+    pub fn status(&self) -> Option<u16> {
+        match self {
+            ClientError::Api { status, .. } => Some(*status),
+            _ => None,
+        }
+    }
 }
 
 pub type Result<T, E = ClientError> = std::result::Result<T, E>;
@@ -55,6 +71,15 @@ impl Client {
         }
     }
 
+    /// The same server with another API key; the connection pool is shared.
+    pub fn with_api_key(&self, api_key: &str) -> Client {
+        Client {
+            api_url: self.api_url.clone(),
+            api_key: api_key.to_owned(),
+            http: self.http.clone(),
+        }
+    }
+
     async fn send(&self, req: reqwest::RequestBuilder) -> Result<reqwest::Response> {
         let resp = req
             .header("x-api-key", &self.api_key)
@@ -69,10 +94,10 @@ impl Client {
         }
         let status = resp.status().as_u16();
         let text = resp.text().await.unwrap_or_default();
-        let message = serde_json::from_str::<ApiError>(&text)
-            .map(|err| err.message)
-            .unwrap_or(text);
-        Err(ClientError::Api { status, message })
+        Err(ClientError::Api {
+            status,
+            message: error_message(text),
+        })
     }
 
     /// Create a sandbox: `NewSandbox { template_id, ..Default::default() }` for the
@@ -100,6 +125,20 @@ impl Client {
         self.json(req).await
     }
 
+    /// Connect to a sandbox: a paused one is resumed; `timeout_secs` only ever extends
+    /// its life. Returns what talking to it takes (its tokens), as create does.
+    pub async fn connect(&self, id: &SandboxId, timeout_secs: Option<u64>) -> Result<Sandbox> {
+        let body = match timeout_secs {
+            Some(timeout) => json!({ "timeout": timeout }),
+            None => json!({}),
+        };
+        let req = self
+            .http
+            .post(self.url(&format!("/sandboxes/{id}/connect")))
+            .json(&body);
+        self.json(req).await
+    }
+
     pub async fn kill(&self, id: &SandboxId) -> Result<()> {
         let req = self.http.delete(format!("{}/sandboxes/{id}", self.api_url));
         self.send(req).await.map(drop)
@@ -118,6 +157,28 @@ impl Client {
 
     fn url(&self, path: &str) -> String {
         format!("{}{path}", self.api_url)
+    }
+
+    /// A request to `port` of `sandbox` through silo's proxy, with its envd token.
+    fn sandbox_request(
+        &self,
+        method: reqwest::Method,
+        sandbox: &Sandbox,
+        port: u16,
+        path: &str,
+    ) -> reqwest::RequestBuilder {
+        let mut req = self
+            .http
+            .request(method, self.url(path))
+            .header("e2b-sandbox-id", sandbox.sandbox_id.as_str())
+            .header("e2b-sandbox-port", port.to_string());
+        if let Some(token) = &sandbox.envd_access_token {
+            req = req.header("x-access-token", token);
+        }
+        if let Some(token) = &sandbox.traffic_access_token {
+            req = req.header("e2b-traffic-access-token", token);
+        }
+        req
     }
 
     /// Ask for a build of template `req.name`.
@@ -201,6 +262,19 @@ impl Client {
         &self,
         sandbox: &Sandbox,
         cmd: &str,
+        on_output: impl FnMut(Output),
+    ) -> Result<i32> {
+        self.run_for(sandbox, cmd, None, on_output).await
+    }
+
+    /// [`Client::run`], with the process killed by envd once `limit` has passed (its
+    /// `connect-timeout-ms`, as the SDK's `timeout`); `None` lets it run as long as it
+    /// takes.
+    pub async fn run_for(
+        &self,
+        sandbox: &Sandbox,
+        cmd: &str,
+        limit: Option<std::time::Duration>,
         mut on_output: impl FnMut(Output),
     ) -> Result<i32> {
         let start = json!({
@@ -208,15 +282,17 @@ impl Client {
             "stdin": false,
         });
         let mut req = self
-            .http
-            .post(format!("{}/process.Process/Start", self.api_url))
+            .sandbox_request(
+                reqwest::Method::POST,
+                sandbox,
+                silo_protocol::ports::ENVD,
+                "/process.Process/Start",
+            )
             .header("content-type", connect::CONTENT_TYPE_STREAM)
             .header("connect-protocol-version", "1")
-            .header("e2b-sandbox-id", sandbox.sandbox_id.as_str())
-            .header("e2b-sandbox-port", silo_protocol::ports::ENVD.to_string())
             .body(connect::encode_message(&start));
-        if let Some(token) = &sandbox.envd_access_token {
-            req = req.header("x-access-token", token);
+        if let Some(limit) = limit {
+            req = req.header("connect-timeout-ms", limit.as_millis().to_string());
         }
         let resp = self.send(req).await?;
         let mut body = resp.bytes_stream();
@@ -263,5 +339,31 @@ impl Client {
             .finish()
             .map_err(|err| ClientError::Stream(err.to_string()))?;
         Err(ClientError::Stream("stream closed before its end".into()))
+    }
+}
+
+/// The message of an error body: E2B's `{"code":404,"message":...}`, Connect's
+/// `{"code":"not_found","message":...}`, or else the text itself.
+fn error_message(text: String) -> String {
+    match serde_json::from_str::<serde_json::Value>(&text) {
+        Ok(body) => match body.get("message").and_then(|m| m.as_str()) {
+            Some(message) => message.to_owned(),
+            None => text,
+        },
+        Err(_) => text,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn error_message_of_each_body_shape() {
+        let rest = r#"{"code":404,"message":"sandbox x not found"}"#;
+        assert_eq!(error_message(rest.into()), "sandbox x not found");
+        let connect = r#"{"code":"not_found","message":"no such file"}"#;
+        assert_eq!(error_message(connect.into()), "no such file");
+        assert_eq!(error_message("bad gateway".into()), "bad gateway");
     }
 }

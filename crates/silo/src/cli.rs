@@ -36,6 +36,11 @@ pub enum Command {
     Sandbox(SandboxArgs),
     /// Build and list sandbox templates.
     Template(TemplateArgs),
+    /// Serve MCP on stdin/stdout for an MCP client (Claude Desktop, an agent): tools to
+    /// run code and commands in a sandbox of a running server, read, write and list its
+    /// files, create and kill sandboxes. The session's own sandbox is created on first
+    /// use and killed when the client goes.
+    Mcp(McpArgs),
 }
 
 #[derive(Debug, Clone, Args)]
@@ -141,6 +146,10 @@ pub struct ServeArgs {
     /// is forgotten.
     #[arg(long, default_value_t = 24)]
     pub retention_hours: u64,
+    /// Seconds an MCP session on `/mcp` may stay idle before it is closed; its own
+    /// sandbox lives as long past its last use, and is killed when the session closes.
+    #[arg(long, default_value_t = 900, value_parser = clap::value_parser!(u64).range(1..))]
+    pub mcp_idle_timeout: u64,
 }
 
 #[derive(Debug, Args)]
@@ -242,6 +251,19 @@ pub enum SandboxCommand {
         #[arg(required = true)]
         ids: Vec<String>,
     },
+}
+
+#[derive(Debug, Args)]
+pub struct McpArgs {
+    #[command(flatten)]
+    pub client: ClientArgs,
+    /// Template of the session's own sandbox (run_code needs code-interpreter).
+    #[arg(long, default_value = "code-interpreter")]
+    pub template: String,
+    /// Seconds the session's sandbox lives past its last use (it is killed when the
+    /// session ends anyway; this bounds it if that end is never seen).
+    #[arg(long, default_value_t = 900, value_parser = clap::value_parser!(u64).range(1..))]
+    pub sandbox_timeout: u64,
 }
 
 #[derive(Debug, Args)]

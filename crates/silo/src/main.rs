@@ -1,9 +1,10 @@
 //! `silo`: one binary for the server (`serve`) and its clients (`keys`, `sandbox`,
-//! `template`). `main` only parses flags and dispatches; each command lives in its own
+//! `template`, `mcp`). `main` only parses flags and dispatches; each command lives in its own
 //! module.
 
 mod cli;
 mod keys;
+mod mcp;
 mod sandbox;
 mod serve;
 mod template;
@@ -34,5 +35,6 @@ async fn run(cli: cli::Cli) -> anyhow::Result<std::process::ExitCode> {
         cli::Command::Keys(args) => keys::run(args),
         cli::Command::Sandbox(args) => sandbox::run(args).await,
         cli::Command::Template(args) => template::run(args).await,
+        cli::Command::Mcp(args) => mcp::run(args).await,
     }
 }

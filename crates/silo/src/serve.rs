@@ -1,6 +1,7 @@
 //! `silo serve`: wire the catalog, the runtime, the manager and the HTTP edge together,
 //! reconcile what a previous run left, then serve until SIGINT/SIGTERM.
 
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -87,12 +88,26 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
         .await
         .with_context(|| format!("cannot listen on {}: is another silo running?", args.listen))?
         .tap_io(|tcp| drop(tcp.set_nodelay(true)));
+    // MCP sessions hold streams open; ending them at shutdown lets the graceful
+    // shutdown finish.
+    let mcp_shutdown = tokio_util::sync::CancellationToken::new();
+    let idle = Duration::from_secs(args.mcp_idle_timeout);
+    let mcp = silo_mcp::http::service(silo_mcp::http::HttpConfig {
+        loopback_url: format!("http://{}", loopback(args.listen)),
+        session: silo_mcp::Config {
+            sandbox_timeout: idle,
+            ..silo_mcp::Config::default()
+        },
+        idle_timeout: idle,
+        shutdown: mcp_shutdown.clone(),
+    });
     let app = silo_api::router(AppState {
         manager: Arc::clone(&manager),
         builder,
         upstreams: silo_api::proxy::Upstreams::default(),
         domain: args.domain.clone(),
         telemetry: Arc::default(),
+        mcp: Some(mcp),
     });
     let url = format!("http://{}", args.listen);
     let key = keys
@@ -105,7 +120,10 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
     println!("export E2B_API_KEY={key}");
     tracing::info!(listen = %args.listen, data_dir = %data_dir.display(), "serving");
     axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown_signal())
+        .with_graceful_shutdown(async move {
+            shutdown_signal().await;
+            mcp_shutdown.cancel();
+        })
         .await
         .context("server failed")?;
     manager.shutdown().await;
@@ -117,7 +135,10 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
 
 fn init_logging() {
     use tracing_subscriber::EnvFilter;
-    let filter = EnvFilter::try_from_env("SILO_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
+    // rmcp logs every MCP message at info, and at warn each client's probe for a
+    // protocol version /mcp does not speak (ADR 0014): noise at the default level.
+    let filter =
+        EnvFilter::try_from_env("SILO_LOG").unwrap_or_else(|_| EnvFilter::new("info,rmcp=error"));
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
@@ -165,6 +186,17 @@ fn install_agent(explicit: Option<&Path>, data_dir: &Path) -> anyhow::Result<Pat
     Ok(dir)
 }
 
+/// Where this server reaches itself: its listen address, or loopback when it listens
+/// on every address.
+fn loopback(listen: SocketAddr) -> SocketAddr {
+    let ip = match listen.ip() {
+        IpAddr::V4(ip) if ip.is_unspecified() => IpAddr::V4(Ipv4Addr::LOCALHOST),
+        IpAddr::V6(ip) if ip.is_unspecified() => IpAddr::V6(Ipv6Addr::LOCALHOST),
+        ip => ip,
+    };
+    SocketAddr::new(ip, listen.port())
+}
+
 fn host_cpus() -> u32 {
     std::thread::available_parallelism().map_or(1, |n| n.get() as u32)
 }
@@ -179,4 +211,17 @@ fn host_memory_mb() -> u32 {
             u32::try_from(kib / 1024).ok()
         })
         .unwrap_or(4096)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn loopback_reaches_the_listener() {
+        let reach = |listen: &str| loopback(listen.parse().unwrap()).to_string();
+        assert_eq!(reach("0.0.0.0:3000"), "127.0.0.1:3000");
+        assert_eq!(reach("[::]:3000"), "[::1]:3000");
+        assert_eq!(reach("10.1.2.3:3000"), "10.1.2.3:3000");
+    }
 }
