@@ -236,7 +236,7 @@ def bench_density():
         load = os.getloadavg()[0]
         print(f"density: {len(held)} held in {elapsed:.0f} s, stopped by {stopped_by}", flush=True)
     finally:
-        server.stop()
+        server.stop(wait=900)
     last = create_s[-20:] or [0]
     return [
         value_row(f"idle sandboxes held at once (stopped by {stopped_by}; first and last "

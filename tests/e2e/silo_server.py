@@ -177,7 +177,9 @@ class SiloServer:
             "sandbox_dirs": self.sandbox_dirs(),
         }
 
-    def stop(self, check_leaks: bool = True, keep_data: bool = False):
+    def stop(self, check_leaks: bool = True, keep_data: bool = False, wait: float = 30):
+        """Kill every sandbox, then SIGTERM, giving the server `wait` seconds to release
+        them (hundreds of sandboxes on a loaded host need more than the default)."""
         if self.proc is None:
             return
         try:
@@ -187,7 +189,7 @@ class SiloServer:
             if self.proc.poll() is None:
                 self.proc.send_signal(signal.SIGTERM)
                 try:
-                    self.proc.wait(timeout=30)
+                    self.proc.wait(timeout=wait)
                 except subprocess.TimeoutExpired:
                     self.proc.kill()
                     self.proc.wait()

@@ -11,6 +11,7 @@ import time
 import httpx
 import pytest
 from prometheus_client.openmetrics.parser import text_string_to_metric_families
+from prometheus_client.parser import text_string_to_metric_families as prometheus_text_families
 
 pytestmark = pytest.mark.server_only
 
@@ -96,6 +97,9 @@ def scrape(silo) -> dict:
     r = httpx.get(f"{silo.url}/metrics")
     assert r.status_code == 200
     assert r.headers["content-type"].startswith("application/openmetrics-text")
+    # Prometheus' own text parser reads it too (OpenMetrics is its successor format);
+    # a family shows once it has a sample.
+    assert all(f.name.startswith("silo_") for f in prometheus_text_families(r.text))
     return {
         (s.name, tuple(sorted(s.labels.items()))): s.value
         for family in text_string_to_metric_families(r.text)
@@ -117,6 +121,8 @@ def test_prometheus_metrics_count_creates_sandboxes_and_errors(silo):
         after = scrape(silo)
         assert after[creates] == before.get(creates, 0) + 1
         assert after[running] >= 1
+        text = httpx.get(f"{silo.url}/metrics").text
+        assert "silo_sandboxes" in {f.name for f in prometheus_text_families(text)}
         assert after[not_found] == before.get(not_found, 0) + 1
         assert after[("silo_sandbox_call_seconds_count", (("call", "command"),))] >= 1
     finally:
