@@ -17,7 +17,8 @@ Starts its own `silo serve` (like the e2e tests), then measures with the officia
     network, memory overlay), N_RAW times, for comparison;
   - with a warm pool (`--pool base=4`, a server of its own): create → first command;
   - a plain host process spawn (/bin/true), the floor under everything;
-  - density (a server of its own): idle base sandboxes created two at a time and held,
+  - density (a server of its own; dozing after BENCH_DOZE_AFTER seconds if set): idle
+    base sandboxes created two at a time and held,
     until BENCH_DENSITY (500) are up, a create fails or takes over 60 s, or the host has
     less than 2 GiB available: how many, PSS per sandbox then, the host memory they took,
     the load, and whether the first and the last still answer a command;
@@ -200,7 +201,10 @@ def bench_density():
 
     from e2b import Sandbox
 
-    server = SiloServer(subnet="10.217.0.0/16").start()
+    # BENCH_DOZE_AFTER=5: idle sandboxes doze (ADR 0017).
+    doze = os.environ.get("BENCH_DOZE_AFTER")
+    extra = ("--doze-after", doze) if doze else ()
+    server = SiloServer(subnet="10.217.0.0/16", extra_args=extra).start()
     held, stopped_by, create_s = [], f"the cap of {N_DENSITY}", []
     before_mib = available_mib()
     started = time.monotonic()
@@ -239,7 +243,8 @@ def bench_density():
         server.stop(wait=900)
     last = create_s[-20:] or [0]
     return [
-        value_row(f"idle sandboxes held at once (stopped by {stopped_by}; first and last "
+        value_row(f"idle sandboxes held at once{f', dozing after {doze} s' if doze else ''} "
+                  f"(stopped by {stopped_by}; first and last "
                   f"{'answer' if answers else 'do NOT answer'} a command)", len(held), len(held), "sandboxes"),
         value_row("  time to create them, two at a time", len(held), elapsed, "s"),
         summary("  Sandbox.create, the last 20 of them", last),
@@ -451,7 +456,11 @@ def all_benches():
 def main():
     # BENCH_ONLY=density runs that one alone (into results-density.md/.json).
     only = os.environ.get("BENCH_ONLY")
-    rows = {"density": bench_density, "pool": bench_pool, "spawn": bench_spawn}[only]() if only else all_benches()
+    if os.environ.get("BENCH_DOZE_AFTER") and only == "density":
+        only = "density-doze"
+    benches = {"density": bench_density, "density-doze": bench_density, "pool": bench_pool,
+               "spawn": bench_spawn}
+    rows = benches[only]() if only else all_benches()
     machine = f"{platform.node()}-{os.cpu_count()}cpu"
     lines = [
         f"Measured {date.today()} on {machine} ({platform.release()}), runsc systrap.",

@@ -83,6 +83,7 @@ fn sandbox_class(err: &SandboxError) -> (StatusCode, &'static str) {
         SandboxError::AlreadyPaused(_) => (StatusCode::CONFLICT, "already_paused"),
         SandboxError::Pause { .. } => (INTERNAL, "pause_failed"),
         SandboxError::Resume { .. } => (INTERNAL, "resume_failed"),
+        SandboxError::Wake { .. } => (INTERNAL, "wake_failed"),
         SandboxError::Snapshot { .. } => (INTERNAL, "snapshot_failed"),
         SandboxError::Network { .. } => (INTERNAL, "network_failed"),
         SandboxError::Start { .. } => (INTERNAL, "start_failed"),

@@ -197,6 +197,8 @@ struct Health {
     status: &'static str,
     /// Sandboxes waiting in each template's warm pool.
     pooled: std::collections::BTreeMap<String, usize>,
+    /// Running sandboxes frozen while idle (`--doze-after`).
+    dozing: usize,
 }
 
 /// `GET /health`: up, and how many sandboxes wait in each warm pool.
@@ -205,6 +207,7 @@ async fn health(State(app): State<AppState>) -> Json<Health> {
     Json(Health {
         status: "ok",
         pooled: app.manager.pooled(),
+        dozing: app.manager.dozing(),
     })
 }
 

@@ -30,7 +30,7 @@ use hyper::body::{Body as HttpBody, Frame, Incoming};
 use hyper_util::client::legacy::{connect::HttpConnector, Client};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use silo_catalog::SandboxState;
-use silo_node::sandbox::SandboxError;
+use silo_node::sandbox::{InUse, SandboxError};
 use silo_protocol::ids::SandboxId;
 use silo_protocol::rest::ApiError as WireError;
 use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
@@ -81,10 +81,12 @@ impl Upstreams {
     }
 }
 
-/// A response body from a sandbox that fails once the sandbox's traffic is ended.
+/// A response body from a sandbox that fails once the sandbox's traffic is ended; it
+/// keeps the sandbox awake while it streams.
 struct UntilCancelled {
     inner: Incoming,
     cancelled: Pin<Box<WaitForCancellationFutureOwned>>,
+    _in_use: Arc<InUse>,
 }
 
 impl HttpBody for UntilCancelled {
@@ -246,6 +248,7 @@ async fn forward(app: &AppState, id: &str, port: u16, mut req: Request) -> Respo
                 client_side,
                 sandbox_side,
                 route.traffic.clone(),
+                Arc::clone(&route.in_use),
             ));
             let (parts, _) = resp.into_parts();
             Response::from_parts(parts, Body::empty())
@@ -256,6 +259,7 @@ async fn forward(app: &AppState, id: &str, port: u16, mut req: Request) -> Respo
             let body = UntilCancelled {
                 inner: body,
                 cancelled: Box::pin(route.traffic.cancelled_owned()),
+                _in_use: Arc::clone(&route.in_use),
             };
             Response::from_parts(parts, Body::new(body))
         }
@@ -284,11 +288,12 @@ fn upgrade_of(headers: &HeaderMap) -> Option<header::HeaderValue> {
 }
 
 /// Relay an upgraded connection (a WebSocket) both ways until either side closes or
-/// the sandbox's traffic ends.
+/// the sandbox's traffic ends; the sandbox stays awake (`_in_use`) meanwhile.
 async fn splice_upgraded(
     client_side: hyper::upgrade::OnUpgrade,
     sandbox_side: hyper::upgrade::OnUpgrade,
     traffic: CancellationToken,
+    _in_use: Arc<InUse>,
 ) {
     let (Ok(client), Ok(sandbox)) = tokio::join!(client_side, sandbox_side) else {
         return;

@@ -68,6 +68,7 @@ pub struct Telemetry {
     sandboxes: Family<StateLabels, Gauge>,
     pooled: Family<TemplateLabels, Gauge>,
     builds: Family<StatusLabels, Gauge>,
+    dozing: Gauge,
     creates: Histograms<TemplateLabels>,
     calls: Histograms<CallLabels>,
     errors: Family<ErrorLabels, Counter>,
@@ -81,6 +82,7 @@ impl Default for Telemetry {
         let sandboxes = Family::<StateLabels, Gauge>::default();
         let pooled = Family::<TemplateLabels, Gauge>::default();
         let builds = Family::<StatusLabels, Gauge>::default();
+        let dozing = Gauge::default();
         let creates: Histograms<TemplateLabels> = Family::new_with_constructor(latency_histogram);
         let calls: Histograms<CallLabels> = Family::new_with_constructor(latency_histogram);
         let errors = Family::<ErrorLabels, Counter>::default();
@@ -98,6 +100,11 @@ impl Default for Telemetry {
             "template_builds",
             "Template builds recorded, by status",
             builds.clone(),
+        );
+        registry.register(
+            "sandboxes_dozing",
+            "Running sandboxes frozen while idle, thawed by their next request",
+            dozing.clone(),
         );
         registry.register(
             "sandbox_create_seconds",
@@ -120,6 +127,7 @@ impl Default for Telemetry {
             sandboxes,
             pooled,
             builds,
+            dozing,
             creates,
             calls,
             errors,
@@ -178,6 +186,7 @@ pub async fn scrape(State(app): State<AppState>) -> Result<Response, ApiError> {
             .get_or_create(&StatusLabels { status })
             .set(count as i64);
     }
+    t.dozing.set(app.manager.dozing() as i64);
     let mut text = String::new();
     prometheus_client::encoding::text::encode(&mut text, &t.registry)
         .expect("writing to a String does not fail");

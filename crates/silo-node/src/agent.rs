@@ -1,6 +1,6 @@
 //! The control plane's calls to a sandbox's agent: envd's `/init`, made once a sandbox
-//! is up and before it is handed to the user, and silo's `/silo/journal`, which the
-//! node collects into the sandbox's log.
+//! is up and before it is handed to the user; silo's `/silo/journal`, which the node
+//! collects into the sandbox's log; and envd's process list, asked before a doze.
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -12,7 +12,9 @@ use hyper_util::rt::TokioExecutor;
 use silo_protocol::envd::{InitRequest, JournalPage};
 
 const INIT_TIMEOUT: Duration = Duration::from_secs(10);
-const JOURNAL_TIMEOUT: Duration = Duration::from_secs(3);
+/// For the node's own questions (journal, processes): a sandbox too slow to answer is
+/// asked again next round.
+const QUERY_TIMEOUT: Duration = Duration::from_secs(3);
 /// With a start command, `/init` also waits for the template's ready command (which
 /// the agent gives up on after two minutes).
 const INIT_WITH_START_TIMEOUT: Duration = Duration::from_secs(130);
@@ -98,6 +100,31 @@ impl AgentClient {
         Err(AgentError::Status { status, body })
     }
 
+    /// How many processes started through the agent still run (envd's
+    /// `process.Process/List`).
+    pub async fn running_processes(
+        &self,
+        agent: SocketAddr,
+        token: Option<&str>,
+    ) -> Result<usize, AgentError> {
+        #[derive(serde::Deserialize)]
+        struct Listed {
+            #[serde(default)]
+            processes: Vec<serde_json::Value>,
+        }
+        let mut req = hyper::Request::post(format!("http://{agent}/process.Process/List"))
+            .header(hyper::header::CONTENT_TYPE, "application/json")
+            .header("connect-protocol-version", "1");
+        if let Some(token) = token {
+            req = req.header(ACCESS_TOKEN_HEADER, token);
+        }
+        let req = req
+            .body(Full::new(Bytes::from_static(b"{}")))
+            .map_err(|_| AgentError::InvalidToken)?;
+        let listed: Listed = self.json(req).await?;
+        Ok(listed.processes.len())
+    }
+
     /// The journal entries after `after` (see silo-agent's `journal`).
     pub async fn journal(
         &self,
@@ -112,6 +139,14 @@ impl AgentClient {
         let req = req
             .body(Full::new(Bytes::new()))
             .map_err(|_| AgentError::InvalidToken)?;
+        self.json(req).await
+    }
+
+    /// Send `req`, and read a JSON answer within [`QUERY_TIMEOUT`].
+    async fn json<T: serde::de::DeserializeOwned>(
+        &self,
+        req: hyper::Request<Full<Bytes>>,
+    ) -> Result<T, AgentError> {
         let answer = async {
             let resp = self.http.request(req).await.map_err(AgentError::Request)?;
             let status = resp.status();
@@ -127,8 +162,8 @@ impl AgentClient {
             }
             serde_json::from_slice(&body).map_err(AgentError::Body)
         };
-        tokio::time::timeout(JOURNAL_TIMEOUT, answer)
+        tokio::time::timeout(QUERY_TIMEOUT, answer)
             .await
-            .map_err(|_| AgentError::Timeout(JOURNAL_TIMEOUT))?
+            .map_err(|_| AgentError::Timeout(QUERY_TIMEOUT))?
     }
 }

@@ -699,9 +699,28 @@ impl Runtime for RunscRuntime {
     }
 
     async fn destroy(&self, id: &SandboxId) -> Result<(), RuntimeError> {
+        // A frozen task cannot die: thaw whatever a doze (or a crash during one) left.
+        let _ = self.set_frozen(id, false);
         self.release(id, Undo::PLAN.to_vec()).await?;
         tracing::info!(sandbox_id = %id, "sandbox destroyed");
         Ok(())
+    }
+
+    fn set_frozen(&self, id: &SandboxId, frozen: bool) -> Result<(), RuntimeError> {
+        let path = self
+            .inner
+            .config
+            .cgroup_root
+            .join("freezer")
+            .join(self.inner.cgroups_path(id))
+            .join("freezer.state");
+        let state = if frozen { "FROZEN" } else { "THAWED" };
+        std::fs::write(&path, state).map_err(|source| RuntimeError::Freezer {
+            id: id.clone(),
+            frozen,
+            path,
+            source,
+        })
     }
 
     async fn usage(&self, id: &SandboxId) -> Result<crate::usage::Usage, RuntimeError> {

@@ -142,6 +142,12 @@ pub struct ServeArgs {
     /// the SDK's `get_metrics` returns), and between two collections of its logs.
     #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u64).range(1..))]
     pub metrics_interval: u64,
+    /// Freeze a running sandbox in place once it has been idle this many seconds (no
+    /// request to it, no process started through its agent still running), so it costs
+    /// no CPU; its next request thaws it at once. 0: never (the default, while this is
+    /// new).
+    #[arg(long, default_value_t = 0)]
+    pub doze_after: u64,
     /// Hours a killed sandbox stays browsable (its logs, timeline and metrics); then it
     /// is forgotten.
     #[arg(long, default_value_t = 24)]

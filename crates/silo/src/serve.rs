@@ -70,6 +70,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
     tokio::spawn(Arc::clone(&manager).run_sampler(SamplerConfig {
         every: Duration::from_secs(args.metrics_interval),
         retention: Duration::from_secs(args.retention_hours.saturating_mul(3600)),
+        doze_after: (args.doze_after > 0).then(|| Duration::from_secs(args.doze_after)),
     }));
     let builder = silo_node::builds::Builder::new(
         Arc::clone(&manager),

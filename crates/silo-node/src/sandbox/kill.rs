@@ -19,9 +19,11 @@ impl Manager {
         let manager = Arc::clone(self);
         let id = id.clone();
         self.tasks.spawn(async move {
-            // The last of its log, while its agent still answers.
+            // The last of its log, while its agent still answers (awake).
             if rec.state == SandboxState::Running {
-                manager.collect_logs(&rec).await;
+                if let Ok(_awake) = manager.enter(&id) {
+                    manager.collect_logs(&rec).await;
+                }
             }
             if let Err(err) = manager.destroy_killing(&id).await {
                 tracing::error!(sandbox_id = %id, error = %crate::error_chain(&err), "releasing a killed sandbox failed; reconcile retries at the next start");
@@ -80,6 +82,7 @@ impl Manager {
         self.catalog.set_address(id, None)?;
         self.catalog
             .transition(id, SandboxState::Killing, SandboxState::Killed, "released")?;
+        self.activity.forget(id);
         tracing::info!(sandbox_id = %id, "sandbox killed");
         Ok(())
     }

@@ -24,6 +24,8 @@ const LOG_COLLECTIONS: usize = 16;
 pub struct SamplerConfig {
     pub every: Duration,
     pub retention: Duration,
+    /// Freeze running sandboxes idle this long (see `doze`); `None`: never.
+    pub doze_after: Option<Duration>,
 }
 
 impl Default for SamplerConfig {
@@ -31,6 +33,7 @@ impl Default for SamplerConfig {
         SamplerConfig {
             every: Duration::from_secs(5),
             retention: Duration::from_secs(24 * 3600),
+            doze_after: None,
         }
     }
 }
@@ -85,9 +88,14 @@ impl Manager {
                 samples.push(sample(rec, at_ms, &usage, before));
             }
             // Several at a time: one slow agent does not hold up the round.
-            futures_util::stream::iter(&running)
+            // A dozing sandbox has nothing new (collected before it dozed) and would not
+            // answer.
+            futures_util::stream::iter(running.iter().filter(|rec| !self.is_dozing(&rec.id)))
                 .for_each_concurrent(LOG_COLLECTIONS, |rec| self.collect_logs(rec))
                 .await;
+            if let Some(after) = config.doze_after {
+                self.doze_idle(&running, after).await;
+            }
             previous.retain(|id, _| running.iter().any(|rec| &rec.id == id));
             let pruned_before = now_ms() - config.retention.as_millis() as i64;
             let stored = self

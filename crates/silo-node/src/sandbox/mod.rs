@@ -12,8 +12,10 @@
 //!   in the catalog, and their logs collected (`logs`).
 //! - `pool`: the warm pool, sandboxes booted ahead of demand and handed to creates.
 //! - `traffic`: the token that ends a sandbox's proxied traffic when it pauses.
+//! - `doze`: idle running sandboxes frozen in place, thawed by the next request.
 
 mod create;
+mod doze;
 mod kill;
 mod logs;
 mod metrics;
@@ -39,6 +41,7 @@ use silo_protocol::ids::SandboxId;
 
 use crate::{Runtime, RuntimeError};
 pub use create::CreateRequest;
+pub use doze::InUse;
 pub use metrics::SamplerConfig;
 pub use pool::POOL_METADATA;
 pub use templates::{resources_of, write_resources, Templates, RESOURCES_FILE};
@@ -105,6 +108,12 @@ pub enum SandboxError {
         #[source]
         source: Box<RuntimeError>,
     },
+    #[error("cannot wake sandbox {id} from its doze")]
+    Wake {
+        id: SandboxId,
+        #[source]
+        source: Box<RuntimeError>,
+    },
     #[error("cannot resume sandbox {id}; it stays paused")]
     Resume {
         id: SandboxId,
@@ -152,6 +161,7 @@ pub struct Manager {
     /// One pause/resume at a time per sandbox.
     locks: Mutex<HashMap<SandboxId, Arc<tokio::sync::Mutex<()>>>>,
     pool: pool::Pool,
+    activity: doze::Activity,
 }
 
 /// Where to send a request for a sandbox port, and the token that ends it when the
@@ -162,6 +172,9 @@ pub struct Route {
     pub traffic: CancellationToken,
     /// The token requests to this port must carry, if its ports are not public.
     pub traffic_access_token: Option<String>,
+    /// Keeps the sandbox awake (see `doze`) until the request, its response and any
+    /// stream or upgrade of it are done: hold it that long.
+    pub in_use: Arc<InUse>,
 }
 
 impl Manager {
@@ -185,6 +198,7 @@ impl Manager {
             traffic: traffic::Traffic::default(),
             locks: Mutex::default(),
             pool: pool::Pool::default(),
+            activity: doze::Activity::default(),
         })
     }
 
@@ -202,6 +216,11 @@ impl Manager {
 
     pub fn defaults(&self) -> &SandboxDefaults {
         &self.defaults
+    }
+
+    /// How many running sandboxes doze now (frozen until their next request).
+    pub fn dozing(&self) -> usize {
+        self.activity.dozing()
     }
 
     /// A sandbox a user can see: one being killed is already gone, and a pooled one is
@@ -253,7 +272,9 @@ impl Manager {
         let traffic_access_token = rec
             .traffic_access_token
             .filter(|_| port != silo_protocol::ports::ENVD);
+        let in_use = self.enter(id)?;
         Ok(Route {
+            in_use,
             addr: SocketAddr::new(ip, port),
             traffic: self.traffic.token(id),
             traffic_access_token,

@@ -42,7 +42,8 @@ impl Manager {
                 })
             }
         }
-        // A paused agent answers nothing: collect its log first.
+        // A paused agent answers nothing: collect its log first (awake).
+        let _awake = self.enter(id)?;
         self.collect_logs(&rec).await;
         self.step(id, SandboxState::Running, SandboxState::Pausing, reason)?;
         if let Some(ip) = rec.address.as_deref().and_then(|a| a.parse().ok()) {

@@ -62,6 +62,11 @@ impl Manager {
         let mut known = HashSet::new();
         for rec in live {
             known.insert(rec.id.clone());
+            // Dozes are not remembered across a restart: wake every running sandbox
+            // (a frozen one would not answer the health check below).
+            if rec.state == SandboxState::Running && in_runtime.contains(&rec.id) {
+                let _ = self.runtime.set_frozen(&rec.id, false);
+            }
             // One sandbox that cannot be settled must not keep silo from serving the
             // others: it is logged, stays as it is, and the next start tries again.
             match self.reconcile_one(&rec, in_runtime.contains(&rec.id)).await {

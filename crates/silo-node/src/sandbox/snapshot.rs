@@ -37,6 +37,7 @@ impl Manager {
         let lock = self.lifecycle_lock(id);
         let _held = lock.lock().await;
         let rec = self.get(id)?;
+        let _awake = self.enter(id)?;
         let rootfs = self.origin(&rec.template_id)?.rootfs;
         let snapshot_id = format!("snap{}", SandboxId::generate());
         let image = self.snapshot_image(&snapshot_id);
@@ -79,6 +80,7 @@ impl Manager {
             let lock = self.lifecycle_lock(id);
             let _held = lock.lock().await;
             let rec = self.get(id)?;
+            let _awake = self.enter(id)?;
             let egress =
                 super::network::policy_of(&rec.network).map_err(SandboxError::InvalidRequest)?;
             let template = self.origin(&rec.template_id)?;
