@@ -614,6 +614,8 @@ impl Runtime for RunscRuntime {
     }
 
     async fn pause(&self, id: &SandboxId) -> Result<Paused, RuntimeError> {
+        // runsc asks the sentry itself, which must not be dozing (the cgroup freezer).
+        let _ = self.set_frozen(id, false);
         if self.inner.config.pause_mode == PauseMode::Freeze {
             self.freeze(id).await?;
             tracing::info!(sandbox_id = %id, "sandbox frozen");
@@ -659,6 +661,7 @@ impl Runtime for RunscRuntime {
     async fn resume(&self, id: &SandboxId, egress: &EgressPolicy) -> Result<Started, RuntimeError> {
         let image = self.inner.sandbox_dir(id).join(CHECKPOINT);
         if !image.is_dir() {
+            let _ = self.set_frozen(id, false);
             return self.thaw(id).await;
         }
         let mut undo = UndoStack::new(Arc::clone(&self.inner), id.clone());

@@ -17,7 +17,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use silo_catalog::SandboxRecord;
+use silo_catalog::{SandboxRecord, SandboxState};
 use silo_protocol::ids::SandboxId;
 
 use super::{Manager, SandboxError};
@@ -125,8 +125,15 @@ impl Manager {
             }
             let mut map = self.activity.map();
             let entry = map.entry(rec.id.clone()).or_default();
-            // Something began while the agent was asked: not idle after all.
-            if !quiet(entry) || entry.last_request.is_some_and(|t| t > looked_at) {
+            // Something began while the agent was asked: not idle after all. Nor is a
+            // sandbox paused or killed since the round read the catalog (a pause holds
+            // it awake while it works, so the state read here is settled).
+            let still_running = self
+                .catalog
+                .get_sandbox(&rec.id)
+                .is_ok_and(|now| now.is_some_and(|now| now.state == SandboxState::Running));
+            if !quiet(entry) || entry.last_request.is_some_and(|t| t > looked_at) || !still_running
+            {
                 continue;
             }
             match self.runtime.set_frozen(&rec.id, true) {
