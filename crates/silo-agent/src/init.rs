@@ -51,6 +51,7 @@ pub async fn init(
         }
     });
     tracing::info!("initialized by the control plane");
+    crate::process::warm_up(&state);
     crate::process::ready::start_and_wait(
         &state,
         req.start_cmd.as_deref(),

@@ -20,6 +20,7 @@ mod signal;
 mod spawn;
 mod start;
 mod update;
+mod warm;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -36,6 +37,20 @@ pub(crate) use spawn::become_user;
 use crate::error::Error;
 use crate::journal::Journal;
 use crate::state::AppState;
+use warm::WarmShells;
+
+/// Start a warm shell for the SDKs' `commands.run` (`bash -l -c`) as the default user in
+/// the default directory with the global environment, so the next command starts warm.
+pub fn warm_up(state: &AppState) {
+    let shell = ProcessConfig {
+        cmd: "/bin/bash".into(),
+        args: vec!["-l".into(), "-c".into(), String::new()],
+        ..ProcessConfig::default()
+    };
+    if let Ok(spec) = start::resolve(state, None, &shell, None, false) {
+        state.processes.warm.prepare(&spec);
+    }
+}
 
 pub fn router() -> Router<AppState> {
     Router::new()
@@ -137,12 +152,14 @@ impl Process {
 pub struct ProcessTable {
     reaper: Arc<Reaper>,
     processes: Mutex<HashMap<u32, Arc<Process>>>,
+    warm: Arc<WarmShells>,
     pub journal: Journal,
 }
 
 impl ProcessTable {
     pub fn new(reaper: Arc<Reaper>) -> Self {
         ProcessTable {
+            warm: WarmShells::new(reaper.clone()),
             reaper,
             processes: Mutex::new(HashMap::new()),
             journal: Journal::default(),

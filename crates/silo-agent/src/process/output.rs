@@ -13,6 +13,7 @@ use tokio::sync::{oneshot, watch};
 
 use super::pty::PtyMaster;
 use super::reaper::{Exit, WaitStatus};
+use super::warm::Rewarm;
 use super::{Process, ProcessTable};
 
 const READ_CHUNK: usize = 32 * 1024;
@@ -118,6 +119,7 @@ pub fn run(
     stderr: Option<pipe::Receiver>,
     exit: oneshot::Receiver<WaitStatus>,
     lifetime: Option<Duration>,
+    then: Option<Rewarm>,
 ) {
     let (exited_tx, exited_rx) = watch::channel(false);
     let mut sources = Vec::new();
@@ -178,5 +180,8 @@ pub fn run(
             .exited(process.pid, end.status.clone(), end.exit_code);
         table.remove(process.pid);
         process.finish(ProcessEvent::End(end)).await;
+        if let Some(rewarm) = then {
+            rewarm.now();
+        }
     });
 }

@@ -36,7 +36,8 @@ pub async fn start_and_wait(
                 None,
                 StreamOptions::default(),
                 shell(cmd, "start_cmd"),
-            )?;
+            )
+            .await?;
             let (ended_tx, ended_rx) = tokio::sync::oneshot::channel();
             start_ended = Some(ended_rx);
             Some(AbortOnDrop(tokio::spawn(drain(
@@ -63,7 +64,8 @@ pub async fn start_and_wait(
             None,
             StreamOptions::default(),
             shell(ready_cmd, "ready_cmd"),
-        )?;
+        )
+        .await?;
         let (tx, rx) = tokio::sync::oneshot::channel();
         let output = Arc::new(Mutex::new(Tail::default()));
         let waited = tokio::time::timeout_at(deadline, async {

@@ -2,7 +2,7 @@
 //! directory, and stdio as pipes or a pseudo-terminal.
 
 use std::io;
-use std::os::fd::OwnedFd;
+use std::os::fd::{OwnedFd, RawFd};
 use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
@@ -26,6 +26,9 @@ pub struct SpawnSpec {
     pub pty: Option<PtySize>,
     /// Keep a pipe to stdin (otherwise stdin is /dev/null, so reads see EOF).
     pub stdin: bool,
+    /// Descriptors the child inherits under the same numbers (the agent opens everything
+    /// close-on-exec).
+    pub inherit_fds: Vec<RawFd>,
 }
 
 /// The parent's ends of a started child.
@@ -53,6 +56,7 @@ pub fn spawn(spec: SpawnSpec, reaper: &Reaper) -> io::Result<Spawned> {
     // SAFETY: geteuid has no preconditions.
     let switch_user = unsafe { libc::geteuid() } == 0;
     let with_pty = spec.pty.is_some();
+    let inherit_fds = spec.inherit_fds.clone();
 
     // SAFETY: the closure runs between fork and exec and only makes async-signal-safe
     // system calls on data prepared before the fork; it allocates nothing.
@@ -68,6 +72,11 @@ pub fn spawn(spec: SpawnSpec, reaper: &Reaper) -> io::Result<Spawned> {
             }
             if switch_user {
                 become_user(&groups, gid, uid)?;
+            }
+            for &fd in &inherit_fds {
+                if libc::fcntl(fd, libc::F_SETFD, 0) < 0 {
+                    return Err(io::Error::last_os_error());
+                }
             }
             Ok(())
         });

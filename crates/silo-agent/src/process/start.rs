@@ -3,13 +3,15 @@
 use std::sync::Arc;
 
 use axum::response::Response;
-use silo_protocol::envd::{ProcessEvent, ProcessEventResponse, StartRequest};
+use silo_protocol::envd::{
+    ProcessConfig, ProcessEvent, ProcessEventResponse, PtySize, StartRequest,
+};
 
 use super::spawn::{spawn, SpawnSpec};
 use super::{output, Process};
 use crate::auth::RpcUser;
 use crate::error::Error;
-use crate::filesystem::path::resolve;
+use crate::filesystem::path::resolve as resolve_path;
 use crate::rpc::{self, StreamOptions, StreamRequest};
 use crate::state::AppState;
 
@@ -22,7 +24,7 @@ pub async fn start(
     opts: StreamOptions,
     StreamRequest(req): StreamRequest<StartRequest>,
 ) -> Response {
-    match launch(&state, username.as_deref(), opts, req) {
+    match launch(&state, username.as_deref(), opts, req).await {
         Ok(rx) => rpc::server_stream(map_events(rx), keepalive(opts)),
         Err(e) => rpc::stream_error(e),
     }
@@ -75,20 +77,23 @@ fn command_line(cmd: &str, args: &[String]) -> String {
         .join(" ")
 }
 
-pub(super) fn launch(
+/// Who runs what, where, with which environment: a start request checked against the
+/// account files and the `/init` settings.
+pub(super) fn resolve(
     state: &AppState,
     username: Option<&str>,
-    opts: StreamOptions,
-    req: StartRequest,
-) -> Result<tokio::sync::mpsc::Receiver<Result<ProcessEvent, Error>>, Error> {
+    process: &ProcessConfig,
+    pty: Option<PtySize>,
+    stdin: bool,
+) -> Result<SpawnSpec, Error> {
     let (user, users) = state.user(username)?;
     let settings = state.settings();
-    if req.process.cmd.is_empty() {
+    if process.cmd.is_empty() {
         return Err(Error::InvalidArgument("process.cmd is empty".into()));
     }
 
-    let cwd = match req.process.cwd.as_deref().filter(|c| !c.is_empty()) {
-        Some(c) => resolve(c, &user.home)?,
+    let cwd = match process.cwd.as_deref().filter(|c| !c.is_empty()) {
+        Some(c) => resolve_path(c, &user.home)?,
         None => settings
             .default_workdir
             .clone()
@@ -117,24 +122,44 @@ pub(super) fn launch(
         ("USER".into(), user.name.clone()),
         ("LOGNAME".into(), user.name.clone()),
     ];
-    for (k, v) in settings.env_vars.iter().chain(req.process.envs.iter()) {
+    for (k, v) in settings.env_vars.iter().chain(process.envs.iter()) {
         env.retain(|(existing, _)| existing != k);
         env.push((k.clone(), v.clone()));
     }
 
-    let pty_size = req.pty.as_ref().map(|p| p.size.clone().unwrap_or_default());
-    let spec = SpawnSpec {
-        cmd: req.process.cmd.clone(),
-        args: req.process.args.clone(),
+    Ok(SpawnSpec {
+        cmd: process.cmd.clone(),
+        args: process.args.clone(),
         env,
         cwd,
         groups: users.group_ids(&user),
         user,
-        pty: pty_size,
-        stdin: req.stdin.unwrap_or(false),
+        pty,
+        stdin,
+        inherit_fds: Vec::new(),
+    })
+}
+
+pub(super) async fn launch(
+    state: &AppState,
+    username: Option<&str>,
+    opts: StreamOptions,
+    req: StartRequest,
+) -> Result<tokio::sync::mpsc::Receiver<Result<ProcessEvent, Error>>, Error> {
+    let pty_size = req.pty.as_ref().map(|p| p.size.clone().unwrap_or_default());
+    let spec = resolve(
+        state,
+        username,
+        &req.process,
+        pty_size,
+        req.stdin.unwrap_or(false),
+    )?;
+    let (warm, rewarm) = state.processes.warm.take(&spec).await;
+    let spawned = match warm {
+        Some(spawned) => spawned,
+        None => spawn(spec, &state.processes.reaper)
+            .map_err(|e| Error::io(format!("start {:?}", req.process.cmd), e))?,
     };
-    let spawned = spawn(spec, &state.processes.reaper)
-        .map_err(|e| Error::io(format!("start {:?}", req.process.cmd), e))?;
     tracing::info!(pid = spawned.pid, cmd = %req.process.cmd, tag = ?req.tag, "process started");
     state.processes.journal.started(
         spawned.pid,
@@ -159,6 +184,7 @@ pub(super) fn launch(
         spawned.stderr,
         spawned.exit,
         opts.timeout,
+        rewarm,
     );
     Ok(rx)
 }

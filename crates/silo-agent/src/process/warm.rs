@@ -1,0 +1,363 @@
+//! Warm shells: the login shell of the next `commands.run` is started before it is asked for.
+//!
+//! Every `commands.run(cmd)` of the E2B SDKs starts `/bin/bash -l -c cmd`. Inside gVisor
+//! forking the agent and exec'ing bash costs ~40 ms, far more than most commands take
+//! (ADR 0018). So the agent keeps one bash ready, started as
+//! `bash --noprofile -l -c BOOTSTRAP` with the identity (user, groups, working directory,
+//! environment) the last such command had, blocked on a pipe. A start request with that
+//! identity writes its command into the shell's memfd and wakes it; the shell then reads the
+//! login files as `bash -l` would (at that moment, so a change to `~/.profile` is seen) and
+//! evaluates the command on line 1, so `$LINENO` and error lines read as they would.
+//!
+//! Anything else (a pty, stdin, another user, cwd or environment, a variable bash reads at
+//! start-up) starts cold as before. What a command can tell apart from a cold start: its
+//! `/proc/$$/cmdline` shows the bootstrap, a syntax error is reported by `eval` rather than
+//! `-c`, and a lone external command runs as bash's child instead of replacing it.
+
+use std::fs::File;
+use std::io::{self, Write};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::unix::fs::{FileExt, MetadataExt};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+
+use tokio::sync::Notify;
+
+use super::reaper::Reaper;
+use super::spawn::{spawn, SpawnSpec, Spawned};
+use crate::users::User;
+
+const BASH: &str = "/bin/bash";
+
+/// Variables bash acts on when it starts, before the bootstrap could run the login files:
+/// a request that sets one starts cold.
+const START_UP_VARIABLES: [&str; 5] = [
+    "BASH_ENV",
+    "ENV",
+    "POSIXLY_CORRECT",
+    "SHELLOPTS",
+    "BASHOPTS",
+];
+
+/// Warm shells that ended before they were used, in a row, after which warming stops (a
+/// template whose /bin/bash is not bash, or something in the sandbox killing them).
+const MAX_FAILURES: u32 = 3;
+
+/// What a warm shell was started as; a request must match it exactly.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Identity {
+    user: User,
+    groups: Vec<u32>,
+    env: Vec<(String, String)>,
+    cwd: PathBuf,
+    /// The working directory's device and inode: one removed and made again is another.
+    cwd_inode: (u64, u64),
+}
+
+impl Identity {
+    fn of(spec: &SpawnSpec) -> Option<Identity> {
+        let meta = std::fs::metadata(&spec.cwd).ok()?;
+        Some(Identity {
+            user: spec.user.clone(),
+            groups: spec.groups.clone(),
+            env: spec.env.clone(),
+            cwd: spec.cwd.clone(),
+            cwd_inode: (meta.dev(), meta.ino()),
+        })
+    }
+}
+
+/// The command of a start request a warm shell can run: `bash -l -c CMD`, no pty, no stdin,
+/// no start-up variable.
+fn shell_command(spec: &SpawnSpec) -> Option<&str> {
+    let [login, dash_c, command] = spec.args.as_slice() else {
+        return None;
+    };
+    let plain = spec.cmd == BASH
+        && login == "-l"
+        && dash_c == "-c"
+        && spec.pty.is_none()
+        && !spec.stdin
+        && !spec
+            .env
+            .iter()
+            .any(|(key, _)| START_UP_VARIABLES.contains(&key.as_str()));
+    plain.then_some(command.as_str())
+}
+
+/// The `-c` script of a warm shell: wait for one byte on `go`, read the command from
+/// `command`, close both, read the login files in bash's order, evaluate the command. One
+/// line, so lines in the command count from 1. If `go` closes without a byte the shell ends
+/// having run nothing (and, not running `exit`, without `~/.bash_logout`).
+fn bootstrap(go: RawFd, command: RawFd) -> String {
+    format!(
+        "if IFS= read -r -N1 BASH_EXECUTION_STRING <&{go}; then \
+         IFS= read -r -d '' BASH_EXECUTION_STRING <&{command}; exec {go}<&- {command}<&-; \
+         SECONDS=0; \
+         if [ -e /etc/profile ]; then . /etc/profile; fi; \
+         if [ -e ~/.bash_profile ]; then . ~/.bash_profile; \
+         elif [ -e ~/.bash_login ]; then . ~/.bash_login; \
+         elif [ -e ~/.profile ]; then . ~/.profile; fi; \
+         if [ -n \"${{BASH_ENV-}}\" ] && [ -e \"$BASH_ENV\" ]; then . \"$BASH_ENV\"; fi; \
+         eval \"$BASH_EXECUTION_STRING\"; \
+         fi # silo: warm shell, waiting for its command (ADR 0018)"
+    )
+}
+
+/// Warms a shell for the next command once this one has ended: started alongside it, the
+/// fork would slow it (ADR 0018).
+pub struct Rewarm {
+    shells: Arc<WarmShells>,
+    identity: Identity,
+}
+
+impl Rewarm {
+    pub fn now(self) {
+        self.shells.warm(self.identity);
+    }
+}
+
+/// A started shell waiting for its command.
+struct WarmShell {
+    identity: Identity,
+    spawned: Spawned,
+    /// One byte written here starts the shell; closing it ends the shell unused.
+    go: File,
+    /// The memfd the command is written into (the shell reads it from offset 0).
+    command: File,
+}
+
+impl WarmShell {
+    fn start(identity: Identity, reaper: &Reaper) -> io::Result<WarmShell> {
+        let (go_read, go) = pipe()?;
+        // SAFETY: memfd_create with a valid C string; the result is checked.
+        let command = unsafe { libc::memfd_create(c"silo-command".as_ptr(), libc::MFD_CLOEXEC) };
+        if command < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: a fresh descriptor nothing else owns.
+        let command = File::from(unsafe { OwnedFd::from_raw_fd(command) });
+        let spec = SpawnSpec {
+            cmd: BASH.into(),
+            args: vec![
+                "--noprofile".into(),
+                "-l".into(),
+                "-c".into(),
+                bootstrap(go_read.as_raw_fd(), command.as_raw_fd()),
+            ],
+            env: identity.env.clone(),
+            cwd: identity.cwd.clone(),
+            user: identity.user.clone(),
+            groups: identity.groups.clone(),
+            pty: None,
+            stdin: false,
+            inherit_fds: vec![go_read.as_raw_fd(), command.as_raw_fd()],
+        };
+        let spawned = spawn(spec, reaper)?;
+        Ok(WarmShell {
+            identity,
+            spawned,
+            go: File::from(go),
+            command,
+        })
+    }
+
+    /// Give the shell its command. Fails if the shell is gone.
+    fn run(mut self, command: &str) -> io::Result<Spawned> {
+        match self.spawned.exit.try_recv() {
+            Err(tokio::sync::oneshot::error::TryRecvError::Empty) => {}
+            _ => return Err(io::Error::other("the warm shell has ended")),
+        }
+        self.command.write_all_at(command.as_bytes(), 0)?;
+        // EPIPE if the shell died since (Rust ignores SIGPIPE).
+        self.go.write_all(b"x")?;
+        Ok(self.spawned)
+    }
+}
+
+fn pipe() -> io::Result<(OwnedFd, OwnedFd)> {
+    let mut fds = [0; 2];
+    // SAFETY: pipe2 writes two descriptors into the array; the result is checked.
+    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: both descriptors are fresh and owned by nobody else.
+    Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
+}
+
+#[derive(Default)]
+struct Slot {
+    shell: Option<WarmShell>,
+    /// The identity of the shell being started (at most one at a time).
+    starting: Option<Identity>,
+    failures: u32,
+}
+
+/// The agent's warm shell (one: a second would cost memory in every idle sandbox for
+/// the rare burst of concurrent commands).
+pub struct WarmShells {
+    reaper: Arc<Reaper>,
+    slot: Mutex<Slot>,
+    /// Notified when a start in flight has finished, well or not.
+    started: Notify,
+}
+
+impl WarmShells {
+    pub fn new(reaper: Arc<Reaper>) -> Arc<WarmShells> {
+        Arc::new(WarmShells {
+            reaper,
+            slot: Mutex::new(Slot::default()),
+            started: Notify::new(),
+        })
+    }
+
+    fn slot(&self) -> std::sync::MutexGuard<'_, Slot> {
+        self.slot.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Run `spec` in the warm shell if it is a shell command of the warm shell's identity
+    /// (waiting for one of that identity being started: it is further along than a cold
+    /// start would be); `None`: start it cold. Either way, for a shell command, the
+    /// [`Rewarm`] warms a shell of this identity for the next one.
+    pub async fn take(self: &Arc<Self>, spec: &SpawnSpec) -> (Option<Spawned>, Option<Rewarm>) {
+        let Some(command) = shell_command(spec) else {
+            return (None, None);
+        };
+        let Some(identity) = Identity::of(spec) else {
+            return (None, None);
+        };
+        let mut waited = false;
+        let shell = loop {
+            // Registered before the slot is looked at, so a start finishing in between
+            // still wakes it.
+            let started = self.started.notified();
+            {
+                let mut slot = self.slot();
+                match slot.shell.take() {
+                    Some(shell) if shell.identity == identity => break Some(shell),
+                    // Another identity: the newest request's is the likelier next one.
+                    Some(_) | None => {}
+                }
+                if waited || slot.starting.as_ref() != Some(&identity) {
+                    break None;
+                }
+            }
+            started.await;
+            waited = true;
+        };
+        let spawned = shell.and_then(|shell| match shell.run(command) {
+            Ok(spawned) => {
+                self.slot().failures = 0;
+                Some(spawned)
+            }
+            Err(e) => {
+                self.slot().failures += 1;
+                tracing::debug!(error = %e, "warm shell unusable; starting cold");
+                None
+            }
+        });
+        let rewarm = Rewarm {
+            shells: self.clone(),
+            identity,
+        };
+        (spawned, Some(rewarm))
+    }
+
+    /// Start a shell for `spec`'s identity in the background, if it is a shell command.
+    pub fn prepare(self: &Arc<Self>, spec: &SpawnSpec) {
+        if shell_command(spec).is_some() {
+            if let Some(identity) = Identity::of(spec) {
+                self.warm(identity);
+            }
+        }
+    }
+
+    fn warm(self: &Arc<Self>, identity: Identity) {
+        {
+            let mut slot = self.slot();
+            if slot.starting.is_some() || slot.failures >= MAX_FAILURES {
+                return;
+            }
+            if slot.shell.as_ref().is_some_and(|s| s.identity == identity) {
+                return;
+            }
+            slot.starting = Some(identity.clone());
+        }
+        let shells = self.clone();
+        // Forking is synchronous and, in gVisor, slow: keep it off the async workers.
+        tokio::task::spawn_blocking(move || {
+            let started = WarmShell::start(identity, &shells.reaper);
+            let mut slot = shells.slot();
+            slot.starting = None;
+            match started {
+                // Replacing a shell drops its `go` pipe, which ends it unused.
+                Ok(shell) => slot.shell = Some(shell),
+                Err(e) => {
+                    slot.failures += 1;
+                    if slot.failures == MAX_FAILURES {
+                        tracing::warn!(error = %e, "warm shells failed to start; commands start cold");
+                    }
+                }
+            }
+            drop(slot);
+            shells.started.notify_waiters();
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use silo_protocol::envd::PtySize;
+
+    fn spec(cmd: &str, args: &[&str]) -> SpawnSpec {
+        SpawnSpec {
+            cmd: cmd.into(),
+            args: args.iter().map(|a| a.to_string()).collect(),
+            env: vec![("PATH".into(), "/bin".into())],
+            cwd: "/".into(),
+            user: User {
+                name: "user".into(),
+                uid: 1000,
+                gid: 1000,
+                home: "/home/user".into(),
+                shell: "/bin/bash".into(),
+            },
+            groups: vec![1000],
+            pty: None,
+            stdin: false,
+            inherit_fds: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn only_plain_login_shell_commands_are_warm() {
+        assert_eq!(
+            shell_command(&spec(BASH, &["-l", "-c", "echo hi"])),
+            Some("echo hi")
+        );
+        assert_eq!(shell_command(&spec("/bin/sh", &["-l", "-c", "x"])), None);
+        assert_eq!(shell_command(&spec(BASH, &["-c", "x"])), None);
+        assert_eq!(shell_command(&spec(BASH, &["-l", "-c", "x", "arg0"])), None);
+
+        let mut with_stdin = spec(BASH, &["-l", "-c", "x"]);
+        with_stdin.stdin = true;
+        assert_eq!(shell_command(&with_stdin), None);
+
+        let mut with_pty = spec(BASH, &["-l", "-c", "x"]);
+        with_pty.pty = Some(PtySize::default());
+        assert_eq!(shell_command(&with_pty), None);
+
+        let mut with_bash_env = spec(BASH, &["-l", "-c", "x"]);
+        with_bash_env.env.push(("BASH_ENV".into(), "/tmp/x".into()));
+        assert_eq!(shell_command(&with_bash_env), None);
+    }
+
+    #[test]
+    fn the_bootstrap_is_one_line_naming_its_descriptors() {
+        let script = bootstrap(12, 13);
+        assert!(!script.contains('\n'));
+        assert!(script.contains("<&12") && script.contains("<&13"));
+        assert!(script.contains("exec 12<&- 13<&-"));
+    }
+}

@@ -1,0 +1,119 @@
+"""Warm shells (ADR 0018): `commands.run` goes to a bash started before it was asked for,
+and must not be told from a cold `bash -l -c CMD` in what matters: login files read when
+the command runs, nothing carried over between commands, the same variables, line numbers,
+exit codes; other users, directories and environments work as before."""
+
+import time
+
+from e2b import CommandExitException, Sandbox
+import pytest
+
+MARKER = "silo: warm shell"
+
+
+def aside(sandbox: Sandbox, command: str, user: str | None = None) -> str:
+    """Run `command` where no warm shell is used or made: a command with stdin starts
+    cold and leaves the warm shell alone."""
+    return sandbox.commands.run(command, stdin=True, user=user).stdout
+
+
+def other_warm_shells(sandbox: Sandbox) -> list[str]:
+    """Pids of the waiting warm shells."""
+    return aside(sandbox, f"for p in $(pgrep -f '{MARKER}'); do [ $p = $$ ] || echo $p; done").split()
+
+
+def wait_for_warm_shell(sandbox: Sandbox) -> list[str]:
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        if shells := other_warm_shells(sandbox):
+            return shells
+        time.sleep(0.2)
+    raise AssertionError("no warm shell came up")
+
+
+def test_commands_run_in_a_warm_shell_and_the_next_is_warmed(sandbox: Sandbox):
+    waiting = wait_for_warm_shell(sandbox)
+    handle = sandbox.commands.run("echo $$; tr '\\0' ' ' < /proc/$$/cmdline", background=True)
+    result = handle.wait()
+    pid, cmdline = result.stdout.splitlines()
+    assert int(pid) == handle.pid
+    assert waiting == [pid]
+    assert MARKER in cmdline
+    assert wait_for_warm_shell(sandbox) != [pid]
+
+
+def test_login_files_are_read_when_the_command_runs(sandbox: Sandbox):
+    # The shell is waiting before the login files change.
+    sandbox.commands.run("true")
+    waiting = wait_for_warm_shell(sandbox)
+    aside(sandbox, "echo 'export HOME_PROBE=home' >> ~/.profile")
+    aside(sandbox, "echo 'export ETC_PROBE=etc' > /etc/profile.d/probe.sh", user="root")
+    out = sandbox.commands.run('echo "$HOME_PROBE $ETC_PROBE $$"').stdout
+    assert out == f"home etc {waiting[0]}\n"
+
+
+def test_nothing_carries_over_between_commands(sandbox: Sandbox):
+    sandbox.commands.run("X=1; export Y=2; cd /tmp; f() { :; }; alias ll=ls; set -e; trap 'echo trapped' EXIT; true")
+    wait_for_warm_shell(sandbox)
+    out = sandbox.commands.run(
+        'echo "${X-unset} ${Y-unset} $(pwd) [$(type -t f)] [$(alias)] $-"; false; echo after'
+    ).stdout
+    assert out.splitlines() == ["unset unset /home/user [] [] hBc", "after"]
+
+
+def test_the_shell_reads_like_bash_dash_l_dash_c(sandbox: Sandbox):
+    wait_for_warm_shell(sandbox)
+    time.sleep(2)  # the warm shell has waited: $SECONDS must still start at 0
+    command = 'echo "$0|$LINENO|$SECONDS|$SHLVL|$BASH_EXECUTION_STRING"; shopt -q login_shell && echo login; echo $?'
+    out = sandbox.commands.run(command).stdout.splitlines()
+    assert out == [f"/bin/bash|1|0|1|{command}", "login", "0"]
+
+
+def test_errors_name_the_line_and_exit_codes_pass_through(sandbox: Sandbox):
+    wait_for_warm_shell(sandbox)
+    with pytest.raises(CommandExitException) as exc:
+        sandbox.commands.run("echo one\nno-such-command-here\nexit 7")
+    assert exc.value.exit_code == 7
+    assert exc.value.stdout == "one\n"
+    assert "line 2: no-such-command-here: command not found" in exc.value.stderr
+
+    with pytest.raises(CommandExitException) as exc:
+        sandbox.commands.run("echo (")
+    assert exc.value.exit_code == 2
+    assert "syntax error" in exc.value.stderr
+
+
+def test_users_directories_and_environments_each_get_their_own(sandbox: Sandbox):
+    for _ in range(2):
+        assert sandbox.commands.run("id -un").stdout == "user\n"
+        assert sandbox.commands.run("id -un", user="root").stdout == "root\n"
+        assert sandbox.commands.run("pwd", cwd="/tmp").stdout == "/tmp\n"
+        assert sandbox.commands.run("echo ${E-unset}", envs={"E": "x"}).stdout == "x\n"
+        assert sandbox.commands.run("echo ${E-unset}; pwd").stdout == "unset\n/home/user\n"
+
+
+def test_a_working_directory_made_again_is_the_new_one(sandbox: Sandbox):
+    sandbox.commands.run("mkdir -p /tmp/wd && echo old > /tmp/wd/f")
+    sandbox.commands.run("true", cwd="/tmp/wd")
+    wait_for_warm_shell(sandbox)
+    aside(sandbox, "rm -rf /tmp/wd && mkdir /tmp/wd && echo new > /tmp/wd/f")
+    assert sandbox.commands.run("cat f", cwd="/tmp/wd").stdout == "new\n"
+
+
+def test_a_killed_warm_shell_is_replaced(sandbox: Sandbox):
+    for _ in range(2):
+        victims = wait_for_warm_shell(sandbox)
+        aside(sandbox, f"kill -9 {' '.join(victims)}")
+        assert sandbox.commands.run("echo still here").stdout == "still here\n"
+    wait_for_warm_shell(sandbox)
+
+
+def test_stdin_and_start_up_variables_start_cold(sandbox: Sandbox):
+    handle = sandbox.commands.run("cat", background=True, stdin=True)
+    sandbox.commands.send_stdin(handle.pid, "fed\n")
+    sandbox.commands.close_stdin(handle.pid)
+    assert handle.wait().stdout == "fed\n"
+
+    sandbox.files.write("/tmp/bash_env", "export FROM_BASH_ENV=yes\n")
+    out = sandbox.commands.run("echo $FROM_BASH_ENV", envs={"BASH_ENV": "/tmp/bash_env"})
+    assert out.stdout == "yes\n"
