@@ -96,7 +96,9 @@ impl Manager {
             if let Some(after) = config.doze_after {
                 self.doze_idle(&running, after).await;
             }
-            previous.retain(|id, _| running.iter().any(|rec| &rec.id == id));
+            let live: std::collections::HashSet<&str> =
+                running.iter().map(|rec| rec.id.as_str()).collect();
+            previous.retain(|id, _| live.contains(id.as_str()));
             let pruned_before = now_ms() - config.retention.as_millis() as i64;
             let stored = self
                 .catalog

@@ -22,6 +22,8 @@ use silo_catalog::{now_ms, SandboxRecord, SandboxState};
 use silo_protocol::envd::InitRequest;
 use silo_protocol::ids::{generate_access_token, SandboxId};
 
+use futures_util::StreamExt;
+
 use super::create::{CreateRequest, Origin};
 use super::{Manager, SandboxError};
 
@@ -38,6 +40,8 @@ pub const DEMAND_WINDOW: Duration = Duration::from_secs(30);
 pub const DEMAND_FACTOR: usize = 4;
 /// How often the filler looks again when nothing woke it.
 const RECHECK: Duration = Duration::from_secs(2);
+/// Pooled sandboxes torn down at once when the server stops.
+const DISCARDS_AT_STOP: usize = 8;
 
 /// A sandbox waiting in a pool.
 struct Waiting {
@@ -320,9 +324,13 @@ impl Manager {
             .drain()
             .flat_map(|(_, queue)| queue.into_iter().map(|w| w.id))
             .collect();
-        for id in waiting {
-            self.discard_pooled(&id, "the server is stopping").await;
-        }
+        // Each teardown waits ~1.3 s on `runsc delete`; a pool grown by demand holds
+        // dozens, more than a stop may wait for one after another.
+        futures_util::stream::iter(waiting)
+            .for_each_concurrent(DISCARDS_AT_STOP, |id| async move {
+                self.discard_pooled(&id, "the server is stopping").await;
+            })
+            .await;
     }
 }
 
