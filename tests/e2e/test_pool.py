@@ -158,3 +158,15 @@ def test_a_rebuilt_template_drains_its_stale_pooled_sandboxes(workspace, server,
     while len(server.runsc_containers()) != pooled(server).get("base", 0):
         assert time.monotonic() < deadline, (server.runsc_containers(), pooled(server))
         time.sleep(0.2)
+
+
+def test_a_stop_while_the_pool_refills_leaves_nothing_behind(monkeypatch):
+    # A hand-out starts a refill (a boot of ~0.3 s); stopping at once used to end the
+    # server mid-boot, leaving the sandbox's netns, firewall chain and directory.
+    server = SiloServer(subnet="10.227.0.0/16", extra_args=("--pool", "base=1")).start()
+    try:
+        server.use_env(monkeypatch)
+        wait_pooled(server, "base", 1)
+        Sandbox.create("base", timeout=60)
+    finally:
+        server.stop()  # asserts that nothing leaked

@@ -66,7 +66,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
     manager
         .set_pool_sizes(args.pools.iter().cloned().collect())
         .context("--pool")?;
-    tokio::spawn(Arc::clone(&manager).run_pool());
+    manager.start_pool();
     tokio::spawn(Arc::clone(&manager).run_sampler(SamplerConfig {
         every: Duration::from_secs(args.metrics_interval),
         retention: Duration::from_secs(args.retention_hours.saturating_mul(3600)),

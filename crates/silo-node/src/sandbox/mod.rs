@@ -155,7 +155,8 @@ pub struct Manager {
     envd_version: String,
     /// Snapshot images, one directory per snapshot id.
     snapshots_dir: std::path::PathBuf,
-    /// Teardowns running after their kill returned; awaited by [`Manager::shutdown`].
+    /// Teardowns running after their kill returned, and the pool filler; awaited by
+    /// [`Manager::shutdown`].
     tasks: tokio_util::task::TaskTracker,
     traffic: traffic::Traffic,
     /// One pause/resume at a time per sandbox.

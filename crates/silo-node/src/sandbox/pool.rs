@@ -4,7 +4,7 @@
 //! - Sizes per template come from `silo serve --pool NAME=SIZE`, and grow with recent
 //!   demand: a pool holds as many sandboxes as creates of its template came in the last
 //!   [`DEMAND_WINDOW`], from its configured size up to [`DEMAND_FACTOR`] times it.
-//!   [`Manager::run_pool`] keeps each pool full in the background, one boot at a time,
+//!   [`Manager::start_pool`] keeps each pool full in the background, one boot at a time,
 //!   and stops filling while the host has less than [`MIN_AVAILABLE_MB`] available.
 //! - A pooled sandbox belongs to one build of its template: when the template is rebuilt,
 //!   the stale ones are killed and replaced.
@@ -125,8 +125,13 @@ impl Manager {
             .collect()
     }
 
-    /// Fill the pools until [`Manager::shutdown`].
-    pub async fn run_pool(self: Arc<Self>) {
+    /// Fill the pools in the background until [`Manager::shutdown`], which waits for a
+    /// boot in flight (and discards what it booted) rather than leave it half made.
+    pub fn start_pool(self: &Arc<Self>) {
+        self.tasks.spawn(Arc::clone(self).run_pool());
+    }
+
+    async fn run_pool(self: Arc<Self>) {
         while !self.pool.is_closed() {
             let sizes = self
                 .pool
