@@ -10,6 +10,7 @@
 //! CloseStdin), [`signal`], [`update`].
 
 mod connect;
+mod exec;
 mod input;
 mod list;
 mod output;
@@ -31,8 +32,8 @@ use silo_protocol::envd::{ProcessConfig, ProcessEvent, ProcessSelector};
 use tokio::net::unix::pipe;
 use tokio::sync::mpsc;
 
+pub(crate) use exec::{Child, Credentials, ExecPlan, Terminal};
 pub use reaper::Reaper;
-pub(crate) use spawn::become_user;
 
 use crate::error::Error;
 use crate::journal::Journal;

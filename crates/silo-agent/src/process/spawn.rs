@@ -2,15 +2,14 @@
 //! directory, and stdio as pipes or a pseudo-terminal.
 
 use std::io;
-use std::os::fd::{OwnedFd, RawFd};
-use std::os::unix::process::CommandExt;
-use std::path::PathBuf;
-use std::process::{Command, Stdio};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::path::{Path, PathBuf};
 
 use silo_protocol::envd::PtySize;
 use tokio::net::unix::pipe;
 use tokio::sync::oneshot;
 
+use super::exec::{Child, Credentials, ExecPlan, Terminal};
 use super::pty::{self, PtyMaster};
 use super::reaper::{Reaper, WaitStatus};
 use crate::users::User;
@@ -42,110 +41,76 @@ pub struct Spawned {
 }
 
 pub fn spawn(spec: SpawnSpec, reaper: &Reaper) -> io::Result<Spawned> {
-    let mut cmd = Command::new(&spec.cmd);
-    cmd.args(&spec.args)
-        .env_clear()
-        .envs(spec.env.iter().map(|(k, v)| (k, v)))
-        .current_dir(&spec.cwd);
-
-    let uid = spec.user.uid;
-    let gid = spec.user.gid;
-    let groups: Vec<libc::gid_t> = spec.groups.clone();
-    // Only root can switch users; an agent run unprivileged (development) runs everything
-    // as itself.
-    // SAFETY: geteuid has no preconditions.
-    let switch_user = unsafe { libc::geteuid() } == 0;
-    let with_pty = spec.pty.is_some();
-    let inherit_fds = spec.inherit_fds.clone();
-
-    // SAFETY: the closure runs between fork and exec and only makes async-signal-safe
-    // system calls on data prepared before the fork; it allocates nothing.
-    unsafe {
-        cmd.pre_exec(move || {
-            // Own session and process group: signals reach the whole job, and a pty
-            // becomes the controlling terminal.
-            if libc::setsid() < 0 {
-                return Err(io::Error::last_os_error());
-            }
-            if with_pty && libc::ioctl(0, libc::TIOCSCTTY, 0) < 0 {
-                return Err(io::Error::last_os_error());
-            }
-            if switch_user {
-                become_user(&groups, gid, uid)?;
-            }
-            for &fd in &inherit_fds {
-                if libc::fcntl(fd, libc::F_SETFD, 0) < 0 {
-                    return Err(io::Error::last_os_error());
-                }
-            }
-            Ok(())
-        });
-    }
-
-    reaper
-        .spawn(|| {
-            let mut master = None;
-            if let Some(size) = &spec.pty {
-                let (m, slave) = pty::open(size)?;
-                cmd.stdin(Stdio::from(slave.try_clone()?))
-                    .stdout(Stdio::from(slave.try_clone()?))
-                    .stderr(Stdio::from(slave));
-                master = Some(m);
+    // The parent's and the child's ends of stdin, stdout and stderr (all close-on-exec;
+    // the child's become its 0, 1 and 2, which clears the flag there).
+    let mut master = None;
+    let (child_stdio, stdin, stdout, stderr): ([OwnedFd; 3], _, _, _) = match &spec.pty {
+        Some(size) => {
+            let (m, slave) = pty::open(size)?;
+            master = Some(m);
+            (
+                [slave.try_clone()?, slave.try_clone()?, slave],
+                None,
+                None,
+                None,
+            )
+        }
+        None => {
+            let (stdin_read, stdin_write) = if spec.stdin {
+                let (r, w) = pipe()?;
+                (r, Some(w))
             } else {
-                cmd.stdin(if spec.stdin {
-                    Stdio::piped()
-                } else {
-                    Stdio::null()
-                })
-                .stdout(Stdio::piped())
-                .stderr(Stdio::piped());
-            }
-            // The slave copies held by `cmd` are closed when `cmd` is dropped below, so
-            // the master sees EOF once the child's side is gone.
-            let child = cmd.spawn()?;
-            let pid = child.id();
-            Ok(((child, master), pid))
-        })
-        .and_then(|((mut child, master), exit)| {
-            // We never call `child.wait()`: the reaper owns waiting.
-            let stdin = child
-                .stdin
-                .take()
-                .map(|s| pipe::Sender::from_owned_fd(OwnedFd::from(s)))
-                .transpose()?;
-            let stdout = child
-                .stdout
-                .take()
-                .map(|s| pipe::Receiver::from_owned_fd(OwnedFd::from(s)))
-                .transpose()?;
-            let stderr = child
-                .stderr
-                .take()
-                .map(|s| pipe::Receiver::from_owned_fd(OwnedFd::from(s)))
-                .transpose()?;
-            Ok(Spawned {
-                pid: child.id(),
-                exit,
-                stdin,
-                stdout,
-                stderr,
-                pty: master.map(PtyMaster::new).transpose()?,
-            })
-        })
+                (OwnedFd::from(std::fs::File::open("/dev/null")?), None)
+            };
+            let (stdout_read, stdout_write) = pipe()?;
+            let (stderr_read, stderr_write) = pipe()?;
+            (
+                [stdin_read, stdout_write, stderr_write],
+                stdin_write,
+                Some(stdout_read),
+                Some(stderr_read),
+            )
+        }
+    };
+
+    let credentials = Credentials::if_root(spec.user.uid, spec.user.gid, &spec.groups);
+    let plan = ExecPlan::new(Child {
+        program: Path::new(&spec.cmd),
+        argv: std::iter::once(spec.cmd.as_str())
+            .chain(spec.args.iter().map(String::as_str))
+            .collect(),
+        env: &spec.env,
+        cwd: &spec.cwd,
+        stdio: child_stdio.each_ref().map(|fd| fd.as_raw_fd()),
+        terminal: if spec.pty.is_some() {
+            Terminal::Take
+        } else {
+            Terminal::None
+        },
+        credentials,
+        inherit_fds: &spec.inherit_fds,
+    })?;
+    let (pid, exit) = reaper.spawn(|| plan.spawn().map(|pid| (pid, pid)))?;
+    // The child has its copies now; the parent keeps only its own ends, so readers see
+    // EOF once the child's side is gone.
+    drop(child_stdio);
+    Ok(Spawned {
+        pid,
+        exit,
+        stdin: stdin.map(pipe::Sender::from_owned_fd).transpose()?,
+        stdout: stdout.map(pipe::Receiver::from_owned_fd).transpose()?,
+        stderr: stderr.map(pipe::Receiver::from_owned_fd).transpose()?,
+        pty: master.map(PtyMaster::new).transpose()?,
+    })
 }
 
-/// In a forked child before exec: drop to `uid`/`gid` with supplementary `groups`, groups
-/// first (they cannot be changed once root is gone). Only async-signal-safe calls.
-pub(crate) fn become_user(groups: &[libc::gid_t], gid: u32, uid: u32) -> io::Result<()> {
-    // SAFETY: plain syscalls on values owned by the caller; `groups` outlives the call.
-    let failed = unsafe {
-        libc::setgroups(groups.len(), groups.as_ptr()) < 0
-            || libc::setgid(gid) < 0
-            || libc::setuid(uid) < 0
-    };
-    if failed {
-        Err(io::Error::last_os_error())
-    } else {
-        Ok(())
+/// A pipe, both ends close-on-exec: (read, write).
+pub(super) fn pipe() -> io::Result<(OwnedFd, OwnedFd)> {
+    let mut fds = [0; 2];
+    // SAFETY: pipe2 writes two descriptors into the array; the result is checked.
+    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } < 0 {
+        return Err(io::Error::last_os_error());
     }
+    // SAFETY: both descriptors are fresh and owned by nobody else.
+    Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
 }

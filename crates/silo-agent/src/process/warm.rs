@@ -24,7 +24,7 @@ use std::sync::{Arc, Mutex};
 use tokio::sync::Notify;
 
 use super::reaper::Reaper;
-use super::spawn::{spawn, SpawnSpec, Spawned};
+use super::spawn::{pipe, spawn, SpawnSpec, Spawned};
 use crate::users::User;
 
 const BASH: &str = "/bin/bash";
@@ -104,8 +104,8 @@ fn bootstrap(go: RawFd, command: RawFd) -> String {
     )
 }
 
-/// Warms a shell for the next command once this one has ended: started alongside it, the
-/// fork would slow it (ADR 0018).
+/// Warms a shell for the next command once this one has ended: started alongside it,
+/// starting it would slow it (ADR 0018).
 pub struct Rewarm {
     shells: Arc<WarmShells>,
     identity: Identity,
@@ -173,16 +173,6 @@ impl WarmShell {
         self.go.write_all(b"x")?;
         Ok(self.spawned)
     }
-}
-
-fn pipe() -> io::Result<(OwnedFd, OwnedFd)> {
-    let mut fds = [0; 2];
-    // SAFETY: pipe2 writes two descriptors into the array; the result is checked.
-    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: both descriptors are fresh and owned by nobody else.
-    Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
 }
 
 #[derive(Default)]
@@ -284,7 +274,8 @@ impl WarmShells {
             slot.starting = Some(identity.clone());
         }
         let shells = self.clone();
-        // Forking is synchronous and, in gVisor, slow: keep it off the async workers.
+        // Starting a process is synchronous (the thread waits for the exec) and, in gVisor,
+        // slow: keep it off the async workers.
         tokio::task::spawn_blocking(move || {
             let started = WarmShell::start(identity, &shells.reaper);
             let mut slot = shells.slot();

@@ -8,11 +8,9 @@
 //! sudo's command, it lives no longer than the `sudo` that started it.
 
 use std::io;
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::os::unix::fs::PermissionsExt;
-use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
 use std::sync::Arc;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt, Interest};
@@ -21,7 +19,7 @@ use tokio::net::{UnixListener, UnixStream};
 use super::policy::{self, Plan, Refusal};
 use super::protocol::{self, ClientMessage, Mode, Reply, Request};
 use super::scm;
-use crate::process::Reaper;
+use crate::process::{Child, Credentials, ExecPlan, Reaper, Terminal};
 use crate::users::UserDb;
 
 /// Errors starting the broker.
@@ -249,47 +247,22 @@ fn is_executable(path: &Path) -> bool {
 /// Start the plan with the caller's stdio, in a new session, as the target user.
 fn spawn(
     plan: &Plan,
-    [stdin, stdout, stderr]: [OwnedFd; 3],
+    stdio: [OwnedFd; 3],
     reaper: &Reaper,
 ) -> io::Result<(u32, tokio::sync::oneshot::Receiver<libc::c_int>)> {
-    let mut cmd = Command::new(&plan.program);
-    cmd.arg0(&plan.arg0)
-        .args(&plan.args)
-        .env_clear()
-        .envs(plan.env.iter().map(|(k, v)| (k, v)))
-        .current_dir(&plan.cwd)
-        .stdin(Stdio::from(stdin))
-        .stdout(Stdio::from(stdout))
-        .stderr(Stdio::from(stderr));
-    let (uid, gid) = (plan.uid, plan.gid);
-    let groups: Vec<libc::gid_t> = plan.groups.clone();
-    // An agent run unprivileged (development) can only run commands as itself.
-    // SAFETY: geteuid has no preconditions.
-    let switch_user = unsafe { libc::geteuid() } == 0;
-    // SAFETY: the closure runs between fork and exec and only makes async-signal-safe
-    // system calls on data prepared before the fork; it allocates nothing.
-    unsafe {
-        cmd.pre_exec(move || {
-            if libc::setsid() < 0 {
-                return Err(io::Error::last_os_error());
-            }
-            // A terminal on stdin becomes the controlling terminal when no other session
-            // holds it; the caller's own terminal cannot be taken (that needs
-            // CAP_SYS_ADMIN), and the command then runs without one.
-            if libc::isatty(0) == 1 {
-                libc::ioctl(0, libc::TIOCSCTTY, 0);
-            }
-            if switch_user {
-                crate::process::become_user(&groups, gid, uid)?;
-            }
-            Ok(())
-        });
-    }
-    let (child, exit) = reaper.spawn(|| {
-        let child = cmd.spawn()?;
-        let pid = child.id();
-        Ok((child, pid))
+    let argv = std::iter::once(plan.arg0.as_str())
+        .chain(plan.args.iter().map(String::as_str))
+        .collect();
+    let exec = ExecPlan::new(Child {
+        program: &plan.program,
+        argv,
+        env: &plan.env,
+        cwd: &plan.cwd,
+        stdio: stdio.each_ref().map(|fd| fd.as_raw_fd()),
+        terminal: Terminal::TakeIfFree,
+        credentials: Credentials::if_root(plan.uid, plan.gid, &plan.groups),
+        inherit_fds: &[],
     })?;
-    // The reaper owns waiting; dropping `child` neither waits nor kills.
-    Ok((child.id(), exit))
+    // The caller's descriptors are closed here once the child has its copies.
+    reaper.spawn(|| exec.spawn().map(|pid| (pid, pid)))
 }
