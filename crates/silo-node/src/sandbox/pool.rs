@@ -4,7 +4,8 @@
 //! - Sizes per template come from `silo serve --pool NAME=SIZE`, and grow with recent
 //!   demand: a pool holds as many sandboxes as creates of its template came in the last
 //!   [`DEMAND_WINDOW`], from its configured size up to [`DEMAND_FACTOR`] times it.
-//!   [`Manager::start_pool`] keeps each pool full in the background, one boot at a time,
+//!   [`Manager::start_pool`] keeps each pool full in the background, one boot at a time
+//!   (each after a pause in creates, at most [`MAX_DEFER`] late),
 //!   and stops filling while the host has less than [`MIN_AVAILABLE_MB`] available.
 //! - A pooled sandbox belongs to one build of its template: when the template is rebuilt,
 //!   the stale ones are killed and replaced.
@@ -38,6 +39,11 @@ pub const POOL_METADATA: &str = "silo.pool";
 pub const DEMAND_WINDOW: Duration = Duration::from_secs(30);
 /// A pool grows with demand up to this many times its configured size.
 pub const DEMAND_FACTOR: usize = 4;
+/// A refill boot waits until no create has come for this long: a boot is ~0.25 s of CPU,
+/// which the hand-outs of a burst and a new sandbox's first commands need more ...
+const QUIET: Duration = Duration::from_millis(200);
+/// ... but not for longer than this, so a steady stream of creates still gets refills.
+const MAX_DEFER: Duration = Duration::from_secs(1);
 /// How often the filler looks again when nothing woke it.
 const RECHECK: Duration = Duration::from_secs(2);
 /// Pooled sandboxes torn down at once when the server stops.
@@ -85,6 +91,8 @@ pub(super) struct Pool {
     sizes: Mutex<BTreeMap<String, usize>>,
     /// Recent creates per template (as creates resolve it).
     demand: Mutex<HashMap<String, Demand>>,
+    /// When the newest create came, of any template.
+    last_create: Mutex<Option<Instant>>,
     ready: Mutex<HashMap<String, VecDeque<Waiting>>>,
     wake: tokio::sync::Notify,
     closed: std::sync::atomic::AtomicBool,
@@ -97,6 +105,24 @@ impl Pool {
 
     fn demand(&self) -> std::sync::MutexGuard<'_, HashMap<String, Demand>> {
         self.demand.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn last_create(&self) -> std::sync::MutexGuard<'_, Option<Instant>> {
+        self.last_create.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Until no create has come for [`QUIET`], or [`MAX_DEFER`] has passed.
+    async fn wait_for_quiet(&self) {
+        let deferred_from = Instant::now();
+        loop {
+            let since = self.last_create().map(|at| at.elapsed());
+            match since {
+                Some(since) if since < QUIET && deferred_from.elapsed() < MAX_DEFER => {
+                    tokio::time::sleep(QUIET - since).await;
+                }
+                _ => return,
+            }
+        }
     }
 
     fn is_closed(&self) -> bool {
@@ -187,6 +213,7 @@ impl Manager {
             ..CreateRequest::default()
         };
         let rootfs = origin.rootfs.clone();
+        self.pool.wait_for_quiet().await;
         match self.create_from(req, origin, SandboxState::Pooled).await {
             Ok(rec) if !self.pool.is_closed() => {
                 tracing::debug!(sandbox_id = %rec.id, template, "pooled");
@@ -234,11 +261,13 @@ impl Manager {
         req: &CreateRequest,
         origin: &Origin,
     ) -> Option<SandboxRecord> {
+        let now = Instant::now();
         self.pool
             .demand()
             .entry(origin.name.clone())
             .or_default()
-            .record(Instant::now());
+            .record(now);
+        *self.pool.last_create() = Some(now);
         let waiting = {
             let mut ready = self.pool.ready();
             let queue = ready.get_mut(&origin.name)?;
