@@ -16,8 +16,8 @@ Starts its own `silo serve` (like the e2e tests), then measures with the officia
     handed out once its ready command passes), N_TEMPLATE_CREATE times;
   - raw `runsc run` of the same base rootfs (an OCI bundle running /bin/true, no
     network, memory overlay), N_RAW times, for comparison;
-  - with a warm pool (a server of its own): 50 creates at once from a pool of 50; with a
-    pool of 4, create, and create → first command, one at a time;
+  - with a warm pool of 50 (a server of its own): 50 creates at once, then create, and
+    create → first command, one at a time;
   - a plain host process spawn (/bin/true), the floor under everything;
   - density (a server of its own; dozing after BENCH_DOZE_AFTER seconds if set): idle
     base sandboxes created two at a time and held,
@@ -178,38 +178,34 @@ def wait_pool_full(server, size):
     while server.api("GET", "/health")[1]["pooled"].get("base", 0) < size:
         assert time.monotonic() < deadline, "the pool never filled"
         time.sleep(0.5)
-    time.sleep(2)  # the last boot's agent settles
+    time.sleep(3)  # the last one settles and dozes
 
 
 def bench_pool():
-    """With a warm pool, each on a server of its own: 50 creates at once from a pool of
-    50; then with a pool of 4 (50 idle sandboxes would keep a core busy on systrap),
-    create alone and create → first command done, one create every 0.5 s (which the
-    refill keeps up with)."""
+    """With a warm pool of 50 (a server of its own): 50 creates at once, all handed out
+    from the pool; then, the pool full again, create alone and create → first command
+    done, one create every 0.5 s (which the refill keeps up with)."""
     from concurrent.futures import ThreadPoolExecutor
 
     from e2b import Sandbox
 
-    burst = 50
+    size = 50
 
     def create(_):
         start = time.perf_counter()
         sbx = Sandbox.create("base", timeout=300)
         return time.perf_counter() - start, sbx
 
-    server = pool_server(burst)
+    server = pool_server(size)
     try:
         # The SDK's first create in a process sets up its clients: not the server's time.
         Sandbox.create("base", timeout=60).kill()
-        wait_pool_full(server, burst)
-        with ThreadPoolExecutor(max_workers=burst) as pool:
-            at_once = list(pool.map(create, range(burst)))
+        wait_pool_full(server, size)
+        with ThreadPoolExecutor(max_workers=size) as pool:
+            at_once = list(pool.map(create, range(size)))
         for _, sbx in at_once:
             sbx.kill()
-    finally:
-        server.stop()
-    server = pool_server(4)
-    try:
+        wait_pool_full(server, size)
         creates, firsts = [], []
         for _ in range(N_CREATE):
             start = time.perf_counter()
@@ -223,10 +219,10 @@ def bench_pool():
     finally:
         server.stop()
     return [
-        summary(f"pooled: Sandbox.create(\"base\"), {burst} at once from a pool of {burst}",
+        summary(f"pooled: Sandbox.create(\"base\"), {size} at once from a pool of {size}",
                 [t for t, _ in at_once]),
-        summary("pooled (pool of 4): Sandbox.create(\"base\")", creates),
-        summary("pooled (pool of 4): Sandbox.create(\"base\") → first commands.run done", firsts),
+        summary("pooled: Sandbox.create(\"base\")", creates),
+        summary("pooled: Sandbox.create(\"base\") → first commands.run done", firsts),
     ]
 
 

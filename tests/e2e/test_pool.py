@@ -1,7 +1,7 @@
 """The warm pool (`silo serve --pool NAME=SIZE`): sandboxes booted ahead of demand and
 handed to creates. A pooled sandbox never carries another's state, env vars, files or
 token; the pool refills, and grows with demand; pooled sandboxes stay invisible until
-handed out; a rebuilt template drains its stale pooled sandboxes, a deleted one all of
+handed out, and doze (frozen) while they wait; a rebuilt template drains its stale pooled sandboxes, a deleted one all of
 them."""
 
 import json
@@ -115,6 +115,22 @@ def test_pooled_sandboxes_are_handed_out_clean_and_the_pool_refills(server, monk
         assert other.commands.run("echo ok").stdout == "ok\n"
     finally:
         other.kill()
+
+
+def test_pooled_sandboxes_doze_until_handed_out(server, monkeypatch):
+    # Frozen while they wait (an idle gVisor sandbox burns CPU), thawed by the hand-out.
+    server.use_env(monkeypatch)
+    deadline = time.monotonic() + 60  # (the pool may hold more: demand grew it)
+    while server.api("GET", "/health")[1]["dozing"] < 2:
+        assert time.monotonic() < deadline, server.api("GET", "/health")[1]
+        time.sleep(0.2)
+    sbx = Sandbox.create("base", timeout=60)
+    try:
+        assert sbx.commands.run("echo awake").stdout == "awake\n"
+        sbx.files.write("/tmp/f", "x")
+        assert sbx.files.read("/tmp/f") == "x"
+    finally:
+        sbx.kill()
 
 
 def test_a_rebuilt_template_drains_its_stale_pooled_sandboxes(workspace, server, monkeypatch):

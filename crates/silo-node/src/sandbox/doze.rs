@@ -8,6 +8,8 @@
 //! through [`Manager::route`]), and no process started through its agent still running
 //! (a background command or a template's start command keeps it awake). The catalog
 //! still says `Running`: dozing is invisible but for the time to thaw (microseconds).
+//! Pooled sandboxes doze too, whatever `--doze-after` says, from a second after they
+//! join the pool until their hand-out thaws them (`pool.rs`).
 //!
 //! One mutex ([`Activity`]) orders the two sides: a request counts itself in and thaws
 //! the sandbox under it; the sampler freezes only under it, and only when nothing is in
@@ -21,6 +23,7 @@ use silo_catalog::{SandboxRecord, SandboxState};
 use silo_protocol::ids::SandboxId;
 
 use super::{Manager, SandboxError};
+use crate::RuntimeError;
 
 #[derive(Default)]
 struct Entry {
@@ -100,6 +103,18 @@ impl Manager {
             tracing::debug!(sandbox_id = %id, "woken by a request");
         }
         Ok(in_use)
+    }
+
+    /// Freeze the sandbox now, as dozing: a pooled one, which no request can be using.
+    pub(super) fn doze_now(&self, id: &SandboxId) -> Result<(), RuntimeError> {
+        let mut map = self.activity.map();
+        let entry = map.entry(id.clone()).or_default();
+        if entry.in_flight > 0 || entry.dozing {
+            return Ok(());
+        }
+        self.runtime.set_frozen(id, true)?;
+        entry.dozing = true;
+        Ok(())
     }
 
     pub(super) fn is_dozing(&self, id: &SandboxId) -> bool {

@@ -44,6 +44,10 @@ pub const DEMAND_FACTOR: usize = 4;
 const QUIET: Duration = Duration::from_millis(200);
 /// ... but not for longer than this, so a steady stream of creates still gets refills.
 const MAX_DEFER: Duration = Duration::from_secs(1);
+/// A pooled sandbox is frozen (dozes, ADR 0017) this long after it joined the pool, its
+/// agent's start-up work (the warm shell) done: an idle gVisor sandbox burns ~2-3 % of a
+/// core on systrap, a pool of 50 a whole one. A hand-out thaws it first.
+const SETTLE: Duration = Duration::from_secs(1);
 /// How often the filler looks again when nothing woke it.
 const RECHECK: Duration = Duration::from_secs(2);
 /// Pooled sandboxes torn down at once when the server stops.
@@ -56,6 +60,9 @@ struct Waiting {
     rootfs: PathBuf,
     /// The agent's token until hand-out.
     token: Option<String>,
+    /// When it joined the pool; it is frozen [`SETTLE`] later.
+    pooled_at: Instant,
+    frozen: bool,
 }
 
 /// When creates of one template came, within [`DEMAND_WINDOW`].
@@ -165,12 +172,31 @@ impl Manager {
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
                 .clone();
+            self.freeze_settled_pooled();
             let mut booted = false;
             for (template, size) in sizes {
                 booted |= self.fill_one(&template, size).await;
             }
             if !booted {
                 let _ = tokio::time::timeout(RECHECK, self.pool.wake.notified()).await;
+            }
+        }
+    }
+
+    /// Freeze the pooled sandboxes that joined [`SETTLE`] ago. Under the pool's lock: one
+    /// handed out is no longer in it, and its hand-out thaws it (`enter`).
+    fn freeze_settled_pooled(&self) {
+        let mut ready = self.pool.ready();
+        for waiting in ready.values_mut().flatten() {
+            if waiting.frozen || waiting.pooled_at.elapsed() < SETTLE {
+                continue;
+            }
+            match self.doze_now(&waiting.id) {
+                Ok(()) => waiting.frozen = true,
+                Err(err) => {
+                    // It stays awake, costing CPU but usable; tried again next round.
+                    tracing::warn!(sandbox_id = %waiting.id, error = %crate::error_chain(&err), "cannot freeze a pooled sandbox");
+                }
             }
         }
     }
@@ -225,6 +251,8 @@ impl Manager {
                         id: rec.id,
                         rootfs,
                         token: rec.envd_access_token,
+                        pooled_at: Instant::now(),
+                        frozen: false,
                     });
                 true
             }
@@ -293,6 +321,7 @@ impl Manager {
         req: &CreateRequest,
         waiting: &Waiting,
     ) -> Result<SandboxRecord, SandboxError> {
+        let _awake = self.enter(&waiting.id)?;
         let mut rec = self
             .catalog
             .get_sandbox(&waiting.id)?
