@@ -17,7 +17,8 @@ Starts its own `silo serve` (like the e2e tests), then measures with the officia
   - raw `runsc run` of the same base rootfs (an OCI bundle running /bin/true, no
     network, memory overlay), N_RAW times, for comparison;
   - with a warm pool of 50 (a server of its own): 50 creates at once, then create, and
-    create → first command, one at a time;
+    create → first command, one at a time; with a pool of 2 code-interpreter sandboxes:
+    create → first run_code;
   - a plain host process spawn (/bin/true), the floor under everything;
   - density (a server of its own; dozing after BENCH_DOZE_AFTER seconds if set): idle
     base sandboxes created two at a time and held,
@@ -165,17 +166,17 @@ def bench_memory():
     ]
 
 
-def pool_server(size):
-    """A server of its own with `--pool base=SIZE`, once the pool is full."""
-    server = SiloServer(subnet="10.216.0.0/16", extra_args=("--pool", f"base={size}")).start()
+def pool_server(size, template="base"):
+    """A server of its own with `--pool TEMPLATE=SIZE`, once the pool is full."""
+    server = SiloServer(subnet="10.216.0.0/16", extra_args=("--pool", f"{template}={size}")).start()
     os.environ.update(server.env())
-    wait_pool_full(server, size)
+    wait_pool_full(server, size, template)
     return server
 
 
-def wait_pool_full(server, size):
+def wait_pool_full(server, size, template="base"):
     deadline = time.monotonic() + 300
-    while server.api("GET", "/health")[1]["pooled"].get("base", 0) < size:
+    while server.api("GET", "/health")[1]["pooled"].get(template, 0) < size:
         assert time.monotonic() < deadline, "the pool never filled"
         time.sleep(0.5)
     time.sleep(3)  # the last one settles and dozes
@@ -224,6 +225,29 @@ def bench_pool():
         summary("pooled: Sandbox.create(\"base\")", creates),
         summary("pooled: Sandbox.create(\"base\") → first commands.run done", firsts),
     ]
+
+
+def bench_pool_code_interpreter():
+    """With `--pool code-interpreter=2` (a server of its own; pooled sandboxes have their
+    kernel up): create → first run_code result, one create every 3 s (a refill, kernel
+    included, takes ~2 s)."""
+    from e2b_code_interpreter import Sandbox
+
+    server = pool_server(2, "code-interpreter")
+    try:
+        Sandbox.create(timeout=60).kill()  # the SDK's own set-up
+        wait_pool_full(server, 2, "code-interpreter")
+        firsts = []
+        for _ in range(N_FIRST):
+            start = time.perf_counter()
+            sbx = Sandbox.create(timeout=120)
+            assert sbx.run_code("1+1").text == "2"
+            firsts.append(time.perf_counter() - start)
+            sbx.kill()
+            time.sleep(3)
+    finally:
+        server.stop()
+    return [summary("pooled (code-interpreter=2): create → first run_code(\"1+1\") result", firsts)]
 
 
 def available_mib():
@@ -496,7 +520,8 @@ def all_benches():
                 + bench_fork() + bench_template(server))
     finally:
         server.stop()
-    rows += bench_pool() + bench_raw_runsc(server.template_dir) + bench_spawn()
+    rows += (bench_pool() + bench_pool_code_interpreter() + bench_raw_runsc(server.template_dir)
+             + bench_spawn())
     if N_DENSITY:
         rows += bench_density()
     return rows
@@ -507,7 +532,8 @@ def main():
     only = os.environ.get("BENCH_ONLY")
     if os.environ.get("BENCH_DOZE_AFTER") and only == "density":
         only = "density-doze"
-    benches = {"density": bench_density, "density-doze": bench_density, "pool": bench_pool,
+    benches = {"density": bench_density, "density-doze": bench_density,
+               "pool": lambda: bench_pool() + bench_pool_code_interpreter(),
                "spawn": bench_spawn}
     rows = benches[only]() if only else all_benches()
     machine = f"{platform.node()}-{os.cpu_count()}cpu"

@@ -13,6 +13,7 @@ import os
 import shutil
 import signal
 import socket
+import sqlite3
 import subprocess
 import tempfile
 import time
@@ -166,14 +167,32 @@ class SiloServer:
         out = subprocess.run(["nft", "list", "tables"], capture_output=True, text=True).stdout
         return [t for t in out.split() if t == self.firewall_table()]
 
+    def own_network_names(self) -> set:
+        """The part of a netns or veth name that is a sandbox's (characters 1-11 of its
+        id), for every sandbox this server made: another server running beside it makes
+        its own, which are not this one's leaks."""
+        try:
+            db = sqlite3.connect(f"file:{self.data_dir / 'catalog.db'}?mode=ro", uri=True)
+            try:
+                return {row[0][1:12] for row in db.execute("SELECT id FROM sandboxes")}
+            finally:
+                db.close()
+        except sqlite3.Error:
+            return set()
+
     def leaks(self) -> dict:
         """What this server still holds on the host."""
         stopped = self.proc is not None and self.proc.poll() is not None
+        own = self.own_network_names()
+
+        def owned(names):
+            return sorted(n for n in names if n.removeprefix("silo-").removeprefix("silo") in own)
+
         return {
             "firewall": self.firewall_chains() + (self.firewall_tables() if stopped else []),
             "runsc": self.runsc_containers(),
-            "netns": sorted(host_netns() - self.netns_before),
-            "links": sorted(host_links() - self.links_before),
+            "netns": owned(host_netns() - self.netns_before),
+            "links": owned(host_links() - self.links_before),
             "sandbox_dirs": self.sandbox_dirs(),
         }
 

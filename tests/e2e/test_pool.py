@@ -186,3 +186,23 @@ def test_a_stop_while_the_pool_refills_leaves_nothing_behind(monkeypatch):
         Sandbox.create("base", timeout=60)
     finally:
         server.stop()  # asserts that nothing leaked
+
+
+def test_a_pooled_code_interpreter_sandbox_has_its_kernel_up(monkeypatch):
+    # Pooled sandboxes join the pool once their default kernels have started, so the
+    # first run_code after the hand-out does not wait for a kernel.
+    from e2b_code_interpreter import Sandbox as CodeSandbox
+
+    server = SiloServer(subnet="10.228.0.0/16", extra_args=("--pool", "code-interpreter=1")).start()
+    try:
+        server.use_env(monkeypatch)
+        wait_pooled(server, "code-interpreter", 1, timeout=180)
+        sbx = CodeSandbox.create(timeout=60)
+        try:
+            languages = [c.language for c in sbx.list_code_contexts()]
+            assert "python" in languages, languages
+            assert sbx.run_code("1+1").text == "2"
+        finally:
+            sbx.kill()
+    finally:
+        server.stop()

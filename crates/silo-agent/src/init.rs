@@ -13,6 +13,9 @@ use crate::auth::check_init;
 use crate::error::{Error, HttpFailure};
 use crate::state::AppState;
 
+/// How long `/init` waits for the default kernels when asked to.
+const KERNELS_WAIT: std::time::Duration = std::time::Duration::from_secs(60);
+
 pub async fn health() -> StatusCode {
     StatusCode::NO_CONTENT
 }
@@ -58,6 +61,14 @@ pub async fn init(
         req.ready_cmd.as_deref(),
     )
     .await?;
+    if req.wait_for_kernels == Some(true) {
+        let mut settled = state.kernels_settled.subscribe();
+        // A kernel slower than this is no reason to fail the sandbox: it answers anyway.
+        let waited = tokio::time::timeout(KERNELS_WAIT, settled.wait_for(|settled| *settled)).await;
+        if waited.is_err() {
+            tracing::warn!(after = ?KERNELS_WAIT, "answering /init before the default kernels started");
+        }
+    }
     Ok(StatusCode::NO_CONTENT)
 }
 

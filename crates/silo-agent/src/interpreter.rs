@@ -19,12 +19,14 @@ pub async fn serve(state: AppState, listen: SocketAddr, user_name: String) -> st
         Ok(user) => user,
         Err(err) => {
             tracing::info!(user = %user_name, error = %err, "no interpreter user; code interpreter off");
+            state.kernels_settled.send_replace(true);
             return Ok(());
         }
     };
     let kernels = kernelspec::discover(&kernelspec::default_dirs(&user.home));
     if kernels.is_empty() {
         tracing::info!("no Jupyter kernels in this template; code interpreter off");
+        state.kernels_settled.send_replace(true);
         return Ok(());
     }
     let mut config = Config::new(kernels);
@@ -46,7 +48,11 @@ pub async fn serve(state: AppState, listen: SocketAddr, user_name: String) -> st
         languages = ?interpreter.config().kernels.keys().collect::<Vec<_>>(),
         "code interpreter serving"
     );
-    tokio::spawn(interpreter.clone().start_default_kernels());
+    let starting = interpreter.clone();
+    tokio::spawn(async move {
+        starting.start_default_kernels().await;
+        state.kernels_settled.send_replace(true);
+    });
     // Each output line is a small write: without TCP_NODELAY, Nagle and delayed ACKs add
     // ~40 ms to every execution.
     let listener = tokio::net::TcpListener::bind(listen)

@@ -30,6 +30,9 @@ pub struct Inner {
     pub user_db: UserDb,
     pub processes: Arc<ProcessTable>,
     pub watchers: Watchers,
+    /// True once the code interpreter's default kernels have started, failed to, or
+    /// there is no interpreter.
+    pub kernels_settled: tokio::sync::watch::Sender<bool>,
 }
 
 impl std::ops::Deref for AppState {
@@ -52,6 +55,7 @@ impl AppState {
             user_db: UserDb::new(config.passwd.clone(), config.group.clone()),
             processes: Arc::new(ProcessTable::new(reaper)),
             watchers: Watchers::default(),
+            kernels_settled: tokio::sync::watch::Sender::new(false),
         }))
     }
 

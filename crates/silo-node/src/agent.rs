@@ -78,7 +78,10 @@ impl AgentClient {
         let req = req
             .body(Full::new(Bytes::from(body)))
             .map_err(|_| AgentError::InvalidToken)?;
-        let timeout = if init.start_cmd.is_some() || init.ready_cmd.is_some() {
+        let timeout = if init.start_cmd.is_some()
+            || init.ready_cmd.is_some()
+            || init.wait_for_kernels == Some(true)
+        {
             INIT_WITH_START_TIMEOUT
         } else {
             INIT_TIMEOUT

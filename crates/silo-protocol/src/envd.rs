@@ -533,6 +533,10 @@ pub struct InitRequest {
     /// silo's: run until it exits 0 before `/init` answers.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ready_cmd: Option<String>,
+    /// silo's: answer once the code interpreter's default kernels have started (or
+    /// failed to); a pooled sandbox is then handed out with its kernels up.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub wait_for_kernels: Option<bool>,
 }
 
 /// One element of the `POST /files` response.

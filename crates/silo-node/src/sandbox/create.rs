@@ -167,7 +167,7 @@ impl Manager {
         let span = tracing::info_span!("create", sandbox_id = %rec.id, from = %origin.name);
         let _enter = span.enter();
 
-        match self.boot(&rec, origin, req.egress).await {
+        match self.boot(&rec, origin, req.egress, target).await {
             Ok(address) => {
                 self.catalog.set_address(&rec.id, Some(&address))?;
                 self.catalog
@@ -196,6 +196,7 @@ impl Manager {
         rec: &SandboxRecord,
         origin: Origin,
         egress: crate::network::EgressPolicy,
+        target: SandboxState,
     ) -> Result<String, SandboxError> {
         let config = origin.config;
         let mut spec = SandboxSpec::new(rec.id.clone(), origin.rootfs);
@@ -229,6 +230,8 @@ impl Manager {
             default_workdir,
             start_cmd: start.as_ref().and_then(|s| s.start_cmd.clone()),
             ready_cmd: start.and_then(|s| s.ready_cmd),
+            // A pooled sandbox waits for its kernels, so its hand-out finds them up.
+            wait_for_kernels: (target == SandboxState::Pooled).then_some(true),
         };
         let saved_token = origin.snapshot.and_then(|s| s.access_token);
         self.agent
