@@ -237,14 +237,7 @@ def bench_pool_code_interpreter():
     try:
         Sandbox.create(timeout=60).kill()  # the SDK's own set-up
         wait_pool_full(server, 2, "code-interpreter")
-        firsts = []
-        for _ in range(N_FIRST):
-            start = time.perf_counter()
-            sbx = Sandbox.create(timeout=120)
-            assert sbx.run_code("1+1").text == "2"
-            firsts.append(time.perf_counter() - start)
-            sbx.kill()
-            time.sleep(3)
+        firsts = first_run_code_latencies(pause=3)
     finally:
         server.stop()
     return [summary("pooled (code-interpreter=2): create → first run_code(\"1+1\") result", firsts)]
@@ -362,7 +355,8 @@ def bench_sdk(server):
             summary('SDK commands.run("echo hi"), 100 ms after the last', paced)]
 
 
-def bench_code_interpreter():
+def first_run_code_latencies(pause=0.0):
+    """N_FIRST times, `pause` seconds apart: create → first run_code("1+1") result."""
     from e2b_code_interpreter import Sandbox
 
     firsts = []
@@ -372,6 +366,14 @@ def bench_code_interpreter():
         assert sbx.run_code("1+1").text == "2"
         firsts.append(time.perf_counter() - start)
         sbx.kill()
+        time.sleep(pause)
+    return firsts
+
+
+def bench_code_interpreter():
+    from e2b_code_interpreter import Sandbox
+
+    firsts = first_run_code_latencies()
 
     codes = []
     sbx = Sandbox.create(timeout=300)

@@ -384,7 +384,9 @@ extern "C" fn child(arg: *mut libc::c_void) -> libc::c_int {
 mod tests {
     use super::*;
     use std::io::Read;
-    use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+    use std::os::fd::AsRawFd;
+
+    use crate::process::spawn::pipe;
 
     #[test]
     fn candidates_follow_path_as_execvp() {
@@ -402,14 +404,8 @@ mod tests {
         );
     }
 
-    fn pipe() -> (OwnedFd, OwnedFd) {
-        let mut fds = [0; 2];
-        assert_eq!(unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) }, 0);
-        unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) }
-    }
-
     fn run(program: &str, args: &[&str], env: &[(&str, &str)]) -> io::Result<(String, i32)> {
-        let (read, write) = pipe();
+        let (read, write) = pipe().unwrap();
         let null = std::fs::File::open("/dev/null").unwrap();
         let env: Vec<(String, String)> = env
             .iter()

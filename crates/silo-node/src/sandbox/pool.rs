@@ -62,7 +62,6 @@ struct Waiting {
     token: Option<String>,
     /// When it joined the pool; it is frozen [`SETTLE`] later.
     pooled_at: Instant,
-    frozen: bool,
 }
 
 /// When creates of one template came, within [`DEMAND_WINDOW`].
@@ -183,20 +182,18 @@ impl Manager {
         }
     }
 
-    /// Freeze the pooled sandboxes that joined [`SETTLE`] ago. Under the pool's lock: one
-    /// handed out is no longer in it, and its hand-out thaws it (`enter`).
+    /// Freeze the pooled sandboxes that joined [`SETTLE`] ago (those dozing already are
+    /// left as they are). Under the pool's lock: one handed out is no longer in it, and
+    /// its hand-out thaws it (`enter`).
     fn freeze_settled_pooled(&self) {
-        let mut ready = self.pool.ready();
-        for waiting in ready.values_mut().flatten() {
-            if waiting.frozen || waiting.pooled_at.elapsed() < SETTLE {
+        let ready = self.pool.ready();
+        for waiting in ready.values().flatten() {
+            if waiting.pooled_at.elapsed() < SETTLE {
                 continue;
             }
-            match self.doze_now(&waiting.id) {
-                Ok(()) => waiting.frozen = true,
-                Err(err) => {
-                    // It stays awake, costing CPU but usable; tried again next round.
-                    tracing::warn!(sandbox_id = %waiting.id, error = %crate::error_chain(&err), "cannot freeze a pooled sandbox");
-                }
+            if let Err(err) = self.doze_now(&waiting.id) {
+                // It stays awake, costing CPU but usable; tried again next round.
+                tracing::warn!(sandbox_id = %waiting.id, error = %crate::error_chain(&err), "cannot freeze a pooled sandbox");
             }
         }
     }
@@ -252,7 +249,6 @@ impl Manager {
                         rootfs,
                         token: rec.envd_access_token,
                         pooled_at: Instant::now(),
-                        frozen: false,
                     });
                 true
             }
