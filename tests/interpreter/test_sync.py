@@ -19,6 +19,16 @@ def test_execution_count_increments(sandbox):
     assert sandbox.run_code("2").execution_count == first + 1
 
 
+def test_history_reads_back_although_written_in_batches(sandbox):
+    sandbox.run_code("history_probe_a = 1")
+    sandbox.run_code("history_probe_b = 2")
+    shown = sandbox.run_code("%history -l 3")
+    assert "history_probe_a = 1" in "".join(shown.logs.stdout)
+    assert "history_probe_b = 2" in "".join(shown.logs.stdout)
+    assert sandbox.run_code("_ih[-3]").text == "history_probe_b = 2"
+    assert sandbox.run_code("get_ipython().history_manager.db_cache_size").text == "100"
+
+
 def test_string_result_loses_its_quotes(sandbox):
     assert sandbox.run_code("'abc'").text == "abc"
 
