@@ -109,6 +109,19 @@ def test_pooled_sandboxes_are_handed_out_clean_and_the_pool_refills(server, monk
         assert time.monotonic() < deadline, f"the pool did not grow with demand: {pooled(server)}"
         time.sleep(0.2)
 
+    # A create without env vars gets the sandbox with the token it was booted with (its
+    # agent is not configured again): still each its own, and the only one that opens it.
+    plain = [Sandbox.create("base", timeout=60) for _ in range(2)]
+    try:
+        tokens = [sbx._envd_access_token for sbx in plain]
+        assert all(tokens) and tokens[0] != tokens[1]
+        assert envd_status(plain[0], tokens[1]) == 401
+        assert envd_status(plain[0], tokens[0]) == 200
+        assert plain[1].commands.run("echo ok").stdout == "ok\n"
+    finally:
+        for sbx in plain:
+            sbx.kill()
+
     # A create asking for other resources, or a non-secure one, is served too.
     other = Sandbox.create("base", timeout=60, secure=False)
     try:

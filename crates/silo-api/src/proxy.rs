@@ -274,6 +274,40 @@ async fn forward(app: &AppState, id: &str, port: u16, mut req: Request) -> Respo
     }
 }
 
+/// How long [`preconnect`] waits for the agent's answer.
+const PRECONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Open the proxy's connection to a new sandbox's agent while its creator is still
+/// reading the create's answer, so that its first call finds the connection made (a
+/// TCP handshake into gVisor's network stack, and a just-thawed pooled sandbox's
+/// first steps) instead of waiting for it. Best effort: a failure only means the first
+/// call connects by itself.
+pub fn preconnect(app: &AppState, id: SandboxId) {
+    let app = app.clone();
+    tokio::spawn(async move {
+        let Ok(route) = app.manager.route(&id, silo_protocol::ports::ENVD).await else {
+            return;
+        };
+        let Ok(health) = format!("http://{}/health", route.addr).parse::<Uri>() else {
+            return;
+        };
+        let Ok(req) = Request::get(health).body(Body::empty()) else {
+            return;
+        };
+        let client = app.upstreams.client(&id, &route.traffic);
+        let answered = tokio::time::timeout(PRECONNECT_TIMEOUT, async {
+            // Read to the end, so the connection goes back to the pool for reuse.
+            let resp = client.request(req).await?;
+            http_body_util::BodyExt::collect(resp.into_body()).await?;
+            Ok::<_, Box<dyn std::error::Error + Send + Sync>>(())
+        })
+        .await;
+        if !matches!(answered, Ok(Ok(()))) {
+            tracing::debug!(sandbox_id = %id, "could not preconnect to the agent");
+        }
+    });
+}
+
 /// The protocol a request asks to switch to (WebSocket, usually): `Connection: upgrade`
 /// with an `Upgrade` header.
 fn upgrade_of(headers: &HeaderMap) -> Option<header::HeaderValue> {

@@ -111,6 +111,7 @@ pub async fn create(
         .await?;
     app.telemetry
         .observe_create(&rec.template_id, started.elapsed());
+    crate::proxy::preconnect(&app, rec.id.clone());
     Ok((StatusCode::CREATED, Json(app.sandbox_body(&rec))))
 }
 

@@ -10,9 +10,11 @@
 //! - A pooled sandbox belongs to one build of its template: when the template is rebuilt,
 //!   the stale ones are killed and replaced.
 //! - A hand-out gives the sandbox its user's settings: the agent is configured again
-//!   (new access token, the create's env vars), egress rules applied, and the catalog
-//!   row rewritten (times, metadata, tokens, flags) as it goes `Running`. If any of that
-//!   fails, the sandbox is killed and the create boots one cold.
+//!   when the create brings env vars or wants no access token (otherwise it keeps the
+//!   token it was booted with, random and never shown to anyone, and a hand-out spares
+//!   a round trip into the sandbox), egress rules applied, and the catalog row rewritten
+//!   (times, metadata, tokens, flags) as it goes `Running`. If any of that fails, the
+//!   sandbox is killed and the create boots one cold.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::path::PathBuf;
@@ -334,28 +336,36 @@ impl Manager {
         rec.end_at_ms = now + self.clamp_timeout(req.timeout_seconds).as_millis() as i64;
         rec.metadata = req.metadata.clone();
         rec.env_vars = req.env_vars.clone();
-        rec.envd_access_token = req.secure.then(generate_access_token);
+        // The agent already has the template's environment and a token of its own.
+        let agent_as_booted = req.secure && req.env_vars.is_empty() && waiting.token.is_some();
+        rec.envd_access_token = if agent_as_booted {
+            waiting.token.clone()
+        } else {
+            req.secure.then(generate_access_token)
+        };
         rec.auto_pause = req.auto_pause;
         rec.auto_resume = req.auto_resume;
         rec.network = super::network::rules_of(&req.egress);
         rec.traffic_access_token = (!req.public_traffic).then(generate_access_token);
-        let init = InitRequest {
-            // An empty token clears the pool's: the create asked for none.
-            access_token: Some(rec.envd_access_token.clone().unwrap_or_default()),
-            env_vars: Some(rec.env_vars.clone()),
-            ..InitRequest::default()
-        };
-        self.agent
-            .init(
-                std::net::SocketAddr::new(address, silo_protocol::ports::ENVD),
-                &init,
-                waiting.token.as_deref(),
-            )
-            .await
-            .map_err(|source| SandboxError::Init {
-                id: rec.id.clone(),
-                source,
-            })?;
+        if !agent_as_booted {
+            let init = InitRequest {
+                // An empty token clears the pool's: the create asked for none.
+                access_token: Some(rec.envd_access_token.clone().unwrap_or_default()),
+                env_vars: Some(rec.env_vars.clone()),
+                ..InitRequest::default()
+            };
+            self.agent
+                .init(
+                    std::net::SocketAddr::new(address, silo_protocol::ports::ENVD),
+                    &init,
+                    waiting.token.as_deref(),
+                )
+                .await
+                .map_err(|source| SandboxError::Init {
+                    id: rec.id.clone(),
+                    source,
+                })?;
+        }
         if req.egress != crate::network::EgressPolicy::default() {
             self.runtime
                 .set_egress(&rec.id, &req.egress)
