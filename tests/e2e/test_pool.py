@@ -6,6 +6,7 @@ them."""
 
 import json
 import os
+import sqlite3
 import subprocess
 import tempfile
 import time
@@ -130,15 +131,28 @@ def test_pooled_sandboxes_are_handed_out_clean_and_the_pool_refills(server, monk
         other.kill()
 
 
+def cpu_shares(sandbox_id: str) -> int:
+    return int(Path(f"/sys/fs/cgroup/cpu/silo/{sandbox_id}/cpu.shares").read_text())
+
+
 def test_pooled_sandboxes_doze_until_handed_out(server, monkeypatch):
-    # Frozen while they wait (an idle gVisor sandbox burns CPU), thawed by the hand-out.
+    # Frozen while they wait (an idle gVisor sandbox burns CPU), thawed by the hand-out;
+    # booted at the smallest CPU share (running sandboxes win the cores from a refill),
+    # handed out at the normal one.
     server.use_env(monkeypatch)
     deadline = time.monotonic() + 60  # (the pool may hold more: demand grew it)
     while server.api("GET", "/health")[1]["dozing"] < 2:
         assert time.monotonic() < deadline, server.api("GET", "/health")[1]
         time.sleep(0.2)
+    db = sqlite3.connect(f"file:{server.data_dir / 'catalog.db'}?mode=ro", uri=True)
+    try:
+        waiting = [r[0] for r in db.execute("SELECT id FROM sandboxes WHERE state = 'pooled'")]
+    finally:
+        db.close()
+    assert waiting and all(cpu_shares(w) == 2 for w in waiting), waiting
     sbx = Sandbox.create("base", timeout=60)
     try:
+        assert cpu_shares(sbx.sandbox_id) == 1024
         assert sbx.commands.run("echo awake").stdout == "awake\n"
         sbx.files.write("/tmp/f", "x")
         assert sbx.files.read("/tmp/f") == "x"

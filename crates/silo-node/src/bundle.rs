@@ -40,6 +40,8 @@ pub struct BundleSpec<'a> {
     pub cgroups_path: &'a str,
     pub hostname: &'a str,
     pub cpu_count: u32,
+    /// Its weight against other sandboxes when the host's cores are all busy.
+    pub cpu_shares: u64,
     pub memory_mb: u32,
     /// Tasks (processes and threads) per user inside.
     pub pids_limit: u32,
@@ -52,6 +54,10 @@ pub struct BundleSpec<'a> {
 const CAPABILITIES: [&str; 14] = silo_templates::dockerbuild::DOCKER_DEFAULT_CAPABILITIES;
 
 const CPU_PERIOD_US: u64 = 100_000;
+
+/// cgroup v1 `cpu.shares`: the kernel's default weight, and its smallest.
+pub const CPU_SHARES_NORMAL: u64 = 1024;
+pub const CPU_SHARES_BACKGROUND: u64 = 2;
 
 impl BundleSpec<'_> {
     /// The OCI runtime spec as JSON.
@@ -105,6 +111,7 @@ impl BundleSpec<'_> {
                     "cpu": {
                         "quota": u64::from(self.cpu_count.max(1)) * CPU_PERIOD_US,
                         "period": CPU_PERIOD_US,
+                        "shares": self.cpu_shares,
                     },
                 },
                 "namespaces": [
@@ -150,6 +157,7 @@ mod tests {
             cgroups_path: "/silo/iabc",
             hostname: "sbx",
             cpu_count: 2,
+            cpu_shares: CPU_SHARES_NORMAL,
             memory_mb: 512,
             pids_limit: 512,
             tmp_dir: Path::new("/s/abc/tmp"),
@@ -195,6 +203,7 @@ mod tests {
             512u64 * 1024 * 1024
         );
         assert_eq!(c["linux"]["resources"]["cpu"]["quota"], 200_000);
+        assert_eq!(c["linux"]["resources"]["cpu"]["shares"], 1024);
         assert_eq!(c["linux"]["cgroupsPath"], "/silo/iabc");
         let netns = c["linux"]["namespaces"]
             .as_array()

@@ -33,7 +33,7 @@ use async_trait::async_trait;
 use silo_protocol::ids::SandboxId;
 use silo_protocol::ports;
 
-use crate::bundle::BundleSpec;
+use crate::bundle::{BundleSpec, CPU_SHARES_BACKGROUND, CPU_SHARES_NORMAL};
 use crate::cleanup::{self, Undo, UndoStack};
 use crate::network::{
     self, AddressPool, Cidr, EgressFilter, EgressPolicy, FilterConfig, Firewall, FirewallError,
@@ -256,6 +256,7 @@ impl RunscRuntime {
             cgroups_path: &format!("/{cgroups_path}"),
             hostname: &spec.hostname,
             cpu_count: spec.cpu_count,
+            cpu_shares: cpu_shares(spec.background),
             memory_mb: spec.memory_mb,
             pids_limit: spec.pids_limit,
             tmp_dir: &tmp,
@@ -726,6 +727,23 @@ impl Runtime for RunscRuntime {
         })
     }
 
+    fn set_background(&self, id: &SandboxId, background: bool) -> Result<(), RuntimeError> {
+        let path = self
+            .inner
+            .config
+            .cgroup_root
+            .join("cpu")
+            .join(self.inner.cgroups_path(id))
+            .join("cpu.shares");
+        std::fs::write(&path, cpu_shares(background).to_string()).map_err(|source| {
+            RuntimeError::CpuShare {
+                id: id.clone(),
+                path,
+                source,
+            }
+        })
+    }
+
     async fn usage(&self, id: &SandboxId) -> Result<crate::usage::Usage, RuntimeError> {
         // A few small cgroup files and one statvfs: microseconds, not worth a thread.
         let cgroup = self.inner.cgroups_path(id);
@@ -788,5 +806,13 @@ impl Runtime for RunscRuntime {
                 tracing::warn!(error = %crate::error_chain(&e), "listing sandboxes at shutdown")
             }
         }
+    }
+}
+
+fn cpu_shares(background: bool) -> u64 {
+    if background {
+        CPU_SHARES_BACKGROUND
+    } else {
+        CPU_SHARES_NORMAL
     }
 }

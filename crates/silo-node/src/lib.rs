@@ -78,6 +78,10 @@ pub struct SandboxSpec {
     /// new sandbox starts with the saved memory, processes and files. `rootfs` must be
     /// the one the snapshot was taken on.
     pub from_image: Option<PathBuf>,
+    /// Booted ahead of demand (a warm pool's): it gets the smallest CPU share, so that
+    /// running sandboxes win the host's cores from its boot, until
+    /// [`Runtime::set_background`] gives it the normal share.
+    pub background: bool,
 }
 
 impl SandboxSpec {
@@ -93,6 +97,7 @@ impl SandboxSpec {
             hostname: "sandbox".into(),
             egress: network::EgressPolicy::default(),
             from_image: None,
+            background: false,
         }
     }
 }
@@ -156,6 +161,8 @@ pub trait Runtime: Send + Sync {
     /// CPU, and a thaw gives it back as it was. Idempotent; no runsc call (see
     /// `sandbox::doze`).
     fn set_frozen(&self, id: &SandboxId, frozen: bool) -> Result<(), RuntimeError>;
+    /// Give the sandbox the smallest CPU share (`true`) or the normal one. Idempotent.
+    fn set_background(&self, id: &SandboxId, background: bool) -> Result<(), RuntimeError>;
     /// What the sandbox uses of the host now (CPU time so far, memory, disk).
     async fn usage(&self, id: &SandboxId) -> Result<usage::Usage, RuntimeError>;
     /// Sandboxes whose container is up (running or frozen).
@@ -251,6 +258,13 @@ pub enum RuntimeError {
     Freezer {
         id: SandboxId,
         frozen: bool,
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("cannot set the CPU share of sandbox {id} through {path}")]
+    CpuShare {
+        id: SandboxId,
         path: PathBuf,
         #[source]
         source: io::Error,

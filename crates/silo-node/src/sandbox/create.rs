@@ -206,6 +206,7 @@ impl Manager {
         spec.memory_mb = rec.memory_mb;
         spec.disk_size_mb = rec.disk_size_mb;
         spec.pids_limit = self.defaults.pids_limit;
+        spec.background = target == SandboxState::Pooled;
         let started = self
             .runtime
             .start(&spec)

@@ -319,6 +319,13 @@ impl Manager {
         req: &CreateRequest,
         waiting: &Waiting,
     ) -> Result<SandboxRecord, SandboxError> {
+        // Its normal CPU share before it wakes: it is someone's sandbox from here on.
+        self.runtime
+            .set_background(&waiting.id, false)
+            .map_err(|source| SandboxError::Wake {
+                id: waiting.id.clone(),
+                source: Box::new(source),
+            })?;
         let _awake = self.enter(&waiting.id)?;
         let mut rec = self
             .catalog
