@@ -56,8 +56,17 @@ const CAPABILITIES: [&str; 14] = silo_templates::dockerbuild::DOCKER_DEFAULT_CAP
 const CPU_PERIOD_US: u64 = 100_000;
 
 /// cgroup v1 `cpu.shares`: the kernel's default weight, and its smallest.
-pub const CPU_SHARES_NORMAL: u64 = 1024;
-pub const CPU_SHARES_BACKGROUND: u64 = 2;
+const CPU_SHARES_NORMAL: u64 = 1024;
+const CPU_SHARES_BACKGROUND: u64 = 2;
+
+/// The `cpu.shares` of a sandbox booted ahead of demand (`background`) or in use.
+pub fn cpu_shares(background: bool) -> u64 {
+    if background {
+        CPU_SHARES_BACKGROUND
+    } else {
+        CPU_SHARES_NORMAL
+    }
+}
 
 impl BundleSpec<'_> {
     /// The OCI runtime spec as JSON.

@@ -33,7 +33,7 @@ use async_trait::async_trait;
 use silo_protocol::ids::SandboxId;
 use silo_protocol::ports;
 
-use crate::bundle::{BundleSpec, CPU_SHARES_BACKGROUND, CPU_SHARES_NORMAL};
+use crate::bundle::BundleSpec;
 use crate::cleanup::{self, Undo, UndoStack};
 use crate::network::{
     self, AddressPool, Cidr, EgressFilter, EgressPolicy, FilterConfig, Firewall, FirewallError,
@@ -129,6 +129,15 @@ impl Inner {
     /// The sandbox's cgroup, relative to each hierarchy.
     fn cgroups_path(&self, id: &SandboxId) -> String {
         format!("{}/{}", self.config.cgroup_parent, id)
+    }
+
+    /// One of the sandbox's cgroup files, e.g. `<root>/freezer/silo/<id>/freezer.state`.
+    fn cgroup_file(&self, id: &SandboxId, hierarchy: &str, file: &str) -> PathBuf {
+        self.config
+            .cgroup_root
+            .join(hierarchy)
+            .join(self.cgroups_path(id))
+            .join(file)
     }
 
     /// The sandbox's cgroup in every mounted hierarchy (existing or not).
@@ -256,7 +265,7 @@ impl RunscRuntime {
             cgroups_path: &format!("/{cgroups_path}"),
             hostname: &spec.hostname,
             cpu_count: spec.cpu_count,
-            cpu_shares: cpu_shares(spec.background),
+            cpu_shares: crate::bundle::cpu_shares(spec.background),
             memory_mb: spec.memory_mb,
             pids_limit: spec.pids_limit,
             tmp_dir: &tmp,
@@ -711,13 +720,7 @@ impl Runtime for RunscRuntime {
     }
 
     fn set_frozen(&self, id: &SandboxId, frozen: bool) -> Result<(), RuntimeError> {
-        let path = self
-            .inner
-            .config
-            .cgroup_root
-            .join("freezer")
-            .join(self.inner.cgroups_path(id))
-            .join("freezer.state");
+        let path = self.inner.cgroup_file(id, "freezer", "freezer.state");
         let state = if frozen { "FROZEN" } else { "THAWED" };
         std::fs::write(&path, state).map_err(|source| RuntimeError::Freezer {
             id: id.clone(),
@@ -728,14 +731,8 @@ impl Runtime for RunscRuntime {
     }
 
     fn set_background(&self, id: &SandboxId, background: bool) -> Result<(), RuntimeError> {
-        let path = self
-            .inner
-            .config
-            .cgroup_root
-            .join("cpu")
-            .join(self.inner.cgroups_path(id))
-            .join("cpu.shares");
-        std::fs::write(&path, cpu_shares(background).to_string()).map_err(|source| {
+        let path = self.inner.cgroup_file(id, "cpu", "cpu.shares");
+        std::fs::write(&path, crate::bundle::cpu_shares(background).to_string()).map_err(|source| {
             RuntimeError::CpuShare {
                 id: id.clone(),
                 path,
@@ -806,13 +803,5 @@ impl Runtime for RunscRuntime {
                 tracing::warn!(error = %crate::error_chain(&e), "listing sandboxes at shutdown")
             }
         }
-    }
-}
-
-fn cpu_shares(background: bool) -> u64 {
-    if background {
-        CPU_SHARES_BACKGROUND
-    } else {
-        CPU_SHARES_NORMAL
     }
 }
