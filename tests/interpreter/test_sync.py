@@ -111,6 +111,27 @@ print("out 2", flush=True)
     assert execution.logs.stderr == ["err 1\n"]
 
 
+def test_output_written_without_a_flush_arrives_before_the_result(sandbox):
+    # The kernel skips the flushes that would find nothing written (python_setup.py); what
+    # a cell wrote without flushing must still come, whole and before its result.
+    assert sandbox.run_code("import sys; type(sys.stdout).flush.__name__").text == (
+        "flush_if_written"
+    )
+    # Nor does it sleep before its reply: the interpreter reads on to `idle` anyway.
+    assert sandbox.run_code("get_ipython().kernel._execute_sleep").text == "0.0"
+    seen = []
+    execution = sandbox.run_code(
+        'import sys\nprint("a", end="")\nsys.stderr.write("b")\nsys.stdout.flush()\n'
+        'print("c")\n"done"',
+        on_stdout=lambda m: seen.append(m.line),
+        on_stderr=lambda m: seen.append(m.line),
+        on_result=lambda r: seen.append(r.text),
+    )
+    assert execution.logs.stdout == ["a", "c\n"]
+    assert execution.logs.stderr == ["b"]
+    assert seen[-1] == "done" and sorted(seen[:-1]) == ["a", "b", "c\n"]
+
+
 def test_stdout_callback_fires_while_code_still_runs(sandbox, touch):
     # The code waits for a file that only the stdout callback creates: if output were
     # buffered until the end, the callback would come too late and the code would give up.
