@@ -41,12 +41,45 @@ fn env() -> Env {
     }
 }
 
-fn runtime(env: &Env, agent_dir: &std::path::Path) -> RunscRuntime {
+fn config(env: &Env, agent_dir: &std::path::Path) -> RunscConfig {
     let mut config = RunscConfig::new(env.state.path(), agent_dir);
     // A pool of its own, apart from a silo that may run on this host.
     config.address_pool = ("10.214.0.0".parse().expect("ip"), 24);
     config.ready_timeout = Duration::from_secs(20);
-    RunscRuntime::new(config).expect("runtime")
+    config
+}
+
+fn runtime(env: &Env, agent_dir: &std::path::Path) -> RunscRuntime {
+    RunscRuntime::new(config(env, agent_dir)).expect("runtime")
+}
+
+/// Destroys every sandbox of a runtime whose test fails, so a failed assertion leaves no
+/// container, mount, netns or veth behind to fail the next test's counts as well.
+struct DestroyOnPanic(RunscRuntime);
+
+impl Drop for DestroyOnPanic {
+    fn drop(&mut self) {
+        if !std::thread::panicking() {
+            return;
+        }
+        let rt = self.0.clone();
+        // Drop runs on the test's runtime thread, which cannot block on a future itself.
+        let cleanup = std::thread::spawn(move || {
+            let tokio = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("cleanup runtime");
+            tokio.block_on(async {
+                for id in rt.list().await.unwrap_or_default() {
+                    if let Err(e) = rt.destroy(&id).await {
+                        eprintln!("cleanup after the failure: destroying {id}: {e}");
+                    }
+                }
+                rt.shutdown().await;
+            });
+        });
+        let _ = cleanup.join();
+    }
 }
 
 fn spec(env: &Env) -> SandboxSpec {
@@ -63,6 +96,7 @@ async fn twenty_start_destroy_cycles_leak_nothing() {
     let _host = HOST.lock().await;
     let env = env();
     let rt = runtime(&env, &env.agent_dir);
+    let _cleanup = DestroyOnPanic(rt.clone());
     let baseline = usage(&rt).await;
     let mut latencies = Vec::new();
     let mut destroy_times = Vec::new();
@@ -106,13 +140,16 @@ async fn destroy_after_restart_needs_only_the_id_and_is_idempotent() {
     let _host = HOST.lock().await;
     let env = env();
     let first = runtime(&env, &env.agent_dir);
+    let cleanup = DestroyOnPanic(first.clone());
     let baseline = usage(&first).await;
     let spec = spec(&env);
     let started = first.start(&spec).await.expect("start");
+    drop(cleanup);
     drop(first);
 
     // silo restarted: a new runtime over the same state dir.
     let second = runtime(&env, &env.agent_dir);
+    let _cleanup = DestroyOnPanic(second.clone());
     assert_eq!(second.list().await.expect("list"), vec![spec.id.clone()]);
     // A new sandbox must not get the running one's address.
     let other = spec_with_new_id(&spec);
@@ -142,6 +179,7 @@ async fn failed_start_undoes_everything() {
     let env = env();
     let empty_agent_dir = tempfile::tempdir().expect("tempdir");
     let rt = runtime(&env, empty_agent_dir.path());
+    let _cleanup = DestroyOnPanic(rt.clone());
     let baseline = usage(&rt).await;
     let spec = spec(&env);
     let err = rt.start(&spec).await.expect_err("no agent binary");
@@ -164,6 +202,7 @@ async fn concurrent_starts_get_distinct_addresses() {
     let _host = HOST.lock().await;
     let env = env();
     let rt = runtime(&env, &env.agent_dir);
+    let _cleanup = DestroyOnPanic(rt.clone());
     let baseline = usage(&rt).await;
     let specs: Vec<SandboxSpec> = (0..4).map(|_| spec(&env)).collect();
     let results = futures_join(&rt, &specs).await;
@@ -207,6 +246,7 @@ async fn snapshot_starts_copies_and_the_source_runs_on() {
     let _host = HOST.lock().await;
     let env = env();
     let rt = runtime(&env, &env.agent_dir);
+    let _cleanup = DestroyOnPanic(rt.clone());
     let baseline = usage(&rt).await;
     let source = spec(&env);
     rt.start(&source).await.expect("start source");
@@ -241,11 +281,10 @@ async fn snapshot_starts_copies_and_the_source_runs_on() {
 async fn checkpoint_pause_holds_only_files_and_resumes_on_a_new_address() {
     let _host = HOST.lock().await;
     let env = env();
-    let mut config = RunscConfig::new(env.state.path(), &env.agent_dir);
-    config.address_pool = ("10.214.0.0".parse().expect("ip"), 24);
-    config.ready_timeout = Duration::from_secs(20);
+    let mut config = config(&env, &env.agent_dir);
     config.pause_mode = silo_node::PauseMode::Checkpoint;
     let rt = RunscRuntime::new(config).expect("runtime");
+    let _cleanup = DestroyOnPanic(rt.clone());
     let baseline = usage(&rt).await;
     let spec = spec(&env);
     let first = rt.start(&spec).await.expect("start");
