@@ -529,14 +529,25 @@ def all_benches():
     return rows
 
 
+def code_interpreter_only():
+    server = SiloServer(subnet="10.216.0.0/16").start()
+    try:
+        os.environ.update(server.env())
+        return bench_code_interpreter()
+    finally:
+        server.stop()
+
+
 def main():
-    # BENCH_ONLY=density runs that one alone (into results-density.md/.json).
+    # BENCH_ONLY=density|pool|spawn|code runs that group alone (into results-<group>.md/.json).
     only = os.environ.get("BENCH_ONLY")
     if os.environ.get("BENCH_DOZE_AFTER") and only == "density":
         only = "density-doze"
     benches = {"density": bench_density, "density-doze": bench_density,
                "pool": lambda: bench_pool() + bench_pool_code_interpreter(),
-               "spawn": bench_spawn}
+               "spawn": bench_spawn, "code": code_interpreter_only}
+    if only and only not in benches:
+        raise SystemExit(f"BENCH_ONLY={only}: use one of density, pool, spawn, code")
     rows = benches[only]() if only else all_benches()
     machine = f"{platform.node()}-{os.cpu_count()}cpu"
     lines = [
