@@ -547,7 +547,8 @@ def main():
                "pool": lambda: bench_pool() + bench_pool_code_interpreter(),
                "spawn": bench_spawn, "code": code_interpreter_only}
     if only and only not in benches:
-        raise SystemExit(f"BENCH_ONLY={only}: use one of density, pool, spawn, code")
+        groups = ", ".join(name for name in benches if name != "density-doze")
+        raise SystemExit(f"BENCH_ONLY={only}: use one of {groups}")
     rows = benches[only]() if only else all_benches()
     machine = f"{platform.node()}-{os.cpu_count()}cpu"
     lines = [

@@ -144,6 +144,7 @@ async fn destroy_after_restart_needs_only_the_id_and_is_idempotent() {
     let baseline = usage(&first).await;
     let spec = spec(&env);
     let started = first.start(&spec).await.expect("start");
+    // The guard's clone would keep the first runtime alive past its "restart".
     drop(cleanup);
     drop(first);
 

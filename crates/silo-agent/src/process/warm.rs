@@ -87,9 +87,10 @@ fn shell_command(spec: &SpawnSpec) -> Option<&str> {
 
 /// The `-c` script of a warm shell: wait for one byte on `go`, read the command from
 /// `command` (with `read -u`: a redirection would move stdin aside and back around each
-/// read, ~0.1 ms under gVisor), close both, read the login files in bash's order, evaluate the command. One
-/// line, so lines in the command count from 1. If `go` closes without a byte the shell ends
-/// having run nothing (and, not running `exit`, without `~/.bash_logout`).
+/// read, ~0.1 ms under gVisor), close both, read the login files in bash's order, evaluate
+/// the command. One line, so lines in the command count from 1. If `go` closes without a
+/// byte the shell ends having run nothing (and, not running `exit`, without
+/// `~/.bash_logout`).
 fn bootstrap(go: RawFd, command: RawFd) -> String {
     format!(
         "if IFS= read -r -N1 -u {go} BASH_EXECUTION_STRING; then \
