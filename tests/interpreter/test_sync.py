@@ -132,6 +132,24 @@ def test_output_written_without_a_flush_arrives_before_the_result(sandbox):
     assert seen[-1] == "done" and sorted(seen[:-1]) == ["a", "b", "c\n"]
 
 
+def test_shell_requests_are_read_on_the_main_thread(sandbox):
+    # silo starts ipykernel through its own launcher (kernel/ipykernel_launcher.py), which
+    # drops ipykernel 7's shell-channel thread. What leans on the main thread still works:
+    # a top-level await, an interrupt (test_timeout_interrupts_and_next_call_works), and
+    # importing a module from the working directory.
+    threads = sandbox.run_code("import threading; [t.name for t in threading.enumerate()]")
+    assert "MainThread" in threads.text and "Shell channel" not in threads.text
+    assert sandbox.run_code("import asyncio\nawait asyncio.sleep(0.01)\n42").text == "42"
+    module = f"silo_cwd_{uuid.uuid4().hex}"
+    sandbox.run_code(f"open('{module}.py', 'w').write('X = 7')")
+    try:
+        assert sandbox.run_code(
+            f"import importlib; importlib.invalidate_caches(); import {module}; {module}.X"
+        ).text == "7"
+    finally:
+        sandbox.run_code(f"import os; os.remove('{module}.py')")
+
+
 def test_stdout_callback_fires_while_code_still_runs(sandbox, touch):
     # The code waits for a file that only the stdout callback creates: if output were
     # buffered until the end, the callback would come too late and the code would give up.

@@ -10,11 +10,15 @@
 //! `msg_id` of its parent header, to whoever sent that request ([`Kernel::request`]). Messages
 //! nobody waits for are dropped.
 //!
+//! ipykernel is started by silo's launcher ([`launcher`]), which keeps its shell socket on
+//! the main thread.
+//!
 //! JavaScript and TypeScript can instead run on silo's own Node.js driver ([`node`]), which
 //! speaks the same messages as JSON lines over its stdin and stdout; everything above the
 //! transport (routing, [`Replies`], interrupt, kill) is shared.
 
 pub mod connection;
+mod launcher;
 pub mod messages;
 pub mod node;
 pub mod process;
@@ -32,6 +36,7 @@ use zeromq::{DealerSocket, Socket, SocketRecv, SocketSend, SubSocket, ZmqMessage
 
 use crate::config::KernelUser;
 use crate::kernelspec::{InterruptMode, KernelSpec};
+use crate::language::Language;
 use connection::{ConnectionFile, ConnectionInfo};
 use messages::{Message, Signer};
 use process::KernelProcess;
@@ -191,7 +196,10 @@ impl Kernel {
             })?;
         let connection_file = ConnectionFile { path };
 
-        let argv = spec.command_line(&connection_file.path, opts.path);
+        let mut argv = spec.command_line(&connection_file.path, opts.path);
+        if spec.language == Language::Python {
+            argv = launcher::with_silo_launcher(argv);
+        }
         let mut env = opts.env.clone();
         env.extend(spec.env.clone());
         let process = KernelProcess::spawn(&argv, &env, opts.cwd, opts.user).map_err(|source| {
