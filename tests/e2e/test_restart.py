@@ -40,3 +40,28 @@ def test_restart_keeps_running_sandboxes_and_reaps_dead_ones():
         assert doomed not in server.runsc_containers()
     finally:
         server.stop()
+
+
+def test_a_second_server_on_a_range_in_use_refuses_to_start():
+    # Two servers on one address range hand out the same addresses, and the host routes a
+    # sandbox's traffic to whichever link came first: the second server refuses to start,
+    # naming what holds the range, and starts once the range is free.
+    first = SiloServer(subnet="10.214.0.0/16").start()
+    second = SiloServer(subnet="10.214.0.0/16")
+    # Servers on one range share its firewall table: each one's leak check runs while the
+    # other is down.
+    try:
+        try:
+            sandbox = cli(first, "create", "base", "--timeout", "120").stdout.strip()
+            with pytest.raises(RuntimeError) as refused:
+                second.start()
+            message = str(refused.value)
+            assert "--subnet 10.214.0.0/16 cannot be used" in message, message
+            assert f"10.214.0.0/30 on silo{sandbox[1:12]}" in message, message
+            assert "choose another range" in message, message
+        finally:
+            first.stop()
+        second.start()
+        assert cli(second, "create", "base", "--timeout", "60").returncode == 0
+    finally:
+        second.stop()

@@ -194,6 +194,27 @@ impl RunscRuntime {
         })
     }
 
+    /// Refuses an address pool that the host routes elsewhere in part: a sandbox given such
+    /// an address would be unreachable, or reach another server's sandbox instead. Run after
+    /// [`crate::sandbox::Manager::reconcile`], so that this server's own leftovers are gone.
+    pub fn check_address_pool(&self) -> Result<(), RuntimeError> {
+        let routes = network::host_routes()
+            .map_err(|e| RuntimeError::InvalidConfig(NetworkError::ReadRoutes(e)))?;
+        let foreign = self
+            .inner
+            .pool
+            .foreign_routes(&routes)
+            .map_err(RuntimeError::InvalidConfig)?;
+        if foreign.is_empty() {
+            return Ok(());
+        }
+        let (base, prefix_len) = self.inner.config.address_pool;
+        Err(RuntimeError::InvalidConfig(NetworkError::PoolInUse {
+            pool: format!("{base}/{prefix_len}"),
+            routes: network::route_summary(&foreign),
+        }))
+    }
+
     /// The runsc driver, for verbs beyond the [`Runtime`] trait (exec, checkpoint).
     pub fn runsc(&self) -> &Runsc {
         &self.inner.runsc

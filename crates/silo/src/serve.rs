@@ -51,7 +51,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
     };
     let manager = Manager::new(
         catalog,
-        Arc::new(runtime),
+        Arc::new(runtime.clone()),
         Templates::new(args.dirs.template_dir()),
         defaults,
         silo_protocol::envd::ENVD_VERSION.to_owned(),
@@ -62,6 +62,10 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
         .await
         .context("cannot reconcile the catalog with running sandboxes")?;
     tracing::info!(?report, "reconciled sandboxes from the previous run");
+    let (base, prefix_len) = args.subnet;
+    runtime
+        .check_address_pool()
+        .with_context(|| format!("--subnet {base}/{prefix_len} cannot be used"))?;
     tokio::spawn(Arc::clone(&manager).run_reaper());
     manager
         .set_pool_sizes(args.pools.iter().cloned().collect())

@@ -19,6 +19,7 @@ mod filter;
 mod firewall;
 mod policy;
 mod pool;
+mod routes;
 
 use std::io;
 use std::net::Ipv4Addr;
@@ -34,6 +35,8 @@ pub use filter::{host_resolver, EgressFilter, FilterConfig};
 pub use firewall::{FilterPorts, Firewall, FirewallError};
 pub use policy::{Cidr, DomainPattern, EgressPolicy, ALWAYS_BLOCKED, DEFAULT_DNS_SERVER};
 pub use pool::{AddressPool, Lease, LINK_PREFIX_LEN};
+pub use routes::summary as route_summary;
+pub use routes::{host_routes, Route};
 
 /// Where `ip netns` keeps named namespaces.
 pub const NETNS_DIR: &str = "/run/netns";
@@ -48,6 +51,15 @@ pub enum NetworkError {
     InvalidPool { base: Ipv4Addr, prefix_len: u8 },
     #[error("all {slots} addresses of the pool are leased (sandbox {id}); destroy sandboxes or widen the pool")]
     PoolExhausted { slots: u32, id: SandboxId },
+    #[error(
+        "address pool {pool} is in use on this host: {routes}; not this server's sandboxes \
+         (another silo serve on the same range, one killed before it cleaned up, or a network \
+         of this host). Stop that server or delete its devices (`ip link del DEVICE`), or \
+         choose another range"
+    )]
+    PoolInUse { pool: String, routes: String },
+    #[error("read the host's routes")]
+    ReadRoutes(#[source] io::Error),
     #[error("lease an address for sandbox {id}")]
     AllocateAddress {
         id: SandboxId,

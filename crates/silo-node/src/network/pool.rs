@@ -14,7 +14,8 @@ use std::sync::atomic::{AtomicU32, Ordering};
 
 use silo_protocol::ids::SandboxId;
 
-use super::NetworkError;
+use super::routes::Route;
+use super::{NetNames, NetworkError};
 
 /// Prefix length of each sandbox's link: network, gateway, sandbox, broadcast.
 pub const LINK_PREFIX_LEN: u8 = 30;
@@ -129,6 +130,47 @@ impl AddressPool {
         Ok(())
     }
 
+    /// The routes among `routes` into this pool that are not the link of a sandbox holding
+    /// a lease here (its veth, with exactly its /30): another server's sandboxes, or a
+    /// network of the host. Addresses there would be routed away from the sandbox that gets
+    /// them. The default route is nobody's.
+    pub fn foreign_routes(&self, routes: &[Route]) -> Result<Vec<Route>, NetworkError> {
+        let base = Ipv4Addr::from(self.base);
+        let size = self.slots * LINK_SIZE;
+        let prefix_len = 32 - size.trailing_zeros() as u8;
+        let mut foreign = Vec::new();
+        for route in routes {
+            if route.prefix_len == 0 || !route.overlaps(base, prefix_len) {
+                continue;
+            }
+            let own = route.prefix_len == LINK_PREFIX_LEN
+                && self
+                    .holder(self.slot_of(route.network))
+                    .map_err(|source| NetworkError::ReadLeases {
+                        dir: self.dir.clone(),
+                        source,
+                    })?
+                    .is_some_and(|id| NetNames::of(&id).veth == route.iface);
+            if !own {
+                foreign.push(route.clone());
+            }
+        }
+        Ok(foreign)
+    }
+
+    fn slot_of(&self, address: Ipv4Addr) -> u32 {
+        u32::from(address).wrapping_sub(self.base) / LINK_SIZE
+    }
+
+    /// The sandbox leasing `slot`, if any.
+    fn holder(&self, slot: u32) -> io::Result<Option<SandboxId>> {
+        match fs::read_to_string(self.dir.join(slot.to_string())) {
+            Ok(content) => Ok(content.parse().ok()),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
     /// Number of leases held (leak accounting).
     pub fn held(&self) -> io::Result<usize> {
         match fs::read_dir(&self.dir) {
@@ -189,6 +231,49 @@ mod tests {
         assert_eq!(lb.ip, Ipv4Addr::new(10, 213, 0, 6));
         assert_eq!(restarted.find(&a).expect("read"), Some(la));
         assert_eq!(restarted.held().expect("count"), 2);
+    }
+
+    #[test]
+    fn routes_into_the_pool_are_foreign_unless_a_lease_holders_link() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let pool = pool(tmp.path(), 16);
+        let id = SandboxId::generate();
+        let lease = pool.allocate(&id).expect("lease");
+        let route = |iface: &str, network: Ipv4Addr, prefix_len| Route {
+            iface: iface.into(),
+            network,
+            prefix_len,
+        };
+        let veth = NetNames::of(&id).veth;
+        let network = Ipv4Addr::from(u32::from(lease.gateway) - 1);
+        let own = route(&veth, network, 30);
+        let same_slot_elsewhere = route("silo0other0000", network, 30);
+        let unleased = route(&veth, Ipv4Addr::new(10, 213, 9, 0), 30);
+        let host_network = route("eth0", Ipv4Addr::new(10, 0, 0, 0), 8);
+        let ignored = [
+            route("eth0", Ipv4Addr::UNSPECIFIED, 0),
+            route("eth0", Ipv4Addr::new(192, 168, 0, 0), 24),
+        ];
+        let routes: Vec<_> = [
+            own.clone(),
+            same_slot_elsewhere.clone(),
+            unleased.clone(),
+            host_network.clone(),
+        ]
+        .into_iter()
+        .chain(ignored)
+        .collect();
+        assert_eq!(
+            pool.foreign_routes(&routes).expect("read leases"),
+            vec![same_slot_elsewhere, unleased, host_network]
+        );
+        // Released, its link is nobody's: a veth left behind.
+        pool.release(&id).expect("release");
+        assert_eq!(
+            pool.foreign_routes(std::slice::from_ref(&own))
+                .expect("read"),
+            vec![own]
+        );
     }
 
     #[test]
