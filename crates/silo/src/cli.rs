@@ -98,7 +98,8 @@ pub struct ServeArgs {
     #[arg(long = "insecure-registry", value_name = "HOST:PORT")]
     pub insecure_registries: Vec<String>,
     /// Private range sandbox addresses come from, one /30 each. It must not overlap a
-    /// network this host uses; two servers on one host need two ranges.
+    /// network this host uses; two servers on one host need two ranges (a range the host
+    /// already routes elsewhere is refused at start-up).
     #[arg(long, default_value = "10.213.0.0/16", value_parser = parse_subnet)]
     pub subnet: (std::net::Ipv4Addr, u8),
     /// Resolver (`ip` or `ip:port`) answering the allowed names of sandboxes with host
