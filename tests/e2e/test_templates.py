@@ -325,6 +325,40 @@ def test_templates_are_listed_aliased_and_deleted_only_when_unused(workspace, se
     assert "own templates" in silo(server, "delete", "base").stderr
 
 
+def test_a_snapshot_and_a_fork_keep_the_build_their_sandbox_booted_on(workspace, server, sdk_env):
+    # Rebuilding a template leaves its running sandboxes on the build they booted on; a
+    # snapshot or fork of one must restore onto those files too, not the newer build's.
+    _, context = workspace
+    dockerfile = "FROM base\nRUN echo {} > /build.txt\n"
+    made = build(server, context, "e2e-rebuilt", dockerfile=dockerfile.format("first"))
+    assert made.returncode == 0, made.stderr
+    sbx = Sandbox.create("e2e-rebuilt", timeout=180)
+    snapshot = None
+    try:
+        sbx.files.write("/home/user/mine.txt", "kept")
+        made = build(server, context, "e2e-rebuilt", dockerfile=dockerfile.format("second"))
+        assert made.returncode == 0, made.stderr
+        fresh = Sandbox.create("e2e-rebuilt", timeout=60)
+        try:
+            assert fresh.files.read("/build.txt") == "second\n"
+        finally:
+            fresh.kill()
+        snapshot = sbx.create_snapshot()
+        copies = [Sandbox.create(snapshot.snapshot_id, timeout=60), *sbx.fork(count=1)]
+        try:
+            for copy in copies:
+                assert copy.files.read("/build.txt") == "first\n"
+                assert copy.files.read("/home/user/mine.txt") == "kept"
+        finally:
+            for copy in copies:
+                copy.kill()
+    finally:
+        sbx.kill()
+        if snapshot is not None:
+            Sandbox.delete_snapshot(snapshot.snapshot_id)
+        silo(server, "delete", "e2e-rebuilt")
+
+
 def test_uploads_and_build_calls_refuse_bad_input(server):
     status, body, _ = server.api("GET", "/templates/x/files/not-hex")
     assert status == 400 and "hex digest" in body["message"]

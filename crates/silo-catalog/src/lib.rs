@@ -80,6 +80,10 @@ pub struct SandboxRecord {
     /// Set when its ports are not public (`allowPublicTraffic=false`): the proxy then wants
     /// it as `E2B-Traffic-Access-Token` on every port but envd's.
     pub traffic_access_token: Option<String>,
+    /// The root filesystem it was booted on (a template build's, or a snapshot's); a
+    /// snapshot of it must be restored on the same one, even once the template is rebuilt.
+    /// Unknown (`None`) for sandboxes created before silo recorded it.
+    pub rootfs: Option<String>,
 }
 
 /// A sandbox's egress rules, already validated by the caller: CIDR blocks, host names
@@ -244,6 +248,9 @@ CREATE TABLE sandbox_logs (
 );
 CREATE INDEX sandbox_logs_at ON sandbox_logs(sandbox_id, at);
 "#,
+    r#"
+ALTER TABLE sandboxes ADD COLUMN rootfs TEXT;
+"#,
 ];
 
 /// One page of `items`: those after the one whose key is `after` (the previous page's
@@ -392,8 +399,9 @@ impl Catalog {
         tx.execute(
             "INSERT INTO sandboxes (id, template_id, state, started_at, end_at, metadata, env_vars,
                 access_token, envd_version, cpu_count, memory_mb, disk_size_mb, address,
-                auto_pause, auto_resume, network, traffic_token)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17)",
+                auto_pause, auto_resume, network, traffic_token, rootfs)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17,
+                ?18)",
             params![
                 rec.id.as_str(),
                 rec.template_id,
@@ -412,6 +420,7 @@ impl Catalog {
                 rec.auto_resume,
                 serde_json::to_string(&rec.network).expect("rules serialize"),
                 rec.traffic_access_token,
+                rec.rootfs,
             ],
         )?;
         insert_event(&tx, &rec.id, None, rec.state, "created")?;
@@ -683,7 +692,7 @@ impl Catalog {
 const SELECT_SANDBOX: &str =
     "SELECT id, template_id, state, started_at, end_at, metadata, env_vars,
     access_token, envd_version, cpu_count, memory_mb, disk_size_mb, address,
-    auto_pause, auto_resume, network, traffic_token FROM sandboxes";
+    auto_pause, auto_resume, network, traffic_token, rootfs FROM sandboxes";
 
 /// A row as stored, before its text columns are parsed.
 struct RawRow {
@@ -704,6 +713,7 @@ struct RawRow {
     auto_resume: bool,
     network: String,
     traffic_access_token: Option<String>,
+    rootfs: Option<String>,
 }
 
 fn raw_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<RawRow> {
@@ -725,6 +735,7 @@ fn raw_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<RawRow> {
         auto_resume: row.get(14)?,
         network: row.get(15)?,
         traffic_access_token: row.get(16)?,
+        rootfs: row.get(17)?,
     })
 }
 
@@ -753,6 +764,7 @@ impl RawRow {
             auto_pause: self.auto_pause,
             auto_resume: self.auto_resume,
             traffic_access_token: self.traffic_access_token,
+            rootfs: self.rootfs,
             network: serde_json::from_str(&self.network)
                 .map_err(|e| corrupt(format!("network: {e}")))?,
         })
@@ -839,6 +851,7 @@ pub(crate) mod tests {
             auto_resume: false,
             network: NetworkRules::default(),
             traffic_access_token: None,
+            rootfs: Some("/t/base/abc/rootfs".into()),
         }
     }
 
@@ -924,6 +937,21 @@ pub(crate) mod tests {
             catalog.get_sandbox(&rec.id).unwrap().unwrap().state,
             SandboxState::Running
         );
+    }
+
+    #[test]
+    fn a_sandbox_reads_back_as_written_with_its_rootfs_or_none() {
+        let catalog = Catalog::open_in_memory().unwrap();
+        let rec = record("base", &[("k", "v")]);
+        catalog.insert_sandbox(&rec).unwrap();
+        assert_eq!(catalog.get_sandbox(&rec.id).unwrap().unwrap(), rec);
+        // A row from before the column (migrated) has no rootfs.
+        let old = SandboxRecord {
+            rootfs: None,
+            ..record("base", &[])
+        };
+        catalog.insert_sandbox(&old).unwrap();
+        assert_eq!(catalog.get_sandbox(&old.id).unwrap().unwrap().rootfs, None);
     }
 
     #[test]

@@ -162,6 +162,7 @@ impl Manager {
             auto_resume: req.auto_resume,
             network: super::network::rules_of(&req.egress),
             traffic_access_token: (!req.public_traffic).then(generate_access_token),
+            rootfs: Some(origin.rootfs.display().to_string()),
         };
         self.catalog.insert_sandbox(&rec)?;
         let span = tracing::info_span!("create", sandbox_id = %rec.id, from = %origin.name);

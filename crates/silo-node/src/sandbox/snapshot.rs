@@ -16,8 +16,9 @@ use std::path::{Path, PathBuf};
 use silo_catalog::{now_ms, SandboxRecord, SandboxState, SnapshotRecord};
 use silo_protocol::ids::SandboxId;
 use silo_protocol::rest::Resources;
+use silo_templates::TemplateConfig;
 
-use super::create::{CreateRequest, Origin, SavedState};
+use super::create::{config_of, CreateRequest, Origin, SavedState};
 use super::{Manager, SandboxError};
 
 /// Most copies one fork may ask for (E2B's limit).
@@ -26,6 +27,22 @@ const MAX_FORKS: u32 = 20;
 impl Manager {
     pub(super) fn snapshot_image(&self, snapshot_id: &str) -> PathBuf {
         self.snapshots_dir.join(snapshot_id)
+    }
+
+    /// The root filesystem `rec` was booted on, with its template settings: a saved state
+    /// restores only onto the files it was saved over, and a template rebuilt since has a
+    /// newer build. A sandbox from before silo recorded it gets its template's newest.
+    fn booted_on(&self, rec: &SandboxRecord) -> Result<(PathBuf, TemplateConfig), SandboxError> {
+        match &rec.rootfs {
+            Some(rootfs) => {
+                let rootfs = PathBuf::from(rootfs);
+                Ok((rootfs.clone(), config_of(&rootfs)?))
+            }
+            None => {
+                let origin = self.origin(&rec.template_id)?;
+                Ok((origin.rootfs, origin.config))
+            }
+        }
     }
 
     /// Save a running or paused sandbox as a snapshot; it stays as it was.
@@ -38,7 +55,7 @@ impl Manager {
         let _held = lock.lock().await;
         let rec = self.get(id)?;
         let _awake = self.enter(id)?;
-        let rootfs = self.origin(&rec.template_id)?.rootfs;
+        let (rootfs, _) = self.booted_on(&rec)?;
         let snapshot_id = format!("snap{}", SandboxId::generate());
         let image = self.snapshot_image(&snapshot_id);
         self.save(&rec, &image).await?;
@@ -83,15 +100,15 @@ impl Manager {
             let _awake = self.enter(id)?;
             let egress =
                 super::network::policy_of(&rec.network).map_err(SandboxError::InvalidRequest)?;
-            let template = self.origin(&rec.template_id)?;
+            let (rootfs, config) = self.booted_on(&rec)?;
             let image = self
                 .snapshots_dir
                 .join(format!("fork{}", SandboxId::generate()));
             self.save(&rec, &image).await?;
             let origin = Origin {
                 name: format!("fork of {id}"),
-                rootfs: template.rootfs,
-                config: template.config,
+                rootfs,
+                config,
                 resources: Resources {
                     cpu_count: Some(rec.cpu_count),
                     memory_mb: Some(rec.memory_mb),
