@@ -109,9 +109,7 @@ impl Manager {
             }
         }
     }
-}
 
-impl Manager {
     fn record_oom(&self, rec: &SandboxRecord, kills: u64) {
         let note = format!(
             "out of memory: the kernel killed {kills} process(es) at the sandbox's {} MiB limit",
