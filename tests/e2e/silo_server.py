@@ -60,23 +60,24 @@ class SiloServer:
         self.links_before = host_links()
 
     def start(self):
-        log = open(self.log_path, "ab")
-        self.proc = subprocess.Popen(
-            [
-                self.bin, "serve",
-                "--listen", f"127.0.0.1:{self.port}",
-                "--data-dir", str(self.data_dir),
-                "--template-dir", self.template_dir,
-                "--agent", self.agent,
-                "--subnet", self.subnet,
-                *self.extra_args,
-                # SILO_E2E_SERVE_ARGS: extra flags, e.g. "--pause-mode checkpoint".
-                *os.environ.get("SILO_E2E_SERVE_ARGS", "").split(),
-            ],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-        )
+        # The child keeps its own descriptor of the log.
+        with open(self.log_path, "ab") as log:
+            self.proc = subprocess.Popen(
+                [
+                    self.bin, "serve",
+                    "--listen", f"127.0.0.1:{self.port}",
+                    "--data-dir", str(self.data_dir),
+                    "--template-dir", self.template_dir,
+                    "--agent", self.agent,
+                    "--subnet", self.subnet,
+                    *self.extra_args,
+                    # SILO_E2E_SERVE_ARGS: extra flags, e.g. "--pause-mode checkpoint".
+                    *os.environ.get("SILO_E2E_SERVE_ARGS", "").split(),
+                ],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+            )
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:

@@ -203,37 +203,37 @@ def test_silo_mcp_killed_with_sigterm_kills_its_sandbox(silo):
     """The stdio server ends on SIGTERM too (what a client does when stdin is not
     enough), and kills the session's sandbox before it exits."""
     before = mcp_sandboxes(silo)
-    proc = subprocess.Popen(
+    # The with block closes the pipes and reaps the process, whatever happens.
+    with subprocess.Popen(
         [silo.bin, "mcp", "--api-url", silo.url, "--api-key", silo.api_key],
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         text=True,
-    )
-    try:
-        def rpc(id, method, params):
-            proc.stdin.write(json.dumps({"jsonrpc": "2.0", "id": id, "method": method, "params": params}) + "\n")
-            proc.stdin.flush()
-            return json.loads(proc.stdout.readline())
+    ) as proc:
+        try:
+            def rpc(id, method, params):
+                proc.stdin.write(json.dumps({"jsonrpc": "2.0", "id": id, "method": method, "params": params}) + "\n")
+                proc.stdin.flush()
+                return json.loads(proc.stdout.readline())
 
-        init = rpc(1, "initialize", {
-            "protocolVersion": "2025-11-25",
-            "capabilities": {},
-            "clientInfo": {"name": "test", "version": "0"},
-        })
-        assert init["result"]["protocolVersion"] == "2025-11-25"
-        proc.stdin.write(json.dumps({"jsonrpc": "2.0", "method": "notifications/initialized"}) + "\n")
-        answer = rpc(2, "tools/call", {"name": "run_command", "arguments": {"command": "echo up"}})
-        assert answer["result"]["content"][0]["text"] == "exit code 0\n[stdout]\nup\n"
-        ours = mcp_sandboxes(silo) - before
-        assert len(ours) == 1
+            init = rpc(1, "initialize", {
+                "protocolVersion": "2025-11-25",
+                "capabilities": {},
+                "clientInfo": {"name": "test", "version": "0"},
+            })
+            assert init["result"]["protocolVersion"] == "2025-11-25"
+            proc.stdin.write(json.dumps({"jsonrpc": "2.0", "method": "notifications/initialized"}) + "\n")
+            answer = rpc(2, "tools/call", {"name": "run_command", "arguments": {"command": "echo up"}})
+            assert answer["result"]["content"][0]["text"] == "exit code 0\n[stdout]\nup\n"
+            ours = mcp_sandboxes(silo) - before
+            assert len(ours) == 1
 
-        proc.send_signal(signal.SIGTERM)
-        assert proc.wait(timeout=30) == 0
-        assert not mcp_sandboxes(silo) & ours
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+            proc.send_signal(signal.SIGTERM)
+            assert proc.wait(timeout=30) == 0
+            assert not mcp_sandboxes(silo) & ours
+        finally:
+            if proc.poll() is None:
+                proc.kill()
 
 
 def test_the_http_endpoint_wants_the_api_key(silo):
