@@ -17,10 +17,10 @@ use axum::extract::{FromRequest, FromRequestParts, Request};
 use axum::http::request::Parts;
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
+use futures_util::{Stream, StreamExt};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use silo_protocol::connect::{self, Decoder, FLAG_MESSAGE};
-use tokio::sync::mpsc;
 
 use crate::error::Error;
 
@@ -165,25 +165,23 @@ pub fn stream_error(err: Error) -> Response {
     (StatusCode::OK, stream_headers(), body).into_response()
 }
 
-/// Serve `rx` as a server stream. `keepalive` is the message sent after each interval of
-/// silence. The stream ends when every sender is gone (end envelope `{}`) or at the first
-/// `Err` (end envelope with that error).
-pub fn server_stream<M>(
-    rx: mpsc::Receiver<Result<M, Error>>,
-    keepalive: Option<(Duration, M)>,
-) -> Response
+/// Serve `events` as a server stream. `keepalive` is the message sent after each interval
+/// of silence. The stream ends when `events` does (end envelope `{}`) or at the first `Err`
+/// (end envelope with that error). Dropped with the response when the client goes.
+pub fn server_stream<S, M>(events: S, keepalive: Option<(Duration, M)>) -> Response
 where
+    S: Stream<Item = Result<M, Error>> + Send + Unpin + 'static,
     M: Serialize + Send + Sync + 'static,
 {
-    struct State<M> {
-        rx: mpsc::Receiver<Result<M, Error>>,
+    struct State<S, M> {
+        events: S,
         keepalive: Option<(Duration, M)>,
     }
-    let stream = futures_util::stream::unfold(Some(State { rx, keepalive }), |st| async move {
+    let stream = futures_util::stream::unfold(Some(State { events, keepalive }), |st| async move {
         let mut st = st?;
         let next = match &st.keepalive {
-            Some((every, _)) => tokio::time::timeout(*every, st.rx.recv()).await.ok(),
-            None => Some(st.rx.recv().await),
+            Some((every, _)) => tokio::time::timeout(*every, st.events.next()).await.ok(),
+            None => Some(st.events.next().await),
         };
         let (bytes, more) = match next {
             // Silence for a whole interval: ping so proxies keep the connection open.
@@ -282,7 +280,7 @@ mod tests {
 
     async fn count_stream(StreamRequest(v): StreamRequest<Value>) -> Response {
         let n = v["n"].as_u64().unwrap_or(0);
-        let (tx, rx) = mpsc::channel(8);
+        let (tx, rx) = tokio::sync::mpsc::channel(8);
         tokio::spawn(async move {
             for i in 0..n {
                 let _ = tx.send(Ok(json!({ "i": i }))).await;
@@ -291,7 +289,7 @@ mod tests {
                 let _ = tx.send(Err(Error::NotFound("gone".into()))).await;
             }
         });
-        server_stream(rx, None)
+        server_stream(tokio_stream::wrappers::ReceiverStream::new(rx), None)
     }
 
     fn app() -> Router {

@@ -289,7 +289,7 @@ pub async fn watch_dir(
         }
     });
     let keepalive = opts.keepalive.map(|d| (d, WatchDirResponse::Keepalive {}));
-    rpc::server_stream(rx, keepalive)
+    rpc::server_stream(tokio_stream::wrappers::ReceiverStream::new(rx), keepalive)
 }
 
 /// A watcher polled through `GetWatcherEvents`.

@@ -4,7 +4,7 @@ use axum::extract::State;
 use axum::response::Response;
 use silo_protocol::envd::ConnectRequest;
 
-use super::start::{keepalive, map_events};
+use super::start::{keepalive, responses};
 use crate::rpc::{self, StreamOptions, StreamRequest};
 use crate::state::AppState;
 
@@ -18,7 +18,7 @@ pub async fn connect(
         .get(&req.process)
         .and_then(|p| p.subscribe());
     match subscribed {
-        Ok(rx) => rpc::server_stream(map_events(rx), keepalive(opts)),
+        Ok(rx) => rpc::server_stream(responses(rx), keepalive(opts)),
         Err(e) => rpc::stream_error(e),
     }
 }

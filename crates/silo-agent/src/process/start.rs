@@ -25,7 +25,7 @@ pub async fn start(
     StreamRequest(req): StreamRequest<StartRequest>,
 ) -> Response {
     match launch(&state, username.as_deref(), opts, req).await {
-        Ok(rx) => rpc::server_stream(map_events(rx), keepalive(opts)),
+        Ok(rx) => rpc::server_stream(responses(rx), keepalive(opts)),
         Err(e) => rpc::stream_error(e),
     }
 }
@@ -43,23 +43,14 @@ pub(super) fn keepalive(
     })
 }
 
-/// Wrap each event in its response message.
-pub(super) fn map_events(
-    mut rx: tokio::sync::mpsc::Receiver<Result<ProcessEvent, Error>>,
-) -> tokio::sync::mpsc::Receiver<Result<ProcessEventResponse, Error>> {
-    let (tx, out) = tokio::sync::mpsc::channel(1);
-    tokio::spawn(async move {
-        while let Some(ev) = rx.recv().await {
-            if tx
-                .send(ev.map(|event| ProcessEventResponse { event }))
-                .await
-                .is_err()
-            {
-                return; // the client went away; dropping `rx` unsubscribes
-            }
-        }
-    });
-    out
+/// Each event of `rx` in its response message, mapped as the response body reads it.
+pub(super) fn responses(
+    rx: tokio::sync::mpsc::Receiver<Result<ProcessEvent, Error>>,
+) -> impl futures_util::Stream<Item = Result<ProcessEventResponse, Error>> + Send + Unpin + 'static
+{
+    use futures_util::StreamExt;
+    tokio_stream::wrappers::ReceiverStream::new(rx)
+        .map(|event| event.map(|event| ProcessEventResponse { event }))
 }
 
 /// `cmd args...`, an argument quoted when it has spaces or quotes, for the journal.
