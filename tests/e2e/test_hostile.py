@@ -6,7 +6,7 @@ import threading
 import time
 
 import pytest
-from e2b import Sandbox
+from e2b import Sandbox, SandboxException
 
 pytestmark = pytest.mark.server_only
 
@@ -138,6 +138,18 @@ def test_fork_bomb_stops_at_the_task_limit_and_the_sandbox_lives(neighbour, atta
     # Root is another user: the agent still works, and clears the bomb.
     attacker.commands.run("pkill -9 -u user sleep; true", user="root", timeout=120)
     assert attacker.commands.run("echo alive").stdout == "alive\n"
+
+
+def test_a_fork_bomb_as_root_stops_at_the_limit_and_later_starts_say_why(neighbour, attacker):
+    # Root's tasks count against the same limit, the agent's own included: once root's
+    # bomb holds it, nothing can start in that sandbox until processes end, and the
+    # client is told so instead of a bare "Resource temporarily unavailable". The
+    # neighbour runs on unharmed (checked by its fixture).
+    attacker.files.write("/home/user/bomb.py", FORK_BOMB)
+    out = attacker.commands.run("python3 /home/user/bomb.py", user="root", timeout=300).stdout
+    assert "errno 11" in out, out
+    with pytest.raises(SandboxException, match="512 tasks per user"):
+        attacker.commands.run("echo refused")
 
 
 def test_a_sandbox_killed_outside_silo_is_reported_gone(silo, neighbour):

@@ -53,6 +53,29 @@ pub(super) fn responses(
         .map(|event| event.map(|event| ProcessEventResponse { event }))
 }
 
+/// A failed start as the client sees it. EAGAIN is the sandbox's task limit (RLIMIT_NPROC,
+/// per user, root and the agent included): say so, and what helps.
+fn spawn_error(cmd: &str, e: std::io::Error) -> Error {
+    if e.raw_os_error() != Some(libc::EAGAIN) {
+        return Error::io(format!("start {cmd:?}"), e);
+    }
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes into the struct it is given and nothing else.
+    let known = unsafe { libc::getrlimit(libc::RLIMIT_NPROC, &mut limit) } == 0;
+    let tasks = if known && limit.rlim_cur != libc::RLIM_INFINITY {
+        format!("its limit of {} tasks per user", limit.rlim_cur)
+    } else {
+        "its task limit".to_owned()
+    };
+    Error::FailedPrecondition(format!(
+        "start {cmd:?}: the sandbox is at {tasks} (root's count includes the sandbox's \
+         agent); end some processes, or kill the sandbox"
+    ))
+}
+
 /// `cmd args...`, an argument quoted when it has spaces or quotes, for the journal.
 fn command_line(cmd: &str, args: &[String]) -> String {
     std::iter::once(cmd)
@@ -148,8 +171,9 @@ pub(super) async fn launch(
     let (warm, rewarm) = state.processes.warm.take(&spec).await;
     let spawned = match warm {
         Some(spawned) => spawned,
-        None => spawn(spec, &state.processes.reaper)
-            .map_err(|e| Error::io(format!("start {:?}", req.process.cmd), e))?,
+        None => {
+            spawn(spec, &state.processes.reaper).map_err(|e| spawn_error(&req.process.cmd, e))?
+        }
     };
     tracing::info!(pid = spawned.pid, cmd = %req.process.cmd, tag = ?req.tag, "process started");
     state.processes.journal.started(
