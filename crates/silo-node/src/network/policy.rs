@@ -31,6 +31,11 @@ impl Cidr {
     pub fn contains(&self, ip: Ipv4Addr) -> bool {
         ip.to_bits() & mask(self.prefix_len) == self.addr.to_bits()
     }
+
+    /// Whether the two share an address: one of them contains the other.
+    pub fn overlaps(&self, other: &Cidr) -> bool {
+        self.contains(other.addr) || other.contains(self.addr)
+    }
 }
 
 const fn mask(prefix_len: u8) -> u32 {
@@ -193,6 +198,17 @@ impl EgressPolicy {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn overlap_is_containment_either_way() {
+        let cidr = |addr: [u8; 4], prefix_len| Cidr::new(Ipv4Addr::from(addr), prefix_len);
+        let pool = cidr([10, 213, 0, 0], 16);
+        assert!(cidr([10, 213, 7, 4], 30).overlaps(&pool));
+        assert!(cidr([10, 0, 0, 0], 8).overlaps(&pool));
+        assert!(cidr([0, 0, 0, 0], 0).overlaps(&pool));
+        assert!(!cidr([10, 214, 0, 0], 30).overlaps(&pool));
+        assert!(!cidr([192, 168, 0, 0], 24).overlaps(&pool));
+    }
 
     #[test]
     fn parses_cidrs_and_bare_addresses() {

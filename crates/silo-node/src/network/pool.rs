@@ -14,6 +14,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 
 use silo_protocol::ids::SandboxId;
 
+use super::policy::Cidr;
 use super::routes::Route;
 use super::{NetNames, NetworkError};
 
@@ -135,17 +136,17 @@ impl AddressPool {
     /// network of the host. Addresses there would be routed away from the sandbox that gets
     /// them. The default route is nobody's.
     pub fn foreign_routes(&self, routes: &[Route]) -> Result<Vec<Route>, NetworkError> {
-        let base = Ipv4Addr::from(self.base);
         let size = self.slots * LINK_SIZE;
-        let prefix_len = 32 - size.trailing_zeros() as u8;
+        let pool = Cidr::new(Ipv4Addr::from(self.base), 32 - size.trailing_zeros() as u8);
         let mut foreign = Vec::new();
         for route in routes {
-            if route.prefix_len == 0 || !route.overlaps(base, prefix_len) {
+            let destination = &route.destination;
+            if destination.prefix_len == 0 || !destination.overlaps(&pool) {
                 continue;
             }
-            let own = route.prefix_len == LINK_PREFIX_LEN
+            let own = destination.prefix_len == LINK_PREFIX_LEN
                 && self
-                    .holder(self.slot_of(route.network))
+                    .holder(self.slot_of(destination.addr))
                     .map_err(|source| NetworkError::ReadLeases {
                         dir: self.dir.clone(),
                         source,
@@ -241,8 +242,7 @@ mod tests {
         let lease = pool.allocate(&id).expect("lease");
         let route = |iface: &str, network: Ipv4Addr, prefix_len| Route {
             iface: iface.into(),
-            network,
-            prefix_len,
+            destination: Cidr::new(network, prefix_len),
         };
         let veth = NetNames::of(&id).veth;
         let network = Ipv4Addr::from(u32::from(lease.gateway) - 1);

@@ -4,26 +4,18 @@
 use std::io;
 use std::net::Ipv4Addr;
 
-/// One route: traffic to `network/prefix_len` leaves through `iface`.
+use super::policy::Cidr;
+
+/// One route: traffic to `destination` leaves through `iface`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Route {
     pub iface: String,
-    pub network: Ipv4Addr,
-    pub prefix_len: u8,
-}
-
-impl Route {
-    /// Whether this route and `network/prefix_len` share an address.
-    pub fn overlaps(&self, network: Ipv4Addr, prefix_len: u8) -> bool {
-        let shorter = self.prefix_len.min(prefix_len);
-        let mask = u32::MAX.checked_shl(32 - u32::from(shorter)).unwrap_or(0);
-        u32::from(self.network) & mask == u32::from(network) & mask
-    }
+    pub destination: Cidr,
 }
 
 impl std::fmt::Display for Route {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}/{} on {}", self.network, self.prefix_len, self.iface)
+        write!(f, "{} on {}", self.destination, self.iface)
     }
 }
 
@@ -60,8 +52,10 @@ fn parse(table: &str) -> Vec<Route> {
             let mask = u32::from(Ipv4Addr::from(address(mask)?));
             Some(Route {
                 iface: iface.to_string(),
-                network: Ipv4Addr::from(address(destination)?),
-                prefix_len: mask.count_ones() as u8,
+                destination: Cidr::new(
+                    Ipv4Addr::from(address(destination)?),
+                    mask.count_ones() as u8,
+                ),
             })
         })
         .collect()
@@ -81,25 +75,19 @@ mod tests {
             broken\n";
         let routes = parse(table);
         assert_eq!(routes.len(), 3);
-        assert_eq!(routes[0].prefix_len, 0);
+        assert_eq!(routes[0].destination.prefix_len, 0);
         assert_eq!(routes[1].to_string(), "192.168.0.0/24 on eth0");
         assert_eq!(routes[2].to_string(), "10.213.0.0/30 on silo0123456789a");
     }
 
     #[test]
-    fn overlap_is_containment_either_way() {
-        let route = |network: [u8; 4], prefix_len| Route {
-            iface: "x".into(),
-            network: Ipv4Addr::from(network),
-            prefix_len,
-        };
-        let pool = Ipv4Addr::new(10, 213, 0, 0);
-        assert!(route([10, 213, 7, 4], 30).overlaps(pool, 16));
-        assert!(route([10, 0, 0, 0], 8).overlaps(pool, 16));
-        assert!(route([0, 0, 0, 0], 0).overlaps(pool, 16));
-        assert!(!route([10, 214, 0, 0], 30).overlaps(pool, 16));
-        assert!(!route([192, 168, 0, 0], 24).overlaps(pool, 16));
-        let many: Vec<_> = (0..5).map(|i| route([10, 213, 0, 4 * i], 30)).collect();
+    fn a_summary_names_the_first_three() {
+        let many: Vec<_> = (0..5)
+            .map(|i| Route {
+                iface: "x".into(),
+                destination: Cidr::new(Ipv4Addr::new(10, 213, 0, 4 * i), 30),
+            })
+            .collect();
         assert_eq!(
             summary(&many),
             "10.213.0.0/30 on x, 10.213.0.4/30 on x, 10.213.0.8/30 on x and 2 more"
