@@ -16,7 +16,6 @@ use std::path::{Path, PathBuf};
 use silo_catalog::{now_ms, SandboxRecord, SandboxState, SnapshotRecord};
 use silo_protocol::ids::SandboxId;
 use silo_protocol::rest::Resources;
-use silo_templates::TemplateConfig;
 
 use super::create::{config_of, CreateRequest, Origin, SavedState};
 use super::{Manager, SandboxError};
@@ -29,19 +28,13 @@ impl Manager {
         self.snapshots_dir.join(snapshot_id)
     }
 
-    /// The root filesystem `rec` was booted on, with its template settings: a saved state
-    /// restores only onto the files it was saved over, and a template rebuilt since has a
-    /// newer build. A sandbox from before silo recorded it gets its template's newest.
-    fn booted_on(&self, rec: &SandboxRecord) -> Result<(PathBuf, TemplateConfig), SandboxError> {
+    /// The root filesystem `rec` was booted on: a saved state restores only onto the files
+    /// it was saved over, and a template rebuilt since has a newer build. A sandbox from
+    /// before silo recorded it gets its template's newest.
+    fn booted_on(&self, rec: &SandboxRecord) -> Result<PathBuf, SandboxError> {
         match &rec.rootfs {
-            Some(rootfs) => {
-                let rootfs = PathBuf::from(rootfs);
-                Ok((rootfs.clone(), config_of(&rootfs)?))
-            }
-            None => {
-                let origin = self.origin(&rec.template_id)?;
-                Ok((origin.rootfs, origin.config))
-            }
+            Some(rootfs) => Ok(PathBuf::from(rootfs)),
+            None => Ok(self.origin(&rec.template_id)?.rootfs),
         }
     }
 
@@ -55,7 +48,7 @@ impl Manager {
         let _held = lock.lock().await;
         let rec = self.get(id)?;
         let _awake = self.enter(id)?;
-        let (rootfs, _) = self.booted_on(&rec)?;
+        let rootfs = self.booted_on(&rec)?;
         let snapshot_id = format!("snap{}", SandboxId::generate());
         let image = self.snapshot_image(&snapshot_id);
         self.save(&rec, &image).await?;
@@ -100,7 +93,8 @@ impl Manager {
             let _awake = self.enter(id)?;
             let egress =
                 super::network::policy_of(&rec.network).map_err(SandboxError::InvalidRequest)?;
-            let (rootfs, config) = self.booted_on(&rec)?;
+            let rootfs = self.booted_on(&rec)?;
+            let config = config_of(&rootfs)?;
             let image = self
                 .snapshots_dir
                 .join(format!("fork{}", SandboxId::generate()));
