@@ -185,3 +185,13 @@ def test_raw_start_stream_shape(envd):
     assert "start" in msgs[0][1]["event"]
     assert msgs[-2][1]["event"]["end"]["status"] == "exit status 0"
     assert msgs[-1] == (2, {})
+
+
+def test_unary_request_over_the_limit_is_the_callers_argument(envd):
+    # Not resource_exhausted: the SDKs read that as a rate limit ("try again later").
+    r = envd.post("/filesystem.Filesystem/Stat",
+        json={"path": "/tmp/" + "x" * (17 << 20)},
+    )
+    assert r.status_code == 400
+    assert r.json()["code"] == "invalid_argument"
+    assert "bytes" in r.json()["message"]

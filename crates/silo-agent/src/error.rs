@@ -67,8 +67,12 @@ impl Error {
             Error::FailedPrecondition(_) => Code::FailedPrecondition,
             Error::Unauthenticated(_) => Code::Unauthenticated,
             Error::PermissionDenied(_) => Code::PermissionDenied,
-            Error::TooLarge(_) | Error::NoSpace(_) => Code::ResourceExhausted,
-            Error::Io { .. } => Code::Internal,
+            // The SDKs read resource_exhausted as a rate limit ("please try again
+            // later"), and envd never sends it: an oversized request is the caller's
+            // argument (as an oversized stream envelope already is), a full disk
+            // internal with the OS's words, as envd sends it.
+            Error::TooLarge(_) => Code::InvalidArgument,
+            Error::NoSpace(_) | Error::Io { .. } => Code::Internal,
         }
     }
 
@@ -147,6 +151,11 @@ mod tests {
         assert!(nf.to_connect().message.starts_with("stat /x: "));
         let full = Error::io("write /x", io::Error::from_raw_os_error(libc::ENOSPC));
         assert_eq!(full.http_status(), StatusCode::INSUFFICIENT_STORAGE);
+        assert_eq!(full.to_connect().code, Code::Internal, "not a rate limit");
+        assert!(full
+            .to_connect()
+            .message
+            .contains("No space left on device"));
         let other = Error::io("read /x", io::Error::from_raw_os_error(libc::EIO));
         assert_eq!(other.to_connect().code, Code::Internal);
         assert_eq!(other.http_status(), StatusCode::INTERNAL_SERVER_ERROR);
