@@ -167,6 +167,13 @@ def test_raw_download_gzip_and_errors(sandbox: Sandbox, envd, unique):
     r = envd.get("/files", params={"path": f"{unique}.txt"}, headers={"accept-encoding": "gzip"})
     assert r.headers["content-encoding"] == "gzip"
     assert r.text == "abc" * 100  # httpx decodes it
+    # Larger than the sample the decision is made on, and than a chunk once compressed:
+    # the sample's gzip and the rest's are one stream.
+    lines = "".join(f"line {i}\n" for i in range(300_000))
+    sandbox.files.write(f"{unique}-lines.txt", lines)
+    r = envd.get("/files", params={"path": f"{unique}-lines.txt"}, headers={"accept-encoding": "gzip"})
+    assert r.headers["content-encoding"] == "gzip"
+    assert r.text == lines
     # What would not shrink by half comes as it is, with its length (compressing random
     # data costs more than it saves).
     noise = os.urandom(200_000)

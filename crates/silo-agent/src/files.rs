@@ -20,10 +20,11 @@ use axum::extract::{FromRequest, Multipart, Query, Request, State};
 use axum::http::{header, HeaderMap, HeaderValue};
 use axum::response::Response;
 use axum::Json;
+use flate2::write::GzEncoder;
 use futures_util::{Stream, StreamExt};
 use serde::Deserialize;
 use silo_protocol::envd::WriteInfo;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 use tokio_stream::wrappers::ReceiverStream;
 
 use crate::auth::{check_files, FileOp, FilesAuth};
@@ -92,36 +93,19 @@ pub async fn download(
         .as_deref()
         .ok_or_else(|| Error::InvalidArgument("the path parameter is required".into()))?;
     let path = resolve(raw, &user.home)?;
-    let mut file =
-        std::fs::File::open(&path).map_err(|e| Error::io(format!("open {}", path.display()), e))?;
-    let meta = file
-        .metadata()
-        .map_err(|e| Error::io(format!("stat {}", path.display()), e))?;
-    if meta.is_dir() {
-        return Err(Error::InvalidArgument(format!("{} is a directory", path.display())).into());
-    }
-    let mut sample = Vec::new();
-    (&mut file)
-        .take(SAMPLE)
-        .read_to_end(&mut sample)
-        .map_err(|e| Error::io(format!("read {}", path.display()), e))?;
-    let gzip = accepts_gzip(&headers) && compresses_well(&sample);
-    let content = std::io::Cursor::new(sample).chain(file);
-    let reader: Box<dyn Read + Send> = if gzip {
-        Box::new(flate2::read::GzEncoder::new(
-            content,
-            flate2::Compression::fast(),
-        ))
-    } else {
-        Box::new(content)
-    };
-    let (tx, rx) = mpsc::channel::<Result<Bytes, std::io::Error>>(4);
-    tokio::task::spawn_blocking(move || pump_reader(reader, tx));
-
     let name = path
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
+    let gzip_accepted = accepts_gzip(&headers);
+    let (head_tx, head_rx) = oneshot::channel();
+    let (tx, rx) = mpsc::channel::<Result<Bytes, std::io::Error>>(4);
+    tokio::task::spawn_blocking(move || send_file(&path, gzip_accepted, head_tx, tx));
+    let head = head_rx.await.map_err(|_| Error::Io {
+        context: format!("read {raw}"),
+        source: std::io::Error::other("the file's reader stopped"),
+    })??;
+
     let mut resp = Response::new(Body::from_stream(ReceiverStream::new(rx)));
     let h = resp.headers_mut();
     h.insert(
@@ -131,50 +115,158 @@ pub async fn download(
     if let Ok(v) = HeaderValue::from_str(&format!("attachment; filename={name:?}")) {
         h.insert(header::CONTENT_DISPOSITION, v);
     }
-    if gzip {
+    if head.gzip {
         h.insert(header::CONTENT_ENCODING, HeaderValue::from_static("gzip"));
     } else {
-        h.insert(header::CONTENT_LENGTH, HeaderValue::from(meta.len()));
+        h.insert(header::CONTENT_LENGTH, HeaderValue::from(head.len));
     }
     Ok(resp)
 }
 
-/// Whether gzip at its fast level halves `sample`, at least. The SDKs accept gzip on every
-/// download (their HTTP clients' default), but compressing costs more than it saves on a
-/// fast link unless the data shrinks a lot (under gVisor ~60 MiB/s against ~250 MiB/s
-/// sent as is), and random, compressed or encoded data barely shrinks at all. Sending it
-/// as is answers such a request as well (identity is always acceptable).
-fn compresses_well(sample: &[u8]) -> bool {
-    if sample.is_empty() {
-        return false;
-    }
-    let mut encoder = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
-    encoder
-        .write_all(sample)
-        .and_then(|()| encoder.finish())
-        .is_ok_and(|compressed| compressed.len() <= sample.len() / 2)
+/// What the response's headers need to know before its body flows.
+struct Head {
+    len: u64,
+    gzip: bool,
 }
 
-fn pump_reader(mut reader: Box<dyn Read + Send>, tx: mpsc::Sender<Result<Bytes, std::io::Error>>) {
-    let mut buf = vec![0u8; CHUNK];
-    loop {
-        match reader.read(&mut buf) {
-            Ok(0) => return,
-            Ok(n) => {
-                if tx
-                    .blocking_send(Ok(Bytes::copy_from_slice(&buf[..n])))
-                    .is_err()
-                {
-                    return; // the client went away
-                }
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-            Err(e) => {
-                // Cuts the response short, so the client sees a failed transfer.
-                let _ = tx.blocking_send(Err(e));
-                return;
+/// A download's whole life on one blocking thread: opens the file, decides on gzip from
+/// its first [`SAMPLE`] bytes, answers `head_tx`, then streams the body into `tx`.
+fn send_file(
+    path: &Path,
+    gzip_accepted: bool,
+    head_tx: oneshot::Sender<Result<Head, Error>>,
+    tx: mpsc::Sender<Result<Bytes, std::io::Error>>,
+) {
+    let opened = open_for_download(path);
+    let (file, len, sample) = match opened {
+        Ok(opened) => opened,
+        Err(e) => {
+            let _ = head_tx.send(Err(e));
+            return;
+        }
+    };
+    let (encoding, first) = match gzip_accepted.then(|| gzip_if_it_halves(&sample)).flatten() {
+        Some(mut encoder) => {
+            let first = std::mem::take(encoder.get_mut());
+            (Encoding::Gzip(encoder), first)
+        }
+        None => (Encoding::Identity, sample),
+    };
+    let gzip = matches!(encoding, Encoding::Gzip(_));
+    if head_tx.send(Ok(Head { len, gzip })).is_ok() {
+        pump(file, encoding, Bytes::from(first), &tx);
+    }
+}
+
+/// The file at `path`, its length and its first [`SAMPLE`] bytes (read from it).
+fn open_for_download(path: &Path) -> Result<(std::fs::File, u64, Vec<u8>), Error> {
+    let mut file =
+        std::fs::File::open(path).map_err(|e| Error::io(format!("open {}", path.display()), e))?;
+    let meta = file
+        .metadata()
+        .map_err(|e| Error::io(format!("stat {}", path.display()), e))?;
+    if meta.is_dir() {
+        return Err(Error::InvalidArgument(format!(
+            "{} is a directory",
+            path.display()
+        )));
+    }
+    let mut sample = Vec::new();
+    (&mut file)
+        .take(SAMPLE)
+        .read_to_end(&mut sample)
+        .map_err(|e| Error::io(format!("read {}", path.display()), e))?;
+    Ok((file, meta.len(), sample))
+}
+
+/// Gzip at its fast level, if it halves `sample` at least: then the encoder, holding
+/// the sample's compressed form, goes on with the rest of the file. The SDKs accept
+/// gzip on every download (their HTTP clients' default), but compressing costs more
+/// than it saves on a fast link unless the data shrinks a lot (under gVisor ~60 MiB/s
+/// against ~250 MiB/s sent as is), and random, compressed or encoded data barely
+/// shrinks at all. Sending it as is answers such a request as well (identity is always
+/// acceptable).
+fn gzip_if_it_halves(sample: &[u8]) -> Option<GzEncoder<Vec<u8>>> {
+    if sample.is_empty() {
+        return None;
+    }
+    let mut encoder = GzEncoder::new(Vec::with_capacity(CHUNK), flate2::Compression::fast());
+    // A sync flush puts all of the sample's compressed bytes in the buffer.
+    encoder
+        .write_all(sample)
+        .and_then(|()| encoder.flush())
+        .ok()?;
+    (encoder.get_ref().len() <= sample.len() / 2).then_some(encoder)
+}
+
+/// How a download's bytes go on the wire.
+enum Encoding {
+    Identity,
+    Gzip(GzEncoder<Vec<u8>>),
+}
+
+impl Encoding {
+    /// What is ready to send once `data` went in (gzip sends in chunks of [`CHUNK`]).
+    fn push(&mut self, data: &[u8]) -> std::io::Result<Bytes> {
+        match self {
+            Encoding::Identity => Ok(Bytes::copy_from_slice(data)),
+            Encoding::Gzip(encoder) => {
+                encoder.write_all(data)?;
+                Ok(if encoder.get_ref().len() >= CHUNK {
+                    Bytes::from(std::mem::take(encoder.get_mut()))
+                } else {
+                    Bytes::new()
+                })
             }
         }
+    }
+
+    /// What is left to send at the end of the file.
+    fn finish(self) -> std::io::Result<Bytes> {
+        match self {
+            Encoding::Identity => Ok(Bytes::new()),
+            Encoding::Gzip(encoder) => encoder.finish().map(Bytes::from),
+        }
+    }
+}
+
+/// Sends `first`, then the rest of `file` through `encoding`. An error cuts the
+/// response short, so the client sees a failed transfer; a client that went away stops it.
+fn pump(
+    mut file: std::fs::File,
+    mut encoding: Encoding,
+    first: Bytes,
+    tx: &mpsc::Sender<Result<Bytes, std::io::Error>>,
+) {
+    let send = |bytes: Bytes| bytes.is_empty() || tx.blocking_send(Ok(bytes)).is_ok();
+    let fail = |e| {
+        let _ = tx.blocking_send(Err(e));
+    };
+    if !send(first) {
+        return;
+    }
+    let mut buf = vec![0u8; CHUNK];
+    loop {
+        let n = match file.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => return fail(e),
+        };
+        match encoding.push(&buf[..n]) {
+            Ok(bytes) => {
+                if !send(bytes) {
+                    return;
+                }
+            }
+            Err(e) => return fail(e),
+        }
+    }
+    match encoding.finish() {
+        Ok(bytes) => {
+            send(bytes);
+        }
+        Err(e) => fail(e),
     }
 }
 
@@ -469,7 +561,17 @@ mod tests {
 
     #[test]
     fn only_data_that_halves_is_worth_compressing() {
-        assert!(compresses_well("abc".repeat(1000).as_bytes()));
+        let text = "abc".repeat(1000);
+        let mut encoder = gzip_if_it_halves(text.as_bytes()).expect("text halves");
+        // The encoder goes on from the sample: its output so far and the rest are one gzip.
+        let mut gzip = std::mem::take(encoder.get_mut());
+        encoder.write_all(b"and the rest").unwrap();
+        gzip.extend(encoder.finish().unwrap());
+        let mut plain = String::new();
+        flate2::read::GzDecoder::new(&gzip[..])
+            .read_to_string(&mut plain)
+            .unwrap();
+        assert_eq!(plain, text + "and the rest");
         // xorshift64: as incompressible as an image or an archive.
         let mut state = 0x9e37_79b9_7f4a_7c15_u64;
         let noise: Vec<u8> = (0..65536)
@@ -480,8 +582,8 @@ mod tests {
                 (state >> 32) as u8
             })
             .collect();
-        assert!(!compresses_well(&noise));
-        assert!(!compresses_well(b""));
+        assert!(gzip_if_it_halves(&noise).is_none());
+        assert!(gzip_if_it_halves(b"").is_none());
     }
 
     #[test]
