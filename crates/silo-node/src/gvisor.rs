@@ -208,9 +208,8 @@ impl RunscRuntime {
         if foreign.is_empty() {
             return Ok(());
         }
-        let (base, prefix_len) = self.inner.config.address_pool;
         Err(RuntimeError::InvalidConfig(NetworkError::PoolInUse {
-            pool: format!("{base}/{prefix_len}"),
+            pool: self.inner.pool.range().to_string(),
             routes: network::route_summary(&foreign),
         }))
     }

@@ -36,7 +36,7 @@ pub struct Lease {
 #[derive(Debug)]
 pub struct AddressPool {
     dir: PathBuf,
-    base: u32,
+    range: Cidr,
     slots: u32,
     next: AtomicU32,
 }
@@ -48,22 +48,26 @@ impl AddressPool {
         if !(1..=LINK_PREFIX_LEN).contains(&prefix_len) {
             return Err(invalid());
         }
-        let size = 1u32 << (32 - prefix_len);
-        let base = u32::from(base);
-        if base % size != 0 {
+        let range = Cidr::new(base, prefix_len);
+        if range.addr != base {
             return Err(invalid());
         }
         Ok(AddressPool {
             dir,
-            base,
-            slots: size / LINK_SIZE,
+            range,
+            slots: (1u32 << (32 - prefix_len)) / LINK_SIZE,
             next: AtomicU32::new(0),
         })
     }
 
+    /// The addresses it hands out.
+    pub fn range(&self) -> Cidr {
+        self.range
+    }
+
     /// The addresses of `slot`.
     pub fn lease(&self, slot: u32) -> Lease {
-        let network = self.base + slot * LINK_SIZE;
+        let network = self.range.addr.to_bits() + slot * LINK_SIZE;
         Lease {
             slot,
             gateway: Ipv4Addr::from(network + 1),
@@ -136,12 +140,10 @@ impl AddressPool {
     /// network of the host. Addresses there would be routed away from the sandbox that gets
     /// them. The default route is nobody's.
     pub fn foreign_routes(&self, routes: &[Route]) -> Result<Vec<Route>, NetworkError> {
-        let size = self.slots * LINK_SIZE;
-        let pool = Cidr::new(Ipv4Addr::from(self.base), 32 - size.trailing_zeros() as u8);
         let mut foreign = Vec::new();
         for route in routes {
             let destination = &route.destination;
-            if destination.prefix_len == 0 || !destination.overlaps(&pool) {
+            if destination.prefix_len == 0 || !destination.overlaps(&self.range) {
                 continue;
             }
             let own = destination.prefix_len == LINK_PREFIX_LEN
@@ -160,7 +162,7 @@ impl AddressPool {
     }
 
     fn slot_of(&self, address: Ipv4Addr) -> u32 {
-        u32::from(address).wrapping_sub(self.base) / LINK_SIZE
+        address.to_bits().wrapping_sub(self.range.addr.to_bits()) / LINK_SIZE
     }
 
     /// The sandbox leasing `slot`, if any.
