@@ -6,7 +6,8 @@ Starts its own `silo serve` (like the e2e tests), then measures with the officia
   - files.write / files.read of 32 MiB, N_FILES times: throughput;
   - memory per idle base sandbox, N_IDLE held at once: RSS and PSS of its host processes;
   - commands.run("echo hi") round trip, N_RUN times on one sandbox, back to back and
-    with a 100 ms pause before each (an agent's think time, in which a shell is warmed);
+    with a 100 ms pause before each (an agent's think time, in which a shell is warmed),
+    and commands.run("ls /") (a program, which bash execs) with the same pause;
   - with e2e-code-interpreter: create → first run_code("1+1") result, N_FIRST times, and
     run_code("1+1") round trip, N_CODE times on one sandbox;
   - a template built from a Dockerfile (the e2e suite's: COPY, a wheel pip-installed,
@@ -330,29 +331,46 @@ def bench_sdk(server):
         creates.append(time.perf_counter() - start)
         sbx.kill()
 
-    runs = []
+    return [summary("SDK Sandbox.create(\"base\")", creates)] + bench_commands()
+
+
+def bench_commands():
+    """Round trips of commands on one sandbox: a shell builtin back to back, then, as an
+    agent runs them, with a pause (its model thinking) before each, in which the agent
+    warms the next shell (ADR 0018): the builtin, and a program bash execs."""
+    from e2b import Sandbox
+
     sbx = Sandbox.create("base", timeout=300)
+
+    def timed(command, expect, pause=0.0):
+        samples = []
+        for _ in range(N_RUN):
+            time.sleep(pause)
+            start = time.perf_counter()
+            result = sbx.commands.run(command)
+            samples.append(time.perf_counter() - start)
+            assert expect in result.stdout, result
+        return samples
+
     try:
         sbx.commands.run("true")  # warm the connection like any steady user
-        for _ in range(N_RUN):
-            start = time.perf_counter()
-            result = sbx.commands.run("echo hi")
-            runs.append(time.perf_counter() - start)
-            assert result.stdout == "hi\n"
-        # As an agent runs them: a pause (its model thinking) before each command, in
-        # which the agent warms the next shell (ADR 0018).
-        paced = []
-        for _ in range(N_RUN):
-            time.sleep(0.1)
-            start = time.perf_counter()
-            result = sbx.commands.run("echo hi")
-            paced.append(time.perf_counter() - start)
-            assert result.stdout == "hi\n"
+        runs = timed("echo hi", "hi\n")
+        paced = timed("echo hi", "hi\n", pause=0.1)
+        external = timed("ls /", "usr\n", pause=0.1)
     finally:
         sbx.kill()
-    return [summary("SDK Sandbox.create(\"base\")", creates),
-            summary('SDK commands.run("echo hi"), back to back', runs),
-            summary('SDK commands.run("echo hi"), 100 ms after the last', paced)]
+    return [summary('SDK commands.run("echo hi"), back to back', runs),
+            summary('SDK commands.run("echo hi"), 100 ms after the last', paced),
+            summary('SDK commands.run("ls /"), 100 ms after the last', external)]
+
+
+def commands_only():
+    server = SiloServer(subnet="10.216.0.0/16").start()
+    try:
+        os.environ.update(server.env())
+        return bench_commands()
+    finally:
+        server.stop()
 
 
 def first_run_code_latencies(pause=0.0):
@@ -539,13 +557,13 @@ def code_interpreter_only():
 
 
 def main():
-    # BENCH_ONLY=density|pool|spawn|code runs that group alone (into results-<group>.md/.json).
+    # BENCH_ONLY=density|pool|spawn|code|commands runs that group alone (into results-<group>.md/.json).
     only = os.environ.get("BENCH_ONLY")
     if os.environ.get("BENCH_DOZE_AFTER") and only == "density":
         only = "density-doze"
     benches = {"density": bench_density, "density-doze": bench_density,
                "pool": lambda: bench_pool() + bench_pool_code_interpreter(),
-               "spawn": bench_spawn, "code": code_interpreter_only}
+               "spawn": bench_spawn, "code": code_interpreter_only, "commands": commands_only}
     if only and only not in benches:
         groups = ", ".join(name for name in benches if name != "density-doze")
         raise SystemExit(f"BENCH_ONLY={only}: use one of {groups}")

@@ -117,3 +117,51 @@ def test_stdin_and_start_up_variables_start_cold(sandbox: Sandbox):
     sandbox.files.write("/tmp/bash_env", "export FROM_BASH_ENV=yes\n")
     out = sandbox.commands.run("echo $FROM_BASH_ENV", envs={"BASH_ENV": "/tmp/bash_env"})
     assert out.stdout == "yes\n"
+
+
+def warm_and_cold(sandbox: Sandbox, command: str) -> tuple:
+    """`command`'s exit code, stdout and stderr from the warm shell, then from a cold one."""
+
+    def run(**kwargs):
+        try:
+            result = sandbox.commands.run(command, **kwargs)
+        except CommandExitException as exc:
+            result = exc
+        return result.exit_code, result.stdout, result.stderr
+
+    wait_for_warm_shell(sandbox)
+    return run(), run(stdin=True)
+
+
+def test_a_lone_external_command_replaces_the_shell_as_bash_dash_c_does(sandbox: Sandbox):
+    wait_for_warm_shell(sandbox)
+    handle = sandbox.commands.run("ps -o pid=,comm=", background=True)
+    processes = dict(line.split() for line in handle.wait().stdout.splitlines())
+    assert processes[str(handle.pid)] == "ps", processes
+    assert "bash" not in processes.values(), "no shell waits on it (nor a new warm one yet)"
+    # What it inherits is a cold shell's: $_ is its path, SHLVL one less; no extra descriptor.
+    warm, cold = warm_and_cold(sandbox, "env")
+    assert sorted(warm[1].splitlines()) == sorted(cold[1].splitlines())
+    assert "_=/usr/bin/env" in warm[1].splitlines()
+    warm, cold = warm_and_cold(sandbox, "ls /proc/self/fd")
+    assert warm == cold == (0, "0\n1\n2\n3\n", "")
+
+
+def test_failures_scripts_and_what_bash_would_not_exec_read_as_in_a_cold_shell(sandbox: Sandbox):
+    # Not found, not executable, a script without #! (by path and on PATH): the same
+    # words, exit codes and $0.
+    sandbox.files.write("/home/user/plain-script", "echo script $0 $SHLVL\n")
+    sandbox.commands.run("chmod +x ~/plain-script && sudo cp ~/plain-script /usr/local/bin/")
+    for command in ["no-such-command-here", "/etc/passwd", "/tmp", "./plain-script", "plain-script"]:
+        warm, cold = warm_and_cold(sandbox, command)
+        assert warm == cold, command
+    # A function, an EXIT trap or alias expansion set by the login files: bash runs the
+    # command as its child (or the function), and so does the warm shell.
+    sandbox.files.write("/home/user/.bash_profile", "ls() { echo function ls; }\n")
+    assert warm_and_cold(sandbox, "ls /") == ((0, "function ls\n", ""),) * 2
+    sandbox.files.write("/home/user/.bash_profile", "trap 'echo trap ran' EXIT\n")
+    assert warm_and_cold(sandbox, "/bin/true") == ((0, "trap ran\n", ""),) * 2
+    sandbox.files.write(
+        "/home/user/.bash_profile", "shopt -s expand_aliases\nalias hello='echo alias'\n"
+    )
+    assert warm_and_cold(sandbox, "hello world") == ((0, "alias world\n", ""),) * 2

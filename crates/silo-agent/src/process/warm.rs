@@ -10,9 +10,11 @@
 //! evaluates the command on line 1, so `$LINENO` and error lines read as they would.
 //!
 //! Anything else (a pty, stdin, another user, cwd or environment, a variable bash reads at
-//! start-up) starts cold as before. What a command can tell apart from a cold start: its
-//! `/proc/$$/cmdline` shows the bootstrap, a syntax error is reported by `eval` rather than
-//! `-c`, and a lone external command runs as bash's child instead of replacing it.
+//! start-up) starts cold as before. A lone program of plain words (`ls -la`, `python3
+//! app.py`) replaces the shell, as `bash -c` does with it. What a command can tell apart
+//! from a cold start: its `/proc/$$/cmdline` shows the bootstrap, a syntax error is
+//! reported by `eval` rather than `-c`, and a lone program in words with quotes or
+//! expansions (`python3 -c "..."`) runs as bash's child instead of replacing it.
 
 use std::fs::File;
 use std::io::{self, Write};
@@ -85,22 +87,79 @@ fn shell_command(spec: &SpawnSpec) -> Option<&str> {
     plain.then_some(command.as_str())
 }
 
+/// bash's reserved words and builtins that are spelled in plain characters: a command
+/// starting with one is not an external command.
+#[rustfmt::skip]
+const NOT_EXTERNAL: &[&str] = &[
+    "if", "then", "else", "elif", "fi", "case", "esac", "for", "select", "while", "until",
+    "do", "done", "in", "function", "time", "coproc", ".", ":", "alias", "bg", "bind",
+    "break", "builtin", "caller", "cd", "command", "compgen", "complete", "compopt",
+    "continue", "declare", "dirs", "disown", "echo", "enable", "eval", "exec", "exit",
+    "export", "false", "fc", "fg", "getopts", "hash", "help", "history", "jobs", "kill",
+    "let", "local", "logout", "mapfile", "popd", "printf", "pushd", "pwd", "read",
+    "readarray", "readonly", "return", "set", "shift", "shopt", "source", "suspend", "test",
+    "times", "trap", "true", "type", "typeset", "ulimit", "umask", "unalias", "unset",
+    "wait",
+];
+
+/// Whether `bash -c COMMAND`, going by the text alone, replaces itself with the program
+/// COMMAND names (bash runs a lone simple command of a `-c` string without a fork): plain
+/// words only (no quoting, expansion, glob, redirection, operator or newline), the first
+/// neither an assignment, a reserved word nor a builtin. The shell checks the rest (no
+/// function of that name, no alias expansion, no trap) before it does the same.
+fn runs_in_place(command: &str) -> bool {
+    let mut words = command.split([' ', '\t']).filter(|word| !word.is_empty());
+    let Some(first) = words.next() else {
+        return false;
+    };
+    command
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || b" \t_./:@%+,=-".contains(&b))
+        && !first.contains('=')
+        && !first.starts_with('%')
+        && !NOT_EXTERNAL.contains(&first)
+}
+
+/// The byte that wakes a warm shell whose command [`runs_in_place`].
+const IN_PLACE: u8 = b'x';
+/// The byte that wakes a warm shell to evaluate its command.
+const EVALUATE: u8 = b'.';
+
 /// The `-c` script of a warm shell: wait for one byte on `go`, read the command from
 /// `command` (with `read -u`: a redirection would move stdin aside and back around each
-/// read, ~0.1 ms under gVisor), close both, read the login files in bash's order, evaluate
-/// the command. One line, so lines in the command count from 1. If `go` closes without a
+/// read, ~0.1 ms under gVisor), close both, read the login files in bash's order, run the
+/// command. One line, so lines in the command count from 1. If `go` closes without a
 /// byte the shell ends having run nothing (and, not running `exit`, without
 /// `~/.bash_logout`).
+///
+/// The command is evaluated, except where `bash -c` would exec it in place of the shell:
+/// for [`IN_PLACE`] the memfd stays open through the login files as the mark (no
+/// variable the command could see), then, if no trap is set (`trap -p` written into the
+/// memfd is empty), aliases are off, IFS splits as the parser does, the first word is no
+/// function and names an executable, the shell execs it with `$_` set to its path, as
+/// bash does (and, for a path, `-a` keeps the name as typed in `$0` of a script without
+/// `#!`, as bash does). A fork under gVisor's systrap costs ~20 ms more than an exec.
 fn bootstrap(go: RawFd, command: RawFd) -> String {
+    let in_place = char::from(IN_PLACE);
     format!(
         "if IFS= read -r -N1 -u {go} BASH_EXECUTION_STRING; then \
-         IFS= read -r -d '' -u {command} BASH_EXECUTION_STRING; exec {go}<&- {command}<&-; \
+         if [ \"$BASH_EXECUTION_STRING\" = {in_place} ]; then \
+         IFS= read -r -d '' -u {command} BASH_EXECUTION_STRING; exec {go}<&-; \
+         else IFS= read -r -d '' -u {command} BASH_EXECUTION_STRING; exec {go}<&- {command}<&-; fi; \
          SECONDS=0; \
          if [ -e /etc/profile ]; then . /etc/profile; fi; \
          if [ -e ~/.bash_profile ]; then . ~/.bash_profile; \
          elif [ -e ~/.bash_login ]; then . ~/.bash_login; \
          elif [ -e ~/.profile ]; then . ~/.profile; fi; \
          if [ -n \"${{BASH_ENV-}}\" ] && [ -e \"$BASH_ENV\" ]; then . \"$BASH_ENV\"; fi; \
+         if [ -e /dev/fd/{command} ]; then \
+         if trap -p >/dev/fd/{command} && [ ! -s /dev/fd/{command} ] && ! shopt -q expand_aliases \
+         && [ \"${{IFS-$' \\t\\n'}}\" = $' \\t\\n' ] && set -- $BASH_EXECUTION_STRING \
+         && ! declare -F -- \"$1\" >/dev/null \
+         && case $1 in */*) [ -f \"$1\" ] && [ -x \"$1\" ];; *) hash -- \"$1\" 2>/dev/null;; esac; \
+         then exec {command}<&-; case $1 in \
+         */*) _=$1 exec -a \"$1\" -- \"$@\";; *) _=${{BASH_CMDS[$1]}} exec -- \"$@\";; esac; fi; \
+         exec {command}<&-; set --; fi; \
          eval \"$BASH_EXECUTION_STRING\"; \
          fi # silo: warm shell, waiting for its command (ADR 0018)"
     )
@@ -171,8 +230,13 @@ impl WarmShell {
             _ => return Err(io::Error::other("the warm shell has ended")),
         }
         self.command.write_all_at(command.as_bytes(), 0)?;
+        let how = if runs_in_place(command) {
+            IN_PLACE
+        } else {
+            EVALUATE
+        };
         // EPIPE if the shell died since (Rust ignores SIGPIPE).
-        self.go.write_all(b"x")?;
+        self.go.write_all(&[how])?;
         Ok(self.spawned)
     }
 }
@@ -352,5 +416,51 @@ mod tests {
         assert!(!script.contains('\n'));
         assert!(script.contains("-u 12 ") && script.contains("-u 13 "));
         assert!(script.contains("exec 12<&- 13<&-"));
+        assert!(script.contains("/dev/fd/13"));
+    }
+
+    #[test]
+    fn lone_external_commands_run_in_place() {
+        for command in [
+            "ls",
+            "ls -la /tmp",
+            "python3 script.py --n=3",
+            "date +%s",
+            "./run.sh",
+            "/usr/bin/env",
+            "pip install a==1 b@c",
+        ] {
+            assert!(runs_in_place(command), "{command}");
+        }
+        for command in [
+            "",
+            " ",
+            "echo hi",
+            "cd /tmp",
+            ": x",
+            ". ./env",
+            "true",
+            "X=1 ls",
+            "ls; ls",
+            "ls && ls",
+            "ls | wc",
+            "ls > f",
+            "ls $HOME",
+            "ls ~",
+            "ls *",
+            "ls 'a b'",
+            "ls \\a",
+            "ls\n",
+            "(ls)",
+            "{ ls; }",
+            "! ls",
+            "time ls",
+            "if",
+            "%1",
+            "ls # note",
+            "ls {a,b}",
+        ] {
+            assert!(!runs_in_place(command), "{command}");
+        }
     }
 }
