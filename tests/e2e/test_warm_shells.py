@@ -145,6 +145,9 @@ def test_a_lone_external_command_replaces_the_shell_as_bash_dash_c_does(sandbox:
     assert "_=/usr/bin/env" in warm[1].splitlines()
     warm, cold = warm_and_cold(sandbox, "ls /proc/self/fd")
     assert warm == cold == (0, "0\n1\n2\n3\n", "")
+    # Quoted words without expansions are literal too: quote removal only.
+    warm, cold = warm_and_cold(sandbox, "sh -c 'echo $PPID $0' \"a b\"")
+    assert warm == cold == (0, "1 a b\n", ""), "the agent (pid 1) is its parent"
 
 
 def test_failures_scripts_and_what_bash_would_not_exec_read_as_in_a_cold_shell(sandbox: Sandbox):

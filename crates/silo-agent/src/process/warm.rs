@@ -10,11 +10,11 @@
 //! evaluates the command on line 1, so `$LINENO` and error lines read as they would.
 //!
 //! Anything else (a pty, stdin, another user, cwd or environment, a variable bash reads at
-//! start-up) starts cold as before. A lone program of plain words (`ls -la`, `python3
-//! app.py`) replaces the shell, as `bash -c` does with it. What a command can tell apart
-//! from a cold start: its `/proc/$$/cmdline` shows the bootstrap, a syntax error is
-//! reported by `eval` rather than `-c`, and a lone program in words with quotes or
-//! expansions (`python3 -c "..."`) runs as bash's child instead of replacing it.
+//! start-up) starts cold as before. A lone program in literal words (`ls -la`, `python3
+//! -c "print(1)"`) replaces the shell, as `bash -c` does with it. What a command can tell
+//! apart from a cold start: its `/proc/$$/cmdline` shows the bootstrap, a syntax error is
+//! reported by `eval` rather than `-c`, and a lone program whose words have expansions
+//! (`ls $HOME`) runs as bash's child instead of replacing it.
 
 use std::fs::File;
 use std::io::{self, Write};
@@ -103,21 +103,53 @@ const NOT_EXTERNAL: &[&str] = &[
 ];
 
 /// Whether `bash -c COMMAND`, going by the text alone, replaces itself with the program
-/// COMMAND names (bash runs a lone simple command of a `-c` string without a fork): plain
-/// words only (no quoting, expansion, glob, redirection, operator or newline), the first
+/// COMMAND names (bash runs a lone simple command of a `-c` string without a fork): words
+/// whose text is literal (see [`literal_words`]), the first in plain characters and
 /// neither an assignment, a reserved word nor a builtin. The shell checks the rest (no
 /// function of that name, no alias expansion, no trap) before it does the same.
 fn runs_in_place(command: &str) -> bool {
-    let mut words = command.split([' ', '\t']).filter(|word| !word.is_empty());
-    let Some(first) = words.next() else {
-        return false;
-    };
-    command
-        .bytes()
-        .all(|b| b.is_ascii_alphanumeric() || b" \t_./:@%+,=-".contains(&b))
+    let first = command
+        .trim_start_matches([' ', '\t'])
+        .split([' ', '\t'])
+        .next()
+        .unwrap_or_default();
+    literal_words(command)
+        && !first.is_empty()
+        && first.chars().all(plain)
         && !first.contains('=')
         && !first.starts_with('%')
         && !NOT_EXTERNAL.contains(&first)
+}
+
+/// Characters that stand for themselves in a word outside quotes.
+fn plain(c: char) -> bool {
+    c.is_ascii_alphanumeric() || "_./:@%+,=-".contains(c)
+}
+
+/// Whether `command` is blank-separated words that bash takes literally, but for quote
+/// removal: plain characters, text in single quotes, text in double quotes without `$`,
+/// `` ` `` or `\`. No expansion, glob, redirection, operator or comment; no newline
+/// outside quotes.
+fn literal_words(command: &str) -> bool {
+    let mut chars = command.chars();
+    while let Some(c) = chars.next() {
+        let literal = match c {
+            ' ' | '\t' => true,
+            '\'' => chars.any(|c| c == '\''),
+            '"' => loop {
+                match chars.next() {
+                    Some('"') => break true,
+                    Some('$' | '`' | '\\') | None => break false,
+                    Some(_) => {}
+                }
+            },
+            c => plain(c),
+        };
+        if !literal {
+            return false;
+        }
+    }
+    true
 }
 
 /// The byte that wakes a warm shell whose command [`runs_in_place`].
@@ -135,8 +167,9 @@ const EVALUATE: u8 = b'.';
 /// The command is evaluated, except where `bash -c` would exec it in place of the shell:
 /// for [`IN_PLACE`] the memfd stays open through the login files as the mark (no
 /// variable the command could see), then, if no trap is set (`trap -p` written into the
-/// memfd is empty), aliases are off, IFS splits as the parser does, the first word is no
-/// function and names an executable, the shell execs it with `$_` set to its path, as
+/// memfd is empty) and aliases are off, it makes the words the positional parameters
+/// (`eval "set -- CMD"`: only quote removal, the words being literal), and if the first is
+/// no function and names an executable, the shell execs it with `$_` set to its path, as
 /// bash does (and, for a path, `-a` keeps the name as typed in `$0` of a script without
 /// `#!`, as bash does). A fork under gVisor's systrap costs ~20 ms more than an exec.
 fn bootstrap(go: RawFd, command: RawFd) -> String {
@@ -154,7 +187,7 @@ fn bootstrap(go: RawFd, command: RawFd) -> String {
          if [ -n \"${{BASH_ENV-}}\" ] && [ -e \"$BASH_ENV\" ]; then . \"$BASH_ENV\"; fi; \
          if [ -e /dev/fd/{command} ]; then \
          if trap -p >/dev/fd/{command} && [ ! -s /dev/fd/{command} ] && ! shopt -q expand_aliases \
-         && [ \"${{IFS-$' \\t\\n'}}\" = $' \\t\\n' ] && set -- $BASH_EXECUTION_STRING \
+         && eval \"set -- $BASH_EXECUTION_STRING\" \
          && ! declare -F -- \"$1\" >/dev/null \
          && case $1 in */*) [ -f \"$1\" ] && [ -x \"$1\" ];; *) hash -- \"$1\" 2>/dev/null;; esac; \
          then exec {command}<&-; case $1 in \
@@ -429,6 +462,9 @@ mod tests {
             "./run.sh",
             "/usr/bin/env",
             "pip install a==1 b@c",
+            "python3 -c \"print(1 + 1)\nprint('x')\"",
+            "sh -c 'echo $PPID > f'",
+            "git commit -m \"a message\" ''",
         ] {
             assert!(runs_in_place(command), "{command}");
         }
@@ -448,7 +484,6 @@ mod tests {
             "ls $HOME",
             "ls ~",
             "ls *",
-            "ls 'a b'",
             "ls \\a",
             "ls\n",
             "(ls)",
@@ -459,6 +494,14 @@ mod tests {
             "%1",
             "ls # note",
             "ls {a,b}",
+            "python3 -c \"print($x)\"",
+            "ls \"a\\\"b\"",
+            "ls 'open",
+            "ls \"open",
+            "'ls' x",
+            "ls \"`id`\"",
+            "ls 'a'>f",
+            "echo 'hi'",
         ] {
             assert!(!runs_in_place(command), "{command}");
         }
