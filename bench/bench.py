@@ -364,15 +364,6 @@ def bench_commands():
             summary('SDK commands.run("ls /"), 100 ms after the last', external)]
 
 
-def commands_only():
-    server = SiloServer(subnet="10.216.0.0/16").start()
-    try:
-        os.environ.update(server.env())
-        return bench_commands()
-    finally:
-        server.stop()
-
-
 def first_run_code_latencies(pause=0.0):
     """N_FIRST times, `pause` seconds apart: create → first run_code("1+1") result."""
     from e2b_code_interpreter import Sandbox
@@ -547,11 +538,12 @@ def all_benches():
     return rows
 
 
-def code_interpreter_only():
+def on_a_server(bench):
+    """`bench` alone, against a server of its own (for BENCH_ONLY)."""
     server = SiloServer(subnet="10.216.0.0/16").start()
     try:
         os.environ.update(server.env())
-        return bench_code_interpreter()
+        return bench()
     finally:
         server.stop()
 
@@ -563,7 +555,8 @@ def main():
         only = "density-doze"
     benches = {"density": bench_density, "density-doze": bench_density,
                "pool": lambda: bench_pool() + bench_pool_code_interpreter(),
-               "spawn": bench_spawn, "code": code_interpreter_only, "commands": commands_only}
+               "spawn": bench_spawn, "code": lambda: on_a_server(bench_code_interpreter),
+               "commands": lambda: on_a_server(bench_commands)}
     if only and only not in benches:
         groups = ", ".join(name for name in benches if name != "density-doze")
         raise SystemExit(f"BENCH_ONLY={only}: use one of {groups}")
