@@ -168,3 +168,39 @@ def test_failures_scripts_and_what_bash_would_not_exec_read_as_in_a_cold_shell(s
         "/home/user/.bash_profile", "shopt -s expand_aliases\nalias hello='echo alias'\n"
     )
     assert warm_and_cold(sandbox, "hello world") == ((0, "alias world\n", ""),) * 2
+
+
+def test_the_last_program_of_a_list_cut_by_semicolons_replaces_the_shell_as_bash_dash_c_does(
+    sandbox: Sandbox,
+):
+    def processes(command: str) -> tuple[dict, str]:
+        wait_for_warm_shell(sandbox)
+        handle = sandbox.commands.run(command, background=True)
+        listed = dict(line.split() for line in handle.wait().stdout.splitlines())
+        return listed, listed[str(handle.pid)]
+
+    listed, program = processes("cd /tmp; ps -o pid=,comm=")
+    assert program == "ps" and "bash" not in listed.values(), listed
+    listed, program = processes("cd /tmp && ps -o pid=,comm=")
+    assert program == "bash", "bash forks for the last command after &&; so does the warm shell"
+
+    # What runs before it, and what it inherits, read as in a cold shell.
+    sandbox.files.write("/home/user/defs", "ls() { echo function ls; }\nX=from-defs\n")
+    for command in [
+        "cd /nonexistent; ls -d .",
+        "false; ls -d /",
+        "set -e; false; ls",
+        "exit 3; ls",
+        "cd /; ls /proc/self/fd",
+        "trap 'echo bye' EXIT; /bin/true",
+        "BASH_EXECUTION_STRING=x; ls -d /",
+        "echo 'a;b'; ls -d /",
+        "cd /nonexistent && ls; ls -d .",
+        ". ~/defs; ls /",
+        "cd /tmp; no-such-command-here",
+    ]:
+        warm, cold = warm_and_cold(sandbox, command)
+        assert warm == cold, command
+    warm, cold = warm_and_cold(sandbox, "export X=1; cd /tmp; env")
+    assert sorted(warm[1].splitlines()) == sorted(cold[1].splitlines())
+    assert {"_=/usr/bin/env", "X=1", "PWD=/tmp"} <= set(warm[1].splitlines())

@@ -11,7 +11,8 @@
 //!
 //! Anything else (a pty, stdin, another user, cwd or environment, a variable bash reads at
 //! start-up) starts cold as before. A lone program in literal words (`ls -la`, `python3
-//! -c "print(1)"`) replaces the shell, as `bash -c` does with it. What a command can tell
+//! -c "print(1)"`), or the last of a list of such commands cut by `;` (`cd /repo; make`),
+//! replaces the shell, as `bash -c` does with it. What a command can tell
 //! apart from a cold start: its `/proc/$$/cmdline` shows the bootstrap, a syntax error is
 //! reported by `eval` rather than `-c`, and a lone program whose words have expansions
 //! (`ls $HOME`) runs as bash's child instead of replacing it.
@@ -87,38 +88,126 @@ fn shell_command(spec: &SpawnSpec) -> Option<&str> {
     plain.then_some(command.as_str())
 }
 
-/// bash's reserved words and builtins that are spelled in plain characters: a command
-/// starting with one is not an external command.
+/// bash's reserved words that are spelled in plain characters.
 #[rustfmt::skip]
-const NOT_EXTERNAL: &[&str] = &[
+const RESERVED_WORDS: &[&str] = &[
     "if", "then", "else", "elif", "fi", "case", "esac", "for", "select", "while", "until",
-    "do", "done", "in", "function", "time", "coproc", ".", ":", "alias", "bg", "bind",
-    "break", "builtin", "caller", "cd", "command", "compgen", "complete", "compopt",
-    "continue", "declare", "dirs", "disown", "echo", "enable", "eval", "exec", "exit",
-    "export", "false", "fc", "fg", "getopts", "hash", "help", "history", "jobs", "kill",
-    "let", "local", "logout", "mapfile", "popd", "printf", "pushd", "pwd", "read",
-    "readarray", "readonly", "return", "set", "shift", "shopt", "source", "suspend", "test",
-    "times", "trap", "true", "type", "typeset", "ulimit", "umask", "unalias", "unset",
+    "do", "done", "in", "function", "time", "coproc",
+];
+
+/// bash's builtins that are spelled in plain characters.
+#[rustfmt::skip]
+const BUILTINS: &[&str] = &[
+    ".", ":", "alias", "bg", "bind", "break", "builtin", "caller", "cd", "command", "compgen",
+    "complete", "compopt", "continue", "declare", "dirs", "disown", "echo", "enable", "eval",
+    "exec", "exit", "export", "false", "fc", "fg", "getopts", "hash", "help", "history",
+    "jobs", "kill", "let", "local", "logout", "mapfile", "popd", "printf", "pushd", "pwd",
+    "read", "readarray", "readonly", "return", "set", "shift", "shopt", "source", "suspend",
+    "test", "times", "trap", "true", "type", "typeset", "ulimit", "umask", "unalias", "unset",
     "wait",
 ];
 
-/// Whether `bash -c COMMAND`, going by the text alone, replaces itself with the program
-/// COMMAND names (bash runs a lone simple command of a `-c` string without a fork): words
-/// whose text is literal (see [`literal_words`]), the first in plain characters and
-/// neither an assignment, a reserved word nor a builtin. The shell checks the rest (no
-/// function of that name, no alias expansion, no trap) before it does the same.
-fn runs_in_place(command: &str) -> bool {
-    let first = command
+/// How a warm shell runs its command: told by the byte that wakes it, and kept through
+/// the login files by which of its two descriptors it leaves open (no variable the
+/// command could see).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Run {
+    /// `eval` the command.
+    Evaluate,
+    /// A lone program: exec it in place of the shell, as `bash -c` does.
+    InPlace,
+    /// `S; L`: evaluate S, then exec the program L in place of the shell, as `bash -c`
+    /// does with the last command of a list cut by `;`.
+    InPlaceAfterList,
+}
+
+impl Run {
+    /// Going by the text alone, whether `bash -c COMMAND` would exec a program in place
+    /// of itself: a lone simple command, or the last of a list cut by `;` (bash 5.2 forks
+    /// for a last command after `&&`, `||` or a newline). Every command in literal words
+    /// (see [`literal_words`]), none starting with a reserved word (so none opens a
+    /// compound command), those before the last `;` perhaps joined by `&&`; the last a
+    /// program: plain first word, neither an assignment nor a builtin, and no `;` even in
+    /// quotes (the shell cuts the command at its last `;`). The shell checks the rest (no
+    /// function of that name, no alias expansion, no trap) before it execs.
+    fn of(command: &str) -> Run {
+        let Some(commands) = split_list(command) else {
+            return Run::Evaluate;
+        };
+        let Some(((last, _), before)) = commands.split_last() else {
+            return Run::Evaluate;
+        };
+        let first = first_word(last);
+        let last_is_program = literal_words(last)
+            && !first.is_empty()
+            && first.chars().all(plain)
+            && !first.contains('=')
+            && !first.starts_with('%')
+            && !RESERVED_WORDS.contains(&first)
+            && !BUILTINS.contains(&first);
+        let before_are_simple = before.iter().all(|(command, _)| {
+            let first = first_word(command);
+            literal_words(command) && !first.is_empty() && !RESERVED_WORDS.contains(&first)
+        });
+        match before.last() {
+            _ if !last_is_program || !before_are_simple => Run::Evaluate,
+            None => Run::InPlace,
+            Some((_, Separator::Semicolon)) if !last.contains(';') => Run::InPlaceAfterList,
+            Some(_) => Run::Evaluate,
+        }
+    }
+
+    fn byte(self) -> u8 {
+        match self {
+            Run::Evaluate => b'.',
+            Run::InPlace => b'x',
+            Run::InPlaceAfterList => b';',
+        }
+    }
+}
+
+/// What ends a command of a list.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Separator {
+    Semicolon,
+    And,
+    /// The last command of the list.
+    End,
+}
+
+/// `command` cut at `;` and `&&` outside quotes, each piece with what ends it; None for
+/// another `&` or an unclosed quote. The pieces are not checked here.
+fn split_list(command: &str) -> Option<Vec<(&str, Separator)>> {
+    let bytes = command.as_bytes();
+    let mut commands = Vec::new();
+    let (mut start, mut i) = (0, 0);
+    while i < bytes.len() {
+        let (separator, width) = match bytes[i] {
+            quote @ (b'\'' | b'"') => {
+                i += 1 + bytes[i + 1..].iter().position(|&b| b == quote)?;
+                (None, 1)
+            }
+            b';' => (Some(Separator::Semicolon), 1),
+            b'&' if bytes.get(i + 1) == Some(&b'&') => (Some(Separator::And), 2),
+            b'&' => return None,
+            _ => (None, 1),
+        };
+        if let Some(separator) = separator {
+            commands.push((&command[start..i], separator));
+            start = i + width;
+        }
+        i += width;
+    }
+    commands.push((&command[start..], Separator::End));
+    Some(commands)
+}
+
+fn first_word(command: &str) -> &str {
+    command
         .trim_start_matches([' ', '\t'])
         .split([' ', '\t'])
         .next()
-        .unwrap_or_default();
-    literal_words(command)
-        && !first.is_empty()
-        && first.chars().all(plain)
-        && !first.contains('=')
-        && !first.starts_with('%')
-        && !NOT_EXTERNAL.contains(&first)
+        .unwrap_or_default()
 }
 
 /// Characters that stand for themselves in a word outside quotes.
@@ -152,49 +241,60 @@ fn literal_words(command: &str) -> bool {
     true
 }
 
-/// The byte that wakes a warm shell whose command [`runs_in_place`].
-const IN_PLACE: u8 = b'x';
-/// The byte that wakes a warm shell to evaluate its command.
-const EVALUATE: u8 = b'.';
-
-/// The `-c` script of a warm shell: wait for one byte on `go`, read the command from
-/// `command` (with `read -u`: a redirection would move stdin aside and back around each
-/// read, ~0.1 ms under gVisor), close both, read the login files in bash's order, run the
-/// command. One line, so lines in the command count from 1. If `go` closes without a
-/// byte the shell ends having run nothing (and, not running `exit`, without
-/// `~/.bash_logout`).
+/// The `-c` script of a warm shell: wait for one byte on `go`, close the descriptors that
+/// byte says to, read the command from `command` (with `read -u`: a redirection would
+/// move stdin aside and back around each read, ~0.1 ms under gVisor), read the login
+/// files in bash's order, run the command. One line, so the command's lines count from
+/// one. If `go` closes without a byte the shell ends having run nothing (and, not
+/// running `exit`, without `~/.bash_logout`).
 ///
-/// The command is evaluated, except where `bash -c` would exec it in place of the shell:
-/// for [`IN_PLACE`] the memfd stays open through the login files as the mark (no
-/// variable the command could see), then, if no trap is set (`trap -p` written into the
-/// memfd is empty) and aliases are off, it makes the words the positional parameters
-/// (`eval "set -- CMD"`: only quote removal, the words being literal), and if the first is
-/// no function and names an executable, the shell execs it with `$_` set to its path, as
-/// bash does (and, for a path, `-a` keeps the name as typed in `$0` of a script without
-/// `#!`, as bash does). A fork under gVisor's systrap costs ~20 ms more than an exec.
+/// Left open through the login files: neither to evaluate the command; `command` for a
+/// lone program; both for `S; L`. Aliases on: evaluate. For `S; L` the shell evaluates
+/// the text before the last `;` with `command` closed (its children see no descriptor a
+/// cold shell has not), reads the command again (S may have set the variable), then
+/// goes on with L as with a lone program. That it execs in place of itself, as `bash -c`
+/// does, when no trap is set (`trap -p` written into the memfd is empty), aliases are
+/// off, the words made its positional parameters (`eval "set -- L"`: only quote
+/// removal, the words being literal) and the first no function and an executable: with
+/// `$_` set to its path, as bash does (and, for a path, `-a` keeps the name as typed in
+/// `$0` of a script without `#!`, as bash does). Otherwise it evaluates L. A fork under
+/// gVisor's systrap costs ~20 ms more than an exec.
 fn bootstrap(go: RawFd, command: RawFd) -> String {
-    let in_place = char::from(IN_PLACE);
+    let [in_place, after_list] =
+        [Run::InPlace, Run::InPlaceAfterList].map(|run| char::from(run.byte()));
+    let read_command = format!("IFS= read -r -d '' -u {command} BASH_EXECUTION_STRING");
+    let program = |words: &str| {
+        format!(
+            "if trap -p >/dev/fd/{command} && [ ! -s /dev/fd/{command} ] && ! shopt -q expand_aliases \
+             && eval \"set -- {words}\" \
+             && ! declare -F -- \"$1\" >/dev/null \
+             && case $1 in */*) [ -f \"$1\" ] && [ -x \"$1\" ];; *) hash -- \"$1\" 2>/dev/null;; esac; \
+             then exec {command}<&-; case $1 in \
+             */*) _=$1 exec -a \"$1\" -- \"$@\";; *) _=${{BASH_CMDS[$1]}} exec -- \"$@\";; esac; fi; \
+             exec {command}<&-; set --; eval \"{words}\""
+        )
+    };
     format!(
         "if IFS= read -r -N1 -u {go} BASH_EXECUTION_STRING; then \
-         if [ \"$BASH_EXECUTION_STRING\" = {in_place} ]; then \
-         IFS= read -r -d '' -u {command} BASH_EXECUTION_STRING; exec {go}<&-; \
-         else IFS= read -r -d '' -u {command} BASH_EXECUTION_STRING; exec {go}<&- {command}<&-; fi; \
+         case $BASH_EXECUTION_STRING in \
+         {in_place}) exec {go}<&-; {read_command};; \
+         \\{after_list}) {read_command};; \
+         *) {read_command}; exec {go}<&- {command}<&-;; esac; \
          SECONDS=0; \
          if [ -e /etc/profile ]; then . /etc/profile; fi; \
          if [ -e ~/.bash_profile ]; then . ~/.bash_profile; \
          elif [ -e ~/.bash_login ]; then . ~/.bash_login; \
          elif [ -e ~/.profile ]; then . ~/.profile; fi; \
          if [ -n \"${{BASH_ENV-}}\" ] && [ -e \"$BASH_ENV\" ]; then . \"$BASH_ENV\"; fi; \
-         if [ -e /dev/fd/{command} ]; then \
-         if trap -p >/dev/fd/{command} && [ ! -s /dev/fd/{command} ] && ! shopt -q expand_aliases \
-         && eval \"set -- $BASH_EXECUTION_STRING\" \
-         && ! declare -F -- \"$1\" >/dev/null \
-         && case $1 in */*) [ -f \"$1\" ] && [ -x \"$1\" ];; *) hash -- \"$1\" 2>/dev/null;; esac; \
-         then exec {command}<&-; case $1 in \
-         */*) _=$1 exec -a \"$1\" -- \"$@\";; *) _=${{BASH_CMDS[$1]}} exec -- \"$@\";; esac; fi; \
-         exec {command}<&-; set --; fi; \
-         eval \"$BASH_EXECUTION_STRING\"; \
-         fi # silo: warm shell, waiting for its command (ADR 0018)"
+         if [ -e /dev/fd/{command} ] && shopt -q expand_aliases; then exec {go}<&- {command}<&-; fi; \
+         if [ ! -e /dev/fd/{command} ]; then eval \"$BASH_EXECUTION_STRING\"; \
+         elif [ -e /dev/fd/{go} ]; then exec {go}<&-; \
+         eval \"${{BASH_EXECUTION_STRING%;*}}\" {command}<&-; \
+         IFS= read -r -d '' BASH_EXECUTION_STRING </dev/fd/{command}; {list}; \
+         else {lone}; fi; \
+         fi # silo: warm shell, waiting for its command (ADR 0018)",
+        list = program("${BASH_EXECUTION_STRING##*;}"),
+        lone = program("$BASH_EXECUTION_STRING"),
     )
 }
 
@@ -263,13 +363,8 @@ impl WarmShell {
             _ => return Err(io::Error::other("the warm shell has ended")),
         }
         self.command.write_all_at(command.as_bytes(), 0)?;
-        let how = if runs_in_place(command) {
-            IN_PLACE
-        } else {
-            EVALUATE
-        };
         // EPIPE if the shell died since (Rust ignores SIGPIPE).
-        self.go.write_all(&[how])?;
+        self.go.write_all(&[Run::of(command).byte()])?;
         Ok(self.spawned)
     }
 }
@@ -453,7 +548,7 @@ mod tests {
     }
 
     #[test]
-    fn lone_external_commands_run_in_place() {
+    fn lone_programs_run_in_place() {
         for command in [
             "ls",
             "ls -la /tmp",
@@ -465,9 +560,31 @@ mod tests {
             "python3 -c \"print(1 + 1)\nprint('x')\"",
             "sh -c 'echo $PPID > f'",
             "git commit -m \"a message\" ''",
+            "python3 -c 'a = 1; b = 2 && 3'",
         ] {
-            assert!(runs_in_place(command), "{command}");
+            assert_eq!(Run::of(command), Run::InPlace, "{command}");
         }
+    }
+
+    #[test]
+    fn lists_cut_by_semicolons_run_their_last_program_in_place() {
+        for command in [
+            "cd /tmp; ls",
+            "cd /tmp;ls -la",
+            "mkdir -p a; cd a; git init",
+            ". ./env; python3 main.py",
+            "export X=1; env",
+            "X=1; ls",
+            "echo 'a;b'; ls",
+            "true && cd /tmp; ls",
+            "cd x; python3 -c 'a && b'",
+        ] {
+            assert_eq!(Run::of(command), Run::InPlaceAfterList, "{command}");
+        }
+    }
+
+    #[test]
+    fn everything_else_is_evaluated() {
         for command in [
             "",
             " ",
@@ -477,8 +594,6 @@ mod tests {
             ". ./env",
             "true",
             "X=1 ls",
-            "ls; ls",
-            "ls && ls",
             "ls | wc",
             "ls > f",
             "ls $HOME",
@@ -502,8 +617,33 @@ mod tests {
             "ls \"`id`\"",
             "ls 'a'>f",
             "echo 'hi'",
+            // Lists: a builtin last, a last command after `&&` (bash forks for it), an
+            // empty command, a compound command, a `;` in the last command's quotes,
+            // other operators.
+            "cd /tmp; echo hi",
+            "cd /tmp && exit 3",
+            "cd /repo && python3 main.py",
+            "cd a; make && ./run",
+            "true && ls",
+            "ls;",
+            "; ls",
+            "ls;; ls",
+            "ls && && ls",
+            "ls &&",
+            "if true; then ls; fi; ls",
+            "if true; then ls",
+            "for x in a b; do ls",
+            "time make; ls",
+            "cd x; python3 -c 'a; b'",
+            "cd x; python3 -c 'a & b",
+            "ls & ls",
+            "ls &",
+            "ls || ls",
+            "cd $HOME; ls",
+            "cd x\nls",
+            "ls # a; ls",
         ] {
-            assert!(!runs_in_place(command), "{command}");
+            assert_eq!(Run::of(command), Run::Evaluate, "{command:?}");
         }
     }
 }
