@@ -7,7 +7,8 @@ Starts its own `silo serve` (like the e2e tests), then measures with the officia
   - memory per idle base sandbox, N_IDLE held at once: RSS and PSS of its host processes;
   - commands.run("echo hi") round trip, N_RUN times on one sandbox, back to back and
     with a 100 ms pause before each (an agent's think time, in which a shell is warmed),
-    and commands.run("ls /") (a program, which bash execs) with the same pause;
+    and commands.run("ls /") (a program, which bash execs) with the same pause, and after
+    `cd /tmp;` (bash execs it too) and `cd /tmp &&` (bash forks for it);
   - with e2e-code-interpreter: create → first run_code("1+1") result, N_FIRST times, and
     run_code("1+1") round trip, N_CODE times on one sandbox;
   - a template built from a Dockerfile (the e2e suite's: COPY, a wheel pip-installed,
@@ -357,11 +358,17 @@ def bench_commands():
         runs = timed("echo hi", "hi\n")
         paced = timed("echo hi", "hi\n", pause=0.1)
         external = timed("ls /", "usr\n", pause=0.1)
+        after_list = timed("cd /tmp; ls /", "usr\n", pause=0.1)
+        after_ands = timed("cd /tmp && ls /", "usr\n", pause=0.1)
     finally:
         sbx.kill()
     return [summary('SDK commands.run("echo hi"), back to back', runs),
             summary('SDK commands.run("echo hi"), 100 ms after the last', paced),
-            summary('SDK commands.run("ls /"), 100 ms after the last', external)]
+            summary('SDK commands.run("ls /"), 100 ms after the last', external),
+            summary('SDK commands.run("cd /tmp; ls /") (bash execs ls), 100 ms after the last',
+                    after_list),
+            summary('SDK commands.run("cd /tmp && ls /") (bash forks ls), 100 ms after the last',
+                    after_ands)]
 
 
 def first_run_code_latencies(pause=0.0):

@@ -190,6 +190,7 @@ def test_the_last_program_of_a_list_cut_by_semicolons_replaces_the_shell_as_bash
         "cd /nonexistent; ls -d .",
         "false; ls -d /",
         "set -e; false; ls",
+        "set -e; ls -d /",
         "exit 3; ls",
         "cd /; ls /proc/self/fd",
         "trap 'echo bye' EXIT; /bin/true",

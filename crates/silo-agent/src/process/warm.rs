@@ -251,8 +251,9 @@ fn literal_words(command: &str) -> bool {
 /// Left open through the login files: neither to evaluate the command; `command` for a
 /// lone program; both for `S; L`. Aliases on: evaluate. For `S; L` the shell evaluates
 /// the text before the last `;` with `command` closed (its children see no descriptor a
-/// cold shell has not), reads the command again (S may have set the variable), then
-/// goes on with L as with a lone program. That it execs in place of itself, as `bash -c`
+/// cold shell has not), reads the command again (S may have set the variable; and with
+/// `set -e` from S, the `read` failing at the end of the memfd must not end the shell),
+/// keeps L, and goes on with it as with a lone program. That it execs in place of itself, as `bash -c`
 /// does, when no trap is set (`trap -p` written into the memfd is empty), aliases are
 /// off, the words made its positional parameters (`eval "set -- L"`: only quote
 /// removal, the words being literal) and the first no function and an executable: with
@@ -263,17 +264,6 @@ fn bootstrap(go: RawFd, command: RawFd) -> String {
     let [in_place, after_list] =
         [Run::InPlace, Run::InPlaceAfterList].map(|run| char::from(run.byte()));
     let read_command = format!("IFS= read -r -d '' -u {command} BASH_EXECUTION_STRING");
-    let program = |words: &str| {
-        format!(
-            "if trap -p >/dev/fd/{command} && [ ! -s /dev/fd/{command} ] && ! shopt -q expand_aliases \
-             && eval \"set -- {words}\" \
-             && ! declare -F -- \"$1\" >/dev/null \
-             && case $1 in */*) [ -f \"$1\" ] && [ -x \"$1\" ];; *) hash -- \"$1\" 2>/dev/null;; esac; \
-             then exec {command}<&-; case $1 in \
-             */*) _=$1 exec -a \"$1\" -- \"$@\";; *) _=${{BASH_CMDS[$1]}} exec -- \"$@\";; esac; fi; \
-             exec {command}<&-; set --; eval \"{words}\""
-        )
-    };
     format!(
         "if IFS= read -r -N1 -u {go} BASH_EXECUTION_STRING; then \
          case $BASH_EXECUTION_STRING in \
@@ -287,14 +277,20 @@ fn bootstrap(go: RawFd, command: RawFd) -> String {
          elif [ -e ~/.profile ]; then . ~/.profile; fi; \
          if [ -n \"${{BASH_ENV-}}\" ] && [ -e \"$BASH_ENV\" ]; then . \"$BASH_ENV\"; fi; \
          if [ -e /dev/fd/{command} ] && shopt -q expand_aliases; then exec {go}<&- {command}<&-; fi; \
-         if [ ! -e /dev/fd/{command} ]; then eval \"$BASH_EXECUTION_STRING\"; \
-         elif [ -e /dev/fd/{go} ]; then exec {go}<&-; \
+         if [ -e /dev/fd/{go} ]; then exec {go}<&-; \
          eval \"${{BASH_EXECUTION_STRING%;*}}\" {command}<&-; \
-         IFS= read -r -d '' BASH_EXECUTION_STRING </dev/fd/{command}; {list}; \
-         else {lone}; fi; \
-         fi # silo: warm shell, waiting for its command (ADR 0018)",
-        list = program("${BASH_EXECUTION_STRING##*;}"),
-        lone = program("$BASH_EXECUTION_STRING"),
+         IFS= read -r -d '' BASH_EXECUTION_STRING </dev/fd/{command} || :; \
+         BASH_EXECUTION_STRING=${{BASH_EXECUTION_STRING##*;}}; fi; \
+         if [ -e /dev/fd/{command} ]; then \
+         if trap -p >/dev/fd/{command} && [ ! -s /dev/fd/{command} ] && ! shopt -q expand_aliases \
+         && eval \"set -- $BASH_EXECUTION_STRING\" \
+         && ! declare -F -- \"$1\" >/dev/null \
+         && case $1 in */*) [ -f \"$1\" ] && [ -x \"$1\" ];; *) hash -- \"$1\" 2>/dev/null;; esac; \
+         then exec {command}<&-; case $1 in \
+         */*) _=$1 exec -a \"$1\" -- \"$@\";; *) _=${{BASH_CMDS[$1]}} exec -- \"$@\";; esac; fi; \
+         exec {command}<&-; set --; fi; \
+         eval \"$BASH_EXECUTION_STRING\"; \
+         fi # silo: warm shell, waiting for its command (ADR 0018)"
     )
 }
 
