@@ -155,6 +155,8 @@ if MODE == "agent":
         )
         try:
             _wait_healthy(proc, time.monotonic() + 10)
+            # As the control plane does once a sandbox is up (the agent then warms a shell).
+            httpx.post(f"{ENVD_URL}/init", json={}, timeout=10).raise_for_status()
             yield {"url": ENVD_URL, "home": str(user_home)}
         finally:
             proc.terminate()
