@@ -126,10 +126,11 @@ impl Run {
     /// of itself: a lone simple command, or the last of a list cut by `;` (bash 5.2 forks
     /// for a last command after `&&`, `||` or a newline). Every command in literal words
     /// (see [`literal_words`]), none starting with a reserved word (so none opens a
-    /// compound command), those before the last `;` perhaps joined by `&&`; the last a
-    /// program: plain first word, neither an assignment nor a builtin, and no `;` even in
-    /// quotes (the shell cuts the command at its last `;`). The shell checks the rest (no
-    /// function of that name, no alias expansion, no trap) before it execs.
+    /// compound command), those before the last `;` perhaps joined by `&&` and none of
+    /// them `set` (after `set -x` or `-v` bash would trace the shell's own checks); the
+    /// last a program: plain first word, neither an assignment nor a builtin, and no `;`
+    /// even in quotes (the shell cuts the command at its last `;`). The shell checks the
+    /// rest (no function of that name, no alias expansion, no trap) before it execs.
     fn of(command: &str) -> Run {
         let Some(commands) = split_list(command) else {
             return Run::Evaluate;
@@ -147,7 +148,10 @@ impl Run {
             && !BUILTINS.contains(&first);
         let before_are_simple = before.iter().all(|(command, _)| {
             let first = first_word(command);
-            literal_words(command) && !first.is_empty() && !RESERVED_WORDS.contains(&first)
+            literal_words(command)
+                && !first.is_empty()
+                && first != "set"
+                && !RESERVED_WORDS.contains(&first)
         });
         match before.last() {
             _ if !last_is_program || !before_are_simple => Run::Evaluate,
@@ -632,6 +636,8 @@ mod tests {
             "time make; ls",
             "cd x; python3 -c 'a; b'",
             "cd x; python3 -c 'a & b",
+            "set -x; ls",
+            "cd /tmp && set -e; make",
             "ls & ls",
             "ls &",
             "ls || ls",
