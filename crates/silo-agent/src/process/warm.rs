@@ -257,13 +257,14 @@ fn literal_words(command: &str) -> bool {
 /// the text before the last `;` with `command` closed (its children see no descriptor a
 /// cold shell has not), reads the command again (S may have set the variable; and with
 /// `set -e` from S, the `read` failing at the end of the memfd must not end the shell),
-/// keeps L, and goes on with it as with a lone program. That it execs in place of itself, as `bash -c`
-/// does, when no trap is set (`trap -p` written into the memfd is empty), aliases are
-/// off, the words made its positional parameters (`eval "set -- L"`: only quote
-/// removal, the words being literal) and the first no function and an executable: with
-/// `$_` set to its path, as bash does (and, for a path, `-a` keeps the name as typed in
-/// `$0` of a script without `#!`, as bash does). Otherwise it evaluates L. A fork under
-/// gVisor's systrap costs ~20 ms more than an exec.
+/// keeps L, and goes on with it as with a lone program. That it execs in place of
+/// itself, as `bash -c` does, when no trap is set (`trap -p` written into the memfd is
+/// empty), aliases are off, the words made its positional parameters (`eval "set -- L"`:
+/// only quote removal, the words being literal) and the first no function and an
+/// executable: with `$_` set to its path, as bash does (and, for a path, `-a` keeps the
+/// name as typed in `$0` of a script without `#!`, as bash does). Otherwise it evaluates
+/// L. The program check is written once: a longer bootstrap measured ~2-3 ms slower
+/// (ADR 0018). A fork under gVisor's systrap costs ~20 ms more than an exec.
 fn bootstrap(go: RawFd, command: RawFd) -> String {
     let [in_place, after_list] =
         [Run::InPlace, Run::InPlaceAfterList].map(|run| char::from(run.byte()));
