@@ -190,9 +190,11 @@ pub(crate) async fn run_steps(
 ) -> Vec<TeardownError> {
     let mut errors = Vec::new();
     for step in steps.into_iter().rev() {
+        let began = std::time::Instant::now();
         if let Err(e) = step.run(inner, id).await {
             errors.push(e);
         }
+        tracing::debug!(sandbox_id = %id, ?step, elapsed = ?began.elapsed(), "released");
     }
     errors
 }
