@@ -4,6 +4,7 @@ picked up with their files, and one that died while the server was down is clean
 import os
 import signal
 import subprocess
+import time
 
 import pytest
 
@@ -65,3 +66,59 @@ def test_a_second_server_on_a_range_in_use_refuses_to_start():
         assert cli(second, "create", "base", "--timeout", "60").returncode == 0
     finally:
         second.stop()
+
+
+def processes() -> dict[int, tuple[int, str, str]]:
+    """pid -> (parent pid, state, command line) of every process on the host."""
+    found = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                # The name in parentheses may hold spaces: split after its closing one.
+                state, ppid = f.read().rsplit(")", 1)[1].split()[:2]
+            with open(f"/proc/{entry}/cmdline", "rb") as f:
+                cmdline = f.read().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue  # ended while listed
+        found[int(entry)] = (int(ppid), state, cmdline)
+    return found
+
+
+def wait_for(condition, what: str):
+    deadline = time.monotonic() + 30
+    while not condition():
+        assert time.monotonic() < deadline, what
+        time.sleep(0.1)
+
+
+def test_the_server_runs_below_a_reaper_that_adopts_and_reaps_sandbox_processes():
+    # `runsc create` leaves a sandbox's processes orphaned, and `runsc delete` waits until
+    # they are reaped: `silo serve`'s first process adopts them (a child subreaper) and
+    # reaps them as they end, whatever the host's PID 1 does; the server is its child.
+    server = SiloServer(subnet="10.214.0.0/16").start()
+    try:
+        sandbox = cli(server, "create", "base", "--timeout", "120").stdout.strip()
+        reaper = server.proc.pid
+        listed = processes()
+        below = {pid for pid, (ppid, _, _) in listed.items() if ppid == reaper}
+        servers = [pid for pid in below if listed[pid][2].startswith(f"{server.bin} serve ")]
+        assert len(servers) == 1, [listed[pid][2] for pid in below]
+        of_sandbox = {pid for pid, (_, _, cmdline) in listed.items() if sandbox in cmdline}
+        assert of_sandbox and of_sandbox <= below, (of_sandbox, below)
+
+        assert cli(server, "kill", sandbox).returncode == 0
+        wait_for(
+            lambda: not any(sandbox in cmdline for _, _, cmdline in processes().values()),
+            "the sandbox's processes did not end",
+        )
+        wait_for(
+            lambda: not any(ppid == reaper and state == "Z" for ppid, state, _ in processes().values()),
+            "a zombie was left below the reaper",
+        )
+        server.proc.send_signal(signal.SIGTERM)
+        assert server.proc.wait(timeout=30) == 0, server.log()
+        assert not any(ppid == reaper for ppid, _, _ in processes().values())
+    finally:
+        server.stop()

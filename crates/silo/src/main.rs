@@ -5,6 +5,7 @@
 mod cli;
 mod keys;
 mod mcp;
+mod reaper;
 mod sandbox;
 mod serve;
 mod template;
@@ -13,6 +14,16 @@ use clap::Parser;
 
 fn main() -> std::process::ExitCode {
     let cli = cli::Cli::parse();
+    if matches!(cli.command, cli::Command::Serve(_)) {
+        match reaper::serve_below_reaper() {
+            Ok(None) => {}
+            Ok(Some(server_exit)) => return server_exit,
+            Err(err) => {
+                eprintln!("error: cannot start the server below its reaper: {err}");
+                return std::process::ExitCode::FAILURE;
+            }
+        }
+    }
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(runtime) => runtime,
         Err(err) => {
