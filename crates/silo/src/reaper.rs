@@ -30,14 +30,22 @@ pub fn serve_below_reaper() -> io::Result<Option<ExitCode>> {
     let mut previous = empty_set();
     // SAFETY: valid sigset pointers; blocked before the fork so none is lost in between.
     check(unsafe { libc::sigprocmask(libc::SIG_BLOCK, &waited, &mut previous) })?;
-    // SAFETY: prctl with integer arguments only.
-    check(unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) })?;
+    // SAFETY: prctl with integer arguments only (as unsigned longs, which it reads).
+    check(unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1 as libc::c_ulong, 0, 0, 0) })?;
     let reaper = std::process::id();
     // SAFETY: no other thread exists yet (see the module comment).
     let server = check(unsafe { libc::fork() })?;
     if server == 0 {
         // SAFETY: prctl with integer arguments only; `previous` is the mask from before.
-        check(unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0) })?;
+        check(unsafe {
+            libc::prctl(
+                libc::PR_SET_PDEATHSIG,
+                libc::SIGKILL as libc::c_ulong,
+                0,
+                0,
+                0,
+            )
+        })?;
         // SAFETY: as above.
         check(unsafe { libc::sigprocmask(libc::SIG_SETMASK, &previous, std::ptr::null_mut()) })?;
         // The reaper may have died before PR_SET_PDEATHSIG took effect.
