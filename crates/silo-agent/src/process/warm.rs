@@ -132,27 +132,18 @@ impl Run {
     /// even in quotes (the shell cuts the command at its last `;`). The shell checks the
     /// rest (no function of that name, no alias expansion, no trap) before it execs.
     fn of(command: &str) -> Run {
-        let Some(commands) = split_list(command) else {
+        let Some((before, last)) = split_list(command) else {
             return Run::Evaluate;
         };
-        let Some(((last, _), before)) = commands.split_last() else {
-            return Run::Evaluate;
-        };
-        let first = first_word(last);
-        let last_is_program = literal_words(last)
-            && !first.is_empty()
-            && first.chars().all(plain)
-            && !first.contains('=')
-            && !first.starts_with('%')
-            && !RESERVED_WORDS.contains(&first)
-            && !BUILTINS.contains(&first);
-        let before_are_simple = before.iter().all(|(command, _)| {
-            let first = first_word(command);
-            literal_words(command)
-                && !first.is_empty()
-                && first != "set"
-                && !RESERVED_WORDS.contains(&first)
+        let last_is_program = simple_command(last).is_some_and(|first| {
+            first.chars().all(plain)
+                && !first.contains('=')
+                && !first.starts_with('%')
+                && !BUILTINS.contains(&first)
         });
+        let before_are_simple = before
+            .iter()
+            .all(|(command, _)| simple_command(command).is_some_and(|first| first != "set"));
         match before.last() {
             _ if !last_is_program || !before_are_simple => Run::Evaluate,
             None => Run::InPlace,
@@ -170,18 +161,17 @@ impl Run {
     }
 }
 
-/// What ends a command of a list.
+/// What ends a command of a list that another follows.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Separator {
     Semicolon,
     And,
-    /// The last command of the list.
-    End,
 }
 
-/// `command` cut at `;` and `&&` outside quotes, each piece with what ends it; None for
-/// another `&` or an unclosed quote. The pieces are not checked here.
-fn split_list(command: &str) -> Option<Vec<(&str, Separator)>> {
+/// `command` cut at `;` and `&&` outside quotes: the commands followed by a separator,
+/// each with its separator, and the last command; None for another `&` or an unclosed
+/// quote. The pieces are not checked here.
+fn split_list(command: &str) -> Option<(Vec<(&str, Separator)>, &str)> {
     let bytes = command.as_bytes();
     let mut commands = Vec::new();
     let (mut start, mut i) = (0, 0);
@@ -202,8 +192,15 @@ fn split_list(command: &str) -> Option<Vec<(&str, Separator)>> {
         }
         i += width;
     }
-    commands.push((&command[start..], Separator::End));
-    Some(commands)
+    Some((commands, &command[start..]))
+}
+
+/// The first word of `command` if it is a simple command in literal words (see
+/// [`literal_words`]) that opens no compound command (its first word no reserved word).
+fn simple_command(command: &str) -> Option<&str> {
+    let first = first_word(command);
+    (literal_words(command) && !first.is_empty() && !RESERVED_WORDS.contains(&first))
+        .then_some(first)
 }
 
 fn first_word(command: &str) -> &str {
@@ -269,19 +266,20 @@ fn bootstrap(go: RawFd, command: RawFd) -> String {
     let [in_place, after_list] =
         [Run::InPlace, Run::InPlaceAfterList].map(|run| char::from(run.byte()));
     let read_command = format!("IFS= read -r -d '' -u {command} BASH_EXECUTION_STRING");
+    let close_both = format!("exec {go}<&- {command}<&-");
     format!(
         "if IFS= read -r -N1 -u {go} BASH_EXECUTION_STRING; then \
          case $BASH_EXECUTION_STRING in \
          {in_place}) exec {go}<&-; {read_command};; \
          \\{after_list}) {read_command};; \
-         *) {read_command}; exec {go}<&- {command}<&-;; esac; \
+         *) {read_command}; {close_both};; esac; \
          SECONDS=0; \
          if [ -e /etc/profile ]; then . /etc/profile; fi; \
          if [ -e ~/.bash_profile ]; then . ~/.bash_profile; \
          elif [ -e ~/.bash_login ]; then . ~/.bash_login; \
          elif [ -e ~/.profile ]; then . ~/.profile; fi; \
          if [ -n \"${{BASH_ENV-}}\" ] && [ -e \"$BASH_ENV\" ]; then . \"$BASH_ENV\"; fi; \
-         if [ -e /dev/fd/{command} ] && shopt -q expand_aliases; then exec {go}<&- {command}<&-; fi; \
+         if [ -e /dev/fd/{command} ] && shopt -q expand_aliases; then {close_both}; fi; \
          if [ -e /dev/fd/{go} ]; then exec {go}<&-; \
          eval \"${{BASH_EXECUTION_STRING%;*}}\" {command}<&-; \
          IFS= read -r -d '' BASH_EXECUTION_STRING </dev/fd/{command} || :; \
@@ -548,105 +546,114 @@ mod tests {
         assert!(script.contains("/dev/fd/13"));
     }
 
+    fn assert_runs_as(run: Run, commands: &[&str]) {
+        for command in commands {
+            assert_eq!(Run::of(command), run, "{command:?}");
+        }
+    }
+
     #[test]
     fn lone_programs_run_in_place() {
-        for command in [
-            "ls",
-            "ls -la /tmp",
-            "python3 script.py --n=3",
-            "date +%s",
-            "./run.sh",
-            "/usr/bin/env",
-            "pip install a==1 b@c",
-            "python3 -c \"print(1 + 1)\nprint('x')\"",
-            "sh -c 'echo $PPID > f'",
-            "git commit -m \"a message\" ''",
-            "python3 -c 'a = 1; b = 2 && 3'",
-        ] {
-            assert_eq!(Run::of(command), Run::InPlace, "{command}");
-        }
+        assert_runs_as(
+            Run::InPlace,
+            &[
+                "ls",
+                "ls -la /tmp",
+                "python3 script.py --n=3",
+                "date +%s",
+                "./run.sh",
+                "/usr/bin/env",
+                "pip install a==1 b@c",
+                "python3 -c \"print(1 + 1)\nprint('x')\"",
+                "sh -c 'echo $PPID > f'",
+                "git commit -m \"a message\" ''",
+                "python3 -c 'a = 1; b = 2 && 3'",
+            ],
+        );
     }
 
     #[test]
     fn lists_cut_by_semicolons_run_their_last_program_in_place() {
-        for command in [
-            "cd /tmp; ls",
-            "cd /tmp;ls -la",
-            "mkdir -p a; cd a; git init",
-            ". ./env; python3 main.py",
-            "export X=1; env",
-            "X=1; ls",
-            "echo 'a;b'; ls",
-            "true && cd /tmp; ls",
-            "cd x; python3 -c 'a && b'",
-        ] {
-            assert_eq!(Run::of(command), Run::InPlaceAfterList, "{command}");
-        }
+        assert_runs_as(
+            Run::InPlaceAfterList,
+            &[
+                "cd /tmp; ls",
+                "cd /tmp;ls -la",
+                "mkdir -p a; cd a; git init",
+                ". ./env; python3 main.py",
+                "export X=1; env",
+                "X=1; ls",
+                "echo 'a;b'; ls",
+                "true && cd /tmp; ls",
+                "cd x; python3 -c 'a && b'",
+            ],
+        );
     }
 
     #[test]
     fn everything_else_is_evaluated() {
-        for command in [
-            "",
-            " ",
-            "echo hi",
-            "cd /tmp",
-            ": x",
-            ". ./env",
-            "true",
-            "X=1 ls",
-            "ls | wc",
-            "ls > f",
-            "ls $HOME",
-            "ls ~",
-            "ls *",
-            "ls \\a",
-            "ls\n",
-            "(ls)",
-            "{ ls; }",
-            "! ls",
-            "time ls",
-            "if",
-            "%1",
-            "ls # note",
-            "ls {a,b}",
-            "python3 -c \"print($x)\"",
-            "ls \"a\\\"b\"",
-            "ls 'open",
-            "ls \"open",
-            "'ls' x",
-            "ls \"`id`\"",
-            "ls 'a'>f",
-            "echo 'hi'",
-            // Lists: a builtin last, a last command after `&&` (bash forks for it), an
-            // empty command, a compound command, a `;` in the last command's quotes,
-            // other operators.
-            "cd /tmp; echo hi",
-            "cd /tmp && exit 3",
-            "cd /repo && python3 main.py",
-            "cd a; make && ./run",
-            "true && ls",
-            "ls;",
-            "; ls",
-            "ls;; ls",
-            "ls && && ls",
-            "ls &&",
-            "if true; then ls; fi; ls",
-            "if true; then ls",
-            "for x in a b; do ls",
-            "time make; ls",
-            "cd x; python3 -c 'a; b'",
-            "cd x; python3 -c 'a & b",
-            "set -x; ls",
-            "cd /tmp && set -e; make",
-            "ls & ls",
-            "ls &",
-            "ls || ls",
-            "cd $HOME; ls",
-            "cd x\nls",
-            "ls # a; ls",
-        ] {
-            assert_eq!(Run::of(command), Run::Evaluate, "{command:?}");
-        }
+        assert_runs_as(
+            Run::Evaluate,
+            &[
+                "",
+                " ",
+                "echo hi",
+                "cd /tmp",
+                ": x",
+                ". ./env",
+                "true",
+                "X=1 ls",
+                "ls | wc",
+                "ls > f",
+                "ls $HOME",
+                "ls ~",
+                "ls *",
+                "ls \\a",
+                "ls\n",
+                "(ls)",
+                "{ ls; }",
+                "! ls",
+                "time ls",
+                "if",
+                "%1",
+                "ls # note",
+                "ls {a,b}",
+                "python3 -c \"print($x)\"",
+                "ls \"a\\\"b\"",
+                "ls 'open",
+                "ls \"open",
+                "'ls' x",
+                "ls \"`id`\"",
+                "ls 'a'>f",
+                "echo 'hi'",
+                // Lists: a builtin last, a last command after `&&` (bash forks for it), an
+                // empty command, a compound command, a `;` in the last command's quotes,
+                // other operators.
+                "cd /tmp; echo hi",
+                "cd /tmp && exit 3",
+                "cd /repo && python3 main.py",
+                "cd a; make && ./run",
+                "true && ls",
+                "ls;",
+                "; ls",
+                "ls;; ls",
+                "ls && && ls",
+                "ls &&",
+                "if true; then ls; fi; ls",
+                "if true; then ls",
+                "for x in a b; do ls",
+                "time make; ls",
+                "cd x; python3 -c 'a; b'",
+                "cd x; python3 -c 'a & b",
+                "set -x; ls",
+                "cd /tmp && set -e; make",
+                "ls & ls",
+                "ls &",
+                "ls || ls",
+                "cd $HOME; ls",
+                "cd x\nls",
+                "ls # a; ls",
+            ],
+        );
     }
 }
