@@ -6,27 +6,17 @@ sandbox logs`). The session's server samples and collects every second
 import datetime
 import os
 import subprocess
-import time
 
 import httpx
 import pytest
 from prometheus_client.openmetrics.parser import text_string_to_metric_families
 from prometheus_client.parser import text_string_to_metric_families as prometheus_text_families
 
+from silo_server import wait_for
+
 pytestmark = pytest.mark.server_only
 
 MIB = 1 << 20
-
-
-def wait_for(what, check, seconds=60):
-    """`check()` until it returns something truthy; fail naming `what` after `seconds`."""
-    deadline = time.monotonic() + seconds
-    while True:
-        found = check()
-        if found:
-            return found
-        assert time.monotonic() < deadline, f"no {what} within {seconds} s"
-        time.sleep(0.5)
 
 
 def test_get_metrics_sees_memory_grow_when_the_sandbox_allocates(sandbox):

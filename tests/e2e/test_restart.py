@@ -4,11 +4,10 @@ picked up with their files, and one that died while the server was down is clean
 import os
 import signal
 import subprocess
-import time
 
 import pytest
 
-from silo_server import SiloServer
+from silo_server import SiloServer, wait_for
 
 pytestmark = pytest.mark.server_only
 
@@ -86,13 +85,6 @@ def processes() -> dict[int, tuple[int, str, str]]:
     return found
 
 
-def wait_for(condition, what: str):
-    deadline = time.monotonic() + 30
-    while not condition():
-        assert time.monotonic() < deadline, what
-        time.sleep(0.1)
-
-
 def test_the_server_runs_below_a_reaper_that_adopts_and_reaps_sandbox_processes():
     # `runsc create` leaves a sandbox's processes orphaned, and `runsc delete` waits until
     # they are reaped: `silo serve`'s first process adopts them (a child subreaper) and
@@ -110,12 +102,14 @@ def test_the_server_runs_below_a_reaper_that_adopts_and_reaps_sandbox_processes(
 
         assert cli(server, "kill", sandbox).returncode == 0
         wait_for(
+            "end of the sandbox's processes",
             lambda: not any(sandbox in cmdline for _, _, cmdline in processes().values()),
-            "the sandbox's processes did not end",
+            seconds=30,
         )
         wait_for(
+            "reaping of every zombie below the reaper",
             lambda: not any(ppid == reaper and state == "Z" for ppid, state, _ in processes().values()),
-            "a zombie was left below the reaper",
+            seconds=30,
         )
         server.proc.send_signal(signal.SIGTERM)
         assert server.proc.wait(timeout=30) == 0, server.log()
