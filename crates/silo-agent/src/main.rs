@@ -52,8 +52,12 @@ async fn serve() -> Result<(), Box<dyn std::error::Error>> {
         .with_writer(std::io::stderr)
         .init();
 
-    // Before anything can start a child: the reaper must see every SIGCHLD.
+    // Before anything can start a child: the reaper must see every SIGCHLD, and children
+    // learn which handlers they drop (all of the agent's are installed by then).
     let reaper = Reaper::start()?;
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    process::note_signal_handlers();
     let state = AppState::new(&config, reaper.clone());
     if !config.sudo_socket.as_os_str().is_empty() {
         // Without the broker only sudo fails; the sandbox is still usable.
@@ -81,8 +85,6 @@ async fn serve() -> Result<(), Box<dyn std::error::Error>> {
         config.interpreter_user.clone(),
     ));
 
-    let mut term = signal(SignalKind::terminate())?;
-    let mut int = signal(SignalKind::interrupt())?;
     tokio::select! {
         served = axum::serve(listener, app::router(state)) => served?,
         Ok(Err(err)) = interpreter => return Err(format!("code interpreter failed: {err}").into()),

@@ -76,7 +76,7 @@ impl AppState {
 
     /// The request's user (`None` or empty = the default user), with the account files
     /// as read for this request.
-    pub fn user(&self, name: Option<&str>) -> Result<(User, Users), Error> {
+    pub fn user(&self, name: Option<&str>) -> Result<(User, Arc<Users>), Error> {
         let users = self.user_db.load();
         let user = match name.filter(|n| !n.is_empty()) {
             Some(n) => users.lookup(n)?,

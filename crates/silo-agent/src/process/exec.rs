@@ -16,9 +16,34 @@ use std::os::fd::RawFd;
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 use std::sync::atomic::{AtomicI32, Ordering};
+use std::sync::OnceLock;
 
 /// The child's stack until it execs: it runs one small function.
 const CHILD_STACK: usize = 64 * 1024;
+
+/// The signals the agent catches: a child sets them back to default before it unblocks
+/// signals, or a handler could run the agent's code on the agent's memory. Read once, not
+/// in every child: asking for all 64 dispositions and resetting them took ~130 system
+/// calls a spawn, and under gVisor's systrap one can cost 60 us.
+static CAUGHT_SIGNALS: OnceLock<Vec<libc::c_int>> = OnceLock::new();
+
+/// Note which signals the agent catches. Call once all of its handlers are installed: one
+/// installed later is not reset in children (their `exec` still drops it; only a signal
+/// arriving between unblocking and `exec` would run it).
+pub fn note_signal_handlers() -> &'static [libc::c_int] {
+    CAUGHT_SIGNALS.get_or_init(|| {
+        (1..=libc::SIGRTMAX())
+            .filter(|&sig| {
+                // SAFETY: a query only; sigaction is plain data.
+                let mut current: libc::sigaction = unsafe { std::mem::zeroed() };
+                let queried = unsafe { libc::sigaction(sig, std::ptr::null(), &mut current) };
+                queried == 0
+                    && current.sa_sigaction != libc::SIG_DFL
+                    && current.sa_sigaction != libc::SIG_IGN
+            })
+            .collect()
+    })
+}
 
 /// Who the child becomes.
 pub struct Credentials {
@@ -68,6 +93,7 @@ pub struct ExecPlan {
     credentials: Option<Credentials>,
     /// Descriptors the child keeps under their numbers (close-on-exec cleared).
     inherit_fds: Vec<RawFd>,
+    caught_signals: &'static [libc::c_int],
     /// Written by a child that failed: the step (a [`Step`]) and its errno.
     failed_step: AtomicI32,
     failed_errno: AtomicI32,
@@ -219,6 +245,7 @@ impl ExecPlan {
             terminal: child.terminal,
             credentials: child.credentials,
             inherit_fds: child.inherit_fds.to_vec(),
+            caught_signals: note_signal_handlers(),
             failed_step: AtomicI32::new(Step::None as i32),
             failed_errno: AtomicI32::new(0),
         })
@@ -295,16 +322,10 @@ extern "C" fn child(arg: *mut libc::c_void) -> libc::c_int {
     unsafe {
         // Handlers are the agent's code: back to default (ignored signals stay
         // ignored, as across exec), and SIGPIPE, which Rust ignores, to default too.
-        for sig in 1..=libc::SIGRTMAX() {
-            let mut current: libc::sigaction = std::mem::zeroed();
-            if libc::sigaction(sig, std::ptr::null(), &mut current) != 0 {
-                continue;
-            }
-            if sig == libc::SIGPIPE || current.sa_sigaction != libc::SIG_IGN {
-                let mut default: libc::sigaction = std::mem::zeroed();
-                default.sa_sigaction = libc::SIG_DFL;
-                libc::sigaction(sig, &default, std::ptr::null_mut());
-            }
+        let mut default: libc::sigaction = std::mem::zeroed();
+        default.sa_sigaction = libc::SIG_DFL;
+        for &sig in plan.caught_signals.iter().chain(&[libc::SIGPIPE]) {
+            libc::sigaction(sig, &default, std::ptr::null_mut());
         }
         // Own session and process group: signals reach the whole job, and a pty
         // becomes the controlling terminal.
@@ -446,6 +467,15 @@ mod tests {
         .unwrap();
         assert_eq!(out, "zero hi /tmp\nerr\n");
         assert_eq!(code, 3);
+    }
+
+    #[test]
+    fn a_child_starts_with_sigpipe_at_default() {
+        // The test harness, as every Rust program, ignores SIGPIPE.
+        let (out, code) = run("sh", &["-c", "grep SigIgn /proc/self/status"], &[]).unwrap();
+        assert_eq!(code, 0);
+        let ignored = u64::from_str_radix(out.trim().trim_start_matches("SigIgn:").trim(), 16);
+        assert_eq!(ignored.unwrap() & (1 << (libc::SIGPIPE - 1)), 0, "{out}");
     }
 
     #[test]

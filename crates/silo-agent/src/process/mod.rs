@@ -32,7 +32,7 @@ use silo_protocol::envd::{ProcessConfig, ProcessEvent, ProcessSelector};
 use tokio::net::unix::pipe;
 use tokio::sync::mpsc;
 
-pub(crate) use exec::{Child, Credentials, ExecPlan, Terminal};
+pub(crate) use exec::{note_signal_handlers, Child, Credentials, ExecPlan, Terminal};
 pub use reaper::Reaper;
 
 use crate::error::Error;

@@ -286,7 +286,7 @@ mod tests {
     const GROUP: &str =
         "root:x:0:\nsudo:x:27:user\nuser:x:1000:\nguest:x:1001:\nstaff:x:50:guest\n";
 
-    fn users() -> Users {
+    fn users() -> std::sync::Arc<Users> {
         let dir = tempfile::tempdir().expect("tempdir");
         std::fs::write(dir.path().join("passwd"), PASSWD).expect("write");
         std::fs::write(dir.path().join("group"), GROUP).expect("write");
