@@ -8,7 +8,8 @@ Starts its own `silo serve` (like the e2e tests), then measures with the officia
   - commands.run("echo hi") round trip, N_RUN times on one sandbox, back to back and
     with a 100 ms pause before each (an agent's think time, in which a shell is warmed),
     and commands.run("ls /") (a program, which bash execs) with the same pause, and after
-    `cd /tmp;` (bash execs it too) and `cd /tmp &&` (bash forks for it);
+    `cd /tmp;` (bash execs it too) and `cd /tmp &&` (bash forks for it), and "echo hi"
+    with an environment no shell was warmed with (a cold start);
   - with e2e-code-interpreter: create → first run_code("1+1") result, N_FIRST times, and
     run_code("1+1") round trip, N_CODE times on one sandbox;
   - a template built from a Dockerfile (the e2e suite's: COPY, a wheel pip-installed,
@@ -21,7 +22,9 @@ Starts its own `silo serve` (like the e2e tests), then measures with the officia
   - with a warm pool of 50 (a server of its own): 50 creates at once, then create, and
     create → first command, one at a time; with a pool of 2 code-interpreter sandboxes:
     create → first run_code;
-  - a plain host process spawn (/bin/true), the floor under everything;
+  - a plain host process spawn (/bin/true), the floor under everything, and 100 system
+    calls timed by bash on the host, beside the same in a sandbox (the first 100 of a
+    command 100 ms after the last, then the next 100);
   - density (a server of its own; dozing after BENCH_DOZE_AFTER seconds if set): idle
     base sandboxes created two at a time and held,
     until BENCH_DENSITY (500) are up, a create fails or takes over 60 s, or the host has
@@ -311,14 +314,32 @@ def bench_density():
     ]
 
 
+# Two blocks of 100 system calls (`kill -0`, which does nothing else) timed by bash itself:
+# prints the microseconds each took. Under gVisor's systrap a call's cost depends on
+# whether the platform's threads are spinning for work or asleep, which it adapts to load.
+SYSCALL_BLOCKS = ("a=${EPOCHREALTIME/./}; for ((i=0;i<100;i++)); do kill -0 $$; done; "
+                  "b=${EPOCHREALTIME/./}; for ((i=0;i<100;i++)); do kill -0 $$; done; "
+                  "c=${EPOCHREALTIME/./}; echo $((b-a)) $((c-b))")
+
+
+def syscall_blocks(output):
+    """The two blocks' durations in seconds, from SYSCALL_BLOCKS' output."""
+    first, then = output.split()
+    return int(first) / 1e6, int(then) / 1e6
+
+
 def bench_spawn():
-    """The floor under everything: a plain process spawn on the host."""
-    samples = []
+    """The floors under everything: a plain process spawn on the host, and system calls."""
+    samples, blocks = [], []
     for _ in range(N_RUN):
         start = time.perf_counter()
         subprocess.run(["/bin/true"], check=True)
         samples.append(time.perf_counter() - start)
-    return [summary("host process spawn (/bin/true), floor", samples)]
+        out = subprocess.run(["bash", "-c", SYSCALL_BLOCKS], check=True, capture_output=True,
+                             text=True).stdout
+        blocks.append(syscall_blocks(out)[0])
+    return [summary("host process spawn (/bin/true), floor", samples),
+            summary("100 system calls on the host (`kill -0` in bash), floor", blocks)]
 
 
 def bench_sdk(server):
@@ -343,12 +364,14 @@ def bench_commands():
 
     sbx = Sandbox.create("base", timeout=300)
 
-    def timed(command, expect, pause=0.0):
+    def timed(command, expect, pause=0.0, fresh_env=False):
         samples = []
-        for _ in range(N_RUN):
+        for i in range(N_RUN):
             time.sleep(pause)
+            # A variable never sent before: no shell was warmed with that environment.
+            envs = {"BENCH_RUN": str(i)} if fresh_env else None
             start = time.perf_counter()
-            result = sbx.commands.run(command)
+            result = sbx.commands.run(command, envs=envs)
             samples.append(time.perf_counter() - start)
             assert expect in result.stdout, result
         return samples
@@ -360,6 +383,13 @@ def bench_commands():
         external = timed("ls /", "usr\n", pause=0.1)
         after_list = timed("cd /tmp; ls /", "usr\n", pause=0.1)
         after_ands = timed("cd /tmp && ls /", "usr\n", pause=0.1)
+        cold = timed("echo hi", "hi\n", pause=0.1, fresh_env=True)
+        first_calls, next_calls = [], []
+        for _ in range(N_RUN):
+            time.sleep(0.1)
+            first, then = syscall_blocks(sbx.commands.run(SYSCALL_BLOCKS).stdout)
+            first_calls.append(first)
+            next_calls.append(then)
     finally:
         sbx.kill()
     return [summary('SDK commands.run("echo hi"), back to back', runs),
@@ -368,7 +398,12 @@ def bench_commands():
             summary('SDK commands.run("cd /tmp; ls /") (bash execs ls), 100 ms after the last',
                     after_list),
             summary('SDK commands.run("cd /tmp && ls /") (bash forks ls), 100 ms after the last',
-                    after_ands)]
+                    after_ands),
+            summary('SDK commands.run("echo hi", envs=...) (a new environment, so no warm '
+                    'shell), 100 ms after the last', cold),
+            summary("100 system calls in the sandbox (`kill -0` in bash), a command's first, "
+                    "100 ms after the last", first_calls),
+            summary("  the next 100 in the same command", next_calls)]
 
 
 def first_run_code_latencies(pause=0.0):
