@@ -179,6 +179,46 @@ else:
     assert execution.logs.stdout == ["waiting\n", "released\n"]
 
 
+def test_the_main_thread_sends_its_own_iopub_messages_and_threads_still_stream(sandbox, touch):
+    # silo's launcher has the main thread send its IOPub messages itself (ADR 0020); output
+    # of other threads still goes through ipykernel's IOPub thread, so a thread printing
+    # while the main thread is busy is seen while it runs.
+    assert sandbox.run_code("type(get_ipython().kernel.iopub_thread).__module__").text == (
+        "__main__"
+    )
+    flag = f"/tmp/silo-thread-{uuid.uuid4()}"
+
+    def on_stdout(msg):
+        if msg.line == "from a thread\n":
+            touch(flag)
+
+    execution = sandbox.run_code(
+        f"""
+import os, threading, time
+threading.Thread(target=lambda: print("from a thread", flush=True)).start()
+for _ in range(200):
+    if os.path.exists({flag!r}):
+        break
+    time.sleep(0.05)
+"released" if os.path.exists({flag!r}) else "gave up"
+""",
+        on_stdout=on_stdout,
+    )
+    sandbox.run_code(f"import os; os.unlink({flag!r})")
+    assert execution.text == "released"
+    assert execution.logs.stdout == ["from a thread\n"]
+    # Output the IOPub thread flushes by its timer (0.2 s after the write) while the cell
+    # ends still comes before the result and `idle`.
+    for pause in ("0.19", "0.2", "0.21", "0.25"):
+        seen = []
+        execution = sandbox.run_code(
+            f'import time\nprint("late", end="")\ntime.sleep({pause})\n"end"',
+            on_stdout=lambda m: seen.append(m.line),
+            on_result=lambda r: seen.append(r.text),
+        )
+        assert seen == ["late", "end"], (pause, seen)
+
+
 def test_timeout_interrupts_and_next_call_works(sandbox):
     with pytest.raises(TimeoutException):
         sandbox.run_code("while True:\n    pass", timeout=2)

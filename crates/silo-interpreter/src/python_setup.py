@@ -144,8 +144,9 @@ def __silo_setup():
     # ipykernel's OutStream.flush() hands a flush to its IOPub thread and waits for it, even
     # with nothing written: six times per cell (around the result and before the reply),
     # ~0.75 ms each under gVisor. With nothing buffered and no echo stream that flush sends
-    # nothing, and every later IOPub message (the result, `idle`) queues behind any send in
-    # progress on that thread anyway, so the wait is skipped. Attributes this ipykernel
+    # nothing, and every later IOPub message (the result, `idle`) goes after any output
+    # already taken for sending anyway (queued behind it on that thread, or, from silo's
+    # launcher, sent under the lock its flushes hold), so the wait is skipped. Attributes this ipykernel
     # lacks make the condition false: the original flush then runs.
     try:
         from ipykernel.iostream import OutStream
