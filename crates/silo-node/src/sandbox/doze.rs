@@ -9,7 +9,9 @@
 //! (a background command or a template's start command keeps it awake). The catalog
 //! still says `Running`: dozing is invisible but for the time to thaw (microseconds).
 //! Pooled sandboxes doze too, whatever `--doze-after` says, from a second after they
-//! join the pool until their hand-out thaws them (`pool.rs`).
+//! join the pool until their first request after the hand-out (the proxy's preconnect as
+//! the create answers), or the hand-out itself when it must reconfigure the agent
+//! (`pool.rs`).
 //!
 //! One mutex ([`Activity`]) orders the two sides: a request counts itself in and thaws
 //! the sandbox under it; the sampler freezes only under it, and only when nothing is in
