@@ -140,6 +140,37 @@ def test_timeout_kills_and_set_timeout_moves_it(silo):
         kept.kill()
 
 
+def test_a_refused_request_leaves_its_connection_usable(silo):
+    # The proxy refuses traffic for a sandbox that is not running before it forwards any of
+    # it; a client still sending the request's body, or sending its next request on the
+    # same connection, must get the answer, not a broken pipe (seen once as an SDK error
+    # after a kill, instead of "was not found").
+    import socket
+
+    def post(body_size, delay):
+        conn = socket.create_connection(("127.0.0.1", silo.port), timeout=10)
+        conn.sendall(
+            b"POST /process.Process/Start HTTP/1.1\r\nHost: x\r\n"
+            b"E2b-Sandbox-Id: i0000000000000000000\r\n"
+            b"Content-Type: application/connect+json\r\n"
+            b"Content-Length: %d\r\n\r\n" % body_size
+        )
+        time.sleep(delay)
+        conn.sendall(b"x" * body_size)
+        return conn, conn.recv(65536)
+
+    conn, answer = post(1000, 0.2)
+    assert answer.startswith(b"HTTP/1.1 502") and b"was not found" in answer
+    assert b"connection: close" not in answer.lower()
+    conn.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
+    assert conn.recv(65536).startswith(b"HTTP/1.1 200")
+    conn.close()
+    # A body too large to read first: the answer says the connection ends.
+    conn, answer = post(200_000, 0)
+    assert answer.startswith(b"HTTP/1.1 502") and b"connection: close" in answer.lower()
+    conn.close()
+
+
 def test_killed_sandbox_traffic_says_not_running(silo):
     sbx = Sandbox.create("base", timeout=60)
     sbx.kill()

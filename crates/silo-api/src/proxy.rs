@@ -156,7 +156,9 @@ pub async fn route_sandbox_traffic(
 ) -> Response {
     match target(req.headers(), app.domain.as_deref()) {
         None => next.run(req).await,
-        Some(Target::Invalid(message)) => proxy_error(StatusCode::BAD_REQUEST, message),
+        Some(Target::Invalid(message)) => {
+            refuse(req, proxy_error(StatusCode::BAD_REQUEST, message)).await
+        }
         Some(Target::Sandbox { id, port }) => {
             let started = std::time::Instant::now();
             let path = req.uri().path().to_owned();
@@ -167,46 +169,34 @@ pub async fn route_sandbox_traffic(
     }
 }
 
-async fn forward(app: &AppState, id: &str, port: u16, mut req: Request) -> Response {
-    // The SDK reads "was not found" on a 502 as "the sandbox is not running".
-    let not_found = || {
-        proxy_error(
-            StatusCode::BAD_GATEWAY,
-            format!("the sandbox {id} was not found"),
-        )
-    };
-    let Ok(sandbox) = id.parse::<SandboxId>() else {
-        return not_found();
-    };
-    let route = match app.manager.route(&sandbox, port).await {
-        Ok(route) => route,
-        Err(SandboxError::WrongState {
-            state: SandboxState::Paused | SandboxState::Pausing,
-            ..
-        }) => {
-            // Still "was not found" for the SDK, but saying what to do about it.
-            return proxy_error(
-                StatusCode::BAD_GATEWAY,
-                format!("the sandbox {id} was not found running: it is paused; connect to it to resume it, or create it with autoResume"),
-            );
-        }
-        Err(err) => {
-            tracing::debug!(sandbox_id = %id, error = %crate::error::chain(&err), "no route");
-            return not_found();
-        }
-    };
-    if let Some(wanted) = &route.traffic_access_token {
-        let given = req
-            .headers()
-            .get(TRAFFIC_TOKEN_HEADER)
-            .and_then(|v| v.to_str().ok());
-        if given != Some(wanted.as_str()) {
-            return proxy_error(
-                StatusCode::FORBIDDEN,
-                format!("sandbox {id} does not allow public traffic: send its trafficAccessToken as the E2B-Traffic-Access-Token header"),
-            );
-        }
+/// Most of a refused request's body that is read before the answer, and how long that
+/// may take (see [`refuse`]).
+const REFUSED_BODY_LIMIT: usize = 64 * 1024;
+const REFUSED_BODY_TIME: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// `answer` a request refused before it was forwarded. hyper closes a connection whose
+/// request body was left unread, without saying so in the answer: a client still sending
+/// the body, or sending its next request on that connection, met a broken pipe instead
+/// of the answer (the SDK then reads a 'killed' sandbox's "was not found" as a dropped
+/// request). So a small body is read and dropped first; for a larger or slower one the
+/// answer says `connection: close`.
+async fn refuse(req: Request, mut answer: Response) -> Response {
+    let body = http_body_util::Limited::new(req.into_body(), REFUSED_BODY_LIMIT);
+    let read = tokio::time::timeout(REFUSED_BODY_TIME, http_body_util::BodyExt::collect(body));
+    if !matches!(read.await, Ok(Ok(_))) {
+        answer.headers_mut().insert(
+            header::CONNECTION,
+            header::HeaderValue::from_static("close"),
+        );
     }
+    answer
+}
+
+async fn forward(app: &AppState, id: &str, port: u16, mut req: Request) -> Response {
+    let (sandbox, route) = match admit(app, id, port, req.headers()).await {
+        Ok(admitted) => admitted,
+        Err(answer) => return refuse(req, answer).await,
+    };
     // The sandbox's servers never see the token.
     req.headers_mut().remove(TRAFFIC_TOKEN_HEADER);
     let addr = route.addr;
@@ -217,7 +207,10 @@ async fn forward(app: &AppState, id: &str, port: u16, mut req: Request) -> Respo
         .to_owned();
     let uri: Uri = match format!("http://{addr}{path}").parse() {
         Ok(uri) => uri,
-        Err(_) => return proxy_error(StatusCode::BAD_REQUEST, "invalid request path".into()),
+        Err(_) => {
+            let answer = proxy_error(StatusCode::BAD_REQUEST, "invalid request path".into());
+            return refuse(req, answer).await;
+        }
     };
     *req.uri_mut() = uri;
     let upgrade = upgrade_of(req.headers());
@@ -233,7 +226,7 @@ async fn forward(app: &AppState, id: &str, port: u16, mut req: Request) -> Respo
     let client = app.upstreams.client(&sandbox, &route.traffic);
     let answer = tokio::select! {
         answer = client.request(req) => answer,
-        () = route.traffic.cancelled() => return not_found(),
+        () = route.traffic.cancelled() => return sandbox_not_found(id),
     };
     match answer {
         Ok(mut resp) if resp.status() == StatusCode::SWITCHING_PROTOCOLS => {
@@ -272,6 +265,54 @@ async fn forward(app: &AppState, id: &str, port: u16, mut req: Request) -> Respo
             )
         }
     }
+}
+
+/// The SDK reads "was not found" on a 502 as "the sandbox is not running".
+fn sandbox_not_found(id: &str) -> Response {
+    proxy_error(
+        StatusCode::BAD_GATEWAY,
+        format!("the sandbox {id} was not found"),
+    )
+}
+
+/// The route to sandbox `id`'s `port` for a request with `headers`, or the answer refusing
+/// it: the sandbox is not running, or its traffic needs a token the request lacks.
+async fn admit(
+    app: &AppState,
+    id: &str,
+    port: u16,
+    headers: &HeaderMap,
+) -> Result<(SandboxId, silo_node::sandbox::Route), Response> {
+    let sandbox = id.parse::<SandboxId>().map_err(|_| sandbox_not_found(id))?;
+    let route = match app.manager.route(&sandbox, port).await {
+        Ok(route) => route,
+        Err(SandboxError::WrongState {
+            state: SandboxState::Paused | SandboxState::Pausing,
+            ..
+        }) => {
+            // Still "was not found" for the SDK, but saying what to do about it.
+            return Err(proxy_error(
+                StatusCode::BAD_GATEWAY,
+                format!("the sandbox {id} was not found running: it is paused; connect to it to resume it, or create it with autoResume"),
+            ));
+        }
+        Err(err) => {
+            tracing::debug!(sandbox_id = %id, error = %crate::error::chain(&err), "no route");
+            return Err(sandbox_not_found(id));
+        }
+    };
+    if let Some(wanted) = &route.traffic_access_token {
+        let given = headers
+            .get(TRAFFIC_TOKEN_HEADER)
+            .and_then(|v| v.to_str().ok());
+        if given != Some(wanted.as_str()) {
+            return Err(proxy_error(
+                StatusCode::FORBIDDEN,
+                format!("sandbox {id} does not allow public traffic: send its trafficAccessToken as the E2B-Traffic-Access-Token header"),
+            ));
+        }
+    }
+    Ok((sandbox, route))
 }
 
 /// How long [`preconnect`] waits for the agent's answer.
