@@ -28,7 +28,8 @@ def send_iopub_from_the_main_thread():
     base = iostream.IOPubThread
     if not all(hasattr(base, name) for name in
                ("_handle_event", "_really_send", "_setup_xpub_listener")) \
-            or not hasattr(iostream.OutStream, "_flush"):
+            or not all(hasattr(iostream.OutStream, name) for name in
+                       ("_flush", "flush", "_schedule_flush")):
         return
 
     class IOPub(base):
