@@ -774,6 +774,8 @@ impl Runtime for RunscRuntime {
     }
 
     async fn running(&self) -> Result<Vec<SandboxId>, RuntimeError> {
+        // Up while its cgroup holds tasks (frozen ones included), not by runsc's status:
+        // for that runsc asks the sentry, which a dozing or pooled sandbox never answers.
         Ok(self
             .inner
             .runsc
@@ -781,8 +783,11 @@ impl Runtime for RunscRuntime {
             .await
             .map_err(RuntimeError::ListContainers)?
             .into_iter()
-            .filter(|c| matches!(c.status, ContainerStatus::Running | ContainerStatus::Paused))
-            .filter_map(|c| c.id.parse().ok())
+            .filter_map(|id| id.parse().ok())
+            .filter(|id| {
+                std::fs::read(self.inner.cgroup_file(id, "freezer", "cgroup.procs"))
+                    .is_ok_and(|procs| procs.iter().any(u8::is_ascii_digit))
+            })
             .collect())
     }
 
@@ -794,7 +799,7 @@ impl Runtime for RunscRuntime {
             .await
             .map_err(RuntimeError::ListContainers)?
             .into_iter()
-            .filter_map(|c| c.id.parse().ok())
+            .filter_map(|id| id.parse().ok())
             .collect();
         let dir = self.inner.sandboxes_dir();
         let entries = std::fs::read_dir(&dir).map_err(|source| RuntimeError::ListSandboxDirs {

@@ -37,7 +37,9 @@ pub enum Subcommand<'a> {
     },
     /// `state <id>`: JSON of one container.
     State { id: &'a SandboxId },
-    /// `list --format=json`: JSON array of all containers under the root.
+    /// `list --quiet`: the ids of all containers under the root, from runsc's state files
+    /// alone (any other format asks each running sandbox's sentry for its status, which a
+    /// frozen sandbox never answers: the call then hangs until its timeout).
     List,
     /// `kill [--all] <id> <signal>`.
     Kill {
@@ -166,7 +168,7 @@ impl Runsc {
                 argv.push(id.as_str().into());
             }
             Subcommand::State { id } => argv.push(id.as_str().into()),
-            Subcommand::List => argv.push("--format=json".into()),
+            Subcommand::List => argv.push("--quiet".into()),
             Subcommand::Kill { id, signal, all } => {
                 if all {
                     argv.push("--all".into());
@@ -316,14 +318,13 @@ impl Runsc {
         })
     }
 
-    /// Every container under this root.
-    pub async fn list(&self) -> Result<Vec<ContainerState>, RunscError> {
-        let cmd = Subcommand::List;
-        let out = self.output(&cmd).await?;
-        state::parse_list(&out).map_err(|source| RunscError::Parse {
-            subcommand: cmd.name(),
-            source,
-        })
+    /// The id of every container under this root.
+    pub async fn list(&self) -> Result<Vec<String>, RunscError> {
+        let out = self.output(&Subcommand::List).await?;
+        Ok(String::from_utf8_lossy(&out)
+            .split_whitespace()
+            .map(str::to_owned)
+            .collect())
     }
 
     /// Force-delete a container (killing its sandbox). A container runsc does not know
@@ -333,7 +334,7 @@ impl Runsc {
             Ok(_) => Ok(()),
             Err(err) => {
                 // runsc's "not found" wording varies by version; ask it instead.
-                let still_there = self.list().await?.iter().any(|c| c.id == id.as_str());
+                let still_there = self.list().await?.iter().any(|c| c == id.as_str());
                 if still_there {
                     Err(err)
                 } else {
@@ -435,7 +436,7 @@ mod tests {
             argv(Subcommand::State { id: &id }),
             expect(&["state", "iabcdefghij012345678"])
         );
-        assert_eq!(argv(Subcommand::List), expect(&["list", "--format=json"]));
+        assert_eq!(argv(Subcommand::List), expect(&["list", "--quiet"]));
         assert_eq!(
             argv(Subcommand::Kill {
                 id: &id,

@@ -33,11 +33,6 @@ pub(crate) fn parse_state(json: &[u8]) -> Result<ContainerState, serde_json::Err
     serde_json::from_slice(json)
 }
 
-/// runsc prints `null`, not `[]`, when it has no containers.
-pub(crate) fn parse_list(json: &[u8]) -> Result<Vec<ContainerState>, serde_json::Error> {
-    Ok(serde_json::from_slice::<Option<Vec<ContainerState>>>(json)?.unwrap_or_default())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -58,18 +53,13 @@ mod tests {
     }
 
     #[test]
-    fn parses_list_including_null_and_unknown_status() {
-        assert!(parse_list(b"null\n").expect("null is empty").is_empty());
-        let json = br#"[{"ociVersion":"1.0.2-dev","id":"a","pid":-1,"status":"stopped","bundle":"/b","rootfs":"/r","created":"2026-11-22T02:57:14Z","owner":""},
-                        {"id":"b","status":"hibernating"}]"#;
-        let list = parse_list(json).expect("valid");
-        assert_eq!(list.len(), 2);
-        assert_eq!(list[0].status, ContainerStatus::Stopped);
-        assert_eq!(list[1].status, ContainerStatus::Unknown);
+    fn parses_an_unknown_status() {
+        let state = parse_state(br#"{"id":"b","status":"hibernating"}"#).expect("valid");
+        assert_eq!(state.status, ContainerStatus::Unknown);
     }
 
     #[test]
     fn rejects_garbage() {
-        assert!(parse_list(b"ID PID STATUS").is_err());
+        assert!(parse_state(b"ID PID STATUS").is_err());
     }
 }
