@@ -42,6 +42,42 @@ def test_restart_keeps_running_sandboxes_and_reaps_dead_ones():
         server.stop()
 
 
+def test_a_dozing_sandbox_survives_a_restart_and_dead_ones_are_still_noticed(monkeypatch):
+    # runsc's status of a container asks its sandbox, which a frozen one never answers:
+    # silo must list containers without it, or a stop waits on it and the next start
+    # cannot reconcile (and the sweep for dead sandboxes stalls while any one dozes).
+    server = SiloServer(subnet="10.214.0.0/16", extra_args=("--doze-after", "1")).start()
+    freezer = "/sys/fs/cgroup/freezer/silo/{}/freezer.state"
+
+    def frozen(sandbox_id):
+        with open(freezer.format(sandbox_id)) as f:
+            return f.read().strip() == "FROZEN"
+
+    try:
+        dozing = cli(server, "create", "base", "--timeout", "120").stdout.strip()
+        doomed = cli(server, "create", "base", "--timeout", "120").stdout.strip()
+        # A process the agent started keeps `doomed` awake (a frozen one cannot be killed).
+        server.use_env(monkeypatch)
+        from e2b import Sandbox
+
+        Sandbox.connect(doomed).commands.run("sleep 600", background=True)
+        wait_for("a sandbox to doze", lambda: frozen(dozing), 30)
+        # Killed behind silo's back while the other dozes: the sweep still sees it go.
+        root = server.data_dir / "node" / "runsc"
+        subprocess.run(["runsc", "--root", str(root), "delete", "--force", doomed], check=True)
+        wait_for("the dead sandbox to be released",
+                 lambda: server.api("GET", f"/sandboxes/{doomed}")[0] == 404, 60)
+
+        server.proc.send_signal(signal.SIGTERM)
+        assert server.proc.wait(timeout=10) == 0, server.log()
+        assert frozen(dozing)
+        server.start()
+        out = cli(server, "exec", dozing, "echo awake")
+        assert (out.returncode, out.stdout) == (0, "awake\n"), out.stderr + server.log()
+    finally:
+        server.stop()
+
+
 def test_a_second_server_on_a_range_in_use_refuses_to_start():
     # Two servers on one address range hand out the same addresses, and the host routes a
     # sandbox's traffic to whichever link came first: the second server refuses to start,
