@@ -92,7 +92,7 @@ class SiloServer:
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
-                raise RuntimeError(f"silo serve exited {self.proc.returncode}:\n{self.log()}")
+                self.abandon(f"silo serve exited {self.proc.returncode}")
             try:
                 with urllib.request.urlopen(f"{self.url}/health", timeout=1) as resp:
                     if resp.status == 200:
@@ -100,12 +100,26 @@ class SiloServer:
             except (urllib.error.URLError, ConnectionError, OSError):
                 time.sleep(0.05)
         else:
-            raise RuntimeError(f"silo serve did not answer /health:\n{self.log()}")
+            self.abandon("silo serve did not answer /health")
         self.api_key = subprocess.run(
             [self.bin, "keys", "--data-dir", str(self.data_dir)],
             check=True, capture_output=True, text=True,
         ).stdout.split()[0]
         return self
+
+    def abandon(self, why: str):
+        """A server that did not come up: stop it, drop its data dir (its log goes into
+        the error) and fail."""
+        log = self.log()
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        shutil.rmtree(self.data_dir, ignore_errors=True)
+        raise RuntimeError(f"{why}:\n{log}")
 
     def env(self) -> dict:
         return {
