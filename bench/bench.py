@@ -25,7 +25,8 @@ Starts its own `silo serve` (like the e2e tests), then measures with the officia
   - a plain host process spawn (/bin/true), the floor under everything, and 100 system
     calls timed by bash on the host, beside the same in a sandbox (the first 100 of a
     command 100 ms after the last, then the next 100);
-  - density (a server of its own; dozing after BENCH_DOZE_AFTER seconds if set): idle
+  - density (a server of its own, idle sandboxes dozing after `silo serve`'s default
+    30 s, or BENCH_DOZE_AFTER seconds if set; BENCH_DOZE_AFTER=0: never): idle
     base sandboxes created two at a time and held,
     until BENCH_DENSITY (500) are up, a create fails or takes over 60 s, or the host has
     less than 2 GiB available: how many, PSS per sandbox then, the host memory they took,
@@ -261,9 +262,9 @@ def bench_density():
 
     from e2b import Sandbox
 
-    # BENCH_DOZE_AFTER=5: idle sandboxes doze (ADR 0017).
-    doze = os.environ.get("BENCH_DOZE_AFTER")
-    extra = ("--doze-after", doze) if doze else ()
+    # BENCH_DOZE_AFTER=5: idle sandboxes doze after 5 s rather than 30 (ADR 0017).
+    doze = os.environ.get("BENCH_DOZE_AFTER", "30")
+    extra = ("--doze-after", doze)
     server = SiloServer(subnet="10.217.0.0/16", extra_args=extra).start()
     held, stopped_by, create_s = [], f"the cap of {N_DENSITY}", []
     before_mib = available_mib()
@@ -303,7 +304,7 @@ def bench_density():
         server.stop(wait=900)
     last = create_s[-20:] or [0]
     return [
-        value_row(f"idle sandboxes held at once{f', dozing after {doze} s' if doze else ''} "
+        value_row(f"idle sandboxes held at once{f', dozing after {doze} s' if doze != '0' else ', never dozing'} "
                   f"(stopped by {stopped_by}; first and last "
                   f"{'answer' if answers else 'do NOT answer'} a command)", len(held), len(held), "sandboxes"),
         value_row("  time to create them, two at a time", len(held), elapsed, "s"),

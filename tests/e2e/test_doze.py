@@ -1,7 +1,9 @@
-"""Dozing (issue 7, `silo serve --doze-after`): a running sandbox idle for that long is
-frozen in place (its freezer cgroup) and costs no CPU; the next request thaws it
-without the caller noticing. A sandbox running a background process, or serving a
-request, stays awake. Pause, kill and snapshot work on a dozing sandbox."""
+"""Dozing (issue 7, `silo serve --doze` and `--doze-after`): a running sandbox idle for
+that long is frozen in place (its freezer cgroup) and costs no CPU; the next request
+thaws it without the caller noticing. A sandbox running a background process, or
+serving a request, stays awake; so, by default (`--doze empty`), does one where a daemon
+a command left behind still runs, which `--doze idle` lets doze. Pause, kill and snapshot
+work on a dozing sandbox."""
 
 import time
 from pathlib import Path
@@ -74,6 +76,44 @@ def test_a_sandbox_with_work_in_progress_stays_awake(server, sdk):
         assert freezer_state(sbx.sandbox_id) == "THAWED"  # sleep 600 still runs
     finally:
         sbx.kill()
+
+
+# A daemon: started by a command that has ended, so no request or started process
+# accounts for it; only a look at the sandbox's processes sees it.
+DAEMON = "setsid nohup sleep 600 >/dev/null 2>&1 &"
+
+
+def test_a_daemon_left_behind_keeps_a_sandbox_awake_by_default(server, sdk):
+    from e2b import Sandbox
+
+    sbx = Sandbox.create("base", timeout=120)
+    try:
+        sbx.commands.run(DAEMON)
+        assert sbx.commands.list() == []
+        time.sleep(DOZE_AFTER * 2 + 1)
+        assert freezer_state(sbx.sandbox_id) == "THAWED"
+        # Once it is gone, nothing runs but the agent: the sandbox dozes.
+        sbx.commands.run("pkill -x sleep; true")
+        wait_state(sbx.sandbox_id, "FROZEN")
+    finally:
+        sbx.kill()
+
+
+def test_doze_idle_lets_a_sandbox_with_a_daemon_doze(monkeypatch):
+    from e2b import Sandbox
+
+    # Beside the module's server (10.227): a range of its own.
+    idle = SiloServer(subnet="10.228.0.0/16", extra_args=(
+        "--doze", "idle", "--doze-after", str(DOZE_AFTER), "--metrics-interval", "1")).start()
+    try:
+        idle.use_env(monkeypatch)
+        sbx = Sandbox.create("base", timeout=120)
+        sbx.commands.run(DAEMON)
+        wait_state(sbx.sandbox_id, "FROZEN")
+        assert sbx.commands.run("pgrep -x sleep >/dev/null && echo running").stdout == "running\n"
+        sbx.kill()
+    finally:
+        idle.stop()
 
 
 def test_pause_snapshot_and_kill_work_on_a_dozing_sandbox(server, sdk):

@@ -7,7 +7,7 @@ use axum::routing::{get, post};
 use axum::Router;
 
 use crate::state::AppState;
-use crate::{auth, files, filesystem, init, journal, metrics, process, rpc};
+use crate::{activity, auth, files, filesystem, init, journal, metrics, process, rpc};
 
 pub fn router(state: AppState) -> Router {
     let rpc_routes = process::router()
@@ -19,6 +19,7 @@ pub fn router(state: AppState) -> Router {
         .route("/envs", get(init::envs))
         .route("/metrics", get(metrics::metrics))
         .route("/silo/journal", get(journal::journal))
+        .route("/silo/activity", get(activity::activity))
         // Uploads enforce their own per-file cap while streaming.
         .route(
             "/files",

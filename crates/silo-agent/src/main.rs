@@ -11,6 +11,7 @@
 //!
 //! As PID 1 it also reaps every orphan in the sandbox ([`process::Reaper`]).
 
+mod activity;
 mod app;
 mod auth;
 mod config;

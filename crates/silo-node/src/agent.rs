@@ -9,7 +9,7 @@ use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::{connect::HttpConnector, Client};
 use hyper_util::rt::TokioExecutor;
-use silo_protocol::envd::{InitRequest, JournalPage};
+use silo_protocol::envd::{Activity, InitRequest, JournalPage};
 
 const INIT_TIMEOUT: Duration = Duration::from_secs(10);
 /// For the node's own questions (journal, processes): a sandbox too slow to answer is
@@ -103,29 +103,13 @@ impl AgentClient {
         Err(AgentError::Status { status, body })
     }
 
-    /// How many processes started through the agent still run (envd's
-    /// `process.Process/List`).
-    pub async fn running_processes(
+    /// What runs in the sandbox besides the agent (see silo-agent's `activity`).
+    pub async fn activity(
         &self,
         agent: SocketAddr,
         token: Option<&str>,
-    ) -> Result<usize, AgentError> {
-        #[derive(serde::Deserialize)]
-        struct Listed {
-            #[serde(default)]
-            processes: Vec<serde_json::Value>,
-        }
-        let mut req = hyper::Request::post(format!("http://{agent}/process.Process/List"))
-            .header(hyper::header::CONTENT_TYPE, "application/json")
-            .header("connect-protocol-version", "1");
-        if let Some(token) = token {
-            req = req.header(ACCESS_TOKEN_HEADER, token);
-        }
-        let req = req
-            .body(Full::new(Bytes::from_static(b"{}")))
-            .map_err(|_| AgentError::InvalidToken)?;
-        let listed: Listed = self.json(req).await?;
-        Ok(listed.processes.len())
+    ) -> Result<Activity, AgentError> {
+        self.get_json(agent, token, "/silo/activity").await
     }
 
     /// The journal entries after `after` (see silo-agent's `journal`).
@@ -135,7 +119,17 @@ impl AgentClient {
         token: Option<&str>,
         after: u64,
     ) -> Result<JournalPage, AgentError> {
-        let mut req = hyper::Request::get(format!("http://{agent}/silo/journal?after={after}"));
+        self.get_json(agent, token, &format!("/silo/journal?after={after}"))
+            .await
+    }
+
+    async fn get_json<T: serde::de::DeserializeOwned>(
+        &self,
+        agent: SocketAddr,
+        token: Option<&str>,
+        path: &str,
+    ) -> Result<T, AgentError> {
+        let mut req = hyper::Request::get(format!("http://{agent}{path}"));
         if let Some(token) = token {
             req = req.header(ACCESS_TOKEN_HEADER, token);
         }

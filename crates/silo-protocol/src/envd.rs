@@ -577,6 +577,17 @@ pub struct JournalPage {
     pub dropped: u64,
 }
 
+/// What runs in a sandbox besides its agent (`GET /silo/activity`): whether freezing it
+/// could hold anything up (the node's doze, ADR 0017).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Activity {
+    /// Processes started through the agent that have not ended (envd's process list).
+    pub started: u32,
+    /// Every other process in the sandbox but the agent and its waiting shell: what the
+    /// started ones started, daemons left behind by ended ones, interpreter kernels.
+    pub others: u32,
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct JournalEntry {
     /// Counts from 1, one per entry, for the whole life of the agent.

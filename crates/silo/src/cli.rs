@@ -143,11 +143,14 @@ pub struct ServeArgs {
     /// the SDK's `get_metrics` returns), and between two collections of its logs.
     #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u64).range(1..))]
     pub metrics_interval: u64,
-    /// Freeze a running sandbox in place once it has been idle this many seconds (no
-    /// request to it, no process started through its agent still running), so it costs
-    /// no CPU; its next request thaws it at once. 0: never (the default, while this is
-    /// new).
-    #[arg(long, default_value_t = 0)]
+    /// Which running sandboxes doze: are frozen in place once idle (`--doze-after`), so
+    /// they cost no CPU (an idle gVisor sandbox otherwise burns a few % of a core); the
+    /// next request thaws one at once, unnoticed.
+    #[arg(long, value_enum, default_value_t = Doze::Empty)]
+    pub doze: Doze,
+    /// Seconds without a request to a sandbox before it dozes. 0: never (as `--doze
+    /// never`).
+    #[arg(long, default_value_t = 30)]
     pub doze_after: u64,
     /// Hours a killed sandbox stays browsable (its logs, timeline and metrics); then it
     /// is forgotten.
@@ -421,6 +424,19 @@ fn parse_key_value(s: &str) -> Result<(String, String), String> {
     s.split_once('=')
         .map(|(k, v)| (k.to_owned(), v.to_owned()))
         .ok_or_else(|| format!("{s:?} is not key=value"))
+}
+
+/// Which idle sandboxes `silo serve` freezes (`--doze`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Doze {
+    /// Those in which nothing runs but silo's agent: nothing in them could notice.
+    Empty,
+    /// Also those still running processes no request started (a daemon a command left
+    /// behind, an interpreter kernel): they sleep with the sandbox until its next
+    /// request.
+    Idle,
+    /// None (pooled sandboxes still doze until handed out).
+    Never,
 }
 
 #[cfg(test)]

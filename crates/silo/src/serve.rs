@@ -11,10 +11,12 @@ use anyhow::{bail, Context};
 use axum::serve::ListenerExt;
 use silo_api::AppState;
 use silo_catalog::Catalog;
-use silo_node::sandbox::{Manager, SamplerConfig, SandboxDefaults, Templates};
+use silo_node::sandbox::{
+    DozeMode, DozePolicy, Manager, SamplerConfig, SandboxDefaults, Templates,
+};
 use silo_node::{RunscConfig, RunscRuntime};
 
-use crate::cli::ServeArgs;
+use crate::cli::{Doze, ServeArgs};
 
 pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
     init_logging();
@@ -74,7 +76,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
     tokio::spawn(Arc::clone(&manager).run_sampler(SamplerConfig {
         every: Duration::from_secs(args.metrics_interval),
         retention: Duration::from_secs(args.retention_hours.saturating_mul(3600)),
-        doze_after: (args.doze_after > 0).then(|| Duration::from_secs(args.doze_after)),
+        doze: doze_policy(args.doze, args.doze_after),
     }));
     let builder = silo_node::builds::Builder::new(
         Arc::clone(&manager),
@@ -218,6 +220,18 @@ fn host_memory_mb() -> u32 {
         .unwrap_or(4096)
 }
 
+fn doze_policy(doze: Doze, after_secs: u64) -> Option<DozePolicy> {
+    let mode = match doze {
+        Doze::Empty => DozeMode::Empty,
+        Doze::Idle => DozeMode::Idle,
+        Doze::Never => return None,
+    };
+    (after_secs > 0).then(|| DozePolicy {
+        after: Duration::from_secs(after_secs),
+        mode,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -228,5 +242,16 @@ mod tests {
         assert_eq!(reach("0.0.0.0:3000"), "127.0.0.1:3000");
         assert_eq!(reach("[::]:3000"), "[::1]:3000");
         assert_eq!(reach("10.1.2.3:3000"), "10.1.2.3:3000");
+    }
+
+    #[test]
+    fn doze_after_zero_or_never_means_no_doze() {
+        assert!(doze_policy(Doze::Never, 30).is_none());
+        assert!(doze_policy(Doze::Empty, 0).is_none());
+        let idle = doze_policy(Doze::Idle, 5).unwrap();
+        assert_eq!(
+            (idle.after, idle.mode),
+            (Duration::from_secs(5), DozeMode::Idle)
+        );
     }
 }

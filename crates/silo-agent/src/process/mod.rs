@@ -189,6 +189,11 @@ impl ProcessTable {
         all
     }
 
+    /// The pid of the warm shell waiting for a command, if one is.
+    pub fn waiting_shell(&self) -> Option<u32> {
+        self.warm.waiting()
+    }
+
     fn insert(&self, process: Arc<Process>) {
         self.map().insert(process.pid, process);
     }

@@ -446,6 +446,11 @@ impl WarmShells {
         (spawned, Some(rewarm))
     }
 
+    /// The pid of the shell waiting for a command, if one is.
+    pub fn waiting(&self) -> Option<u32> {
+        self.slot().shell.as_ref().map(|shell| shell.spawned.pid)
+    }
+
     /// Start a shell for `spec`'s identity in the background, if it is a shell command.
     pub fn prepare(self: &Arc<Self>, spec: &SpawnSpec) {
         if shell_command(spec).is_some() {

@@ -3,11 +3,14 @@
 //! An idle gVisor sandbox on systrap otherwise burns ~2-3 % of a core: on a small host
 //! that, not memory, bounds how many sandboxes it holds (README, Speed).
 //!
-//! Truly idle means, for `--doze-after` seconds: no request to it in flight or begun
+//! Idle means, for `--doze-after` seconds: no request to it in flight or begun
 //! (commands, files, code runs, a terminal, traffic to its servers: everything goes
-//! through [`Manager::route`]), and no process started through its agent still running
-//! (a background command or a template's start command keeps it awake). The catalog
-//! still says `Running`: dozing is invisible but for the time to thaw (microseconds).
+//! through [`Manager::route`]), and, by [`DozeMode`], nothing running in it but the
+//! agent and its waiting shell (`empty`, the default: nothing in it could notice), or
+//! no process started through its agent still running (`idle`: a background command or
+//! a template's start command keeps it awake, a daemon left behind or an interpreter
+//! kernel does not). The catalog still says `Running`: dozing is invisible but for the
+//! time to thaw (microseconds).
 //! Pooled sandboxes doze too, whatever `--doze-after` says, from a second after they
 //! join the pool until their first request after the hand-out (the proxy's preconnect as
 //! the create answers), or the hand-out itself when it must reconfigure the agent
@@ -26,6 +29,23 @@ use silo_protocol::ids::SandboxId;
 
 use super::{Manager, SandboxError};
 use crate::RuntimeError;
+
+/// Which running sandboxes doze once idle (see the module doc).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DozeMode {
+    /// Those in which nothing runs but the agent and its waiting shell.
+    Empty,
+    /// Also those running processes no request started: daemons left behind by ended
+    /// commands, interpreter kernels. They sleep with the sandbox until its next request.
+    Idle,
+}
+
+/// Doze sandboxes of `mode` once idle for `after`.
+#[derive(Debug, Clone, Copy)]
+pub struct DozePolicy {
+    pub after: Duration,
+    pub mode: DozeMode,
+}
 
 #[derive(Default)]
 struct Entry {
@@ -88,12 +108,8 @@ impl Manager {
     pub(super) fn enter(&self, id: &SandboxId) -> Result<Arc<InUse>, SandboxError> {
         let mut map = self.activity.map();
         let entry = map.entry(id.clone()).or_default();
-        entry.in_flight += 1;
-        entry.last_request = Some(Instant::now());
-        let in_use = Arc::new(InUse {
-            activity: self.activity.clone(),
-            id: id.clone(),
-        });
+        // Woken before the request counts in: a guard made first would, dropped on the
+        // error path, lock the map this thread holds.
         if entry.dozing {
             self.runtime
                 .set_frozen(id, false)
@@ -104,7 +120,12 @@ impl Manager {
             entry.dozing = false;
             tracing::debug!(sandbox_id = %id, "woken by a request");
         }
-        Ok(in_use)
+        entry.in_flight += 1;
+        entry.last_request = Some(Instant::now());
+        Ok(Arc::new(InUse {
+            activity: self.activity.clone(),
+            id: id.clone(),
+        }))
     }
 
     /// Freeze the sandbox now, as dozing: a pooled one, which no request can be using.
@@ -123,8 +144,9 @@ impl Manager {
         self.activity.is_dozing(id)
     }
 
-    /// Freeze those of `running` that have been idle for `after` (see the module doc).
-    pub(super) async fn doze_idle(&self, running: &[SandboxRecord], after: Duration) {
+    /// Freeze those of `running` that `policy` lets doze (see the module doc).
+    pub(super) async fn doze_idle(&self, running: &[SandboxRecord], policy: DozePolicy) {
+        let after = policy.after;
         for rec in running {
             let looked_at = Instant::now();
             let quiet = |entry: &Entry| {
@@ -137,7 +159,7 @@ impl Manager {
             if !candidate || silo_catalog::now_ms() - rec.started_at_ms < after.as_millis() as i64 {
                 continue;
             }
-            if !self.agent_is_idle(rec).await {
+            if !self.agent_is_idle(rec, policy.mode).await {
                 continue;
             }
             let mut map = self.activity.map();
@@ -165,8 +187,9 @@ impl Manager {
         }
     }
 
-    /// No process started through its agent still runs.
-    async fn agent_is_idle(&self, rec: &SandboxRecord) -> bool {
+    /// Nothing `mode` counts as work runs in the sandbox. An agent that cannot say (one
+    /// from before silo had `/silo/activity`, still running after an upgrade) is busy.
+    async fn agent_is_idle(&self, rec: &SandboxRecord, mode: DozeMode) -> bool {
         let Some(ip) = rec
             .address
             .as_deref()
@@ -176,8 +199,11 @@ impl Manager {
         };
         let agent = std::net::SocketAddr::new(ip, silo_protocol::ports::ENVD);
         self.agent
-            .running_processes(agent, rec.envd_access_token.as_deref())
+            .activity(agent, rec.envd_access_token.as_deref())
             .await
-            .is_ok_and(|count| count == 0)
+            .is_ok_and(|activity| match mode {
+                DozeMode::Empty => activity.started == 0 && activity.others == 0,
+                DozeMode::Idle => activity.started == 0,
+            })
     }
 }

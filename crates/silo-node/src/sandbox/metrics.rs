@@ -12,7 +12,7 @@ use futures_util::StreamExt;
 use silo_catalog::{now_ms, MetricSample, SandboxRecord, SandboxState};
 use silo_protocol::ids::SandboxId;
 
-use super::Manager;
+use super::{DozePolicy, Manager};
 use crate::usage::Usage;
 
 /// Sandboxes whose logs are collected at once.
@@ -24,8 +24,8 @@ const LOG_COLLECTIONS: usize = 16;
 pub struct SamplerConfig {
     pub every: Duration,
     pub retention: Duration,
-    /// Freeze running sandboxes idle this long (see `doze`); `None`: never.
-    pub doze_after: Option<Duration>,
+    /// Which running sandboxes doze, and after how long idle (see `doze`); `None`: none.
+    pub doze: Option<DozePolicy>,
 }
 
 impl Default for SamplerConfig {
@@ -33,7 +33,7 @@ impl Default for SamplerConfig {
         SamplerConfig {
             every: Duration::from_secs(5),
             retention: Duration::from_secs(24 * 3600),
-            doze_after: None,
+            doze: None,
         }
     }
 }
@@ -93,8 +93,8 @@ impl Manager {
             futures_util::stream::iter(running.iter().filter(|rec| !self.is_dozing(&rec.id)))
                 .for_each_concurrent(LOG_COLLECTIONS, |rec| self.collect_logs(rec))
                 .await;
-            if let Some(after) = config.doze_after {
-                self.doze_idle(&running, after).await;
+            if let Some(policy) = config.doze {
+                self.doze_idle(&running, policy).await;
             }
             let live: std::collections::HashSet<&str> =
                 running.iter().map(|rec| rec.id.as_str()).collect();

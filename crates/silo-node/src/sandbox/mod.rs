@@ -41,7 +41,7 @@ use silo_protocol::ids::SandboxId;
 
 use crate::{Runtime, RuntimeError};
 pub use create::CreateRequest;
-pub use doze::InUse;
+pub use doze::{DozeMode, DozePolicy, InUse};
 pub use metrics::SamplerConfig;
 pub use pool::POOL_METADATA;
 pub use templates::{resources_of, write_resources, Templates, RESOURCES_FILE};
