@@ -117,6 +117,25 @@ def test_timeout_kills_process(sandbox: Sandbox):
     assert "sleep 30" not in r.stdout
 
 
+def test_timeout_of_a_chatty_command_is_a_timeout(sandbox: Sandbox):
+    # Output keeps the client's read timer from firing: the server's deadline ends the
+    # stream with deadline_exceeded, which the SDK raises as its timeout error.
+    with pytest.raises(TimeoutException):
+        sandbox.commands.run("while true; do echo tick; sleep 0.2; done", timeout=2)
+    assert "tick" not in sandbox.commands.run("pgrep -af 'echo tick' || true").stdout
+
+
+def test_a_connection_outliving_its_timeout_ends_but_the_process_runs_on(sandbox: Sandbox):
+    cmd = sandbox.commands.run("while true; do echo tock; sleep 0.2; done", background=True, timeout=0)
+    try:
+        attached = sandbox.commands.connect(cmd.pid, timeout=1)
+        with pytest.raises(TimeoutException):
+            attached.wait()
+        assert cmd.pid in [p.pid for p in sandbox.commands.list()]
+    finally:
+        sandbox.commands.kill(cmd.pid)
+
+
 def test_exit_status_by_signal(sandbox: Sandbox):
     with pytest.raises(CommandExitException) as exc:
         sandbox.commands.run("kill -9 $$")

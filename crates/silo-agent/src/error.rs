@@ -32,6 +32,9 @@ pub enum Error {
     TooLarge(String),
     #[error("{0}")]
     NoSpace(String),
+    /// A streaming call outlived its `connect-timeout-ms`.
+    #[error("{0}")]
+    DeadlineExceeded(String),
     #[error("{context}")]
     Io {
         context: String,
@@ -73,6 +76,7 @@ impl Error {
             // internal with the OS's words, as envd sends it.
             Error::TooLarge(_) => Code::InvalidArgument,
             Error::NoSpace(_) | Error::Io { .. } => Code::Internal,
+            Error::DeadlineExceeded(_) => Code::DeadlineExceeded,
         }
     }
 
@@ -103,6 +107,7 @@ impl Error {
             Error::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             Error::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             Error::NoSpace(_) => StatusCode::INSUFFICIENT_STORAGE,
+            Error::DeadlineExceeded(_) => StatusCode::GATEWAY_TIMEOUT,
             Error::Io { .. } => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }

@@ -166,9 +166,16 @@ pub fn stream_error(err: Error) -> Response {
 }
 
 /// Serve `events` as a server stream. `keepalive` is the message sent after each interval
-/// of silence. The stream ends when `events` does (end envelope `{}`) or at the first `Err`
-/// (end envelope with that error). Dropped with the response when the client goes.
-pub fn server_stream<S, M>(events: S, keepalive: Option<(Duration, M)>) -> Response
+/// of silence. The stream ends when `events` does (end envelope `{}`), at the first `Err`
+/// (end envelope with that error), or, as Connect servers end a call that outlives its
+/// `connect-timeout-ms`, at `timeout` with `deadline_exceeded` (the SDKs raise their
+/// timeout error for it); nothing that comes after the deadline is sent. Dropped with
+/// the response when the client goes.
+pub fn server_stream<S, M>(
+    events: S,
+    keepalive: Option<(Duration, M)>,
+    timeout: Option<Duration>,
+) -> Response
 where
     S: Stream<Item = Result<M, Error>> + Send + Unpin + 'static,
     M: Serialize + Send + Sync + 'static,
@@ -176,22 +183,59 @@ where
     struct State<S, M> {
         events: S,
         keepalive: Option<(Duration, M)>,
+        deadline: Option<tokio::time::Instant>,
     }
-    let stream = futures_util::stream::unfold(Some(State { events, keepalive }), |st| async move {
+    enum Step<M> {
+        Event(Option<Result<M, Error>>),
+        Silence,
+        Deadline,
+    }
+    let deadline = timeout.map(|t| tokio::time::Instant::now() + t);
+    let state = State {
+        events,
+        keepalive,
+        deadline,
+    };
+    let stream = futures_util::stream::unfold(Some(state), move |st| async move {
         let mut st = st?;
-        let next = match &st.keepalive {
-            Some((every, _)) => tokio::time::timeout(*every, st.events.next()).await.ok(),
-            None => Some(st.events.next().await),
+        let deadline = st.deadline;
+        let next = async {
+            match &st.keepalive {
+                Some((every, _)) => match tokio::time::timeout(*every, st.events.next()).await {
+                    Ok(event) => Step::Event(event),
+                    Err(_) => Step::Silence,
+                },
+                None => Step::Event(st.events.next().await),
+            }
         };
-        let (bytes, more) = match next {
+        let step = match deadline {
+            Some(at) => tokio::select! {
+                biased;
+                step = next => step,
+                () = tokio::time::sleep_until(at) => Step::Deadline,
+            },
+            None => next.await,
+        };
+        let step = match step {
+            _ if deadline.is_some_and(|at| tokio::time::Instant::now() >= at) => Step::Deadline,
+            step => step,
+        };
+        let (bytes, more) = match step {
             // Silence for a whole interval: ping so proxies keep the connection open.
-            None => {
-                let (_, ping) = st.keepalive.as_ref().expect("timeouts only with keepalive");
+            Step::Silence => {
+                let (_, ping) = st.keepalive.as_ref().expect("silence only with keepalive");
                 (connect::encode_message(ping), true)
             }
-            Some(Some(Ok(msg))) => (connect::encode_message(&msg), true),
-            Some(Some(Err(e))) => (connect::encode_end(Some(e.to_connect())), false),
-            Some(None) => (connect::encode_end(None), false),
+            Step::Event(Some(Ok(msg))) => (connect::encode_message(&msg), true),
+            Step::Event(Some(Err(e))) => (connect::encode_end(Some(e.to_connect())), false),
+            Step::Event(None) => (connect::encode_end(None), false),
+            Step::Deadline => {
+                let ms = timeout.map_or(0, |t| t.as_millis());
+                let err = Error::DeadlineExceeded(format!(
+                    "deadline exceeded: the call's timeout of {ms} ms passed"
+                ));
+                (connect::encode_end(Some(err.to_connect())), false)
+            }
         };
         Some((Ok::<_, Infallible>(bytes), more.then_some(st)))
     });
@@ -289,7 +333,7 @@ mod tests {
                 let _ = tx.send(Err(Error::NotFound("gone".into()))).await;
             }
         });
-        server_stream(tokio_stream::wrappers::ReceiverStream::new(rx), None)
+        server_stream(tokio_stream::wrappers::ReceiverStream::new(rx), None, None)
     }
 
     fn app() -> Router {
@@ -320,6 +364,28 @@ mod tests {
             .await
             .unwrap();
         (status, body.to_vec())
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_stream_outliving_its_timeout_ends_with_deadline_exceeded() {
+        let (tx, rx) = tokio::sync::mpsc::channel(8);
+        tx.send(Ok(json!({ "i": 0 }))).await.unwrap();
+        let resp = server_stream(
+            tokio_stream::wrappers::ReceiverStream::new(rx),
+            Some((Duration::from_secs(1), json!({ "ping": true }))),
+            Some(Duration::from_millis(2500)),
+        );
+        let body = axum::body::to_bytes(resp.into_body(), 1 << 20)
+            .await
+            .unwrap();
+        // The message, two pings of silence, then the deadline; the sender still open.
+        let got = decode_all(&body);
+        assert_eq!(got.len(), 4, "{got:?}");
+        assert_eq!(got[0].1, json!({ "i": 0 }));
+        assert_eq!(got[1].1, json!({ "ping": true }));
+        assert_eq!(got[3].0, connect::FLAG_END_STREAM);
+        assert_eq!(got[3].1["error"]["code"], "deadline_exceeded");
+        drop(tx);
     }
 
     #[tokio::test]

@@ -289,7 +289,11 @@ pub async fn watch_dir(
         }
     });
     let keepalive = opts.keepalive.map(|d| (d, WatchDirResponse::Keepalive {}));
-    rpc::server_stream(tokio_stream::wrappers::ReceiverStream::new(rx), keepalive)
+    rpc::server_stream(
+        tokio_stream::wrappers::ReceiverStream::new(rx),
+        keepalive,
+        opts.timeout,
+    )
 }
 
 /// A watcher polled through `GetWatcherEvents`.

@@ -18,7 +18,7 @@ pub async fn connect(
         .get(&req.process)
         .and_then(|p| p.subscribe());
     match subscribed {
-        Ok(rx) => rpc::server_stream(responses(rx), keepalive(opts)),
+        Ok(rx) => rpc::server_stream(responses(rx), keepalive(opts), opts.timeout),
         Err(e) => rpc::stream_error(e),
     }
 }

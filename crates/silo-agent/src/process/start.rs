@@ -25,7 +25,7 @@ pub async fn start(
     StreamRequest(req): StreamRequest<StartRequest>,
 ) -> Response {
     match launch(&state, username.as_deref(), opts, req).await {
-        Ok(rx) => rpc::server_stream(responses(rx), keepalive(opts)),
+        Ok(rx) => rpc::server_stream(responses(rx), keepalive(opts), opts.timeout),
         Err(e) => rpc::stream_error(e),
     }
 }
