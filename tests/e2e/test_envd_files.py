@@ -188,6 +188,14 @@ def test_raw_download_gzip_and_errors(sandbox: Sandbox, envd, unique):
     assert r.status_code == 401
 
 
+def test_read_pseudo_files(sandbox: Sandbox):
+    # Their stat says nothing of what they hold: 0 bytes (Linux's sysfs says 4096).
+    assert len(sandbox.files.read("/proc/loadavg").split()) == 5
+    online = sandbox.commands.run("cat /sys/devices/system/cpu/online").stdout
+    assert online
+    assert sandbox.files.read("/sys/devices/system/cpu/online") == online
+
+
 def test_raw_upload_octet_stream_gzip_and_bad_gzip(envd, unique):
     body = gzip.compress(b"raw gz")
     r = envd.post("/files",

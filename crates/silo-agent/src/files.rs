@@ -117,15 +117,17 @@ pub async fn download(
     }
     if head.gzip {
         h.insert(header::CONTENT_ENCODING, HeaderValue::from_static("gzip"));
-    } else {
-        h.insert(header::CONTENT_LENGTH, HeaderValue::from(head.len));
+    } else if let Some(len) = head.len {
+        h.insert(header::CONTENT_LENGTH, HeaderValue::from(len));
     }
+    // Otherwise the body goes chunked.
     Ok(resp)
 }
 
 /// What the response's headers need to know before its body flows.
 struct Head {
-    len: u64,
+    /// The body's length when known before it is read ([`known_len`]).
+    len: Option<u64>,
     gzip: bool,
 }
 
@@ -158,8 +160,9 @@ fn send_file(
     }
 }
 
-/// The file at `path`, its length and its first [`SAMPLE`] bytes (read from it).
-fn open_for_download(path: &Path) -> Result<(std::fs::File, u64, Vec<u8>), Error> {
+/// The file at `path`, its length if known ([`known_len`]) and its first [`SAMPLE`]
+/// bytes (read from it).
+fn open_for_download(path: &Path) -> Result<(std::fs::File, Option<u64>, Vec<u8>), Error> {
     let mut file =
         std::fs::File::open(path).map_err(|e| Error::io(format!("open {}", path.display()), e))?;
     let meta = file
@@ -176,7 +179,22 @@ fn open_for_download(path: &Path) -> Result<(std::fs::File, u64, Vec<u8>), Error
         .take(SAMPLE)
         .read_to_end(&mut sample)
         .map_err(|e| Error::io(format!("read {}", path.display()), e))?;
-    Ok((file, meta.len(), sample))
+    let len = known_len(&meta, sample.len());
+    Ok((file, len, sample))
+}
+
+/// How long a download is, going by its stat and its first `read` bytes; `None` when
+/// only reading it all can tell. Pseudo-files are regular files whose size says nothing
+/// (/proc reports 0, sysfs 4096): a sample that reached the end is the whole file, and a
+/// size below what was read already is not to be believed. A wrong Content-Length
+/// truncates the body or breaks the response.
+fn known_len(meta: &std::fs::Metadata, read: usize) -> Option<u64> {
+    let read = read as u64;
+    if read < SAMPLE {
+        Some(read)
+    } else {
+        (meta.is_file() && meta.len() >= read).then_some(meta.len())
+    }
 }
 
 /// Gzip at its fast level, if it halves `sample` at least: then the encoder, holding
@@ -584,6 +602,32 @@ mod tests {
             .collect();
         assert!(gzip_if_it_halves(&noise).is_none());
         assert!(gzip_if_it_halves(b"").is_none());
+    }
+
+    #[test]
+    fn download_length_is_what_a_pseudo_file_holds() {
+        // /proc/loadavg's stat says 0 bytes.
+        let (_, len, sample) = open_for_download(Path::new("/proc/loadavg")).unwrap();
+        assert!(!sample.is_empty());
+        assert_eq!(len, Some(sample.len() as u64));
+
+        let dir = tempfile::tempdir().unwrap();
+        let big = dir.path().join("big");
+        std::fs::write(&big, vec![7u8; 3 * SAMPLE as usize]).unwrap();
+        let (_, len, sample) = open_for_download(&big).unwrap();
+        assert_eq!((len, sample.len() as u64), (Some(3 * SAMPLE), SAMPLE));
+        let meta = std::fs::metadata(&big).unwrap();
+        assert_eq!(known_len(&meta, SAMPLE as usize), Some(3 * SAMPLE));
+
+        // A regular file claiming less than was read (a large /proc file), or no regular
+        // file at all, is sent chunked.
+        let small = dir.path().join("small");
+        std::fs::write(&small, b"0123").unwrap();
+        let meta = std::fs::metadata(&small).unwrap();
+        assert_eq!(known_len(&meta, SAMPLE as usize), None);
+        let meta = std::fs::metadata("/dev/zero").unwrap();
+        assert_eq!(known_len(&meta, SAMPLE as usize), None);
+        assert_eq!(known_len(&meta, 0), Some(0));
     }
 
     #[test]
