@@ -135,6 +135,20 @@ def test_symlink_info(sandbox: Sandbox, unique):
     assert info.symlink_target.endswith(f"{unique}/target.txt")
 
 
+def test_write_through_symlink_updates_its_target(sandbox: Sandbox, unique):
+    sandbox.files.write(f"{unique}/target.txt", "old")
+    sandbox.commands.run(f"ln -s target.txt {unique}/link")
+    sandbox.files.write(f"{unique}/link", "new")
+    assert sandbox.files.read(f"{unique}/target.txt") == "new"
+    assert sandbox.files.get_info(f"{unique}/link").type == FileType.SYMLINK
+
+
+def test_write_to_dev_null_keeps_the_device(sandbox: Sandbox):
+    sandbox.files.write("/dev/null", "x")
+    r = sandbox.commands.run("stat -c '%F %U' /dev/null")
+    assert r.stdout.strip() == "character special file root"
+
+
 def test_metadata(sandbox: Sandbox, unique):
     sandbox.files.write(f"{unique}.txt", "m", metadata={"owner": "alice", "purpose": "test"})
     info = sandbox.files.get_info(f"{unique}.txt")

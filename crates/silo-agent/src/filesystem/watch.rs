@@ -31,6 +31,7 @@ use tokio::io::unix::AsyncFd;
 use tokio::sync::mpsc;
 
 use super::entry::entry_info;
+use super::fs_type;
 use super::path::resolve;
 use crate::auth::RpcUser;
 use crate::error::Error;
@@ -221,15 +222,7 @@ impl DirWatcher {
 }
 
 fn on_network_mount(path: &Path) -> bool {
-    let Ok(c) = std::ffi::CString::new(path.as_os_str().as_bytes()) else {
-        return false;
-    };
-    // SAFETY: statfs fills a zeroed struct through a valid pointer.
-    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
-    if unsafe { libc::statfs(c.as_ptr(), &mut st) } != 0 {
-        return false;
-    }
-    NETWORK_FS_MAGIC.contains(&(st.f_type as i64))
+    fs_type(path).is_some_and(|t| NETWORK_FS_MAGIC.contains(&t))
 }
 
 /// Wait until the inotify queue has something, then let `f` drain it.
