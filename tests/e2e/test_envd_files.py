@@ -100,6 +100,23 @@ def test_rename(sandbox: Sandbox, unique):
         sandbox.files.rename(f"{unique}/nope", f"{unique}/nope2")
 
 
+def test_rename_across_filesystems(sandbox: Sandbox, unique):
+    # /tmp is a mount of its own in the sandbox; rename(2) cannot cross it.
+    sandbox.files.write(f"/tmp/{unique}/d/f.txt", "across")
+    sandbox.commands.run(f"chmod 750 /tmp/{unique}/d && ln -s f.txt /tmp/{unique}/d/link")
+    info = sandbox.files.rename(f"/tmp/{unique}", f"{unique}-moved")
+    assert info.type == FileType.DIR
+    assert sandbox.files.read(f"{unique}-moved/d/link") == "across"
+    assert sandbox.files.get_info(f"{unique}-moved/d/link").type == FileType.SYMLINK
+    assert sandbox.files.get_info(f"{unique}-moved/d").mode == 0o750
+    assert sandbox.files.get_info(f"{unique}-moved/d/f.txt").owner == "user"
+    assert not sandbox.files.exists(f"/tmp/{unique}")
+    sandbox.files.write(f"/tmp/{unique}.txt", "file")
+    sandbox.files.rename(f"/tmp/{unique}.txt", f"{unique}.txt")
+    assert sandbox.files.read(f"{unique}.txt") == "file"
+    assert not sandbox.files.exists(f"/tmp/{unique}.txt")
+
+
 def test_remove(sandbox: Sandbox, unique):
     sandbox.files.write(f"{unique}/d/f.txt", "x")
     sandbox.files.remove(f"{unique}/d/f.txt")

@@ -38,7 +38,8 @@ use crate::filesystem::{chown_to, create_dirs, fs_type};
 use crate::state::AppState;
 use crate::users::User;
 
-/// Name prefix of upload temp files (watchers hide them).
+/// Name prefix of the temp files of uploads and of moves across filesystems (watchers
+/// hide them).
 pub const TEMP_PREFIX: &str = ".silo-upload-";
 
 const CHUNK: usize = 64 * 1024;
