@@ -90,6 +90,12 @@ def test_make_dir_twice(sandbox: Sandbox, unique):
     assert sandbox.files.get_info(f"{unique}/x").type == FileType.DIR
 
 
+def test_make_dir_onto_a_file_is_invalid(sandbox: Sandbox, unique):
+    sandbox.files.write(unique, "x")
+    with pytest.raises(InvalidArgumentException):
+        sandbox.files.make_dir(unique)
+
+
 def test_rename(sandbox: Sandbox, unique):
     sandbox.files.write(f"{unique}/a.txt", "moved")
     info = sandbox.files.rename(f"{unique}/a.txt", f"{unique}/new/b.txt")
