@@ -5,7 +5,7 @@ import struct
 import json
 
 import pytest
-from e2b import CommandExitException, Sandbox, TimeoutException
+from e2b import CommandExitException, InvalidArgumentException, Sandbox, TimeoutException
 
 
 def test_run_stdout_stderr_exit_code(sandbox: Sandbox):
@@ -49,6 +49,14 @@ def test_missing_cwd_is_invalid_argument(sandbox: Sandbox):
     with pytest.raises(Exception) as exc:
         sandbox.commands.run("pwd", cwd="/definitely/not/here")
     assert "not usable" in str(exc.value) or "invalid" in str(exc.value).lower()
+
+
+def test_nul_byte_is_invalid_argument(sandbox: Sandbox):
+    # exec takes C strings: no program can be given one.
+    with pytest.raises(InvalidArgumentException):
+        sandbox.commands.run("echo a\0b")
+    with pytest.raises(InvalidArgumentException):
+        sandbox.commands.run("echo hi", envs={"A": "1\0"})
 
 
 def test_streaming_callbacks(sandbox: Sandbox):

@@ -90,6 +90,12 @@ def test_make_dir_twice(sandbox: Sandbox, unique):
     assert sandbox.files.get_info(f"{unique}/x").type == FileType.DIR
 
 
+def test_make_dir_onto_a_file_is_invalid(sandbox: Sandbox, unique):
+    sandbox.files.write(unique, "x")
+    with pytest.raises(InvalidArgumentException):
+        sandbox.files.make_dir(unique)
+
+
 def test_rename(sandbox: Sandbox, unique):
     sandbox.files.write(f"{unique}/a.txt", "moved")
     info = sandbox.files.rename(f"{unique}/a.txt", f"{unique}/new/b.txt")
@@ -98,6 +104,23 @@ def test_rename(sandbox: Sandbox, unique):
     assert not sandbox.files.exists(f"{unique}/a.txt")
     with pytest.raises(NotFoundException):
         sandbox.files.rename(f"{unique}/nope", f"{unique}/nope2")
+
+
+def test_rename_across_filesystems(sandbox: Sandbox, unique):
+    # /tmp is a mount of its own in the sandbox; rename(2) cannot cross it.
+    sandbox.files.write(f"/tmp/{unique}/d/f.txt", "across")
+    sandbox.commands.run(f"chmod 750 /tmp/{unique}/d && ln -s f.txt /tmp/{unique}/d/link")
+    info = sandbox.files.rename(f"/tmp/{unique}", f"{unique}-moved")
+    assert info.type == FileType.DIR
+    assert sandbox.files.read(f"{unique}-moved/d/link") == "across"
+    assert sandbox.files.get_info(f"{unique}-moved/d/link").type == FileType.SYMLINK
+    assert sandbox.files.get_info(f"{unique}-moved/d").mode == 0o750
+    assert sandbox.files.get_info(f"{unique}-moved/d/f.txt").owner == "user"
+    assert not sandbox.files.exists(f"/tmp/{unique}")
+    sandbox.files.write(f"/tmp/{unique}.txt", "file")
+    sandbox.files.rename(f"/tmp/{unique}.txt", f"{unique}.txt")
+    assert sandbox.files.read(f"{unique}.txt") == "file"
+    assert not sandbox.files.exists(f"/tmp/{unique}.txt")
 
 
 def test_remove(sandbox: Sandbox, unique):
@@ -133,6 +156,20 @@ def test_symlink_info(sandbox: Sandbox, unique):
     # The SDK reports the link itself (envd sends the target's type plus isSymlink).
     assert info.type == FileType.SYMLINK
     assert info.symlink_target.endswith(f"{unique}/target.txt")
+
+
+def test_write_through_symlink_updates_its_target(sandbox: Sandbox, unique):
+    sandbox.files.write(f"{unique}/target.txt", "old")
+    sandbox.commands.run(f"ln -s target.txt {unique}/link")
+    sandbox.files.write(f"{unique}/link", "new")
+    assert sandbox.files.read(f"{unique}/target.txt") == "new"
+    assert sandbox.files.get_info(f"{unique}/link").type == FileType.SYMLINK
+
+
+def test_write_to_dev_null_keeps_the_device(sandbox: Sandbox):
+    sandbox.files.write("/dev/null", "x")
+    r = sandbox.commands.run("stat -c '%F %U' /dev/null")
+    assert r.stdout.strip() == "character special file root"
 
 
 def test_metadata(sandbox: Sandbox, unique):
@@ -186,6 +223,14 @@ def test_raw_download_gzip_and_errors(sandbox: Sandbox, envd, unique):
     assert r.json()["code"] == 404
     r = envd.get("/files", params={"path": "x", "username": "nobody-here"})
     assert r.status_code == 401
+
+
+def test_read_pseudo_files(sandbox: Sandbox):
+    # Their stat says nothing of what they hold: 0 bytes (Linux's sysfs says 4096).
+    assert len(sandbox.files.read("/proc/loadavg").split()) == 5
+    online = sandbox.commands.run("cat /sys/devices/system/cpu/online").stdout
+    assert online
+    assert sandbox.files.read("/sys/devices/system/cpu/online") == online
 
 
 def test_raw_upload_octet_stream_gzip_and_bad_gzip(envd, unique):

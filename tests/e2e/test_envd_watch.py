@@ -47,6 +47,16 @@ def test_watch_recursive_picks_up_new_dirs(sandbox: Sandbox, unique):
     handle.stop()
 
 
+def test_watch_through_a_symlink_to_a_directory(sandbox: Sandbox, unique):
+    sandbox.files.make_dir(f"{unique}/real")
+    sandbox.commands.run(f"ln -s real {unique}/link")
+    handle = sandbox.files.watch_dir(f"{unique}/link")
+    sandbox.files.write(f"{unique}/real/f.txt", "x")
+    events = handle.get_new_events()
+    assert (FilesystemEventType.WRITE, "f.txt") in [(e.type, e.name) for e in events]
+    handle.stop()
+
+
 def test_watch_missing_dir_and_file(sandbox: Sandbox, unique):
     with pytest.raises(NotFoundException):
         sandbox.files.watch_dir(f"{unique}-missing")

@@ -1,18 +1,21 @@
 //! `GET /files` (download) and `POST /files` (upload), envd's plain-HTTP file transfer.
 //!
 //! Downloads stream the file, gzip-compressed when the client accepts it and the file's
-//! first 64 KiB shrink to half or less; otherwise as they are. Uploads stream
-//! to a hidden temp file in the destination directory ([`TEMP_PREFIX`]), which gets the
-//! user's ownership and `X-Metadata-*` xattrs, is fsynced, and is renamed over the
-//! destination only when complete: a reader never sees a half-written file, and a failed
-//! upload leaves nothing behind. Each file is capped at `--max-upload-bytes`.
+//! first 64 KiB shrink to half or less; otherwise as they are. Uploads follow the
+//! destination's symlinks and stream to a hidden temp file beside the file they reach
+//! ([`TEMP_PREFIX`]), which gets the user's ownership and `X-Metadata-*` xattrs, is
+//! fsynced, and is renamed over it only when complete: a reader never sees a
+//! half-written file, and a failed upload leaves nothing behind. What a rename would
+//! replace rather than update (a device, a FIFO, a file with several hard links, a
+//! /proc/sys knob) is written in place, as envd writes every file, so not atomically
+//! ([`Landing`]). Each file is capped at `--max-upload-bytes`.
 //!
 //! File I/O runs on blocking threads fed through small channels, so a slow disk or a
 //! large file never stalls the runtime.
 
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
-use std::os::unix::fs::PermissionsExt;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use axum::body::{Body, Bytes};
@@ -31,11 +34,12 @@ use crate::auth::{check_files, FileOp, FilesAuth};
 use crate::error::{Error, HttpFailure};
 use crate::filesystem::entry::write_metadata;
 use crate::filesystem::path::resolve;
-use crate::filesystem::{chown_to, create_dirs};
+use crate::filesystem::{chown_to, create_dirs, fs_type};
 use crate::state::AppState;
 use crate::users::User;
 
-/// Name prefix of upload temp files (watchers hide them).
+/// Name prefix of the temp files of uploads and of moves across filesystems (watchers
+/// hide them).
 pub const TEMP_PREFIX: &str = ".silo-upload-";
 
 const CHUNK: usize = 64 * 1024;
@@ -117,15 +121,17 @@ pub async fn download(
     }
     if head.gzip {
         h.insert(header::CONTENT_ENCODING, HeaderValue::from_static("gzip"));
-    } else {
-        h.insert(header::CONTENT_LENGTH, HeaderValue::from(head.len));
+    } else if let Some(len) = head.len {
+        h.insert(header::CONTENT_LENGTH, HeaderValue::from(len));
     }
+    // Otherwise the body goes chunked.
     Ok(resp)
 }
 
 /// What the response's headers need to know before its body flows.
 struct Head {
-    len: u64,
+    /// The body's length when known before it is read ([`known_len`]).
+    len: Option<u64>,
     gzip: bool,
 }
 
@@ -158,8 +164,9 @@ fn send_file(
     }
 }
 
-/// The file at `path`, its length and its first [`SAMPLE`] bytes (read from it).
-fn open_for_download(path: &Path) -> Result<(std::fs::File, u64, Vec<u8>), Error> {
+/// The file at `path`, its length if known ([`known_len`]) and its first [`SAMPLE`]
+/// bytes (read from it).
+fn open_for_download(path: &Path) -> Result<(std::fs::File, Option<u64>, Vec<u8>), Error> {
     let mut file =
         std::fs::File::open(path).map_err(|e| Error::io(format!("open {}", path.display()), e))?;
     let meta = file
@@ -176,7 +183,22 @@ fn open_for_download(path: &Path) -> Result<(std::fs::File, u64, Vec<u8>), Error
         .take(SAMPLE)
         .read_to_end(&mut sample)
         .map_err(|e| Error::io(format!("read {}", path.display()), e))?;
-    Ok((file, meta.len(), sample))
+    let len = known_len(&meta, sample.len());
+    Ok((file, len, sample))
+}
+
+/// How long a download is, going by its stat and its first `read` bytes; `None` when
+/// only reading it all can tell. Pseudo-files are regular files whose size says nothing
+/// (/proc reports 0, sysfs 4096): a sample that reached the end is the whole file, and a
+/// size below what was read already is not to be believed. A wrong Content-Length
+/// truncates the body or breaks the response.
+fn known_len(meta: &std::fs::Metadata, read: usize) -> Option<u64> {
+    let read = read as u64;
+    if read < SAMPLE {
+        Some(read)
+    } else {
+        (meta.is_file() && meta.len() >= read).then_some(meta.len())
+    }
 }
 
 /// Gzip at its fast level, if it halves `sample` at least: then the encoder, holding
@@ -361,7 +383,7 @@ fn metadata_headers(headers: &HeaderMap) -> Result<BTreeMap<String, String>, Err
     Ok(out)
 }
 
-/// Stream `chunks` into `dest` atomically (see the module docs).
+/// Stream `chunks` into `dest` (see the module docs).
 async fn write_file(
     dest: PathBuf,
     user: &User,
@@ -370,23 +392,14 @@ async fn write_file(
     limit: u64,
     metadata: &BTreeMap<String, String>,
 ) -> Result<WriteInfo, Error> {
-    let dir = dest
-        .parent()
-        .ok_or_else(|| Error::InvalidArgument("cannot write to /".into()))?
-        .to_path_buf();
-    if std::fs::metadata(&dest).is_ok_and(|m| m.is_dir()) {
-        return Err(Error::InvalidArgument(format!(
-            "{} is a directory",
-            dest.display()
-        )));
-    }
-    create_dirs(&dir, user)?;
+    let target = Target::of(&dest)?;
+    create_dirs(target.dir()?, user)?;
 
     let (tx, rx) = mpsc::channel::<Piece>(8);
     let writer = {
-        let (dest, user, metadata) = (dest.clone(), user.clone(), metadata.clone());
+        let (user, metadata) = (user.clone(), metadata.clone());
         tokio::task::spawn_blocking(move || {
-            write_blocking(&dir, &dest, &user, rx, gzip, limit, &metadata)
+            write_blocking(&target, &user, rx, gzip, limit, &metadata)
         })
     };
     let mut chunks = std::pin::pin!(chunks);
@@ -426,6 +439,112 @@ async fn write_file(
         entry_type: "file".into(),
         metadata: (!metadata.is_empty()).then(|| metadata.clone()),
     })
+}
+
+/// Where an upload lands: the destination with its symlinks followed (the link stays, its
+/// target takes the data, as a write through the link does), and how.
+#[derive(Debug)]
+struct Target {
+    path: PathBuf,
+    landing: Landing,
+}
+
+#[derive(Debug, PartialEq, Eq)]
+enum Landing {
+    /// Absent, or a regular file with one link: a temp file beside it, renamed over it
+    /// once complete, keeping the mode of the file it replaces (new files are 0644).
+    Replace { mode: u32 },
+    /// A regular file with several links: truncated and written in place, so the links
+    /// stay one file. Not atomic: a failed upload leaves it cut short.
+    InPlace,
+    /// A device, FIFO or file of a kernel filesystem (/proc/sys, sysfs): written in
+    /// place and left as it is otherwise (owner, xattrs), as it is the system's, not a
+    /// file of the user's. Renaming over it would put a plain file in its place.
+    Special,
+}
+
+/// Filesystems whose files are the kernel's knobs (`statfs` magic numbers): they take
+/// writes but no new files.
+const KERNEL_FS_MAGIC: &[i64] = &[
+    0x9fa0,      // proc
+    0x6265_6572, // sysfs
+    0x0027_e0eb, // cgroup
+    0x6367_7270, // cgroup2
+    0x6462_6720, // debugfs
+    0x7472_6163, // tracefs
+    0x7363_6673, // securityfs
+    0x6265_6570, // configfs
+];
+
+/// How many symlinks a destination may go through (the kernel's limit).
+const MAX_SYMLINKS: usize = 40;
+
+impl Target {
+    fn of(dest: &Path) -> Result<Target, Error> {
+        let path = follow_links(dest)?;
+        let meta = match std::fs::metadata(&path) {
+            Ok(meta) => meta,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Ok(Target {
+                    path,
+                    landing: Landing::Replace { mode: 0o644 },
+                })
+            }
+            Err(e) => return Err(Error::io(format!("stat {}", path.display()), e)),
+        };
+        if meta.is_dir() {
+            return Err(Error::InvalidArgument(format!(
+                "{} is a directory",
+                dest.display()
+            )));
+        }
+        let landing =
+            if !meta.is_file() || fs_type(&path).is_some_and(|t| KERNEL_FS_MAGIC.contains(&t)) {
+                Landing::Special
+            } else if meta.nlink() > 1 {
+                Landing::InPlace
+            } else {
+                Landing::Replace {
+                    mode: meta.permissions().mode() & 0o7777,
+                }
+            };
+        Ok(Target { path, landing })
+    }
+
+    fn dir(&self) -> Result<&Path, Error> {
+        self.path
+            .parent()
+            .ok_or_else(|| Error::InvalidArgument("cannot write to /".into()))
+    }
+}
+
+/// `dest` with its symlinks followed, also when the last one points at nothing yet (the
+/// upload then creates its target). A path below a missing directory is as it is: it
+/// holds no link yet.
+fn follow_links(dest: &Path) -> Result<PathBuf, Error> {
+    let mut path = dest.to_path_buf();
+    for _ in 0..MAX_SYMLINKS {
+        let (Some(parent), Some(name)) = (path.parent(), path.file_name()) else {
+            return Ok(path);
+        };
+        let parent = match std::fs::canonicalize(parent) {
+            Ok(parent) => parent,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(path),
+            Err(e) => return Err(Error::io(format!("resolve {}", parent.display()), e)),
+        };
+        let real = parent.join(name);
+        match std::fs::read_link(&real) {
+            // A relative target is relative to the link's directory; an absolute one
+            // replaces it in the join.
+            Ok(target) => path = parent.join(target),
+            // Not a link, or nothing there.
+            Err(_) => return Ok(real),
+        }
+    }
+    Err(Error::InvalidArgument(format!(
+        "{}: too many levels of symbolic links",
+        dest.display()
+    )))
 }
 
 /// What the upload's writer thread receives. Only an explicit `Done` commits the file: if
@@ -481,14 +600,14 @@ impl<W: Write> Sink<W> {
 }
 
 fn write_blocking(
-    dir: &Path,
-    dest: &Path,
+    target: &Target,
     user: &User,
-    mut rx: mpsc::Receiver<Piece>,
+    rx: mpsc::Receiver<Piece>,
     gzip: bool,
     limit: u64,
     metadata: &BTreeMap<String, String>,
 ) -> Result<(), Error> {
+    let dest = target.path.as_path();
     let ctx = |what: &str| format!("{what} {}", dest.display());
     let map = |what: &str, e: std::io::Error| {
         if e.kind() == std::io::ErrorKind::FileTooLarge {
@@ -509,50 +628,95 @@ fn write_blocking(
             Error::io(ctx(what), e)
         }
     };
-    // Dropped on any early return: the temp file is deleted.
-    let tmp = tempfile::Builder::new()
-        .prefix(TEMP_PREFIX)
-        .tempfile_in(dir)
-        .map_err(|e| map("create temp file for", e))?;
-    // Keep an overwritten file's mode (say, executable); new files are 0644.
-    let mode = std::fs::metadata(dest)
-        .map(|m| m.permissions().mode() & 0o7777)
-        .unwrap_or(0o644);
-    {
-        let sink = Capped {
-            inner: tmp.as_file(),
-            written: 0,
-            limit,
-        };
-        let mut out = if gzip {
-            Sink::Gzip(Box::new(flate2::write::GzDecoder::new(sink)))
-        } else {
-            Sink::Plain(sink)
-        };
-        loop {
-            match rx.blocking_recv() {
-                Some(Piece::Data(chunk)) => out.write_all(&chunk).map_err(|e| map("write", e))?,
-                Some(Piece::Done) => break,
-                None => {
-                    return Err(Error::InvalidArgument(format!(
-                        "upload to {} was cut short",
-                        dest.display()
-                    )))
-                }
+    let receive = |file: &std::fs::File| receive(file, rx, gzip, limit, dest, &map);
+    let give_to_user = |path: &Path| {
+        chown_to(path, user)?;
+        metadata
+            .iter()
+            .try_for_each(|(k, v)| write_metadata(path, k, v))
+    };
+    match target.landing {
+        Landing::Replace { mode } => {
+            // Dropped on any early return: the temp file is deleted.
+            let tmp = tempfile::Builder::new()
+                .prefix(TEMP_PREFIX)
+                .tempfile_in(target.dir()?)
+                .map_err(|e| map("create temp file for", e))?;
+            receive(tmp.as_file())?;
+            tmp.as_file()
+                .set_permissions(std::fs::Permissions::from_mode(mode))
+                .map_err(|e| map("chmod", e))?;
+            give_to_user(tmp.path())?;
+            tmp.as_file().sync_all().map_err(|e| map("fsync", e))?;
+            tmp.persist(dest).map_err(|e| map("rename into", e.error))?;
+        }
+        Landing::InPlace => {
+            let file = open_in_place(dest).map_err(|e| map("open", e))?;
+            receive(&file)?;
+            give_to_user(dest)?;
+            file.sync_all().map_err(|e| map("fsync", e))?;
+        }
+        Landing::Special => {
+            let file = open_in_place(dest).map_err(|e| map("open", e))?;
+            receive(&file)?;
+        }
+    }
+    Ok(())
+}
+
+/// `path` opened to be overwritten. Without blocking: a FIFO that no one reads is an
+/// error (ENXIO) rather than a writer thread stuck until someone does; writes then
+/// block as usual.
+fn open_in_place(path: &Path) -> std::io::Result<std::fs::File> {
+    use std::os::fd::AsRawFd;
+    use std::os::unix::fs::OpenOptionsExt;
+    let file = std::fs::OpenOptions::new()
+        .write(true)
+        .truncate(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(path)?;
+    let fd = file.as_raw_fd();
+    // SAFETY: fcntl on a descriptor the file owns; the results are checked.
+    let flags = unsafe { libc::fcntl(fd, libc::F_GETFL) };
+    if flags < 0 || unsafe { libc::fcntl(fd, libc::F_SETFL, flags & !libc::O_NONBLOCK) } < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(file)
+}
+
+/// Write what `rx` brings into `file` (decoded when `gzip`), up to `limit` bytes, until
+/// the explicit `Done`.
+fn receive(
+    file: &std::fs::File,
+    mut rx: mpsc::Receiver<Piece>,
+    gzip: bool,
+    limit: u64,
+    dest: &Path,
+    map: &dyn Fn(&str, std::io::Error) -> Error,
+) -> Result<(), Error> {
+    let sink = Capped {
+        inner: file,
+        written: 0,
+        limit,
+    };
+    let mut out = if gzip {
+        Sink::Gzip(Box::new(flate2::write::GzDecoder::new(sink)))
+    } else {
+        Sink::Plain(sink)
+    };
+    loop {
+        match rx.blocking_recv() {
+            Some(Piece::Data(chunk)) => out.write_all(&chunk).map_err(|e| map("write", e))?,
+            Some(Piece::Done) => break,
+            None => {
+                return Err(Error::InvalidArgument(format!(
+                    "upload to {} was cut short",
+                    dest.display()
+                )))
             }
         }
-        out.finish().map_err(|e| map("write", e))?;
     }
-    tmp.as_file()
-        .set_permissions(std::fs::Permissions::from_mode(mode))
-        .map_err(|e| map("chmod", e))?;
-    chown_to(tmp.path(), user)?;
-    for (k, v) in metadata {
-        write_metadata(tmp.path(), k, v)?;
-    }
-    tmp.as_file().sync_all().map_err(|e| map("fsync", e))?;
-    tmp.persist(dest).map_err(|e| map("rename into", e.error))?;
-    Ok(())
+    out.finish().map_err(|e| map("write", e))
 }
 
 #[cfg(test)]
@@ -587,6 +751,32 @@ mod tests {
     }
 
     #[test]
+    fn download_length_is_what_a_pseudo_file_holds() {
+        // /proc/loadavg's stat says 0 bytes.
+        let (_, len, sample) = open_for_download(Path::new("/proc/loadavg")).unwrap();
+        assert!(!sample.is_empty());
+        assert_eq!(len, Some(sample.len() as u64));
+
+        let dir = tempfile::tempdir().unwrap();
+        let big = dir.path().join("big");
+        std::fs::write(&big, vec![7u8; 3 * SAMPLE as usize]).unwrap();
+        let (_, len, sample) = open_for_download(&big).unwrap();
+        assert_eq!((len, sample.len() as u64), (Some(3 * SAMPLE), SAMPLE));
+        let meta = std::fs::metadata(&big).unwrap();
+        assert_eq!(known_len(&meta, SAMPLE as usize), Some(3 * SAMPLE));
+
+        // A regular file claiming less than was read (a large /proc file), or no regular
+        // file at all, is sent chunked.
+        let small = dir.path().join("small");
+        std::fs::write(&small, b"0123").unwrap();
+        let meta = std::fs::metadata(&small).unwrap();
+        assert_eq!(known_len(&meta, SAMPLE as usize), None);
+        let meta = std::fs::metadata("/dev/zero").unwrap();
+        assert_eq!(known_len(&meta, SAMPLE as usize), None);
+        assert_eq!(known_len(&meta, 0), Some(0));
+    }
+
+    #[test]
     fn gzip_negotiation() {
         let mut h = HeaderMap::new();
         assert!(!accepts_gzip(&h));
@@ -615,6 +805,103 @@ mod tests {
         let m = metadata_headers(&h).unwrap();
         assert_eq!(m.len(), 1);
         assert_eq!(m["owner"], "alice");
+    }
+
+    /// Upload `data` to `dest` as the writer thread does.
+    fn upload(dest: &Path, data: &[u8]) -> Result<(), Error> {
+        let target = Target::of(dest)?;
+        let (tx, rx) = mpsc::channel(2);
+        tx.try_send(Piece::Data(Bytes::copy_from_slice(data)))
+            .unwrap();
+        tx.try_send(Piece::Done).unwrap();
+        let user = crate::users::Users::default().lookup("root").unwrap();
+        write_blocking(&target, &user, rx, false, 1 << 20, &BTreeMap::new())
+    }
+
+    #[test]
+    fn upload_through_a_symlink_updates_its_target() {
+        let dir = tempfile::tempdir().unwrap();
+        let target = dir.path().join("target.txt");
+        std::fs::write(&target, "old").unwrap();
+        std::fs::set_permissions(&target, std::fs::Permissions::from_mode(0o755)).unwrap();
+        std::fs::create_dir(dir.path().join("sub")).unwrap();
+        let link = dir.path().join("sub/link");
+        std::os::unix::fs::symlink("../target.txt", &link).unwrap();
+        upload(&link, b"new").unwrap();
+        assert!(std::fs::symlink_metadata(&link)
+            .unwrap()
+            .file_type()
+            .is_symlink());
+        assert_eq!(std::fs::read(&target).unwrap(), b"new");
+        let mode = std::fs::metadata(&target).unwrap().permissions().mode();
+        assert_eq!(mode & 0o7777, 0o755);
+
+        // A link to nothing yet: its target is created.
+        let dangling = dir.path().join("dangling");
+        std::os::unix::fs::symlink("sub/made.txt", &dangling).unwrap();
+        upload(&dangling, b"made").unwrap();
+        assert_eq!(
+            std::fs::read(dir.path().join("sub/made.txt")).unwrap(),
+            b"made"
+        );
+
+        let a = dir.path().join("a");
+        std::os::unix::fs::symlink("b", &a).unwrap();
+        std::os::unix::fs::symlink("a", dir.path().join("b")).unwrap();
+        assert!(matches!(upload(&a, b"x"), Err(Error::InvalidArgument(_))));
+    }
+
+    #[test]
+    fn upload_keeps_hard_links_linked() {
+        let dir = tempfile::tempdir().unwrap();
+        let (a, b) = (dir.path().join("a"), dir.path().join("b"));
+        std::fs::write(&a, "old contents").unwrap();
+        std::fs::hard_link(&a, &b).unwrap();
+        assert_eq!(Target::of(&a).unwrap().landing, Landing::InPlace);
+        upload(&a, b"new").unwrap();
+        assert_eq!(std::fs::read(&b).unwrap(), b"new");
+        assert_eq!(std::fs::metadata(&a).unwrap().nlink(), 2);
+    }
+
+    #[test]
+    fn upload_to_a_device_or_fifo_writes_into_it() {
+        use std::os::unix::fs::FileTypeExt;
+        let null = Path::new("/dev/null");
+        assert_eq!(Target::of(null).unwrap().landing, Landing::Special);
+        upload(null, b"x").unwrap();
+        assert!(std::fs::metadata(null)
+            .unwrap()
+            .file_type()
+            .is_char_device());
+        // /proc/sys is made of regular files, but takes no new ones.
+        let knob = Path::new("/proc/sys/kernel/hostname");
+        assert_eq!(Target::of(knob).unwrap().landing, Landing::Special);
+
+        // A FIFO that no one reads is an error, not a writer waiting for a reader.
+        let dir = tempfile::tempdir().unwrap();
+        let fifo = dir.path().join("fifo");
+        let c = std::ffi::CString::new(fifo.as_os_str().as_encoded_bytes()).unwrap();
+        // SAFETY: a valid NUL-terminated path.
+        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o644) }, 0);
+        assert!(upload(&fifo, b"x").is_err());
+        assert!(std::fs::metadata(&fifo).unwrap().file_type().is_fifo());
+    }
+
+    #[test]
+    fn upload_replaces_a_plain_file_whole() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("f");
+        std::fs::write(&file, "first version, longer").unwrap();
+        assert_eq!(
+            Target::of(&file).unwrap().landing,
+            Landing::Replace { mode: 0o644 }
+        );
+        upload(&file, b"second").unwrap();
+        assert_eq!(std::fs::read(&file).unwrap(), b"second");
+        assert!(matches!(
+            Target::of(dir.path()),
+            Err(Error::InvalidArgument(_))
+        ));
     }
 
     #[test]

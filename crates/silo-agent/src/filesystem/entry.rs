@@ -92,7 +92,7 @@ fn rfc3339(meta: &Metadata) -> Option<String> {
     Some(t.to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true))
 }
 
-fn cpath(path: &Path) -> Result<CString, Error> {
+pub(super) fn cpath(path: &Path) -> Result<CString, Error> {
     CString::new(path.as_os_str().as_bytes())
         .map_err(|_| Error::InvalidArgument("path contains a NUL byte".into()))
 }

@@ -1,4 +1,8 @@
-//! `MakeDir`: create a directory and its parents; an existing one is `already_exists`.
+//! `MakeDir`: create a directory and its parents; an existing one is `already_exists`
+//! (the SDKs answer false), anything else in its place `invalid_argument` (they raise),
+//! as with envd.
+
+use std::path::Path;
 
 use axum::extract::State;
 use axum::Json;
@@ -11,6 +15,7 @@ use crate::auth::RpcUser;
 use crate::error::Error;
 use crate::rpc::Unary;
 use crate::state::AppState;
+use crate::users::User;
 
 pub async fn make_dir(
     State(state): State<AppState>,
@@ -19,23 +24,40 @@ pub async fn make_dir(
 ) -> Result<Json<EntryResponse>, Error> {
     let (user, users) = state.user(username.as_deref())?;
     let path = resolve(&req.path, &user.home)?;
-    match std::fs::metadata(&path) {
-        Ok(m) if m.is_dir() => {
-            return Err(Error::AlreadyExists(format!(
-                "directory {} already exists",
-                path.display()
-            )))
-        }
-        Ok(_) => {
-            return Err(Error::AlreadyExists(format!(
-                "{} already exists and is not a directory",
-                path.display()
-            )))
-        }
-        Err(_) => {}
-    }
-    create_dirs(&path, &user)?;
+    make(&path, &user)?;
     Ok(Json(EntryResponse {
         entry: entry_info(&path, &users)?,
     }))
+}
+
+fn make(path: &Path, user: &User) -> Result<(), Error> {
+    match std::fs::metadata(path) {
+        Ok(m) if m.is_dir() => Err(Error::AlreadyExists(format!(
+            "directory {} already exists",
+            path.display()
+        ))),
+        Ok(_) => Err(Error::InvalidArgument(format!(
+            "{} already exists and is not a directory",
+            path.display()
+        ))),
+        Err(_) => create_dirs(path, user),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn existing_directory_or_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let user = crate::users::Users::default().lookup("root").unwrap();
+        let new = dir.path().join("a/b");
+        make(&new, &user).unwrap();
+        assert!(new.is_dir());
+        assert!(matches!(make(&new, &user), Err(Error::AlreadyExists(_))));
+        let file = dir.path().join("f");
+        std::fs::write(&file, "").unwrap();
+        assert!(matches!(make(&file, &user), Err(Error::InvalidArgument(_))));
+    }
 }

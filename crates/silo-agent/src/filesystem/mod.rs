@@ -45,6 +45,18 @@ pub fn router() -> Router<AppState> {
         )
 }
 
+/// The type of the filesystem `path` is on (`statfs`'s magic number), if it can be told.
+pub fn fs_type(path: &Path) -> Option<i64> {
+    use std::os::unix::ffi::OsStrExt;
+    let c = std::ffi::CString::new(path.as_os_str().as_bytes()).ok()?;
+    // SAFETY: statfs fills a zeroed struct through a valid pointer.
+    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
+    if unsafe { libc::statfs(c.as_ptr(), &mut st) } != 0 {
+        return None;
+    }
+    Some(st.f_type as i64)
+}
+
 /// Give `path` (not following symlinks) to `user`. Without root this can only fail, and
 /// then the file simply stays the agent's (development runs).
 pub fn chown_to(path: &Path, user: &User) -> Result<(), Error> {

@@ -31,6 +31,7 @@ use tokio::io::unix::AsyncFd;
 use tokio::sync::mpsc;
 
 use super::entry::entry_info;
+use super::fs_type;
 use super::path::resolve;
 use crate::auth::RpcUser;
 use crate::error::Error;
@@ -126,10 +127,17 @@ impl DirWatcher {
     /// Watch `rel` (relative to the root) and, when recursive, every directory below it.
     fn add_tree(&mut self, rel: PathBuf) -> Result<(), Error> {
         let abs = self.root.join(&rel);
+        // The root may be named through a symlink; below it, a link is an entry, not a
+        // directory to watch.
+        let follow = if rel.as_os_str().is_empty() {
+            WatchMask::empty()
+        } else {
+            WatchMask::DONT_FOLLOW
+        };
         let wd = self
             .inotify
             .watches()
-            .add(&abs, mask() | WatchMask::DONT_FOLLOW)
+            .add(&abs, mask() | follow)
             .map_err(|e| Error::io(format!("watch {}", abs.display()), e))?;
         self.dirs.insert(wd, rel.clone());
         if self.recursive {
@@ -221,15 +229,7 @@ impl DirWatcher {
 }
 
 fn on_network_mount(path: &Path) -> bool {
-    let Ok(c) = std::ffi::CString::new(path.as_os_str().as_bytes()) else {
-        return false;
-    };
-    // SAFETY: statfs fills a zeroed struct through a valid pointer.
-    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
-    if unsafe { libc::statfs(c.as_ptr(), &mut st) } != 0 {
-        return false;
-    }
-    NETWORK_FS_MAGIC.contains(&(st.f_type as i64))
+    fs_type(path).is_some_and(|t| NETWORK_FS_MAGIC.contains(&t))
 }
 
 /// Wait until the inotify queue has something, then let `f` drain it.
@@ -391,4 +391,36 @@ pub async fn remove_watcher(
         .remove(&req.watcher_id)
         .ok_or_else(|| Error::NotFound(format!("watcher {:?} not found", req.watcher_id)))?;
     Ok(Json(Empty {}))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_symlink_to_a_directory_is_watched_as_the_directory() {
+        let dir = tempfile::tempdir().unwrap();
+        let real = dir.path().join("real");
+        std::fs::create_dir(&real).unwrap();
+        std::os::unix::fs::symlink(&real, dir.path().join("link")).unwrap();
+        let users = UserDb::new(dir.path().join("passwd"), dir.path().join("group"));
+        let req = WatchDirRequest {
+            recursive: true,
+            ..Default::default()
+        };
+        let (mut watcher, _fd) = DirWatcher::new(dir.path().join("link"), &req, users).unwrap();
+        std::fs::write(real.join("f.txt"), "x").unwrap();
+        let events: Vec<_> = watcher
+            .drain()
+            .into_iter()
+            .map(|e| (e.event_type, e.name))
+            .collect();
+        assert_eq!(
+            events,
+            [
+                (EventType::Create, "f.txt".to_string()),
+                (EventType::Write, "f.txt".to_string()),
+            ]
+        );
+    }
 }

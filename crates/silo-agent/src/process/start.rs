@@ -91,6 +91,26 @@ fn command_line(cmd: &str, args: &[String]) -> String {
         .join(" ")
 }
 
+/// A NUL byte cannot reach a program (exec takes C strings): the caller's argument is
+/// wrong. Checked here, before a warm shell could take the command as text.
+fn refuse_nul(cmd: &str, args: &[String], env: &[(String, String)]) -> Result<(), Error> {
+    let what = if cmd.contains('\0') {
+        "process.cmd".to_owned()
+    } else if let Some(i) = args.iter().position(|a| a.contains('\0')) {
+        format!("process.args[{i}]")
+    } else if let Some((k, _)) = env
+        .iter()
+        .find(|(k, v)| k.contains('\0') || v.contains('\0'))
+    {
+        format!("environment variable {k:?}")
+    } else {
+        return Ok(());
+    };
+    Err(Error::InvalidArgument(format!(
+        "{what} contains a NUL byte"
+    )))
+}
+
 /// Who runs what, where, with which environment: a start request checked against the
 /// account files and the `/init` settings.
 pub(super) fn resolve(
@@ -140,6 +160,7 @@ pub(super) fn resolve(
         env.retain(|(existing, _)| existing != k);
         env.push((k.clone(), v.clone()));
     }
+    refuse_nul(&process.cmd, &process.args, &env)?;
 
     Ok(SpawnSpec {
         cmd: process.cmd.clone(),
@@ -202,4 +223,24 @@ pub(super) async fn launch(
         rewarm,
     );
     Ok(rx)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn nul_bytes_are_the_callers_argument() {
+        let env = |k: &str, v: &str| vec![(k.to_owned(), v.to_owned())];
+        assert!(refuse_nul("/bin/echo", &["a".into()], &env("A", "1")).is_ok());
+        for (cmd, args, env) in [
+            ("/bin/e\0cho", vec![], env("A", "1")),
+            ("/bin/echo", vec!["a".into(), "b\0".into()], env("A", "1")),
+            ("/bin/echo", vec![], env("A", "1\0two")),
+            ("/bin/echo", vec![], env("A\0", "1")),
+        ] {
+            let err = refuse_nul(cmd, &args, &env).unwrap_err();
+            assert!(matches!(err, Error::InvalidArgument(_)), "{err:?}");
+        }
+    }
 }
