@@ -129,8 +129,9 @@ def test_timeout_of_a_chatty_command_is_a_timeout(sandbox: Sandbox):
     # Output keeps the client's read timer from firing: the server's deadline ends the
     # stream with deadline_exceeded, which the SDK raises as its timeout error.
     with pytest.raises(TimeoutException):
-        sandbox.commands.run("while true; do echo tick; sleep 0.2; done", timeout=2)
-    assert "tick" not in sandbox.commands.run("pgrep -af 'echo tick' || true").stdout
+        sandbox.commands.run("echo $$ > /tmp/chatty; while true; do echo tick; sleep 0.2; done", timeout=2)
+    # And it was killed.
+    assert sandbox.commands.run("kill -0 $(cat /tmp/chatty) 2>/dev/null || echo gone").stdout == "gone\n"
 
 
 def test_a_connection_outliving_its_timeout_ends_but_the_process_runs_on(sandbox: Sandbox):
