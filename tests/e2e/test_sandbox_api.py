@@ -123,6 +123,21 @@ def test_list_filters_by_metadata_and_state_and_pages(silo):
             sbx.kill()
 
 
+def test_list_and_kill_page_by_page_reaches_every_sandbox(silo):
+    # The next page starts after where the last one ended, though its sandboxes are gone.
+    tag = uuid.uuid4().hex
+    made = {Sandbox.create("base", timeout=60, metadata={"sweep": tag}).sandbox_id for _ in range(3)}
+    killed = set()
+    paginator = Sandbox.list(query=SandboxQuery(metadata={"sweep": tag}), limit=1)
+    while paginator.has_next:
+        for info in paginator.next_items():
+            Sandbox.kill(info.sandbox_id)
+            killed.add(info.sandbox_id)
+    assert killed == made
+    status, body, _ = silo.api("GET", "/v2/sandboxes?nextToken=not-a-token")
+    assert status == 400 and "X-Next-Token" in body["message"], body
+
+
 def test_timeout_kills_and_set_timeout_moves_it(silo):
     short = Sandbox.create("base", timeout=2)
     kept = Sandbox.create("base", timeout=2)

@@ -24,6 +24,10 @@ pub(crate) fn rfc3339(ms: i64) -> String {
         .to_rfc3339_opts(SecondsFormat::Millis, true)
 }
 
+/// What a list's `state=running` and `state=paused` select.
+const RUNNING: [SandboxState; 2] = [SandboxState::Running, SandboxState::Resuming];
+const PAUSED: [SandboxState; 2] = [SandboxState::Paused, SandboxState::Pausing];
+
 fn wire_state(state: SandboxState) -> rest::SandboxState {
     match state {
         SandboxState::Paused | SandboxState::Pausing => rest::SandboxState::Paused,
@@ -333,7 +337,7 @@ pub async fn list_v1(
     RawQuery(query): RawQuery,
 ) -> Result<impl IntoResponse, ApiError> {
     let mut filter = parse_list_query(query.as_deref().unwrap_or(""))?;
-    filter.states = vec![SandboxState::Running];
+    filter.states = RUNNING.to_vec();
     filter.after = None;
     filter.limit = None;
     let (body, _) = list_page(&app, &filter)?;
@@ -352,7 +356,7 @@ pub async fn list_v2(
     if let Some(token) = next_token {
         headers.insert(
             "x-next-token",
-            HeaderValue::from_str(&token).expect("sandbox ids are header-safe"),
+            HeaderValue::from_str(&token.to_string()).expect("cursors are header-safe"),
         );
     }
     Ok((headers, Json(body)))
@@ -362,7 +366,7 @@ pub async fn list_v2(
 fn list_page(
     app: &AppState,
     filter: &ListFilter,
-) -> Result<(Vec<rest::SandboxDetail>, Option<String>), ApiError> {
+) -> Result<(Vec<rest::SandboxDetail>, Option<silo_catalog::Cursor>), ApiError> {
     let page = app.manager.catalog().list(filter)?;
     let body = page
         .sandboxes
@@ -386,21 +390,29 @@ fn parse_list_query(query: &str) -> Result<ListFilter, ApiError> {
             }
             "state" => {
                 for state in value.split(',').filter(|s| !s.is_empty()) {
-                    let state = match state {
-                        "running" => SandboxState::Running,
-                        "paused" => SandboxState::Paused,
+                    // Each with the states on the way to it, which read as it on the
+                    // wire (`wire_state`).
+                    let states: &[SandboxState] = match state {
+                        "running" => &RUNNING,
+                        "paused" => &PAUSED,
                         // silo's: the history, until the retention window forgets them.
-                        "killed" => SandboxState::Killed,
+                        "killed" => &[SandboxState::Killing, SandboxState::Killed],
                         other => {
                             return Err(ApiError::BadRequest(format!(
                                 "unknown state {other:?}: use running, paused or killed"
                             )))
                         }
                     };
-                    filter.states.push(state);
+                    filter.states.extend_from_slice(states);
                 }
             }
-            "nextToken" => filter.after = Some(value.into_owned()),
+            "nextToken" => {
+                filter.after = Some(
+                    value
+                        .parse()
+                        .map_err(|e: silo_catalog::BadToken| ApiError::BadRequest(e.to_string()))?,
+                )
+            }
             "limit" => {
                 let limit: usize = value.parse().map_err(|_| {
                     ApiError::BadRequest(format!("limit {value:?} is not a positive number"))
@@ -428,11 +440,19 @@ mod tests {
         let filter = parse_list_query(query).unwrap();
         assert_eq!(filter.metadata["a b"], "c&d");
         assert_eq!(filter.metadata["x"], "1");
-        assert_eq!(
-            filter.states,
-            vec![SandboxState::Running, SandboxState::Paused]
-        );
+        assert_eq!(filter.states, [RUNNING, PAUSED].concat());
         assert_eq!(filter.limit, Some(5));
+    }
+
+    #[test]
+    fn a_token_this_server_did_not_give_is_a_bad_request() {
+        assert!(parse_list_query("nextToken=1765000000000_iabc").is_ok());
+        for bad in ["nextToken=iabc", "nextToken=", "nextToken=x_y"] {
+            assert!(
+                matches!(parse_list_query(bad), Err(ApiError::BadRequest(_))),
+                "{bad}"
+            );
+        }
     }
 
     #[test]

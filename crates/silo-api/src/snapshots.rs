@@ -76,14 +76,23 @@ pub async fn list(
             .as_ref()
             .is_none_or(|name| s.name.as_ref() == Some(name))
     });
+    let after = query
+        .next_token
+        .as_deref()
+        .map(str::parse::<silo_catalog::Cursor>)
+        .transpose()
+        .map_err(|e| ApiError::BadRequest(e.to_string()))?;
     let (page, next_token) = silo_catalog::page(
         snaps,
-        query.next_token.as_deref(),
+        after.as_ref(),
         query.limit.map(|limit| limit.max(1)),
-        |snap| snap.id.as_str(),
+        |snap| silo_catalog::Cursor {
+            at_ms: snap.created_at_ms,
+            id: snap.id.clone(),
+        },
     );
     let mut headers = HeaderMap::new();
-    if let Some(token) = next_token.and_then(|t| HeaderValue::from_str(&t).ok()) {
+    if let Some(token) = next_token.and_then(|t| HeaderValue::from_str(&t.to_string()).ok()) {
         headers.insert("x-next-token", token);
     }
     Ok((headers, Json(page.iter().map(info).collect::<Vec<_>>())))

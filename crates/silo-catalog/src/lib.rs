@@ -125,13 +125,14 @@ pub struct SandboxEvent {
 /// Which sandboxes to list, and where a page starts.
 #[derive(Debug, Clone, Default)]
 pub struct ListFilter {
-    /// Empty means the live states a user sees (running and paused).
+    /// Empty means the live states a user sees (running and paused, and on the way
+    /// between them).
     pub states: Vec<SandboxState>,
     /// Every pair must match.
     pub metadata: BTreeMap<String, String>,
     pub template_id: Option<String>,
-    /// The token returned with the previous page.
-    pub after: Option<String>,
+    /// Where the previous page ended.
+    pub after: Option<Cursor>,
     pub limit: Option<usize>,
 }
 
@@ -139,7 +140,7 @@ pub struct ListFilter {
 #[derive(Debug)]
 pub struct Page {
     pub sandboxes: Vec<SandboxRecord>,
-    pub next_token: Option<String>,
+    pub next_token: Option<Cursor>,
 }
 
 const MIGRATIONS: &[&str] = &[
@@ -253,31 +254,65 @@ ALTER TABLE sandboxes ADD COLUMN rootfs TEXT;
 "#,
 ];
 
-/// One page of `items`: those after the one whose key is `after` (the previous page's
-/// token), at most `limit` of them, and the token of the next page (the last key) when
-/// more follow.
+/// A place in a list ordered newest first: the time of an item (a sandbox's start, a
+/// snapshot's creation) and its id, compared as such. A page starts after the cursor
+/// itself, not after an item found by id, so it starts in the right place when the
+/// previous page's last item has gone since (killed, or no longer matching). Its text,
+/// `{ms}_{id}`, is the `X-Next-Token` clients pass back.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Cursor {
+    pub at_ms: i64,
+    pub id: String,
+}
+
+impl std::fmt::Display for Cursor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}_{}", self.at_ms, self.id)
+    }
+}
+
+/// A token this server did not give.
+#[derive(Debug, thiserror::Error)]
+#[error("{0:?} is not a page token of this server: pass the X-Next-Token of the previous page")]
+pub struct BadToken(String);
+
+impl std::str::FromStr for Cursor {
+    type Err = BadToken;
+
+    fn from_str(token: &str) -> Result<Cursor, BadToken> {
+        let bad = || BadToken(token.to_owned());
+        let (at_ms, id) = token.split_once('_').ok_or_else(bad)?;
+        let id_chars = |c: char| c.is_ascii_alphanumeric() || c == '-';
+        if id.is_empty() || !id.chars().all(id_chars) {
+            return Err(bad());
+        }
+        Ok(Cursor {
+            at_ms: at_ms.parse().map_err(|_| bad())?,
+            id: id.to_owned(),
+        })
+    }
+}
+
+/// One page of `items` (ordered newest first, by `cursor` descending): those after
+/// `after`, at most `limit` of them, and the cursor of the next page (the last item's)
+/// when more follow.
 pub fn page<T>(
     items: impl Iterator<Item = T>,
-    after: Option<&str>,
+    after: Option<&Cursor>,
     limit: Option<usize>,
-    key: impl Fn(&T) -> &str,
-) -> (Vec<T>, Option<String>) {
-    let mut items = items.peekable();
-    if let Some(after) = after {
-        for item in items.by_ref() {
-            if key(&item) == after {
-                break;
-            }
-        }
-    }
+    cursor: impl Fn(&T) -> Cursor,
+) -> (Vec<T>, Option<Cursor>) {
+    let mut items = items
+        .filter(|item| after.is_none_or(|after| cursor(item) < *after))
+        .peekable();
     let limit = limit.unwrap_or(usize::MAX);
     let taken: Vec<T> = items.by_ref().take(limit).collect();
-    let next_token = if taken.len() == limit && items.peek().is_some() {
-        taken.last().map(|item| key(item).to_owned())
+    let next = if taken.len() == limit && items.peek().is_some() {
+        taken.last().map(&cursor)
     } else {
         None
     };
-    (taken, next_token)
+    (taken, next)
 }
 
 pub fn now_ms() -> i64 {
@@ -586,7 +621,12 @@ impl Catalog {
     /// A page of sandboxes, newest first.
     pub fn list(&self, filter: &ListFilter) -> Result<Page> {
         let states: Vec<SandboxState> = if filter.states.is_empty() {
-            vec![SandboxState::Running, SandboxState::Paused]
+            vec![
+                SandboxState::Running,
+                SandboxState::Resuming,
+                SandboxState::Paused,
+                SandboxState::Pausing,
+            ]
         } else {
             filter.states.clone()
         };
@@ -602,10 +642,12 @@ impl Catalog {
                     .iter()
                     .all(|(key, value)| rec.metadata.get(key) == Some(value))
         });
-        let (sandboxes, next_token) =
-            page(matching, filter.after.as_deref(), filter.limit, |rec| {
-                rec.id.as_str()
-            });
+        let (sandboxes, next_token) = page(matching, filter.after.as_ref(), filter.limit, |rec| {
+            Cursor {
+                at_ms: rec.started_at_ms,
+                id: rec.id.to_string(),
+            }
+        });
         Ok(Page {
             sandboxes,
             next_token,
@@ -813,20 +855,50 @@ pub(crate) mod tests {
 
     #[test]
     fn pages_follow_the_token() {
-        let items = ["a", "b", "c", "d", "e"];
-        let pages = |after, limit| page(items.iter().copied(), after, limit, |s| s);
-        assert_eq!(pages(None, Some(2)), (vec!["a", "b"], Some("b".into())));
+        // Newest first; two items share a millisecond.
+        let items = [(50, "e"), (40, "d"), (30, "c"), (30, "b"), (10, "a")];
+        let at = |(at_ms, id): (i64, &str)| Cursor {
+            at_ms,
+            id: id.into(),
+        };
+        let pages = |after: Option<Cursor>, limit| {
+            page(items.iter().copied(), after.as_ref(), limit, |&item| {
+                at(item)
+            })
+        };
         assert_eq!(
-            pages(Some("b"), Some(2)),
-            (vec!["c", "d"], Some("d".into()))
+            pages(None, Some(2)),
+            (vec![(50, "e"), (40, "d")], Some(at((40, "d"))))
         );
-        assert_eq!(pages(Some("d"), Some(2)), (vec!["e"], None));
         assert_eq!(
-            pages(Some("c"), Some(2)),
-            (vec!["d", "e"], None),
+            pages(Some(at((40, "d"))), Some(2)),
+            (vec![(30, "c"), (30, "b")], Some(at((30, "b"))))
+        );
+        assert_eq!(pages(Some(at((30, "b"))), Some(2)), (vec![(10, "a")], None));
+        assert_eq!(
+            pages(Some(at((40, "d"))), Some(3)),
+            (vec![(30, "c"), (30, "b"), (10, "a")], None),
             "no empty last page"
         );
         assert_eq!(pages(None, None).0.len(), 5);
+        // The previous page's last item gone: the next page still starts after it.
+        let without_d = || items.iter().copied().filter(|&(_, id)| id != "d");
+        assert_eq!(
+            page(without_d(), Some(&at((40, "d"))), Some(2), |&item| at(item)).0,
+            vec![(30, "c"), (30, "b")]
+        );
+    }
+
+    #[test]
+    fn tokens_are_cursors_in_text() {
+        let cursor = Cursor {
+            at_ms: 1_765_000_000_123,
+            id: "iabc123".into(),
+        };
+        assert_eq!(cursor.to_string().parse::<Cursor>().unwrap(), cursor);
+        for bad in ["", "iabc123", "x_iabc", "12_", "12_a b", "12_../x"] {
+            assert!(bad.parse::<Cursor>().is_err(), "{bad:?}");
+        }
     }
 
     pub(crate) fn record(template: &str, metadata: &[(&str, &str)]) -> SandboxRecord {

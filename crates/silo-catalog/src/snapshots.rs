@@ -78,7 +78,7 @@ impl Catalog {
     pub fn snapshots(&self, of_sandbox: Option<&SandboxId>) -> Result<Vec<SnapshotRecord>> {
         let conn = self.conn();
         let mut stmt = conn.prepare(&format!(
-            "{SELECT_SNAPSHOT} WHERE ?1 IS NULL OR sandbox_id = ?1 ORDER BY created_at DESC, id"
+            "{SELECT_SNAPSHOT} WHERE ?1 IS NULL OR sandbox_id = ?1 ORDER BY created_at DESC, id DESC"
         ))?;
         let rows = stmt
             .query_map([of_sandbox.map(SandboxId::as_str)], snapshot_row)?
