@@ -4,6 +4,7 @@
 //! they read whatever is already buffered and stop, without waiting for EOF, because a
 //! background grandchild may hold the pipe open long after the process itself is gone.
 
+use std::os::fd::AsRawFd;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -11,7 +12,7 @@ use silo_protocol::envd::{Base64Bytes, DataEvent, EndEvent, JournalKind, Process
 use tokio::net::unix::pipe;
 use tokio::sync::{oneshot, watch};
 
-use super::pty::PtyMaster;
+use super::pty::{read_now, PtyMaster};
 use super::reaper::{Exit, WaitStatus};
 use super::warm::Rewarm;
 use super::{Process, ProcessTable};
@@ -38,10 +39,13 @@ impl Source {
         }
     }
 
-    /// `Ok(None)`: nothing buffered right now.
+    /// `Ok(None)`: nothing buffered right now. Straight to the pipe: tokio's `try_read`
+    /// answers WouldBlock without reading until its reactor has seen the pipe readable,
+    /// which it may not have yet when the process's exit is heard first (a command that
+    /// writes and exits at once would lose its output).
     fn try_read(&self, buf: &mut [u8]) -> std::io::Result<Option<usize>> {
         match self {
-            Source::Pipe(rx, _) => match rx.try_read(buf) {
+            Source::Pipe(rx, _) => match read_now(rx.as_raw_fd(), buf) {
                 Ok(n) => Ok(Some(n)),
                 Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => Ok(None),
                 Err(e) => Err(e),
@@ -184,4 +188,25 @@ pub fn run(
             rewarm.now();
         }
     });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+    use std::os::fd::OwnedFd;
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_drain_reads_what_the_reactor_has_not_seen_yet() {
+        let (read_end, write_end) = std::io::pipe().unwrap();
+        std::fs::File::from(OwnedFd::from(write_end))
+            .write_all(b"hi")
+            .unwrap();
+        let rx = pipe::Receiver::from_owned_fd(OwnedFd::from(read_end)).unwrap();
+        // No await since the registration: the reactor has not looked at the pipe.
+        let source = Source::Pipe(rx, JournalKind::Stdout);
+        let mut buf = [0u8; 8];
+        assert_eq!(source.try_read(&mut buf).unwrap(), Some(2));
+        assert_eq!(&buf[..2], b"hi");
+    }
 }

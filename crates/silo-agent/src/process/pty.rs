@@ -65,13 +65,7 @@ impl PtyMaster {
     }
 
     fn read_now(&self, buf: &mut [u8]) -> io::Result<usize> {
-        // SAFETY: buf is valid for buf.len() bytes.
-        let n = unsafe { libc::read(self.fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len()) };
-        if n < 0 {
-            Err(io::Error::last_os_error())
-        } else {
-            Ok(n as usize)
-        }
+        read_now(self.fd.as_raw_fd(), buf)
     }
 
     /// Read what is there; `Ok(0)` once every slave is closed (Linux reports that as EIO).
@@ -122,5 +116,17 @@ impl PtyMaster {
         // SAFETY: TIOCSWINSZ reads a winsize from a valid pointer.
         cvt(unsafe { libc::ioctl(self.fd.as_raw_fd(), libc::TIOCSWINSZ, &ws) })?;
         Ok(())
+    }
+}
+
+/// One `read(2)` of a non-blocking descriptor, whatever the runtime knows of its
+/// readiness.
+pub(super) fn read_now(fd: std::os::fd::RawFd, buf: &mut [u8]) -> io::Result<usize> {
+    // SAFETY: buf is valid for buf.len() bytes.
+    let n = unsafe { libc::read(fd, buf.as_mut_ptr().cast(), buf.len()) };
+    if n < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(n as usize)
     }
 }
