@@ -91,6 +91,7 @@ fn sandbox_class(err: &SandboxError) -> (StatusCode, &'static str) {
         SandboxError::Init { .. } => (INTERNAL, "agent_init_failed"),
         SandboxError::ListRuntime(_) => (INTERNAL, "runtime_failed"),
         SandboxError::Catalog(_) => (INTERNAL, "catalog_failed"),
+        SandboxError::Interrupted => (StatusCode::SERVICE_UNAVAILABLE, "interrupted"),
     }
 }
 

@@ -1,6 +1,8 @@
 //! Egress rules of a sandbox: set at create, replaced live by `update_network`, kept in
 //! the catalog as last applied.
 
+use std::sync::Arc;
+
 use silo_catalog::{NetworkRules, SandboxState};
 use silo_protocol::ids::SandboxId;
 
@@ -9,8 +11,18 @@ use crate::network::EgressPolicy;
 
 impl Manager {
     /// Replace the egress rules of a running or paused sandbox; new connections follow
-    /// them at once.
+    /// them at once. The rules are recorded as applied even if the caller stops waiting.
     pub async fn update_network(
+        self: &Arc<Self>,
+        id: &SandboxId,
+        policy: EgressPolicy,
+    ) -> Result<(), SandboxError> {
+        let id = id.clone();
+        self.detached(move |manager| async move { manager.update_network_held(&id, policy).await })
+            .await
+    }
+
+    async fn update_network_held(
         &self,
         id: &SandboxId,
         policy: EgressPolicy,

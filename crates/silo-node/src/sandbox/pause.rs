@@ -27,8 +27,15 @@ const QUIESCE_SETTLE: Duration = Duration::from_millis(100);
 
 impl Manager {
     /// Pause a running sandbox. A paused one is [`SandboxError::AlreadyPaused`]; on
-    /// failure the sandbox keeps running and the error says why.
-    pub async fn pause(&self, id: &SandboxId, reason: &str) -> Result<(), SandboxError> {
+    /// failure the sandbox keeps running and the error says why. The pause ends even if
+    /// the caller stops waiting.
+    pub async fn pause(self: &Arc<Self>, id: &SandboxId, reason: &str) -> Result<(), SandboxError> {
+        let (id, reason) = (id.clone(), reason.to_owned());
+        self.detached(move |manager| async move { manager.pause_held(&id, &reason).await })
+            .await
+    }
+
+    async fn pause_held(&self, id: &SandboxId, reason: &str) -> Result<(), SandboxError> {
         let lock = self.lifecycle_lock(id);
         let _held = lock.lock().await;
         let rec = self.get(id)?;
@@ -82,8 +89,21 @@ impl Manager {
 
     /// Resume a paused sandbox (a running one is returned as is) and give it `timeout`
     /// from now; `reason` goes into its history. Returns the record and whether it was
-    /// resumed.
+    /// resumed. The resume ends even if the caller stops waiting.
     pub async fn resume(
+        self: &Arc<Self>,
+        id: &SandboxId,
+        timeout_seconds: Option<u64>,
+        reason: &str,
+    ) -> Result<(SandboxRecord, bool), SandboxError> {
+        let (id, reason) = (id.clone(), reason.to_owned());
+        self.detached(move |manager| async move {
+            manager.resume_held(&id, timeout_seconds, &reason).await
+        })
+        .await
+    }
+
+    async fn resume_held(
         &self,
         id: &SandboxId,
         timeout_seconds: Option<u64>,
@@ -186,5 +206,56 @@ impl Manager {
         // Locks of sandboxes nobody is operating on are dropped as others are taken.
         locks.retain(|_, lock| Arc::strong_count(lock) > 1);
         Arc::clone(locks.entry(id.clone()).or_default())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::fake::{self, FakeRuntime, Held, Verb};
+    use super::*;
+
+    /// A running sandbox in a manager over a fake runtime.
+    fn running() -> (Arc<FakeRuntime>, Arc<Manager>, tempfile::TempDir, SandboxId) {
+        let runtime = Arc::new(FakeRuntime::default());
+        let (manager, dir) = fake::manager(Arc::clone(&runtime));
+        let rec = fake::record(SandboxState::Running, 60_000);
+        manager.catalog.insert_sandbox(&rec).unwrap();
+        runtime.insert(&rec.id, Held::Running);
+        (runtime, manager, dir, rec.id)
+    }
+
+    fn state(manager: &Manager, id: &SandboxId) -> SandboxState {
+        manager.catalog.get_sandbox(id).unwrap().unwrap().state
+    }
+
+    #[tokio::test]
+    async fn a_pause_whose_caller_hangs_up_ends_paused() {
+        let (runtime, manager, _dir, id) = running();
+        runtime.hold(Verb::Pause);
+        tokio::select! {
+            _ = manager.pause(&id, "test") => panic!("the pause was held"),
+            () = runtime.began() => {}
+        }
+        // Its caller is gone (the future dropped, as hyper drops a request's when the
+        // client hangs up); the pause goes on to its end.
+        runtime.release();
+        manager.shutdown().await;
+        assert_eq!(state(&manager, &id), SandboxState::Paused);
+        assert_eq!(runtime.held(&id), Some(Held::Frozen));
+    }
+
+    #[tokio::test]
+    async fn a_resume_whose_caller_hangs_up_ends_running() {
+        let (runtime, manager, _dir, id) = running();
+        manager.pause(&id, "test").await.unwrap();
+        runtime.hold(Verb::Resume);
+        tokio::select! {
+            _ = manager.resume(&id, None, "test") => panic!("the resume was held"),
+            () = runtime.began() => {}
+        }
+        runtime.release();
+        manager.shutdown().await;
+        assert_eq!(state(&manager, &id), SandboxState::Running);
+        assert_eq!(runtime.held(&id), Some(Held::Running));
     }
 }

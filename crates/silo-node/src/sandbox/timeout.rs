@@ -34,7 +34,7 @@ impl Manager {
     /// live, `reason` recorded; for a running one a timeout given only ever extends its
     /// life.
     pub async fn connect(
-        &self,
+        self: &Arc<Self>,
         id: &SandboxId,
         seconds: Option<u64>,
         reason: &str,
