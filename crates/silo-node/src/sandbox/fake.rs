@@ -21,6 +21,8 @@ use crate::{Paused, Runtime, RuntimeError, SandboxSpec, Started};
 pub(super) enum Held {
     Running,
     Frozen,
+    /// Its container is gone (a reboot), its directory and address lease are not.
+    Stopped,
 }
 
 /// The verbs a test can make fail or hold.
@@ -155,11 +157,13 @@ impl Runtime for FakeRuntime {
     }
 
     async fn running(&self) -> Result<Vec<SandboxId>, RuntimeError> {
-        Ok(self.held.lock().unwrap().keys().cloned().collect())
+        let held = self.held.lock().unwrap();
+        let up = held.iter().filter(|(_, held)| **held != Held::Stopped);
+        Ok(up.map(|(id, _)| id.clone()).collect())
     }
 
     async fn list(&self) -> Result<Vec<SandboxId>, RuntimeError> {
-        self.running().await
+        Ok(self.held.lock().unwrap().keys().cloned().collect())
     }
 
     async fn shutdown(&self) {}
