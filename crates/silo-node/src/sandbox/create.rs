@@ -55,7 +55,7 @@ const DEFAULT_USER: &str = "user";
 const DEFAULT_WORKDIR: &str = "/home/user";
 
 pub(super) fn config_of(rootfs: &std::path::Path) -> Result<TemplateConfig, SandboxError> {
-    TemplateConfig::of(rootfs).map_err(SandboxError::InvalidRequest)
+    TemplateConfig::of(rootfs).map_err(SandboxError::BrokenTemplate)
 }
 
 /// A snapshot image and what its agent was configured with when saved.

@@ -89,6 +89,17 @@ pub enum SandboxError {
     TemplateNotFound(String),
     #[error("{0}")]
     InvalidRequest(String),
+    /// A template build's files are unreadable or cannot be written: the server's fault.
+    #[error("{0}")]
+    BrokenTemplate(String),
+    #[error("the egress rules stored for sandbox {id} are unreadable: {reason}")]
+    StoredNetwork { id: SandboxId, reason: String },
+    #[error("cannot create the snapshots directory {path}")]
+    SnapshotsDir {
+        path: std::path::PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("sandbox {id} is {state}")]
     WrongState { id: SandboxId, state: SandboxState },
     #[error("sandbox {0} is already paused")]

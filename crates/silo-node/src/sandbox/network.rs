@@ -61,6 +61,17 @@ pub(super) fn rules_of(policy: &EgressPolicy) -> NetworkRules {
     }
 }
 
+/// The policy a sandbox's row holds. Written by [`rules_of`], so unreadable only if the
+/// catalog is damaged: the server's fault, not the request's.
+pub(super) fn stored_policy(
+    rec: &silo_catalog::SandboxRecord,
+) -> Result<EgressPolicy, SandboxError> {
+    policy_of(&rec.network).map_err(|reason| SandboxError::StoredNetwork {
+        id: rec.id.clone(),
+        reason,
+    })
+}
+
 /// A policy from the catalog's form (written by [`rules_of`], so it parses).
 pub(super) fn policy_of(rules: &NetworkRules) -> Result<EgressPolicy, String> {
     fn parsed<T: std::str::FromStr>(items: &[String]) -> Result<Vec<T>, String>
@@ -100,5 +111,15 @@ mod tests {
         assert_eq!(rules.deny_out, vec!["0.0.0.0/0"]);
         assert_eq!(rules.allow_domains, vec!["*.pypi.org"]);
         assert_eq!(policy_of(&rules).unwrap(), policy);
+    }
+
+    #[test]
+    fn rules_damaged_in_the_catalog_are_the_servers_fault() {
+        let mut rec = super::super::fake::record(SandboxState::Running, 0);
+        rec.network.allow_out = vec!["not an address".into()];
+        assert!(matches!(
+            stored_policy(&rec),
+            Err(SandboxError::StoredNetwork { .. })
+        ));
     }
 }

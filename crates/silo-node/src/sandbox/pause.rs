@@ -122,8 +122,7 @@ impl Manager {
                 })
             }
         }
-        let egress =
-            super::network::policy_of(&rec.network).map_err(SandboxError::InvalidRequest)?;
+        let egress = super::network::stored_policy(&rec)?;
         self.step(id, SandboxState::Paused, SandboxState::Resuming, reason)?;
         let began = Instant::now();
         match self.runtime.resume(id, &egress).await {

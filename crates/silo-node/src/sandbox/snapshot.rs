@@ -117,8 +117,7 @@ impl Manager {
             let _held = lock.lock().await;
             let rec = self.get(id)?;
             let _awake = self.enter(id)?;
-            let egress =
-                super::network::policy_of(&rec.network).map_err(SandboxError::InvalidRequest)?;
+            let egress = super::network::stored_policy(&rec)?;
             let rootfs = self.booted_on(&rec)?;
             let config = config_of(&rootfs)?;
             let image = self
@@ -221,9 +220,12 @@ impl Manager {
             }
         }
         if let Some(parent) = image.parent() {
-            tokio::fs::create_dir_all(parent)
-                .await
-                .map_err(|e| SandboxError::InvalidRequest(format!("snapshot dir: {e}")))?;
+            tokio::fs::create_dir_all(parent).await.map_err(|source| {
+                SandboxError::SnapshotsDir {
+                    path: parent.to_owned(),
+                    source,
+                }
+            })?;
         }
         self.runtime
             .snapshot(&rec.id, image)
