@@ -52,6 +52,10 @@ impl FakeRuntime {
         self.held.lock().unwrap().get(id).copied()
     }
 
+    pub(super) fn fail(&self, verb: Verb) {
+        self.failing.lock().unwrap().insert(verb);
+    }
+
     /// Make `verb` wait, once begun, until [`FakeRuntime::release`].
     pub(super) fn hold(&self, verb: Verb) {
         self.holding.lock().unwrap().insert(verb);

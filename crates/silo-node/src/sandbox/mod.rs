@@ -180,6 +180,7 @@ pub struct Manager {
     locks: Mutex<HashMap<SandboxId, Arc<tokio::sync::Mutex<()>>>>,
     pool: pool::Pool,
     activity: doze::Activity,
+    timeout_pauses: timeout::TimeoutPauses,
 }
 
 /// Where to send a request for a sandbox port, and the token that ends it when the
@@ -217,6 +218,7 @@ impl Manager {
             locks: Mutex::default(),
             pool: pool::Pool::default(),
             activity: doze::Activity::default(),
+            timeout_pauses: timeout::TimeoutPauses::default(),
         })
     }
 

@@ -20,6 +20,24 @@ use silo_protocol::ids::SandboxId;
 use super::{Manager, SandboxError};
 use crate::Paused;
 
+/// Why a sandbox is paused.
+#[derive(Debug, Clone, Copy)]
+pub(super) enum PauseCause<'a> {
+    /// Asked for; the reason goes into its history.
+    Asked(&'a str),
+    /// Its end time passed. Paused only if it still has when the pause begins: a
+    /// `set_timeout` may have moved it since the reaper looked.
+    Timeout,
+}
+
+/// A state change another operation got in first with (a kill): "not found".
+fn lost_race(id: &SandboxId, err: CatalogError) -> SandboxError {
+    match err {
+        CatalogError::StateChanged { .. } => SandboxError::NotFound(id.clone()),
+        err => err.into(),
+    }
+}
+
 /// How long a pause waits for the sandbox to close connections the host closed.
 const QUIESCE_TIMEOUT: Duration = Duration::from_secs(3);
 const QUIESCE_POLL: Duration = Duration::from_millis(5);
@@ -31,11 +49,17 @@ impl Manager {
     /// the caller stops waiting.
     pub async fn pause(self: &Arc<Self>, id: &SandboxId, reason: &str) -> Result<(), SandboxError> {
         let (id, reason) = (id.clone(), reason.to_owned());
-        self.detached(move |manager| async move { manager.pause_held(&id, &reason).await })
-            .await
+        self.detached(move |manager| async move {
+            manager.pause_held(&id, PauseCause::Asked(&reason)).await
+        })
+        .await
     }
 
-    async fn pause_held(&self, id: &SandboxId, reason: &str) -> Result<(), SandboxError> {
+    pub(super) async fn pause_held(
+        &self,
+        id: &SandboxId,
+        cause: PauseCause<'_>,
+    ) -> Result<(), SandboxError> {
         let lock = self.lifecycle_lock(id);
         let _held = lock.lock().await;
         let rec = self.get(id)?;
@@ -52,7 +76,29 @@ impl Manager {
         // A paused agent answers nothing: collect its log first (awake).
         let _awake = self.enter(id)?;
         self.collect_logs(&rec).await;
-        self.step(id, SandboxState::Running, SandboxState::Pausing, reason)?;
+        let reason = match cause {
+            PauseCause::Asked(reason) => {
+                self.step(id, SandboxState::Running, SandboxState::Pausing, reason)?;
+                reason
+            }
+            PauseCause::Timeout => {
+                let expired = self
+                    .catalog
+                    .transition_if_expired(
+                        id,
+                        SandboxState::Running,
+                        SandboxState::Pausing,
+                        now_ms(),
+                        "timeout",
+                    )
+                    .map_err(|err| lost_race(id, err))?;
+                if !expired {
+                    tracing::info!(sandbox_id = %id, "not paused at timeout: its end time moved");
+                    return Ok(());
+                }
+                "timeout"
+            }
+        };
         if let Some(ip) = rec.address.as_deref().and_then(|a| a.parse().ok()) {
             self.quiesce(id, ip, self.runtime.pause_saves_connections())
                 .await;
@@ -163,11 +209,9 @@ impl Manager {
         to: SandboxState,
         detail: &str,
     ) -> Result<(), SandboxError> {
-        match self.catalog.transition(id, from, to, detail) {
-            Ok(()) => Ok(()),
-            Err(CatalogError::StateChanged { .. }) => Err(SandboxError::NotFound(id.clone())),
-            Err(err) => Err(err.into()),
-        }
+        self.catalog
+            .transition(id, from, to, detail)
+            .map_err(|err| lost_race(id, err))
     }
 
     /// Close every proxied connection to the sandbox and, before a checkpoint
