@@ -85,7 +85,9 @@ fn sandbox_class(err: &SandboxError) -> (StatusCode, &'static str) {
         SandboxError::WrongState { .. } => (StatusCode::CONFLICT, "wrong_state"),
         SandboxError::AlreadyPaused(_) => (StatusCode::CONFLICT, "already_paused"),
         SandboxError::Pause { .. } => (INTERNAL, "pause_failed"),
-        SandboxError::Resume { .. } => (INTERNAL, "resume_failed"),
+        SandboxError::Resume { .. } | SandboxError::ResumedSilent { .. } => {
+            (INTERNAL, "resume_failed")
+        }
         SandboxError::Wake { .. } => (INTERNAL, "wake_failed"),
         SandboxError::Snapshot { .. } => (INTERNAL, "snapshot_failed"),
         SandboxError::Network { .. } => (INTERNAL, "network_failed"),
@@ -113,6 +115,7 @@ impl ApiError {
             ApiError::Sandbox(
                 SandboxError::Pause { .. }
                     | SandboxError::Resume { .. }
+                    | SandboxError::ResumedSilent { .. }
                     | SandboxError::Snapshot { .. }
                     | SandboxError::Init { .. }
             )

@@ -30,6 +30,10 @@ pub(super) enum Held {
 pub(super) enum Verb {
     Pause,
     Resume,
+    /// A resume that thaws the sandbox, then fails (its agent does not answer).
+    ResumeAfterThaw,
+    /// Freezing it again after that.
+    Refreeze,
 }
 
 #[derive(Default)]
@@ -128,6 +132,13 @@ impl Runtime for FakeRuntime {
             return Err(RuntimeError::NotPaused { id: id.clone() });
         }
         self.insert(id, Held::Running);
+        if let Err(err) = self.act(Verb::ResumeAfterThaw, id).await {
+            // As the runsc runtime: frozen again, so that it stays paused, if it can be.
+            if self.act(Verb::Refreeze, id).await.is_ok() {
+                self.insert(id, Held::Frozen);
+            }
+            return Err(err);
+        }
         Ok(Self::started())
     }
 

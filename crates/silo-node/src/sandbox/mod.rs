@@ -134,6 +134,12 @@ pub enum SandboxError {
         #[source]
         source: Box<RuntimeError>,
     },
+    #[error("sandbox {id} was thawed, but its agent did not answer; it runs")]
+    ResumedSilent {
+        id: SandboxId,
+        #[source]
+        source: Box<RuntimeError>,
+    },
     // Runtime errors are boxed: they are large and rare, and this enum is on every path.
     #[error("cannot start sandbox {id}")]
     Start {

@@ -186,7 +186,10 @@ impl Manager {
                 tracing::info!(sandbox_id = %id, took = ?began.elapsed(), "sandbox resumed");
                 Ok((self.get(id)?, true))
             }
-            Err(source) => {
+            // The runtime leaves a sandbox paused when its resume fails, unless it failed
+            // after the thaw and could not be frozen again: then it runs, and the catalog
+            // says so (a row left paused over a running sandbox could never be resumed).
+            Err(source) if self.runtime.is_paused(id).await => {
                 self.step(
                     id,
                     SandboxState::Resuming,
@@ -194,6 +197,20 @@ impl Manager {
                     "resume failed",
                 )?;
                 Err(SandboxError::Resume {
+                    id: id.clone(),
+                    source: Box::new(source),
+                })
+            }
+            Err(source) => {
+                let end = now_ms() + self.clamp_timeout(timeout_seconds).as_millis() as i64;
+                self.catalog.set_end_at(id, end)?;
+                self.step(
+                    id,
+                    SandboxState::Resuming,
+                    SandboxState::Running,
+                    "thawed, but its agent did not answer and it could not be paused again",
+                )?;
+                Err(SandboxError::ResumedSilent {
                     id: id.clone(),
                     source: Box::new(source),
                 })
@@ -298,6 +315,29 @@ mod tests {
         }
         runtime.release();
         manager.shutdown().await;
+        assert_eq!(state(&manager, &id), SandboxState::Running);
+        assert_eq!(runtime.held(&id), Some(Held::Running));
+    }
+
+    #[tokio::test]
+    async fn a_resume_failing_after_the_thaw_leaves_it_paused_in_both() {
+        let (runtime, manager, _dir, id) = running();
+        manager.pause(&id, "test").await.unwrap();
+        runtime.fail(Verb::ResumeAfterThaw);
+        let err = manager.resume(&id, None, "test").await.unwrap_err();
+        assert!(matches!(err, SandboxError::Resume { .. }), "{err}");
+        assert_eq!(state(&manager, &id), SandboxState::Paused);
+        assert_eq!(runtime.held(&id), Some(Held::Frozen));
+    }
+
+    #[tokio::test]
+    async fn a_thawed_sandbox_that_cannot_be_frozen_again_is_recorded_running() {
+        let (runtime, manager, _dir, id) = running();
+        manager.pause(&id, "test").await.unwrap();
+        runtime.fail(Verb::ResumeAfterThaw);
+        runtime.fail(Verb::Refreeze);
+        let err = manager.resume(&id, None, "test").await.unwrap_err();
+        assert!(matches!(err, SandboxError::ResumedSilent { .. }), "{err}");
         assert_eq!(state(&manager, &id), SandboxState::Running);
         assert_eq!(runtime.held(&id), Some(Held::Running));
     }
