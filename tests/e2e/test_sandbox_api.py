@@ -1,7 +1,9 @@
 """The control plane through the official SDK: lifecycle, listing, timeouts, auth and
 errors, against a real `silo serve` with gVisor sandboxes."""
 
+import json
 import os
+import socket
 import subprocess
 import time
 import uuid
@@ -160,8 +162,6 @@ def test_a_refused_request_leaves_its_connection_usable(silo):
     # it; a client still sending the request's body, or sending its next request on the
     # same connection, must get the answer, not a broken pipe (seen once as an SDK error
     # after a kill, instead of "was not found").
-    import socket
-
     def post(body_size, delay):
         conn = socket.create_connection(("127.0.0.1", silo.port), timeout=10)
         conn.sendall(
@@ -184,6 +184,33 @@ def test_a_refused_request_leaves_its_connection_usable(silo):
     conn, answer = post(200_000, 0)
     assert answer.startswith(b"HTTP/1.1 502") and b"connection: close" in answer.lower()
     conn.close()
+
+
+def test_a_create_whose_client_hangs_up_ends_running_and_leaks_nothing(silo):
+    # hyper drops a request's handler when its client hangs up. The create must go on to
+    # its end, the sandbox running, listed and killable, not stop half-made with a
+    # container, netns and address that nobody owns and a row stuck in "creating".
+    tag = uuid.uuid4().hex
+    body = json.dumps({"templateID": "base", "timeout": 60, "metadata": {"hangup": tag}}).encode()
+    conn = socket.create_connection(("127.0.0.1", silo.port), timeout=10)
+    conn.sendall(
+        b"POST /v2/sandboxes HTTP/1.1\r\nHost: x\r\nX-API-KEY: %s\r\n"
+        b"Content-Type: application/json\r\nContent-Length: %d\r\n\r\n%s"
+        % (silo.api_key.encode(), len(body), body)
+    )
+    # Long enough for the handler to have begun (a boot takes far longer); the outcome
+    # asserted below must hold whenever the hang-up lands.
+    time.sleep(0.2)
+    conn.close()
+    listed = lambda: Sandbox.list(query=SandboxQuery(metadata={"hangup": tag})).next_items()
+    wait_until(lambda: listed(), "the create to end with the sandbox running")
+    [info] = listed()
+    sbx = Sandbox.connect(info.sandbox_id)
+    try:
+        assert sbx.commands.run("echo up").stdout == "up\n"
+    finally:
+        sbx.kill()
+    wait_until(lambda: not any(silo.leaks().values()), "its teardown")
 
 
 def test_killed_sandbox_traffic_says_not_running(silo):

@@ -79,10 +79,15 @@ fn sandbox_class(err: &SandboxError) -> (StatusCode, &'static str) {
         SandboxError::NotFound(_) => (StatusCode::NOT_FOUND, "sandbox_not_found"),
         SandboxError::TemplateNotFound(_) => (StatusCode::NOT_FOUND, "template_not_found"),
         SandboxError::InvalidRequest(_) => (StatusCode::BAD_REQUEST, "invalid_request"),
+        SandboxError::BrokenTemplate(_) => (INTERNAL, "template_broken"),
+        SandboxError::StoredNetwork { .. } => (INTERNAL, "catalog_failed"),
+        SandboxError::SnapshotsDir { .. } => (INTERNAL, "snapshot_failed"),
         SandboxError::WrongState { .. } => (StatusCode::CONFLICT, "wrong_state"),
         SandboxError::AlreadyPaused(_) => (StatusCode::CONFLICT, "already_paused"),
         SandboxError::Pause { .. } => (INTERNAL, "pause_failed"),
-        SandboxError::Resume { .. } => (INTERNAL, "resume_failed"),
+        SandboxError::Resume { .. } | SandboxError::ResumedSilent { .. } => {
+            (INTERNAL, "resume_failed")
+        }
         SandboxError::Wake { .. } => (INTERNAL, "wake_failed"),
         SandboxError::Snapshot { .. } => (INTERNAL, "snapshot_failed"),
         SandboxError::Network { .. } => (INTERNAL, "network_failed"),
@@ -91,6 +96,7 @@ fn sandbox_class(err: &SandboxError) -> (StatusCode, &'static str) {
         SandboxError::Init { .. } => (INTERNAL, "agent_init_failed"),
         SandboxError::ListRuntime(_) => (INTERNAL, "runtime_failed"),
         SandboxError::Catalog(_) => (INTERNAL, "catalog_failed"),
+        SandboxError::Interrupted => (StatusCode::SERVICE_UNAVAILABLE, "interrupted"),
     }
 }
 
@@ -109,6 +115,7 @@ impl ApiError {
             ApiError::Sandbox(
                 SandboxError::Pause { .. }
                     | SandboxError::Resume { .. }
+                    | SandboxError::ResumedSilent { .. }
                     | SandboxError::Snapshot { .. }
                     | SandboxError::Init { .. }
             )
@@ -158,5 +165,25 @@ mod tests {
         let resp = ApiError::BadRequest("timeout must be a number".into()).into_response();
         assert_eq!(resp.status(), StatusCode::BAD_REQUEST);
         assert_eq!(ApiError::Unauthorized.into_response().status(), 401);
+    }
+
+    #[test]
+    fn the_servers_own_faults_are_500_not_400() {
+        let id: silo_protocol::ids::SandboxId = "i0000000000000000000".parse().unwrap();
+        let faults = [
+            SandboxError::BrokenTemplate("config.json is unreadable".into()),
+            SandboxError::StoredNetwork {
+                id,
+                reason: "bad address".into(),
+            },
+            SandboxError::SnapshotsDir {
+                path: "/var/lib/silo/snapshots".into(),
+                source: std::io::Error::other("read-only file system"),
+            },
+        ];
+        for fault in faults {
+            let resp = ApiError::Sandbox(fault).into_response();
+            assert_eq!(resp.status(), StatusCode::INTERNAL_SERVER_ERROR);
+        }
     }
 }

@@ -27,10 +27,7 @@ pub async fn of_sandbox(
     let from_ms = query
         .start
         .map_or(rec.started_at_ms, |s| s.saturating_mul(1000));
-    // `end` is a whole second: include the samples taken within it.
-    let to_ms = query
-        .end
-        .map_or_else(now_ms, |e| e.saturating_add(1).saturating_mul(1000) - 1);
+    let to_ms = query.end.map_or_else(now_ms, end_ms);
     if from_ms > to_ms {
         return Err(ApiError::BadRequest(format!(
             "start ({}) is after end ({})",
@@ -66,6 +63,12 @@ pub async fn latest(
     }))
 }
 
+/// The last millisecond of second `end`: the samples taken within it are included.
+/// Saturating, as any number a query brings must be.
+fn end_ms(end: i64) -> i64 {
+    end.saturating_add(1).saturating_mul(1000).saturating_sub(1)
+}
+
 fn wire(s: &MetricSample) -> SandboxMetric {
     SandboxMetric {
         timestamp: rfc3339(s.at_ms),
@@ -77,5 +80,19 @@ fn wire(s: &MetricSample) -> SandboxMetric {
         mem_cache: s.mem_cache,
         disk_used: s.disk_used,
         disk_total: s.disk_total,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_end_includes_its_whole_second_and_never_overflows() {
+        assert_eq!(end_ms(5), 5_999);
+        assert_eq!(end_ms(i64::MAX), i64::MAX - 1);
+        // Saturates to the smallest time rather than wrapping (or panicking).
+        assert_eq!(end_ms(i64::MIN), i64::MIN);
+        assert_eq!(end_ms(i64::MIN / 1000 - 5), i64::MIN);
     }
 }

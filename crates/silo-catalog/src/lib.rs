@@ -517,6 +517,31 @@ impl Catalog {
         to: SandboxState,
         detail: &str,
     ) -> Result<()> {
+        self.transition_when(id, from, to, detail, None).map(|_| ())
+    }
+
+    /// [`Catalog::transition`], only if the sandbox's end time is still at or before
+    /// `now_ms`; `false`, and nothing changed, when it was moved later. A pause at timeout
+    /// and a `set_timeout` landing as it begins: one of the two wins, whole.
+    pub fn transition_if_expired(
+        &self,
+        id: &SandboxId,
+        from: SandboxState,
+        to: SandboxState,
+        now_ms: i64,
+        detail: &str,
+    ) -> Result<bool> {
+        self.transition_when(id, from, to, detail, Some(now_ms))
+    }
+
+    fn transition_when(
+        &self,
+        id: &SandboxId,
+        from: SandboxState,
+        to: SandboxState,
+        detail: &str,
+        expired_at: Option<i64>,
+    ) -> Result<bool> {
         from.check_transition(to)?;
         let mut conn = self.conn();
         let tx = conn.transaction()?;
@@ -528,13 +553,23 @@ impl Catalog {
                 actual,
             });
         }
+        if let Some(now_ms) = expired_at {
+            let end_at: i64 = tx.query_row(
+                "SELECT end_at FROM sandboxes WHERE id = ?1",
+                [id.as_str()],
+                |row| row.get(0),
+            )?;
+            if end_at > now_ms {
+                return Ok(false);
+            }
+        }
         tx.execute(
             "UPDATE sandboxes SET state = ?2 WHERE id = ?1",
             params![id.as_str(), to.as_str()],
         )?;
         insert_event(&tx, id, Some(from), to, detail)?;
         tx.commit()?;
-        Ok(())
+        Ok(true)
     }
 
     /// Add something that happened to a sandbox without changing its state (an OOM
@@ -562,6 +597,36 @@ impl Catalog {
             "UPDATE sandboxes SET network = ?2 WHERE id = ?1",
             serde_json::to_string(rules).expect("rules serialize"),
         )
+    }
+
+    /// Set the end time of a sandbox in one of `states`, checked in the same statement
+    /// (a state change cannot land between); `false` when it is in another state.
+    pub fn set_end_at_in(
+        &self,
+        id: &SandboxId,
+        end_at_ms: i64,
+        states: &[SandboxState],
+    ) -> Result<bool> {
+        let conn = self.conn();
+        let placeholders = (3..states.len() + 3)
+            .map(|i| format!("?{i}"))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let id_text = id.as_str();
+        let mut values: Vec<&dyn rusqlite::ToSql> = vec![&id_text, &end_at_ms];
+        let names: Vec<&str> = states.iter().map(|s| s.as_str()).collect();
+        values.extend(names.iter().map(|n| n as &dyn rusqlite::ToSql));
+        let changed = conn.execute(
+            &format!(
+                "UPDATE sandboxes SET end_at = ?2 WHERE id = ?1 AND state IN ({placeholders})"
+            ),
+            values.as_slice(),
+        )?;
+        if changed == 0 {
+            // No such row is NotFound.
+            read_state(&conn, id)?;
+        }
+        Ok(changed > 0)
     }
 
     pub fn set_end_at(&self, id: &SandboxId, end_at_ms: i64) -> Result<()> {
@@ -985,6 +1050,53 @@ pub(crate) mod tests {
         let catalog = Catalog::open(&path).unwrap();
         assert!(catalog.is_valid_api_key(first[0].expose()).unwrap());
         assert!(!catalog.is_valid_api_key("e2b_wrong").unwrap());
+    }
+
+    #[test]
+    fn a_timeout_and_a_new_end_time_never_both_win() {
+        let catalog = Catalog::open_in_memory().unwrap();
+        let rec = record("base", &[]);
+        running(&catalog, &rec);
+        let live = [SandboxState::Running, SandboxState::Paused];
+        // The end time moved past `now`: the timeout's step does not happen.
+        let now = rec.end_at_ms - 1;
+        assert!(!catalog
+            .transition_if_expired(
+                &rec.id,
+                SandboxState::Running,
+                SandboxState::Pausing,
+                now,
+                "t"
+            )
+            .unwrap());
+        assert_eq!(
+            catalog.get_sandbox(&rec.id).unwrap().unwrap().state,
+            SandboxState::Running
+        );
+        // Expired: it happens, and a new end time then finds it pausing.
+        let now = rec.end_at_ms;
+        assert!(catalog
+            .transition_if_expired(
+                &rec.id,
+                SandboxState::Running,
+                SandboxState::Pausing,
+                now,
+                "t"
+            )
+            .unwrap());
+        assert!(!catalog.set_end_at_in(&rec.id, now + 60_000, &live).unwrap());
+        assert_eq!(
+            catalog.get_sandbox(&rec.id).unwrap().unwrap().end_at_ms,
+            rec.end_at_ms
+        );
+        catalog
+            .transition(&rec.id, SandboxState::Pausing, SandboxState::Paused, "t")
+            .unwrap();
+        assert!(catalog.set_end_at_in(&rec.id, now + 60_000, &live).unwrap());
+        assert!(matches!(
+            catalog.set_end_at_in(&SandboxId::generate(), now, &live),
+            Err(CatalogError::NotFound(_))
+        ));
     }
 
     #[test]

@@ -568,14 +568,22 @@ impl RunscRuntime {
         self.ready(id, &lease).await
     }
 
-    /// Resume a frozen sandbox.
+    /// Resume a frozen sandbox. If its agent does not answer, it is frozen again, so
+    /// that it stays paused as a failed resume promises (or, if that fails too,
+    /// `is_paused` says it is not).
     async fn thaw(&self, id: &SandboxId) -> Result<Started, RuntimeError> {
         if !self.is_frozen(id).await {
             return Err(RuntimeError::NotPaused { id: id.clone() });
         }
         let lease = self.lease_of(id)?;
         self.unfreeze(id).await?;
-        self.ready(id, &lease).await
+        let ready = self.ready(id, &lease).await;
+        if ready.is_err() {
+            if let Err(err) = self.freeze(id).await {
+                tracing::error!(sandbox_id = %id, error = %crate::error_chain(&err), "cannot freeze again a sandbox whose resume failed; it runs");
+            }
+        }
+        ready
     }
 
     /// The address of a sandbox that exists; none means it was never paused here.

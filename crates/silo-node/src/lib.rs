@@ -141,7 +141,8 @@ pub trait Runtime: Send + Sync {
     /// connections must be closed at both ends first; freezing keeps them as they are.
     fn pause_saves_connections(&self) -> bool;
     /// Bring a paused sandbox back as it was, under `egress` (a saved sandbox gets its
-    /// network anew). On failure it stays paused.
+    /// network anew). On failure it stays paused, unless it failed after the thaw and
+    /// could not be paused again: [`Runtime::is_paused`] then tells.
     async fn resume(
         &self,
         id: &SandboxId,

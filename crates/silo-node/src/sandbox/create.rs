@@ -3,6 +3,7 @@
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use silo_catalog::{now_ms, SandboxRecord, SandboxState};
 use silo_protocol::ids::{generate_access_token, SandboxId};
@@ -54,7 +55,7 @@ const DEFAULT_USER: &str = "user";
 const DEFAULT_WORKDIR: &str = "/home/user";
 
 pub(super) fn config_of(rootfs: &std::path::Path) -> Result<TemplateConfig, SandboxError> {
-    TemplateConfig::of(rootfs).map_err(SandboxError::InvalidRequest)
+    TemplateConfig::of(rootfs).map_err(SandboxError::BrokenTemplate)
 }
 
 /// A snapshot image and what its agent was configured with when saved.
@@ -67,8 +68,17 @@ pub(super) struct SavedState {
 }
 
 impl Manager {
-    /// Create a sandbox from a template, or from a snapshot named by id or name.
-    pub async fn create(&self, req: CreateRequest) -> Result<SandboxRecord, SandboxError> {
+    /// Create a sandbox from a template, or from a snapshot named by id or name. The
+    /// create ends (running, or released) even if the caller stops waiting.
+    pub async fn create(
+        self: &Arc<Self>,
+        req: CreateRequest,
+    ) -> Result<SandboxRecord, SandboxError> {
+        self.detached(move |manager| async move { manager.create_held(req).await })
+            .await
+    }
+
+    async fn create_held(&self, req: CreateRequest) -> Result<SandboxRecord, SandboxError> {
         let origin = self.origin(&req.template)?;
         // A sandbox from the warm pool has the template's defaults: only a create that
         // asks for no others can take one.

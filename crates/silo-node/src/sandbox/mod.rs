@@ -16,6 +16,8 @@
 
 mod create;
 mod doze;
+#[cfg(test)]
+mod fake;
 mod kill;
 mod logs;
 mod metrics;
@@ -30,6 +32,7 @@ mod traffic;
 mod trial;
 
 use std::collections::HashMap;
+use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -86,6 +89,17 @@ pub enum SandboxError {
     TemplateNotFound(String),
     #[error("{0}")]
     InvalidRequest(String),
+    /// A template build's files are unreadable or cannot be written: the server's fault.
+    #[error("{0}")]
+    BrokenTemplate(String),
+    #[error("the egress rules stored for sandbox {id} are unreadable: {reason}")]
+    StoredNetwork { id: SandboxId, reason: String },
+    #[error("cannot create the snapshots directory {path}")]
+    SnapshotsDir {
+        path: std::path::PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("sandbox {id} is {state}")]
     WrongState { id: SandboxId, state: SandboxState },
     #[error("sandbox {0} is already paused")]
@@ -120,6 +134,12 @@ pub enum SandboxError {
         #[source]
         source: Box<RuntimeError>,
     },
+    #[error("sandbox {id} was thawed, but its agent did not answer; it runs")]
+    ResumedSilent {
+        id: SandboxId,
+        #[source]
+        source: Box<RuntimeError>,
+    },
     // Runtime errors are boxed: they are large and rare, and this enum is on every path.
     #[error("cannot start sandbox {id}")]
     Start {
@@ -143,6 +163,9 @@ pub enum SandboxError {
     },
     #[error("catalog")]
     Catalog(#[from] CatalogError),
+    /// The server stopped (its runtime shut down) before the operation ended.
+    #[error("the server stopped before the operation ended")]
+    Interrupted,
 }
 
 /// The node's sandboxes: the catalog says what should exist, the runtime runs it.
@@ -155,14 +178,15 @@ pub struct Manager {
     envd_version: String,
     /// Snapshot images, one directory per snapshot id.
     snapshots_dir: std::path::PathBuf,
-    /// Teardowns running after their kill returned, and the pool filler; awaited by
-    /// [`Manager::shutdown`].
+    /// Teardowns running after their kill returned, the pool filler, and lifecycle
+    /// operations run detached from their caller; awaited by [`Manager::shutdown`].
     tasks: tokio_util::task::TaskTracker,
     traffic: traffic::Traffic,
     /// One pause/resume at a time per sandbox.
     locks: Mutex<HashMap<SandboxId, Arc<tokio::sync::Mutex<()>>>>,
     pool: pool::Pool,
     activity: doze::Activity,
+    timeout_pauses: timeout::TimeoutPauses,
 }
 
 /// Where to send a request for a sandbox port, and the token that ends it when the
@@ -200,6 +224,7 @@ impl Manager {
             locks: Mutex::default(),
             pool: pool::Pool::default(),
             activity: doze::Activity::default(),
+            timeout_pauses: timeout::TimeoutPauses::default(),
         })
     }
 
@@ -250,7 +275,7 @@ impl Manager {
 
     /// Where to send traffic for `port` of a sandbox. A paused sandbox created with
     /// `auto_resume` is resumed first.
-    pub async fn route(&self, id: &SandboxId, port: u16) -> Result<Route, SandboxError> {
+    pub async fn route(self: &Arc<Self>, id: &SandboxId, port: u16) -> Result<Route, SandboxError> {
         let mut rec = self.get(id)?;
         if rec.auto_resume && rec.state != SandboxState::Running {
             rec = self
@@ -280,6 +305,29 @@ impl Manager {
             traffic: self.traffic.token(id),
             traffic_access_token,
         })
+    }
+
+    /// Run a lifecycle operation to its end whether or not its caller waits for it. A
+    /// client that hangs up makes hyper drop the request's future; an operation dropped
+    /// mid-way would leave a row in `Creating` or `Pausing`, a container nobody owns, or
+    /// a sandbox frozen for a snapshot and never thawed. Dropping the returned future
+    /// only stops waiting; [`Manager::shutdown`] waits for the operation.
+    async fn detached<T, F>(
+        self: &Arc<Self>,
+        op: impl FnOnce(Arc<Manager>) -> F,
+    ) -> Result<T, SandboxError>
+    where
+        F: Future<Output = Result<T, SandboxError>> + Send + 'static,
+        T: Send + 'static,
+    {
+        match self.tasks.spawn(op(Arc::clone(self))).await {
+            Ok(outcome) => outcome,
+            Err(err) => match err.try_into_panic() {
+                Ok(panic) => std::panic::resume_unwind(panic),
+                // Cancelled: only the runtime shutting down does that.
+                Err(_) => Err(SandboxError::Interrupted),
+            },
+        }
     }
 
     fn clamp_timeout(&self, seconds: Option<u64>) -> Duration {

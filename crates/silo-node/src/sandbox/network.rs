@@ -1,6 +1,8 @@
 //! Egress rules of a sandbox: set at create, replaced live by `update_network`, kept in
 //! the catalog as last applied.
 
+use std::sync::Arc;
+
 use silo_catalog::{NetworkRules, SandboxState};
 use silo_protocol::ids::SandboxId;
 
@@ -9,8 +11,18 @@ use crate::network::EgressPolicy;
 
 impl Manager {
     /// Replace the egress rules of a running or paused sandbox; new connections follow
-    /// them at once.
+    /// them at once. The rules are recorded as applied even if the caller stops waiting.
     pub async fn update_network(
+        self: &Arc<Self>,
+        id: &SandboxId,
+        policy: EgressPolicy,
+    ) -> Result<(), SandboxError> {
+        let id = id.clone();
+        self.detached(move |manager| async move { manager.update_network_held(&id, policy).await })
+            .await
+    }
+
+    async fn update_network_held(
         &self,
         id: &SandboxId,
         policy: EgressPolicy,
@@ -47,6 +59,17 @@ pub(super) fn rules_of(policy: &EgressPolicy) -> NetworkRules {
         allow_domains: strings(&policy.allow_domains),
         dns_servers: policy.dns_servers.as_deref().map(strings),
     }
+}
+
+/// The policy a sandbox's row holds. Written by [`rules_of`], so unreadable only if the
+/// catalog is damaged: the server's fault, not the request's.
+pub(super) fn stored_policy(
+    rec: &silo_catalog::SandboxRecord,
+) -> Result<EgressPolicy, SandboxError> {
+    policy_of(&rec.network).map_err(|reason| SandboxError::StoredNetwork {
+        id: rec.id.clone(),
+        reason,
+    })
 }
 
 /// A policy from the catalog's form (written by [`rules_of`], so it parses).
@@ -88,5 +111,15 @@ mod tests {
         assert_eq!(rules.deny_out, vec!["0.0.0.0/0"]);
         assert_eq!(rules.allow_domains, vec!["*.pypi.org"]);
         assert_eq!(policy_of(&rules).unwrap(), policy);
+    }
+
+    #[test]
+    fn rules_damaged_in_the_catalog_are_the_servers_fault() {
+        let mut rec = super::super::fake::record(SandboxState::Running, 0);
+        rec.network.allow_out = vec!["not an address".into()];
+        assert!(matches!(
+            stored_policy(&rec),
+            Err(SandboxError::StoredNetwork { .. })
+        ));
     }
 }

@@ -20,6 +20,24 @@ use silo_protocol::ids::SandboxId;
 use super::{Manager, SandboxError};
 use crate::Paused;
 
+/// Why a sandbox is paused.
+#[derive(Debug, Clone, Copy)]
+pub(super) enum PauseCause<'a> {
+    /// Asked for; the reason goes into its history.
+    Asked(&'a str),
+    /// Its end time passed. Paused only if it still has when the pause begins: a
+    /// `set_timeout` may have moved it since the reaper looked.
+    Timeout,
+}
+
+/// A state change another operation got in first with (a kill): "not found".
+fn lost_race(id: &SandboxId, err: CatalogError) -> SandboxError {
+    match err {
+        CatalogError::StateChanged { .. } => SandboxError::NotFound(id.clone()),
+        err => err.into(),
+    }
+}
+
 /// How long a pause waits for the sandbox to close connections the host closed.
 const QUIESCE_TIMEOUT: Duration = Duration::from_secs(3);
 const QUIESCE_POLL: Duration = Duration::from_millis(5);
@@ -27,8 +45,21 @@ const QUIESCE_SETTLE: Duration = Duration::from_millis(100);
 
 impl Manager {
     /// Pause a running sandbox. A paused one is [`SandboxError::AlreadyPaused`]; on
-    /// failure the sandbox keeps running and the error says why.
-    pub async fn pause(&self, id: &SandboxId, reason: &str) -> Result<(), SandboxError> {
+    /// failure the sandbox keeps running and the error says why. The pause ends even if
+    /// the caller stops waiting.
+    pub async fn pause(self: &Arc<Self>, id: &SandboxId, reason: &str) -> Result<(), SandboxError> {
+        let (id, reason) = (id.clone(), reason.to_owned());
+        self.detached(move |manager| async move {
+            manager.pause_held(&id, PauseCause::Asked(&reason)).await
+        })
+        .await
+    }
+
+    pub(super) async fn pause_held(
+        &self,
+        id: &SandboxId,
+        cause: PauseCause<'_>,
+    ) -> Result<(), SandboxError> {
         let lock = self.lifecycle_lock(id);
         let _held = lock.lock().await;
         let rec = self.get(id)?;
@@ -45,7 +76,29 @@ impl Manager {
         // A paused agent answers nothing: collect its log first (awake).
         let _awake = self.enter(id)?;
         self.collect_logs(&rec).await;
-        self.step(id, SandboxState::Running, SandboxState::Pausing, reason)?;
+        let reason = match cause {
+            PauseCause::Asked(reason) => {
+                self.step(id, SandboxState::Running, SandboxState::Pausing, reason)?;
+                reason
+            }
+            PauseCause::Timeout => {
+                let expired = self
+                    .catalog
+                    .transition_if_expired(
+                        id,
+                        SandboxState::Running,
+                        SandboxState::Pausing,
+                        now_ms(),
+                        "timeout",
+                    )
+                    .map_err(|err| lost_race(id, err))?;
+                if !expired {
+                    tracing::info!(sandbox_id = %id, "not paused at timeout: its end time moved");
+                    return Ok(());
+                }
+                "timeout"
+            }
+        };
         if let Some(ip) = rec.address.as_deref().and_then(|a| a.parse().ok()) {
             self.quiesce(id, ip, self.runtime.pause_saves_connections())
                 .await;
@@ -82,8 +135,21 @@ impl Manager {
 
     /// Resume a paused sandbox (a running one is returned as is) and give it `timeout`
     /// from now; `reason` goes into its history. Returns the record and whether it was
-    /// resumed.
+    /// resumed. The resume ends even if the caller stops waiting.
     pub async fn resume(
+        self: &Arc<Self>,
+        id: &SandboxId,
+        timeout_seconds: Option<u64>,
+        reason: &str,
+    ) -> Result<(SandboxRecord, bool), SandboxError> {
+        let (id, reason) = (id.clone(), reason.to_owned());
+        self.detached(move |manager| async move {
+            manager.resume_held(&id, timeout_seconds, &reason).await
+        })
+        .await
+    }
+
+    async fn resume_held(
         &self,
         id: &SandboxId,
         timeout_seconds: Option<u64>,
@@ -102,8 +168,7 @@ impl Manager {
                 })
             }
         }
-        let egress =
-            super::network::policy_of(&rec.network).map_err(SandboxError::InvalidRequest)?;
+        let egress = super::network::stored_policy(&rec)?;
         self.step(id, SandboxState::Paused, SandboxState::Resuming, reason)?;
         let began = Instant::now();
         match self.runtime.resume(id, &egress).await {
@@ -121,7 +186,10 @@ impl Manager {
                 tracing::info!(sandbox_id = %id, took = ?began.elapsed(), "sandbox resumed");
                 Ok((self.get(id)?, true))
             }
-            Err(source) => {
+            // The runtime leaves a sandbox paused when its resume fails, unless it failed
+            // after the thaw and could not be frozen again: then it runs, and the catalog
+            // says so (a row left paused over a running sandbox could never be resumed).
+            Err(source) if self.runtime.is_paused(id).await => {
                 self.step(
                     id,
                     SandboxState::Resuming,
@@ -129,6 +197,20 @@ impl Manager {
                     "resume failed",
                 )?;
                 Err(SandboxError::Resume {
+                    id: id.clone(),
+                    source: Box::new(source),
+                })
+            }
+            Err(source) => {
+                let end = now_ms() + self.clamp_timeout(timeout_seconds).as_millis() as i64;
+                self.catalog.set_end_at(id, end)?;
+                self.step(
+                    id,
+                    SandboxState::Resuming,
+                    SandboxState::Running,
+                    "thawed, but its agent did not answer and it could not be paused again",
+                )?;
+                Err(SandboxError::ResumedSilent {
                     id: id.clone(),
                     source: Box::new(source),
                 })
@@ -144,11 +226,9 @@ impl Manager {
         to: SandboxState,
         detail: &str,
     ) -> Result<(), SandboxError> {
-        match self.catalog.transition(id, from, to, detail) {
-            Ok(()) => Ok(()),
-            Err(CatalogError::StateChanged { .. }) => Err(SandboxError::NotFound(id.clone())),
-            Err(err) => Err(err.into()),
-        }
+        self.catalog
+            .transition(id, from, to, detail)
+            .map_err(|err| lost_race(id, err))
     }
 
     /// Close every proxied connection to the sandbox and, before a checkpoint
@@ -186,5 +266,79 @@ impl Manager {
         // Locks of sandboxes nobody is operating on are dropped as others are taken.
         locks.retain(|_, lock| Arc::strong_count(lock) > 1);
         Arc::clone(locks.entry(id.clone()).or_default())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::fake::{self, FakeRuntime, Held, Verb};
+    use super::*;
+
+    /// A running sandbox in a manager over a fake runtime.
+    fn running() -> (Arc<FakeRuntime>, Arc<Manager>, tempfile::TempDir, SandboxId) {
+        let runtime = Arc::new(FakeRuntime::default());
+        let (manager, dir) = fake::manager(Arc::clone(&runtime));
+        let rec = fake::record(SandboxState::Running, 60_000);
+        manager.catalog.insert_sandbox(&rec).unwrap();
+        runtime.insert(&rec.id, Held::Running);
+        (runtime, manager, dir, rec.id)
+    }
+
+    fn state(manager: &Manager, id: &SandboxId) -> SandboxState {
+        manager.catalog.get_sandbox(id).unwrap().unwrap().state
+    }
+
+    #[tokio::test]
+    async fn a_pause_whose_caller_hangs_up_ends_paused() {
+        let (runtime, manager, _dir, id) = running();
+        runtime.hold(Verb::Pause);
+        tokio::select! {
+            _ = manager.pause(&id, "test") => panic!("the pause was held"),
+            () = runtime.began() => {}
+        }
+        // Its caller is gone (the future dropped, as hyper drops a request's when the
+        // client hangs up); the pause goes on to its end.
+        runtime.release();
+        manager.shutdown().await;
+        assert_eq!(state(&manager, &id), SandboxState::Paused);
+        assert_eq!(runtime.held(&id), Some(Held::Frozen));
+    }
+
+    #[tokio::test]
+    async fn a_resume_whose_caller_hangs_up_ends_running() {
+        let (runtime, manager, _dir, id) = running();
+        manager.pause(&id, "test").await.unwrap();
+        runtime.hold(Verb::Resume);
+        tokio::select! {
+            _ = manager.resume(&id, None, "test") => panic!("the resume was held"),
+            () = runtime.began() => {}
+        }
+        runtime.release();
+        manager.shutdown().await;
+        assert_eq!(state(&manager, &id), SandboxState::Running);
+        assert_eq!(runtime.held(&id), Some(Held::Running));
+    }
+
+    #[tokio::test]
+    async fn a_resume_failing_after_the_thaw_leaves_it_paused_in_both() {
+        let (runtime, manager, _dir, id) = running();
+        manager.pause(&id, "test").await.unwrap();
+        runtime.fail(Verb::ResumeAfterThaw);
+        let err = manager.resume(&id, None, "test").await.unwrap_err();
+        assert!(matches!(err, SandboxError::Resume { .. }), "{err}");
+        assert_eq!(state(&manager, &id), SandboxState::Paused);
+        assert_eq!(runtime.held(&id), Some(Held::Frozen));
+    }
+
+    #[tokio::test]
+    async fn a_thawed_sandbox_that_cannot_be_frozen_again_is_recorded_running() {
+        let (runtime, manager, _dir, id) = running();
+        manager.pause(&id, "test").await.unwrap();
+        runtime.fail(Verb::ResumeAfterThaw);
+        runtime.fail(Verb::Refreeze);
+        let err = manager.resume(&id, None, "test").await.unwrap_err();
+        assert!(matches!(err, SandboxError::ResumedSilent { .. }), "{err}");
+        assert_eq!(state(&manager, &id), SandboxState::Running);
+        assert_eq!(runtime.held(&id), Some(Held::Running));
     }
 }

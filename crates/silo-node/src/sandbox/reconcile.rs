@@ -1,9 +1,10 @@
 //! Reconcile at start: after a crash or restart, the catalog and the runtime may disagree.
 //! The catalog is the intent, the runtime the fact:
 //! - running in both, and its agent answers: kept;
-//! - running in the catalog but gone from the runtime or silent: it died, so it is
-//!   killed (whatever is left of it is released);
-//! - paused: kept (its checkpoint is on disk);
+//! - running in the catalog but gone from the runtime, or silent for [`ANSWER_WITHIN`]:
+//!   it died, so it is killed (whatever is left of it is released);
+//! - paused: kept if the runtime still holds it paused (frozen, or its checkpoint on
+//!   disk), else killed: a frozen sandbox does not outlive a reboot of the host;
 //! - pausing or resuming when silo stopped: running if its agent answers, else paused
 //!   if a complete checkpoint is on disk, else killed;
 //! - half-done otherwise (creating, killing): finished by killing;
@@ -11,10 +12,20 @@
 //! - a snapshot image no snapshot row names: removed.
 
 use std::collections::HashSet;
+use std::time::{Duration, Instant};
 
 use silo_catalog::SandboxState;
 
 use super::{Manager, SandboxError};
+
+/// How long reconcile keeps asking the agents of running sandboxes before it calls one
+/// lost: a host that just restarted is busy, and a sandbox killed for one slow answer is
+/// gone for good. Counted from the start of reconcile, so that many silent sandboxes
+/// delay the start by this much, not by that many times it.
+const ANSWER_WITHIN: Duration = Duration::from_secs(5);
+const ASK_AGAIN: Duration = Duration::from_millis(250);
+/// Why a sandbox paused in the catalog whose pause the runtime no longer holds is killed.
+const LOST_PAUSE: &str = "lost its paused state: the host restarted";
 
 #[derive(Debug, Default, PartialEq, Eq)]
 pub struct ReconcileReport {
@@ -47,6 +58,7 @@ impl ReconcileReport {
 impl Manager {
     pub async fn reconcile(&self) -> Result<ReconcileReport, SandboxError> {
         let mut report = ReconcileReport::default();
+        let patience = Instant::now() + ANSWER_WITHIN;
         let in_runtime: HashSet<_> = self
             .runtime
             .list()
@@ -69,7 +81,10 @@ impl Manager {
             }
             // One sandbox that cannot be settled must not keep silo from serving the
             // others: it is logged, stays as it is, and the next start tries again.
-            match self.reconcile_one(&rec, in_runtime.contains(&rec.id)).await {
+            match self
+                .reconcile_one(&rec, in_runtime.contains(&rec.id), patience)
+                .await
+            {
                 Ok(Outcome::Kept) => {
                     report.kept += 1;
                     self.readopt_host_name_rules(&rec).await;
@@ -99,12 +114,20 @@ impl Manager {
         &self,
         rec: &silo_catalog::SandboxRecord,
         in_runtime: bool,
+        patience: Instant,
     ) -> Result<Outcome, SandboxError> {
         Ok(match rec.state {
-            SandboxState::Running if in_runtime && self.answers(rec).await => Outcome::Kept,
-            SandboxState::Paused => Outcome::Kept,
+            SandboxState::Running if in_runtime && self.answers(rec, patience).await => {
+                Outcome::Kept
+            }
+            SandboxState::Paused if self.runtime.is_paused(&rec.id).await => Outcome::Kept,
+            SandboxState::Paused => {
+                tracing::warn!(sandbox_id = %rec.id, "{LOST_PAUSE}; releasing it");
+                self.finish_kill(&rec.id, rec.state, LOST_PAUSE).await?;
+                Outcome::Lost
+            }
             SandboxState::Pausing | SandboxState::Resuming
-                if self.settle_interrupted(rec, in_runtime).await? =>
+                if self.settle_interrupted(rec, in_runtime, patience).await? =>
             {
                 Outcome::Kept
             }
@@ -130,9 +153,10 @@ impl Manager {
         &self,
         rec: &silo_catalog::SandboxRecord,
         in_runtime: bool,
+        patience: Instant,
     ) -> Result<bool, SandboxError> {
         let detail = "reconciled at start";
-        if in_runtime && self.answers(rec).await {
+        if in_runtime && self.answers(rec, patience).await {
             self.catalog
                 .transition(&rec.id, rec.state, SandboxState::Running, detail)?;
             return Ok(true);
@@ -163,11 +187,102 @@ impl Manager {
         }
     }
 
-    async fn answers(&self, rec: &silo_catalog::SandboxRecord) -> bool {
+    /// Whether the sandbox's agent answers, asked again until `patience` runs out.
+    async fn answers(&self, rec: &silo_catalog::SandboxRecord, patience: Instant) -> bool {
         let Some(ip) = rec.address.as_deref().and_then(|a| a.parse().ok()) else {
             return false;
         };
         let agent = std::net::SocketAddr::new(ip, silo_protocol::ports::ENVD);
-        crate::health::probe(agent).await.is_ok()
+        loop {
+            match crate::health::probe(agent).await {
+                Ok(()) => return true,
+                Err(err) if Instant::now() >= patience => {
+                    tracing::warn!(sandbox_id = %rec.id, error = %err, "its agent does not answer");
+                    return false;
+                }
+                Err(_) => tokio::time::sleep(ASK_AGAIN).await,
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use silo_catalog::SandboxRecord;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    use super::super::fake::{self, FakeRuntime, Held};
+    use super::*;
+
+    fn with_row(manager: &Manager, state: SandboxState) -> SandboxRecord {
+        let rec = fake::record(state, 60_000);
+        manager.catalog.insert_sandbox(&rec).unwrap();
+        rec
+    }
+
+    fn state(manager: &Manager, rec: &SandboxRecord) -> SandboxState {
+        manager.catalog.get_sandbox(&rec.id).unwrap().unwrap().state
+    }
+
+    #[tokio::test]
+    async fn a_paused_sandbox_the_runtime_no_longer_holds_is_killed_with_why() {
+        let runtime = Arc::new(FakeRuntime::default());
+        let (manager, _dir) = fake::manager(Arc::clone(&runtime));
+        let frozen = with_row(&manager, SandboxState::Paused);
+        runtime.insert(&frozen.id, Held::Frozen);
+        // After a reboot: its directory and address lease are left, its frozen container
+        // is not.
+        let lost = with_row(&manager, SandboxState::Paused);
+        runtime.insert(&lost.id, Held::Stopped);
+
+        let report = manager.reconcile().await.unwrap();
+
+        assert_eq!((report.kept, report.lost), (1, 1));
+        assert_eq!(state(&manager, &frozen), SandboxState::Paused);
+        assert_eq!(state(&manager, &lost), SandboxState::Killed);
+        assert_eq!(
+            runtime.held(&lost.id),
+            None,
+            "what was left of it is released"
+        );
+        let events = manager.catalog.events(&lost.id).unwrap();
+        assert!(events.iter().any(|e| e.detail == LOST_PAUSE), "{events:?}");
+    }
+
+    #[tokio::test]
+    async fn a_running_sandbox_whose_agent_answers_late_is_kept() {
+        let runtime = Arc::new(FakeRuntime::default());
+        let (manager, _dir) = fake::manager(Arc::clone(&runtime));
+        // An agent that drops the first probe (a busy host) and answers the next.
+        let ip = std::net::Ipv4Addr::new(127, 77, rand_octet(), rand_octet());
+        let listener = tokio::net::TcpListener::bind((ip, silo_protocol::ports::ENVD))
+            .await
+            .unwrap();
+        tokio::spawn(async move {
+            let (first, _) = listener.accept().await.unwrap();
+            drop(first);
+            loop {
+                let (mut conn, _) = listener.accept().await.unwrap();
+                let mut request = [0u8; 512];
+                let _ = conn.read(&mut request).await;
+                let _ = conn.write_all(b"HTTP/1.1 204 No Content\r\n\r\n").await;
+            }
+        });
+        let mut rec = fake::record(SandboxState::Running, 60_000);
+        rec.address = Some(ip.to_string());
+        manager.catalog.insert_sandbox(&rec).unwrap();
+        runtime.insert(&rec.id, Held::Running);
+
+        let report = manager.reconcile().await.unwrap();
+
+        assert_eq!((report.kept, report.lost), (1, 0));
+        assert_eq!(state(&manager, &rec), SandboxState::Running);
+    }
+
+    /// 1 to 254, different per run, so that parallel test runs bind different addresses.
+    fn rand_octet() -> u8 {
+        (uuid::Uuid::new_v4().as_bytes()[0] % 254) + 1
     }
 }

@@ -12,6 +12,7 @@
 //! restored agent deaf with this runsc.
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use silo_catalog::{now_ms, SandboxRecord, SandboxState, SnapshotRecord};
 use silo_protocol::ids::SandboxId;
@@ -38,8 +39,19 @@ impl Manager {
         }
     }
 
-    /// Save a running or paused sandbox as a snapshot; it stays as it was.
+    /// Save a running or paused sandbox as a snapshot; it stays as it was. The save
+    /// ends (and the sandbox is thawed) even if the caller stops waiting.
     pub async fn snapshot(
+        self: &Arc<Self>,
+        id: &SandboxId,
+        name: Option<String>,
+    ) -> Result<SnapshotRecord, SandboxError> {
+        let id = id.clone();
+        self.detached(move |manager| async move { manager.snapshot_held(&id, name).await })
+            .await
+    }
+
+    async fn snapshot_held(
         &self,
         id: &SandboxId,
         name: Option<String>,
@@ -74,8 +86,22 @@ impl Manager {
     }
 
     /// `count` new sandboxes from the sandbox's state now, each succeeding or failing on
-    /// its own. The source runs on.
+    /// its own. The source runs on. The fork ends (every copy running or released, the
+    /// image removed) even if the caller stops waiting.
     pub async fn fork(
+        self: &Arc<Self>,
+        id: &SandboxId,
+        count: u32,
+        timeout_seconds: Option<u64>,
+    ) -> Result<Vec<Result<SandboxRecord, SandboxError>>, SandboxError> {
+        let id = id.clone();
+        self.detached(
+            move |manager| async move { manager.fork_held(&id, count, timeout_seconds).await },
+        )
+        .await
+    }
+
+    async fn fork_held(
         &self,
         id: &SandboxId,
         count: u32,
@@ -91,8 +117,7 @@ impl Manager {
             let _held = lock.lock().await;
             let rec = self.get(id)?;
             let _awake = self.enter(id)?;
-            let egress =
-                super::network::policy_of(&rec.network).map_err(SandboxError::InvalidRequest)?;
+            let egress = super::network::stored_policy(&rec)?;
             let rootfs = self.booted_on(&rec)?;
             let config = config_of(&rootfs)?;
             let image = self
@@ -195,9 +220,12 @@ impl Manager {
             }
         }
         if let Some(parent) = image.parent() {
-            tokio::fs::create_dir_all(parent)
-                .await
-                .map_err(|e| SandboxError::InvalidRequest(format!("snapshot dir: {e}")))?;
+            tokio::fs::create_dir_all(parent).await.map_err(|source| {
+                SandboxError::SnapshotsDir {
+                    path: parent.to_owned(),
+                    source,
+                }
+            })?;
         }
         self.runtime
             .snapshot(&rec.id, image)

@@ -71,7 +71,7 @@ pub fn resources_of(rootfs: &Path) -> Result<Resources, SandboxError> {
     };
     match std::fs::read(&path) {
         Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| {
-            SandboxError::InvalidRequest(format!(
+            SandboxError::BrokenTemplate(format!(
                 "template resources {} are unreadable: {e}; fix or rebuild the template",
                 path.display()
             ))
@@ -93,7 +93,7 @@ pub fn write_resources(rootfs: &Path, given: &Resources) -> Result<Resources, Sa
     std::fs::write(&tmp, json)
         .and_then(|()| std::fs::rename(&tmp, &path))
         .map_err(|e| {
-            SandboxError::InvalidRequest(format!("cannot write {}: {e}", path.display()))
+            SandboxError::BrokenTemplate(format!("cannot write {}: {e}", path.display()))
         })?;
     Ok(resources)
 }
@@ -163,6 +163,10 @@ mod tests {
         let read = resources_of(&rootfs).unwrap();
         assert_eq!((read.memory_mb, read.cpu_count), (Some(384), None));
         std::fs::write(dir.path().join("base/h").join(RESOURCES_FILE), "nonsense").unwrap();
-        assert!(resources_of(&rootfs).is_err());
+        // The server's files, not the request, are wrong.
+        assert!(matches!(
+            resources_of(&rootfs),
+            Err(SandboxError::BrokenTemplate(_))
+        ));
     }
 }

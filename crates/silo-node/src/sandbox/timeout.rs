@@ -1,40 +1,136 @@
 //! Timeouts: the end time lives in the catalog (so it survives restarts); one reaper task
 //! kills what has expired, or pauses it when it was created with `auto_pause`.
 
-use std::sync::Arc;
-use std::time::Duration;
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use silo_catalog::{now_ms, SandboxState};
 use silo_protocol::ids::SandboxId;
 
+use super::pause::PauseCause;
 use super::{Manager, SandboxError};
 
 /// How often the reaper looks for expired sandboxes: the precision of timeouts.
 const REAP_INTERVAL: Duration = Duration::from_millis(500);
 /// Every this many reaper rounds it also looks for sandboxes that died on their own.
 const SWEEP_EVERY: u32 = 10;
+/// The wait before a failed pause at timeout is tried again, doubled at each failure up
+/// to [`RETRY_MAX`]: a pause that keeps failing is not tried twice a second forever
+/// (each try wakes the sandbox, collects its log and asks runsc).
+const RETRY_FIRST: Duration = Duration::from_secs(2);
+const RETRY_MAX: Duration = Duration::from_secs(300);
+
+/// Pauses at timeout under way, and those that failed, per sandbox.
+#[derive(Default)]
+pub(super) struct TimeoutPauses(Mutex<HashMap<SandboxId, Attempts>>);
+
+struct Attempts {
+    under_way: bool,
+    failures: u32,
+    not_before: Instant,
+}
+
+impl TimeoutPauses {
+    fn map(&self) -> std::sync::MutexGuard<'_, HashMap<SandboxId, Attempts>> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Whether a pause of `id` may begin at `now`: none is under way, and the wait
+    /// after the last failure is over. If so, it is under way from here.
+    fn begin(&self, id: &SandboxId, now: Instant) -> bool {
+        let mut map = self.map();
+        let attempts = map.entry(id.clone()).or_insert(Attempts {
+            under_way: false,
+            failures: 0,
+            not_before: now,
+        });
+        if attempts.under_way || now < attempts.not_before {
+            return false;
+        }
+        attempts.under_way = true;
+        true
+    }
+
+    fn succeeded(&self, id: &SandboxId) {
+        self.map().remove(id);
+    }
+
+    /// The pause failed: how long until it is tried again.
+    fn failed(&self, id: &SandboxId, now: Instant) -> Duration {
+        let mut map = self.map();
+        let attempts = map.entry(id.clone()).or_insert(Attempts {
+            under_way: false,
+            failures: 0,
+            not_before: now,
+        });
+        attempts.under_way = false;
+        attempts.failures += 1;
+        let wait = retry_after(attempts.failures);
+        attempts.not_before = now + wait;
+        wait
+    }
+
+    /// Forget the sandboxes no longer expired (given a new end time, killed), but
+    /// those whose pause is under way.
+    fn keep_only(&self, expired: &HashSet<SandboxId>) {
+        self.map()
+            .retain(|id, attempts| attempts.under_way || expired.contains(id));
+    }
+}
+
+fn retry_after(failures: u32) -> Duration {
+    let doublings = failures.saturating_sub(1).min(16);
+    RETRY_FIRST.saturating_mul(1 << doublings).min(RETRY_MAX)
+}
 
 impl Manager {
     /// Kill the sandbox `seconds` from now (shorter or longer than before).
+    /// Checked and written at once, so a pause at timeout that begins meanwhile either
+    /// sees the new end time or makes this a [`SandboxError::WrongState`].
     pub fn set_timeout(&self, id: &SandboxId, seconds: u64) -> Result<(), SandboxError> {
-        let rec = self.get(id)?;
-        if rec.state != SandboxState::Running && rec.state != SandboxState::Paused {
+        let end = now_ms() + self.clamp_timeout(Some(seconds)).as_millis() as i64;
+        let live = [SandboxState::Running, SandboxState::Paused];
+        if !self.catalog.set_end_at_in(id, end, &live)? {
             return Err(SandboxError::WrongState {
                 id: id.clone(),
-                state: rec.state,
+                state: self.get(id)?.state,
             });
         }
-        let timeout = self.clamp_timeout(Some(seconds));
-        self.catalog
-            .set_end_at(id, now_ms() + timeout.as_millis() as i64)?;
         Ok(())
+    }
+
+    /// Pause a sandbox whose end time passed, if it still has (see
+    /// [`PauseCause::Timeout`]). One that fails is tried again later, and its history
+    /// says why.
+    async fn pause_at_timeout(&self, id: &SandboxId) {
+        match self.pause_held(id, PauseCause::Timeout).await {
+            Ok(())
+            | Err(
+                SandboxError::NotFound(_)
+                | SandboxError::AlreadyPaused(_)
+                | SandboxError::WrongState { .. },
+            ) => self.timeout_pauses.succeeded(id),
+            Err(err) => {
+                let wait = self.timeout_pauses.failed(id, Instant::now());
+                let why = crate::error_chain(&err);
+                tracing::error!(sandbox_id = %id, error = %why, ?wait, "pause at timeout failed; tried again later");
+                let note = format!(
+                    "pause at timeout failed, tried again in {} s: {why}",
+                    wait.as_secs()
+                );
+                if let Err(err) = self.catalog.note(id, &note) {
+                    tracing::warn!(sandbox_id = %id, error = %crate::error_chain(&err), "cannot record a failed pause");
+                }
+            }
+        }
     }
 
     /// Connect: a paused sandbox is resumed (then `true` is returned) with `seconds` to
     /// live, `reason` recorded; for a running one a timeout given only ever extends its
     /// life.
     pub async fn connect(
-        &self,
+        self: &Arc<Self>,
         id: &SandboxId,
         seconds: Option<u64>,
         reason: &str,
@@ -124,15 +220,15 @@ impl Manager {
                     continue;
                 }
             };
+            self.timeout_pauses
+                .keep_only(&expired.iter().map(|rec| rec.id.clone()).collect());
             for rec in expired {
                 if rec.auto_pause {
-                    let manager = Arc::clone(&self);
-                    self.tasks.spawn(async move {
-                        match manager.pause(&rec.id, "timeout").await {
-                            Ok(()) | Err(SandboxError::NotFound(_) | SandboxError::AlreadyPaused(_) | SandboxError::WrongState { .. }) => {}
-                            Err(err) => tracing::error!(sandbox_id = %rec.id, error = %crate::error_chain(&err), "pause at timeout failed"),
-                        }
-                    });
+                    if self.timeout_pauses.begin(&rec.id, Instant::now()) {
+                        let manager = Arc::clone(&self);
+                        self.tasks
+                            .spawn(async move { manager.pause_at_timeout(&rec.id).await });
+                    }
                     continue;
                 }
                 match self.kill(&rec.id, "timeout") {
@@ -143,5 +239,82 @@ impl Manager {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::fake::{self, FakeRuntime, Held, Verb};
+    use super::*;
+
+    #[test]
+    fn a_failing_pause_waits_longer_each_time_up_to_a_limit() {
+        assert_eq!(retry_after(1), RETRY_FIRST);
+        assert_eq!(retry_after(2), RETRY_FIRST * 2);
+        assert_eq!(retry_after(3), RETRY_FIRST * 4);
+        assert_eq!(retry_after(40), RETRY_MAX);
+    }
+
+    fn with_row(
+        runtime: &Arc<FakeRuntime>,
+        manager: &Manager,
+        end_in_ms: i64,
+    ) -> silo_catalog::SandboxRecord {
+        let rec = fake::record(SandboxState::Running, end_in_ms);
+        manager.catalog.insert_sandbox(&rec).unwrap();
+        runtime.insert(&rec.id, Held::Running);
+        rec
+    }
+
+    fn state(manager: &Manager, id: &SandboxId) -> SandboxState {
+        manager.catalog.get_sandbox(id).unwrap().unwrap().state
+    }
+
+    #[tokio::test]
+    async fn a_pause_at_timeout_honours_a_timeout_set_since_the_reaper_looked() {
+        let runtime = Arc::new(FakeRuntime::default());
+        let (manager, _dir) = fake::manager(Arc::clone(&runtime));
+        let rec = with_row(&runtime, &manager, -1_000);
+        // The reaper saw it expired; a set_timeout lands before the pause begins.
+        manager.set_timeout(&rec.id, 60).unwrap();
+        manager.pause_at_timeout(&rec.id).await;
+        assert_eq!(state(&manager, &rec.id), SandboxState::Running);
+        assert_eq!(runtime.held(&rec.id), Some(Held::Running));
+    }
+
+    #[tokio::test]
+    async fn a_pause_at_timeout_that_fails_is_tried_again_later_and_noted() {
+        let runtime = Arc::new(FakeRuntime::default());
+        let (manager, _dir) = fake::manager(Arc::clone(&runtime));
+        let rec = with_row(&runtime, &manager, -1_000);
+        runtime.fail(Verb::Pause);
+        let now = Instant::now();
+        assert!(manager.timeout_pauses.begin(&rec.id, now));
+        assert!(!manager.timeout_pauses.begin(&rec.id, now), "one under way");
+        manager.pause_at_timeout(&rec.id).await;
+
+        assert_eq!(state(&manager, &rec.id), SandboxState::Running);
+        assert!(!manager.timeout_pauses.begin(&rec.id, now), "backed off");
+        assert!(
+            manager.timeout_pauses.begin(&rec.id, now + RETRY_MAX),
+            "tried again"
+        );
+        let events = manager.catalog.events(&rec.id).unwrap();
+        assert!(
+            events
+                .iter()
+                .any(|e| e.detail.starts_with("pause at timeout failed")),
+            "{events:?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_pause_at_timeout_pauses_an_expired_sandbox() {
+        let runtime = Arc::new(FakeRuntime::default());
+        let (manager, _dir) = fake::manager(Arc::clone(&runtime));
+        let rec = with_row(&runtime, &manager, -1_000);
+        manager.pause_at_timeout(&rec.id).await;
+        assert_eq!(state(&manager, &rec.id), SandboxState::Paused);
+        assert_eq!(runtime.held(&rec.id), Some(Held::Frozen));
     }
 }

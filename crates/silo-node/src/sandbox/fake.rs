@@ -1,0 +1,232 @@
+//! A [`Runtime`] in memory, for the lifecycle's unit tests: each sandbox is an entry in
+//! a map, a test can make a verb fail, or hold it mid-way until it lets it go; and
+//! [`manager`] builds a [`Manager`] over it with an in-memory catalog.
+
+use std::collections::{HashMap, HashSet};
+use std::net::{Ipv4Addr, SocketAddr};
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use silo_catalog::{now_ms, Catalog, NetworkRules, SandboxRecord, SandboxState};
+use silo_protocol::ids::SandboxId;
+
+use super::{Manager, SandboxDefaults, Templates};
+use crate::network::EgressPolicy;
+use crate::{Paused, Runtime, RuntimeError, SandboxSpec, Started};
+
+/// What the fake holds of a sandbox.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Held {
+    Running,
+    Frozen,
+    /// Its container is gone (a reboot), its directory and address lease are not.
+    Stopped,
+}
+
+/// The verbs a test can make fail or hold.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub(super) enum Verb {
+    Pause,
+    Resume,
+    /// A resume that thaws the sandbox, then fails (its agent does not answer).
+    ResumeAfterThaw,
+    /// Freezing it again after that.
+    Refreeze,
+}
+
+#[derive(Default)]
+pub(super) struct FakeRuntime {
+    held: Mutex<HashMap<SandboxId, Held>>,
+    failing: Mutex<HashSet<Verb>>,
+    holding: Mutex<HashSet<Verb>>,
+    /// Signalled when a held verb has begun.
+    began: tokio::sync::Notify,
+    /// Lets the held verb go on.
+    release: tokio::sync::Notify,
+}
+
+impl FakeRuntime {
+    pub(super) fn insert(&self, id: &SandboxId, held: Held) {
+        self.held.lock().unwrap().insert(id.clone(), held);
+    }
+
+    pub(super) fn held(&self, id: &SandboxId) -> Option<Held> {
+        self.held.lock().unwrap().get(id).copied()
+    }
+
+    pub(super) fn fail(&self, verb: Verb) {
+        self.failing.lock().unwrap().insert(verb);
+    }
+
+    /// Make `verb` wait, once begun, until [`FakeRuntime::release`].
+    pub(super) fn hold(&self, verb: Verb) {
+        self.holding.lock().unwrap().insert(verb);
+    }
+
+    /// Until a held verb has begun.
+    pub(super) async fn began(&self) {
+        self.began.notified().await;
+    }
+
+    pub(super) fn release(&self) {
+        self.release.notify_one();
+    }
+
+    /// Hold if asked to, then fail if asked to.
+    async fn act(&self, verb: Verb, id: &SandboxId) -> Result<(), RuntimeError> {
+        if self.holding.lock().unwrap().contains(&verb) {
+            self.began.notify_one();
+            self.release.notified().await;
+        }
+        if self.failing.lock().unwrap().contains(&verb) {
+            return Err(RuntimeError::AgentExited {
+                id: id.clone(),
+                log: format!("{verb:?} fails on purpose"),
+            });
+        }
+        Ok(())
+    }
+
+    fn started() -> Started {
+        let ip = Ipv4Addr::LOCALHOST;
+        Started {
+            ip,
+            gateway: ip,
+            // Nothing listens there: the agent calls of a test fail at once.
+            agent: SocketAddr::from((ip, 1)),
+            ready_after: Duration::ZERO,
+        }
+    }
+}
+
+#[async_trait]
+impl Runtime for FakeRuntime {
+    async fn start(&self, spec: &SandboxSpec) -> Result<Started, RuntimeError> {
+        self.insert(&spec.id, Held::Running);
+        Ok(Self::started())
+    }
+
+    async fn pause(&self, id: &SandboxId) -> Result<Paused, RuntimeError> {
+        self.act(Verb::Pause, id).await?;
+        self.insert(id, Held::Frozen);
+        Ok(Paused::Frozen)
+    }
+
+    async fn snapshot(&self, id: &SandboxId, _image: &Path) -> Result<(), RuntimeError> {
+        Err(RuntimeError::NotPaused { id: id.clone() })
+    }
+
+    fn pause_saves_connections(&self) -> bool {
+        false
+    }
+
+    async fn resume(
+        &self,
+        id: &SandboxId,
+        _egress: &EgressPolicy,
+    ) -> Result<Started, RuntimeError> {
+        self.act(Verb::Resume, id).await?;
+        if self.held(id) != Some(Held::Frozen) {
+            return Err(RuntimeError::NotPaused { id: id.clone() });
+        }
+        self.insert(id, Held::Running);
+        if let Err(err) = self.act(Verb::ResumeAfterThaw, id).await {
+            // As the runsc runtime: frozen again, so that it stays paused, if it can be.
+            if self.act(Verb::Refreeze, id).await.is_ok() {
+                self.insert(id, Held::Frozen);
+            }
+            return Err(err);
+        }
+        Ok(Self::started())
+    }
+
+    async fn set_egress(
+        &self,
+        _id: &SandboxId,
+        _policy: &EgressPolicy,
+    ) -> Result<(), RuntimeError> {
+        Ok(())
+    }
+
+    async fn is_paused(&self, id: &SandboxId) -> bool {
+        self.held(id) == Some(Held::Frozen)
+    }
+
+    async fn destroy(&self, id: &SandboxId) -> Result<(), RuntimeError> {
+        self.held.lock().unwrap().remove(id);
+        Ok(())
+    }
+
+    fn set_frozen(&self, _id: &SandboxId, _frozen: bool) -> Result<(), RuntimeError> {
+        Ok(())
+    }
+
+    fn set_background(&self, _id: &SandboxId, _background: bool) -> Result<(), RuntimeError> {
+        Ok(())
+    }
+
+    async fn usage(&self, _id: &SandboxId) -> Result<crate::usage::Usage, RuntimeError> {
+        Ok(crate::usage::Usage::default())
+    }
+
+    async fn running(&self) -> Result<Vec<SandboxId>, RuntimeError> {
+        let held = self.held.lock().unwrap();
+        let up = held.iter().filter(|(_, held)| **held != Held::Stopped);
+        Ok(up.map(|(id, _)| id.clone()).collect())
+    }
+
+    async fn list(&self) -> Result<Vec<SandboxId>, RuntimeError> {
+        Ok(self.held.lock().unwrap().keys().cloned().collect())
+    }
+
+    async fn shutdown(&self) {}
+}
+
+/// A manager over `runtime`, with an empty catalog in memory and no templates; the
+/// directory holds its snapshots and must outlive it.
+pub(super) fn manager(runtime: Arc<FakeRuntime>) -> (Arc<Manager>, tempfile::TempDir) {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let manager = Manager::new(
+        Arc::new(Catalog::open_in_memory().expect("catalog")),
+        runtime,
+        Templates::new(dir.path().join("templates")),
+        SandboxDefaults::default(),
+        "0.0.0-test".into(),
+        dir.path().join("snapshots"),
+    );
+    (manager, dir)
+}
+
+/// A sandbox row in `state`, ending `end_in_ms` from now, with no address (so nothing
+/// tries its agent) unless the test sets one.
+pub(super) fn record(state: SandboxState, end_in_ms: i64) -> SandboxRecord {
+    let now = now_ms();
+    SandboxRecord {
+        id: SandboxId::generate(),
+        template_id: "base".into(),
+        state,
+        started_at_ms: now,
+        end_at_ms: now + end_in_ms,
+        metadata: Default::default(),
+        env_vars: Default::default(),
+        envd_access_token: None,
+        envd_version: "0.0.0-test".into(),
+        cpu_count: 1,
+        memory_mb: 256,
+        disk_size_mb: 512,
+        address: None,
+        auto_pause: true,
+        auto_resume: false,
+        network: NetworkRules {
+            internet: true,
+            allow_out: Vec::new(),
+            deny_out: Vec::new(),
+            allow_domains: Vec::new(),
+            dns_servers: None,
+        },
+        traffic_access_token: None,
+        rootfs: None,
+    }
+}
