@@ -71,6 +71,8 @@ class SiloServer:
         self.links_before = host_links()
 
     def start(self):
+        # Made again if a failed start removed it.
+        self.data_dir.mkdir(parents=True, exist_ok=True)
         # The child keeps its own descriptor of the log.
         with open(self.log_path, "ab") as log:
             self.proc = subprocess.Popen(
