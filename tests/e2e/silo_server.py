@@ -113,15 +113,19 @@ class SiloServer:
         """A server that did not come up: stop it, drop its data dir (its log goes into
         the error) and fail."""
         log = self.log()
+        self.terminate(wait=30)
+        shutil.rmtree(self.data_dir, ignore_errors=True)
+        raise RuntimeError(f"{why}:\n{log}")
+
+    def terminate(self, wait: float):
+        """SIGTERM, and SIGKILL if it has not stopped within `wait` seconds."""
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
             try:
-                self.proc.wait(timeout=30)
+                self.proc.wait(timeout=wait)
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()
-        shutil.rmtree(self.data_dir, ignore_errors=True)
-        raise RuntimeError(f"{why}:\n{log}")
 
     def env(self) -> dict:
         return {
@@ -233,13 +237,7 @@ class SiloServer:
             if self.proc.poll() is None:
                 self.kill_all()
         finally:
-            if self.proc.poll() is None:
-                self.proc.send_signal(signal.SIGTERM)
-                try:
-                    self.proc.wait(timeout=wait)
-                except subprocess.TimeoutExpired:
-                    self.proc.kill()
-                    self.proc.wait()
+            self.terminate(wait)
         leaks = self.leaks()
         if check_leaks and any(leaks.values()):
             raise AssertionError(f"silo serve leaked {leaks}; log kept in {self.log_path}")
