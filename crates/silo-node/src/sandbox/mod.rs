@@ -182,7 +182,8 @@ pub struct Manager {
     /// operations run detached from their caller; awaited by [`Manager::shutdown`].
     tasks: tokio_util::task::TaskTracker,
     traffic: traffic::Traffic,
-    /// One pause/resume at a time per sandbox.
+    /// One lifecycle operation at a time per sandbox: pause, resume, snapshot, the
+    /// save of a fork, a kill's teardown.
     locks: Mutex<HashMap<SandboxId, Arc<tokio::sync::Mutex<()>>>>,
     pool: pool::Pool,
     activity: doze::Activity,

@@ -132,7 +132,7 @@ impl Manager {
                 Outcome::Kept
             }
             SandboxState::Killing => {
-                self.destroy_killing(&rec.id).await?;
+                self.destroy_killing(&rec.id, false).await?;
                 Outcome::Finished
             }
             state => {

@@ -317,4 +317,18 @@ mod tests {
         assert_eq!(state(&manager, &rec.id), SandboxState::Paused);
         assert_eq!(runtime.held(&rec.id), Some(Held::Frozen));
     }
+
+    #[tokio::test]
+    async fn a_sandbox_found_dead_is_released_though_the_sweep_holds_its_lock() {
+        let runtime = Arc::new(FakeRuntime::default());
+        let (manager, _dir) = fake::manager(Arc::clone(&runtime));
+        let rec = with_row(&runtime, &manager, 60_000);
+        runtime.insert(&rec.id, Held::Stopped);
+        // The sweep kills under the lifecycle lock, and the teardown takes it: the kill
+        // must not wait for its teardown there.
+        manager.sweep_dead().await;
+        manager.shutdown().await;
+        assert_eq!(state(&manager, &rec.id), SandboxState::Killed);
+        assert_eq!(runtime.held(&rec.id), None);
+    }
 }
