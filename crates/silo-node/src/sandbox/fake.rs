@@ -63,6 +63,11 @@ impl FakeRuntime {
         self.failing.lock().unwrap().insert(verb);
     }
 
+    /// Undo [`FakeRuntime::fail`].
+    pub(super) fn mend(&self, verb: Verb) {
+        self.failing.lock().unwrap().remove(&verb);
+    }
+
     /// The verbs that ran to their end so far, in that order.
     pub(super) fn done(&self) -> Vec<Verb> {
         self.done.lock().unwrap().clone()

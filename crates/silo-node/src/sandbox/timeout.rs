@@ -1,8 +1,9 @@
 //! Timeouts: the end time lives in the catalog (so it survives restarts); one reaper task
-//! kills what has expired, or pauses it when it was created with `auto_pause`.
+//! kills what has expired, or pauses it when it was created with `auto_pause`. The
+//! reaper also releases sandboxes that died on their own, and tries again the kills
+//! whose teardown failed.
 
-use std::collections::{HashMap, HashSet};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use silo_catalog::{now_ms, SandboxState};
@@ -15,74 +16,6 @@ use super::{Manager, SandboxError};
 const REAP_INTERVAL: Duration = Duration::from_millis(500);
 /// Every this many reaper rounds it also looks for sandboxes that died on their own.
 const SWEEP_EVERY: u32 = 10;
-/// The wait before a failed pause at timeout is tried again, doubled at each failure up
-/// to [`RETRY_MAX`]: a pause that keeps failing is not tried twice a second forever
-/// (each try wakes the sandbox, collects its log and asks runsc).
-const RETRY_FIRST: Duration = Duration::from_secs(2);
-const RETRY_MAX: Duration = Duration::from_secs(300);
-
-/// Pauses at timeout under way, and those that failed, per sandbox.
-#[derive(Default)]
-pub(super) struct TimeoutPauses(Mutex<HashMap<SandboxId, Attempts>>);
-
-struct Attempts {
-    under_way: bool,
-    failures: u32,
-    not_before: Instant,
-}
-
-impl TimeoutPauses {
-    fn map(&self) -> std::sync::MutexGuard<'_, HashMap<SandboxId, Attempts>> {
-        self.0.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    /// Whether a pause of `id` may begin at `now`: none is under way, and the wait
-    /// after the last failure is over. If so, it is under way from here.
-    fn begin(&self, id: &SandboxId, now: Instant) -> bool {
-        let mut map = self.map();
-        let attempts = map.entry(id.clone()).or_insert(Attempts {
-            under_way: false,
-            failures: 0,
-            not_before: now,
-        });
-        if attempts.under_way || now < attempts.not_before {
-            return false;
-        }
-        attempts.under_way = true;
-        true
-    }
-
-    fn succeeded(&self, id: &SandboxId) {
-        self.map().remove(id);
-    }
-
-    /// The pause failed: how long until it is tried again.
-    fn failed(&self, id: &SandboxId, now: Instant) -> Duration {
-        let mut map = self.map();
-        let attempts = map.entry(id.clone()).or_insert(Attempts {
-            under_way: false,
-            failures: 0,
-            not_before: now,
-        });
-        attempts.under_way = false;
-        attempts.failures += 1;
-        let wait = retry_after(attempts.failures);
-        attempts.not_before = now + wait;
-        wait
-    }
-
-    /// Forget the sandboxes no longer expired (given a new end time, killed), but
-    /// those whose pause is under way.
-    fn keep_only(&self, expired: &HashSet<SandboxId>) {
-        self.map()
-            .retain(|id, attempts| attempts.under_way || expired.contains(id));
-    }
-}
-
-fn retry_after(failures: u32) -> Duration {
-    let doublings = failures.saturating_sub(1).min(16);
-    RETRY_FIRST.saturating_mul(1 << doublings).min(RETRY_MAX)
-}
 
 impl Manager {
     /// Kill the sandbox `seconds` from now (shorter or longer than before).
@@ -213,6 +146,7 @@ impl Manager {
             if rounds.is_multiple_of(SWEEP_EVERY) {
                 self.sweep_dead().await;
             }
+            self.retry_teardowns(Instant::now());
             let expired = match self.catalog.expired(now_ms()) {
                 Ok(expired) => expired,
                 Err(err) => {
@@ -245,15 +179,8 @@ impl Manager {
 #[cfg(test)]
 mod tests {
     use super::super::fake::{self, FakeRuntime, Held, Verb};
+    use super::super::retry::RETRY_MAX;
     use super::*;
-
-    #[test]
-    fn a_failing_pause_waits_longer_each_time_up_to_a_limit() {
-        assert_eq!(retry_after(1), RETRY_FIRST);
-        assert_eq!(retry_after(2), RETRY_FIRST * 2);
-        assert_eq!(retry_after(3), RETRY_FIRST * 4);
-        assert_eq!(retry_after(40), RETRY_MAX);
-    }
 
     fn with_row(
         runtime: &Arc<FakeRuntime>,
