@@ -107,6 +107,10 @@ pub enum SandboxError {
     WrongState { id: SandboxId, state: SandboxState },
     #[error("sandbox {0} is already paused")]
     AlreadyPaused(SandboxId),
+    /// As on E2B, where a paused sandbox is no longer among the live ones a timeout
+    /// applies to.
+    #[error("sandbox {0} is paused and has no timeout; connect to resume it with one")]
+    TimeoutWhilePaused(SandboxId),
     #[error("cannot pause sandbox {id}; it keeps running")]
     Pause {
         id: SandboxId,

@@ -18,19 +18,26 @@ const REAP_INTERVAL: Duration = Duration::from_millis(500);
 const SWEEP_EVERY: u32 = 10;
 
 impl Manager {
-    /// Kill the sandbox `seconds` from now (shorter or longer than before).
+    /// End a running sandbox (kill, or pause if `auto_pause`) `seconds` from now,
+    /// sooner or later than before. A paused sandbox has none to set: it gets one when
+    /// it resumes (E2B answers 404 there too).
     /// Checked and written at once, so a pause at timeout that begins meanwhile either
     /// sees the new end time or makes this a [`SandboxError::WrongState`].
     pub fn set_timeout(&self, id: &SandboxId, seconds: u64) -> Result<(), SandboxError> {
         let end = now_ms() + self.clamp_timeout(Some(seconds)).as_millis() as i64;
-        let live = [SandboxState::Running, SandboxState::Paused];
-        if !self.catalog.set_end_at_in(id, end, &live)? {
-            return Err(SandboxError::WrongState {
-                id: id.clone(),
-                state: self.get(id)?.state,
-            });
+        if self
+            .catalog
+            .set_end_at_in(id, end, &[SandboxState::Running])?
+        {
+            return Ok(());
         }
-        Ok(())
+        match self.get(id)?.state {
+            SandboxState::Paused => Err(SandboxError::TimeoutWhilePaused(id.clone())),
+            state => Err(SandboxError::WrongState {
+                id: id.clone(),
+                state,
+            }),
+        }
     }
 
     /// Pause a sandbox whose end time passed, if it still has (see
@@ -257,5 +264,28 @@ mod tests {
         manager.shutdown().await;
         assert_eq!(state(&manager, &rec.id), SandboxState::Killed);
         assert_eq!(runtime.held(&rec.id), None);
+    }
+
+    #[tokio::test]
+    async fn a_paused_sandbox_has_no_timeout_to_set_and_resumes_with_its_own() {
+        let runtime = Arc::new(FakeRuntime::default());
+        let (manager, _dir) = fake::manager(Arc::clone(&runtime));
+        let rec = with_row(&runtime, &manager, 60_000);
+        manager.pause(&rec.id, "test").await.unwrap();
+        let before = manager.catalog.get_sandbox(&rec.id).unwrap().unwrap();
+
+        let err = manager.set_timeout(&rec.id, 3_600).unwrap_err();
+        assert!(matches!(err, SandboxError::TimeoutWhilePaused(_)), "{err}");
+        let after = manager.catalog.get_sandbox(&rec.id).unwrap().unwrap();
+        assert_eq!(after.end_at_ms, before.end_at_ms, "nothing written");
+
+        let asked_at = now_ms();
+        manager.resume(&rec.id, Some(120), "test").await.unwrap();
+        let resumed = manager.catalog.get_sandbox(&rec.id).unwrap().unwrap();
+        assert!(
+            (asked_at + 120_000..asked_at + 3_600_000).contains(&resumed.end_at_ms),
+            "the resume's timeout: {}",
+            resumed.end_at_ms - asked_at
+        );
     }
 }
