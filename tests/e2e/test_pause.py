@@ -4,6 +4,7 @@ timeouts can pause instead of kill, and traffic can wake a paused sandbox."""
 
 import time
 import urllib.request
+from datetime import datetime, timezone
 
 import pytest
 from e2b import Sandbox
@@ -77,9 +78,17 @@ def test_bad_pause_and_resume_requests(silo, sandbox):
     assert (status, body["code"]) == (409, 409)
     assert "already paused" in body["message"]
 
+    # A paused sandbox has no timeout to set: 404, as on E2B. It gets one as it resumes.
+    with pytest.raises(NotFoundException):
+        sandbox.set_timeout(3600)
+    status, body, _ = silo.api("POST", f"/sandboxes/{sandbox.sandbox_id}/timeout", {"timeout": 3600})
+    assert status == 404 and "paused" in body["message"]
+
     # The legacy resume endpoint resumes once, then a running sandbox is a conflict.
     status, body, _ = silo.api("POST", f"/sandboxes/{sandbox.sandbox_id}/resume", {"timeout": 60})
     assert status == 201 and body["sandboxID"] == sandbox.sandbox_id
+    left = Sandbox.get_info(sandbox.sandbox_id).end_at - datetime.now(timezone.utc)
+    assert left.total_seconds() <= 60
     status, body, _ = silo.api("POST", f"/sandboxes/{sandbox.sandbox_id}/resume", {})
     assert status == 409
 

@@ -84,6 +84,8 @@ fn sandbox_class(err: &SandboxError) -> (StatusCode, &'static str) {
         SandboxError::SnapshotsDir { .. } => (INTERNAL, "snapshot_failed"),
         SandboxError::WrongState { .. } => (StatusCode::CONFLICT, "wrong_state"),
         SandboxError::AlreadyPaused(_) => (StatusCode::CONFLICT, "already_paused"),
+        // E2B's status: a paused sandbox is not among those a timeout applies to.
+        SandboxError::TimeoutWhilePaused(_) => (StatusCode::NOT_FOUND, "sandbox_paused"),
         SandboxError::Pause { .. } => (INTERNAL, "pause_failed"),
         SandboxError::Resume { .. } | SandboxError::ResumedSilent { .. } => {
             (INTERNAL, "resume_failed")
@@ -185,5 +187,14 @@ mod tests {
             let resp = ApiError::Sandbox(fault).into_response();
             assert_eq!(resp.status(), StatusCode::INTERNAL_SERVER_ERROR);
         }
+    }
+
+    #[test]
+    fn a_timeout_for_a_paused_sandbox_is_404_as_on_e2b() {
+        let id: silo_protocol::ids::SandboxId = "i0000000000000000000".parse().unwrap();
+        let err = ApiError::Sandbox(SandboxError::TimeoutWhilePaused(id));
+        let (status, body) = err.wire();
+        assert_eq!(status, StatusCode::NOT_FOUND);
+        assert!(body.message.contains("paused"), "{}", body.message);
     }
 }

@@ -320,7 +320,7 @@ pub async fn kill(
 }
 
 /// `POST /sandboxes/{id}/timeout`.
-#[utoipa::path(post, path = "/sandboxes/{id}/timeout", tag = "sandboxes", params(("id" = String, Path, description = "Sandbox id")), request_body = SetTimeout, responses((status = 204, description = "Its end is now plus `timeout` seconds"), (status = 400, description = "malformed request", body = silo_protocol::rest::ApiError), (status = 401, description = "no or wrong API key", body = silo_protocol::rest::ApiError), (status = 404, description = "no such sandbox", body = silo_protocol::rest::ApiError), (status = 500, description = "internal error; the log has the detail", body = silo_protocol::rest::ApiError)), security(("api_key" = [])))]
+#[utoipa::path(post, path = "/sandboxes/{id}/timeout", tag = "sandboxes", params(("id" = String, Path, description = "Sandbox id")), request_body = SetTimeout, responses((status = 204, description = "Its end is now plus `timeout` seconds"), (status = 400, description = "malformed request", body = silo_protocol::rest::ApiError), (status = 401, description = "no or wrong API key", body = silo_protocol::rest::ApiError), (status = 404, description = "no such sandbox, or it is paused (it gets a timeout when it resumes)", body = silo_protocol::rest::ApiError), (status = 409, description = "it is being paused or resumed", body = silo_protocol::rest::ApiError), (status = 500, description = "internal error; the log has the detail", body = silo_protocol::rest::ApiError)), security(("api_key" = [])))]
 pub async fn set_timeout(
     State(app): State<AppState>,
     SandboxPath(id): SandboxPath,

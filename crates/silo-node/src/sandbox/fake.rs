@@ -34,6 +34,7 @@ pub(super) enum Verb {
     ResumeAfterThaw,
     /// Freezing it again after that.
     Refreeze,
+    Destroy,
 }
 
 #[derive(Default)]
@@ -41,6 +42,8 @@ pub(super) struct FakeRuntime {
     held: Mutex<HashMap<SandboxId, Held>>,
     failing: Mutex<HashSet<Verb>>,
     holding: Mutex<HashSet<Verb>>,
+    /// The verbs that ran to their end, in that order.
+    done: Mutex<Vec<Verb>>,
     /// Signalled when a held verb has begun.
     began: tokio::sync::Notify,
     /// Lets the held verb go on.
@@ -58,6 +61,16 @@ impl FakeRuntime {
 
     pub(super) fn fail(&self, verb: Verb) {
         self.failing.lock().unwrap().insert(verb);
+    }
+
+    /// Undo [`FakeRuntime::fail`].
+    pub(super) fn mend(&self, verb: Verb) {
+        self.failing.lock().unwrap().remove(&verb);
+    }
+
+    /// The verbs that ran to their end so far, in that order.
+    pub(super) fn done(&self) -> Vec<Verb> {
+        self.done.lock().unwrap().clone()
     }
 
     /// Make `verb` wait, once begun, until [`FakeRuntime::release`].
@@ -86,6 +99,7 @@ impl FakeRuntime {
                 log: format!("{verb:?} fails on purpose"),
             });
         }
+        self.done.lock().unwrap().push(verb);
         Ok(())
     }
 
@@ -155,6 +169,7 @@ impl Runtime for FakeRuntime {
     }
 
     async fn destroy(&self, id: &SandboxId) -> Result<(), RuntimeError> {
+        self.act(Verb::Destroy, id).await?;
         self.held.lock().unwrap().remove(id);
         Ok(())
     }

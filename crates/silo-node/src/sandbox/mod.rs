@@ -2,12 +2,14 @@
 //! the runtime, and records the new state in the catalog (which checks the transition).
 //!
 //! - [`create`]: template → runtime start → agent `/init` → `Running`.
-//! - [`kill`]: `Killing` → runtime destroy (idempotent) → `Killed`.
+//! - [`kill`]: `Killing` → runtime destroy (idempotent) → `Killed`; a destroy that
+//!   failed is tried again by the reaper.
 //! - `network`: egress rules, replaced live.
 //! - [`pause`]: checkpoint to disk and restore, after closing the sandbox's traffic.
 //! - [`timeout`]: set/extend the end time, and the reaper that kills (or pauses)
 //!   expired sandboxes.
 //! - [`reconcile`]: at start, make the catalog and the runtime agree.
+//! - `retry`: background steps tried again after failures, with a growing wait.
 //! - [`metrics`]: the sampler: CPU, memory and disk samples of running sandboxes, kept
 //!   in the catalog, and their logs collected (`logs`).
 //! - `pool`: the warm pool, sandboxes booted ahead of demand and handed to creates.
@@ -25,6 +27,7 @@ mod network;
 mod pause;
 mod pool;
 mod reconcile;
+mod retry;
 mod snapshot;
 mod templates;
 mod timeout;
@@ -104,6 +107,10 @@ pub enum SandboxError {
     WrongState { id: SandboxId, state: SandboxState },
     #[error("sandbox {0} is already paused")]
     AlreadyPaused(SandboxId),
+    /// As on E2B, where a paused sandbox is no longer among the live ones a timeout
+    /// applies to.
+    #[error("sandbox {0} is paused and has no timeout; connect to resume it with one")]
+    TimeoutWhilePaused(SandboxId),
     #[error("cannot pause sandbox {id}; it keeps running")]
     Pause {
         id: SandboxId,
@@ -182,11 +189,15 @@ pub struct Manager {
     /// operations run detached from their caller; awaited by [`Manager::shutdown`].
     tasks: tokio_util::task::TaskTracker,
     traffic: traffic::Traffic,
-    /// One pause/resume at a time per sandbox.
+    /// One lifecycle operation at a time per sandbox: pause, resume, snapshot, the
+    /// save of a fork, a kill's teardown.
     locks: Mutex<HashMap<SandboxId, Arc<tokio::sync::Mutex<()>>>>,
     pool: pool::Pool,
     activity: doze::Activity,
-    timeout_pauses: timeout::TimeoutPauses,
+    /// Pauses at timeout under way or failed (retried by the reaper).
+    timeout_pauses: retry::Retries,
+    /// Kills' teardowns under way or failed (retried by the reaper).
+    teardowns: retry::Retries,
 }
 
 /// Where to send a request for a sandbox port, and the token that ends it when the
@@ -224,7 +235,8 @@ impl Manager {
             locks: Mutex::default(),
             pool: pool::Pool::default(),
             activity: doze::Activity::default(),
-            timeout_pauses: timeout::TimeoutPauses::default(),
+            timeout_pauses: retry::Retries::default(),
+            teardowns: retry::Retries::default(),
         })
     }
 

@@ -91,7 +91,7 @@ impl Manager {
                 }
                 Ok(outcome) => *report.count(outcome) += 1,
                 Err(err) => {
-                    tracing::error!(sandbox_id = %rec.id, state = %rec.state, error = %crate::error_chain(&err), "cannot reconcile sandbox; retried at the next start");
+                    tracing::error!(sandbox_id = %rec.id, state = %rec.state, error = %crate::error_chain(&err), "cannot reconcile sandbox; retried later (a teardown by the reaper, anything else at the next start)");
                     report.failed += 1;
                 }
             }
@@ -132,7 +132,7 @@ impl Manager {
                 Outcome::Kept
             }
             SandboxState::Killing => {
-                self.destroy_killing(&rec.id).await?;
+                self.release(&rec.id, false).await?;
                 Outcome::Finished
             }
             state => {

@@ -1,8 +1,9 @@
 //! Timeouts: the end time lives in the catalog (so it survives restarts); one reaper task
-//! kills what has expired, or pauses it when it was created with `auto_pause`.
+//! kills what has expired, or pauses it when it was created with `auto_pause`. The
+//! reaper also releases sandboxes that died on their own, and tries again the kills
+//! whose teardown failed.
 
-use std::collections::{HashMap, HashSet};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use silo_catalog::{now_ms, SandboxState};
@@ -15,89 +16,28 @@ use super::{Manager, SandboxError};
 const REAP_INTERVAL: Duration = Duration::from_millis(500);
 /// Every this many reaper rounds it also looks for sandboxes that died on their own.
 const SWEEP_EVERY: u32 = 10;
-/// The wait before a failed pause at timeout is tried again, doubled at each failure up
-/// to [`RETRY_MAX`]: a pause that keeps failing is not tried twice a second forever
-/// (each try wakes the sandbox, collects its log and asks runsc).
-const RETRY_FIRST: Duration = Duration::from_secs(2);
-const RETRY_MAX: Duration = Duration::from_secs(300);
-
-/// Pauses at timeout under way, and those that failed, per sandbox.
-#[derive(Default)]
-pub(super) struct TimeoutPauses(Mutex<HashMap<SandboxId, Attempts>>);
-
-struct Attempts {
-    under_way: bool,
-    failures: u32,
-    not_before: Instant,
-}
-
-impl TimeoutPauses {
-    fn map(&self) -> std::sync::MutexGuard<'_, HashMap<SandboxId, Attempts>> {
-        self.0.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    /// Whether a pause of `id` may begin at `now`: none is under way, and the wait
-    /// after the last failure is over. If so, it is under way from here.
-    fn begin(&self, id: &SandboxId, now: Instant) -> bool {
-        let mut map = self.map();
-        let attempts = map.entry(id.clone()).or_insert(Attempts {
-            under_way: false,
-            failures: 0,
-            not_before: now,
-        });
-        if attempts.under_way || now < attempts.not_before {
-            return false;
-        }
-        attempts.under_way = true;
-        true
-    }
-
-    fn succeeded(&self, id: &SandboxId) {
-        self.map().remove(id);
-    }
-
-    /// The pause failed: how long until it is tried again.
-    fn failed(&self, id: &SandboxId, now: Instant) -> Duration {
-        let mut map = self.map();
-        let attempts = map.entry(id.clone()).or_insert(Attempts {
-            under_way: false,
-            failures: 0,
-            not_before: now,
-        });
-        attempts.under_way = false;
-        attempts.failures += 1;
-        let wait = retry_after(attempts.failures);
-        attempts.not_before = now + wait;
-        wait
-    }
-
-    /// Forget the sandboxes no longer expired (given a new end time, killed), but
-    /// those whose pause is under way.
-    fn keep_only(&self, expired: &HashSet<SandboxId>) {
-        self.map()
-            .retain(|id, attempts| attempts.under_way || expired.contains(id));
-    }
-}
-
-fn retry_after(failures: u32) -> Duration {
-    let doublings = failures.saturating_sub(1).min(16);
-    RETRY_FIRST.saturating_mul(1 << doublings).min(RETRY_MAX)
-}
 
 impl Manager {
-    /// Kill the sandbox `seconds` from now (shorter or longer than before).
+    /// End a running sandbox (kill, or pause if `auto_pause`) `seconds` from now,
+    /// sooner or later than before. A paused sandbox has none to set: it gets one when
+    /// it resumes (E2B answers 404 there too).
     /// Checked and written at once, so a pause at timeout that begins meanwhile either
     /// sees the new end time or makes this a [`SandboxError::WrongState`].
     pub fn set_timeout(&self, id: &SandboxId, seconds: u64) -> Result<(), SandboxError> {
         let end = now_ms() + self.clamp_timeout(Some(seconds)).as_millis() as i64;
-        let live = [SandboxState::Running, SandboxState::Paused];
-        if !self.catalog.set_end_at_in(id, end, &live)? {
-            return Err(SandboxError::WrongState {
-                id: id.clone(),
-                state: self.get(id)?.state,
-            });
+        if self
+            .catalog
+            .set_end_at_in(id, end, &[SandboxState::Running])?
+        {
+            return Ok(());
         }
-        Ok(())
+        match self.get(id)?.state {
+            SandboxState::Paused => Err(SandboxError::TimeoutWhilePaused(id.clone())),
+            state => Err(SandboxError::WrongState {
+                id: id.clone(),
+                state,
+            }),
+        }
     }
 
     /// Pause a sandbox whose end time passed, if it still has (see
@@ -213,6 +153,7 @@ impl Manager {
             if rounds.is_multiple_of(SWEEP_EVERY) {
                 self.sweep_dead().await;
             }
+            self.retry_teardowns(Instant::now());
             let expired = match self.catalog.expired(now_ms()) {
                 Ok(expired) => expired,
                 Err(err) => {
@@ -245,15 +186,8 @@ impl Manager {
 #[cfg(test)]
 mod tests {
     use super::super::fake::{self, FakeRuntime, Held, Verb};
+    use super::super::retry::RETRY_MAX;
     use super::*;
-
-    #[test]
-    fn a_failing_pause_waits_longer_each_time_up_to_a_limit() {
-        assert_eq!(retry_after(1), RETRY_FIRST);
-        assert_eq!(retry_after(2), RETRY_FIRST * 2);
-        assert_eq!(retry_after(3), RETRY_FIRST * 4);
-        assert_eq!(retry_after(40), RETRY_MAX);
-    }
 
     fn with_row(
         runtime: &Arc<FakeRuntime>,
@@ -316,5 +250,42 @@ mod tests {
         manager.pause_at_timeout(&rec.id).await;
         assert_eq!(state(&manager, &rec.id), SandboxState::Paused);
         assert_eq!(runtime.held(&rec.id), Some(Held::Frozen));
+    }
+
+    #[tokio::test]
+    async fn a_sandbox_found_dead_is_released_though_the_sweep_holds_its_lock() {
+        let runtime = Arc::new(FakeRuntime::default());
+        let (manager, _dir) = fake::manager(Arc::clone(&runtime));
+        let rec = with_row(&runtime, &manager, 60_000);
+        runtime.insert(&rec.id, Held::Stopped);
+        // The sweep kills under the lifecycle lock, and the teardown takes it: the kill
+        // must not wait for its teardown there.
+        manager.sweep_dead().await;
+        manager.shutdown().await;
+        assert_eq!(state(&manager, &rec.id), SandboxState::Killed);
+        assert_eq!(runtime.held(&rec.id), None);
+    }
+
+    #[tokio::test]
+    async fn a_paused_sandbox_has_no_timeout_to_set_and_resumes_with_its_own() {
+        let runtime = Arc::new(FakeRuntime::default());
+        let (manager, _dir) = fake::manager(Arc::clone(&runtime));
+        let rec = with_row(&runtime, &manager, 60_000);
+        manager.pause(&rec.id, "test").await.unwrap();
+        let before = manager.catalog.get_sandbox(&rec.id).unwrap().unwrap();
+
+        let err = manager.set_timeout(&rec.id, 3_600).unwrap_err();
+        assert!(matches!(err, SandboxError::TimeoutWhilePaused(_)), "{err}");
+        let after = manager.catalog.get_sandbox(&rec.id).unwrap().unwrap();
+        assert_eq!(after.end_at_ms, before.end_at_ms, "nothing written");
+
+        let asked_at = now_ms();
+        manager.resume(&rec.id, Some(120), "test").await.unwrap();
+        let resumed = manager.catalog.get_sandbox(&rec.id).unwrap().unwrap();
+        assert!(
+            (asked_at + 120_000..asked_at + 3_600_000).contains(&resumed.end_at_ms),
+            "the resume's timeout: {}",
+            resumed.end_at_ms - asked_at
+        );
     }
 }
