@@ -392,13 +392,12 @@ async fn write_file(
     limit: u64,
     metadata: &BTreeMap<String, String>,
 ) -> Result<WriteInfo, Error> {
-    let target = Target::of(&dest)?;
-    create_dirs(target.dir()?, user)?;
-
     let (tx, rx) = mpsc::channel::<Piece>(8);
     let writer = {
-        let (user, metadata) = (user.clone(), metadata.clone());
+        let (dest, user, metadata) = (dest.clone(), user.clone(), metadata.clone());
         tokio::task::spawn_blocking(move || {
+            let target = Target::of(&dest)?;
+            create_dirs(target.dir()?, &user)?;
             write_blocking(&target, &user, rx, gzip, limit, &metadata)
         })
     };

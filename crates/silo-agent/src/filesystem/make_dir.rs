@@ -12,6 +12,7 @@ use super::create_dirs;
 use super::entry::entry_info;
 use super::path::resolve;
 use crate::auth::RpcUser;
+use crate::blocking;
 use crate::error::Error;
 use crate::rpc::Unary;
 use crate::state::AppState;
@@ -24,10 +25,12 @@ pub async fn make_dir(
 ) -> Result<Json<EntryResponse>, Error> {
     let (user, users) = state.user(username.as_deref())?;
     let path = resolve(&req.path, &user.home)?;
-    make(&path, &user)?;
-    Ok(Json(EntryResponse {
-        entry: entry_info(&path, &users)?,
-    }))
+    let entry = blocking::run(move || {
+        make(&path, &user)?;
+        entry_info(&path, &users)
+    })
+    .await?;
+    Ok(Json(EntryResponse { entry }))
 }
 
 fn make(path: &Path, user: &User) -> Result<(), Error> {

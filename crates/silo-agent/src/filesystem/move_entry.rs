@@ -19,6 +19,7 @@ use super::create_dirs;
 use super::entry::{cpath, entry_info, read_metadata, write_metadata};
 use super::path::resolve;
 use crate::auth::RpcUser;
+use crate::blocking;
 use crate::error::Error;
 use crate::files::TEMP_PREFIX;
 use crate::rpc::Unary;
@@ -32,19 +33,18 @@ pub async fn move_entry(
     let (user, users) = state.user(username.as_deref())?;
     let source = resolve(&req.source, &user.home)?;
     let destination = resolve(&req.destination, &user.home)?;
-    std::fs::symlink_metadata(&source)
-        .map_err(|e| Error::io(format!("stat {}", source.display()), e))?;
-    if let Some(parent) = destination.parent() {
-        create_dirs(parent, &user)?;
-    }
     // A move across filesystems copies, which may take a while.
-    let (from, to) = (source.clone(), destination.clone());
-    tokio::task::spawn_blocking(move || move_path(&from, &to))
-        .await
-        .map_err(|e| Error::io("move", std::io::Error::other(e.to_string())))??;
-    Ok(Json(EntryResponse {
-        entry: entry_info(&destination, &users)?,
-    }))
+    let entry = blocking::run(move || {
+        std::fs::symlink_metadata(&source)
+            .map_err(|e| Error::io(format!("stat {}", source.display()), e))?;
+        if let Some(parent) = destination.parent() {
+            create_dirs(parent, &user)?;
+        }
+        move_path(&source, &destination)?;
+        entry_info(&destination, &users)
+    })
+    .await?;
+    Ok(Json(EntryResponse { entry }))
 }
 
 fn move_path(source: &Path, destination: &Path) -> Result<(), Error> {

@@ -7,6 +7,7 @@ use silo_protocol::envd::{EntryResponse, StatRequest};
 use super::entry::entry_info;
 use super::path::resolve;
 use crate::auth::RpcUser;
+use crate::blocking;
 use crate::error::Error;
 use crate::rpc::Unary;
 use crate::state::AppState;
@@ -18,7 +19,6 @@ pub async fn stat(
 ) -> Result<Json<EntryResponse>, Error> {
     let (user, users) = state.user(username.as_deref())?;
     let path = resolve(&req.path, &user.home)?;
-    Ok(Json(EntryResponse {
-        entry: entry_info(&path, &users)?,
-    }))
+    let entry = blocking::run(move || entry_info(&path, &users)).await?;
+    Ok(Json(EntryResponse { entry }))
 }
