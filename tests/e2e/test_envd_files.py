@@ -178,6 +178,22 @@ def test_metadata(sandbox: Sandbox, unique):
     assert info.metadata == {"owner": "alice", "purpose": "test"}
 
 
+def test_metadata_too_large_is_refused_and_keeps_the_file(sandbox: Sandbox, unique):
+    sandbox.files.write(f"{unique}.txt", "previous")
+    with pytest.raises(InvalidArgumentException):
+        sandbox.files.write(f"{unique}.txt", "new", metadata={"k": "v" * 5000})
+    assert sandbox.files.read(f"{unique}.txt") == "previous"
+
+
+def test_long_metadata_value_is_read_whole(sandbox: Sandbox, unique):
+    # Set inside the sandbox, where no upload limit applies: longer than the first read.
+    path = sandbox.files.write(f"{unique}.txt", "x").path
+    sandbox.commands.run(
+        f"python3 -c \"import os; os.setxattr('{path}', 'user.e2b.long', b'v' * 5000)\""
+    )
+    assert sandbox.files.get_info(path).metadata == {"long": "v" * 5000}
+
+
 def test_tilde_and_dotdot_paths(sandbox: Sandbox, unique):
     sandbox.files.write(f"~/{unique}/a.txt", "tilde")
     assert sandbox.files.read(f"{unique}/x/../a.txt") == "tilde"

@@ -32,7 +32,7 @@ use tokio_stream::wrappers::ReceiverStream;
 
 use crate::auth::{check_files, FileOp, FilesAuth};
 use crate::error::{Error, HttpFailure};
-use crate::filesystem::entry::write_metadata;
+use crate::filesystem::entry::{validate_metadata, write_metadata, MetadataWritten};
 use crate::filesystem::path::resolve;
 use crate::filesystem::{chown_to, create_dirs, fs_type};
 use crate::state::AppState;
@@ -366,7 +366,8 @@ pub async fn upload(
     Ok(Json(written))
 }
 
-/// `X-Metadata-<key>: value` headers, as `key → value`.
+/// `X-Metadata-<key>: value` headers, as `key → value`, checked before anything is
+/// written.
 fn metadata_headers(headers: &HeaderMap) -> Result<BTreeMap<String, String>, Error> {
     let mut out = BTreeMap::new();
     for (name, value) in headers {
@@ -380,6 +381,7 @@ fn metadata_headers(headers: &HeaderMap) -> Result<BTreeMap<String, String>, Err
             out.insert(key.to_string(), value.to_string());
         }
     }
+    validate_metadata(&out)?;
     Ok(out)
 }
 
@@ -427,7 +429,7 @@ async fn write_file(
     if let Some(e) = failed {
         return Err(e);
     }
-    writer_result?;
+    let written = writer_result?;
 
     Ok(WriteInfo {
         name: dest
@@ -436,7 +438,9 @@ async fn write_file(
             .unwrap_or_default(),
         path: dest.to_string_lossy().into_owned(),
         entry_type: "file".into(),
-        metadata: (!metadata.is_empty()).then(|| metadata.clone()),
+        // What was stored, as envd reads it back.
+        metadata: (written == MetadataWritten::Stored && !metadata.is_empty())
+            .then(|| metadata.clone()),
     })
 }
 
@@ -605,7 +609,7 @@ fn write_blocking(
     gzip: bool,
     limit: u64,
     metadata: &BTreeMap<String, String>,
-) -> Result<(), Error> {
+) -> Result<MetadataWritten, Error> {
     let dest = target.path.as_path();
     let ctx = |what: &str| format!("{what} {}", dest.display());
     let map = |what: &str, e: std::io::Error| {
@@ -630,9 +634,7 @@ fn write_blocking(
     let receive = |file: &std::fs::File| receive(file, rx, gzip, limit, dest, &map);
     let give_to_user = |path: &Path| {
         chown_to(path, user)?;
-        metadata
-            .iter()
-            .try_for_each(|(k, v)| write_metadata(path, k, v))
+        write_metadata(path, metadata)
     };
     match target.landing {
         Landing::Replace { mode } => {
@@ -645,22 +647,24 @@ fn write_blocking(
             tmp.as_file()
                 .set_permissions(std::fs::Permissions::from_mode(mode))
                 .map_err(|e| map("chmod", e))?;
-            give_to_user(tmp.path())?;
+            let written = give_to_user(tmp.path())?;
             tmp.as_file().sync_all().map_err(|e| map("fsync", e))?;
             tmp.persist(dest).map_err(|e| map("rename into", e.error))?;
+            Ok(written)
         }
         Landing::InPlace => {
             let file = open_in_place(dest).map_err(|e| map("open", e))?;
             receive(&file)?;
-            give_to_user(dest)?;
+            let written = give_to_user(dest)?;
             file.sync_all().map_err(|e| map("fsync", e))?;
+            Ok(written)
         }
         Landing::Special => {
             let file = open_in_place(dest).map_err(|e| map("open", e))?;
             receive(&file)?;
+            Ok(MetadataWritten::NotStored)
         }
     }
-    Ok(())
 }
 
 /// `path` opened to be overwritten. Without blocking: a FIFO that no one reads is an
@@ -804,17 +808,54 @@ mod tests {
         let m = metadata_headers(&h).unwrap();
         assert_eq!(m.len(), 1);
         assert_eq!(m["owner"], "alice");
+        // Refused before anything is written.
+        h.insert(
+            "x-metadata-big",
+            HeaderValue::from_str(&"v".repeat(5000)).unwrap(),
+        );
+        assert!(matches!(
+            metadata_headers(&h),
+            Err(Error::InvalidArgument(_))
+        ));
     }
 
     /// Upload `data` to `dest` as the writer thread does.
     fn upload(dest: &Path, data: &[u8]) -> Result<(), Error> {
+        upload_with_metadata(dest, data, &BTreeMap::new()).map(drop)
+    }
+
+    fn upload_with_metadata(
+        dest: &Path,
+        data: &[u8],
+        metadata: &BTreeMap<String, String>,
+    ) -> Result<MetadataWritten, Error> {
         let target = Target::of(dest)?;
         let (tx, rx) = mpsc::channel(2);
         tx.try_send(Piece::Data(Bytes::copy_from_slice(data)))
             .unwrap();
         tx.try_send(Piece::Done).unwrap();
         let user = crate::users::Users::default().lookup("root").unwrap();
-        write_blocking(&target, &user, rx, false, 1 << 20, &BTreeMap::new())
+        write_blocking(&target, &user, rx, false, 1 << 20, metadata)
+    }
+
+    #[test]
+    fn metadata_a_file_cannot_take_keeps_the_previous_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("f");
+        std::fs::write(&file, "previous").unwrap();
+        // Past the up-front check, as a filesystem with smaller limits would refuse it.
+        let huge = BTreeMap::from([("k".to_string(), "v".repeat(70_000))]);
+        let err = upload_with_metadata(&file, b"new", &huge).unwrap_err();
+        assert!(matches!(err, Error::InvalidArgument(_)), "{err:?}");
+        assert_eq!(std::fs::read(&file).unwrap(), b"previous");
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
+
+        let fine = BTreeMap::from([("k".to_string(), "v".to_string())]);
+        let written = upload_with_metadata(&file, b"new", &fine).unwrap();
+        assert_eq!(written, MetadataWritten::Stored);
+        // A kernel file is written but takes no metadata.
+        let written = upload_with_metadata(Path::new("/dev/null"), b"x", &fine).unwrap();
+        assert_eq!(written, MetadataWritten::NotStored);
     }
 
     #[test]

@@ -106,10 +106,9 @@ fn copy_tree(from: &Path, to: &Path) -> std::io::Result<()> {
     std::os::unix::fs::lchown(to, Some(meta.uid()), Some(meta.gid()))?;
     if !kind.is_symlink() {
         std::fs::set_permissions(to, std::fs::Permissions::from_mode(meta.mode() & 0o7777))?;
+        // Where the destination keeps no metadata, the copy has none, as with `mv`.
         let metadata = read_metadata(from).map_err(std::io::Error::other)?;
-        for (key, value) in &metadata {
-            write_metadata(to, key, value).map_err(std::io::Error::other)?;
-        }
+        write_metadata(to, &metadata).map_err(std::io::Error::other)?;
     }
     // Last: copying a directory's entries changed its times.
     set_times(to, &meta)
