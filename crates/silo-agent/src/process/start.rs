@@ -183,13 +183,10 @@ pub(super) async fn launch(
     req: StartRequest,
 ) -> Result<tokio::sync::mpsc::Receiver<Result<ProcessEvent, Error>>, Error> {
     let pty_size = req.pty.as_ref().map(|p| p.size.clone().unwrap_or_default());
-    let spec = resolve(
-        state,
-        username,
-        &req.process,
-        pty_size,
-        req.stdin.unwrap_or(false),
-    )?;
+    // Without the field (clients from before envd 0.3.0) stdin is a pipe, as with envd;
+    // the SDKs always send it, `false` unless asked, so their commands can start warm.
+    let stdin = req.stdin.unwrap_or(true);
+    let spec = resolve(state, username, &req.process, pty_size, stdin)?;
     let (warm, rewarm) = state.processes.warm.take(&spec).await;
     let spawned = match warm {
         Some(spawned) => spawned,
