@@ -269,6 +269,24 @@ def test_raw_upload_octet_stream_gzip_and_bad_gzip(envd, unique):
     assert envd.get("/files", params={"path": f"{unique}-bad.txt"}).status_code == 404
 
 
+def test_raw_multipart_takes_file_parts_once_each(envd, unique):
+    # A form field before the file is not what `?path=` names.
+    r = envd.post("/files",
+        params={"path": f"{unique}.txt"},
+        data={"note": "a form field"},
+        files=[("file", ("ignored-name", b"the file"))],
+    )
+    assert r.status_code == 200, r.text
+    assert [e["name"] for e in r.json()] == [f"{unique}.txt"]
+    assert envd.get("/files", params={"path": f"{unique}.txt"}).content == b"the file"
+    # Two files to one path: envd refuses the request (after writing the first).
+    r = envd.post("/files",
+        files=[("file", (f"{unique}-2.txt", b"first")), ("file", (f"{unique}-2.txt", b"second"))],
+    )
+    assert r.status_code == 400
+    assert envd.get("/files", params={"path": f"{unique}-2.txt"}).content == b"first"
+
+
 def test_raw_nul_in_path_is_rejected(envd):
     r = envd.post("/filesystem.Filesystem/Stat",
         json={"path": "a\u0000b"},

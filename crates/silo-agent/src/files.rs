@@ -318,20 +318,39 @@ pub async fn upload(
         let mut multipart = Multipart::from_request(req, &state)
             .await
             .map_err(|e| Error::InvalidArgument(format!("invalid multipart body: {e}")))?;
-        let mut query_path = q.path.as_deref().filter(|p| !p.is_empty());
         loop {
             let field = multipart
                 .next_field()
                 .await
                 .map_err(|e| Error::InvalidArgument(format!("invalid multipart body: {e}")))?;
             let Some(field) = field else { break };
-            // `?path=` names the (first) file; otherwise the part's filename is the path.
-            let raw = match (query_path.take(), field.file_name()) {
+            // As with envd: only `file` parts are files (a form's other fields are
+            // skipped), each named by `?path=` if given, else by its filename, whole.
+            if field.name() != Some("file") {
+                continue;
+            }
+            let raw = match (q.path.as_deref(), field.file_name()) {
                 (Some(p), _) => p.to_string(),
-                (None, Some(f)) if !f.is_empty() => f.to_string(),
-                _ => continue, // a non-file part
+                (None, Some(f)) => f.to_string(),
+                (None, None) => {
+                    return Err(Error::InvalidArgument(
+                        "a file part has no filename, and there is no path parameter".into(),
+                    )
+                    .into())
+                }
             };
             let dest = resolve(&raw, &user.home)?;
+            // The second would overwrite the first; what was written before stays.
+            if written
+                .iter()
+                .any(|w: &WriteInfo| Path::new(&w.path) == dest)
+            {
+                return Err(Error::InvalidArgument(format!(
+                    "several files to {} in one upload: only the first was written",
+                    dest.display()
+                ))
+                .into());
+            }
             let chunks = futures_util::stream::unfold(field, |mut f| async move {
                 match f.chunk().await {
                     Ok(Some(c)) => Some((Ok(c), f)),
@@ -942,6 +961,84 @@ mod tests {
             Target::of(dir.path()),
             Err(Error::InvalidArgument(_))
         ));
+    }
+
+    /// POST a multipart body of `(name, filename, data)` parts to `/files?{query}`.
+    async fn post_multipart(
+        query: &str,
+        parts: &[(&str, Option<&str>, &str)],
+    ) -> (axum::http::StatusCode, String) {
+        use clap::Parser;
+        use tower::ServiceExt;
+        let config = crate::config::Config::parse_from(["silo-agent"]);
+        let reaper = crate::process::Reaper::start().unwrap();
+        let app = crate::app::router(AppState::new(&config, reaper));
+        let mut body = String::new();
+        for (name, filename, data) in parts {
+            let filename = filename
+                .map(|f| format!("; filename=\"{f}\""))
+                .unwrap_or_default();
+            body += &format!(
+                "--B\r\nContent-Disposition: form-data; name=\"{name}\"{filename}\r\n\r\n{data}\r\n"
+            );
+        }
+        body += "--B--\r\n";
+        let req = axum::http::Request::post(format!("/files?{query}"))
+            .header(header::CONTENT_TYPE, "multipart/form-data; boundary=B")
+            .body(Body::from(body))
+            .unwrap();
+        let resp = app.oneshot(req).await.unwrap();
+        let status = resp.status();
+        let body = axum::body::to_bytes(resp.into_body(), 1 << 16)
+            .await
+            .unwrap();
+        (status, String::from_utf8_lossy(&body).into_owned())
+    }
+
+    #[tokio::test]
+    async fn multipart_takes_file_parts_only_and_each_path_once() {
+        use axum::http::StatusCode;
+        let dir = tempfile::tempdir().unwrap();
+        let (a, b) = (dir.path().join("a"), dir.path().join("b"));
+        let (a_str, b_str) = (a.to_str().unwrap(), b.to_str().unwrap());
+
+        // A leading form field is not the file `?path=` names.
+        let (status, body) = post_multipart(
+            &format!("path={a_str}"),
+            &[("note", None, "text"), ("file", Some("x.txt"), "content")],
+        )
+        .await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        assert_eq!(std::fs::read(&a).unwrap(), b"content");
+
+        // Parts are named by their filename; a part not named `file` is no file.
+        let (status, body) = post_multipart(
+            "",
+            &[
+                ("other", Some(b_str), "other"),
+                ("file", Some(b_str), "file"),
+            ],
+        )
+        .await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        assert_eq!(std::fs::read(&b).unwrap(), b"file");
+
+        // Two files to one path: the first is written, the request refused.
+        for (query, names) in [
+            (format!("path={a_str}"), [Some("1"), Some("2")]),
+            (String::new(), [Some(a_str), Some(a_str)]),
+        ] {
+            let (status, body) = post_multipart(
+                &query,
+                &[("file", names[0], "first"), ("file", names[1], "second")],
+            )
+            .await;
+            assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+            assert_eq!(std::fs::read(&a).unwrap(), b"first");
+        }
+
+        let (status, _) = post_multipart("", &[("file", None, "x")]).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST);
     }
 
     #[test]
