@@ -203,6 +203,20 @@ def test_tilde_and_dotdot_paths(sandbox: Sandbox, unique):
     assert sandbox.files.read("../" * (depth + 3) + home.lstrip("/") + f"/{unique}/a.txt") == "tilde"
 
 
+def test_another_users_home_is_refused(sandbox: Sandbox):
+    # As envd: `~name` is not expanded, nor taken as a relative name.
+    with pytest.raises(InvalidArgumentException):
+        sandbox.files.get_info("~root")
+
+
+def test_empty_path_is_the_default_workdir(sandbox: Sandbox, envd, unique):
+    sandbox.files.write(f"/tmp/{unique}/f.txt", "x")
+    assert envd.post("/init", json={"defaultWorkdir": f"/tmp/{unique}"}).status_code == 204
+    r = envd.post("/filesystem.Filesystem/ListDir", json={"path": ""})
+    assert r.status_code == 200, r.text
+    assert [e["path"] for e in r.json()["entries"]] == [f"/tmp/{unique}/f.txt"]
+
+
 def test_read_directory_is_invalid(sandbox: Sandbox, unique):
     sandbox.files.make_dir(unique)
     with pytest.raises(InvalidArgumentException):

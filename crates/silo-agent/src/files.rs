@@ -33,7 +33,6 @@ use tokio_stream::wrappers::ReceiverStream;
 use crate::auth::{check_files, FileOp, FilesAuth};
 use crate::error::{Error, HttpFailure};
 use crate::filesystem::entry::{validate_metadata, write_metadata, MetadataWritten};
-use crate::filesystem::path::resolve;
 use crate::filesystem::{chown_to, create_dirs, fs_type};
 use crate::state::AppState;
 use crate::users::User;
@@ -96,7 +95,7 @@ pub async fn download(
         .path
         .as_deref()
         .ok_or_else(|| Error::InvalidArgument("the path parameter is required".into()))?;
-    let path = resolve(raw, &user.home)?;
+    let path = state.resolve_path(raw, &user)?;
     let name = path
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
@@ -339,7 +338,7 @@ pub async fn upload(
                     .into())
                 }
             };
-            let dest = resolve(&raw, &user.home)?;
+            let dest = state.resolve_path(&raw, &user)?;
             // The second would overwrite the first; what was written before stays.
             if written
                 .iter()
@@ -367,7 +366,7 @@ pub async fn upload(
         let raw = q.path.as_deref().filter(|p| !p.is_empty()).ok_or_else(|| {
             Error::InvalidArgument("the path parameter is required for octet-stream uploads".into())
         })?;
-        let dest = resolve(raw, &user.home)?;
+        let dest = state.resolve_path(raw, &user)?;
         let chunks = req
             .into_body()
             .into_data_stream()

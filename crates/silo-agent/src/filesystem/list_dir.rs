@@ -8,7 +8,6 @@ use axum::Json;
 use silo_protocol::envd::{EntryInfo, ListDirRequest, ListDirResponse};
 
 use super::entry::entry_info;
-use super::path::resolve;
 use crate::auth::RpcUser;
 use crate::blocking;
 use crate::error::Error;
@@ -22,7 +21,7 @@ pub async fn list_dir(
     Unary(req): Unary<ListDirRequest>,
 ) -> Result<Json<ListDirResponse>, Error> {
     let (user, users) = state.user(username.as_deref())?;
-    let path = resolve(&req.path, &user.home)?;
+    let path = state.resolve_path(&req.path, &user)?;
     // A deep listing stats every entry of the tree.
     let entries = blocking::run(move || list(&path, req.depth.max(1), &users)).await?;
     Ok(Json(ListDirResponse { entries }))

@@ -10,7 +10,6 @@ use silo_protocol::envd::{EntryResponse, MakeDirRequest};
 
 use super::create_dirs;
 use super::entry::entry_info;
-use super::path::resolve;
 use crate::auth::RpcUser;
 use crate::blocking;
 use crate::error::Error;
@@ -24,7 +23,7 @@ pub async fn make_dir(
     Unary(req): Unary<MakeDirRequest>,
 ) -> Result<Json<EntryResponse>, Error> {
     let (user, users) = state.user(username.as_deref())?;
-    let path = resolve(&req.path, &user.home)?;
+    let path = state.resolve_path(&req.path, &user)?;
     let entry = blocking::run(move || {
         make(&path, &user)?;
         entry_info(&path, &users)

@@ -17,7 +17,6 @@ use silo_protocol::envd::{EntryResponse, MoveRequest};
 
 use super::create_dirs;
 use super::entry::{cpath, entry_info, read_metadata, write_metadata};
-use super::path::resolve;
 use crate::auth::RpcUser;
 use crate::blocking;
 use crate::error::Error;
@@ -31,8 +30,8 @@ pub async fn move_entry(
     Unary(req): Unary<MoveRequest>,
 ) -> Result<Json<EntryResponse>, Error> {
     let (user, users) = state.user(username.as_deref())?;
-    let source = resolve(&req.source, &user.home)?;
-    let destination = resolve(&req.destination, &user.home)?;
+    let source = state.resolve_path(&req.source, &user)?;
+    let destination = state.resolve_path(&req.destination, &user)?;
     // A move across filesystems copies, which may take a while.
     let entry = blocking::run(move || {
         std::fs::symlink_metadata(&source)

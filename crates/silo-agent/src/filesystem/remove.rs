@@ -7,7 +7,6 @@ use axum::extract::State;
 use axum::Json;
 use silo_protocol::envd::{Empty, RemoveRequest};
 
-use super::path::resolve;
 use crate::auth::RpcUser;
 use crate::blocking;
 use crate::error::Error;
@@ -20,7 +19,7 @@ pub async fn remove(
     Unary(req): Unary<RemoveRequest>,
 ) -> Result<Json<Empty>, Error> {
     let (user, _) = state.user(username.as_deref())?;
-    let path = resolve(&req.path, &user.home)?;
+    let path = state.resolve_path(&req.path, &user)?;
     // A tree such as node_modules takes seconds to remove.
     blocking::run(move || remove_path(&path)).await?;
     Ok(Json(Empty {}))

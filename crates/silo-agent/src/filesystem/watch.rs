@@ -32,7 +32,6 @@ use tokio::sync::mpsc;
 
 use super::entry::entry_info;
 use super::fs_type;
-use super::path::resolve;
 use crate::auth::RpcUser;
 use crate::blocking;
 use crate::error::Error;
@@ -252,7 +251,7 @@ async fn open(
     req: WatchDirRequest,
 ) -> Result<(DirWatcher, AsyncFd<OwnedFd>), Error> {
     let (user, _) = state.user(username)?;
-    let root = resolve(&req.path, &user.home)?;
+    let root = state.resolve_path(&req.path, &user)?;
     let user_db = state.user_db.clone();
     blocking::run(move || DirWatcher::new(root, &req, user_db)).await
 }

@@ -127,13 +127,11 @@ pub(super) fn resolve(
         return Err(Error::InvalidArgument("process.cmd is empty".into()));
     }
 
-    let cwd = match process.cwd.as_deref().filter(|c| !c.is_empty()) {
-        Some(c) => resolve_path(c, &user.home)?,
-        None => settings
-            .default_workdir
-            .clone()
-            .unwrap_or_else(|| user.home.clone()),
-    };
+    let cwd = resolve_path(
+        process.cwd.as_deref().unwrap_or_default(),
+        &user.home,
+        settings.default_workdir.as_deref(),
+    )?;
     match std::fs::metadata(&cwd) {
         Ok(m) if m.is_dir() => {}
         Ok(_) => {
