@@ -1,8 +1,9 @@
 """Commands through the SDK: output, exit codes, env, cwd, background processes, stdin,
 timeouts, and Connect-protocol edge cases sent as raw HTTP."""
 
-import struct
+import base64
 import json
+import struct
 
 import pytest
 from e2b import CommandExitException, InvalidArgumentException, Sandbox, TimeoutException
@@ -213,6 +214,23 @@ def test_raw_start_stream_shape(envd):
     assert "start" in msgs[0][1]["event"]
     assert msgs[-2][1]["event"]["end"]["status"] == "exit status 0"
     assert msgs[-1] == (2, {})
+
+
+def test_raw_start_without_stdin_field_gets_a_stdin_pipe(envd):
+    # As envd: a request from before the flag has stdin open; the SDKs send the flag.
+    script = "if [ -p /dev/stdin ]; then echo pipe; else echo none; fi"
+    for extra, expected in [({}, "pipe"), ({"stdin": True}, "pipe"), ({"stdin": False}, "none")]:
+        req = {"process": {"cmd": "/bin/sh", "args": ["-c", script]}, **extra}
+        r = envd.post("/process.Process/Start",
+            content=_envelope(json.dumps(req).encode()),
+            headers={"content-type": "application/connect+json"},
+        )
+        out = b"".join(
+            base64.b64decode(m["event"]["data"]["stdout"])
+            for _, m in _envelopes(r.content)
+            if "data" in m.get("event", {})
+        )
+        assert out.decode() == expected + "\n", extra
 
 
 def test_unary_request_over_the_limit_is_the_callers_argument(envd):

@@ -178,6 +178,22 @@ def test_metadata(sandbox: Sandbox, unique):
     assert info.metadata == {"owner": "alice", "purpose": "test"}
 
 
+def test_metadata_too_large_is_refused_and_keeps_the_file(sandbox: Sandbox, unique):
+    sandbox.files.write(f"{unique}.txt", "previous")
+    with pytest.raises(InvalidArgumentException):
+        sandbox.files.write(f"{unique}.txt", "new", metadata={"k": "v" * 5000})
+    assert sandbox.files.read(f"{unique}.txt") == "previous"
+
+
+def test_long_metadata_value_is_read_whole(sandbox: Sandbox, unique):
+    # Set inside the sandbox, where no upload limit applies: longer than the first read.
+    path = sandbox.files.write(f"{unique}.txt", "x").path
+    sandbox.commands.run(
+        f"python3 -c \"import os; os.setxattr('{path}', 'user.e2b.long', b'v' * 5000)\""
+    )
+    assert sandbox.files.get_info(path).metadata == {"long": "v" * 5000}
+
+
 def test_tilde_and_dotdot_paths(sandbox: Sandbox, unique):
     sandbox.files.write(f"~/{unique}/a.txt", "tilde")
     assert sandbox.files.read(f"{unique}/x/../a.txt") == "tilde"
@@ -185,6 +201,20 @@ def test_tilde_and_dotdot_paths(sandbox: Sandbox, unique):
     # Climbing above / stays at /.
     depth = home.count("/")
     assert sandbox.files.read("../" * (depth + 3) + home.lstrip("/") + f"/{unique}/a.txt") == "tilde"
+
+
+def test_another_users_home_is_refused(sandbox: Sandbox):
+    # As envd: `~name` is not expanded, nor taken as a relative name.
+    with pytest.raises(InvalidArgumentException):
+        sandbox.files.get_info("~root")
+
+
+def test_empty_path_is_the_default_workdir(sandbox: Sandbox, envd, unique):
+    sandbox.files.write(f"/tmp/{unique}/f.txt", "x")
+    assert envd.post("/init", json={"defaultWorkdir": f"/tmp/{unique}"}).status_code == 204
+    r = envd.post("/filesystem.Filesystem/ListDir", json={"path": ""})
+    assert r.status_code == 200, r.text
+    assert [e["path"] for e in r.json()["entries"]] == [f"/tmp/{unique}/f.txt"]
 
 
 def test_read_directory_is_invalid(sandbox: Sandbox, unique):
@@ -251,6 +281,24 @@ def test_raw_upload_octet_stream_gzip_and_bad_gzip(envd, unique):
     assert r.status_code == 400
     # A failed upload leaves nothing behind.
     assert envd.get("/files", params={"path": f"{unique}-bad.txt"}).status_code == 404
+
+
+def test_raw_multipart_takes_file_parts_once_each(envd, unique):
+    # A form field before the file is not what `?path=` names.
+    r = envd.post("/files",
+        params={"path": f"{unique}.txt"},
+        data={"note": "a form field"},
+        files=[("file", ("ignored-name", b"the file"))],
+    )
+    assert r.status_code == 200, r.text
+    assert [e["name"] for e in r.json()] == [f"{unique}.txt"]
+    assert envd.get("/files", params={"path": f"{unique}.txt"}).content == b"the file"
+    # Two files to one path: envd refuses the request (after writing the first).
+    r = envd.post("/files",
+        files=[("file", (f"{unique}-2.txt", b"first")), ("file", (f"{unique}-2.txt", b"second"))],
+    )
+    assert r.status_code == 400
+    assert envd.get("/files", params={"path": f"{unique}-2.txt"}).content == b"first"
 
 
 def test_raw_nul_in_path_is_rejected(envd):

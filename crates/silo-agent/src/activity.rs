@@ -9,6 +9,7 @@ use axum::extract::State;
 use axum::Json;
 use silo_protocol::envd::Activity;
 
+use crate::blocking;
 use crate::error::Error;
 use crate::state::AppState;
 
@@ -18,10 +19,9 @@ pub async fn activity(State(state): State<AppState>) -> Result<Json<Activity>, E
         .into_iter()
         .flatten()
         .collect();
-    let pids = tokio::task::spawn_blocking(|| pids_in(Path::new("/proc")))
-        .await
-        .map_err(|e| Error::io("listing /proc", io::Error::other(e)))?
-        .map_err(|e| Error::io("listing /proc", e))?;
+    let pids =
+        blocking::run(|| pids_in(Path::new("/proc")).map_err(|e| Error::io("listing /proc", e)))
+            .await?;
     let others = pids
         .iter()
         .filter(|pid| !own.contains(pid) && !started.contains(pid))

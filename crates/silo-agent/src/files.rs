@@ -32,8 +32,7 @@ use tokio_stream::wrappers::ReceiverStream;
 
 use crate::auth::{check_files, FileOp, FilesAuth};
 use crate::error::{Error, HttpFailure};
-use crate::filesystem::entry::write_metadata;
-use crate::filesystem::path::resolve;
+use crate::filesystem::entry::{validate_metadata, write_metadata, MetadataWritten};
 use crate::filesystem::{chown_to, create_dirs, fs_type};
 use crate::state::AppState;
 use crate::users::User;
@@ -96,7 +95,7 @@ pub async fn download(
         .path
         .as_deref()
         .ok_or_else(|| Error::InvalidArgument("the path parameter is required".into()))?;
-    let path = resolve(raw, &user.home)?;
+    let path = state.resolve_path(raw, &user)?;
     let name = path
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
@@ -318,20 +317,39 @@ pub async fn upload(
         let mut multipart = Multipart::from_request(req, &state)
             .await
             .map_err(|e| Error::InvalidArgument(format!("invalid multipart body: {e}")))?;
-        let mut query_path = q.path.as_deref().filter(|p| !p.is_empty());
         loop {
             let field = multipart
                 .next_field()
                 .await
                 .map_err(|e| Error::InvalidArgument(format!("invalid multipart body: {e}")))?;
             let Some(field) = field else { break };
-            // `?path=` names the (first) file; otherwise the part's filename is the path.
-            let raw = match (query_path.take(), field.file_name()) {
+            // As with envd: only `file` parts are files (a form's other fields are
+            // skipped), each named by `?path=` if given, else by its filename, whole.
+            if field.name() != Some("file") {
+                continue;
+            }
+            let raw = match (q.path.as_deref(), field.file_name()) {
                 (Some(p), _) => p.to_string(),
-                (None, Some(f)) if !f.is_empty() => f.to_string(),
-                _ => continue, // a non-file part
+                (None, Some(f)) => f.to_string(),
+                (None, None) => {
+                    return Err(Error::InvalidArgument(
+                        "a file part has no filename, and there is no path parameter".into(),
+                    )
+                    .into())
+                }
             };
-            let dest = resolve(&raw, &user.home)?;
+            let dest = state.resolve_path(&raw, &user)?;
+            // The second would overwrite the first; what was written before stays.
+            if written
+                .iter()
+                .any(|w: &WriteInfo| Path::new(&w.path) == dest)
+            {
+                return Err(Error::InvalidArgument(format!(
+                    "several files to {} in one upload: only the first was written",
+                    dest.display()
+                ))
+                .into());
+            }
             let chunks = futures_util::stream::unfold(field, |mut f| async move {
                 match f.chunk().await {
                     Ok(Some(c)) => Some((Ok(c), f)),
@@ -348,7 +366,7 @@ pub async fn upload(
         let raw = q.path.as_deref().filter(|p| !p.is_empty()).ok_or_else(|| {
             Error::InvalidArgument("the path parameter is required for octet-stream uploads".into())
         })?;
-        let dest = resolve(raw, &user.home)?;
+        let dest = state.resolve_path(raw, &user)?;
         let chunks = req
             .into_body()
             .into_data_stream()
@@ -366,7 +384,8 @@ pub async fn upload(
     Ok(Json(written))
 }
 
-/// `X-Metadata-<key>: value` headers, as `key → value`.
+/// `X-Metadata-<key>: value` headers, as `key → value`, checked before anything is
+/// written.
 fn metadata_headers(headers: &HeaderMap) -> Result<BTreeMap<String, String>, Error> {
     let mut out = BTreeMap::new();
     for (name, value) in headers {
@@ -380,6 +399,7 @@ fn metadata_headers(headers: &HeaderMap) -> Result<BTreeMap<String, String>, Err
             out.insert(key.to_string(), value.to_string());
         }
     }
+    validate_metadata(&out)?;
     Ok(out)
 }
 
@@ -392,13 +412,12 @@ async fn write_file(
     limit: u64,
     metadata: &BTreeMap<String, String>,
 ) -> Result<WriteInfo, Error> {
-    let target = Target::of(&dest)?;
-    create_dirs(target.dir()?, user)?;
-
     let (tx, rx) = mpsc::channel::<Piece>(8);
     let writer = {
-        let (user, metadata) = (user.clone(), metadata.clone());
+        let (dest, user, metadata) = (dest.clone(), user.clone(), metadata.clone());
         tokio::task::spawn_blocking(move || {
+            let target = Target::of(&dest)?;
+            create_dirs(target.dir()?, &user)?;
             write_blocking(&target, &user, rx, gzip, limit, &metadata)
         })
     };
@@ -428,7 +447,7 @@ async fn write_file(
     if let Some(e) = failed {
         return Err(e);
     }
-    writer_result?;
+    let written = writer_result?;
 
     Ok(WriteInfo {
         name: dest
@@ -437,7 +456,9 @@ async fn write_file(
             .unwrap_or_default(),
         path: dest.to_string_lossy().into_owned(),
         entry_type: "file".into(),
-        metadata: (!metadata.is_empty()).then(|| metadata.clone()),
+        // What was stored, as envd reads it back.
+        metadata: (written == MetadataWritten::Stored && !metadata.is_empty())
+            .then(|| metadata.clone()),
     })
 }
 
@@ -606,7 +627,7 @@ fn write_blocking(
     gzip: bool,
     limit: u64,
     metadata: &BTreeMap<String, String>,
-) -> Result<(), Error> {
+) -> Result<MetadataWritten, Error> {
     let dest = target.path.as_path();
     let ctx = |what: &str| format!("{what} {}", dest.display());
     let map = |what: &str, e: std::io::Error| {
@@ -631,9 +652,7 @@ fn write_blocking(
     let receive = |file: &std::fs::File| receive(file, rx, gzip, limit, dest, &map);
     let give_to_user = |path: &Path| {
         chown_to(path, user)?;
-        metadata
-            .iter()
-            .try_for_each(|(k, v)| write_metadata(path, k, v))
+        write_metadata(path, metadata)
     };
     match target.landing {
         Landing::Replace { mode } => {
@@ -646,22 +665,24 @@ fn write_blocking(
             tmp.as_file()
                 .set_permissions(std::fs::Permissions::from_mode(mode))
                 .map_err(|e| map("chmod", e))?;
-            give_to_user(tmp.path())?;
+            let written = give_to_user(tmp.path())?;
             tmp.as_file().sync_all().map_err(|e| map("fsync", e))?;
             tmp.persist(dest).map_err(|e| map("rename into", e.error))?;
+            Ok(written)
         }
         Landing::InPlace => {
             let file = open_in_place(dest).map_err(|e| map("open", e))?;
             receive(&file)?;
-            give_to_user(dest)?;
+            let written = give_to_user(dest)?;
             file.sync_all().map_err(|e| map("fsync", e))?;
+            Ok(written)
         }
         Landing::Special => {
             let file = open_in_place(dest).map_err(|e| map("open", e))?;
             receive(&file)?;
+            Ok(MetadataWritten::NotStored)
         }
     }
-    Ok(())
 }
 
 /// `path` opened to be overwritten. Without blocking: a FIFO that no one reads is an
@@ -805,17 +826,54 @@ mod tests {
         let m = metadata_headers(&h).unwrap();
         assert_eq!(m.len(), 1);
         assert_eq!(m["owner"], "alice");
+        // Refused before anything is written.
+        h.insert(
+            "x-metadata-big",
+            HeaderValue::from_str(&"v".repeat(5000)).unwrap(),
+        );
+        assert!(matches!(
+            metadata_headers(&h),
+            Err(Error::InvalidArgument(_))
+        ));
     }
 
     /// Upload `data` to `dest` as the writer thread does.
     fn upload(dest: &Path, data: &[u8]) -> Result<(), Error> {
+        upload_with_metadata(dest, data, &BTreeMap::new()).map(drop)
+    }
+
+    fn upload_with_metadata(
+        dest: &Path,
+        data: &[u8],
+        metadata: &BTreeMap<String, String>,
+    ) -> Result<MetadataWritten, Error> {
         let target = Target::of(dest)?;
         let (tx, rx) = mpsc::channel(2);
         tx.try_send(Piece::Data(Bytes::copy_from_slice(data)))
             .unwrap();
         tx.try_send(Piece::Done).unwrap();
         let user = crate::users::Users::default().lookup("root").unwrap();
-        write_blocking(&target, &user, rx, false, 1 << 20, &BTreeMap::new())
+        write_blocking(&target, &user, rx, false, 1 << 20, metadata)
+    }
+
+    #[test]
+    fn metadata_a_file_cannot_take_keeps_the_previous_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("f");
+        std::fs::write(&file, "previous").unwrap();
+        // Past the up-front check, as a filesystem with smaller limits would refuse it.
+        let huge = BTreeMap::from([("k".to_string(), "v".repeat(70_000))]);
+        let err = upload_with_metadata(&file, b"new", &huge).unwrap_err();
+        assert!(matches!(err, Error::InvalidArgument(_)), "{err:?}");
+        assert_eq!(std::fs::read(&file).unwrap(), b"previous");
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
+
+        let fine = BTreeMap::from([("k".to_string(), "v".to_string())]);
+        let written = upload_with_metadata(&file, b"new", &fine).unwrap();
+        assert_eq!(written, MetadataWritten::Stored);
+        // A kernel file is written but takes no metadata.
+        let written = upload_with_metadata(Path::new("/dev/null"), b"x", &fine).unwrap();
+        assert_eq!(written, MetadataWritten::NotStored);
     }
 
     #[test]
@@ -902,6 +960,84 @@ mod tests {
             Target::of(dir.path()),
             Err(Error::InvalidArgument(_))
         ));
+    }
+
+    /// POST a multipart body of `(name, filename, data)` parts to `/files?{query}`.
+    async fn post_multipart(
+        query: &str,
+        parts: &[(&str, Option<&str>, &str)],
+    ) -> (axum::http::StatusCode, String) {
+        use clap::Parser;
+        use tower::ServiceExt;
+        let config = crate::config::Config::parse_from(["silo-agent"]);
+        let reaper = crate::process::Reaper::start().unwrap();
+        let app = crate::app::router(AppState::new(&config, reaper));
+        let mut body = String::new();
+        for (name, filename, data) in parts {
+            let filename = filename
+                .map(|f| format!("; filename=\"{f}\""))
+                .unwrap_or_default();
+            body += &format!(
+                "--B\r\nContent-Disposition: form-data; name=\"{name}\"{filename}\r\n\r\n{data}\r\n"
+            );
+        }
+        body += "--B--\r\n";
+        let req = axum::http::Request::post(format!("/files?{query}"))
+            .header(header::CONTENT_TYPE, "multipart/form-data; boundary=B")
+            .body(Body::from(body))
+            .unwrap();
+        let resp = app.oneshot(req).await.unwrap();
+        let status = resp.status();
+        let body = axum::body::to_bytes(resp.into_body(), 1 << 16)
+            .await
+            .unwrap();
+        (status, String::from_utf8_lossy(&body).into_owned())
+    }
+
+    #[tokio::test]
+    async fn multipart_takes_file_parts_only_and_each_path_once() {
+        use axum::http::StatusCode;
+        let dir = tempfile::tempdir().unwrap();
+        let (a, b) = (dir.path().join("a"), dir.path().join("b"));
+        let (a_str, b_str) = (a.to_str().unwrap(), b.to_str().unwrap());
+
+        // A leading form field is not the file `?path=` names.
+        let (status, body) = post_multipart(
+            &format!("path={a_str}"),
+            &[("note", None, "text"), ("file", Some("x.txt"), "content")],
+        )
+        .await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        assert_eq!(std::fs::read(&a).unwrap(), b"content");
+
+        // Parts are named by their filename; a part not named `file` is no file.
+        let (status, body) = post_multipart(
+            "",
+            &[
+                ("other", Some(b_str), "other"),
+                ("file", Some(b_str), "file"),
+            ],
+        )
+        .await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        assert_eq!(std::fs::read(&b).unwrap(), b"file");
+
+        // Two files to one path: the first is written, the request refused.
+        for (query, names) in [
+            (format!("path={a_str}"), [Some("1"), Some("2")]),
+            (String::new(), [Some(a_str), Some(a_str)]),
+        ] {
+            let (status, body) = post_multipart(
+                &query,
+                &[("file", names[0], "first"), ("file", names[1], "second")],
+            )
+            .await;
+            assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+            assert_eq!(std::fs::read(&a).unwrap(), b"first");
+        }
+
+        let (status, _) = post_multipart("", &[("file", None, "x")]).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST);
     }
 
     #[test]

@@ -14,6 +14,7 @@
 mod activity;
 mod app;
 mod auth;
+mod blocking;
 mod config;
 mod error;
 mod files;

@@ -7,6 +7,7 @@ use std::sync::{Arc, RwLock};
 
 use crate::config::Config;
 use crate::error::Error;
+use crate::filesystem::path::resolve;
 use crate::filesystem::watch::Watchers;
 use crate::process::{ProcessTable, Reaper};
 use crate::users::{User, UserDb, Users};
@@ -72,6 +73,16 @@ impl AppState {
             .write()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
         f(&mut guard)
+    }
+
+    /// `raw` resolved for `user` ([`resolve`]), an empty path being `/init`'s default
+    /// workdir.
+    pub fn resolve_path(&self, raw: &str, user: &User) -> Result<PathBuf, Error> {
+        let settings = self
+            .settings
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        resolve(raw, &user.home, settings.default_workdir.as_deref())
     }
 
     /// The request's user (`None` or empty = the default user), with the account files

@@ -97,40 +97,100 @@ pub(super) fn cpath(path: &Path) -> Result<CString, Error> {
         .map_err(|_| Error::InvalidArgument("path contains a NUL byte".into()))
 }
 
+/// How much of a file's metadata may be asked for at once: names (with the prefix) and
+/// values together, as envd allows (what ext4 keeps in one block).
+const MAX_METADATA_BYTES: usize = 4096;
+/// The kernel's limit on an xattr's name.
+const MAX_XATTR_NAME: usize = 255;
+/// The first buffer an xattr list or value is read into: large enough for nearly all.
+const XATTR_READ_SIZE: usize = 4096;
+
+/// Check metadata to be written as envd does, before anything is: keys non-empty and
+/// short enough for an xattr name, keys and values printable ASCII, all of it at most
+/// [`MAX_METADATA_BYTES`]. Otherwise the kernel would refuse it only once the file is
+/// written.
+pub fn validate_metadata(metadata: &BTreeMap<String, String>) -> Result<(), Error> {
+    let invalid = |what: String| Err(Error::InvalidArgument(format!("invalid metadata: {what}")));
+    let printable = |s: &str| s.bytes().all(|b| (0x20..=0x7e).contains(&b));
+    let mut total = 0;
+    for (key, value) in metadata {
+        if key.is_empty() {
+            return invalid("a key is empty".into());
+        }
+        if METADATA_PREFIX.len() + key.len() > MAX_XATTR_NAME {
+            let most = MAX_XATTR_NAME - METADATA_PREFIX.len();
+            return invalid(format!("key {key:?} is over {most} bytes"));
+        }
+        if !printable(key) || !printable(value) {
+            return invalid(format!("key {key:?} or its value is not printable ASCII"));
+        }
+        total += METADATA_PREFIX.len() + key.len() + value.len();
+    }
+    if total > MAX_METADATA_BYTES {
+        return invalid(format!(
+            "{total} bytes of names and values, over {MAX_METADATA_BYTES}"
+        ));
+    }
+    Ok(())
+}
+
+/// Read an xattr list or value with `call`, a system call reading into the buffer it is
+/// given (an empty one asks for the size): into a buffer that fits nearly every one, or,
+/// when that is too small (ERANGE), into one of the size the kernel says, again if it
+/// grew in between.
+fn read_xattr(
+    mut call: impl FnMut(&mut [u8]) -> std::io::Result<usize>,
+) -> std::io::Result<Vec<u8>> {
+    let mut buf = vec![0u8; XATTR_READ_SIZE];
+    loop {
+        match call(&mut buf) {
+            // More than an empty buffer holds: it grew since the size was asked.
+            Ok(n) if n <= buf.len() => {
+                buf.truncate(n);
+                return Ok(buf);
+            }
+            Ok(_) => {}
+            Err(e) if e.raw_os_error() == Some(libc::ERANGE) => {}
+            Err(e) => return Err(e),
+        }
+        buf = vec![0u8; call(&mut [])?];
+    }
+}
+
+/// A system call's byte count, or its error.
+fn syscall_len(n: isize) -> std::io::Result<usize> {
+    usize::try_from(n).map_err(|_| std::io::Error::last_os_error())
+}
+
 /// The `user.e2b.*` xattrs of `path` (not following symlinks), prefix stripped. A
 /// filesystem without xattr support simply has no metadata.
 pub fn read_metadata(path: &Path) -> Result<BTreeMap<String, String>, Error> {
     let c = cpath(path)?;
     let mut out = BTreeMap::new();
-    // SAFETY: a null buffer with size 0 asks for the needed size.
-    let size = unsafe { libc::llistxattr(c.as_ptr(), std::ptr::null_mut(), 0) };
-    if size <= 0 {
+    let Ok(names) = read_xattr(|buf| {
+        // SAFETY: the buffer is valid for its length.
+        syscall_len(unsafe { libc::llistxattr(c.as_ptr(), buf.as_mut_ptr().cast(), buf.len()) })
+    }) else {
         return Ok(out);
-    }
-    let mut names = vec![0u8; size as usize];
-    // SAFETY: names is valid for names.len() bytes.
-    let size = unsafe { libc::llistxattr(c.as_ptr(), names.as_mut_ptr().cast(), names.len()) };
-    if size <= 0 {
-        return Ok(out);
-    }
-    names.truncate(size as usize);
+    };
     for name in names.split(|b| *b == 0).filter(|n| !n.is_empty()) {
         let Some(key) = name.strip_prefix(METADATA_PREFIX.as_bytes()) else {
             continue;
         };
         let cname = CString::new(name).expect("split on NUL leaves no NUL");
-        let mut value = vec![0u8; 4096];
-        // SAFETY: value is valid for value.len() bytes.
-        let n = unsafe {
-            libc::lgetxattr(
-                c.as_ptr(),
-                cname.as_ptr(),
-                value.as_mut_ptr().cast(),
-                value.len(),
-            )
-        };
-        if n >= 0 {
-            value.truncate(n as usize);
+        let value = read_xattr(|buf| {
+            // SAFETY: the buffer is valid for its length.
+            syscall_len(unsafe {
+                libc::lgetxattr(
+                    c.as_ptr(),
+                    cname.as_ptr(),
+                    buf.as_mut_ptr().cast(),
+                    buf.len(),
+                )
+            })
+        });
+        // Removed since it was listed: not there.
+        if let Ok(value) = value {
             out.insert(
                 String::from_utf8_lossy(key).into_owned(),
                 String::from_utf8_lossy(&value).into_owned(),
@@ -140,28 +200,54 @@ pub fn read_metadata(path: &Path) -> Result<BTreeMap<String, String>, Error> {
     Ok(out)
 }
 
-/// Set `user.e2b.<key>` on `path`.
-pub fn write_metadata(path: &Path, key: &str, value: &str) -> Result<(), Error> {
+/// Whether metadata asked for was stored on a file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MetadataWritten {
+    Stored,
+    /// The file's filesystem keeps none (/proc, /sys, some FUSE mounts), or the file is
+    /// the system's (a device, a kernel knob).
+    NotStored,
+}
+
+/// Set `user.e2b.<key>` on `path` for each entry. On a filesystem that keeps no xattrs
+/// nothing is stored: logged, not an error, as envd keeps the file then. A name or value
+/// the filesystem finds too large is the caller's argument.
+pub fn write_metadata(
+    path: &Path,
+    metadata: &BTreeMap<String, String>,
+) -> Result<MetadataWritten, Error> {
     let c = cpath(path)?;
-    let name = CString::new(format!("{METADATA_PREFIX}{key}"))
-        .map_err(|_| Error::InvalidArgument("metadata key contains a NUL byte".into()))?;
-    // SAFETY: pointers are valid for the given lengths.
-    let rc = unsafe {
-        libc::lsetxattr(
-            c.as_ptr(),
-            name.as_ptr(),
-            value.as_ptr().cast(),
-            value.len(),
-            0,
-        )
-    };
-    if rc < 0 {
-        return Err(Error::io(
-            format!("set metadata {key:?} on {}", path.display()),
-            std::io::Error::last_os_error(),
-        ));
+    for (key, value) in metadata {
+        let name = CString::new(format!("{METADATA_PREFIX}{key}"))
+            .map_err(|_| Error::InvalidArgument("metadata key contains a NUL byte".into()))?;
+        // SAFETY: pointers are valid for the given lengths.
+        let rc = unsafe {
+            libc::lsetxattr(
+                c.as_ptr(),
+                name.as_ptr(),
+                value.as_ptr().cast(),
+                value.len(),
+                0,
+            )
+        };
+        if rc == 0 {
+            continue;
+        }
+        let e = std::io::Error::last_os_error();
+        let context = format!("set metadata {key:?} on {}", path.display());
+        return match e.raw_os_error() {
+            // ENOTSUP is the same number on Linux.
+            Some(libc::EOPNOTSUPP) => {
+                tracing::warn!(error = %e, "{context}: the filesystem keeps no metadata");
+                Ok(MetadataWritten::NotStored)
+            }
+            Some(libc::E2BIG | libc::ERANGE) => {
+                Err(Error::InvalidArgument(format!("{context}: {e}")))
+            }
+            _ => Err(Error::io(context, e)),
+        };
     }
-    Ok(())
+    Ok(MetadataWritten::Stored)
 }
 
 /// Describe `path`. A symlink reports its target's type and size, with `isSymlink` set
@@ -276,5 +362,84 @@ mod tests {
 
         let missing = entry_info(&dir.path().join("nope"), &users);
         assert!(matches!(missing, Err(Error::NotFound(_))));
+    }
+
+    #[test]
+    fn metadata_round_trip_and_what_cannot_be_stored() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("f");
+        std::fs::write(&file, "x").unwrap();
+        let metadata = BTreeMap::from([
+            ("owner".to_string(), "alice".to_string()),
+            ("long".to_string(), "v".repeat(3000)),
+        ]);
+        validate_metadata(&metadata).unwrap();
+        assert_eq!(
+            write_metadata(&file, &metadata).unwrap(),
+            MetadataWritten::Stored
+        );
+        assert_eq!(read_metadata(&file).unwrap(), metadata);
+
+        // procfs keeps no xattrs: nothing stored, and no error.
+        let comm = Path::new("/proc/self/comm");
+        assert_eq!(
+            write_metadata(comm, &metadata).unwrap(),
+            MetadataWritten::NotStored
+        );
+        assert!(read_metadata(comm).unwrap().is_empty());
+
+        // Larger than any filesystem takes: the caller's argument.
+        let huge = BTreeMap::from([("k".to_string(), "v".repeat(70_000))]);
+        assert!(matches!(
+            write_metadata(&file, &huge),
+            Err(Error::InvalidArgument(_))
+        ));
+    }
+
+    #[test]
+    fn metadata_is_checked_as_envd_checks_it() {
+        let one = |k: &str, v: &str| BTreeMap::from([(k.to_string(), v.to_string())]);
+        validate_metadata(&one("k", &"v".repeat(4000))).unwrap();
+        validate_metadata(&one(&"k".repeat(246), "v")).unwrap();
+        for bad in [
+            one("", "v"),
+            one(&"k".repeat(247), "v"),
+            one("k", &"v".repeat(4096)),
+            one("k", "tab\there"),
+            one("k", "é"),
+        ] {
+            assert!(
+                matches!(validate_metadata(&bad), Err(Error::InvalidArgument(_))),
+                "{bad:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn xattr_reads_retry_with_the_size_the_kernel_says() {
+        // A value larger than the first buffer, which grows once more between the size
+        // asked and the second read.
+        let mut value = vec![7u8; 10_000];
+        let mut asked = 0;
+        let read = read_xattr(|buf| {
+            if buf.is_empty() {
+                asked += 1;
+                let size = value.len();
+                if asked == 1 {
+                    value.push(8);
+                }
+                return Ok(size);
+            }
+            if buf.len() < value.len() {
+                return Err(std::io::Error::from_raw_os_error(libc::ERANGE));
+            }
+            buf[..value.len()].copy_from_slice(&value);
+            Ok(value.len())
+        })
+        .unwrap();
+        assert_eq!(read.len(), 10_001);
+        assert_eq!(asked, 2);
+        let other = read_xattr(|_| Err(std::io::Error::from_raw_os_error(libc::ENODATA)));
+        assert_eq!(other.unwrap_err().raw_os_error(), Some(libc::ENODATA));
     }
 }

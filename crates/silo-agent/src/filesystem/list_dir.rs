@@ -8,8 +8,8 @@ use axum::Json;
 use silo_protocol::envd::{EntryInfo, ListDirRequest, ListDirResponse};
 
 use super::entry::entry_info;
-use super::path::resolve;
 use crate::auth::RpcUser;
+use crate::blocking;
 use crate::error::Error;
 use crate::rpc::Unary;
 use crate::state::AppState;
@@ -21,9 +21,15 @@ pub async fn list_dir(
     Unary(req): Unary<ListDirRequest>,
 ) -> Result<Json<ListDirResponse>, Error> {
     let (user, users) = state.user(username.as_deref())?;
-    let path = resolve(&req.path, &user.home)?;
+    let path = state.resolve_path(&req.path, &user)?;
+    // A deep listing stats every entry of the tree.
+    let entries = blocking::run(move || list(&path, req.depth.max(1), &users)).await?;
+    Ok(Json(ListDirResponse { entries }))
+}
+
+fn list(path: &Path, depth: u32, users: &Users) -> Result<Vec<EntryInfo>, Error> {
     let meta =
-        std::fs::metadata(&path).map_err(|e| Error::io(format!("stat {}", path.display()), e))?;
+        std::fs::metadata(path).map_err(|e| Error::io(format!("stat {}", path.display()), e))?;
     if !meta.is_dir() {
         return Err(Error::InvalidArgument(format!(
             "{} is not a directory",
@@ -31,8 +37,8 @@ pub async fn list_dir(
         )));
     }
     let mut entries = Vec::new();
-    walk(&path, req.depth.max(1), &users, &mut entries)?;
-    Ok(Json(ListDirResponse { entries }))
+    walk(path, depth, users, &mut entries)?;
+    Ok(entries)
 }
 
 fn walk(dir: &Path, depth: u32, users: &Users, out: &mut Vec<EntryInfo>) -> Result<(), Error> {
@@ -54,4 +60,36 @@ fn walk(dir: &Path, depth: u32, users: &Users, out: &mut Vec<EntryInfo>) -> Resu
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lists_to_the_depth_asked_without_following_links() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(dir.path().join("a/b")).unwrap();
+        std::fs::write(dir.path().join("a/b/deep.txt"), "d").unwrap();
+        std::os::unix::fs::symlink(dir.path().join("a"), dir.path().join("link")).unwrap();
+        let users = Users::default();
+        let names = |depth| -> Vec<String> {
+            let entries = list(dir.path(), depth, &users).unwrap();
+            let root = format!("{}/", dir.path().display());
+            entries
+                .iter()
+                .map(|e| e.path.strip_prefix(&root).unwrap().to_owned())
+                .collect()
+        };
+        assert_eq!(names(1), ["a", "link"]);
+        assert_eq!(names(3), ["a", "a/b", "a/b/deep.txt", "link"]);
+        assert!(matches!(
+            list(&dir.path().join("a/b/deep.txt"), 1, &users),
+            Err(Error::InvalidArgument(_))
+        ));
+        assert!(matches!(
+            list(&dir.path().join("nope"), 1, &users),
+            Err(Error::NotFound(_))
+        ));
+    }
 }

@@ -10,8 +10,8 @@ use silo_protocol::envd::{EntryResponse, MakeDirRequest};
 
 use super::create_dirs;
 use super::entry::entry_info;
-use super::path::resolve;
 use crate::auth::RpcUser;
+use crate::blocking;
 use crate::error::Error;
 use crate::rpc::Unary;
 use crate::state::AppState;
@@ -23,11 +23,13 @@ pub async fn make_dir(
     Unary(req): Unary<MakeDirRequest>,
 ) -> Result<Json<EntryResponse>, Error> {
     let (user, users) = state.user(username.as_deref())?;
-    let path = resolve(&req.path, &user.home)?;
-    make(&path, &user)?;
-    Ok(Json(EntryResponse {
-        entry: entry_info(&path, &users)?,
-    }))
+    let path = state.resolve_path(&req.path, &user)?;
+    let entry = blocking::run(move || {
+        make(&path, &user)?;
+        entry_info(&path, &users)
+    })
+    .await?;
+    Ok(Json(EntryResponse { entry }))
 }
 
 fn make(path: &Path, user: &User) -> Result<(), Error> {

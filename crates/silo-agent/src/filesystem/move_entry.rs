@@ -17,8 +17,8 @@ use silo_protocol::envd::{EntryResponse, MoveRequest};
 
 use super::create_dirs;
 use super::entry::{cpath, entry_info, read_metadata, write_metadata};
-use super::path::resolve;
 use crate::auth::RpcUser;
+use crate::blocking;
 use crate::error::Error;
 use crate::files::TEMP_PREFIX;
 use crate::rpc::Unary;
@@ -30,21 +30,20 @@ pub async fn move_entry(
     Unary(req): Unary<MoveRequest>,
 ) -> Result<Json<EntryResponse>, Error> {
     let (user, users) = state.user(username.as_deref())?;
-    let source = resolve(&req.source, &user.home)?;
-    let destination = resolve(&req.destination, &user.home)?;
-    std::fs::symlink_metadata(&source)
-        .map_err(|e| Error::io(format!("stat {}", source.display()), e))?;
-    if let Some(parent) = destination.parent() {
-        create_dirs(parent, &user)?;
-    }
+    let source = state.resolve_path(&req.source, &user)?;
+    let destination = state.resolve_path(&req.destination, &user)?;
     // A move across filesystems copies, which may take a while.
-    let (from, to) = (source.clone(), destination.clone());
-    tokio::task::spawn_blocking(move || move_path(&from, &to))
-        .await
-        .map_err(|e| Error::io("move", std::io::Error::other(e.to_string())))??;
-    Ok(Json(EntryResponse {
-        entry: entry_info(&destination, &users)?,
-    }))
+    let entry = blocking::run(move || {
+        std::fs::symlink_metadata(&source)
+            .map_err(|e| Error::io(format!("stat {}", source.display()), e))?;
+        if let Some(parent) = destination.parent() {
+            create_dirs(parent, &user)?;
+        }
+        move_path(&source, &destination)?;
+        entry_info(&destination, &users)
+    })
+    .await?;
+    Ok(Json(EntryResponse { entry }))
 }
 
 fn move_path(source: &Path, destination: &Path) -> Result<(), Error> {
@@ -106,10 +105,9 @@ fn copy_tree(from: &Path, to: &Path) -> std::io::Result<()> {
     std::os::unix::fs::lchown(to, Some(meta.uid()), Some(meta.gid()))?;
     if !kind.is_symlink() {
         std::fs::set_permissions(to, std::fs::Permissions::from_mode(meta.mode() & 0o7777))?;
+        // Where the destination keeps no metadata, the copy has none, as with `mv`.
         let metadata = read_metadata(from).map_err(std::io::Error::other)?;
-        for (key, value) in &metadata {
-            write_metadata(to, key, value).map_err(std::io::Error::other)?;
-        }
+        write_metadata(to, &metadata).map_err(std::io::Error::other)?;
     }
     // Last: copying a directory's entries changed its times.
     set_times(to, &meta)

@@ -5,8 +5,8 @@ use axum::Json;
 use silo_protocol::envd::{EntryResponse, StatRequest};
 
 use super::entry::entry_info;
-use super::path::resolve;
 use crate::auth::RpcUser;
+use crate::blocking;
 use crate::error::Error;
 use crate::rpc::Unary;
 use crate::state::AppState;
@@ -17,8 +17,7 @@ pub async fn stat(
     Unary(req): Unary<StatRequest>,
 ) -> Result<Json<EntryResponse>, Error> {
     let (user, users) = state.user(username.as_deref())?;
-    let path = resolve(&req.path, &user.home)?;
-    Ok(Json(EntryResponse {
-        entry: entry_info(&path, &users)?,
-    }))
+    let path = state.resolve_path(&req.path, &user)?;
+    let entry = blocking::run(move || entry_info(&path, &users)).await?;
+    Ok(Json(EntryResponse { entry }))
 }

@@ -32,8 +32,8 @@ use tokio::sync::mpsc;
 
 use super::entry::entry_info;
 use super::fs_type;
-use super::path::resolve;
 use crate::auth::RpcUser;
+use crate::blocking;
 use crate::error::Error;
 use crate::files::TEMP_PREFIX;
 use crate::rpc::{self, StreamOptions, StreamRequest, Unary};
@@ -244,14 +244,26 @@ async fn wait_readable(fd: &AsyncFd<OwnedFd>) -> bool {
     }
 }
 
-fn open(
+/// Start watching on a blocking thread: a recursive watch reads the whole tree.
+async fn open(
     state: &AppState,
     username: Option<&str>,
-    req: &WatchDirRequest,
+    req: WatchDirRequest,
 ) -> Result<(DirWatcher, AsyncFd<OwnedFd>), Error> {
     let (user, _) = state.user(username)?;
-    let root = resolve(&req.path, &user.home)?;
-    DirWatcher::new(root, req, state.user_db.clone())
+    let root = state.resolve_path(&req.path, &user)?;
+    let user_db = state.user_db.clone();
+    blocking::run(move || DirWatcher::new(root, &req, user_db)).await
+}
+
+/// [`DirWatcher::drain`] on a blocking thread: describing entries and watching new
+/// directories touch the filesystem.
+async fn drain(mut watcher: DirWatcher) -> Result<(DirWatcher, Vec<FilesystemEvent>), Error> {
+    blocking::run(move || {
+        let events = watcher.drain();
+        Ok((watcher, events))
+    })
+    .await
 }
 
 pub async fn watch_dir(
@@ -260,7 +272,7 @@ pub async fn watch_dir(
     opts: StreamOptions,
     StreamRequest(req): StreamRequest<WatchDirRequest>,
 ) -> Response {
-    let (mut watcher, fd) = match open(&state, username.as_deref(), &req) {
+    let (mut watcher, fd) = match open(&state, username.as_deref(), req).await {
         Ok(w) => w,
         Err(e) => return rpc::stream_error(e),
     };
@@ -277,7 +289,12 @@ pub async fn watch_dir(
                 // Stop watching as soon as the client is gone, even if nothing changes.
                 _ = tx.closed() => return,
             }
-            for ev in watcher.drain() {
+            let events;
+            (watcher, events) = match drain(watcher).await {
+                Ok(drained) => drained,
+                Err(_) => return,
+            };
+            for ev in events {
                 if tx
                     .send(Ok(WatchDirResponse::Filesystem(Box::new(ev))))
                     .await
@@ -347,7 +364,7 @@ pub async fn create_watcher(
     RpcUser(username): RpcUser,
     Unary(req): Unary<WatchDirRequest>,
 ) -> Result<Json<CreateWatcherResponse>, Error> {
-    let (watcher, fd) = open(&state, username.as_deref(), &req)?;
+    let (watcher, fd) = open(&state, username.as_deref(), req).await?;
     let id = format!(
         "w{}",
         state.watchers.next_id.fetch_add(1, Ordering::Relaxed) + 1
@@ -361,9 +378,15 @@ pub async fn create_watcher(
     // are watched before anything is written in them.
     let task = tokio::spawn(async move {
         while wait_readable(&fd).await {
-            match weak.upgrade() {
-                Some(p) => drop(p.collect()),
-                None => return,
+            let Some(polled) = weak.upgrade() else {
+                return;
+            };
+            let collected = blocking::run(move || {
+                drop(polled.collect());
+                Ok(())
+            });
+            if collected.await.is_err() {
+                return;
             }
         }
     });
@@ -377,7 +400,7 @@ pub async fn get_watcher_events(
     Unary(req): Unary<GetWatcherEventsRequest>,
 ) -> Result<Json<GetWatcherEventsResponse>, Error> {
     let polled = state.watchers.get(&req.watcher_id)?;
-    let events = std::mem::take(&mut polled.collect().1);
+    let events = blocking::run(move || Ok(std::mem::take(&mut polled.collect().1))).await?;
     Ok(Json(GetWatcherEventsResponse { events }))
 }
 

@@ -30,10 +30,15 @@ impl Reaper {
         let reaper = Arc::new(Reaper::default());
         let r = reaper.clone();
         tokio::spawn(async move {
+            // On a blocking thread: a spawn holds the lock until its child has exec'd.
+            let reap = || {
+                let r = r.clone();
+                tokio::task::spawn_blocking(move || r.reap_all())
+            };
             // Children that exited before the handler was installed.
-            r.reap_all();
+            let _ = reap().await;
             while sigchld.recv().await.is_some() {
-                r.reap_all();
+                let _ = reap().await;
             }
         });
         Ok(reaper)
@@ -55,7 +60,8 @@ impl Reaper {
     }
 
     /// Run `spawn` (which returns its result and the child's pid) and register the pid;
-    /// the receiver gets the child's wait status.
+    /// the receiver gets the child's wait status. Blocks until the child has exec'd:
+    /// call it on a blocking thread.
     pub fn spawn<T>(
         &self,
         spawn: impl FnOnce() -> io::Result<(T, u32)>,

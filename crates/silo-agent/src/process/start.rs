@@ -10,6 +10,7 @@ use silo_protocol::envd::{
 use super::spawn::{spawn, SpawnSpec};
 use super::{output, Process};
 use crate::auth::RpcUser;
+use crate::blocking;
 use crate::error::Error;
 use crate::filesystem::path::resolve as resolve_path;
 use crate::rpc::{self, StreamOptions, StreamRequest};
@@ -126,13 +127,11 @@ pub(super) fn resolve(
         return Err(Error::InvalidArgument("process.cmd is empty".into()));
     }
 
-    let cwd = match process.cwd.as_deref().filter(|c| !c.is_empty()) {
-        Some(c) => resolve_path(c, &user.home)?,
-        None => settings
-            .default_workdir
-            .clone()
-            .unwrap_or_else(|| user.home.clone()),
-    };
+    let cwd = resolve_path(
+        process.cwd.as_deref().unwrap_or_default(),
+        &user.home,
+        settings.default_workdir.as_deref(),
+    )?;
     match std::fs::metadata(&cwd) {
         Ok(m) if m.is_dir() => {}
         Ok(_) => {
@@ -182,18 +181,18 @@ pub(super) async fn launch(
     req: StartRequest,
 ) -> Result<tokio::sync::mpsc::Receiver<Result<ProcessEvent, Error>>, Error> {
     let pty_size = req.pty.as_ref().map(|p| p.size.clone().unwrap_or_default());
-    let spec = resolve(
-        state,
-        username,
-        &req.process,
-        pty_size,
-        req.stdin.unwrap_or(false),
-    )?;
+    // Without the field (clients from before envd 0.3.0) stdin is a pipe, as with envd;
+    // the SDKs always send it, `false` unless asked, so their commands can start warm.
+    let stdin = req.stdin.unwrap_or(true);
+    let spec = resolve(state, username, &req.process, pty_size, stdin)?;
     let (warm, rewarm) = state.processes.warm.take(&spec).await;
     let spawned = match warm {
         Some(spawned) => spawned,
         None => {
-            spawn(spec, &state.processes.reaper).map_err(|e| spawn_error(&req.process.cmd, e))?
+            // The thread waits for the child's exec: 15-40 ms under gVisor.
+            let reaper = state.processes.reaper.clone();
+            let cmd = req.process.cmd.clone();
+            blocking::run(move || spawn(spec, &reaper).map_err(|e| spawn_error(&cmd, e))).await?
         }
     };
     tracing::info!(pid = spawned.pid, cmd = %req.process.cmd, tag = ?req.tag, "process started");
