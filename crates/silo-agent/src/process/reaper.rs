@@ -30,15 +30,10 @@ impl Reaper {
         let reaper = Arc::new(Reaper::default());
         let r = reaper.clone();
         tokio::spawn(async move {
-            // On a blocking thread: a spawn holds the lock until its child has exec'd.
-            let reap = || {
-                let r = r.clone();
-                tokio::task::spawn_blocking(move || r.reap_all())
-            };
             // Children that exited before the handler was installed.
-            let _ = reap().await;
+            r.reap_all();
             while sigchld.recv().await.is_some() {
-                let _ = reap().await;
+                r.reap_all();
             }
         });
         Ok(reaper)
@@ -60,8 +55,7 @@ impl Reaper {
     }
 
     /// Run `spawn` (which returns its result and the child's pid) and register the pid;
-    /// the receiver gets the child's wait status. Blocks until the child has exec'd:
-    /// call it on a blocking thread.
+    /// the receiver gets the child's wait status.
     pub fn spawn<T>(
         &self,
         spawn: impl FnOnce() -> io::Result<(T, u32)>,

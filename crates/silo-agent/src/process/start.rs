@@ -10,7 +10,6 @@ use silo_protocol::envd::{
 use super::spawn::{spawn, SpawnSpec};
 use super::{output, Process};
 use crate::auth::RpcUser;
-use crate::blocking;
 use crate::error::Error;
 use crate::filesystem::path::resolve as resolve_path;
 use crate::rpc::{self, StreamOptions, StreamRequest};
@@ -189,10 +188,7 @@ pub(super) async fn launch(
     let spawned = match warm {
         Some(spawned) => spawned,
         None => {
-            // The thread waits for the child's exec: 15-40 ms under gVisor.
-            let reaper = state.processes.reaper.clone();
-            let cmd = req.process.cmd.clone();
-            blocking::run(move || spawn(spec, &reaper).map_err(|e| spawn_error(&cmd, e))).await?
+            spawn(spec, &state.processes.reaper).map_err(|e| spawn_error(&req.process.cmd, e))?
         }
     };
     tracing::info!(pid = spawned.pid, cmd = %req.process.cmd, tag = ?req.tag, "process started");

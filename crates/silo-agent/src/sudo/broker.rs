@@ -59,7 +59,7 @@ pub fn start(socket: &Path, user_db: UserDb, reaper: Arc<Reaper>) -> Result<(), 
                     let user_db = user_db.clone();
                     let reaper = reaper.clone();
                     tokio::spawn(async move {
-                        if let Err(e) = serve(stream, &user_db, reaper).await {
+                        if let Err(e) = serve(stream, &user_db, &reaper).await {
                             tracing::debug!(error = %e, "sudo connection ended");
                         }
                     });
@@ -74,7 +74,7 @@ pub fn start(socket: &Path, user_db: UserDb, reaper: Arc<Reaper>) -> Result<(), 
     Ok(())
 }
 
-async fn serve(mut stream: UnixStream, user_db: &UserDb, reaper: Arc<Reaper>) -> io::Result<()> {
+async fn serve(mut stream: UnixStream, user_db: &UserDb, reaper: &Reaper) -> io::Result<()> {
     scm::pass_credentials(stream.as_fd())?;
     let (request, fds, sender) = read_request(&stream).await?;
     let Some(cred) = sender else {
@@ -115,16 +115,10 @@ async fn serve(mut stream: UnixStream, user_db: &UserDb, reaper: Arc<Reaper>) ->
         command = %plan.program.display(),
         "sudo"
     );
-    let program = plan.program.clone();
-    // The thread waits for the child's exec: 15-40 ms under gVisor.
-    let started =
-        tokio::task::spawn_blocking(move || spawn(&plan, [stdin, stdout, stderr], &reaper))
-            .await
-            .unwrap_or_else(|e| Err(io::Error::other(e)));
-    let (pid, exit) = match started {
+    let (pid, exit) = match spawn(&plan, [stdin, stdout, stderr], reaper) {
         Ok(started) => started,
         Err(e) => {
-            let text = format!("unable to execute {}: {e}", program.display());
+            let text = format!("unable to execute {}: {e}", plan.program.display());
             return reply(&mut stream, &Reply::Failed(text)).await;
         }
     };
