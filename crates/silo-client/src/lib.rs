@@ -309,6 +309,12 @@ impl Client {
                     let end: EndStream = serde_json::from_slice(&envelope.payload)
                         .map_err(|err| ClientError::Stream(err.to_string()))?;
                     if let Some(err) = end.error {
+                        // envd ends a stream that outlives its connect-timeout-ms with
+                        // deadline_exceeded, having killed the process at that limit: its
+                        // end, as a process killed by a signal.
+                        if limit.is_some() && err.code == connect::Code::DeadlineExceeded {
+                            return Ok(-1);
+                        }
                         return Err(ClientError::Stream(err.to_string()));
                     }
                     return exit_code
