@@ -51,7 +51,7 @@ async fn trace(req: Request, next: Next) -> Response {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use axum::body::Body;
     use axum::http::{Request as HttpRequest, StatusCode};
@@ -66,7 +66,8 @@ mod tests {
         router(AppState::new(&config, Reaper::start().unwrap()))
     }
 
-    async fn status(app: &Router, req: HttpRequest<Body>) -> (StatusCode, String) {
+    /// The status and body `app` answers `req` with.
+    pub(crate) async fn status(app: &Router, req: HttpRequest<Body>) -> (StatusCode, String) {
         let resp = app.clone().oneshot(req).await.unwrap();
         let status = resp.status();
         let body = axum::body::to_bytes(resp.into_body(), 1 << 16)

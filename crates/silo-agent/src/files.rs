@@ -968,7 +968,6 @@ mod tests {
         parts: &[(&str, Option<&str>, &str)],
     ) -> (axum::http::StatusCode, String) {
         use clap::Parser;
-        use tower::ServiceExt;
         let config = crate::config::Config::parse_from(["silo-agent"]);
         let reaper = crate::process::Reaper::start().unwrap();
         let app = crate::app::router(AppState::new(&config, reaper));
@@ -986,12 +985,7 @@ mod tests {
             .header(header::CONTENT_TYPE, "multipart/form-data; boundary=B")
             .body(Body::from(body))
             .unwrap();
-        let resp = app.oneshot(req).await.unwrap();
-        let status = resp.status();
-        let body = axum::body::to_bytes(resp.into_body(), 1 << 16)
-            .await
-            .unwrap();
-        (status, String::from_utf8_lossy(&body).into_owned())
+        crate::app::tests::status(&app, req).await
     }
 
     #[tokio::test]

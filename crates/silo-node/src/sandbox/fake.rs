@@ -214,6 +214,16 @@ pub(super) fn manager(runtime: Arc<FakeRuntime>) -> (Arc<Manager>, tempfile::Tem
     (manager, dir)
 }
 
+/// A running sandbox (ending in a minute) in a manager over a fake runtime.
+pub(super) fn running() -> (Arc<FakeRuntime>, Arc<Manager>, tempfile::TempDir, SandboxId) {
+    let runtime = Arc::new(FakeRuntime::default());
+    let (manager, dir) = manager(Arc::clone(&runtime));
+    let rec = record(SandboxState::Running, 60_000);
+    manager.catalog.insert_sandbox(&rec).expect("insert");
+    runtime.insert(&rec.id, Held::Running);
+    (runtime, manager, dir, rec.id)
+}
+
 /// A sandbox row in `state`, ending `end_in_ms` from now, with no address (so nothing
 /// tries its agent) unless the test sets one.
 pub(super) fn record(state: SandboxState, end_in_ms: i64) -> SandboxRecord {

@@ -184,18 +184,9 @@ impl Manager {
 
 #[cfg(test)]
 mod tests {
-    use super::super::fake::{self, FakeRuntime, Held, Verb};
+    use super::super::fake::{running, Verb};
     use super::super::retry::RETRY_MAX;
     use super::*;
-
-    fn running() -> (Arc<FakeRuntime>, Arc<Manager>, tempfile::TempDir, SandboxId) {
-        let runtime = Arc::new(FakeRuntime::default());
-        let (manager, dir) = fake::manager(Arc::clone(&runtime));
-        let rec = fake::record(SandboxState::Running, 60_000);
-        manager.catalog.insert_sandbox(&rec).unwrap();
-        runtime.insert(&rec.id, Held::Running);
-        (runtime, manager, dir, rec.id)
-    }
 
     fn row(manager: &Manager, id: &SandboxId) -> silo_catalog::SandboxRecord {
         manager.catalog.get_sandbox(id).unwrap().unwrap()

@@ -271,18 +271,8 @@ impl Manager {
 
 #[cfg(test)]
 mod tests {
-    use super::super::fake::{self, FakeRuntime, Held, Verb};
+    use super::super::fake::{running, Held, Verb};
     use super::*;
-
-    /// A running sandbox in a manager over a fake runtime.
-    fn running() -> (Arc<FakeRuntime>, Arc<Manager>, tempfile::TempDir, SandboxId) {
-        let runtime = Arc::new(FakeRuntime::default());
-        let (manager, dir) = fake::manager(Arc::clone(&runtime));
-        let rec = fake::record(SandboxState::Running, 60_000);
-        manager.catalog.insert_sandbox(&rec).unwrap();
-        runtime.insert(&rec.id, Held::Running);
-        (runtime, manager, dir, rec.id)
-    }
 
     fn state(manager: &Manager, id: &SandboxId) -> SandboxState {
         manager.catalog.get_sandbox(id).unwrap().unwrap().state
