@@ -96,7 +96,9 @@ fn sandbox_class(err: &SandboxError) -> (StatusCode, &'static str) {
         SandboxError::Start { .. } => (INTERNAL, "start_failed"),
         SandboxError::Destroy { .. } => (INTERNAL, "destroy_failed"),
         SandboxError::Init { .. } => (INTERNAL, "agent_init_failed"),
-        SandboxError::ListRuntime(_) => (INTERNAL, "runtime_failed"),
+        SandboxError::ListRuntime(_) | SandboxError::PausedUnknown { .. } => {
+            (INTERNAL, "runtime_failed")
+        }
         SandboxError::Catalog(_) => (INTERNAL, "catalog_failed"),
         SandboxError::Interrupted => (StatusCode::SERVICE_UNAVAILABLE, "interrupted"),
     }

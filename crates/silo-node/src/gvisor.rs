@@ -526,12 +526,29 @@ impl RunscRuntime {
         self.inner.sandbox_dir(id).join(CHECKPOINT).is_dir()
     }
 
-    async fn is_frozen(&self, id: &SandboxId) -> bool {
-        self.inner
+    /// Whether its container is up: its cgroup holds tasks (frozen ones included). A
+    /// reboot empties the cgroups, while runsc's state files still name the container.
+    fn has_tasks(&self, id: &SandboxId) -> bool {
+        std::fs::read(self.inner.cgroup_file(id, "freezer", "cgroup.procs"))
+            .is_ok_and(|procs| procs.iter().any(u8::is_ascii_digit))
+    }
+
+    /// Whether runsc holds the sandbox paused; an error when its container is up but
+    /// `runsc state` fails, which tells nothing about the sandbox.
+    async fn is_frozen(&self, id: &SandboxId) -> Result<bool, RuntimeError> {
+        if !self.has_tasks(id) {
+            return Ok(false);
+        }
+        let state = self
+            .inner
             .runsc
             .state(id)
             .await
-            .is_ok_and(|s| s.status == ContainerStatus::Paused)
+            .map_err(|source| RuntimeError::State {
+                id: id.clone(),
+                source,
+            })?;
+        Ok(state.status == ContainerStatus::Paused)
     }
 
     /// Run undo `steps` (newest first), all of them; any failures as one error.
@@ -572,7 +589,7 @@ impl RunscRuntime {
     /// that it stays paused as a failed resume promises (or, if that fails too,
     /// `is_paused` says it is not).
     async fn thaw(&self, id: &SandboxId) -> Result<Started, RuntimeError> {
-        if !self.is_frozen(id).await {
+        if !self.is_frozen(id).await? {
             return Err(RuntimeError::NotPaused { id: id.clone() });
         }
         let lease = self.lease_of(id)?;
@@ -685,7 +702,7 @@ impl Runtime for RunscRuntime {
     }
 
     async fn snapshot(&self, id: &SandboxId, image: &Path) -> Result<(), RuntimeError> {
-        if self.is_frozen(id).await {
+        if self.is_frozen(id).await? {
             self.save(id, image).await
         } else {
             self.checkpoint_into(id, image).await
@@ -735,8 +752,8 @@ impl Runtime for RunscRuntime {
             })
     }
 
-    async fn is_paused(&self, id: &SandboxId) -> bool {
-        self.is_saved(id) || self.is_frozen(id).await
+    async fn is_paused(&self, id: &SandboxId) -> Result<bool, RuntimeError> {
+        Ok(self.is_saved(id) || self.is_frozen(id).await?)
     }
 
     async fn destroy(&self, id: &SandboxId) -> Result<(), RuntimeError> {
@@ -792,10 +809,7 @@ impl Runtime for RunscRuntime {
             .map_err(RuntimeError::ListContainers)?
             .into_iter()
             .filter_map(|id| id.parse().ok())
-            .filter(|id| {
-                std::fs::read(self.inner.cgroup_file(id, "freezer", "cgroup.procs"))
-                    .is_ok_and(|procs| procs.iter().any(u8::is_ascii_digit))
-            })
+            .filter(|id| self.has_tasks(id))
             .collect())
     }
 

@@ -154,8 +154,10 @@ pub trait Runtime: Send + Sync {
         id: &SandboxId,
         policy: &network::EgressPolicy,
     ) -> Result<(), RuntimeError>;
-    /// Whether `id` is paused: frozen, or a complete checkpoint is on disk.
-    async fn is_paused(&self, id: &SandboxId) -> bool;
+    /// Whether `id` is paused: frozen, or a complete checkpoint is on disk. `false` when
+    /// its container is gone; an error when it is there but its state cannot be read
+    /// now (a busy host): it may be paused, so it must not be taken for gone.
+    async fn is_paused(&self, id: &SandboxId) -> Result<bool, RuntimeError>;
     /// Release everything the sandbox holds. Idempotent; needs only the id.
     async fn destroy(&self, id: &SandboxId) -> Result<(), RuntimeError>;
     /// Freeze (or thaw) the sandbox's every task in place, at once: it then costs no
@@ -242,6 +244,12 @@ pub enum RuntimeError {
     },
     #[error("sandbox {id} could not be thawed")]
     Thaw {
+        id: SandboxId,
+        #[source]
+        source: runsc::RunscError,
+    },
+    #[error("cannot read the state of sandbox {id}")]
+    State {
         id: SandboxId,
         #[source]
         source: runsc::RunscError,

@@ -266,7 +266,10 @@ async fn snapshot_starts_copies_and_the_source_runs_on() {
     let mut ips: Vec<_> = copies.iter().map(|(_, ip)| *ip).collect();
     ips.dedup();
     assert_eq!(ips.len(), 3, "each copy has its own address");
-    assert!(!rt.is_paused(&source.id).await, "the source runs on");
+    assert!(
+        !rt.is_paused(&source.id).await.expect("state"),
+        "the source runs on"
+    );
     for (id, _) in &copies {
         rt.destroy(id).await.expect("destroy copy");
     }
@@ -292,7 +295,7 @@ async fn checkpoint_pause_holds_only_files_and_resumes_on_a_new_address() {
 
     let paused = rt.pause(&spec.id).await.expect("pause");
     assert_eq!(paused, silo_node::Paused::Saved);
-    assert!(rt.is_paused(&spec.id).await);
+    assert!(rt.is_paused(&spec.id).await.expect("state"));
     // Its dir (image, disk) is all a saved sandbox keeps: no process, container,
     // address or network device.
     let saved = usage(&rt).await;
@@ -306,7 +309,7 @@ async fn checkpoint_pause_holds_only_files_and_resumes_on_a_new_address() {
     let policy = silo_node::network::EgressPolicy::default();
     let resumed = rt.resume(&spec.id, &policy).await.expect("resume");
     assert_ne!(resumed.ip, first.ip, "a resumed sandbox gets a new address");
-    assert!(!rt.is_paused(&spec.id).await);
+    assert!(!rt.is_paused(&spec.id).await.expect("state"));
     // Paused again and resumed again: the same holds every time.
     assert_eq!(
         rt.pause(&spec.id).await.expect("pause again"),

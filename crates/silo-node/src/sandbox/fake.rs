@@ -35,6 +35,8 @@ pub(super) enum Verb {
     /// Freezing it again after that.
     Refreeze,
     Destroy,
+    /// Reading the state of a sandbox whose container is up (`is_paused`).
+    State,
 }
 
 #[derive(Default)]
@@ -164,8 +166,15 @@ impl Runtime for FakeRuntime {
         Ok(())
     }
 
-    async fn is_paused(&self, id: &SandboxId) -> bool {
-        self.held(id) == Some(Held::Frozen)
+    async fn is_paused(&self, id: &SandboxId) -> Result<bool, RuntimeError> {
+        // As the runsc runtime: a container that is gone is not asked.
+        match self.held(id) {
+            None | Some(Held::Stopped) => Ok(false),
+            Some(held) => {
+                self.act(Verb::State, id).await?;
+                Ok(held == Held::Frozen)
+            }
+        }
     }
 
     async fn destroy(&self, id: &SandboxId) -> Result<(), RuntimeError> {

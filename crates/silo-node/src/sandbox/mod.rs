@@ -160,6 +160,12 @@ pub enum SandboxError {
         #[source]
         source: Box<RuntimeError>,
     },
+    #[error("cannot tell whether sandbox {id} is paused")]
+    PausedUnknown {
+        id: SandboxId,
+        #[source]
+        source: Box<RuntimeError>,
+    },
     #[error("cannot list the runtime's sandboxes")]
     ListRuntime(#[source] Box<RuntimeError>),
     #[error("sandbox {id} agent did not accept its configuration")]

@@ -189,7 +189,7 @@ impl Manager {
             // The runtime leaves a sandbox paused when its resume fails, unless it failed
             // after the thaw and could not be frozen again: then it runs, and the catalog
             // says so (a row left paused over a running sandbox could never be resumed).
-            Err(source) if self.runtime.is_paused(id).await => {
+            Err(source) if self.still_paused(id).await => {
                 self.step(
                     id,
                     SandboxState::Resuming,
@@ -259,6 +259,15 @@ impl Manager {
                 }
             }
         }
+    }
+
+    /// Whether a sandbox whose resume failed is paused still; when the runtime cannot
+    /// tell, taken as running (see `resume_held`): a kill releases it either way.
+    async fn still_paused(&self, id: &SandboxId) -> bool {
+        self.runtime.is_paused(id).await.unwrap_or_else(|err| {
+            tracing::warn!(sandbox_id = %id, error = %crate::error_chain(&err), "cannot tell whether a sandbox whose resume failed is paused; recorded as running");
+            false
+        })
     }
 
     pub(super) fn lifecycle_lock(&self, id: &SandboxId) -> Arc<tokio::sync::Mutex<()>> {

@@ -4,7 +4,9 @@
 //! - running in the catalog but gone from the runtime, or silent for [`ANSWER_WITHIN`]:
 //!   it died, so it is killed (whatever is left of it is released);
 //! - paused: kept if the runtime still holds it paused (frozen, or its checkpoint on
-//!   disk), else killed: a frozen sandbox does not outlive a reboot of the host;
+//!   disk), else killed: a frozen sandbox does not outlive a reboot of the host. One
+//!   whose container is up but whose state cannot be read (a busy host) may be paused:
+//!   it is left as it is, and the next start tries again;
 //! - pausing or resuming when silo stopped: running if its agent answers, else paused
 //!   if a complete checkpoint is on disk, else killed;
 //! - half-done otherwise (creating, killing): finished by killing;
@@ -12,9 +14,13 @@
 //! - a snapshot image no snapshot row names: removed.
 
 use std::collections::HashSet;
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+// Tokio's clock, which tests can stop and wind on.
+use tokio::time::Instant;
 
 use silo_catalog::SandboxState;
+use silo_protocol::ids::SandboxId;
 
 use super::{Manager, SandboxError};
 
@@ -120,7 +126,7 @@ impl Manager {
             SandboxState::Running if in_runtime && self.answers(rec, patience).await => {
                 Outcome::Kept
             }
-            SandboxState::Paused if self.runtime.is_paused(&rec.id).await => Outcome::Kept,
+            SandboxState::Paused if self.held_paused(&rec.id, patience).await? => Outcome::Kept,
             SandboxState::Paused => {
                 tracing::warn!(sandbox_id = %rec.id, "{LOST_PAUSE}; releasing it");
                 self.finish_kill(&rec.id, rec.state, LOST_PAUSE).await?;
@@ -161,13 +167,30 @@ impl Manager {
                 .transition(&rec.id, rec.state, SandboxState::Running, detail)?;
             return Ok(true);
         }
-        if self.runtime.is_paused(&rec.id).await {
+        if self.held_paused(&rec.id, patience).await? {
             // A container left half-restored (or not yet deleted) goes at the resume.
             self.catalog
                 .transition(&rec.id, rec.state, SandboxState::Paused, detail)?;
             return Ok(true);
         }
         Ok(false)
+    }
+
+    /// Whether the runtime holds the sandbox paused, asked again until `patience` runs
+    /// out while it cannot tell; then an error, so that the sandbox is not killed.
+    async fn held_paused(&self, id: &SandboxId, patience: Instant) -> Result<bool, SandboxError> {
+        loop {
+            match self.runtime.is_paused(id).await {
+                Ok(paused) => return Ok(paused),
+                Err(err) if Instant::now() >= patience => {
+                    return Err(SandboxError::PausedUnknown {
+                        id: id.clone(),
+                        source: Box::new(err),
+                    })
+                }
+                Err(_) => tokio::time::sleep(ASK_AGAIN).await,
+            }
+        }
     }
 
     /// The egress filter lives in this process: give it back the host-name rules of a
@@ -213,7 +236,7 @@ mod tests {
     use silo_catalog::SandboxRecord;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-    use super::super::fake::{self, FakeRuntime, Held};
+    use super::super::fake::{self, FakeRuntime, Held, Verb};
     use super::*;
 
     fn with_row(manager: &Manager, state: SandboxState) -> SandboxRecord {
@@ -249,6 +272,50 @@ mod tests {
         );
         let events = manager.catalog.events(&lost.id).unwrap();
         assert!(events.iter().any(|e| e.detail == LOST_PAUSE), "{events:?}");
+    }
+
+    // Paused time: the retries until the patience runs out take none.
+    #[tokio::test(start_paused = true)]
+    async fn a_paused_sandbox_whose_state_cannot_be_read_is_left_for_the_next_start() {
+        let runtime = Arc::new(FakeRuntime::default());
+        let (manager, _dir) = fake::manager(Arc::clone(&runtime));
+        let frozen = with_row(&manager, SandboxState::Paused);
+        runtime.insert(&frozen.id, Held::Frozen);
+        let lost = with_row(&manager, SandboxState::Paused);
+        runtime.insert(&lost.id, Held::Stopped);
+        // `runsc state` fails (a busy host) throughout.
+        runtime.fail(Verb::State);
+
+        let report = manager.reconcile().await.unwrap();
+
+        assert_eq!((report.kept, report.lost, report.failed), (0, 1, 1));
+        assert_eq!(state(&manager, &frozen), SandboxState::Paused);
+        assert_eq!(runtime.held(&frozen.id), Some(Held::Frozen), "not released");
+        assert_eq!(
+            state(&manager, &lost),
+            SandboxState::Killed,
+            "a container that is gone needs no state to tell"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_paused_sandbox_whose_state_is_unreadable_for_a_moment_is_kept() {
+        let runtime = Arc::new(FakeRuntime::default());
+        let (manager, _dir) = fake::manager(Arc::clone(&runtime));
+        let rec = with_row(&manager, SandboxState::Paused);
+        runtime.insert(&rec.id, Held::Frozen);
+        runtime.fail(Verb::State);
+        let reconcile = tokio::spawn({
+            let manager = Arc::clone(&manager);
+            async move { manager.reconcile().await }
+        });
+        tokio::time::sleep(ANSWER_WITHIN / 2).await;
+        runtime.mend(Verb::State);
+
+        let report = reconcile.await.unwrap().unwrap();
+
+        assert_eq!((report.kept, report.failed), (1, 0));
+        assert_eq!(state(&manager, &rec), SandboxState::Paused);
     }
 
     #[tokio::test]
