@@ -84,6 +84,7 @@ fn sandbox_class(err: &SandboxError) -> (StatusCode, &'static str) {
         SandboxError::SnapshotsDir { .. } => (INTERNAL, "snapshot_failed"),
         SandboxError::WrongState { .. } => (StatusCode::CONFLICT, "wrong_state"),
         SandboxError::AlreadyPaused(_) => (StatusCode::CONFLICT, "already_paused"),
+        SandboxError::KilledWhileCreating(_) => (StatusCode::CONFLICT, "killed_while_creating"),
         // E2B's status: a paused sandbox is not among those a timeout applies to.
         SandboxError::TimeoutWhilePaused(_) => (StatusCode::NOT_FOUND, "sandbox_paused"),
         SandboxError::Pause { .. } => (INTERNAL, "pause_failed"),

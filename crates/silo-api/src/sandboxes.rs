@@ -79,7 +79,7 @@ impl AppState {
 }
 
 /// `POST /sandboxes` (v1): as v2.
-#[utoipa::path(post, path = "/sandboxes", tag = "sandboxes", request_body = NewSandbox, responses((status = 201, description = "Created and running", body = rest::Sandbox), (status = 400, description = "malformed request", body = silo_protocol::rest::ApiError), (status = 401, description = "no or wrong API key", body = silo_protocol::rest::ApiError), (status = 404, description = "unknown template", body = silo_protocol::rest::ApiError), (status = 500, description = "internal error; the log has the detail", body = silo_protocol::rest::ApiError)), security(("api_key" = [])))]
+#[utoipa::path(post, path = "/sandboxes", tag = "sandboxes", request_body = NewSandbox, responses((status = 201, description = "Created and running", body = rest::Sandbox), (status = 400, description = "malformed request", body = silo_protocol::rest::ApiError), (status = 401, description = "no or wrong API key", body = silo_protocol::rest::ApiError), (status = 404, description = "unknown template", body = silo_protocol::rest::ApiError), (status = 409, description = "killed before it was up", body = silo_protocol::rest::ApiError), (status = 500, description = "internal error; the log has the detail", body = silo_protocol::rest::ApiError)), security(("api_key" = [])))]
 pub async fn create_v1(
     state: State<AppState>,
     body: ApiJson<NewSandbox>,
@@ -88,7 +88,7 @@ pub async fn create_v1(
 }
 
 /// `POST /v2/sandboxes`.
-#[utoipa::path(post, path = "/v2/sandboxes", tag = "sandboxes", request_body = NewSandbox, responses((status = 201, description = "Created and running", body = rest::Sandbox), (status = 400, description = "malformed request", body = silo_protocol::rest::ApiError), (status = 401, description = "no or wrong API key", body = silo_protocol::rest::ApiError), (status = 404, description = "unknown template", body = silo_protocol::rest::ApiError), (status = 500, description = "internal error; the log has the detail", body = silo_protocol::rest::ApiError)), security(("api_key" = [])))]
+#[utoipa::path(post, path = "/v2/sandboxes", tag = "sandboxes", request_body = NewSandbox, responses((status = 201, description = "Created and running", body = rest::Sandbox), (status = 400, description = "malformed request", body = silo_protocol::rest::ApiError), (status = 401, description = "no or wrong API key", body = silo_protocol::rest::ApiError), (status = 404, description = "unknown template", body = silo_protocol::rest::ApiError), (status = 409, description = "killed before it was up", body = silo_protocol::rest::ApiError), (status = 500, description = "internal error; the log has the detail", body = silo_protocol::rest::ApiError)), security(("api_key" = [])))]
 pub async fn create(
     State(app): State<AppState>,
     ApiJson(body): ApiJson<NewSandbox>,

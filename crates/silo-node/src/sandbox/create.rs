@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use silo_catalog::{now_ms, SandboxRecord, SandboxState};
+use silo_catalog::{now_ms, CatalogError, SandboxRecord, SandboxState};
 use silo_protocol::ids::{generate_access_token, SandboxId};
 use silo_protocol::rest::Resources;
 
@@ -174,27 +174,50 @@ impl Manager {
             traffic_access_token: (!req.public_traffic).then(generate_access_token),
             rootfs: Some(origin.rootfs.display().to_string()),
         };
+        // The sandbox's lifecycle lock, from before its row exists until it is up: a kill
+        // meanwhile tears down after the boot, what the boot made included (kill.rs).
+        let lock = self.lifecycle_lock(&rec.id);
+        let held = lock.lock().await;
         self.catalog.insert_sandbox(&rec)?;
         let span = tracing::info_span!("create", sandbox_id = %rec.id, from = %origin.name);
         let _enter = span.enter();
 
-        match self.boot(&rec, origin, req.egress, target).await {
+        let booted = async {
+            let address = self.boot(&rec, origin, req.egress, target).await?;
+            self.catalog.set_address(&rec.id, Some(&address))?;
+            self.catalog
+                .transition(&rec.id, SandboxState::Creating, target, "agent ready")
+                .map_err(|err| match err {
+                    CatalogError::StateChanged { .. } => {
+                        SandboxError::KilledWhileCreating(rec.id.clone())
+                    }
+                    err => err.into(),
+                })?;
+            Ok::<_, SandboxError>(address)
+        }
+        .await;
+        // Before a cleanup, whose teardown takes the lock.
+        drop(held);
+        match booted {
             Ok(address) => {
-                self.catalog.set_address(&rec.id, Some(&address))?;
-                self.catalog
-                    .transition(&rec.id, SandboxState::Creating, target, "agent ready")?;
                 rec.address = Some(address);
                 rec.state = target;
                 tracing::info!(sandbox_id = %rec.id, state = %target, "sandbox up");
                 Ok(rec)
             }
+            // The kill's teardown releases it.
+            Err(err @ SandboxError::KilledWhileCreating(_)) => Err(err),
             Err(err) => {
                 tracing::warn!(sandbox_id = %rec.id, error = %crate::error_chain(&err), "create failed; cleaning up");
-                if let Err(cleanup) = self
+                match self
                     .finish_kill(&rec.id, SandboxState::Creating, "create failed")
                     .await
                 {
-                    tracing::error!(sandbox_id = %rec.id, error = %crate::error_chain(&cleanup), "cleanup after failed create");
+                    // Killed meanwhile: that kill releases it.
+                    Ok(()) | Err(SandboxError::NotFound(_)) => {}
+                    Err(cleanup) => {
+                        tracing::error!(sandbox_id = %rec.id, error = %crate::error_chain(&cleanup), "cleanup after failed create");
+                    }
                 }
                 Err(err)
             }
@@ -271,7 +294,55 @@ fn within(field: &str, asked: Option<u32>, default: u32, max: u32) -> Result<u32
 
 #[cfg(test)]
 mod tests {
+    use super::super::fake::{self, FakeRuntime, Verb};
     use super::*;
+
+    #[tokio::test]
+    async fn a_kill_during_the_boot_releases_what_the_boot_made_after_it() {
+        let runtime = Arc::new(FakeRuntime::default());
+        runtime.answer_agent().await;
+        let (manager, dir) = fake::manager(Arc::clone(&runtime));
+        let origin = Origin {
+            name: "base".into(),
+            rootfs: dir.path().join("rootfs"),
+            resources: Resources::default(),
+            config: TemplateConfig::default(),
+            snapshot: None,
+        };
+        runtime.hold(Verb::Start);
+        let create = tokio::spawn({
+            let manager = Arc::clone(&manager);
+            async move {
+                let req = CreateRequest::default();
+                manager
+                    .create_from(req, origin, SandboxState::Running)
+                    .await
+            }
+        });
+        runtime.began().await;
+        let booting = manager
+            .catalog
+            .sandboxes_in(&[SandboxState::Creating])
+            .unwrap();
+        let id = booting[0].id.clone();
+        manager.kill(&id, "test").unwrap();
+        // Its teardown's turn, were it not waiting for the boot.
+        tokio::task::yield_now().await;
+        runtime.release();
+        let err = create.await.unwrap().unwrap_err();
+        assert!(matches!(err, SandboxError::KilledWhileCreating(_)), "{err}");
+        manager.shutdown().await;
+
+        assert_eq!(
+            runtime.done(),
+            [Verb::Start, Verb::Destroy],
+            "destroyed after the boot, not under it"
+        );
+        assert_eq!(runtime.held(&id), None, "nothing the boot made is left");
+        let rec = manager.catalog.get_sandbox(&id).unwrap().unwrap();
+        assert_eq!(rec.state, SandboxState::Killed);
+        assert_eq!(rec.address, None, "the address the boot wrote is gone");
+    }
 
     #[test]
     fn resources_stay_within_the_maximums() {

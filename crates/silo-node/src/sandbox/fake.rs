@@ -11,6 +11,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use silo_catalog::{now_ms, Catalog, NetworkRules, SandboxRecord, SandboxState};
 use silo_protocol::ids::SandboxId;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use super::{Manager, SandboxDefaults, Templates};
 use crate::network::EgressPolicy;
@@ -28,6 +29,7 @@ pub(super) enum Held {
 /// The verbs a test can make fail or hold.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub(super) enum Verb {
+    Start,
     Pause,
     Resume,
     /// A resume that thaws the sandbox, then fails (its agent does not answer).
@@ -50,6 +52,8 @@ pub(super) struct FakeRuntime {
     began: tokio::sync::Notify,
     /// Lets the held verb go on.
     release: tokio::sync::Notify,
+    /// Where started sandboxes' agent answers, if a test made one ([`FakeRuntime::answer_agent`]).
+    agent: Mutex<Option<SocketAddr>>,
 }
 
 impl FakeRuntime {
@@ -105,13 +109,32 @@ impl FakeRuntime {
         Ok(())
     }
 
-    fn started() -> Started {
+    /// Give the sandboxes it starts from now on an agent that accepts every call.
+    pub(super) async fn answer_agent(&self) {
+        let listener = tokio::net::TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
+            .await
+            .expect("bind the fake agent");
+        *self.agent.lock().unwrap() = Some(listener.local_addr().expect("its address"));
+        tokio::spawn(async move {
+            while let Ok((mut conn, _)) = listener.accept().await {
+                let mut request = [0u8; 4096];
+                let _ = conn.read(&mut request).await;
+                let _ = conn.write_all(b"HTTP/1.1 204 No Content\r\n\r\n").await;
+            }
+        });
+    }
+
+    fn started(&self) -> Started {
         let ip = Ipv4Addr::LOCALHOST;
         Started {
             ip,
             gateway: ip,
-            // Nothing listens there: the agent calls of a test fail at once.
-            agent: SocketAddr::from((ip, 1)),
+            // Unless a test made one, nothing listens there: agent calls fail at once.
+            agent: self
+                .agent
+                .lock()
+                .unwrap()
+                .unwrap_or(SocketAddr::from((ip, 1))),
             ready_after: Duration::ZERO,
         }
     }
@@ -120,8 +143,9 @@ impl FakeRuntime {
 #[async_trait]
 impl Runtime for FakeRuntime {
     async fn start(&self, spec: &SandboxSpec) -> Result<Started, RuntimeError> {
+        self.act(Verb::Start, &spec.id).await?;
         self.insert(&spec.id, Held::Running);
-        Ok(Self::started())
+        Ok(self.started())
     }
 
     async fn pause(&self, id: &SandboxId) -> Result<Paused, RuntimeError> {
@@ -155,7 +179,7 @@ impl Runtime for FakeRuntime {
             }
             return Err(err);
         }
-        Ok(Self::started())
+        Ok(self.started())
     }
 
     async fn set_egress(

@@ -7,9 +7,9 @@
 //! tries it again, waiting longer after each failure, and the sandbox's history says
 //! why it failed.
 //!
-//! The destroy runs under the sandbox's lifecycle lock: a pause, resume or snapshot
-//! under way ends first (its next state change then finds the row `Killing` and gives
-//! up), and what it left (a restored container, an address) is destroyed after it.
+//! The destroy runs under the sandbox's lifecycle lock: a create's boot, a pause, resume
+//! or snapshot under way ends first (its next state change then finds the row `Killing`
+//! and gives up), and what it left (a container, an address) is destroyed after it.
 //! So nothing that holds that lock may wait for a teardown.
 
 use std::collections::HashSet;

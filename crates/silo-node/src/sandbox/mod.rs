@@ -154,6 +154,9 @@ pub enum SandboxError {
         #[source]
         source: Box<RuntimeError>,
     },
+    /// A kill came while it booted; the kill released it.
+    #[error("sandbox {0} was killed before it was up")]
+    KilledWhileCreating(SandboxId),
     #[error("cannot stop sandbox {id}")]
     Destroy {
         id: SandboxId,
@@ -195,8 +198,8 @@ pub struct Manager {
     /// operations run detached from their caller; awaited by [`Manager::shutdown`].
     tasks: tokio_util::task::TaskTracker,
     traffic: traffic::Traffic,
-    /// One lifecycle operation at a time per sandbox: pause, resume, snapshot, the
-    /// save of a fork, a kill's teardown.
+    /// One lifecycle operation at a time per sandbox: a create's boot, pause, resume,
+    /// snapshot, the save of a fork, a kill's teardown.
     locks: Mutex<HashMap<SandboxId, Arc<tokio::sync::Mutex<()>>>>,
     pool: pool::Pool,
     activity: doze::Activity,
