@@ -299,6 +299,14 @@ def test_raw_multipart_takes_file_parts_once_each(envd, unique):
     )
     assert r.status_code == 400
     assert envd.get("/files", params={"path": f"{unique}-2.txt"}).content == b"first"
+    # No `file` part: envd writes nothing and answers an empty list.
+    r = envd.post("/files",
+        params={"path": f"{unique}-3.txt"},
+        files=[("note", (None, "a form field only"))],
+    )
+    assert r.status_code == 200, r.text
+    assert r.json() == []
+    assert envd.get("/files", params={"path": f"{unique}-3.txt"}).status_code == 404
 
 
 def test_raw_nul_in_path_is_rejected(envd):

@@ -378,9 +378,7 @@ pub async fn upload(
         ))
         .into());
     }
-    if written.is_empty() {
-        return Err(Error::InvalidArgument("the upload contained no file".into()).into());
-    }
+    // A multipart body without a `file` part writes nothing and answers `[]`, as envd does.
     Ok(Json(written))
 }
 
@@ -1032,6 +1030,13 @@ mod tests {
 
         let (status, _) = post_multipart("", &[("file", None, "x")]).await;
         assert_eq!(status, StatusCode::BAD_REQUEST);
+
+        // No file part at all: nothing written, and no error.
+        let (status, body) = post_multipart(&format!("path={a_str}"), &[("note", None, "x")]).await;
+        assert_eq!((status, body.as_str()), (StatusCode::OK, "[]"));
+        let (status, body) = post_multipart("", &[]).await;
+        assert_eq!((status, body.as_str()), (StatusCode::OK, "[]"));
+        assert_eq!(std::fs::read(&a).unwrap(), b"first");
     }
 
     #[test]
