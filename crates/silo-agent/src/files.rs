@@ -917,6 +917,14 @@ mod tests {
         upload(&a, b"new").unwrap();
         assert_eq!(std::fs::read(&b).unwrap(), b"new");
         assert_eq!(std::fs::metadata(&a).unwrap().nlink(), 2);
+
+        // Written in place, the file keeps its xattrs: an upload replaces the metadata
+        // set rather than adding to it.
+        let one = |k: &str| BTreeMap::from([(k.to_string(), "v".to_string())]);
+        upload_with_metadata(&a, b"x", &one("old")).unwrap();
+        upload_with_metadata(&a, b"y", &one("new")).unwrap();
+        let read = crate::filesystem::entry::read_metadata(&b).unwrap();
+        assert_eq!(read, one("new"));
     }
 
     #[test]
