@@ -194,6 +194,19 @@ def test_long_metadata_value_is_read_whole(sandbox: Sandbox, unique):
     assert sandbox.files.get_info(path).metadata == {"long": "v" * 5000}
 
 
+def test_metadata_of_a_file_written_in_place_is_replaced_and_non_utf8_skipped(sandbox: Sandbox, unique):
+    # A hard-linked file is written in place, so it keeps its xattrs: an upload replaces
+    # the set, as envd's does.
+    path = sandbox.files.write(f"{unique}.txt", "a", metadata={"old": "1"}).path
+    sandbox.commands.run(f"ln {path} {path}.link")
+    sandbox.commands.run(
+        f"python3 -c \"import os; os.setxattr('{path}', 'user.e2b.bin', b'\\\\xff')\""
+    )
+    assert sandbox.files.get_info(path).metadata == {"old": "1"}
+    sandbox.files.write(f"{unique}.txt", "b", metadata={"new": "2"})
+    assert sandbox.files.get_info(f"{path}.link").metadata == {"new": "2"}
+
+
 def test_tilde_and_dotdot_paths(sandbox: Sandbox, unique):
     sandbox.files.write(f"~/{unique}/a.txt", "tilde")
     assert sandbox.files.read(f"{unique}/x/../a.txt") == "tilde"
@@ -299,6 +312,14 @@ def test_raw_multipart_takes_file_parts_once_each(envd, unique):
     )
     assert r.status_code == 400
     assert envd.get("/files", params={"path": f"{unique}-2.txt"}).content == b"first"
+    # No `file` part: envd writes nothing and answers an empty list.
+    r = envd.post("/files",
+        params={"path": f"{unique}-3.txt"},
+        files=[("note", (None, "a form field only"))],
+    )
+    assert r.status_code == 200, r.text
+    assert r.json() == []
+    assert envd.get("/files", params={"path": f"{unique}-3.txt"}).status_code == 404
 
 
 def test_raw_nul_in_path_is_rejected(envd):

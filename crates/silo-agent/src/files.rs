@@ -10,8 +10,8 @@
 //! /proc/sys knob) is written in place, as envd writes every file, so not atomically
 //! ([`Landing`]). Each file is capped at `--max-upload-bytes`.
 //!
-//! File I/O runs on blocking threads fed through small channels, so a slow disk or a
-//! large file never stalls the runtime.
+//! File I/O runs on the agent's blocking threads ([`blocking`]) a chunk at a time, so a
+//! slow disk or a large file never stalls the runtime, and a slow client holds no thread.
 
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
@@ -27,10 +27,12 @@ use flate2::write::GzEncoder;
 use futures_util::{Stream, StreamExt};
 use serde::Deserialize;
 use silo_protocol::envd::WriteInfo;
-use tokio::sync::{mpsc, oneshot};
+use tempfile::TempPath;
+use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 
 use crate::auth::{check_files, FileOp, FilesAuth};
+use crate::blocking;
 use crate::error::{Error, HttpFailure};
 use crate::filesystem::entry::{validate_metadata, write_metadata, MetadataWritten};
 use crate::filesystem::{chown_to, create_dirs, fs_type};
@@ -101,13 +103,9 @@ pub async fn download(
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
     let gzip_accepted = accepts_gzip(&headers);
-    let (head_tx, head_rx) = oneshot::channel();
+    let (head, first, reader) = blocking::run(move || open_download(&path, gzip_accepted)).await?;
     let (tx, rx) = mpsc::channel::<Result<Bytes, std::io::Error>>(4);
-    tokio::task::spawn_blocking(move || send_file(&path, gzip_accepted, head_tx, tx));
-    let head = head_rx.await.map_err(|_| Error::Io {
-        context: format!("read {raw}"),
-        source: std::io::Error::other("the file's reader stopped"),
-    })??;
+    tokio::spawn(pump(reader, first, tx));
 
     let mut resp = Response::new(Body::from_stream(ReceiverStream::new(rx)));
     let h = resp.headers_mut();
@@ -128,28 +126,18 @@ pub async fn download(
 }
 
 /// What the response's headers need to know before its body flows.
+#[derive(Debug)]
 struct Head {
     /// The body's length when known before it is read ([`known_len`]).
     len: Option<u64>,
     gzip: bool,
 }
 
-/// A download's whole life on one blocking thread: opens the file, decides on gzip from
-/// its first [`SAMPLE`] bytes, answers `head_tx`, then streams the body into `tx`.
-fn send_file(
-    path: &Path,
-    gzip_accepted: bool,
-    head_tx: oneshot::Sender<Result<Head, Error>>,
-    tx: mpsc::Sender<Result<Bytes, std::io::Error>>,
-) {
-    let opened = open_for_download(path);
-    let (file, len, sample) = match opened {
-        Ok(opened) => opened,
-        Err(e) => {
-            let _ = head_tx.send(Err(e));
-            return;
-        }
-    };
+/// Open a download: what its headers say, its body's first bytes (the first [`SAMPLE`]
+/// bytes of the file, gzipped if that pays and the client accepts it) and the reader of
+/// the rest.
+fn open_download(path: &Path, gzip_accepted: bool) -> Result<(Head, Bytes, Reader), Error> {
+    let (file, len, sample) = open_for_download(path)?;
     let (encoding, first) = match gzip_accepted.then(|| gzip_if_it_halves(&sample)).flatten() {
         Some(mut encoder) => {
             let first = std::mem::take(encoder.get_mut());
@@ -158,9 +146,12 @@ fn send_file(
         None => (Encoding::Identity, sample),
     };
     let gzip = matches!(encoding, Encoding::Gzip(_));
-    if head_tx.send(Ok(Head { len, gzip })).is_ok() {
-        pump(file, encoding, Bytes::from(first), &tx);
-    }
+    let reader = Reader {
+        file,
+        encoding: Some(encoding),
+        buf: vec![0; CHUNK],
+    };
+    Ok((Head { len, gzip }, Bytes::from(first), reader))
 }
 
 /// The file at `path`, its length if known ([`known_len`]) and its first [`SAMPLE`]
@@ -251,43 +242,59 @@ impl Encoding {
     }
 }
 
-/// Sends `first`, then the rest of `file` through `encoding`. An error cuts the
-/// response short, so the client sees a failed transfer; a client that went away stops it.
-fn pump(
-    mut file: std::fs::File,
-    mut encoding: Encoding,
-    first: Bytes,
-    tx: &mpsc::Sender<Result<Bytes, std::io::Error>>,
-) {
-    let send = |bytes: Bytes| bytes.is_empty() || tx.blocking_send(Ok(bytes)).is_ok();
-    let fail = |e| {
-        let _ = tx.blocking_send(Err(e));
-    };
-    if !send(first) {
-        return;
-    }
-    let mut buf = vec![0u8; CHUNK];
-    loop {
-        let n = match file.read(&mut buf) {
-            Ok(0) => break,
-            Ok(n) => n,
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-            Err(e) => return fail(e),
+/// The rest of a download, read a chunk at a time.
+struct Reader {
+    file: std::fs::File,
+    /// `None` once the file's end was read.
+    encoding: Option<Encoding>,
+    buf: Vec<u8>,
+}
+
+impl Reader {
+    /// What the next read of the file gives to send (gzip may give nothing yet), with
+    /// what the encoding held at the end; `None` after that.
+    fn read(&mut self) -> std::io::Result<Option<Bytes>> {
+        let Some(encoding) = self.encoding.as_mut() else {
+            return Ok(None);
         };
-        match encoding.push(&buf[..n]) {
-            Ok(bytes) => {
-                if !send(bytes) {
-                    return;
-                }
+        let n = loop {
+            match self.file.read(&mut self.buf) {
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                read => break read?,
             }
-            Err(e) => return fail(e),
+        };
+        if n == 0 {
+            return self.encoding.take().map(Encoding::finish).transpose();
         }
+        encoding.push(&self.buf[..n]).map(Some)
     }
-    match encoding.finish() {
-        Ok(bytes) => {
-            send(bytes);
+}
+
+/// Sends `first`, then the rest of the file, each read on a blocking thread only for
+/// as long as it takes: a slow client holds no thread. An error cuts the response
+/// short, so the client sees a failed transfer; a client that went away stops it.
+async fn pump(mut reader: Reader, first: Bytes, tx: mpsc::Sender<Result<Bytes, std::io::Error>>) {
+    let mut bytes = first;
+    loop {
+        if !bytes.is_empty() && tx.send(Ok(bytes)).await.is_err() {
+            return;
         }
-        Err(e) => fail(e),
+        let read = blocking::run(move || {
+            let read = reader.read();
+            Ok((reader, read))
+        })
+        .await;
+        let failed = match read {
+            Ok((back, Ok(Some(next)))) => {
+                (reader, bytes) = (back, next);
+                continue;
+            }
+            Ok((_, Ok(None))) => return,
+            Ok((_, Err(e))) => e,
+            Err(e) => std::io::Error::other(e),
+        };
+        let _ = tx.send(Err(failed)).await;
+        return;
     }
 }
 
@@ -378,9 +385,7 @@ pub async fn upload(
         ))
         .into());
     }
-    if written.is_empty() {
-        return Err(Error::InvalidArgument("the upload contained no file".into()).into());
-    }
+    // A multipart body without a `file` part writes nothing and answers `[]`, as envd does.
     Ok(Json(written))
 }
 
@@ -413,41 +418,28 @@ async fn write_file(
     metadata: &BTreeMap<String, String>,
 ) -> Result<WriteInfo, Error> {
     let (tx, rx) = mpsc::channel::<Piece>(8);
-    let writer = {
-        let (dest, user, metadata) = (dest.clone(), user.clone(), metadata.clone());
-        tokio::task::spawn_blocking(move || {
-            let target = Target::of(&dest)?;
-            create_dirs(target.dir()?, &user)?;
-            write_blocking(&target, &user, rx, gzip, limit, &metadata)
-        })
-    };
-    let mut chunks = std::pin::pin!(chunks);
-    let mut failed = None;
-    while let Some(chunk) = chunks.next().await {
-        match chunk {
-            // A closed channel means the writer stopped early; it says why below.
-            Ok(c) => {
-                if tx.send(Piece::Data(c)).await.is_err() {
-                    break;
-                }
-            }
-            Err(e) => {
-                failed = Some(e);
-                break;
+    let feed = async move {
+        let mut chunks = std::pin::pin!(chunks);
+        while let Some(chunk) = chunks.next().await {
+            // A closed channel means the writer stopped early; it says why.
+            if tx.send(Piece::Data(chunk?)).await.is_err() {
+                return Ok(());
             }
         }
-    }
-    if failed.is_none() {
         let _ = tx.send(Piece::Done).await;
-    }
-    drop(tx);
-    let writer_result = writer
-        .await
-        .map_err(|e| Error::io("upload writer", std::io::Error::other(e.to_string())))?;
-    if let Some(e) = failed {
-        return Err(e);
-    }
-    let written = writer_result?;
+        Ok(())
+    };
+    let landed = land(
+        dest.clone(),
+        user.clone(),
+        rx,
+        Sinking { gzip, limit },
+        metadata.clone(),
+    );
+    // A failed feed drops its sender without `Done`: the writer discards the file.
+    let (fed, landed): (Result<(), Error>, _) = tokio::join!(feed, landed);
+    fed?;
+    let written = landed?;
 
     Ok(WriteInfo {
         name: dest
@@ -460,6 +452,46 @@ async fn write_file(
         metadata: (written == MetadataWritten::Stored && !metadata.is_empty())
             .then(|| metadata.clone()),
     })
+}
+
+/// Write what `rx` brings into the file `dest` names, the file work on blocking threads,
+/// each only for as long as it takes: a slow client holds no thread.
+async fn land(
+    dest: PathBuf,
+    user: User,
+    mut rx: mpsc::Receiver<Piece>,
+    sinking: Sinking,
+    metadata: BTreeMap<String, String>,
+) -> Result<MetadataWritten, Error> {
+    let (mut upload, user) = blocking::run(move || {
+        let upload = Upload::begin(&dest, &user, sinking)?;
+        Ok((upload, user))
+    })
+    .await?;
+    let mut pieces = Vec::new();
+    loop {
+        // What came meanwhile goes in one trip to a thread.
+        if rx.recv_many(&mut pieces, 8).await == 0 {
+            return Err(Error::InvalidArgument(format!(
+                "upload to {} was cut short",
+                upload.path.display()
+            )));
+        }
+        let batch = std::mem::take(&mut pieces);
+        let done = matches!(batch.last(), Some(Piece::Done));
+        upload = blocking::run(move || {
+            for piece in &batch {
+                if let Piece::Data(chunk) = piece {
+                    upload.write(chunk)?;
+                }
+            }
+            Ok(upload)
+        })
+        .await?;
+        if done {
+            return blocking::run(move || upload.commit(&user, &metadata)).await;
+        }
+    }
 }
 
 /// Where an upload lands: the destination with its symlinks followed (the link stays, its
@@ -568,8 +600,8 @@ fn follow_links(dest: &Path) -> Result<PathBuf, Error> {
     )))
 }
 
-/// What the upload's writer thread receives. Only an explicit `Done` commits the file: if
-/// the request dies midway (the channel just closes), the temp file is discarded.
+/// What an upload's writer receives. Only an explicit `Done` commits the file: if the
+/// request dies midway (the channel just closes), the temp file is discarded.
 enum Piece {
     Data(Bytes),
     Done,
@@ -597,13 +629,33 @@ impl<W: Write> Write for Capped<W> {
     }
 }
 
-/// The temp file, written plain or through a gzip decoder.
+/// How an upload's bytes go into its file: gunzipped or not, up to `limit` bytes.
+#[derive(Debug, Clone, Copy)]
+struct Sinking {
+    gzip: bool,
+    limit: u64,
+}
+
+/// The file being written, plain or through a gzip decoder.
 enum Sink<W: Write> {
     Plain(Capped<W>),
     Gzip(Box<flate2::write::GzDecoder<Capped<W>>>),
 }
 
 impl<W: Write> Sink<W> {
+    fn new(inner: W, how: Sinking) -> Self {
+        let capped = Capped {
+            inner,
+            written: 0,
+            limit: how.limit,
+        };
+        if how.gzip {
+            Sink::Gzip(Box::new(flate2::write::GzDecoder::new(capped)))
+        } else {
+            Sink::Plain(capped)
+        }
+    }
+
     fn write_all(&mut self, data: &[u8]) -> std::io::Result<()> {
         match self {
             Sink::Plain(w) => w.write_all(data),
@@ -611,32 +663,122 @@ impl<W: Write> Sink<W> {
         }
     }
 
-    /// Flush what is buffered; for gzip, also check the stream was complete.
-    fn finish(&mut self) -> std::io::Result<()> {
+    /// Flush what is buffered (for gzip, checking the stream was complete) and give the
+    /// file back.
+    fn finish(self) -> std::io::Result<W> {
         match self {
-            Sink::Plain(w) => w.flush(),
-            Sink::Gzip(w) => w.try_finish(),
+            Sink::Plain(mut w) => w.flush().map(|()| w.inner),
+            Sink::Gzip(w) => w.finish().map(|w| w.inner),
         }
     }
 }
 
-fn write_blocking(
-    target: &Target,
-    user: &User,
-    rx: mpsc::Receiver<Piece>,
-    gzip: bool,
-    limit: u64,
-    metadata: &BTreeMap<String, String>,
-) -> Result<MetadataWritten, Error> {
-    let dest = target.path.as_path();
-    let ctx = |what: &str| format!("{what} {}", dest.display());
-    let map = |what: &str, e: std::io::Error| {
+/// How an upload completes, by its [`Landing`].
+enum Finish {
+    /// The temp file (deleted if dropped) is given `mode`, the user's ownership and
+    /// metadata, then renamed over the target.
+    Rename { temp: TempPath, mode: u32 },
+    /// The target, written in place, gets the user's ownership and metadata.
+    InPlace,
+    /// The system's file: left as it is.
+    Special,
+}
+
+/// An upload's file while it is written, on blocking threads.
+struct Upload {
+    /// The target, symlinks followed.
+    path: PathBuf,
+    sink: Sink<std::fs::File>,
+    finish: Finish,
+    sinking: Sinking,
+}
+
+impl Upload {
+    /// Open what `dest` takes the upload into, making its missing directories.
+    fn begin(dest: &Path, user: &User, sinking: Sinking) -> Result<Upload, Error> {
+        let target = Target::of(dest)?;
+        let dir = target.dir()?;
+        create_dirs(dir, user)?;
+        let path = target.path.as_path();
+        let opened = |e| Error::io(format!("open {}", path.display()), e);
+        let (file, finish) = match target.landing {
+            Landing::Replace { mode } => {
+                let (file, temp) = tempfile::Builder::new()
+                    .prefix(TEMP_PREFIX)
+                    .tempfile_in(dir)
+                    .map_err(|e| Error::io(format!("create temp file for {}", path.display()), e))?
+                    .into_parts();
+                (file, Finish::Rename { temp, mode })
+            }
+            Landing::InPlace => (open_in_place(path).map_err(opened)?, Finish::InPlace),
+            Landing::Special => (open_in_place(path).map_err(opened)?, Finish::Special),
+        };
+        Ok(Upload {
+            sink: Sink::new(file, sinking),
+            finish,
+            sinking,
+            path: target.path,
+        })
+    }
+
+    fn write(&mut self, data: &[u8]) -> Result<(), Error> {
+        self.sink
+            .write_all(data)
+            .map_err(|e| self.error("write", e))
+    }
+
+    /// Complete the file (see [`Finish`]), fsynced.
+    fn commit(
+        self,
+        user: &User,
+        metadata: &BTreeMap<String, String>,
+    ) -> Result<MetadataWritten, Error> {
+        let Upload {
+            path,
+            sink,
+            finish,
+            sinking,
+        } = self;
+        let error = |what: &str, e| Upload::error_for(&path, sinking, what, e);
+        let file = sink.finish().map_err(|e| error("write", e))?;
+        let give_to_user = |path: &Path| {
+            chown_to(path, user)?;
+            write_metadata(path, metadata)
+        };
+        match finish {
+            Finish::Rename { temp, mode } => {
+                file.set_permissions(std::fs::Permissions::from_mode(mode))
+                    .map_err(|e| error("chmod", e))?;
+                let written = give_to_user(&temp)?;
+                file.sync_all().map_err(|e| error("fsync", e))?;
+                temp.persist(&path)
+                    .map_err(|e| error("rename into", e.error))?;
+                Ok(written)
+            }
+            Finish::InPlace => {
+                let written = give_to_user(&path)?;
+                file.sync_all().map_err(|e| error("fsync", e))?;
+                Ok(written)
+            }
+            Finish::Special => Ok(MetadataWritten::NotStored),
+        }
+    }
+
+    fn error(&self, what: &str, e: std::io::Error) -> Error {
+        Upload::error_for(&self.path, self.sinking, what, e)
+    }
+
+    /// `e`, met doing `what` to the upload into `path`: over the limit, bad gzip, or the
+    /// OS's error.
+    fn error_for(path: &Path, sinking: Sinking, what: &str, e: std::io::Error) -> Error {
+        let ctx = format!("{what} {}", path.display());
         if e.kind() == std::io::ErrorKind::FileTooLarge {
             Error::TooLarge(format!(
-                "upload to {} is over the {limit} byte limit",
-                dest.display()
+                "upload to {} is over the {} byte limit",
+                path.display(),
+                sinking.limit
             ))
-        } else if gzip
+        } else if sinking.gzip
             && matches!(
                 e.kind(),
                 std::io::ErrorKind::InvalidInput
@@ -644,43 +786,9 @@ fn write_blocking(
                     | std::io::ErrorKind::UnexpectedEof
             )
         {
-            Error::InvalidArgument(format!("{}: invalid gzip data: {e}", ctx(what)))
+            Error::InvalidArgument(format!("{ctx}: invalid gzip data: {e}"))
         } else {
-            Error::io(ctx(what), e)
-        }
-    };
-    let receive = |file: &std::fs::File| receive(file, rx, gzip, limit, dest, &map);
-    let give_to_user = |path: &Path| {
-        chown_to(path, user)?;
-        write_metadata(path, metadata)
-    };
-    match target.landing {
-        Landing::Replace { mode } => {
-            // Dropped on any early return: the temp file is deleted.
-            let tmp = tempfile::Builder::new()
-                .prefix(TEMP_PREFIX)
-                .tempfile_in(target.dir()?)
-                .map_err(|e| map("create temp file for", e))?;
-            receive(tmp.as_file())?;
-            tmp.as_file()
-                .set_permissions(std::fs::Permissions::from_mode(mode))
-                .map_err(|e| map("chmod", e))?;
-            let written = give_to_user(tmp.path())?;
-            tmp.as_file().sync_all().map_err(|e| map("fsync", e))?;
-            tmp.persist(dest).map_err(|e| map("rename into", e.error))?;
-            Ok(written)
-        }
-        Landing::InPlace => {
-            let file = open_in_place(dest).map_err(|e| map("open", e))?;
-            receive(&file)?;
-            let written = give_to_user(dest)?;
-            file.sync_all().map_err(|e| map("fsync", e))?;
-            Ok(written)
-        }
-        Landing::Special => {
-            let file = open_in_place(dest).map_err(|e| map("open", e))?;
-            receive(&file)?;
-            Ok(MetadataWritten::NotStored)
+            Error::io(ctx, e)
         }
     }
 }
@@ -703,41 +811,6 @@ fn open_in_place(path: &Path) -> std::io::Result<std::fs::File> {
         return Err(std::io::Error::last_os_error());
     }
     Ok(file)
-}
-
-/// Write what `rx` brings into `file` (decoded when `gzip`), up to `limit` bytes, until
-/// the explicit `Done`.
-fn receive(
-    file: &std::fs::File,
-    mut rx: mpsc::Receiver<Piece>,
-    gzip: bool,
-    limit: u64,
-    dest: &Path,
-    map: &dyn Fn(&str, std::io::Error) -> Error,
-) -> Result<(), Error> {
-    let sink = Capped {
-        inner: file,
-        written: 0,
-        limit,
-    };
-    let mut out = if gzip {
-        Sink::Gzip(Box::new(flate2::write::GzDecoder::new(sink)))
-    } else {
-        Sink::Plain(sink)
-    };
-    loop {
-        match rx.blocking_recv() {
-            Some(Piece::Data(chunk)) => out.write_all(&chunk).map_err(|e| map("write", e))?,
-            Some(Piece::Done) => break,
-            None => {
-                return Err(Error::InvalidArgument(format!(
-                    "upload to {} was cut short",
-                    dest.display()
-                )))
-            }
-        }
-    }
-    out.finish().map_err(|e| map("write", e))
 }
 
 #[cfg(test)]
@@ -847,13 +920,68 @@ mod tests {
         data: &[u8],
         metadata: &BTreeMap<String, String>,
     ) -> Result<MetadataWritten, Error> {
-        let target = Target::of(dest)?;
-        let (tx, rx) = mpsc::channel(2);
-        tx.try_send(Piece::Data(Bytes::copy_from_slice(data)))
-            .unwrap();
-        tx.try_send(Piece::Done).unwrap();
         let user = crate::users::Users::default().lookup("root").unwrap();
-        write_blocking(&target, &user, rx, false, 1 << 20, metadata)
+        let sinking = Sinking {
+            gzip: false,
+            limit: 1 << 20,
+        };
+        let mut upload = Upload::begin(dest, &user, sinking)?;
+        upload.write(data)?;
+        upload.commit(&user, metadata)
+    }
+
+    #[tokio::test]
+    async fn an_upload_cut_short_leaves_the_file_as_it_was() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("f");
+        std::fs::write(&file, "previous").unwrap();
+        let (tx, rx) = mpsc::channel(2);
+        tx.send(Piece::Data(Bytes::from_static(b"new")))
+            .await
+            .unwrap();
+        drop(tx);
+        let user = crate::users::Users::default().lookup("root").unwrap();
+        let sinking = Sinking {
+            gzip: false,
+            limit: 1 << 20,
+        };
+        let landed = land(file.clone(), user, rx, sinking, BTreeMap::new()).await;
+        assert!(
+            matches!(landed, Err(Error::InvalidArgument(_))),
+            "{landed:?}"
+        );
+        assert_eq!(std::fs::read(&file).unwrap(), b"previous");
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
+    }
+
+    /// The whole body of a download of `path`, as the client gets it (still gzipped).
+    fn download(path: &Path, gzip_accepted: bool) -> (Head, Vec<u8>) {
+        let (head, first, mut reader) = open_download(path, gzip_accepted).unwrap();
+        let mut body = first.to_vec();
+        while let Some(bytes) = reader.read().unwrap() {
+            body.extend_from_slice(&bytes);
+        }
+        (head, body)
+    }
+
+    #[test]
+    fn a_download_is_the_whole_file_chunk_by_chunk() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("f");
+        let text = "line of text\n".repeat(3 * CHUNK / 10);
+        std::fs::write(&file, &text).unwrap();
+
+        let (head, body) = download(&file, false);
+        assert_eq!((head.len, head.gzip), (Some(text.len() as u64), false));
+        assert_eq!(body, text.as_bytes());
+
+        let (head, body) = download(&file, true);
+        assert!(head.gzip);
+        let mut plain = String::new();
+        flate2::read::GzDecoder::new(&body[..])
+            .read_to_string(&mut plain)
+            .unwrap();
+        assert_eq!(plain, text);
     }
 
     #[test]
@@ -919,6 +1047,14 @@ mod tests {
         upload(&a, b"new").unwrap();
         assert_eq!(std::fs::read(&b).unwrap(), b"new");
         assert_eq!(std::fs::metadata(&a).unwrap().nlink(), 2);
+
+        // Written in place, the file keeps its xattrs: an upload replaces the metadata
+        // set rather than adding to it.
+        let one = |k: &str| BTreeMap::from([(k.to_string(), "v".to_string())]);
+        upload_with_metadata(&a, b"x", &one("old")).unwrap();
+        upload_with_metadata(&a, b"y", &one("new")).unwrap();
+        let read = crate::filesystem::entry::read_metadata(&b).unwrap();
+        assert_eq!(read, one("new"));
     }
 
     #[test]
@@ -1032,6 +1168,13 @@ mod tests {
 
         let (status, _) = post_multipart("", &[("file", None, "x")]).await;
         assert_eq!(status, StatusCode::BAD_REQUEST);
+
+        // No file part at all: nothing written, and no error.
+        let (status, body) = post_multipart(&format!("path={a_str}"), &[("note", None, "x")]).await;
+        assert_eq!((status, body.as_str()), (StatusCode::OK, "[]"));
+        let (status, body) = post_multipart("", &[]).await;
+        assert_eq!((status, body.as_str()), (StatusCode::OK, "[]"));
+        assert_eq!(std::fs::read(&a).unwrap(), b"first");
     }
 
     #[test]

@@ -54,6 +54,8 @@ async fn serve() -> Result<(), Box<dyn std::error::Error>> {
         .with_writer(std::io::stderr)
         .init();
 
+    // Its threads are made now, while no user process can have filled the task limit.
+    blocking::start()?;
     // Before anything can start a child: the reaper must see every SIGCHLD, and children
     // learn which handlers they drop (all of the agent's are installed by then).
     let reaper = Reaper::start()?;

@@ -2,7 +2,7 @@
 //! group names, modification time, symlink target and `user.e2b.*` metadata.
 
 use std::collections::BTreeMap;
-use std::ffi::CString;
+use std::ffi::{CStr, CString};
 use std::fs::Metadata;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::MetadataExt;
@@ -162,39 +162,55 @@ fn syscall_len(n: isize) -> std::io::Result<usize> {
     usize::try_from(n).map_err(|_| std::io::Error::last_os_error())
 }
 
+/// The names of the `user.e2b.*` xattrs of `path` (not following symlinks), prefix
+/// included.
+fn metadata_names(path: &CStr) -> std::io::Result<Vec<CString>> {
+    let list = read_xattr(|buf| {
+        // SAFETY: the buffer is valid for its length.
+        syscall_len(unsafe { libc::llistxattr(path.as_ptr(), buf.as_mut_ptr().cast(), buf.len()) })
+    })?;
+    Ok(list
+        .split(|b| *b == 0)
+        .filter(|name| name.starts_with(METADATA_PREFIX.as_bytes()))
+        // Split on NUL, so never refused.
+        .filter_map(|name| CString::new(name).ok())
+        .collect())
+}
+
+/// The key a metadata xattr name stands for.
+fn metadata_key(name: &CStr) -> &[u8] {
+    &name.to_bytes()[METADATA_PREFIX.len()..]
+}
+
 /// The `user.e2b.*` xattrs of `path` (not following symlinks), prefix stripped. A
 /// filesystem without xattr support simply has no metadata.
 pub fn read_metadata(path: &Path) -> Result<BTreeMap<String, String>, Error> {
     let c = cpath(path)?;
     let mut out = BTreeMap::new();
-    let Ok(names) = read_xattr(|buf| {
-        // SAFETY: the buffer is valid for its length.
-        syscall_len(unsafe { libc::llistxattr(c.as_ptr(), buf.as_mut_ptr().cast(), buf.len()) })
-    }) else {
+    let Ok(names) = metadata_names(&c) else {
         return Ok(out);
     };
-    for name in names.split(|b| *b == 0).filter(|n| !n.is_empty()) {
-        let Some(key) = name.strip_prefix(METADATA_PREFIX.as_bytes()) else {
-            continue;
-        };
-        let cname = CString::new(name).expect("split on NUL leaves no NUL");
+    for name in names {
         let value = read_xattr(|buf| {
             // SAFETY: the buffer is valid for its length.
             syscall_len(unsafe {
                 libc::lgetxattr(
                     c.as_ptr(),
-                    cname.as_ptr(),
+                    name.as_ptr(),
                     buf.as_mut_ptr().cast(),
                     buf.len(),
                 )
             })
         });
-        // Removed since it was listed: not there.
-        if let Ok(value) = value {
-            out.insert(
-                String::from_utf8_lossy(key).into_owned(),
-                String::from_utf8_lossy(&value).into_owned(),
-            );
+        // Removed since it was listed: not there. A key or value that is not UTF-8 (set
+        // in the sandbox, with setfattr say) is skipped, as envd skips it: the protocol's
+        // strings cannot carry it, and a lossy copy would name another key or value.
+        let Ok(value) = value else { continue };
+        if let (Ok(key), Ok(value)) = (
+            std::str::from_utf8(metadata_key(&name)),
+            String::from_utf8(value),
+        ) {
+            out.insert(key.to_owned(), value);
         }
     }
     Ok(out)
@@ -209,14 +225,49 @@ pub enum MetadataWritten {
     NotStored,
 }
 
-/// Set `user.e2b.<key>` on `path` for each entry. On a filesystem that keeps no xattrs
-/// nothing is stored: logged, not an error, as envd keeps the file then. A name or value
-/// the filesystem finds too large is the caller's argument.
+/// Make the `user.e2b.*` xattrs of `path` exactly `metadata`, as envd does: other keys
+/// are removed (a file written in place keeps its xattrs, and an upload replaces the
+/// whole set), the given ones set. On a filesystem that keeps no xattrs nothing is
+/// stored: logged, not an error, as envd keeps the file then. A name or value the
+/// filesystem finds too large is the caller's argument.
 pub fn write_metadata(
     path: &Path,
     metadata: &BTreeMap<String, String>,
 ) -> Result<MetadataWritten, Error> {
     let c = cpath(path)?;
+    let failed = |context: String, e: std::io::Error| match e.raw_os_error() {
+        // ENOTSUP is the same number on Linux.
+        Some(libc::EOPNOTSUPP) => {
+            if !metadata.is_empty() {
+                tracing::warn!(error = %e, "{context}: the filesystem keeps no metadata");
+            }
+            Ok(MetadataWritten::NotStored)
+        }
+        Some(libc::E2BIG | libc::ERANGE) => Err(Error::InvalidArgument(format!("{context}: {e}"))),
+        _ => Err(Error::io(context, e)),
+    };
+    let names = match metadata_names(&c) {
+        Ok(names) => names,
+        Err(e) => return failed(format!("list metadata of {}", path.display()), e),
+    };
+    for name in names {
+        let key = metadata_key(&name);
+        if std::str::from_utf8(key).is_ok_and(|key| metadata.contains_key(key)) {
+            continue;
+        }
+        // SAFETY: both are valid NUL-terminated strings.
+        if unsafe { libc::lremovexattr(c.as_ptr(), name.as_ptr()) } != 0 {
+            let e = std::io::Error::last_os_error();
+            // Removed meanwhile: gone as asked.
+            if e.raw_os_error() != Some(libc::ENODATA) {
+                let key = String::from_utf8_lossy(key);
+                return failed(
+                    format!("remove metadata {key:?} from {}", path.display()),
+                    e,
+                );
+            }
+        }
+    }
     for (key, value) in metadata {
         let name = CString::new(format!("{METADATA_PREFIX}{key}"))
             .map_err(|_| Error::InvalidArgument("metadata key contains a NUL byte".into()))?;
@@ -230,22 +281,10 @@ pub fn write_metadata(
                 0,
             )
         };
-        if rc == 0 {
-            continue;
+        if rc != 0 {
+            let e = std::io::Error::last_os_error();
+            return failed(format!("set metadata {key:?} on {}", path.display()), e);
         }
-        let e = std::io::Error::last_os_error();
-        let context = format!("set metadata {key:?} on {}", path.display());
-        return match e.raw_os_error() {
-            // ENOTSUP is the same number on Linux.
-            Some(libc::EOPNOTSUPP) => {
-                tracing::warn!(error = %e, "{context}: the filesystem keeps no metadata");
-                Ok(MetadataWritten::NotStored)
-            }
-            Some(libc::E2BIG | libc::ERANGE) => {
-                Err(Error::InvalidArgument(format!("{context}: {e}")))
-            }
-            _ => Err(Error::io(context, e)),
-        };
     }
     Ok(MetadataWritten::Stored)
 }
@@ -379,6 +418,38 @@ mod tests {
             MetadataWritten::Stored
         );
         assert_eq!(read_metadata(&file).unwrap(), metadata);
+
+        // Writing again replaces the set: keys not given are removed.
+        let next = BTreeMap::from([
+            ("owner".to_string(), "bob".to_string()),
+            ("new".to_string(), "x".to_string()),
+        ]);
+        write_metadata(&file, &next).unwrap();
+        assert_eq!(read_metadata(&file).unwrap(), next);
+
+        // What is not UTF-8 (set in the sandbox) is not read, and is replaced too.
+        let c = cpath(&file).unwrap();
+        for (name, value) in [
+            (&b"user.e2b.k\xff"[..], &b"v"[..]),
+            (b"user.e2b.v", b"\xfe"),
+        ] {
+            let name = CString::new(name).unwrap();
+            // SAFETY: valid pointers for the given lengths.
+            let rc = unsafe {
+                libc::lsetxattr(
+                    c.as_ptr(),
+                    name.as_ptr(),
+                    value.as_ptr().cast(),
+                    value.len(),
+                    0,
+                )
+            };
+            assert_eq!(rc, 0, "{}", std::io::Error::last_os_error());
+        }
+        assert_eq!(metadata_names(&c).unwrap().len(), 4);
+        assert_eq!(read_metadata(&file).unwrap(), next);
+        write_metadata(&file, &BTreeMap::new()).unwrap();
+        assert!(metadata_names(&c).unwrap().is_empty());
 
         // procfs keeps no xattrs: nothing stored, and no error.
         let comm = Path::new("/proc/self/comm");

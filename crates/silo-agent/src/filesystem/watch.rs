@@ -12,7 +12,7 @@
 //! as with envd.
 
 use std::collections::{HashMap, HashSet};
-use std::ffi::OsStr;
+use std::ffi::{OsStr, OsString};
 use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
@@ -28,7 +28,7 @@ use silo_protocol::envd::{
     GetWatcherEventsResponse, RemoveWatcherRequest, WatchDirRequest, WatchDirResponse,
 };
 use tokio::io::unix::AsyncFd;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, OwnedMutexGuard};
 
 use super::entry::entry_info;
 use super::fs_type;
@@ -64,6 +64,14 @@ fn mask() -> WatchMask {
 
 fn is_temp(name: &OsStr) -> bool {
     name.as_bytes().starts_with(TEMP_PREFIX.as_bytes())
+}
+
+/// An inotify event as read, before [`DirWatcher::translate`].
+struct Queued {
+    wd: WatchDescriptor,
+    mask: EventMask,
+    cookie: u32,
+    name: Option<OsString>,
 }
 
 /// One inotify instance watching a directory (tree).
@@ -153,17 +161,47 @@ impl DirWatcher {
         Ok(())
     }
 
-    /// Everything queued right now, translated. Never waits.
-    fn drain(&mut self) -> Vec<FilesystemEvent> {
-        let mut raw = Vec::new();
+    /// Everything queued right now, as read. Never waits.
+    fn read_queued(&mut self) -> Vec<Queued> {
+        let mut queued = Vec::new();
         // Until WouldBlock: the queue is empty.
         while let Ok(events) = self.inotify.read_events(&mut self.buf) {
             for e in events {
-                raw.push((e.wd, e.mask, e.cookie, e.name.map(|n| n.to_os_string())));
+                queued.push(Queued {
+                    wd: e.wd,
+                    mask: e.mask,
+                    cookie: e.cookie,
+                    name: e.name.map(OsStr::to_os_string),
+                });
             }
         }
+        queued
+    }
+
+    /// Whether translating `queued` touches the filesystem (describing entries, watching
+    /// new directories), so that it is better done on a blocking thread.
+    fn touches_filesystem(&self, queued: &[Queued]) -> bool {
+        (self.include_entry && !queued.is_empty())
+            || queued.iter().any(|e| self.watches_new_dir(e.mask))
+    }
+
+    /// Whether an event of `mask` is a directory to watch too.
+    fn watches_new_dir(&self, mask: EventMask) -> bool {
+        self.recursive
+            && mask.contains(EventMask::ISDIR)
+            && mask.intersects(EventMask::CREATE | EventMask::MOVED_TO)
+    }
+
+    /// `queued` as envd reports it.
+    fn translate(&mut self, queued: Vec<Queued>) -> Vec<FilesystemEvent> {
         let mut out = Vec::new();
-        for (wd, mask, cookie, name) in raw {
+        for Queued {
+            wd,
+            mask,
+            cookie,
+            name,
+        } in queued
+        {
             if mask.contains(EventMask::IGNORED) {
                 self.dirs.remove(&wd);
                 continue;
@@ -189,10 +227,7 @@ impl DirWatcher {
                 }
                 continue;
             }
-            if self.recursive
-                && mask.contains(EventMask::ISDIR)
-                && (mask.contains(EventMask::CREATE) || mask.contains(EventMask::MOVED_TO))
-            {
+            if self.watches_new_dir(mask) {
                 let _ = self.add_tree(rel.clone());
             }
             let kind = if mask.intersects(EventMask::CREATE | EventMask::MOVED_TO) {
@@ -256,12 +291,21 @@ async fn open(
     blocking::run(move || DirWatcher::new(root, &req, user_db)).await
 }
 
-/// [`DirWatcher::drain`] on a blocking thread: describing entries and watching new
-/// directories touch the filesystem.
-async fn drain(mut watcher: DirWatcher) -> Result<(DirWatcher, Vec<FilesystemEvent>), Error> {
+/// What the watcher `holder` holds has queued, translated: on a blocking thread when that
+/// touches the filesystem, here otherwise (no trip to a thread for a plain batch).
+async fn drain<H: Send + 'static>(
+    mut holder: H,
+    watcher: fn(&mut H) -> &mut DirWatcher,
+) -> Result<(H, Vec<FilesystemEvent>), Error> {
+    let w = watcher(&mut holder);
+    let queued = w.read_queued();
+    if !w.touches_filesystem(&queued) {
+        let events = w.translate(queued);
+        return Ok((holder, events));
+    }
     blocking::run(move || {
-        let events = watcher.drain();
-        Ok((watcher, events))
+        let events = watcher(&mut holder).translate(queued);
+        Ok((holder, events))
     })
     .await
 }
@@ -290,7 +334,7 @@ pub async fn watch_dir(
                 _ = tx.closed() => return,
             }
             let events;
-            (watcher, events) = match drain(watcher).await {
+            (watcher, events) = match drain(watcher, |w| w).await {
                 Ok(drained) => drained,
                 Err(_) => return,
             };
@@ -315,19 +359,25 @@ pub async fn watch_dir(
 
 /// A watcher polled through `GetWatcherEvents`.
 struct Polled {
-    inner: Mutex<(DirWatcher, Vec<FilesystemEvent>)>,
+    inner: Arc<tokio::sync::Mutex<Pending>>,
     /// The background drain, stopped with the watcher (it holds a descriptor of the
     /// inotify instance, which would otherwise keep the watches alive).
     task: std::sync::OnceLock<tokio::task::AbortHandle>,
 }
 
+/// A polled watcher and the events it has for the next poll.
+struct Pending {
+    watcher: DirWatcher,
+    events: Vec<FilesystemEvent>,
+}
+
 impl Polled {
-    /// Move what inotify has queued into the pending list; returns the pending list.
-    fn collect(&self) -> std::sync::MutexGuard<'_, (DirWatcher, Vec<FilesystemEvent>)> {
-        let mut guard = self.inner.lock().unwrap_or_else(|p| p.into_inner());
-        let (watcher, pending) = &mut *guard;
-        pending.extend(watcher.drain());
-        guard
+    /// Move what inotify has queued into the pending events; returns them, locked.
+    async fn collect(&self) -> Result<OwnedMutexGuard<Pending>, Error> {
+        let pending = self.inner.clone().lock_owned().await;
+        let (mut pending, events) = drain(pending, |p| &mut p.watcher).await?;
+        pending.events.extend(events);
+        Ok(pending)
     }
 }
 
@@ -370,7 +420,10 @@ pub async fn create_watcher(
         state.watchers.next_id.fetch_add(1, Ordering::Relaxed) + 1
     );
     let polled = Arc::new(Polled {
-        inner: Mutex::new((watcher, Vec::new())),
+        inner: Arc::new(tokio::sync::Mutex::new(Pending {
+            watcher,
+            events: Vec::new(),
+        })),
         task: std::sync::OnceLock::new(),
     });
     let weak: Weak<Polled> = Arc::downgrade(&polled);
@@ -381,11 +434,7 @@ pub async fn create_watcher(
             let Some(polled) = weak.upgrade() else {
                 return;
             };
-            let collected = blocking::run(move || {
-                drop(polled.collect());
-                Ok(())
-            });
-            if collected.await.is_err() {
+            if polled.collect().await.is_err() {
                 return;
             }
         }
@@ -400,7 +449,7 @@ pub async fn get_watcher_events(
     Unary(req): Unary<GetWatcherEventsRequest>,
 ) -> Result<Json<GetWatcherEventsResponse>, Error> {
     let polled = state.watchers.get(&req.watcher_id)?;
-    let events = blocking::run(move || Ok(std::mem::take(&mut polled.collect().1))).await?;
+    let events = std::mem::take(&mut polled.collect().await?.events);
     Ok(Json(GetWatcherEventsResponse { events }))
 }
 
@@ -431,13 +480,10 @@ mod tests {
             recursive: true,
             ..Default::default()
         };
-        let (mut watcher, _fd) = DirWatcher::new(dir.path().join("link"), &req, users).unwrap();
+        let (watcher, _fd) = DirWatcher::new(dir.path().join("link"), &req, users).unwrap();
         std::fs::write(real.join("f.txt"), "x").unwrap();
-        let events: Vec<_> = watcher
-            .drain()
-            .into_iter()
-            .map(|e| (e.event_type, e.name))
-            .collect();
+        let (_, events) = drain(watcher, |w| w).await.unwrap();
+        let events: Vec<_> = events.into_iter().map(|e| (e.event_type, e.name)).collect();
         assert_eq!(
             events,
             [
@@ -445,5 +491,38 @@ mod tests {
                 (EventType::Write, "f.txt".to_string()),
             ]
         );
+    }
+
+    #[tokio::test]
+    async fn only_entries_and_new_directories_take_a_blocking_thread() {
+        let dir = tempfile::tempdir().unwrap();
+        let users = UserDb::new(dir.path().join("passwd"), dir.path().join("group"));
+        let watch = |recursive, include_entry| {
+            let req = WatchDirRequest {
+                recursive,
+                include_entry,
+                ..Default::default()
+            };
+            DirWatcher::new(dir.path().to_path_buf(), &req, users.clone())
+                .unwrap()
+                .0
+        };
+        let (mut plain, mut recursive, mut described) =
+            (watch(false, false), watch(true, false), watch(false, true));
+
+        std::fs::write(dir.path().join("f.txt"), "x").unwrap();
+        let queued = plain.read_queued();
+        assert!(!queued.is_empty() && !plain.touches_filesystem(&queued));
+        let queued = recursive.read_queued();
+        assert!(!recursive.touches_filesystem(&queued));
+        let queued = described.read_queued();
+        assert!(described.touches_filesystem(&queued));
+
+        std::fs::create_dir(dir.path().join("sub")).unwrap();
+        let queued = plain.read_queued();
+        assert!(!plain.touches_filesystem(&queued));
+        let queued = recursive.read_queued();
+        assert!(recursive.touches_filesystem(&queued));
+        assert!(!described.touches_filesystem(&[]));
     }
 }

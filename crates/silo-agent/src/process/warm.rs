@@ -28,6 +28,7 @@ use tokio::sync::Notify;
 
 use super::reaper::Reaper;
 use super::spawn::{pipe, spawn, SpawnSpec, Spawned};
+use crate::blocking;
 use crate::users::User;
 
 const BASH: &str = "/bin/bash";
@@ -474,7 +475,7 @@ impl WarmShells {
         let shells = self.clone();
         // Starting a process is synchronous (the thread waits for the exec) and, in gVisor,
         // slow: keep it off the async workers.
-        tokio::task::spawn_blocking(move || {
+        let queued = blocking::spawn(move || {
             let started = WarmShell::start(identity, &shells.reaper);
             let mut slot = shells.slot();
             slot.starting = None;
@@ -491,6 +492,11 @@ impl WarmShells {
             drop(slot);
             shells.started.notify_waiters();
         });
+        // No thread to start it on (only if the agent's failed to start): none is coming.
+        if queued.is_err() {
+            self.slot().starting = None;
+            self.started.notify_waiters();
+        }
     }
 }
 
