@@ -8,6 +8,7 @@ aliased, and deleted only when nothing uses them."""
 import io
 import os
 import subprocess
+import tarfile
 import tempfile
 import time
 import urllib.error
@@ -291,6 +292,40 @@ def test_sdk_template_builder_builds_with_start_and_ready(workspace, server, sdk
         "POST", f"/v2/templates/e2e-sdk-odd/builds/{requested['buildID']}",
         {"fromTemplate": "base", "steps": [{"type": "EXPOSE", "args": ["80"]}]})
     assert status == 400 and 'step type "EXPOSE" is not supported' in body["message"], body
+
+
+def test_a_dockerfiles_symlinks_never_lead_its_copies_onto_the_host(workspace, server, sdk_env):
+    # silo writes COPY, ADD and WORKDIR into the layer as root on the host: a symlink a
+    # step made (`/h -> /`) must lead where it leads in the sandbox, not to the host's /.
+    templates, _ = workspace
+    escape = f"/srv/silo-e2e-escape-{os.getpid()}-{time.monotonic_ns()}"
+    context = templates.parent / "hostile-context"
+    context.mkdir()
+    (context / "app.txt").write_text("copied\n")
+    with tarfile.open(context / "bundle.tar.gz", "w:gz") as bundle:
+        inner = b"added\n"
+        info = tarfile.TarInfo("inner.txt")
+        info.size = len(inner)
+        bundle.addfile(info, io.BytesIO(inner))
+    dockerfile = (
+        "FROM base\n"
+        "RUN ln -s / /h\n"
+        f"COPY app.txt /h{escape}/copied.txt\n"
+        f"ADD bundle.tar.gz /h{escape}/added/\n"
+        f"WORKDIR /h{escape}/workdir\n"
+    )
+    made = build(server, context, "e2e-hostile", dockerfile=dockerfile)
+    assert made.returncode == 0, made.stderr
+    assert not Path(escape).exists(), "the build wrote onto the host"
+
+    sbx = Sandbox.create("e2e-hostile", timeout=60)
+    try:
+        assert sbx.files.read(f"{escape}/copied.txt") == "copied\n"
+        assert sbx.files.read(f"{escape}/added/inner.txt") == "added\n"
+        assert sbx.commands.run("pwd -P").stdout.strip() == f"{escape}/workdir"
+    finally:
+        sbx.kill()
+    assert silo(server, "delete", "e2e-hostile").returncode == 0
 
 
 def test_templates_are_listed_aliased_and_deleted_only_when_unused(workspace, server, sdk_env):

@@ -337,7 +337,7 @@ async fn configure(rootfs: &Path) -> Result<(), BuildError> {
 /// command's time (~25 ms of ~55 ms measured). bash knows its `EUID`; sh falls back to
 /// `id`.
 pub(crate) async fn fast_login_profile(rootfs: &Path) -> Result<(), BuildError> {
-    let path = rootfs.join("etc/profile");
+    let path = path_in(rootfs, "etc/profile")?;
     if !path.is_file() {
         return Ok(());
     }
@@ -370,7 +370,7 @@ pub(crate) async fn configure_host_files(rootfs: &Path) -> Result<(), BuildError
         .await
         .unwrap_or_default();
     write(rootfs, "etc/resolv.conf", &resolv, 0o644).await?;
-    let opt_silo = rootfs.join("opt/silo");
+    let opt_silo = path_in(rootfs, "opt/silo")?;
     tokio::fs::create_dir_all(&opt_silo)
         .await
         .map_err(|source| BuildError::Configure {
@@ -386,12 +386,12 @@ pub(crate) async fn write(
     content: &str,
     mode: u32,
 ) -> Result<(), BuildError> {
-    let path = rootfs.join(rel);
+    let path = entry_in(rootfs, rel)?;
     let err = |source| BuildError::Configure {
         path: path.clone(),
         source,
     };
-    // Replace, never write through: a symlink in the tree must not lead outside it.
+    // Replace, never write through: a symlink there is not followed.
     remove_if_present(&path).await.map_err(err)?;
     tokio::fs::write(&path, content).await.map_err(err)?;
     tokio::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode))
@@ -409,13 +409,43 @@ async fn remove_if_present(path: &Path) -> io::Result<()> {
 
 /// Make `rel` a symlink to `target` (a path as the sandbox sees it), replacing any file.
 pub(crate) async fn symlink(rootfs: &Path, rel: &str, target: &str) -> Result<(), BuildError> {
-    let path = rootfs.join(rel);
+    let path = entry_in(rootfs, rel)?;
     let err = |source| BuildError::Configure {
         path: path.clone(),
         source,
     };
     remove_if_present(&path).await.map_err(err)?;
     tokio::fs::symlink(target, &path).await.map_err(err)
+}
+
+/// The host path of the entry `rel` in the tree (its parents resolved inside the tree,
+/// made if missing; the entry itself not followed), to replace it.
+fn entry_in(rootfs: &Path, rel: &str) -> Result<PathBuf, BuildError> {
+    let err = |source| BuildError::Configure {
+        path: rootfs.join(rel),
+        source,
+    };
+    let path = crate::inroot::resolve_parent(rootfs, Path::new(rel))
+        .map_err(err)?
+        .ok_or_else(|| {
+            err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "names the root",
+            ))
+        })?;
+    if let Some(parent) = path.parent() {
+        std::fs::create_dir_all(parent).map_err(err)?;
+    }
+    Ok(path)
+}
+
+/// The host path of `rel` in the tree, every symlink followed inside it: to read it or
+/// to make a directory there.
+pub(crate) fn path_in(rootfs: &Path, rel: &str) -> Result<PathBuf, BuildError> {
+    crate::inroot::resolve(rootfs, Path::new(rel)).map_err(|source| BuildError::Configure {
+        path: rootfs.join(rel),
+        source,
+    })
 }
 
 /// Remove the plain files directly in `dir` (apt's downloaded lists and packages).

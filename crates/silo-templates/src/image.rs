@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
-use crate::base::{symlink, write, BuildError, Progress, Stage, TemplatePath};
+use crate::base::{path_in, symlink, write, BuildError, Progress, Stage, TemplatePath};
 use crate::cache::{self, Slot};
 use crate::dockerbuild::{TemplateConfig, TEMPLATE_CONFIG_FILE};
 
@@ -251,16 +251,24 @@ fn unpack_layers(layout: &Path, layers: &[(String, String)], rootfs: &Path) -> R
                 }
             }
         }
+        // A lower layer's symlinks are followed inside the tree (a whiteout under
+        // `x -> /` must not empty the host's root).
+        let whiteout_err = |dir: &Path, e: std::io::Error| {
+            format!("layer {digest}: whiteout in {}: {e}", dir.display())
+        };
         for (dir, target) in whiteouts {
-            let dir = inside(rootfs, &dir)?;
             if target == ".wh..opq" {
+                let dir =
+                    crate::inroot::resolve(rootfs, &dir).map_err(|e| whiteout_err(&dir, e))?;
                 if let Ok(children) = std::fs::read_dir(&dir) {
                     for child in children.flatten() {
                         remove_any(&child.path());
                     }
                 }
-            } else {
-                remove_any(&dir.join(target));
+            } else if let Some(path) = crate::inroot::resolve_parent(rootfs, &dir.join(&target))
+                .map_err(|e| whiteout_err(&dir, e))?
+            {
+                remove_any(&path);
             }
         }
         let mut archive = tar::Archive::new(open()?);
@@ -286,20 +294,6 @@ fn unpack_layers(layout: &Path, layers: &[(String, String)], rootfs: &Path) -> R
         }
     }
     Ok(())
-}
-
-/// `rel` under `root`, refusing `..` (whiteout paths come from the archive).
-fn inside(root: &Path, rel: &Path) -> Result<PathBuf, String> {
-    use std::path::Component;
-    let mut out = root.to_path_buf();
-    for part in rel.components() {
-        match part {
-            Component::Normal(p) => out.push(p),
-            Component::CurDir | Component::RootDir => {}
-            _ => return Err(format!("whiteout path {} leaves the image", rel.display())),
-        }
-    }
-    Ok(out)
 }
 
 fn remove_any(path: &Path) {
@@ -332,21 +326,23 @@ fn template_config(run: RunConfig) -> TemplateConfig {
 /// Make the tree fit for silo's agent and SDK defaults: user `user` (uid 1000, home
 /// /home/user, in group `sudo`), `sudo` served by the agent, and the host files.
 async fn prepare(rootfs: &Path) -> Result<(), BuildError> {
-    let read = |rel: &str| std::fs::read_to_string(rootfs.join(rel)).unwrap_or_default();
+    let read = |rel: &str| -> Result<String, BuildError> {
+        Ok(std::fs::read_to_string(path_in(rootfs, rel)?).unwrap_or_default())
+    };
     let has = |text: &str, name: &str| text.lines().any(|l| l.split(':').next() == Some(name));
-    let shell = if rootfs.join("bin/bash").exists() {
+    let shell = if path_in(rootfs, "bin/bash")?.exists() {
         "/bin/bash"
     } else {
         "/bin/sh"
     };
-    let mut passwd = read("etc/passwd");
+    let mut passwd = read("etc/passwd")?;
     if !has(&passwd, "root") {
         passwd.push_str("root:x:0:0:root:/root:/bin/sh\n");
     }
     if !has(&passwd, "user") {
         passwd.push_str(&format!("user:x:1000:1000::/home/user:{shell}\n"));
     }
-    let mut group = read("etc/group");
+    let mut group = read("etc/group")?;
     if !has(&group, "root") {
         group.push_str("root:x:0:\n");
     }
@@ -371,10 +367,8 @@ async fn prepare(rootfs: &Path) -> Result<(), BuildError> {
     } else {
         group.push_str("sudo:x:27:user\n");
     }
-    std::fs::create_dir_all(rootfs.join("etc")).map_err(|source| BuildError::Configure {
-        path: rootfs.join("etc"),
-        source,
-    })?;
+    let etc = path_in(rootfs, "etc")?;
+    std::fs::create_dir_all(&etc).map_err(|source| BuildError::Configure { path: etc, source })?;
     write(rootfs, "etc/passwd", &passwd, 0o644).await?;
     write(rootfs, "etc/group", &group, 0o644).await?;
     for (dir, mode, owner) in [
@@ -382,7 +376,7 @@ async fn prepare(rootfs: &Path) -> Result<(), BuildError> {
         ("tmp", 0o1777, 0),
         ("usr/bin", 0o755, 0),
     ] {
-        let path = rootfs.join(dir);
+        let path = path_in(rootfs, dir)?;
         let made = std::fs::create_dir_all(&path)
             .and_then(|()| {
                 use std::os::unix::fs::PermissionsExt;
@@ -423,13 +417,54 @@ mod tests {
         assert_eq!(config.labels.get("x").map(String::as_str), Some("y"));
     }
 
+    /// A plain tar layer of `entries` (path, symlink target or `None` for an empty
+    /// file) in `layout`'s blobs; its digest.
+    fn layer(layout: &Path, entries: &[(&str, Option<&Path>)]) -> String {
+        use sha2::{Digest, Sha256};
+        let mut tar = tar::Builder::new(Vec::new());
+        for (path, link) in entries {
+            let mut header = tar::Header::new_gnu();
+            header.set_size(0);
+            header.set_mode(0o644);
+            header.set_uid(0);
+            header.set_gid(0);
+            header.set_mtime(0);
+            match link {
+                Some(target) => {
+                    header.set_entry_type(tar::EntryType::Symlink);
+                    tar.append_link(&mut header, path, target).unwrap();
+                }
+                None => tar
+                    .append_data(&mut header, path, std::io::empty())
+                    .unwrap(),
+            }
+        }
+        let bytes = tar.into_inner().unwrap();
+        let hex: String = Sha256::digest(&bytes)
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        let blobs = layout.join("blobs/sha256");
+        std::fs::create_dir_all(&blobs).unwrap();
+        std::fs::write(blobs.join(&hex), bytes).unwrap();
+        format!("sha256:{hex}")
+    }
+
     #[test]
-    fn whiteouts_never_leave_the_tree() {
-        let root = Path::new("/r");
-        assert_eq!(
-            inside(root, Path::new("etc/x")).unwrap(),
-            Path::new("/r/etc/x")
+    fn whiteouts_under_a_lower_layers_symlink_stay_in_the_tree() {
+        let dir = tempfile::tempdir().unwrap();
+        let outside = dir.path().join("outside");
+        std::fs::create_dir_all(&outside).unwrap();
+        std::fs::write(outside.join("keep"), "a host file").unwrap();
+        let layout = dir.path().join("layout");
+        let links = layer(&layout, &[("x", Some(&outside)), ("y", Some(&outside))]);
+        let whiteouts = layer(&layout, &[("x/.wh..opq", None), ("y/.wh.keep", None)]);
+        let tar = "application/vnd.oci.image.layer.v1.tar".to_owned();
+        let rootfs = dir.path().join("rootfs");
+        unpack_layers(&layout, &[(tar.clone(), links), (tar, whiteouts)], &rootfs).unwrap();
+        assert!(
+            outside.join("keep").exists(),
+            "the host's file is left alone"
         );
-        assert!(inside(root, Path::new("../etc")).is_err());
     }
 }

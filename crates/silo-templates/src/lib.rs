@@ -20,6 +20,7 @@ mod cache;
 pub mod dockerbuild;
 pub mod dockerfile;
 pub mod image;
+mod inroot;
 pub mod layer;
 pub mod mirror;
 pub mod recipe;

@@ -31,6 +31,7 @@ pub use run::{BuildRunsc, User, DOCKER_DEFAULT_CAPABILITIES};
 use crate::base::{BuildError, Progress, Stage, TemplatePath};
 use crate::cache::{self, Slot};
 use crate::dockerfile::{self, Step};
+use crate::inroot;
 
 /// What a template gives the sandboxes made from it, beside its rootfs.
 pub const TEMPLATE_CONFIG_FILE: &str = "template.json";
@@ -520,11 +521,13 @@ impl Action<'_> {
                 env.extend(state.args.clone());
                 env.extend(state.config.env.clone());
                 let workdir = state.workdir().to_owned();
-                tokio::fs::create_dir_all(merged.join(workdir.trim_start_matches('/')))
-                    .await
-                    .map_err(|e| {
-                        BuildError::Context(format!("create the workdir {workdir}: {e}"))
-                    })?;
+                Tree {
+                    root: merged,
+                    owner: None,
+                    mode: None,
+                }
+                .make_dir(Path::new(&workdir))
+                .map_err(|e| BuildError::Context(format!("the workdir: {e}")))?;
                 run::run_step(
                     build.runsc,
                     &run::RunSpec {
@@ -552,100 +555,199 @@ impl Action<'_> {
                     Some(spec) => User::resolve(merged, spec).map_err(BuildError::Context)?,
                     None => User::ROOT,
                 };
-                let mode = chmod.and_then(|m| u32::from_str_radix(m, 8).ok());
                 let into_dir =
                     dest.ends_with('/') || sources.len() > 1 || sources.iter().any(|s| s.is_dir);
-                let target = merged.join(dest.trim_start_matches('/'));
-                copy_sources(context, sources, &target, into_dir, *extract, &owner, mode)
+                let copy = CopyStep {
+                    context,
+                    tree: Tree {
+                        root: merged,
+                        owner: Some((owner.uid, owner.gid)),
+                        mode: chmod.and_then(|m| u32::from_str_radix(m, 8).ok()),
+                    },
+                    scratch: &work.join("extracted"),
+                };
+                copy.sources(sources, Path::new(dest), into_dir, *extract)
                     .map_err(BuildError::Context)
             }
             Action::Workdir(dir) => {
-                let dir = merged.join(dir.trim_start_matches('/'));
-                std::fs::create_dir_all(&dir)
-                    .and_then(|()| std::os::unix::fs::chown(&dir, Some(user.uid), Some(user.gid)))
-                    .map_err(|e| BuildError::Context(format!("create {}: {e}", dir.display())))
+                let tree = Tree {
+                    root: merged,
+                    owner: Some((user.uid, user.gid)),
+                    mode: None,
+                };
+                tree.make_dir(Path::new(dir))
+                    .and_then(|made| tree.own(&made, None))
+                    .map_err(BuildError::Context)
             }
         }
     }
 }
 
-/// Copy resolved sources into `target` (a directory when `into_dir`), owned by `owner`.
-fn copy_sources(
-    context: &Context,
-    sources: &[context::Source],
-    target: &Path,
-    into_dir: bool,
-    extract: bool,
-    owner: &User,
+/// Writes into a layer's tree at paths as the image sees them, each resolved inside the
+/// tree ([`inroot`]): the tree's own symlinks (`/var/run -> /run`, or one a step made to
+/// `/`) lead where they lead in the sandbox, never out onto the host.
+struct Tree<'a> {
+    root: &'a Path,
+    /// Owner of what is written; `None` keeps the source's (an archive's entries).
+    owner: Option<(u32, u32)>,
+    /// Mode of what is written; `None` keeps the source's.
     mode: Option<u32>,
-) -> Result<(), String> {
-    use std::os::unix::fs::PermissionsExt;
-    let set_owner = |path: &Path| -> Result<(), String> {
-        std::os::unix::fs::lchown(path, Some(owner.uid), Some(owner.gid))
-            .map_err(|e| format!("chown {}: {e}", path.display()))
-    };
-    let mkdirs = |dir: &Path| {
-        std::fs::create_dir_all(dir).map_err(|e| format!("create {}: {e}", dir.display()))
-    };
-    let copy_one = |from: &Path, to: &Path| -> Result<(), String> {
+}
+
+impl Tree<'_> {
+    /// Make the directory `dir` (and its parents), going into an existing one or a
+    /// symlink to one; the host path made.
+    fn make_dir(&self, dir: &Path) -> Result<PathBuf, String> {
+        let path =
+            inroot::resolve(self.root, dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+        std::fs::create_dir_all(&path).map_err(|e| format!("create {}: {e}", dir.display()))?;
+        Ok(path)
+    }
+
+    /// Give `path` (a host path this layer made) its owner, then its mode: a chown
+    /// after the chmod would clear setuid bits.
+    fn own(&self, path: &Path, source: Option<&std::fs::Metadata>) -> Result<(), String> {
+        use std::os::unix::fs::{MetadataExt, PermissionsExt};
+        let owner = self
+            .owner
+            .or_else(|| source.map(|meta| (meta.uid(), meta.gid())));
+        if let Some((uid, gid)) = owner {
+            std::os::unix::fs::lchown(path, Some(uid), Some(gid))
+                .map_err(|e| format!("chown {}: {e}", path.display()))?;
+        }
+        let Some(source) = source.filter(|meta| !meta.file_type().is_symlink()) else {
+            return Ok(());
+        };
+        let mode = self.mode.unwrap_or(source.mode() & 0o7777);
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
+            .map_err(|e| format!("chmod {}: {e}", path.display()))
+    }
+
+    /// Copy the host entry `from` (a symlink copied as one) to `to` in the image.
+    fn copy(&self, from: &Path, to: &Path) -> Result<(), String> {
         let meta =
             std::fs::symlink_metadata(from).map_err(|e| format!("{}: {e}", from.display()))?;
-        if let Some(parent) = to.parent() {
-            mkdirs(parent)?;
+        let kind = meta.file_type();
+        if kind.is_dir() {
+            let made = self.make_dir(to)?;
+            return self.own(&made, Some(&meta));
         }
-        if meta.file_type().is_symlink() {
-            let link = std::fs::read_link(from).map_err(|e| e.to_string())?;
-            let _ = std::fs::remove_file(to);
-            std::os::unix::fs::symlink(link, to).map_err(|e| format!("{}: {e}", to.display()))?;
-        } else if meta.is_dir() {
-            mkdirs(to)?;
-            let perms =
-                std::fs::Permissions::from_mode(mode.unwrap_or(meta.permissions().mode() & 0o7777));
-            std::fs::set_permissions(to, perms).map_err(|e| e.to_string())?;
+        if !kind.is_file() && !kind.is_symlink() {
+            return Err(format!(
+                "{}: only files, directories and symlinks can be copied into an image",
+                to.display()
+            ));
+        }
+        let path = inroot::resolve_parent(self.root, to)
+            .map_err(|e| format!("{}: {e}", to.display()))?
+            .ok_or_else(|| format!("{}: a file cannot replace /", from.display()))?;
+        if let Some(parent) = path.parent() {
+            std::fs::create_dir_all(parent)
+                .map_err(|e| format!("create {}: {e}", parent.display()))?;
+        }
+        // Replace, never write through: a symlink already there is not followed.
+        match std::fs::symlink_metadata(&path) {
+            Ok(old) if !old.is_dir() => {
+                std::fs::remove_file(&path).map_err(|e| format!("replace {}: {e}", to.display()))?
+            }
+            _ => {}
+        }
+        if kind.is_symlink() {
+            let link = std::fs::read_link(from).map_err(|e| format!("{}: {e}", from.display()))?;
+            std::os::unix::fs::symlink(link, &path)
+                .map_err(|e| format!("{}: {e}", to.display()))?;
         } else {
-            std::fs::copy(from, to)
+            std::fs::copy(from, &path)
                 .map_err(|e| format!("copy {} to {}: {e}", from.display(), to.display()))?;
-            let perms =
-                std::fs::Permissions::from_mode(mode.unwrap_or(meta.permissions().mode() & 0o7777));
-            std::fs::set_permissions(to, perms).map_err(|e| e.to_string())?;
         }
-        set_owner(to)
-    };
-    for source in sources {
-        let from = context.root.join(&source.path);
-        if source.is_dir {
-            mkdirs(target)?;
-            for entry in context.under(&source.path) {
-                let relative = entry
-                    .strip_prefix(&source.path)
-                    .map_err(|e| e.to_string())?;
-                copy_one(&context.root.join(entry), &target.join(relative))?;
-            }
-            continue;
-        }
-        let name = source.path.file_name().ok_or("a source without a name")?;
-        if extract && is_archive(&source.path) {
-            mkdirs(target)?;
-            let status = std::process::Command::new("tar")
-                .arg("-xf")
-                .arg(&from)
-                .arg("-C")
-                .arg(target)
-                .status()
-                .map_err(|e| format!("run tar: {e}"))?;
-            if !status.success() {
-                return Err(format!("extract {}: tar {status}", source.path.display()));
-            }
-            continue;
-        }
-        let to = if into_dir {
-            target.join(name)
-        } else {
-            target.to_path_buf()
-        };
-        copy_one(&from, &to)?;
+        self.own(&path, Some(&meta))
     }
-    Ok(())
+}
+
+/// A COPY or ADD of context sources into a layer's tree.
+struct CopyStep<'a> {
+    context: &'a Context,
+    tree: Tree<'a>,
+    /// Where an ADD unpacks an archive before its entries go into the layer.
+    scratch: &'a Path,
+}
+
+impl CopyStep<'_> {
+    /// Copy `sources` to `dest` in the image (a directory when `into_dir`); with
+    /// `extract`, local archives are unpacked into it.
+    fn sources(
+        &self,
+        sources: &[context::Source],
+        dest: &Path,
+        into_dir: bool,
+        extract: bool,
+    ) -> Result<(), String> {
+        for source in sources {
+            let from = self.context.root.join(&source.path);
+            if source.is_dir {
+                self.tree.make_dir(dest)?;
+                for entry in self.context.under(&source.path) {
+                    let relative = entry
+                        .strip_prefix(&source.path)
+                        .map_err(|e| e.to_string())?;
+                    self.tree
+                        .copy(&self.context.root.join(entry), &dest.join(relative))?;
+                }
+                continue;
+            }
+            let name = source.path.file_name().ok_or("a source without a name")?;
+            // A symlink named like an archive is copied as the link: unpacking it would
+            // read whatever host file it points at.
+            let is_file = from.symlink_metadata().is_ok_and(|m| m.is_file());
+            if extract && is_archive(&source.path) && is_file {
+                self.tree.make_dir(dest)?;
+                let unpacked = self.unpack(&from, dest);
+                let _ = std::fs::remove_dir_all(self.scratch);
+                unpacked.map_err(|e| format!("extract {}: {e}", source.path.display()))?;
+                continue;
+            }
+            let to = if into_dir {
+                dest.join(name)
+            } else {
+                dest.to_path_buf()
+            };
+            self.tree.copy(&from, &to)?;
+        }
+        Ok(())
+    }
+
+    /// Unpack `archive` into the scratch directory (tar, as root: owners and modes
+    /// kept; nothing there to follow), then copy its entries into `dest` in the image
+    /// through the layer, as they are.
+    fn unpack(&self, archive: &Path, dest: &Path) -> Result<(), String> {
+        let _ = std::fs::remove_dir_all(self.scratch);
+        std::fs::create_dir_all(self.scratch)
+            .map_err(|e| format!("create {}: {e}", self.scratch.display()))?;
+        let status = std::process::Command::new("tar")
+            .arg("-xf")
+            .arg(archive)
+            .arg("-C")
+            .arg(self.scratch)
+            .status()
+            .map_err(|e| format!("run tar: {e}"))?;
+        if !status.success() {
+            return Err(format!("tar {status}"));
+        }
+        let as_archived = Tree {
+            root: self.tree.root,
+            owner: None,
+            mode: None,
+        };
+        for entry in walkdir::WalkDir::new(self.scratch).min_depth(1) {
+            let entry = entry.map_err(|e| e.to_string())?;
+            let relative = entry
+                .path()
+                .strip_prefix(self.scratch)
+                .map_err(|e| e.to_string())?;
+            as_archived.copy(entry.path(), &dest.join(relative))?;
+        }
+        Ok(())
+    }
 }
 
 fn is_archive(path: &Path) -> bool {
@@ -696,5 +798,93 @@ impl Overlay {
         let work = self.merged.with_file_name("work");
         let _ = tokio::fs::remove_dir_all(&work).await;
         let _ = tokio::fs::remove_dir(&self.merged).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::{symlink, PermissionsExt};
+
+    /// A tree whose steps made `/h` a symlink to `outside` (a host path) and
+    /// `/etc/passwd` one to `outside/passwd`.
+    fn hostile_tree(dir: &Path) -> (PathBuf, PathBuf) {
+        let (root, outside) = (dir.join("root"), dir.join("outside"));
+        std::fs::create_dir_all(root.join("etc")).unwrap();
+        std::fs::create_dir_all(&outside).unwrap();
+        std::fs::write(outside.join("passwd"), "host").unwrap();
+        symlink(&outside, root.join("h")).unwrap();
+        symlink(outside.join("passwd"), root.join("etc/passwd")).unwrap();
+        (root, outside)
+    }
+
+    #[test]
+    fn copies_follow_the_trees_symlinks_inside_it_never_out() {
+        let dir = tempfile::tempdir().unwrap();
+        let (root, outside) = hostile_tree(dir.path());
+        let source = dir.path().join("source");
+        std::fs::write(&source, "image").unwrap();
+        let tree = Tree {
+            root: &root,
+            owner: Some((0, 0)),
+            mode: None,
+        };
+        tree.copy(&source, Path::new("/h/passwd")).unwrap();
+        tree.copy(&source, Path::new("/etc/passwd")).unwrap();
+        tree.make_dir(Path::new("/h/sub")).unwrap();
+
+        assert_eq!(
+            std::fs::read_to_string(outside.join("passwd")).unwrap(),
+            "host"
+        );
+        assert!(!outside.join("sub").exists());
+        let followed = root.join(outside.strip_prefix("/").unwrap());
+        assert_eq!(
+            std::fs::read_to_string(followed.join("passwd")).unwrap(),
+            "image"
+        );
+        assert!(followed.join("sub").is_dir());
+        let replaced = root.join("etc/passwd");
+        assert!(!replaced.symlink_metadata().unwrap().is_symlink());
+        assert_eq!(std::fs::read_to_string(replaced).unwrap(), "image");
+    }
+
+    #[test]
+    fn an_archive_is_added_as_archived_inside_the_tree() {
+        let dir = tempfile::tempdir().unwrap();
+        let (root, outside) = hostile_tree(dir.path());
+        let context_dir = dir.path().join("context");
+        std::fs::create_dir_all(&context_dir).unwrap();
+        let mut tar = tar::Builder::new(Vec::new());
+        let mut tool = tar::Header::new_gnu();
+        tool.set_size(2);
+        tool.set_mode(0o4755);
+        tool.set_uid(1000);
+        tool.set_gid(1000);
+        tool.set_mtime(0);
+        tar.append_data(&mut tool, "bin/tool", &b"#!"[..]).unwrap();
+        std::fs::write(context_dir.join("app.tar"), tar.into_inner().unwrap()).unwrap();
+        let context = Context::open(&context_dir).unwrap();
+        let copy = CopyStep {
+            context: &context,
+            tree: Tree {
+                root: &root,
+                owner: Some((0, 0)),
+                mode: None,
+            },
+            scratch: &dir.path().join("scratch"),
+        };
+        let sources = context.resolve("app.tar").unwrap();
+        copy.sources(&sources, Path::new("/h/"), true, true)
+            .unwrap();
+
+        let tool = root
+            .join(outside.strip_prefix("/").unwrap())
+            .join("bin/tool");
+        let meta = tool.metadata().unwrap();
+        assert_eq!(meta.permissions().mode() & 0o7777, 0o4755, "setuid kept");
+        assert_eq!(std::os::unix::fs::MetadataExt::uid(&meta), 1000);
+        assert!(!outside.join("bin").exists());
+        assert!(!dir.path().join("scratch").exists());
     }
 }

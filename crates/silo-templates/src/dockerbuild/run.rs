@@ -41,8 +41,14 @@ impl User {
 
     /// `name`, `uid`, `name:group` or `uid:gid`, looked up in `rootfs`.
     pub fn resolve(rootfs: &Path, spec: &str) -> Result<User, String> {
-        let passwd = std::fs::read_to_string(rootfs.join("etc/passwd")).unwrap_or_default();
-        let group = std::fs::read_to_string(rootfs.join("etc/group")).unwrap_or_default();
+        // Read as the image sees them: `etc -> /etc` must not read the host's.
+        let read = |rel: &str| {
+            crate::inroot::resolve(rootfs, Path::new(rel))
+                .and_then(std::fs::read_to_string)
+                .unwrap_or_default()
+        };
+        let passwd = read("etc/passwd");
+        let group = read("etc/group");
         let (user, group_spec) = match spec.split_once(':') {
             Some((u, g)) => (u, Some(g)),
             None => (spec, None),
