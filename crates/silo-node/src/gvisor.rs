@@ -739,17 +739,17 @@ impl Runtime for RunscRuntime {
     }
 
     async fn set_egress(&self, id: &SandboxId, policy: &EgressPolicy) -> Result<(), RuntimeError> {
-        if self.is_saved(id) {
-            // A saved sandbox has no network; resume applies the catalog's rules.
-            return Ok(());
-        }
-        let lease = self.lease_of(id)?;
-        self.apply_egress(id, &lease, policy)
-            .await
-            .map_err(|source| RuntimeError::SetupNetwork {
-                id: id.clone(),
-                source,
-            })
+        let err = |source| RuntimeError::SetupNetwork {
+            id: id.clone(),
+            source,
+        };
+        let lease = self
+            .inner
+            .pool
+            .find(id)
+            .map_err(err)?
+            .ok_or_else(|| err(NetworkError::NoAddress { id: id.clone() }))?;
+        self.apply_egress(id, &lease, policy).await.map_err(err)
     }
 
     async fn is_paused(&self, id: &SandboxId) -> Result<bool, RuntimeError> {

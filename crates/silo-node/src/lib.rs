@@ -148,7 +148,8 @@ pub trait Runtime: Send + Sync {
         id: &SandboxId,
         egress: &network::EgressPolicy,
     ) -> Result<Started, RuntimeError>;
-    /// Replace the sandbox's egress rules; new connections follow them at once.
+    /// Replace the egress rules of a sandbox that has its network (running, or paused
+    /// in memory); new connections follow them at once.
     async fn set_egress(
         &self,
         id: &SandboxId,

@@ -72,6 +72,8 @@ pub enum NetworkError {
         #[source]
         source: io::Error,
     },
+    #[error("sandbox {id} holds no address on this host")]
+    NoAddress { id: SandboxId },
     #[error("read address leases in {dir}")]
     ReadLeases {
         dir: PathBuf,
