@@ -372,13 +372,16 @@ impl RunscRuntime {
                 Ok::<_, NetworkError>(filter)
             })
             .await?;
-        match firewall.apply(&names, policy).await {
+        match firewall.apply(&names, lease.ip, policy).await {
             // The shared table went away under silo (the host's rules were flushed):
             // install it again and retry once.
             Err(FirewallError::Failed { .. }) => {
                 tracing::warn!(veth = %names.veth, "firewall table missing or damaged; installing it again");
                 firewall.install(filter.ports()).await.map_err(err)?;
-                firewall.apply(&names, policy).await.map_err(err)?;
+                firewall
+                    .apply(&names, lease.ip, policy)
+                    .await
+                    .map_err(err)?;
             }
             other => other.map_err(err)?,
         }
