@@ -112,6 +112,8 @@ pub(crate) struct Inner {
     pub(crate) runsc: Runsc,
     pub(crate) pool: AddressPool,
     pub(crate) firewall: Firewall,
+    /// The pool and [`network::ALWAYS_BLOCKED`].
+    blocked: Vec<Cidr>,
     /// Started, and the firewall's shared table installed with its ports, at the first
     /// sandbox's rules.
     pub(crate) egress: tokio::sync::OnceCell<EgressFilter>,
@@ -180,6 +182,9 @@ impl RunscRuntime {
         };
         let inner = Inner {
             firewall: Firewall::new(base, prefix_len),
+            blocked: std::iter::once(pool.range())
+                .chain(network::ALWAYS_BLOCKED)
+                .collect(),
             config,
             runsc,
             pool,
@@ -361,9 +366,7 @@ impl RunscRuntime {
             .egress
             .get_or_try_init(|| async {
                 let filter = EgressFilter::start(FilterConfig {
-                    blocked: std::iter::once(firewall.pool())
-                        .chain(network::ALWAYS_BLOCKED)
-                        .collect::<Vec<Cidr>>(),
+                    blocked: self.inner.blocked.clone(),
                     dns_upstream: self.inner.config.dns_upstream,
                 })
                 .await
@@ -739,6 +742,10 @@ impl Runtime for RunscRuntime {
                 Err(err)
             }
         }
+    }
+
+    fn blocked(&self) -> &[Cidr] {
+        &self.inner.blocked
     }
 
     async fn set_egress(&self, id: &SandboxId, policy: &EgressPolicy) -> Result<(), RuntimeError> {

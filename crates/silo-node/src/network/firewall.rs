@@ -81,11 +81,6 @@ impl Firewall {
         }
     }
 
-    /// The address pool this table guards.
-    pub fn pool(&self) -> Cidr {
-        self.pool
-    }
-
     /// Create (or reset) the table's shared parts and turn on IPv4 forwarding. Per
     /// sandbox chains and map entries already there are kept, so sandboxes running
     /// across a restart of silo keep their rules.

@@ -183,6 +183,10 @@ impl Runtime for FakeRuntime {
         Ok(self.started())
     }
 
+    fn blocked(&self) -> &[crate::network::Cidr] {
+        &crate::network::ALWAYS_BLOCKED
+    }
+
     async fn set_egress(&self, id: &SandboxId, _policy: &EgressPolicy) -> Result<(), RuntimeError> {
         self.act(Verb::SetEgress, id).await
     }
