@@ -2,7 +2,17 @@
 //! pipes and logs, proxied and relayed connections), far more than the usual soft limit
 //! of 1024 allows.
 
-use nix::sys::resource::{getrlimit, Resource};
+use nix::sys::resource::{getrlimit, setrlimit, Resource};
+
+/// Raise the soft limit to the hard one (only root may go beyond that); returns the
+/// limit now in force.
+pub fn raise_limit() -> nix::Result<u64> {
+    let (soft, hard) = getrlimit(Resource::RLIMIT_NOFILE)?;
+    if soft < hard {
+        setrlimit(Resource::RLIMIT_NOFILE, hard, hard)?;
+    }
+    Ok(hard)
+}
 
 /// The soft limit now (1024, the usual default, if it cannot be read).
 pub(crate) fn limit() -> u64 {

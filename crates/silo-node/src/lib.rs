@@ -38,7 +38,7 @@ pub mod builds;
 pub mod bundle;
 mod cleanup;
 pub mod disk;
-mod fds;
+pub mod fds;
 mod gvisor;
 mod health;
 pub mod leaks;

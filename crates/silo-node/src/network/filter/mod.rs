@@ -62,9 +62,18 @@ struct Entry {
     /// Cancelled when the sandbox goes: its relays end with it (a peer that vanished
     /// with its veth would never close them).
     gone: CancellationToken,
+    /// Its places among the connections the filter holds at once, sniffed or relayed.
+    connections: Arc<Semaphore>,
     /// Its places among the DNS queries the filter forwards at once.
     queries: Arc<Semaphore>,
 }
+
+/// Connections one sandbox may have in the filter at once, from accept to close: each
+/// holds two of silo's descriptors (one while its host name is awaited, up to 10 s), and
+/// idle ones to an allowed host cost as much as stalled sniffs.
+const CONNECTIONS_PER_SANDBOX: usize = 256;
+/// Connections held at once over all sandboxes, at most (memory: two relay buffers each).
+const MAX_CONNECTIONS: usize = 16_384;
 
 /// DNS queries one sandbox may have forwarded at once: a resolver that never answers
 /// holds each for the upstream timeout, and must not stall the other sandboxes' DNS.
@@ -78,6 +87,7 @@ impl Entry {
             id: id.clone(),
             policy: Arc::new(policy.clone()),
             gone: CancellationToken::new(),
+            connections: Arc::new(Semaphore::new(CONNECTIONS_PER_SANDBOX)),
             queries: Arc::new(Semaphore::new(QUERIES_PER_SANDBOX)),
         }
     }
@@ -126,11 +136,14 @@ impl EgressFilter {
         let rules = Rules::default();
         let stop = CancellationToken::new();
         let blocked: Arc<[Cidr]> = config.blocked.into();
-        let queries = overall_cap(crate::fds::limit(), 1, MAX_QUERIES);
+        let open_files = crate::fds::limit();
+        let connections = overall_cap(open_files, 2, MAX_CONNECTIONS);
+        let queries = overall_cap(open_files, 1, MAX_QUERIES);
         tokio::spawn(tcp::serve(
             listener,
             rules.clone(),
             Arc::clone(&blocked),
+            Arc::new(Semaphore::new(connections)),
             stop.clone(),
         ));
         tokio::spawn(dns::serve(
@@ -146,6 +159,8 @@ impl EgressFilter {
         tracing::info!(
             tcp_port = ports.tcp,
             dns_port = ports.dns,
+            connections,
+            queries,
             "egress filter listening"
         );
         Ok(EgressFilter {
