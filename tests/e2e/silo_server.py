@@ -192,7 +192,8 @@ class SiloServer:
         out = subprocess.run(
             ["nft", "list", "table", "inet", self.firewall_table()], capture_output=True, text=True
         ).stdout
-        return [line.split()[1] for line in out.splitlines() if line.strip().startswith("chain sb_")]
+        per_sandbox = ("chain sb_", "chain src_")
+        return [line.split()[1] for line in out.splitlines() if line.strip().startswith(per_sandbox)]
 
     def firewall_tables(self) -> list:
         """This server's table, if it is there (it goes when silo stops with no sandbox)."""

@@ -179,6 +179,9 @@ def test_bad_rules_are_refused(silo):
         {"allow_out": ["not a name"]},
         {"deny_out": ["1.2.3.4/40"]},
         {"allow_out": ["example.com"], "dns_servers": ["dns.example.com"]},
+        # silo asks a sandbox's resolver for it: never one sandboxes may not reach.
+        {"allow_out": ["example.com"], "dns_servers": ["169.254.169.254"]},
+        {"allow_out": ["example.com"], "dns_servers": ["127.0.0.53"]},
     ):
         with pytest.raises(Exception) as err:
             Sandbox.create("base", timeout=60, network=network)

@@ -109,7 +109,11 @@ pub async fn create(
                 .as_ref()
                 .and_then(|n| n.allow_public_traffic)
                 .unwrap_or(true),
-            egress: create_egress(body.allow_internet_access, body.network.unwrap_or_default())?,
+            egress: create_egress(
+                body.allow_internet_access,
+                body.network.unwrap_or_default(),
+                app.manager.blocked(),
+            )?,
             resources: body.resources,
         })
         .await?;
@@ -192,7 +196,11 @@ pub async fn update_network(
     SandboxPath(id): SandboxPath,
     ApiJson(body): ApiJson<rest::NetworkUpdate>,
 ) -> Result<StatusCode, ApiError> {
-    let policy = egress_policy(body.allow_internet_access, body.egress)?;
+    let policy = egress_policy(
+        body.allow_internet_access,
+        body.egress,
+        app.manager.blocked(),
+    )?;
     app.manager.update_network(&id, policy).await?;
     Ok(StatusCode::NO_CONTENT)
 }
@@ -211,16 +219,20 @@ const MAX_DNS_SERVERS: usize = 10;
 fn create_egress(
     allow_internet_access: Option<bool>,
     network: rest::NetworkConfig,
+    blocked: &[Cidr],
 ) -> Result<EgressPolicy, ApiError> {
     if network.mask_request_host.is_some() {
         return Err(unsupported("maskRequestHost"));
     }
-    egress_policy(allow_internet_access, network.egress)
+    egress_policy(allow_internet_access, network.egress, blocked)
 }
 
+/// The policy a request asks for. `blocked` holds what no sandbox reaches: silo asks
+/// the resolvers in `dnsServers` for the sandbox, so one there would be a way in.
 fn egress_policy(
     allow_internet_access: Option<bool>,
     egress: rest::Egress,
+    blocked: &[Cidr],
 ) -> Result<EgressPolicy, ApiError> {
     if egress.egress_proxy.as_ref().is_some_and(|v| !v.is_null()) {
         return Err(unsupported("egressProxy"));
@@ -267,9 +279,21 @@ fn egress_policy(
             servers
                 .iter()
                 .map(|s| {
-                    s.trim()
+                    let ip = s
+                        .trim()
                         .parse::<Ipv4Addr>()
-                        .map_err(|_| bad("dnsServers", format!("{s:?} is not an IPv4 address")))
+                        .map_err(|_| bad("dnsServers", format!("{s:?} is not an IPv4 address")))?;
+                    match blocked.iter().find(|cidr| cidr.contains(ip)) {
+                        Some(cidr) => Err(bad(
+                            "dnsServers",
+                            format!(
+                                "{ip} is in {cidr}, which sandboxes never reach (this server's \
+                                 sandbox addresses, loopback, link-local and metadata, \
+                                 multicast); name a resolver outside them"
+                            ),
+                        )),
+                        None => Ok(ip),
+                    }
                 })
                 .collect::<Result<Vec<_>, _>>()
         })
@@ -453,6 +477,29 @@ mod tests {
                 "{bad}"
             );
         }
+    }
+
+    #[test]
+    fn resolvers_sandboxes_never_reach_are_refused() {
+        let blocked: Vec<Cidr> = std::iter::once("10.213.0.0/16".parse().unwrap())
+            .chain(silo_node::network::ALWAYS_BLOCKED)
+            .collect();
+        let naming = |server: &str| rest::Egress {
+            allow_out: Some(vec!["example.com".into()]),
+            dns_servers: Some(vec!["1.1.1.1".into(), server.into()]),
+            ..rest::Egress::default()
+        };
+        for server in ["10.213.0.6", "127.0.0.53", "169.254.169.254", "0.0.0.0"] {
+            match egress_policy(None, naming(server), &blocked) {
+                Err(ApiError::BadRequest(message)) => {
+                    assert!(message.starts_with("network.dnsServers: "), "{message}");
+                    assert!(message.contains(server), "{message}");
+                }
+                other => panic!("{server}: {other:?}"),
+            }
+        }
+        let policy = egress_policy(None, naming("9.9.9.9"), &blocked).unwrap();
+        assert_eq!(policy.dns_servers.unwrap().len(), 2);
     }
 
     #[test]

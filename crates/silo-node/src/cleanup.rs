@@ -3,11 +3,13 @@
 //! [`Undo`] names one step; all steps work from the sandbox id alone and are idempotent
 //! (a resource already gone counts as released), so `destroy` after a restart of silo
 //! simply runs the full [`Undo::PLAN`]. Steps run newest first; a failing step does
-//! not stop the others, its error is collected.
+//! not stop the others, its error is collected. The one exception: the address is kept
+//! when its veth or netns could not be deleted (see [`Undo::frees_the_link`]).
 //!
 //! A start that fails runs its stack at once. A start whose future is dropped mid-way
 //! (caller cancelled) hands the stack to a background task from `Drop`.
 
+use std::future::Future;
 use std::io;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -44,6 +46,14 @@ impl Undo {
         Undo::RemoveCgroups,
         Undo::DeleteContainer,
     ];
+
+    /// Whether the address may be reused once this step succeeded: a veth left behind
+    /// still holds the route of its /30, so the next sandbox given that address would be
+    /// unreachable. The address stays leased until a later run (the reaper's retry, or
+    /// the resume of a saved sandbox) deletes them.
+    fn frees_the_link(self) -> bool {
+        matches!(self, Undo::DeleteVeth | Undo::DeleteNetns)
+    }
 
     /// What a sandbox saved to disk by a pause gives back: everything after its dir and
     /// disk (which hold the image and its files). Resume acquires it anew.
@@ -188,13 +198,32 @@ pub(crate) async fn run_steps(
     id: &SandboxId,
     steps: Vec<Undo>,
 ) -> Vec<TeardownError> {
-    let mut errors = Vec::new();
-    for step in steps.into_iter().rev() {
+    run_in_order(steps, |step| async move {
         let began = std::time::Instant::now();
-        if let Err(e) = step.run(inner, id).await {
+        let result = step.run(inner, id).await;
+        tracing::debug!(sandbox_id = %id, ?step, elapsed = ?began.elapsed(), "released");
+        result
+    })
+    .await
+}
+
+/// Run `steps` newest first through `run`, collecting the failures; the address is not
+/// released after a failure to free its link (its own failure is already collected).
+async fn run_in_order<E, F, Fut>(steps: Vec<Undo>, mut run: F) -> Vec<E>
+where
+    F: FnMut(Undo) -> Fut,
+    Fut: Future<Output = Result<(), E>>,
+{
+    let mut errors = Vec::new();
+    let mut link_kept = false;
+    for step in steps.into_iter().rev() {
+        if step == Undo::ReleaseAddress && link_kept {
+            continue;
+        }
+        if let Err(e) = run(step).await {
+            link_kept |= step.frees_the_link();
             errors.push(e);
         }
-        tracing::debug!(sandbox_id = %id, ?step, elapsed = ?began.elapsed(), "released");
     }
     errors
 }
@@ -219,5 +248,48 @@ impl Drop for UndoStack {
                 tracing::warn!(sandbox_id = %id, "start cancelled outside a runtime; destroy it to release its resources");
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Runs `steps` with `failing` failing; returns the steps run, in order, and the
+    /// failures.
+    async fn run_with(steps: &[Undo], failing: &[Undo]) -> (Vec<Undo>, Vec<Undo>) {
+        let ran = std::cell::RefCell::new(Vec::new());
+        let errors = run_in_order(steps.to_vec(), |step| {
+            ran.borrow_mut().push(step);
+            let result = if failing.contains(&step) {
+                Err(step)
+            } else {
+                Ok(())
+            };
+            async move { result }
+        })
+        .await;
+        (ran.into_inner(), errors)
+    }
+
+    #[tokio::test]
+    async fn steps_run_newest_first_and_all_of_them() {
+        let (ran, errors) = run_with(&Undo::PLAN, &[Undo::DeleteContainer]).await;
+        let mut newest_first = Undo::PLAN.to_vec();
+        newest_first.reverse();
+        assert_eq!(ran, newest_first);
+        assert_eq!(errors, [Undo::DeleteContainer]);
+    }
+
+    #[tokio::test]
+    async fn an_address_whose_link_is_left_is_kept() {
+        for kept in [Undo::DeleteVeth, Undo::DeleteNetns] {
+            let (ran, errors) = run_with(&Undo::PLAN, &[kept]).await;
+            assert!(!ran.contains(&Undo::ReleaseAddress), "{kept:?} failed");
+            assert!(ran.contains(&Undo::RemoveSandboxDir), "the rest still runs");
+            assert_eq!(errors, [kept]);
+        }
+        let (ran, _) = run_with(Undo::SAVED_SANDBOX_LETS_GO, &[Undo::DeleteVeth]).await;
+        assert!(!ran.contains(&Undo::ReleaseAddress));
     }
 }

@@ -112,6 +112,8 @@ pub(crate) struct Inner {
     pub(crate) runsc: Runsc,
     pub(crate) pool: AddressPool,
     pub(crate) firewall: Firewall,
+    /// The pool and [`network::ALWAYS_BLOCKED`].
+    blocked: Vec<Cidr>,
     /// Started, and the firewall's shared table installed with its ports, at the first
     /// sandbox's rules.
     pub(crate) egress: tokio::sync::OnceCell<EgressFilter>,
@@ -180,6 +182,9 @@ impl RunscRuntime {
         };
         let inner = Inner {
             firewall: Firewall::new(base, prefix_len),
+            blocked: std::iter::once(pool.range())
+                .chain(network::ALWAYS_BLOCKED)
+                .collect(),
             config,
             runsc,
             pool,
@@ -361,9 +366,7 @@ impl RunscRuntime {
             .egress
             .get_or_try_init(|| async {
                 let filter = EgressFilter::start(FilterConfig {
-                    blocked: std::iter::once(firewall.pool())
-                        .chain(network::ALWAYS_BLOCKED)
-                        .collect::<Vec<Cidr>>(),
+                    blocked: self.inner.blocked.clone(),
                     dns_upstream: self.inner.config.dns_upstream,
                 })
                 .await
@@ -372,13 +375,16 @@ impl RunscRuntime {
                 Ok::<_, NetworkError>(filter)
             })
             .await?;
-        match firewall.apply(&names, policy).await {
+        match firewall.apply(&names, lease.ip, policy).await {
             // The shared table went away under silo (the host's rules were flushed):
             // install it again and retry once.
             Err(FirewallError::Failed { .. }) => {
                 tracing::warn!(veth = %names.veth, "firewall table missing or damaged; installing it again");
                 firewall.install(filter.ports()).await.map_err(err)?;
-                firewall.apply(&names, policy).await.map_err(err)?;
+                firewall
+                    .apply(&names, lease.ip, policy)
+                    .await
+                    .map_err(err)?;
             }
             other => other.map_err(err)?,
         }
@@ -738,18 +744,22 @@ impl Runtime for RunscRuntime {
         }
     }
 
+    fn blocked(&self) -> &[Cidr] {
+        &self.inner.blocked
+    }
+
     async fn set_egress(&self, id: &SandboxId, policy: &EgressPolicy) -> Result<(), RuntimeError> {
-        if self.is_saved(id) {
-            // A saved sandbox has no network; resume applies the catalog's rules.
-            return Ok(());
-        }
-        let lease = self.lease_of(id)?;
-        self.apply_egress(id, &lease, policy)
-            .await
-            .map_err(|source| RuntimeError::SetupNetwork {
-                id: id.clone(),
-                source,
-            })
+        let err = |source| RuntimeError::SetupNetwork {
+            id: id.clone(),
+            source,
+        };
+        let lease = self
+            .inner
+            .pool
+            .find(id)
+            .map_err(err)?
+            .ok_or_else(|| err(NetworkError::NoAddress { id: id.clone() }))?;
+        self.apply_egress(id, &lease, policy).await.map_err(err)
     }
 
     async fn is_paused(&self, id: &SandboxId) -> Result<bool, RuntimeError> {

@@ -38,6 +38,7 @@ pub mod builds;
 pub mod bundle;
 mod cleanup;
 pub mod disk;
+pub mod fds;
 mod gvisor;
 mod health;
 pub mod leaks;
@@ -148,7 +149,11 @@ pub trait Runtime: Send + Sync {
         id: &SandboxId,
         egress: &network::EgressPolicy,
     ) -> Result<Started, RuntimeError>;
-    /// Replace the sandbox's egress rules; new connections follow them at once.
+    /// Destinations no sandbox reaches, whatever its rules say: its address pool and
+    /// [`network::ALWAYS_BLOCKED`].
+    fn blocked(&self) -> &[network::Cidr];
+    /// Replace the egress rules of a sandbox that has its network (running, or paused
+    /// in memory); new connections follow them at once.
     async fn set_egress(
         &self,
         id: &SandboxId,

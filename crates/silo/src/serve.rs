@@ -20,6 +20,12 @@ use crate::cli::{Doze, ServeArgs};
 
 pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
     init_logging();
+    // Sandboxes cost silo descriptors (runsc's pipes, proxied and relayed connections);
+    // the usual soft limit of 1024 would make the API's listener fail for all of them.
+    match silo_node::fds::raise_limit() {
+        Ok(limit) => tracing::info!(limit, "open-file limit"),
+        Err(err) => tracing::warn!(%err, "cannot raise the open-file limit; it stays as it was"),
+    }
     let data_dir = &args.dirs.data_dir;
     std::fs::create_dir_all(data_dir)
         .with_context(|| format!("cannot create data dir {}", data_dir.display()))?;

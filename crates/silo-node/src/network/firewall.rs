@@ -4,7 +4,10 @@
 //! table inet silo_10_213_0_0_16
 //!   set blocked      other sandboxes (the pool), link-local/metadata, loopback, multicast
 //!   map egress       veth name → jump to that sandbox's chain
+//!   map sources      veth name → jump to that sandbox's source check
 //!   set filtered     veth names of sandboxes with host-name rules
+//!   chain guard      before all else: from any silo veth, anything but IPv4 → drop;
+//!                    iifname vmap @sources
 //!   chain prerouting from @filtered: TCP to ports 80/443 of an outside address, and
 //!                    all DNS, → redirected to the egress filter's ports on the host
 //!   chain forward    established → accept; from the pool to @blocked → drop;
@@ -15,12 +18,16 @@
 //!   chain postrouting  from the pool, leaving by another interface → masquerade
 //!   chain sb_<tag>   one per sandbox: allowOut → accept, denyOut → drop, then
 //!                    accept or drop as internet access says
+//!   chain src_<tag>  one per sandbox: a source other than its own address → drop
 //! ```
 //!
 //! The veth name keys a sandbox's rules because the sandbox cannot forge it (it can
-//! forge source addresses: it has raw sockets). Traffic from a sandbox whose rules are
-//! not installed is dropped, so a half-made sandbox never has open egress. Every change
-//! is one `nft -f -` batch, applied atomically.
+//! forge source addresses: it has raw sockets). So the guard drops, by veth, what the
+//! address rules would not see: IPv6 (the veth's link-local addresses would otherwise
+//! reach host services on `[::]`) and IPv4 from another source than the sandbox's own.
+//! Traffic from a sandbox whose rules are not installed is dropped, so a half-made
+//! sandbox never has open egress. Every change is one `nft -f -` batch, applied
+//! atomically.
 
 use std::fmt::Write as _;
 use std::io;
@@ -32,7 +39,7 @@ use tokio::io::AsyncWriteExt;
 use tokio::process::Command;
 
 use super::policy::{Cidr, EgressPolicy, ALWAYS_BLOCKED};
-use super::NetNames;
+use super::{NetNames, NAME_PREFIX};
 
 const NFT_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -74,11 +81,6 @@ impl Firewall {
         }
     }
 
-    /// The address pool this table guards.
-    pub fn pool(&self) -> Cidr {
-        self.pool
-    }
-
     /// Create (or reset) the table's shared parts and turn on IPv4 forwarding. Per
     /// sandbox chains and map entries already there are kept, so sandboxes running
     /// across a restart of silo keep their rules.
@@ -101,7 +103,12 @@ impl Firewall {
              flush set inet {t} blocked\n\
              add element inet {t} blocked {{ {blocked} }}\n\
              add map inet {t} egress {{ type ifname : verdict; }}\n\
+             add map inet {t} sources {{ type ifname : verdict; }}\n\
              add set inet {t} filtered {{ type ifname; }}\n\
+             add chain inet {t} guard {{ type filter hook prerouting priority raw; policy accept; }}\n\
+             flush chain inet {t} guard\n\
+             add rule inet {t} guard iifname \"{NAME_PREFIX}*\" meta nfproto != ipv4 drop\n\
+             add rule inet {t} guard iifname vmap @sources\n\
              add chain inet {t} prerouting {{ type nat hook prerouting priority dstnat; policy accept; }}\n\
              flush chain inet {t} prerouting\n\
              add rule inet {t} prerouting iifname @filtered ip daddr != @blocked fib daddr type != local tcp dport {{ 80, 443 }} redirect to :{tcp}\n\
@@ -133,18 +140,20 @@ impl Firewall {
         }
     }
 
-    /// Install or replace the sandbox's egress rules, atomically.
+    /// Install or replace the egress rules of the sandbox at `ip`, atomically.
     pub async fn apply(
         &self,
         names: &NetNames,
+        ip: Ipv4Addr,
         policy: &EgressPolicy,
     ) -> Result<(), FirewallError> {
-        nft(&self.sandbox_batch(names, policy)).await
+        nft(&self.sandbox_batch(names, ip, policy)).await
     }
 
-    fn sandbox_batch(&self, names: &NetNames, policy: &EgressPolicy) -> String {
+    fn sandbox_batch(&self, names: &NetNames, ip: Ipv4Addr, policy: &EgressPolicy) -> String {
         let t = &self.table;
-        let chain = chain_name(names);
+        let (chain, source) = (chain_name(names), source_chain_name(names));
+        let veth = &names.veth;
         let mut batch = format!(
             "add chain inet {t} {chain}\n\
              flush chain inet {t} {chain}\n"
@@ -191,21 +200,28 @@ impl Firewall {
                 names.veth
             );
         }
+        let _ = write!(
+            batch,
+            "add chain inet {t} {source}\n\
+             flush chain inet {t} {source}\n\
+             add rule inet {t} {source} ip saddr != {ip} drop\n\
+             add element inet {t} sources {{ \"{veth}\" : jump {source} }}\n"
+        );
         batch
     }
 
     /// Remove the sandbox's rules; rules already gone are fine.
     pub async fn remove(&self, names: &NetNames) -> Result<(), FirewallError> {
         let t = &self.table;
-        let chain = chain_name(names);
-        // Each deletion alone: one that finds nothing must not undo the other.
+        let (chain, source) = (chain_name(names), source_chain_name(names));
+        let veth = &names.veth;
+        // Each deletion alone: one that finds nothing must not undo the others.
         for cmd in [
-            format!(
-                "delete element inet {t} filtered {{ \"{}\" }}\n",
-                names.veth
-            ),
-            format!("delete element inet {t} egress {{ \"{}\" }}\n", names.veth),
+            format!("delete element inet {t} filtered {{ \"{veth}\" }}\n"),
+            format!("delete element inet {t} egress {{ \"{veth}\" }}\n"),
             format!("delete chain inet {t} {chain}\n"),
+            format!("delete element inet {t} sources {{ \"{veth}\" }}\n"),
+            format!("delete chain inet {t} {source}\n"),
         ] {
             match nft(&cmd).await {
                 Err(FirewallError::Failed { stderr }) if is_missing(&stderr) => {}
@@ -219,6 +235,10 @@ impl Firewall {
 fn chain_name(names: &NetNames) -> String {
     // The veth name is `silo<tag>`: letters and digits only, valid in a chain name.
     format!("sb_{}", names.veth)
+}
+
+fn source_chain_name(names: &NetNames) -> String {
+    format!("src_{}", names.veth)
 }
 
 fn is_missing(stderr: &str) -> bool {
@@ -266,7 +286,7 @@ mod tests {
             deny: vec!["0.0.0.0/0".parse().unwrap()],
             ..EgressPolicy::default()
         };
-        let batch = fw.sandbox_batch(&names, &policy);
+        let batch = fw.sandbox_batch(&names, Ipv4Addr::new(10, 213, 0, 2), &policy);
         let allow = batch.find("{ 1.1.1.1/32 } accept").expect("allow rule");
         let deny = batch.find("{ 0.0.0.0/0 } drop").expect("deny rule");
         let default = batch.find(" drop\nadd element").expect("default drop");
@@ -277,6 +297,11 @@ mod tests {
             batch.contains("delete element inet silo_10_213_0_0_16 filtered"),
             "no host-name rules: not redirected to the filter"
         );
+        assert!(batch.contains(&format!(
+            "add rule inet silo_10_213_0_0_16 src_{veth} ip saddr != 10.213.0.2 drop\n\
+             add element inet silo_10_213_0_0_16 sources {{ \"{veth}\" : jump src_{veth} }}",
+            veth = names.veth
+        )));
     }
 
     #[test]
@@ -288,7 +313,7 @@ mod tests {
             dns_servers: Some(vec![Ipv4Addr::new(1, 1, 1, 1)]),
             ..EgressPolicy::default()
         };
-        let batch = fw.sandbox_batch(&names, &policy);
+        let batch = fw.sandbox_batch(&names, Ipv4Addr::new(10, 213, 0, 2), &policy);
         assert!(batch.contains("ip daddr { 1.1.1.1/32 } accept"), "{batch}");
         assert!(batch.contains(&format!(
             "add element inet silo_10_213_0_0_16 filtered {{ \"{}\" }}",
@@ -312,5 +337,9 @@ mod tests {
         let vmap = batch.find("iifname vmap @egress").unwrap();
         let closed = batch.find("forward ip saddr 10.213.0.0/16 drop").unwrap();
         assert!(vmap < closed);
+        // Ahead of NAT and conntrack, by interface, whatever the source claims.
+        assert!(batch.contains("guard { type filter hook prerouting priority raw;"));
+        assert!(batch.contains("guard iifname \"silo*\" meta nfproto != ipv4 drop"));
+        assert!(batch.contains("guard iifname vmap @sources"));
     }
 }

@@ -6,7 +6,9 @@
 //!   netstack (`--network=sandbox`) takes over its interfaces;
 //! - veth `silot` (15 bytes, the kernel's limit) on the host with the lease's gateway
 //!   address, its peer `eth0` inside the netns with the sandbox address and a default
-//!   route via the gateway.
+//!   route via the gateway. IPv4 only: the host end has IPv6 off and `eth0` no
+//!   link-local address, which runsc would hand to the sandbox (the firewall drops
+//!   IPv6 from the veth as well).
 //!
 //! Addresses come from [`AddressPool`] (leases persisted as files). Every step here is
 //! done with iproute2's `ip`, and every delete is idempotent: a missing netns or link
@@ -72,6 +74,8 @@ pub enum NetworkError {
         #[source]
         source: io::Error,
     },
+    #[error("sandbox {id} holds no address on this host")]
+    NoAddress { id: SandboxId },
     #[error("read address leases in {dir}")]
     ReadLeases {
         dir: PathBuf,
@@ -95,6 +99,12 @@ pub enum NetworkError {
         name: String,
         #[source]
         source: IpError,
+    },
+    #[error("turn off IPv6 on veth {name}")]
+    DisableIpv6 {
+        name: String,
+        #[source]
+        source: io::Error,
     },
     #[error("start the egress filter")]
     StartFilter(#[source] io::Error),
@@ -190,13 +200,42 @@ pub async fn create_veth(names: &NetNames, lease: &Lease) -> Result<(), NetworkE
         gw = lease.gateway,
     );
     ip(&["-batch", "-"], Some(&host)).await.map_err(err)?;
+    disable_ipv6(&names.veth)?;
     address_inside(names, lease).await.map_err(err)
 }
 
+/// Whether the kernel has IPv6 (not booted with `ipv6.disable=1`).
+fn kernel_has_ipv6() -> bool {
+    Path::new("/proc/sys/net/ipv6").exists()
+}
+
+/// Turn IPv6 off on a host interface: the kernel then drops IPv6 arriving on it, and
+/// removes its link-local address.
+fn disable_ipv6(dev: &str) -> Result<(), NetworkError> {
+    if !kernel_has_ipv6() {
+        return Ok(());
+    }
+    let path = Path::new("/proc/sys/net/ipv6/conf")
+        .join(dev)
+        .join("disable_ipv6");
+    std::fs::write(path, "1").map_err(|source| NetworkError::DisableIpv6 {
+        name: dev.to_owned(),
+        source,
+    })
+}
+
 /// Address, link and default route of `eth0` inside the netns (idempotent: `replace`).
+/// No IPv6 link-local address, which runsc would give to the sandbox (the kernel refuses
+/// the setting when it has no IPv6 at all).
 async fn address_inside(names: &NetNames, lease: &Lease) -> Result<(), IpError> {
+    let no_link_local = if kernel_has_ipv6() {
+        "link set eth0 addrgenmode none\n"
+    } else {
+        ""
+    };
     let inside = format!(
-        "addr replace {ip}/{LINK_PREFIX_LEN} dev eth0\n\
+        "{no_link_local}\
+         addr replace {ip}/{LINK_PREFIX_LEN} dev eth0\n\
          link set eth0 up\n\
          route replace default via {gw}\n",
         ip = lease.ip,

@@ -39,6 +39,7 @@ pub(super) enum Verb {
     Destroy,
     /// Reading the state of a sandbox whose container is up (`is_paused`).
     State,
+    SetEgress,
 }
 
 #[derive(Default)]
@@ -182,12 +183,12 @@ impl Runtime for FakeRuntime {
         Ok(self.started())
     }
 
-    async fn set_egress(
-        &self,
-        _id: &SandboxId,
-        _policy: &EgressPolicy,
-    ) -> Result<(), RuntimeError> {
-        Ok(())
+    fn blocked(&self) -> &[crate::network::Cidr] {
+        &crate::network::ALWAYS_BLOCKED
+    }
+
+    async fn set_egress(&self, id: &SandboxId, _policy: &EgressPolicy) -> Result<(), RuntimeError> {
+        self.act(Verb::SetEgress, id).await
     }
 
     async fn is_paused(&self, id: &SandboxId) -> Result<bool, RuntimeError> {

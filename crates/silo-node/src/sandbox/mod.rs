@@ -265,6 +265,12 @@ impl Manager {
         &self.defaults
     }
 
+    /// Destinations no sandbox reaches, whatever its rules say: a request naming one
+    /// (as its resolver) is refused.
+    pub fn blocked(&self) -> &[crate::network::Cidr] {
+        self.runtime.blocked()
+    }
+
     /// How many running sandboxes doze now (frozen until their next request).
     pub fn dozing(&self) -> usize {
         self.activity.dozing()

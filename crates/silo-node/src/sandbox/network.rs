@@ -11,7 +11,8 @@ use crate::network::EgressPolicy;
 
 impl Manager {
     /// Replace the egress rules of a running or paused sandbox; new connections follow
-    /// them at once. The rules are recorded as applied even if the caller stops waiting.
+    /// them at once (a sandbox saved to disk gets them at its resume). The rules are
+    /// recorded as applied even if the caller stops waiting.
     pub async fn update_network(
         self: &Arc<Self>,
         id: &SandboxId,
@@ -27,6 +28,10 @@ impl Manager {
         id: &SandboxId,
         policy: EgressPolicy,
     ) -> Result<(), SandboxError> {
+        // A resume reads the rules it restores the sandbox under: one under way would
+        // restore the old ones after this update said the new ones were applied.
+        let lock = self.lifecycle_lock(id);
+        let _held = lock.lock().await;
         let rec = self.get(id)?;
         if !matches!(rec.state, SandboxState::Running | SandboxState::Paused) {
             return Err(SandboxError::WrongState {
@@ -34,17 +39,26 @@ impl Manager {
                 state: rec.state,
             });
         }
-        self.runtime
-            .set_egress(id, &policy)
-            .await
-            .map_err(|source| SandboxError::Network {
-                id: id.clone(),
-                source: Box::new(source),
-            })?;
+        if has_network(&rec) {
+            self.runtime
+                .set_egress(id, &policy)
+                .await
+                .map_err(|source| SandboxError::Network {
+                    id: id.clone(),
+                    source: Box::new(source),
+                })?;
+        }
         self.catalog.set_network(id, &rules_of(&policy))?;
         tracing::info!(sandbox_id = %id, ?policy, "egress rules replaced");
         Ok(())
     }
+}
+
+/// Whether the sandbox has a network to apply rules to. One saved to disk by a pause
+/// has none (its address went back to the pool, and its row holds none): its resume
+/// makes it anew under the rules the row holds.
+pub(super) fn has_network(rec: &silo_catalog::SandboxRecord) -> bool {
+    rec.address.is_some()
 }
 
 /// The catalog's form of a policy.
@@ -94,7 +108,68 @@ pub(super) fn policy_of(rules: &NetworkRules) -> Result<EgressPolicy, String> {
 
 #[cfg(test)]
 mod tests {
+    use super::super::fake::{self, running, FakeRuntime, Verb};
     use super::*;
+
+    fn closed() -> EgressPolicy {
+        EgressPolicy {
+            internet: false,
+            ..EgressPolicy::default()
+        }
+    }
+
+    #[tokio::test]
+    async fn an_update_during_a_resume_is_applied_after_it() {
+        let (runtime, manager, _dir, id) = running();
+        manager.pause(&id, "test").await.unwrap();
+        runtime.hold(Verb::Resume);
+        let resume = tokio::spawn({
+            let (manager, id) = (Arc::clone(&manager), id.clone());
+            async move { manager.resume(&id, None, "test").await }
+        });
+        runtime.began().await;
+        let update = tokio::spawn({
+            let (manager, id) = (Arc::clone(&manager), id.clone());
+            async move { manager.update_network(&id, closed()).await }
+        });
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        assert!(!update.is_finished(), "the update waits for the resume");
+        runtime.release();
+        resume.await.unwrap().unwrap();
+        update.await.unwrap().unwrap();
+        assert_eq!(
+            runtime.done(),
+            [
+                Verb::Pause,
+                Verb::Resume,
+                Verb::ResumeAfterThaw,
+                Verb::SetEgress
+            ],
+            "applied to the resumed sandbox"
+        );
+        let rec = manager.get(&id).unwrap();
+        assert_eq!(stored_policy(&rec).unwrap(), closed());
+    }
+
+    #[tokio::test]
+    async fn a_saved_sandbox_takes_its_rules_at_its_resume() {
+        let runtime = Arc::new(FakeRuntime::default());
+        let (manager, _dir) = fake::manager(Arc::clone(&runtime));
+        let saved = fake::record(SandboxState::Paused, 0);
+        let mut frozen = fake::record(SandboxState::Paused, 0);
+        frozen.address = Some("10.213.0.2".into());
+        for rec in [&saved, &frozen] {
+            manager.catalog.insert_sandbox(rec).unwrap();
+            manager.update_network(&rec.id, closed()).await.unwrap();
+            let stored = manager.get(&rec.id).unwrap();
+            assert_eq!(stored_policy(&stored).unwrap(), closed());
+        }
+        assert_eq!(
+            runtime.done(),
+            [Verb::SetEgress],
+            "applied to the frozen one only"
+        );
+    }
 
     #[test]
     fn rules_keep_the_policy() {

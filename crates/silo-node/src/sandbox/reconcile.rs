@@ -197,6 +197,9 @@ impl Manager {
     /// kept sandbox (which also puts its new ports into the firewall). Until then that
     /// sandbox's traffic on ports 80/443 and its DNS are refused, never let through.
     async fn readopt_host_name_rules(&self, rec: &silo_catalog::SandboxRecord) {
+        if !super::network::has_network(rec) {
+            return;
+        }
         let policy = match super::network::policy_of(&rec.network) {
             Ok(policy) if policy.filters_names() => policy,
             Ok(_) => return,

@@ -10,24 +10,49 @@ use tokio::net::UdpSocket;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
-use super::Rules;
-use crate::network::policy::EgressPolicy;
+use super::{Rules, Slot};
+use crate::network::policy::{Cidr, EgressPolicy};
 
 const UPSTREAM_TIMEOUT: Duration = Duration::from_secs(5);
-/// Queries in flight to resolvers at once, over all sandboxes; more are dropped (a
-/// client asks again).
-const IN_FLIGHT: usize = 256;
 /// Largest DNS message over UDP (EDNS allows up to 64 KiB).
 const MAX_MESSAGE: usize = 65_535;
 
+/// Where allowed queries go.
+pub(super) struct Upstreams {
+    /// The server's resolver, for sandboxes that name none.
+    pub(super) default: SocketAddr,
+    /// Never a sandbox's resolver: silo would relay to other sandboxes, the host or
+    /// the metadata service for it (the API refuses them too).
+    pub(super) blocked: Arc<[Cidr]>,
+}
+
+impl Upstreams {
+    /// The sandbox's first resolver, else the default; `None` when the sandbox's is
+    /// one it may not reach.
+    fn of(&self, policy: &EgressPolicy) -> Option<SocketAddr> {
+        match policy
+            .dns_servers
+            .as_ref()
+            .and_then(|servers| servers.first())
+        {
+            None => Some(self.default),
+            Some(ip) if self.blocked.iter().any(|c| c.contains(*ip)) => None,
+            Some(ip) => Some(SocketAddr::from((*ip, 53))),
+        }
+    }
+}
+
+/// Answer each query in a task of its own. Beyond the sandbox's or the overall cap on
+/// queries in flight (`all`), a query is dropped: its client asks again.
 pub(super) async fn serve(
     socket: UdpSocket,
     rules: Rules,
-    default_upstream: SocketAddr,
+    upstreams: Upstreams,
+    all: Arc<Semaphore>,
     stop: CancellationToken,
 ) {
     let socket = Arc::new(socket);
-    let in_flight = Arc::new(Semaphore::new(IN_FLIGHT));
+    let upstreams = Arc::new(upstreams);
     let mut buf = vec![0u8; MAX_MESSAGE];
     loop {
         let received = tokio::select! {
@@ -40,31 +65,29 @@ pub(super) async fn serve(
         let Some(sandbox) = rules.of(*peer.ip()) else {
             continue;
         };
-        let policy = sandbox.policy;
-        let Ok(permit) = in_flight.clone().try_acquire_owned() else {
+        let Some(slot) = Slot::take(&sandbox.queries, &all) else {
             continue;
         };
         let query = buf[..len].to_vec();
-        let socket = socket.clone();
+        let socket = Arc::clone(&socket);
+        let upstreams = Arc::clone(&upstreams);
         tokio::spawn(async move {
-            let upstream = policy
-                .dns_servers
-                .as_ref()
-                .and_then(|servers| servers.first())
-                .map_or(default_upstream, |ip| SocketAddr::from((*ip, 53)));
-            if let Some(reply) = answer(&query, &policy, peer, upstream).await {
+            let policy = &sandbox.policy;
+            if let Some(reply) = answer(&query, policy, peer, upstreams.of(policy)).await {
                 let _ = socket.send_to(&reply, peer).await;
             }
-            drop(permit);
+            drop(slot);
         });
     }
 }
 
+/// REFUSED for a name the rules do not allow, or when there is no resolver to ask;
+/// else the resolver's answer.
 async fn answer(
     query: &[u8],
     policy: &EgressPolicy,
     peer: SocketAddrV4,
-    upstream: SocketAddr,
+    upstream: Option<SocketAddr>,
 ) -> Option<Vec<u8>> {
     let message = Message::from_vec(query).ok()?;
     let denied = message
@@ -76,6 +99,10 @@ async fn answer(
         tracing::info!(sandbox = %peer.ip(), %name, "DNS refused by host-name rules");
         return refused(&message);
     }
+    let Some(upstream) = upstream else {
+        tracing::warn!(sandbox = %peer.ip(), "DNS refused: the sandbox's resolver is one sandboxes never reach");
+        return refused(&message);
+    };
     forward(query, upstream).await
 }
 
@@ -129,7 +156,7 @@ mod tests {
         let bytes = query.to_vec().unwrap();
         // Nothing listens on the discard port: an allowed name would time out, not answer.
         let peer = SocketAddrV4::new([10, 213, 0, 2].into(), 5353);
-        let reply = answer(&bytes, &policy, peer, "127.0.0.1:9".parse().unwrap())
+        let reply = answer(&bytes, &policy, peer, "127.0.0.1:9".parse().ok())
             .await
             .expect("a refusal");
         let reply = Message::from_vec(&reply).unwrap();
@@ -138,5 +165,43 @@ mod tests {
         assert_eq!(reply.message_type(), MessageType::Response);
         assert_eq!(reply.queries(), query.queries());
         assert!(reply.answers().is_empty());
+
+        // An allowed name with no resolver to ask: refused too, at once.
+        let bytes = query_for("a.example.com.");
+        let reply = answer(&bytes, &policy, peer, None)
+            .await
+            .expect("a refusal");
+        let reply = Message::from_vec(&reply).unwrap();
+        assert_eq!(reply.response_code(), ResponseCode::Refused);
+    }
+
+    fn query_for(name: &str) -> Vec<u8> {
+        let mut query = Message::new();
+        query.add_query(Query::query(Name::from_ascii(name).unwrap(), RecordType::A));
+        query.to_vec().unwrap()
+    }
+
+    #[test]
+    fn a_sandbox_never_has_its_queries_sent_where_it_may_not_go() {
+        let upstreams = Upstreams {
+            // The host's own stub resolver is fine as the server's choice.
+            default: "127.0.0.53:53".parse().unwrap(),
+            blocked: vec![
+                "10.213.0.0/16".parse().unwrap(),
+                "169.254.0.0/16".parse().unwrap(),
+            ]
+            .into(),
+        };
+        let naming = |ip: &str| EgressPolicy {
+            dns_servers: Some(vec![ip.parse().unwrap(), "1.1.1.1".parse().unwrap()]),
+            ..EgressPolicy::default()
+        };
+        assert_eq!(
+            upstreams.of(&EgressPolicy::default()),
+            Some(upstreams.default)
+        );
+        assert_eq!(upstreams.of(&naming("9.9.9.9")), "9.9.9.9:53".parse().ok());
+        assert_eq!(upstreams.of(&naming("10.213.0.6")), None, "another sandbox");
+        assert_eq!(upstreams.of(&naming("169.254.169.254")), None, "metadata");
     }
 }

@@ -8,10 +8,11 @@ use std::time::Duration;
 use nix::sys::socket::{getsockopt, sockopt::OriginalDst};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
 use super::sniff::{server_name, Sniffed};
-use super::Rules;
+use super::{Rules, Slot};
 use crate::network::policy::{Cidr, EgressPolicy};
 
 /// Longest wait for the client's first bytes, and for the connection out.
@@ -22,10 +23,13 @@ const SNIFF_LIMIT: usize = 16 * 1024;
 /// TLS fatal alert `access_denied`: the client reports it instead of a bare reset.
 const TLS_ACCESS_DENIED: [u8; 7] = [0x15, 0x03, 0x03, 0x00, 0x02, 0x02, 0x31];
 
+/// Relay each connection in a task of its own. Beyond the sandbox's or the overall cap
+/// on connections held (`all`), a new one is closed at once.
 pub(super) async fn serve(
     listener: TcpListener,
     rules: Rules,
     blocked: Arc<[Cidr]>,
+    all: Arc<Semaphore>,
     stop: CancellationToken,
 ) {
     loop {
@@ -48,6 +52,10 @@ pub(super) async fn serve(
         let Some(sandbox) = rules.of(*peer.ip()) else {
             continue;
         };
+        let Some(slot) = Slot::take(&sandbox.connections, &all) else {
+            // Not logged each time: a sandbox at its cap could flood the log.
+            continue;
+        };
         let blocked = blocked.clone();
         let stop = stop.clone();
         tokio::spawn(async move {
@@ -56,6 +64,7 @@ pub(super) async fn serve(
                 () = sandbox.gone.cancelled() => {}
                 () = relay(conn, peer, &sandbox.policy, &blocked) => {}
             }
+            drop(slot);
         });
     }
 }
