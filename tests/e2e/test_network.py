@@ -166,6 +166,10 @@ def test_never_the_host_other_sandboxes_or_metadata(silo, internet):
         own = own_address(sbx).split(".")
         gateway = ".".join(own[:3] + [str(int(own[3]) - 1)])
         assert not reaches(sbx, gateway, HOST_SERVICE[1])
+        # No IPv6 on its link: the veth's link-local addresses would reach host services
+        # on [::], which the IPv4 rules do not see.
+        addresses = sbx.commands.run("cat /proc/net/if_inet6").stdout
+        assert not [line for line in addresses.splitlines() if line.endswith("eth0")], addresses
         # The neighbour is untouched and still reachable through the proxy.
         assert neighbour.commands.run("echo fine").stdout == "fine\n"
     finally:
