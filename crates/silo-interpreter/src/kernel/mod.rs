@@ -14,8 +14,8 @@
 //! the main thread.
 //!
 //! JavaScript and TypeScript can instead run on silo's own Node.js driver ([`node`]), which
-//! speaks the same messages as JSON lines over its stdin and stdout; everything above the
-//! transport (routing, [`Replies`], interrupt, kill) is shared.
+//! speaks the same messages as JSON lines over pipes; everything above the transport
+//! (routing, [`Replies`], interrupt, kill) is shared.
 
 pub mod connection;
 mod launcher;
@@ -507,13 +507,17 @@ async fn read_loop<S: SocketRecv>(
                 continue;
             }
         };
-        let Some(parent) = msg.parent_msg_id.as_deref() else {
-            continue;
-        };
-        let routes = lock(&routes);
-        if let Some(tx) = routes.get(parent) {
-            // A closed receiver just means the request was abandoned.
-            let _ = tx.send(msg);
-        }
+        deliver(&routes, msg);
+    }
+}
+
+/// Hands `msg` to the request it answers, if anyone still waits for that one.
+fn deliver(routes: &Routes, msg: Message) {
+    let Some(parent) = msg.parent_msg_id.as_deref() else {
+        return;
+    };
+    if let Some(tx) = lock(routes).get(parent) {
+        // A closed receiver just means the request was abandoned.
+        let _ = tx.send(msg);
     }
 }
