@@ -653,8 +653,7 @@ mod tests {
     #[test]
     fn a_request_ending_without_a_readable_reply_gets_an_error_reply() {
         let routes = Routes::default();
-        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
-        super::super::lock(&routes).insert("r1".to_string(), tx);
+        let mut replies = super::super::Replies::register(&routes, "r1".into());
         let mut router = Router::new("js".into(), routes, StderrTail::default());
         let line = |msg_type: &str, content: Value| {
             json!({"parent": "r1", "msg_type": msg_type, "content": content}).to_string()
@@ -665,7 +664,9 @@ mod tests {
         router.output("stderr", "child\n".into());
         router.protocol_line("garbled{\"parent\":\"r1\",\"msg_type\":\"execute_reply\"");
         router.protocol_line(&line("status", json!({"execution_state": "idle"})));
-        let seen: Vec<(String, Value)> = std::iter::from_fn(|| rx.try_recv().ok())
+        let seen: Vec<(String, Value)> = replies
+            .drain()
+            .into_iter()
             .map(|m| (m.header.msg_type, m.content))
             .collect();
         let types: Vec<&str> = seen.iter().map(|(t, _)| t.as_str()).collect();
