@@ -60,6 +60,26 @@ pub struct Message {
     pub content: Value,
 }
 
+impl Message {
+    /// A message of `msg_type` for request `parent` that came without a Jupyter header:
+    /// from silo's Node.js driver, or made up by the interpreter. An empty `date` is
+    /// stamped when the message is turned into output.
+    pub fn for_parent(parent: String, msg_type: String, date: String, content: Value) -> Self {
+        Message {
+            header: Header {
+                msg_id: String::new(),
+                session: String::new(),
+                username: String::new(),
+                date,
+                msg_type,
+                version: String::new(),
+            },
+            parent_msg_id: Some(parent),
+            content,
+        }
+    }
+}
+
 /// Signs outgoing and verifies incoming messages with one connection's key.
 #[derive(Clone)]
 pub struct Signer {

@@ -8,29 +8,29 @@
 //!
 //! Two reader tasks (shell, iopub) decode every incoming message and route it, by the
 //! `msg_id` of its parent header, to whoever sent that request ([`Kernel::request`]). Messages
-//! nobody waits for are dropped.
+//! nobody waits for are dropped; [`routes`] bounds what waits for a slow consumer.
 //!
 //! ipykernel is started by silo's launcher ([`launcher`]), which keeps its shell socket on
 //! the main thread.
 //!
 //! JavaScript and TypeScript can instead run on silo's own Node.js driver ([`node`]), which
-//! speaks the same messages as JSON lines over its stdin and stdout; everything above the
-//! transport (routing, [`Replies`], interrupt, kill) is shared.
+//! speaks the same messages as JSON lines over pipes; everything above the transport
+//! (routing, [`Replies`], interrupt, kill) is shared.
 
 pub mod connection;
 mod launcher;
 pub mod messages;
 pub mod node;
 pub mod process;
+mod routes;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde_json::{json, Value};
-use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use zeromq::{DealerSocket, Socket, SocketRecv, SocketSend, SubSocket, ZmqMessage};
 
@@ -38,8 +38,10 @@ use crate::config::KernelUser;
 use crate::kernelspec::{InterruptMode, KernelSpec};
 use crate::language::Language;
 use connection::{ConnectionFile, ConnectionInfo};
-use messages::{Message, Signer};
+use messages::Signer;
 use process::KernelProcess;
+pub use routes::Replies;
+use routes::{deliver, Routes};
 
 /// How long a kernel may take from spawn to answering `kernel_info_request`. Generous: under
 /// gVisor a cold Python import of ipykernel takes seconds.
@@ -119,8 +121,6 @@ pub struct StartOptions<'a> {
     pub path: &'a str,
 }
 
-type Routes = Arc<Mutex<HashMap<String, mpsc::UnboundedSender<Message>>>>;
-
 /// A started kernel. Dropping it kills the process group (see [`KernelProcess`]).
 pub struct Kernel {
     name: String,
@@ -146,36 +146,6 @@ enum Channels {
         _connection_file: ConnectionFile,
     },
     Node(node::Pipe),
-}
-
-/// The messages caused by one request, in arrival order (iopub and shell interleaved).
-/// Dropping it stops the routing.
-pub struct Replies {
-    pub msg_id: String,
-    rx: mpsc::UnboundedReceiver<Message>,
-    routes: Routes,
-}
-
-impl Replies {
-    /// The next message, or `None` once the kernel's sockets are gone.
-    pub async fn next(&mut self) -> Option<Message> {
-        self.rx.recv().await
-    }
-
-    /// The messages already received, without waiting: what a kernel said before it died.
-    pub fn drain(&mut self) -> Vec<Message> {
-        std::iter::from_fn(|| self.rx.try_recv().ok()).collect()
-    }
-}
-
-impl Drop for Replies {
-    fn drop(&mut self) {
-        lock(&self.routes).remove(&self.msg_id);
-    }
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().expect("kernel routing lock poisoned")
 }
 
 impl Kernel {
@@ -335,25 +305,16 @@ impl Kernel {
         if let Some(status) = self.process.exit_status() {
             return Err(self.died(status));
         }
-        let route = |msg_id: &str| {
-            let (tx, rx) = mpsc::unbounded_channel();
-            lock(&self.routes).insert(msg_id.to_string(), tx);
-            Replies {
-                msg_id: msg_id.to_string(),
-                rx,
-                routes: self.routes.clone(),
-            }
-        };
         match &self.channels {
             Channels::Jupyter { signer, shell, .. } => {
                 let (msg_id, frames) = signer.request(msg_type, content);
-                let replies = route(&msg_id);
+                let replies = Replies::register(&self.routes, msg_id);
                 self.send_frames(shell, frames).await?;
                 Ok(replies)
             }
             Channels::Node(pipe) => {
                 let msg_id = uuid::Uuid::new_v4().to_string();
-                let replies = route(&msg_id);
+                let replies = Replies::register(&self.routes, msg_id.clone());
                 pipe.send(&msg_id, msg_type, content)
                     .await
                     .map_err(|source| KernelError::PipeSend {
@@ -507,13 +468,6 @@ async fn read_loop<S: SocketRecv>(
                 continue;
             }
         };
-        let Some(parent) = msg.parent_msg_id.as_deref() else {
-            continue;
-        };
-        let routes = lock(&routes);
-        if let Some(tx) = routes.get(parent) {
-            // A closed receiver just means the request was abandoned.
-            let _ = tx.send(msg);
-        }
+        deliver(&routes, msg);
     }
 }

@@ -1,5 +1,6 @@
 //! silo's own JavaScript/TypeScript kernel: a Node.js driver script (`node_driver.js`,
-//! embedded here) spoken to over its stdin and stdout, one JSON object per line.
+//! embedded here) spoken to over its stdin and fd 3
+//! ([`PROTOCOL_FD`](super::process::PROTOCOL_FD)), one JSON object per line.
 //!
 //! tslab, the Jupyter kernel the template can install without a native build, prints a
 //! cell's value to stdout and reports every failure as a bare "error"; E2B's clients expect
@@ -8,26 +9,33 @@
 //! `execute_reply`, `status`…), so [`Kernel`] routes its messages and the execution maps them
 //! exactly as for a Jupyter kernel. No ZeroMQ is involved, so any `node` works.
 //!
-//! Requests (stdin): `{"msg_id","msg_type","content"}`. Messages (stdout):
+//! Requests (stdin): `{"msg_id","msg_type","content"}`. Messages (fd 3):
 //! `{"parent","msg_type","date","content"}`. Interrupts are SIGINT, as for Jupyter kernels
 //! with `interrupt_mode: signal`.
+//!
+//! The driver's stdout and stderr are pipes of their own, read as the running cell's stream
+//! output: `console.log` goes through the protocol, but a child the user's code starts with
+//! inherited stdio writes to them directly, and must not write into the protocol.
 //!
 //! The driver finds the TypeScript compiler (which it also uses to parse JavaScript) next to
 //! the kernelspec's program: tslab's `bin/tslab` lives in the tslab package, whose
 //! dependencies include it.
 
+use std::io::Read;
+use std::os::fd::AsFd;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicBool;
 
 use serde::Deserialize;
 use serde_json::{json, Value};
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
-use tokio::process::{ChildStdin, ChildStdout};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::unix::pipe;
+use tokio::process::ChildStdin;
 
-use super::messages::{Header, Message};
-use super::process::KernelProcess;
+use super::messages::Message;
+use super::process::{KernelProcess, Pipes, StderrTail};
 use super::START_TIMEOUT;
-use super::{exited_during_start, lock, Channels, Kernel, KernelError, Routes, StartOptions};
+use super::{deliver, exited_during_start, Channels, Kernel, KernelError, Routes, StartOptions};
 use crate::kernelspec::{self, InterruptMode, KernelSpec};
 use crate::language::Language;
 
@@ -99,7 +107,12 @@ fn request_line(msg_id: &str, msg_type: &str, content: Value) -> String {
     line
 }
 
-/// One line of the driver's stdout.
+/// How much of an unreadable protocol line is logged.
+const LOGGED_LINE: usize = 200;
+/// The most a pipe holds, unless root raised fs.pipe-max-size.
+const DRAIN_LIMIT: usize = 1 << 20;
+
+/// One line of the driver's protocol.
 #[derive(Deserialize)]
 struct DriverLine {
     parent: String,
@@ -113,46 +126,220 @@ struct DriverLine {
 /// A driver line as the Jupyter-shaped [`Message`] the rest of the interpreter handles.
 fn decode_line(line: &str) -> Result<Message, serde_json::Error> {
     let l: DriverLine = serde_json::from_str(line)?;
-    Ok(Message {
-        header: Header {
-            msg_id: String::new(),
-            session: String::new(),
-            username: String::new(),
-            date: l.date,
-            msg_type: l.msg_type,
-            version: String::new(),
-        },
-        parent_msg_id: Some(l.parent),
-        content: l.content,
-    })
+    Ok(Message::for_parent(l.parent, l.msg_type, l.date, l.content))
 }
 
-/// Routes the driver's messages until its stdout closes.
-async fn read_loop(kernel: String, stdout: ChildStdout, routes: Routes) {
-    let mut lines = BufReader::new(stdout).lines();
+/// Routes the driver's messages, and what lands on its stdout and stderr, until the protocol
+/// pipe closes.
+///
+/// Across the pipes, order is known one way only: whatever reached stdout or stderr before
+/// the driver wrote a protocol line is in those pipes once the line is read, as the driver
+/// writes synchronously and a child run synchronously is done writing when the driver goes
+/// on. So the pipes are read dry before each line is routed, which keeps a child's output
+/// ahead of the reply and of what the cell prints after it.
+async fn read_loop(
+    kernel: String,
+    protocol: pipe::Receiver,
+    [mut stdout, mut stderr]: [Capture; 2],
+    mut router: Router,
+) {
+    let mut lines = BufReader::new(protocol).lines();
     loop {
-        let line = match lines.next_line().await {
-            Ok(Some(line)) => line,
-            Ok(None) => return,
+        tokio::select! {
+            text = stdout.read(), if stdout.open => router.output(stdout.name, text),
+            text = stderr.read(), if stderr.open => router.output(stderr.name, text),
+            line = lines.next_line() => {
+                for capture in [&mut stdout, &mut stderr] {
+                    let text = capture.drain();
+                    router.output(capture.name, text);
+                }
+                match line {
+                    Ok(Some(line)) => router.protocol_line(&line),
+                    // The driver is gone; its last words (a crash report on stderr) were
+                    // just read into the stderr tail.
+                    Ok(None) => return,
+                    Err(e) => {
+                        tracing::debug!(%kernel, error = %e, "driver protocol pipe failed");
+                        return;
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// The driver's stdout or stderr, whose bytes are stream output.
+struct Capture {
+    name: &'static str,
+    pipe: pipe::Receiver,
+    /// The same pipe, read directly: the runtime's own non-waiting read gives up when it has
+    /// not yet been told the pipe is readable, which would leave bytes behind in [`drain`].
+    ///
+    /// [`drain`]: Capture::drain
+    now: std::fs::File,
+    open: bool,
+    buf: Vec<u8>,
+    /// The start of a UTF-8 character that the last read cut.
+    partial: Vec<u8>,
+}
+
+impl Capture {
+    fn new(name: &'static str, pipe: pipe::Receiver) -> std::io::Result<Capture> {
+        let now = std::fs::File::from(pipe.as_fd().try_clone_to_owned()?);
+        Ok(Capture {
+            name,
+            pipe,
+            now,
+            open: true,
+            buf: vec![0; 64 * 1024],
+            partial: Vec::new(),
+        })
+    }
+
+    /// The text of the next bytes, once there are some.
+    async fn read(&mut self) -> String {
+        let read = self.pipe.read(&mut self.buf).await;
+        self.text(read)
+    }
+
+    /// The text of what the pipe holds now, without waiting. At most [`DRAIN_LIMIT`] bytes,
+    /// all the pipe held before, so a child that writes without pause cannot hold the
+    /// protocol up.
+    fn drain(&mut self) -> String {
+        let mut text = String::new();
+        while self.open && text.len() < DRAIN_LIMIT {
+            let read = (&self.now).read(&mut self.buf);
+            if matches!(&read, Err(e) if e.kind() == std::io::ErrorKind::WouldBlock) {
+                break;
+            }
+            text.push_str(&self.text(read));
+        }
+        text
+    }
+
+    /// The text of one read's bytes, without a character cut at their end; at the end of the
+    /// pipe (or a failure, taken as one), everything that is left.
+    fn text(&mut self, read: std::io::Result<usize>) -> String {
+        let n = match read {
+            Ok(n) if n > 0 => n,
+            _ => {
+                self.open = false;
+                0
+            }
+        };
+        self.partial.extend_from_slice(&self.buf[..n]);
+        let whole = match std::str::from_utf8(&self.partial) {
+            Err(e) if self.open && e.error_len().is_none() => e.valid_up_to(),
+            _ => self.partial.len(),
+        };
+        let cut = self.partial.split_off(whole);
+        let text = String::from_utf8_lossy(&self.partial).into_owned();
+        self.partial = cut;
+        text
+    }
+}
+
+/// Routes what the reader gets, following the driver's requests as it goes.
+struct Router {
+    kernel: String,
+    routes: Routes,
+    stderr_tail: StderrTail,
+    /// Whose the bytes on stdout and stderr are: as the driver's own `outputParent`, the
+    /// request that announced a cell with execute_input, until the next request starts.
+    output: Option<String>,
+    /// The request the driver is handling, until its reply is seen.
+    unanswered: Option<String>,
+}
+
+impl Router {
+    fn new(kernel: String, routes: Routes, stderr_tail: StderrTail) -> Router {
+        Router {
+            kernel,
+            routes,
+            stderr_tail,
+            output: None,
+            unanswered: None,
+        }
+    }
+
+    fn output(&mut self, name: &'static str, text: String) {
+        if text.is_empty() {
+            return;
+        }
+        if name == "stderr" {
+            self.stderr_tail.record(&text);
+        }
+        match &self.output {
+            Some(parent) => deliver(
+                &self.routes,
+                Message::for_parent(
+                    parent.clone(),
+                    "stream".into(),
+                    String::new(),
+                    json!({"name": name, "text": text}),
+                ),
+            ),
+            None => {
+                tracing::debug!(kernel = %self.kernel, name, bytes = text.len(), "dropping driver output outside a cell")
+            }
+        }
+    }
+
+    fn protocol_line(&mut self, line: &str) {
+        let msg = match decode_line(line) {
+            Ok(msg) => msg,
             Err(e) => {
-                tracing::debug!(%kernel, error = %e, "driver stdout closed");
+                // Only the driver writes here (children do not inherit fd 3), unless the
+                // user's code does itself. Were it a reply, `follow` makes one up at idle.
+                let start: String = line.chars().take(LOGGED_LINE).collect();
+                tracing::warn!(kernel = %self.kernel, error = %e, line = %start, "unreadable driver message");
                 return;
             }
         };
-        let msg = match decode_line(&line) {
-            Ok(m) => m,
-            Err(e) => {
-                // A child process of the user's code that inherited stdout, most likely.
-                tracing::debug!(%kernel, error = %e, "dropping a non-protocol driver line");
-                continue;
-            }
+        self.follow(&msg);
+        deliver(&self.routes, msg);
+    }
+
+    /// Notes what `msg` says about the driver's requests. A request that ends without a
+    /// reply gets an error reply before its idle status: the execution would otherwise wait
+    /// for the reply forever, with nothing left to interrupt.
+    fn follow(&mut self, msg: &Message) {
+        let Some(parent) = msg.parent_msg_id.as_deref() else {
+            return;
         };
-        let routes = lock(&routes);
-        if let Some(tx) = msg.parent_msg_id.as_deref().and_then(|p| routes.get(p)) {
-            // A closed receiver just means the request was abandoned.
-            let _ = tx.send(msg);
+        let state = msg.content["execution_state"].as_str();
+        match msg.header.msg_type.as_str() {
+            "status" if state == Some("busy") => {
+                self.output = None;
+                self.unanswered = Some(parent.to_string());
+            }
+            "status" if state == Some("idle") && self.unanswered.as_deref() == Some(parent) => {
+                self.unanswered = None;
+                tracing::warn!(kernel = %self.kernel, request = parent, "driver finished a request without a readable reply");
+                deliver(&self.routes, lost_reply(parent));
+            }
+            "execute_input" => self.output = Some(parent.to_string()),
+            t if t.ends_with("_reply") && self.unanswered.as_deref() == Some(parent) => {
+                self.unanswered = None;
+            }
+            _ => {}
         }
     }
+}
+
+/// The reply made up for a request whose own reply could not be read.
+fn lost_reply(parent: &str) -> Message {
+    Message::for_parent(
+        parent.to_string(),
+        "execute_reply".into(),
+        String::new(),
+        json!({
+            "status": "error",
+            "ename": "KernelProtocolError",
+            "evalue": "the kernel's reply was unreadable; the code ran, but its outcome is unknown",
+            "traceback": [],
+        }),
+    )
 }
 
 /// The argv of the driver for `spec`'s language.
@@ -199,22 +386,34 @@ impl Kernel {
         let argv = command_line(spec, &node, &script.path, opts.path);
         let mut env = opts.env.clone();
         env.extend(spec.env.clone());
-        let (process, pipes) = KernelProcess::spawn_piped(&argv, &env, opts.cwd, opts.user)
-            .map_err(|source| KernelError::Spawn {
-                kernel: name.clone(),
-                program: argv[0].clone(),
-                source,
-            })?;
+        let spawn_err = |source| KernelError::Spawn {
+            kernel: name.clone(),
+            program: argv[0].clone(),
+            source,
+        };
+        let (process, pipes) =
+            KernelProcess::spawn_piped(&argv, &env, opts.cwd, opts.user).map_err(spawn_err)?;
         tracing::info!(kernel = %name, pid = process.pid(), "kernel process started");
+        let Pipes {
+            stdin,
+            protocol,
+            stdout,
+            stderr,
+        } = pipes;
+        let captures = [
+            Capture::new("stdout", stdout).map_err(spawn_err)?,
+            Capture::new("stderr", stderr).map_err(spawn_err)?,
+        ];
 
         let routes = Routes::default();
-        let reader = tokio::spawn(read_loop(name.clone(), pipes.stdout, routes.clone()));
+        let router = Router::new(name.clone(), routes.clone(), process.stderr_recorder());
+        let reader = tokio::spawn(read_loop(name.clone(), protocol, captures, router));
         let kernel = Kernel {
             name: name.clone(),
             process,
             interrupt_mode: InterruptMode::Signal,
             channels: Channels::Node(Pipe {
-                stdin: tokio::sync::Mutex::new(pipes.stdin),
+                stdin: tokio::sync::Mutex::new(stdin),
                 _script: script,
             }),
             routes,
@@ -302,36 +501,43 @@ mod tests {
             .collect()
     }
 
-    /// The real driver on the host's `node`; skipped where there is none.
-    #[tokio::test]
-    async fn driver_runs_code_and_survives_an_interrupt() {
+    /// The real driver on the host's `node` in `dir`, or `None` where there is no node.
+    async fn start_driver(dir: &Path) -> Option<Kernel> {
         let path = std::env::var("PATH").unwrap_or_default();
         if kernelspec::find_program("node", &path).is_none() {
             eprintln!("skipped: no node on PATH");
-            return;
+            return None;
         }
-        let dir = tempfile::tempdir().expect("tempdir");
         let spec = KernelSpec {
             name: "jslab".into(),
             language: Language::JavaScript,
             argv: vec!["tslab".into(), "kernel".into()],
             env: Default::default(),
             interrupt_mode: InterruptMode::Message,
-            dir: dir.path().to_path_buf(),
+            dir: dir.to_path_buf(),
         };
         let env = std::collections::BTreeMap::from([("PATH".to_string(), path.clone())]);
         let kernel = Kernel::start_node(
             &spec,
             StartOptions {
-                cwd: dir.path(),
+                cwd: dir,
                 env: &env,
                 user: None,
-                runtime_dir: dir.path(),
+                runtime_dir: dir,
                 path: &path,
             },
         )
         .await
         .expect("driver starts");
+        Some(kernel)
+    }
+
+    #[tokio::test]
+    async fn driver_runs_code_and_survives_an_interrupt() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let Some(kernel) = start_driver(dir.path()).await else {
+            return;
+        };
 
         let seen = run(&kernel, "console.log('hi'); 1 + 1").await;
         assert_eq!(
@@ -367,6 +573,117 @@ mod tests {
             "5"
         );
         kernel.kill().await;
+    }
+
+    /// A child that inherits the driver's stdout and stderr writes into capture pipes, not
+    /// into the protocol: before, its unterminated "done" glued onto the next protocol line,
+    /// the execute_reply was lost and the execution never ended.
+    #[tokio::test]
+    async fn child_with_inherited_stdio_neither_hangs_nor_loses_output() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let Some(kernel) = start_driver(dir.path()).await else {
+            return;
+        };
+        let alone = run(
+            &kernel,
+            "void require('child_process').execSync('printf done', {stdio: 'inherit'})",
+        )
+        .await;
+        assert_eq!(of_type(&alone, "execute_reply")[0]["status"], "ok");
+        assert_eq!(
+            of_type(&alone, "stream"),
+            [&json!({"name": "stdout", "text": "done"})]
+        );
+
+        let code = "console.log('before'); \
+            require('child_process').execSync('printf done; printf oops >&2', {stdio: 'inherit'}); \
+            console.log('after')";
+        let seen = run(&kernel, code).await;
+        assert_eq!(of_type(&seen, "execute_reply")[0]["status"], "ok");
+        let text = |name: &str| -> Vec<&str> {
+            of_type(&seen, "stream")
+                .into_iter()
+                .filter(|c| c["name"] == name)
+                .filter_map(|c| c["text"].as_str())
+                .collect()
+        };
+        assert_eq!(text("stdout"), ["before\n", "done", "after\n"]);
+        assert_eq!(text("stderr"), ["oops"]);
+
+        // More than a pipe holds, cut anywhere, multi-byte characters included.
+        let big = run(
+            &kernel,
+            "void require('child_process').execSync(\"yes é | head -c 999999\", {stdio: 'inherit'})",
+        )
+        .await;
+        let out: String = of_type(&big, "stream")
+            .into_iter()
+            .filter_map(|c| c["text"].as_str())
+            .collect();
+        assert_eq!(out.len(), 999_999);
+        assert_eq!(out.matches("é\n").count(), 333_333);
+
+        // The next cell runs as usual.
+        let after = run(&kernel, "2 + 2").await;
+        assert_eq!(
+            of_type(&after, "execute_result")[0]["data"]["text/plain"],
+            "4"
+        );
+        kernel.kill().await;
+    }
+
+    #[tokio::test]
+    async fn captures_keep_characters_whole_and_drain_without_waiting() {
+        use std::io::Write;
+        let (tx, rx) = pipe::pipe().expect("pipe");
+        let mut capture = Capture::new("stdout", rx).expect("capture");
+        let mut tx = std::fs::File::from(tx.into_blocking_fd().expect("blocking"));
+        let bytes = "aé".as_bytes();
+        tx.write_all(&bytes[..2]).expect("write");
+        assert_eq!(capture.drain(), "a");
+        assert_eq!(capture.drain(), "", "nothing there, no waiting");
+        tx.write_all(&bytes[2..]).expect("write");
+        assert_eq!(capture.read().await, "é");
+        tx.write_all(&bytes[1..2]).expect("write");
+        drop(tx);
+        assert_eq!(capture.drain(), "\u{FFFD}", "a cut character at the end");
+        assert!(!capture.open);
+    }
+
+    #[test]
+    fn a_request_ending_without_a_readable_reply_gets_an_error_reply() {
+        let routes = Routes::default();
+        let mut replies = super::super::Replies::register(&routes, "r1".into());
+        let mut router = Router::new("js".into(), routes, StderrTail::default());
+        let line = |msg_type: &str, content: Value| {
+            json!({"parent": "r1", "msg_type": msg_type, "content": content}).to_string()
+        };
+        router.protocol_line(&line("status", json!({"execution_state": "busy"})));
+        router.output("stdout", "not yet the cell's\n".into());
+        router.protocol_line(&line("execute_input", json!({"execution_count": 1})));
+        router.output("stderr", "child\n".into());
+        router.protocol_line("garbled{\"parent\":\"r1\",\"msg_type\":\"execute_reply\"");
+        router.protocol_line(&line("status", json!({"execution_state": "idle"})));
+        let seen: Vec<(String, Value)> = replies
+            .drain()
+            .into_iter()
+            .map(|m| (m.header.msg_type, m.content))
+            .collect();
+        let types: Vec<&str> = seen.iter().map(|(t, _)| t.as_str()).collect();
+        assert_eq!(
+            types,
+            [
+                "status",
+                "execute_input",
+                "stream",
+                "execute_reply",
+                "status"
+            ]
+        );
+        assert_eq!(seen[2].1, json!({"name": "stderr", "text": "child\n"}));
+        assert_eq!(seen[3].1["status"], "error");
+        assert_eq!(seen[3].1["ename"], "KernelProtocolError");
+        assert_eq!(router.stderr_tail.lines(), ["child"]);
     }
 
     #[test]

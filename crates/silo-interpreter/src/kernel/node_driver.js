@@ -1,5 +1,7 @@
 // silo's JavaScript/TypeScript kernel: one Node.js process per context, driven by
-// silo-interpreter over its stdin/stdout with one JSON object per line (see node.rs).
+// silo-interpreter with one JSON object per line (see node.rs): requests on stdin, messages
+// on fd 3. Stdout and stderr are the cells' own: the interpreter reads them as the running
+// cell's output, which is how a child process started with inherited stdio is heard.
 //
 // Requests:  {"msg_id", "msg_type": "kernel_info_request" | "execute_request", "content"}
 // Messages:  {"parent": msg_id, "msg_type", "date", "content"}, shaped like the Jupyter
@@ -17,9 +19,10 @@
 //     the last expression statement; otherwise the script's completion value is the result.
 // Without a compiler, JavaScript runs unrewritten (no top-level await, `let` stays lexical).
 //
-// Usage: node node_driver.js <javascript|typescript> [directory to find the compiler from]
+// Usage: node node_driver.js <javascript|typescript> [directory to find the compiler from] 3>&1
 'use strict';
 
+const fs = require('fs');
 const path = require('path');
 const readline = require('readline');
 const util = require('util');
@@ -30,18 +33,24 @@ const { pathToFileURL } = require('url');
 const language = process.argv[2] === 'typescript' ? 'typescript' : 'javascript';
 const compilerHint = process.argv[3] || '';
 
-// The protocol owns the real stdout; user output is captured below. Node writes to a pipe
-// synchronously on Linux, so a line is out before the next statement of the cell runs.
-const protocolWrite = process.stdout.write.bind(process.stdout);
+// Node's children do not inherit it (libuv closes descriptors above 2 in them).
+const PROTOCOL_FD = 3;
 
+// Synchronous, so a message is out before the next statement of the cell runs, and output
+// a synchronous child wrote before it is already in the stdout and stderr pipes.
 function send(parent, msgType, content) {
   const line = JSON.stringify({ parent, msg_type: msgType, date: new Date().toISOString(), content });
-  protocolWrite(line + '\n');
+  const bytes = Buffer.from(line + '\n');
+  for (let at = 0; at < bytes.length;) {
+    at += fs.writeSync(PROTOCOL_FD, bytes, at);
+  }
 }
 
 // The request that output belongs to: the running cell, or the last one (output of timers
 // that fire later; the interpreter drops it once that execution has ended). Silent requests
-// (the interpreter's own snippets) publish nothing.
+// (the interpreter's own snippets) publish nothing. The interpreter follows the same rule
+// for bytes on stdout and stderr: a cell's once it sent execute_input, until the next
+// request starts.
 let outputParent = null;
 
 function capture(name) {
@@ -57,7 +66,7 @@ function capture(name) {
     return true;
   };
 }
-// console.log and console.error go through these.
+// console.log and console.error go through these: timestamped, in order with results.
 process.stdout.write = capture('stdout');
 process.stderr.write = capture('stderr');
 
@@ -132,7 +141,7 @@ function loadCompiler() {
 const ts = loadCompiler();
 if (ts === null) {
   // To the real stderr: the interpreter keeps its tail for diagnosis.
-  require('fs').writeSync(2, 'silo node driver: no TypeScript compiler found; cells run unrewritten\n');
+  fs.writeSync(2, 'silo node driver: no TypeScript compiler found; cells run unrewritten\n');
 }
 
 function compileError(message) {
@@ -390,8 +399,8 @@ async function execute(id, content) {
     executionCount += 1;
     count = executionCount;
     send(id, 'execute_input', { code: content.code, execution_count: count });
+    outputParent = id;
   }
-  outputParent = silent ? null : id;
   try {
     const value = await evaluate(String(content.code ?? ''), count);
     if (!silent && value !== undefined) {
@@ -409,6 +418,7 @@ async function execute(id, content) {
 
 async function handle(request) {
   const id = String(request.msg_id);
+  outputParent = null;
   send(id, 'status', { execution_state: 'busy' });
   try {
     switch (request.msg_type) {

@@ -6,18 +6,24 @@
 //! them at once, as a terminal's Ctrl-C would.
 
 use std::collections::{BTreeMap, VecDeque};
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::path::Path;
 use std::process::Stdio;
 use std::sync::{Arc, Mutex};
 
 use tokio::io::{AsyncBufReadExt, BufReader};
-use tokio::process::{ChildStdin, ChildStdout};
+use tokio::net::unix::pipe;
+use tokio::process::ChildStdin;
 use tokio::sync::watch;
 
 use crate::config::KernelUser;
 
 /// How many of the kernel's last stderr lines are kept for error messages.
 const STDERR_TAIL: usize = 20;
+
+/// The descriptor a piped kernel (silo's Node.js driver) writes its protocol on. Not its
+/// stdout: that one is the user's, inherited by every child the user's code starts.
+pub const PROTOCOL_FD: RawFd = 3;
 
 /// A running (or exited) kernel process. Dropping it kills the process group, so no path
 /// (a failed start, a deleted context) can leak a kernel.
@@ -26,13 +32,41 @@ pub struct KernelProcess {
     pid: i32,
     /// `None` while running, then a description of how it ended ("exit status 1", "signal 9").
     exited: watch::Receiver<Option<String>>,
-    stderr: Arc<Mutex<VecDeque<String>>>,
+    stderr: StderrTail,
 }
 
-/// The stdin and stdout of a kernel that is talked to over them (silo's Node.js driver).
+/// The last lines a kernel wrote to stderr, for error messages.
+#[derive(Debug, Clone, Default)]
+pub struct StderrTail(Arc<Mutex<VecDeque<String>>>);
+
+impl StderrTail {
+    /// Keeps the lines of `text`, some of the kernel's stderr.
+    pub fn record(&self, text: &str) {
+        let mut tail = self.0.lock().expect("stderr tail lock poisoned");
+        for line in text.lines() {
+            if tail.len() == STDERR_TAIL {
+                tail.pop_front();
+            }
+            tail.push_back(line.to_string());
+        }
+    }
+
+    pub(super) fn lines(&self) -> Vec<String> {
+        let tail = self.0.lock().expect("stderr tail lock poisoned");
+        tail.iter().cloned().collect()
+    }
+}
+
+/// The pipes of a kernel that is talked to over them (silo's Node.js driver): requests go
+/// to its stdin, its messages come from [`PROTOCOL_FD`], and whatever lands on its stdout
+/// and stderr (its own writes and those of children that inherited them) comes from
+/// `stdout` and `stderr`. That stderr is not read into the [`StderrTail`]: the reader of
+/// these pipes records it.
 pub struct Pipes {
     pub stdin: ChildStdin,
-    pub stdout: ChildStdout,
+    pub protocol: pipe::Receiver,
+    pub stdout: pipe::Receiver,
+    pub stderr: pipe::Receiver,
 }
 
 impl KernelProcess {
@@ -46,7 +80,7 @@ impl KernelProcess {
         Self::start(argv, env, cwd, user, false).map(|(process, _)| process)
     }
 
-    /// Like [`KernelProcess::spawn`], with stdin and stdout as pipes to talk over.
+    /// Like [`KernelProcess::spawn`], with the [`Pipes`] to talk over.
     pub fn spawn_piped(
         argv: &[String],
         env: &BTreeMap<String, String>,
@@ -68,19 +102,34 @@ impl KernelProcess {
         let (program, args) = argv
             .split_first()
             .ok_or_else(|| std::io::Error::other("empty kernel argv"))?;
-        let stdio = || if piped { Stdio::piped() } else { Stdio::null() };
         let mut cmd = tokio::process::Command::new(program);
         cmd.args(args)
             .env_clear()
             .envs(env)
             .current_dir(cwd)
-            .stdin(stdio())
-            .stdout(stdio())
-            .stderr(Stdio::piped())
             .process_group(0)
             // The watcher task below reaps the child; kill_on_drop would only SIGKILL the
             // leader, while `kill` takes the whole group.
             .kill_on_drop(false);
+        let mut readers = None;
+        if piped {
+            let (protocol_tx, protocol) = pipe::pipe()?;
+            let (stdout_tx, stdout) = pipe::pipe()?;
+            let (stderr_tx, stderr) = pipe::pipe()?;
+            // Blocking in the kernel, as an inherited stdout usually is.
+            let protocol_tx = protocol_tx.into_blocking_fd()?;
+            cmd.stdin(Stdio::piped())
+                .stdout(stdout_tx.into_blocking_fd()?)
+                .stderr(stderr_tx.into_blocking_fd()?);
+            // SAFETY: the closure runs between fork and exec and only calls dup2 or fcntl on
+            // a descriptor opened before the fork.
+            unsafe { cmd.pre_exec(move || as_protocol_fd(&protocol_tx)) };
+            readers = Some((protocol, stdout, stderr));
+        } else {
+            cmd.stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::piped());
+        }
         if let Some(user) = user.cloned() {
             // SAFETY: the closure runs between fork and exec and only makes async-signal-safe
             // system calls (setgroups, setgid, setuid) on data prepared before the fork.
@@ -104,22 +153,23 @@ impl KernelProcess {
             .and_then(|p| i32::try_from(p).ok())
             .ok_or_else(|| std::io::Error::other("spawned kernel has no pid"))?;
 
-        let pipes = match (child.stdin.take(), child.stdout.take()) {
-            (Some(stdin), Some(stdout)) => Some(Pipes { stdin, stdout }),
+        let pipes = match (child.stdin.take(), readers) {
+            (Some(stdin), Some((protocol, stdout, stderr))) => Some(Pipes {
+                stdin,
+                protocol,
+                stdout,
+                stderr,
+            }),
             _ => None,
         };
-        let stderr = Arc::new(Mutex::new(VecDeque::new()));
+        let stderr = StderrTail::default();
         if let Some(pipe) = child.stderr.take() {
             let tail = stderr.clone();
             tokio::spawn(async move {
                 let mut lines = BufReader::new(pipe).lines();
                 while let Ok(Some(line)) = lines.next_line().await {
                     tracing::debug!(pid, kernel_stderr = %line);
-                    let mut tail = tail.lock().expect("stderr tail lock poisoned");
-                    if tail.len() == STDERR_TAIL {
-                        tail.pop_front();
-                    }
-                    tail.push_back(line);
+                    tail.record(&line);
                 }
             });
         }
@@ -168,12 +218,12 @@ impl KernelProcess {
 
     /// The last lines the kernel wrote to stderr, oldest first.
     pub fn stderr_tail(&self) -> Vec<String> {
-        self.stderr
-            .lock()
-            .expect("stderr tail lock poisoned")
-            .iter()
-            .cloned()
-            .collect()
+        self.stderr.lines()
+    }
+
+    /// Where a piped kernel's stderr is to be recorded by the reader of its [`Pipes`].
+    pub fn stderr_recorder(&self) -> StderrTail {
+        self.stderr.clone()
     }
 
     /// SIGKILLs the process group and every descendant of the kernel, wherever its group.
@@ -211,6 +261,24 @@ impl Drop for KernelProcess {
             tracing::warn!(pid = self.pid, error = %e, "killing dropped kernel");
         }
     }
+}
+
+/// Makes `fd` the child's [`PROTOCOL_FD`], open across exec. Runs between fork and exec.
+fn as_protocol_fd(fd: &OwnedFd) -> std::io::Result<()> {
+    let fd = fd.as_raw_fd();
+    // SAFETY: dup2 and fcntl on a descriptor we own; both are async-signal-safe. dup2 onto
+    // itself would keep FD_CLOEXEC, hence the fcntl when the pipe already is fd 3.
+    let done = unsafe {
+        if fd == PROTOCOL_FD {
+            libc::fcntl(fd, libc::F_SETFD, 0)
+        } else {
+            libc::dup2(fd, PROTOCOL_FD)
+        }
+    };
+    if done < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
 }
 
 /// Every process below `root`, from /proc. Some kernels start children in their own session
