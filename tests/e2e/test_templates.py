@@ -133,6 +133,12 @@ def silo(server, *args: str):
                           env={**os.environ, **server.env()})
 
 
+def leases(server) -> list:
+    """The address leases the server holds: a sandbox's, or a RUN step's network."""
+    root = server.data_dir / "node" / "addresses"
+    return sorted(p.name for p in root.iterdir() if not p.name.startswith(".")) if root.exists() else []
+
+
 def builds_of(templates: Path, name: str) -> list:
     """The template's complete builds on disk."""
     path = templates / name
@@ -240,6 +246,58 @@ def test_bad_builds_fail_clearly_and_register_nothing(workspace, server, flags, 
     assert str(templates) not in Path("/proc/mounts").read_text()
     layers = templates / ".layers"
     assert not layers.exists() or not [d for d in layers.iterdir() if d.name.startswith(".")]
+    # A failed RUN step's network is released too.
+    assert leases(server) == []
+
+
+# Run by a RUN step: what it reaches (connect within 3 s) must be what a sandbox with
+# default rules reaches. Exits 1 if it reached something it must not, or not the
+# internet (a package registry, by name).
+PROBE = """\
+import socket, sys, urllib.request
+
+def reaches(host, port):
+    try:
+        socket.create_connection((host, port), timeout=3).close()
+        return True
+    except OSError:
+        return False
+
+reached = False
+for host, port in [("127.0.0.1", int(sys.argv[1])), ("169.254.169.254", 80), (sys.argv[2], 49983)]:
+    verdict = "REACHED" if reaches(host, port) else "blocked"
+    reached |= verdict == "REACHED"
+    print(verdict, f"{host}:{port}", flush=True)
+with urllib.request.urlopen("https://pypi.org/simple/pip/", timeout=60) as resp:
+    print("registry answered", resp.status, flush=True)
+sys.exit(1 if reached else 0)
+"""
+
+
+def test_run_steps_reach_the_internet_but_not_the_host_or_sandboxes(workspace, server, sdk_env):
+    # A Dockerfile is untrusted: its RUN steps get a sandbox's network, never the host's
+    # (whose loopback has silo's API, and which reaches every sandbox's agent).
+    templates, _ = workspace
+    context = templates.parent / "probe-context"
+    context.mkdir()
+    (context / "probe.py").write_text(PROBE)
+    neighbour = Sandbox.create("base", timeout=120)
+    try:
+        address = neighbour.commands.run(
+            "python3 -c \"import socket; s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); "
+            "s.connect(('203.0.113.1', 80)); print(s.getsockname()[0])\"").stdout.strip()
+        made = build(server, context, "e2e-probe", dockerfile=(
+            "FROM base\nCOPY probe.py /probe.py\n"
+            f"RUN python3 /probe.py {server.port} {address}\n"))
+        assert made.returncode == 0, made.stderr
+        for target in (f"127.0.0.1:{server.port}", "169.254.169.254:80", f"{address}:49983"):
+            assert f"blocked {target}" in made.stderr, made.stderr
+        assert "registry answered 200" in made.stderr, made.stderr
+        # The step's network is gone with it: only the neighbour holds an address.
+        assert len(leases(server)) == 1, leases(server)
+    finally:
+        neighbour.kill()
+    assert silo(server, "delete", "e2e-probe").returncode == 0
 
 
 def test_sdk_template_builder_builds_with_start_and_ready(workspace, server, sdk_env):

@@ -24,7 +24,7 @@ use silo_protocol::rest::Resources;
 use silo_protocol::templates::{BuildRequest, BuildStart};
 use silo_templates::dockerfile::{self, Dockerfile};
 use silo_templates::registry::RegistryAccess;
-use silo_templates::{BuildRunsc, Built, Progress, Stage, StartCommand};
+use silo_templates::{BuildRunsc, Built, Progress, Stage, StartCommand, StepNetwork};
 use tokio::io::{AsyncRead, AsyncWriteExt};
 
 use crate::sandbox::{write_resources, Manager, SandboxError};
@@ -84,6 +84,8 @@ pub struct Builder {
     manager: Arc<Manager>,
     dir: PathBuf,
     runsc: BuildRunsc,
+    /// Each RUN step's network: a sandbox's with the default rules (`crate::step_network`).
+    network: Arc<dyn StepNetwork>,
     /// Registries spoken to over plain http (`silo serve --insecure-registry`).
     insecure_registries: Vec<String>,
     requested: Mutex<HashMap<String, Requested>>,
@@ -101,6 +103,7 @@ impl Builder {
     pub fn new(
         manager: Arc<Manager>,
         runsc: BuildRunsc,
+        network: Arc<dyn StepNetwork>,
         insecure_registries: Vec<String>,
     ) -> Result<Arc<Builder>, TemplateError> {
         let dir = manager.templates().dir().to_owned();
@@ -125,6 +128,7 @@ impl Builder {
             manager,
             dir,
             runsc,
+            network,
             insecure_registries,
             requested: Mutex::default(),
             upload_tokens: Mutex::default(),
@@ -453,6 +457,7 @@ impl Builder {
                         context: &context,
                         build_args: &plan.build_args,
                         runsc: &self.runsc,
+                        network: &*self.network,
                         force_from: plan.force_from,
                         start: plan.start.clone(),
                         registry: &plan.registry,

@@ -55,6 +55,10 @@ impl Undo {
         matches!(self, Undo::DeleteVeth | Undo::DeleteNetns)
     }
 
+    /// A sandbox's network: address, netns, veth and firewall rules (all a template
+    /// build's RUN step holds, see `crate::step_network`).
+    pub(crate) const NETWORK: &'static [Undo] = Self::PLAN.split_at(2).1.split_at(4).0;
+
     /// What a sandbox saved to disk by a pause gives back: everything after its dir and
     /// disk (which hold the image and its files). Resume acquires it anew.
     pub(crate) const SAVED_SANDBOX_LETS_GO: &'static [Undo] = Self::PLAN.split_at(2).1;
@@ -279,6 +283,19 @@ mod tests {
         newest_first.reverse();
         assert_eq!(ran, newest_first);
         assert_eq!(errors, [Undo::DeleteContainer]);
+    }
+
+    #[test]
+    fn a_network_is_the_address_and_what_uses_it() {
+        assert_eq!(
+            Undo::NETWORK,
+            [
+                Undo::ReleaseAddress,
+                Undo::DeleteNetns,
+                Undo::DeleteVeth,
+                Undo::RemoveFirewall
+            ]
+        );
     }
 
     #[tokio::test]

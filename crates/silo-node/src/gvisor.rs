@@ -323,7 +323,7 @@ impl RunscRuntime {
 
     /// An address, a netns with a veth to it, and the egress rules, each pushed on
     /// `undo` before it is taken.
-    async fn acquire_network(
+    pub(crate) async fn acquire_network(
         &self,
         id: &SandboxId,
         egress: &EgressPolicy,
@@ -558,7 +558,11 @@ impl RunscRuntime {
     }
 
     /// Run undo `steps` (newest first), all of them; any failures as one error.
-    async fn release(&self, id: &SandboxId, steps: Vec<Undo>) -> Result<(), RuntimeError> {
+    pub(crate) async fn release(
+        &self,
+        id: &SandboxId,
+        steps: Vec<Undo>,
+    ) -> Result<(), RuntimeError> {
         let errors = cleanup::run_steps(&self.inner, id, steps).await;
         if errors.is_empty() {
             Ok(())
@@ -842,6 +846,13 @@ impl Runtime for RunscRuntime {
             entries
                 .filter_map(Result::ok)
                 .filter_map(|e| e.file_name().to_str()?.parse().ok()),
+        );
+        // A lease alone is a template build's RUN step network a stopped server left.
+        ids.extend(
+            self.inner
+                .pool
+                .holders()
+                .map_err(RuntimeError::ListLeases)?,
         );
         ids.sort();
         ids.dedup();

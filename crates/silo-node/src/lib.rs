@@ -20,6 +20,8 @@
 //! - [`agent`]: the calls the node makes to a sandbox's agent (`/init`).
 //! - [`leaks`]: counts what silo holds on the host, for leak tests and reconcile.
 //! - [`usage`]: what a sandbox uses of the host (CPU, memory, disk), for its metrics.
+//! - `step_network`: template builds' RUN steps get a sandbox's network
+//!   ([`silo_templates::StepNetwork`] on [`RunscRuntime`]).
 //!
 //! ```no_run
 //! # async fn demo() -> Result<(), silo_node::RuntimeError> {
@@ -45,6 +47,7 @@ pub mod leaks;
 pub mod network;
 pub mod runsc;
 pub mod sandbox;
+mod step_network;
 pub mod usage;
 
 use std::error::Error;
@@ -175,7 +178,8 @@ pub trait Runtime: Send + Sync {
     async fn usage(&self, id: &SandboxId) -> Result<usage::Usage, RuntimeError>;
     /// Sandboxes whose container is up (running or frozen).
     async fn running(&self) -> Result<Vec<SandboxId>, RuntimeError>;
-    /// Every sandbox this runtime holds anything for, running or half-made.
+    /// Every sandbox this runtime holds anything for, running or half-made (and the
+    /// network of a template build's RUN step, under an id no sandbox has).
     async fn list(&self) -> Result<Vec<SandboxId>, RuntimeError>;
     /// silo is stopping: release what serves all sandboxes, if none is left (sandboxes
     /// outlive a restart, and need it then).
@@ -291,6 +295,8 @@ pub enum RuntimeError {
     },
     #[error("list runsc containers")]
     ListContainers(#[source] runsc::RunscError),
+    #[error("list address leases")]
+    ListLeases(#[source] network::NetworkError),
     #[error("list sandbox directories in {path}")]
     ListSandboxDirs {
         path: PathBuf,

@@ -127,6 +127,8 @@ pub enum BuildError {
         instruction: String,
         detail: String,
     },
+    #[error("give a RUN step its network")]
+    StepNetwork(#[source] crate::dockerbuild::NetworkError),
     #[error("prune {path}")]
     Prune {
         path: PathBuf,
@@ -365,11 +367,7 @@ pub(crate) async fn configure_host_files(rootfs: &Path) -> Result<(), BuildError
         0o644,
     )
     .await?;
-    // The host's resolver, as the sandbox network will reach it (through NAT, later).
-    let resolv = tokio::fs::read_to_string("/etc/resolv.conf")
-        .await
-        .unwrap_or_default();
-    write(rootfs, "etc/resolv.conf", &resolv, 0o644).await?;
+    write(rootfs, "etc/resolv.conf", &sandbox_resolv_conf(), 0o644).await?;
     let opt_silo = path_in(rootfs, "opt/silo")?;
     tokio::fs::create_dir_all(&opt_silo)
         .await
@@ -378,6 +376,37 @@ pub(crate) async fn configure_host_files(rootfs: &Path) -> Result<(), BuildError
             source,
         })?;
     Ok(())
+}
+
+/// The host's resolver configuration as a sandbox reaches it: from its own netns,
+/// through NAT. A loopback resolver there (systemd-resolved's stub, 127.0.0.53) would be
+/// the sandbox's own loopback, so a host that names only such resolvers gives the
+/// upstream ones systemd-resolved lists in its own file instead, as Docker does.
+pub(crate) fn sandbox_resolv_conf() -> String {
+    let read = |path| std::fs::read_to_string(path).unwrap_or_default();
+    reachable_resolv_conf(read("/etc/resolv.conf"), || {
+        read("/run/systemd/resolve/resolv.conf")
+    })
+}
+
+/// `host`, unless it names no resolver a netns can reach and `upstream()` does.
+fn reachable_resolv_conf(host: String, upstream: impl FnOnce() -> String) -> String {
+    // glibc asks 127.0.0.1 when the file names no nameserver: loopback too.
+    let reachable = |conf: &str| {
+        conf.lines()
+            .filter_map(|line| line.trim().strip_prefix("nameserver"))
+            .filter_map(|address| address.trim().parse::<std::net::IpAddr>().ok())
+            .any(|ip| !ip.is_loopback())
+    };
+    if reachable(&host) {
+        return host;
+    }
+    let upstream = upstream();
+    if reachable(&upstream) {
+        upstream
+    } else {
+        host
+    }
 }
 
 pub(crate) async fn write(
@@ -504,6 +533,27 @@ async fn chroot(rootfs: &Path, args: &[&str]) -> Result<(), BuildError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn sandboxes_get_a_resolver_they_can_reach() {
+        let host = "nameserver 10.255.255.53\n".to_owned();
+        let never = || -> String { panic!("the host's own resolvers are reachable") };
+        assert_eq!(reachable_resolv_conf(host.clone(), never), host);
+
+        let stub = "nameserver 127.0.0.53\noptions edns0 trust-ad\n".to_owned();
+        let upstream = "nameserver 192.0.2.53\nnameserver 192.0.2.54\n".to_owned();
+        assert_eq!(
+            reachable_resolv_conf(stub.clone(), || upstream.clone()),
+            upstream
+        );
+        assert_eq!(
+            reachable_resolv_conf(String::new(), || upstream.clone()),
+            upstream,
+            "no nameserver means 127.0.0.1"
+        );
+        // Nothing better to give: the host's file, as it is.
+        assert_eq!(reachable_resolv_conf(stub.clone(), String::new), stub);
+    }
 
     #[test]
     fn temp_dirs_of_live_builders_are_kept() {

@@ -5,11 +5,14 @@
 //! Anonymous, basic and bearer-token (Docker Hub's) access; https unless the registry is
 //! one the server was told is plain http (`--insecure-registry`). Blobs are checked
 //! against their digest and kept in the layout, so a second pull of the same image
-//! fetches only its manifest.
+//! fetches only its manifest. A layer may be gigabytes: it is streamed to a file beside
+//! its place while hashed, and renamed into place only once its digest is checked
+//! ([`BlobWriter`]), so memory stays flat and a blob is in the layout whole or not at all.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use sha2::{Digest, Sha256};
+use tokio::io::AsyncWriteExt;
 
 /// Where an image is: `registry/repository:tag` (or `@sha256:...`), Docker Hub's
 /// shorthands expanded (`python:3` is `registry-1.docker.io/library/python:3`).
@@ -93,27 +96,16 @@ struct Session<'a> {
 /// Pull `image` into the OCI layout at `layout` (created if missing), naming it
 /// [`ImageRef::name`] in its index.
 pub async fn pull(image: &ImageRef, access: &RegistryAccess, layout: &Path) -> Result<(), String> {
-    let scheme = if access.insecure.contains(&image.registry) {
-        "http"
-    } else {
-        "https"
-    };
-    let mut session = Session {
-        http: reqwest::Client::builder()
-            .user_agent(concat!("silo/", env!("CARGO_PKG_VERSION")))
-            .build()
-            .map_err(|e| e.to_string())?,
-        base: format!("{scheme}://{}/v2/{}", image.registry, image.repository),
-        image,
-        access,
-        token: None,
-    };
+    let mut session = Session::new(image, access)?;
     let blobs = layout.join("blobs/sha256");
     std::fs::create_dir_all(&blobs).map_err(|e| format!("create {}: {e}", blobs.display()))?;
-    let (media_type, manifest) = session
-        .get(&format!("manifests/{}", image.reference), true)
-        .await?;
-    let digest = store(&blobs, &manifest)?;
+    remove_partials(&blobs);
+    let (media_type, manifest) = session.manifest(&image.reference).await?;
+    let digest = format!(
+        "sha256:{}",
+        crate::dockerbuild::hex(&Sha256::digest(&manifest))
+    );
+    save(&blobs, &digest, &manifest).await?;
     // A multi-platform index is stored whole; image.rs picks this host's variant, and
     // the blobs of that variant are fetched here.
     let platform_manifest = if media_type.contains("index") || media_type.contains("list") {
@@ -128,9 +120,8 @@ pub async fn pull(image: &ImageRef, access: &RegistryAccess, layout: &Path) -> R
             .and_then(|m| m["digest"].as_str())
             .ok_or_else(|| format!("{} has no linux/{arch} variant", image.name()))?
             .to_owned();
-        let (_, bytes) = session.get(&format!("manifests/{chosen}"), true).await?;
-        check(&chosen, &bytes)?;
-        store(&blobs, &bytes)?;
+        let (_, bytes) = session.manifest(&chosen).await?;
+        save(&blobs, &chosen, &bytes).await?;
         bytes
     } else {
         manifest
@@ -141,16 +132,10 @@ pub async fn pull(image: &ImageRef, access: &RegistryAccess, layout: &Path) -> R
         .chain(parsed["layers"].as_array().into_iter().flatten())
         .filter_map(|d| d["digest"].as_str());
     for blob_digest in wanted {
-        let hex = blob_digest
-            .strip_prefix("sha256:")
-            .filter(|h| h.len() == 64 && h.bytes().all(|b| b.is_ascii_hexdigit()))
-            .ok_or_else(|| format!("unsupported blob digest {blob_digest:?}"))?;
-        if blobs.join(hex).is_file() {
+        if blobs.join(blob_hex(blob_digest)?).is_file() {
             continue;
         }
-        let (_, bytes) = session.get(&format!("blobs/{blob_digest}"), false).await?;
-        check(blob_digest, &bytes)?;
-        store(&blobs, &bytes)?;
+        session.download(blob_digest, &blobs).await?;
     }
     let index = serde_json::json!({
         "schemaVersion": 2,
@@ -169,12 +154,29 @@ pub async fn pull(image: &ImageRef, access: &RegistryAccess, layout: &Path) -> R
     .map_err(|e| format!("write the image layout: {e}"))
 }
 
-impl Session<'_> {
-    /// GET `path` under the repository, authenticating as the registry asks.
-    async fn get(&mut self, path: &str, manifest: bool) -> Result<(String, Vec<u8>), String> {
+impl<'a> Session<'a> {
+    fn new(image: &'a ImageRef, access: &'a RegistryAccess) -> Result<Session<'a>, String> {
+        let scheme = if access.insecure.contains(&image.registry) {
+            "http"
+        } else {
+            "https"
+        };
+        Ok(Session {
+            http: reqwest::Client::builder()
+                .user_agent(concat!("silo/", env!("CARGO_PKG_VERSION")))
+                .build()
+                .map_err(|e| e.to_string())?,
+            base: format!("{scheme}://{}/v2/{}", image.registry, image.repository),
+            image,
+            access,
+            token: None,
+        })
+    }
+
+    /// GET `path` under the repository, authenticating as the registry asks; the
+    /// response, once it is a success.
+    async fn send(&mut self, path: &str, manifest: bool) -> Result<reqwest::Response, String> {
         let url = format!("{}/{path}", self.base);
-        let unreachable =
-            |e: reqwest::Error| format!("cannot reach the registry {}: {e}", self.image.registry);
         for attempt in 0..2 {
             let mut req = self.http.get(&url);
             if manifest {
@@ -185,7 +187,7 @@ impl Session<'_> {
             } else if let Some((user, password)) = &self.access.credentials {
                 req = req.basic_auth(user, Some(password));
             }
-            let resp = req.send().await.map_err(unreachable)?;
+            let resp = req.send().await.map_err(|e| self.unreachable(e))?;
             let status = resp.status();
             if status == reqwest::StatusCode::UNAUTHORIZED && attempt == 0 {
                 let challenge = resp
@@ -210,21 +212,42 @@ impl Session<'_> {
                     self.image.name()
                 ));
             }
-            let media_type = resp
-                .headers()
-                .get(reqwest::header::CONTENT_TYPE)
-                .and_then(|v| v.to_str().ok())
-                .and_then(|v| v.split(';').next())
-                .unwrap_or_default()
-                .trim()
-                .to_owned();
-            let bytes = resp.bytes().await.map_err(unreachable)?;
-            return Ok((media_type, bytes.to_vec()));
+            return Ok(resp);
         }
         Err(format!(
             "{} refused the token it issued",
             self.image.registry
         ))
+    }
+
+    fn unreachable(&self, e: reqwest::Error) -> String {
+        format!("cannot reach the registry {}: {e}", self.image.registry)
+    }
+
+    /// The manifest (or index) `reference` names: its media type and bytes (small:
+    /// held in memory to be parsed).
+    async fn manifest(&mut self, reference: &str) -> Result<(String, Vec<u8>), String> {
+        let resp = self.send(&format!("manifests/{reference}"), true).await?;
+        let media_type = resp
+            .headers()
+            .get(reqwest::header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.split(';').next())
+            .unwrap_or_default()
+            .trim()
+            .to_owned();
+        let bytes = resp.bytes().await.map_err(|e| self.unreachable(e))?;
+        Ok((media_type, bytes.into()))
+    }
+
+    /// Stream the blob `digest` into `blobs`, checked against it chunk by chunk.
+    async fn download(&mut self, digest: &str, blobs: &Path) -> Result<(), String> {
+        let mut writer = BlobWriter::create(blobs, digest).await?;
+        let mut resp = self.send(&format!("blobs/{digest}"), false).await?;
+        while let Some(chunk) = resp.chunk().await.map_err(|e| self.unreachable(e))? {
+            writer.write(&chunk).await?;
+        }
+        writer.finish().await
     }
 
     /// A token from the realm a `WWW-Authenticate: Bearer realm=...,service=...,scope=...`
@@ -269,30 +292,198 @@ impl Session<'_> {
     }
 }
 
-/// Refuse bytes that are not what their digest says.
-fn check(digest: &str, bytes: &[u8]) -> Result<(), String> {
-    let actual = format!("sha256:{}", crate::dockerbuild::hex(&Sha256::digest(bytes)));
-    if actual == digest {
-        Ok(())
-    } else {
-        Err(format!("the registry sent {actual} for {digest}"))
+/// The hex of a `sha256:` digest, the blob's file name in the layout; refused unless it
+/// is one (a digest comes from the registry: it must not name another path).
+fn blob_hex(digest: &str) -> Result<&str, String> {
+    digest
+        .strip_prefix("sha256:")
+        .filter(|h| h.len() == 64 && h.bytes().all(|b| b.is_ascii_hexdigit()))
+        .ok_or_else(|| format!("unsupported blob digest {digest:?}"))
+}
+
+/// Keep `bytes` (already in memory) as the blob `digest`, if they are it.
+async fn save(blobs: &Path, digest: &str, bytes: &[u8]) -> Result<(), String> {
+    let mut writer = BlobWriter::create(blobs, digest).await?;
+    writer.write(bytes).await?;
+    writer.finish().await
+}
+
+/// Remove the partial blobs of pulls a crash cut short (one build runs at a time).
+fn remove_partials(blobs: &Path) {
+    for entry in std::fs::read_dir(blobs).into_iter().flatten().flatten() {
+        if entry.file_name().to_string_lossy().ends_with(PARTIAL) {
+            let _ = std::fs::remove_file(entry.path());
+        }
     }
 }
 
-/// Keep a blob under its digest; returns the digest.
-fn store(blobs: &Path, bytes: &[u8]) -> Result<String, String> {
-    let hex = crate::dockerbuild::hex(&Sha256::digest(bytes));
-    let path = blobs.join(&hex);
-    let tmp = blobs.join(format!(".{hex}.tmp"));
-    std::fs::write(&tmp, bytes)
-        .and_then(|()| std::fs::rename(&tmp, &path))
-        .map_err(|e| format!("write {}: {e}", path.display()))?;
-    Ok(format!("sha256:{hex}"))
+const PARTIAL: &str = ".partial";
+
+/// A blob being written: to `.<hex>.partial` beside its place, hashed as it goes, and
+/// renamed to `<hex>` by [`BlobWriter::finish`] only if the hash is its digest. Dropped
+/// unfinished (a failed or cut pull), it removes what it wrote.
+struct BlobWriter {
+    file: tokio::fs::File,
+    hasher: Sha256,
+    digest: String,
+    partial: PathBuf,
+    path: PathBuf,
+    kept: bool,
+}
+
+impl BlobWriter {
+    async fn create(blobs: &Path, digest: &str) -> Result<BlobWriter, String> {
+        let hex = blob_hex(digest)?;
+        let partial = blobs.join(format!(".{hex}{PARTIAL}"));
+        let file = tokio::fs::File::create(&partial)
+            .await
+            .map_err(|e| format!("create {}: {e}", partial.display()))?;
+        Ok(BlobWriter {
+            file,
+            hasher: Sha256::new(),
+            digest: digest.to_owned(),
+            path: blobs.join(hex),
+            partial,
+            kept: false,
+        })
+    }
+
+    async fn write(&mut self, chunk: &[u8]) -> Result<(), String> {
+        self.hasher.update(chunk);
+        self.file
+            .write_all(chunk)
+            .await
+            .map_err(|e| format!("write {}: {e}", self.partial.display()))
+    }
+
+    /// Check the digest, then put the blob in place (on disk first, so that a crash
+    /// never leaves a blob under its name with other bytes).
+    async fn finish(mut self) -> Result<(), String> {
+        let actual = crate::dockerbuild::hex(&std::mem::take(&mut self.hasher).finalize());
+        if blob_hex(&self.digest)? != actual {
+            return Err(format!(
+                "the registry sent sha256:{actual} for {}",
+                self.digest
+            ));
+        }
+        let write_err = |e: std::io::Error| format!("write {}: {e}", self.path.display());
+        self.file.sync_all().await.map_err(write_err)?;
+        tokio::fs::rename(&self.partial, &self.path)
+            .await
+            .map_err(write_err)?;
+        self.kept = true;
+        Ok(())
+    }
+}
+
+impl Drop for BlobWriter {
+    fn drop(&mut self) {
+        if !self.kept {
+            let _ = std::fs::remove_file(&self.partial);
+        }
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use tokio::io::AsyncReadExt;
+
+    fn digest_of(data: &[u8]) -> String {
+        format!("sha256:{}", crate::dockerbuild::hex(&Sha256::digest(data)))
+    }
+
+    fn entries(dir: &Path) -> Vec<String> {
+        let mut names: Vec<String> = std::fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        names
+    }
+
+    #[tokio::test]
+    async fn a_blob_is_kept_whole_and_only_when_it_is_its_digest() {
+        let dir = tempfile::tempdir().unwrap();
+        let data: Vec<u8> = (0..100_000u32).map(|i| (i % 251) as u8).collect();
+        let digest = digest_of(&data);
+        let hex = blob_hex(&digest).unwrap().to_owned();
+        let mut writer = BlobWriter::create(dir.path(), &digest).await.unwrap();
+        for chunk in data.chunks(8192) {
+            writer.write(chunk).await.unwrap();
+        }
+        writer.finish().await.unwrap();
+        assert_eq!(std::fs::read(dir.path().join(&hex)).unwrap(), data);
+        assert_eq!(entries(dir.path()), std::slice::from_ref(&hex));
+
+        // Not the bytes the digest names: nothing is kept.
+        let other = digest_of(b"other");
+        let mut writer = BlobWriter::create(dir.path(), &other).await.unwrap();
+        writer.write(&data).await.unwrap();
+        let err = writer.finish().await.unwrap_err();
+        assert!(
+            err.contains(&format!("the registry sent {digest} for {other}")),
+            "{err}"
+        );
+        // Cut short: nothing is kept either.
+        let mut writer = BlobWriter::create(dir.path(), &other).await.unwrap();
+        writer.write(b"oth").await.unwrap();
+        drop(writer);
+        assert_eq!(entries(dir.path()), [hex]);
+        // A digest that would name another path is refused before anything is written.
+        let sha512 = format!("sha512:{}", "a".repeat(64));
+        for bad in ["sha256:../../../etc/passwd", "md5:abc", &sha512] {
+            assert!(BlobWriter::create(dir.path(), bad).await.is_err(), "{bad}");
+        }
+    }
+
+    /// A registry at the address returned that answers one request with `response`.
+    async fn answer_once(response: Vec<u8>) -> String {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap().to_string();
+        tokio::spawn(async move {
+            let (mut conn, _) = listener.accept().await.unwrap();
+            let mut request = [0u8; 4096];
+            let _ = conn.read(&mut request).await;
+            let _ = conn.write_all(&response).await;
+        });
+        address
+    }
+
+    #[tokio::test]
+    async fn a_layer_is_streamed_to_disk_and_a_cut_download_leaves_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let data = vec![7u8; 1 << 20];
+        let digest = digest_of(&data);
+        // Cut after 64 KiB of the 1 MiB promised, then whole.
+        for (sent, whole) in [(64 << 10, false), (data.len(), true)] {
+            let mut response = format!(
+                "HTTP/1.1 200 OK\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
+                data.len()
+            )
+            .into_bytes();
+            response.extend_from_slice(&data[..sent]);
+            let registry = answer_once(response).await;
+            let image = ImageRef::parse(&format!("{registry}/silo/test:v1")).unwrap();
+            let access = RegistryAccess {
+                insecure: vec![registry.clone()],
+                credentials: None,
+            };
+            let mut session = Session::new(&image, &access).unwrap();
+            let result = session.download(&digest, dir.path()).await;
+            assert_eq!(result.is_ok(), whole, "{result:?}");
+            let kept = if whole {
+                vec![blob_hex(&digest).unwrap().to_owned()]
+            } else {
+                Vec::new()
+            };
+            assert_eq!(entries(dir.path()), kept);
+        }
+        assert_eq!(
+            std::fs::read(dir.path().join(blob_hex(&digest).unwrap())).unwrap(),
+            data
+        );
+    }
 
     #[test]
     fn references_expand_like_docker() {

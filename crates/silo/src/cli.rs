@@ -294,8 +294,8 @@ pub enum TemplateCommand {
     /// (`-n base`, `-n code-interpreter`) on this host. Steps whose layer was built
     /// before are reused, so an unchanged rebuild runs nothing.
     ///
-    /// Dockerfiles may use FROM (a silo template), RUN (run in a gVisor sandbox with the
-    /// host's network), COPY and ADD (from CONTEXT, honouring .dockerignore, with
+    /// Dockerfiles may use FROM (a silo template), RUN (run in a gVisor sandbox with a
+    /// sandbox's network: the internet, not the host), COPY and ADD (from CONTEXT, honouring .dockerignore, with
     /// --chown/--chmod), ENV, ARG, WORKDIR, USER and LABEL. ENV, WORKDIR and USER become
     /// the defaults of the template's sandboxes. The context is uploaded to the server
     /// (only when it changed), the build's log streams here, and the template is

@@ -91,6 +91,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
             platform: args.platform.clone(),
             root: args.dirs.template_dir().join(".runsc"),
         },
+        Arc::new(runtime.clone()),
         args.insecure_registries.clone(),
     )
     .context("cannot set up template builds")?;

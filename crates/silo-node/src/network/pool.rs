@@ -174,6 +174,28 @@ impl AddressPool {
         }
     }
 
+    /// The ids holding leases.
+    pub fn holders(&self) -> Result<Vec<SandboxId>, NetworkError> {
+        let read_err = |source| NetworkError::ReadLeases {
+            dir: self.dir.clone(),
+            source,
+        };
+        let entries = match fs::read_dir(&self.dir) {
+            Ok(entries) => entries,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(e) => return Err(read_err(e)),
+        };
+        let mut holders = Vec::new();
+        for entry in entries {
+            let slot = entry.map_err(read_err)?.file_name();
+            let Ok(slot) = slot.to_string_lossy().parse() else {
+                continue;
+            };
+            holders.extend(self.holder(slot).map_err(read_err)?);
+        }
+        Ok(holders)
+    }
+
     /// Number of leases held (leak accounting).
     pub fn held(&self) -> io::Result<usize> {
         match fs::read_dir(&self.dir) {
@@ -234,6 +256,11 @@ mod tests {
         assert_eq!(lb.ip, Ipv4Addr::new(10, 213, 0, 6));
         assert_eq!(restarted.find(&a).expect("read"), Some(la));
         assert_eq!(restarted.held().expect("count"), 2);
+        let mut holders = restarted.holders().expect("read");
+        holders.sort();
+        let mut both = vec![a, b];
+        both.sort();
+        assert_eq!(holders, both);
     }
 
     #[test]

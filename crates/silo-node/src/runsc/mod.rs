@@ -10,7 +10,7 @@
 //! log file rather than a pipe, because the detached sandbox inherits it and keeps it
 //! open for its whole life.
 
-mod procsys;
+pub(crate) mod procsys;
 pub mod state;
 
 use std::ffi::OsString;

@@ -21,7 +21,7 @@ const KEPT: [&std::ffi::CStr; 3] = [c"/proc/sys/vm", c"/proc/sys/kernel", c"/pro
 
 /// Make `command`'s child enter a private mount namespace with /proc/sys/net hidden
 /// before it execs.
-pub(super) fn install(command: &mut Command) {
+pub(crate) fn install(command: &mut Command) {
     // SAFETY: the closure runs between fork and exec and makes only async-signal-safe
     // syscalls (unshare, mount, open, mkdir, close) on static or stack buffers.
     unsafe {

@@ -26,7 +26,7 @@ use tokio::process::Command;
 
 pub(crate) use context::hex;
 pub use context::Context;
-pub use run::{BuildRunsc, User, DOCKER_DEFAULT_CAPABILITIES};
+pub use run::{BuildRunsc, NetworkError, StepNet, StepNetwork, User, DOCKER_DEFAULT_CAPABILITIES};
 
 use crate::base::{BuildError, Progress, Stage, TemplatePath};
 use crate::cache::{self, Slot};
@@ -87,6 +87,8 @@ pub struct DockerfileBuild<'a> {
     /// `--build-arg NAME=VALUE`s.
     pub build_args: &'a HashMap<String, String>,
     pub runsc: &'a BuildRunsc,
+    /// Where each RUN step gets its network.
+    pub network: &'a dyn StepNetwork,
     /// Rebuild from this step (1 = the first) on, whatever is cached.
     pub force_from: Option<usize>,
     pub start: Option<StartCommand>,
@@ -530,6 +532,7 @@ impl Action<'_> {
                 .map_err(|e| BuildError::Context(format!("the workdir: {e}")))?;
                 run::run_step(
                     build.runsc,
+                    build.network,
                     &run::RunSpec {
                         rootfs: merged,
                         bundle_dir: &work.join("bundle"),

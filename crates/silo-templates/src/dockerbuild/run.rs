@@ -1,17 +1,50 @@
 //! RUN: a command in a gVisor sandbox whose root is the layer being built.
 //!
 //! The sandbox is a plain `runsc run` of a bundle written here: the merged overlay as
-//! a writable root (`--overlay2=none`, so writes land in the layer), the host's network
-//! (`--network=host`: builds reach package registries), the host's resolv.conf and CA
-//! bundle bound read-only over the rootfs's own, and the step's user, env and workdir.
-//! It is not a silo sandbox: no agent, netns or disk, and it is deleted after the step.
+//! a writable root (`--overlay2=none`, so writes land in the layer), a network
+//! namespace of its own from the caller's [`StepNetwork`] (`--network=sandbox`: gVisor's
+//! netstack on it), a resolv.conf naming resolvers reachable from there and the host's
+//! CA bundle bound read-only over the rootfs's own, and the step's user, env and
+//! workdir. It is not a silo sandbox: no agent or disk, and it is deleted after the
+//! step, then its network released.
+//!
+//! A Dockerfile is its author's code, so a step never gets the host's network: that
+//! would reach the host's loopback (silo's API among it), the metadata address and
+//! other sandboxes. silo serve gives each step the network of a sandbox with default
+//! rules (see silo-node's `step_network`): the internet through NAT, none of those.
 
 use std::path::{Path, PathBuf};
 
+use async_trait::async_trait;
 use serde_json::json;
 use tokio::process::Command;
 
 use crate::base::{BuildError, Progress};
+
+/// Why a step's network could not be made or released.
+pub type NetworkError = Box<dyn std::error::Error + Send + Sync>;
+
+/// A network namespace made for one RUN step.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StepNet {
+    /// Named in the step's OCI spec; runsc's netstack takes over its interfaces.
+    pub netns: PathBuf,
+    /// Its maker's name for it, for [`StepNetwork::release`].
+    pub id: String,
+}
+
+/// Where RUN steps get their network: one namespace per step, since runsc takes the
+/// addresses off the interfaces it is given.
+#[async_trait]
+pub trait StepNetwork: Send + Sync {
+    /// A network namespace for one step. On failure nothing is left of it.
+    async fn acquire(&self) -> Result<StepNet, NetworkError>;
+    /// Give back all of `net`. Idempotent.
+    async fn release(&self, net: &StepNet) -> Result<(), NetworkError>;
+    /// Set up the `runsc run` that uses the namespace (runsc may need a hand to accept
+    /// `--network=sandbox`; silo-node's `runsc::procsys`).
+    fn prepare(&self, runsc: &mut Command);
+}
 
 /// How to run runsc for builds.
 #[derive(Debug, Clone)]
@@ -134,27 +167,41 @@ pub const DOCKER_DEFAULT_CAPABILITIES: [&str; 14] = [
     "CAP_AUDIT_WRITE",
 ];
 
-const HOST_RESOLV_CONF: &str = "/etc/resolv.conf";
 const HOST_CA_BUNDLE: &str = "/etc/ssl/certs/ca-certificates.crt";
+/// Beside config.json: the step's resolv.conf (see [`crate::base::sandbox_resolv_conf`]).
+const RESOLV_CONF: &str = "resolv.conf";
 
-/// Run the step; its output goes to `progress` line by line. The sandbox is deleted
-/// whatever happens.
+/// Run the step in a network of its own; its output goes to `progress` line by line.
+/// The sandbox is deleted, then the network released, whatever happens.
 pub async fn run_step(
     runsc: &BuildRunsc,
+    network: &dyn StepNetwork,
     spec: &RunSpec<'_>,
     progress: &mut (impl FnMut(Progress) + Send),
 ) -> Result<(), BuildError> {
-    write_bundle(spec).map_err(|source| BuildError::PrepareDir {
+    let net = network.acquire().await.map_err(BuildError::StepNetwork)?;
+    let result = run_in(runsc, network, &net, spec, progress).await;
+    if let Err(e) = network.release(&net).await {
+        // The layer is sound; what is left is silo's to release (at its next start).
+        tracing::warn!(netns = %net.netns.display(), error = %e, "releasing a RUN step's network");
+    }
+    result
+}
+
+async fn run_in(
+    runsc: &BuildRunsc,
+    network: &dyn StepNetwork,
+    net: &StepNet,
+    spec: &RunSpec<'_>,
+    progress: &mut (impl FnMut(Progress) + Send),
+) -> Result<(), BuildError> {
+    write_bundle(spec, &net.netns).map_err(|source| BuildError::PrepareDir {
         path: spec.bundle_dir.to_owned(),
         source,
     })?;
     let mut cmd = Command::new(&runsc.binary);
-    cmd.arg(format!("--root={}", runsc.root.display()))
-        .arg(format!("--platform={}", runsc.platform))
-        .args(["--network=host", "--overlay2=none"])
-        .args(["run", "--bundle"])
-        .arg(spec.bundle_dir)
-        .arg(spec.container_id);
+    cmd.args(run_args(runsc, spec));
+    network.prepare(&mut cmd);
     let result = crate::layer::run(&mut cmd, "runsc", progress).await;
     let _ = Command::new(&runsc.binary)
         .arg(format!("--root={}", runsc.root.display()))
@@ -164,7 +211,32 @@ pub async fn run_step(
     result
 }
 
-fn write_bundle(spec: &RunSpec<'_>) -> std::io::Result<()> {
+/// runsc's arguments for the step.
+fn run_args(runsc: &BuildRunsc, spec: &RunSpec<'_>) -> Vec<std::ffi::OsString> {
+    vec![
+        format!("--root={}", runsc.root.display()).into(),
+        format!("--platform={}", runsc.platform).into(),
+        "--network=sandbox".into(),
+        "--overlay2=none".into(),
+        "run".into(),
+        "--bundle".into(),
+        spec.bundle_dir.into(),
+        spec.container_id.into(),
+    ]
+}
+
+fn write_bundle(spec: &RunSpec<'_>, netns: &Path) -> std::io::Result<()> {
+    std::fs::create_dir_all(spec.bundle_dir)?;
+    let resolv_conf = spec.bundle_dir.join(RESOLV_CONF);
+    std::fs::write(&resolv_conf, crate::base::sandbox_resolv_conf())?;
+    std::fs::write(
+        spec.bundle_dir.join("config.json"),
+        serde_json::to_vec_pretty(&config(spec, netns, &resolv_conf))?,
+    )
+}
+
+/// The step's OCI spec.
+fn config(spec: &RunSpec<'_>, netns: &Path, resolv_conf: &Path) -> serde_json::Value {
     let mut mounts = vec![
         json!({"destination": "/proc", "type": "proc", "source": "proc"}),
         json!({"destination": "/dev", "type": "tmpfs", "source": "tmpfs", "options": ["nosuid", "mode=755"]}),
@@ -174,14 +246,17 @@ fn write_bundle(spec: &RunSpec<'_>) -> std::io::Result<()> {
     // Bound over the rootfs's own files only where those exist, so the layer gets no
     // mount points of its own.
     for (host, inside) in [
-        (HOST_RESOLV_CONF, "etc/resolv.conf"),
-        (HOST_CA_BUNDLE, "etc/ssl/certs/ca-certificates.crt"),
+        (resolv_conf, "etc/resolv.conf"),
+        (
+            Path::new(HOST_CA_BUNDLE),
+            "etc/ssl/certs/ca-certificates.crt",
+        ),
     ] {
-        if Path::new(host).is_file() && spec.rootfs.join(inside).is_file() {
+        if host.is_file() && spec.rootfs.join(inside).is_file() {
             mounts.push(json!({"destination": format!("/{inside}"), "type": "bind", "source": host, "options": ["rbind", "ro"]}));
         }
     }
-    let config = json!({
+    json!({
         "ociVersion": "1.0.2",
         "process": {
             "terminal": false,
@@ -199,18 +274,70 @@ fn write_bundle(spec: &RunSpec<'_>) -> std::io::Result<()> {
         "root": {"path": spec.rootfs, "readonly": false},
         "hostname": "build",
         "mounts": mounts,
-        "linux": {"namespaces": [{"type": "pid"}, {"type": "ipc"}, {"type": "uts"}, {"type": "mount"}]},
-    });
-    std::fs::create_dir_all(spec.bundle_dir)?;
-    std::fs::write(
-        spec.bundle_dir.join("config.json"),
-        serde_json::to_vec_pretty(&config)?,
-    )
+        "linux": {"namespaces": [
+            {"type": "pid"},
+            {"type": "ipc"},
+            {"type": "uts"},
+            {"type": "mount"},
+            {"type": "network", "path": netns},
+        ]},
+    })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_step_runs_on_netstack_in_its_own_netns() {
+        let dir = tempfile::tempdir().unwrap();
+        let rootfs = dir.path().join("rootfs");
+        std::fs::create_dir_all(rootfs.join("etc")).unwrap();
+        std::fs::write(rootfs.join("etc/resolv.conf"), "nameserver 127.0.0.53\n").unwrap();
+        let bundle = dir.path().join("bundle");
+        let spec = RunSpec {
+            rootfs: &rootfs,
+            bundle_dir: &bundle,
+            container_id: "silo-build-0123456789abcdef",
+            argv: vec!["/bin/sh".into(), "-c".into(), "true".into()],
+            env: Vec::new(),
+            cwd: "/",
+            user: &User::ROOT,
+        };
+        let netns = Path::new("/run/netns/silo-abc");
+        write_bundle(&spec, netns).unwrap();
+        let config: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(bundle.join("config.json")).unwrap()).unwrap();
+        let namespaces = config["linux"]["namespaces"].as_array().unwrap();
+        let network: Vec<_> = namespaces
+            .iter()
+            .filter(|n| n["type"] == "network")
+            .collect();
+        assert_eq!(network, [&json!({"type": "network", "path": netns})]);
+        // The step's resolv.conf is silo's, bound read-only over the image's.
+        let resolv = config["mounts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|m| m["destination"] == "/etc/resolv.conf")
+            .expect("resolv.conf bound");
+        assert_eq!(resolv["source"], json!(bundle.join(RESOLV_CONF)));
+        assert!(resolv["options"].as_array().unwrap().contains(&json!("ro")));
+        assert_eq!(
+            std::fs::read_to_string(bundle.join(RESOLV_CONF)).unwrap(),
+            crate::base::sandbox_resolv_conf()
+        );
+
+        let runsc = BuildRunsc {
+            binary: "runsc".into(),
+            platform: "systrap".into(),
+            root: "/t/.runsc".into(),
+        };
+        let args = run_args(&runsc, &spec);
+        assert!(args.iter().any(|a| a == "--network=sandbox"), "{args:?}");
+        assert!(!args.iter().any(|a| a == "--network=host"), "{args:?}");
+        assert_eq!(args.last().unwrap(), "silo-build-0123456789abcdef");
+    }
 
     #[test]
     fn resolves_users_and_groups_from_the_rootfs() {
