@@ -86,6 +86,13 @@ pub struct SandboxRecord {
     pub rootfs: Option<String>,
 }
 
+impl SandboxRecord {
+    /// The sandbox's address, while it holds one (a sandbox saved to disk does not).
+    pub fn ip(&self) -> Option<std::net::Ipv4Addr> {
+        self.address.as_deref().and_then(|a| a.parse().ok())
+    }
+}
+
 /// A sandbox's egress rules, already validated by the caller: CIDR blocks, host names
 /// allowed, and the resolvers named with them.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]

@@ -8,6 +8,7 @@ use std::sync::Arc;
 use silo_catalog::{now_ms, CatalogError, SandboxRecord, SandboxState};
 use silo_protocol::ids::{generate_access_token, SandboxId};
 use silo_protocol::rest::Resources;
+use tracing::Instrument;
 
 use silo_templates::TemplateConfig;
 
@@ -179,8 +180,8 @@ impl Manager {
         let lock = self.lifecycle_lock(&rec.id);
         let held = lock.lock().await;
         self.catalog.insert_sandbox(&rec)?;
+        // Instrumented, not entered: a guard held across awaits tags other tasks' logs.
         let span = tracing::info_span!("create", sandbox_id = %rec.id, from = %origin.name);
-        let _enter = span.enter();
 
         let booted = async {
             let address = self.boot(&rec, origin, req.egress, target).await?;
@@ -195,6 +196,7 @@ impl Manager {
                 })?;
             Ok::<_, SandboxError>(address)
         }
+        .instrument(span.clone())
         .await;
         // Before a cleanup, whose teardown takes the lock.
         drop(held);
@@ -211,6 +213,7 @@ impl Manager {
                 tracing::warn!(sandbox_id = %rec.id, error = %crate::error_chain(&err), "create failed; cleaning up");
                 match self
                     .finish_kill(&rec.id, SandboxState::Creating, "create failed")
+                    .instrument(span)
                     .await
                 {
                     // Killed meanwhile: that kill releases it.

@@ -190,14 +190,9 @@ impl Manager {
     /// Nothing `mode` counts as work runs in the sandbox. An agent that cannot say (one
     /// from before silo had `/silo/activity`, still running after an upgrade) is busy.
     async fn agent_is_idle(&self, rec: &SandboxRecord, mode: DozeMode) -> bool {
-        let Some(ip) = rec
-            .address
-            .as_deref()
-            .and_then(|a| a.parse::<std::net::IpAddr>().ok())
-        else {
+        let Some(agent) = super::agent_of(rec) else {
             return false;
         };
-        let agent = std::net::SocketAddr::new(ip, silo_protocol::ports::ENVD);
         self.agent
             .activity(agent, rec.envd_access_token.as_deref())
             .await

@@ -2,8 +2,6 @@
 //! started, their output line by line, their exits) into the catalog, every sampling
 //! round and before a pause or a kill, so the log outlives the sandbox.
 
-use std::net::{IpAddr, SocketAddr};
-
 use silo_catalog::{LogLine, SandboxRecord};
 use silo_protocol::envd::JournalEntry;
 
@@ -13,14 +11,9 @@ impl Manager {
     /// Collect the sandbox's new journal entries. Best effort: entries an agent could
     /// not hand over stay in its journal for the next round.
     pub(super) async fn collect_logs(&self, rec: &SandboxRecord) {
-        let Some(ip) = rec
-            .address
-            .as_deref()
-            .and_then(|a| a.parse::<IpAddr>().ok())
-        else {
+        let Some(agent) = super::agent_of(rec) else {
             return;
         };
-        let agent = SocketAddr::new(ip, silo_protocol::ports::ENVD);
         let collected = async {
             let after = self.catalog.last_log_seq(&rec.id)?;
             let page = match self

@@ -222,6 +222,12 @@ pub struct Route {
     pub in_use: Arc<InUse>,
 }
 
+/// Where the sandbox's agent listens, while it holds an address.
+fn agent_of(rec: &SandboxRecord) -> Option<SocketAddr> {
+    rec.ip()
+        .map(|ip| SocketAddr::new(ip.into(), silo_protocol::ports::ENVD))
+}
+
 impl Manager {
     pub fn new(
         catalog: Arc<Catalog>,
@@ -316,11 +322,7 @@ impl Manager {
                 state: rec.state,
             });
         }
-        let ip = rec
-            .address
-            .as_deref()
-            .and_then(|addr| addr.parse().ok())
-            .ok_or_else(|| SandboxError::NotFound(id.clone()))?;
+        let ip = rec.ip().ok_or_else(|| SandboxError::NotFound(id.clone()))?;
         // envd's port has its own token (X-Access-Token); the others take the traffic one.
         let traffic_access_token = rec
             .traffic_access_token
@@ -328,7 +330,7 @@ impl Manager {
         let in_use = self.enter(id)?;
         Ok(Route {
             in_use,
-            addr: SocketAddr::new(ip, port),
+            addr: SocketAddr::new(ip.into(), port),
             traffic: self.traffic.token(id),
             traffic_access_token,
         })

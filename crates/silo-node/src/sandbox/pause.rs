@@ -99,7 +99,7 @@ impl Manager {
                 "timeout"
             }
         };
-        if let Some(ip) = rec.address.as_deref().and_then(|a| a.parse().ok()) {
+        if let Some(ip) = rec.ip() {
             self.quiesce(id, ip, self.runtime.pause_saves_connections())
                 .await;
         }

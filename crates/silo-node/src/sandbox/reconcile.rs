@@ -215,10 +215,9 @@ impl Manager {
 
     /// Whether the sandbox's agent answers, asked again until `patience` runs out.
     async fn answers(&self, rec: &silo_catalog::SandboxRecord, patience: Instant) -> bool {
-        let Some(ip) = rec.address.as_deref().and_then(|a| a.parse().ok()) else {
+        let Some(agent) = super::agent_of(rec) else {
             return false;
         };
-        let agent = std::net::SocketAddr::new(ip, silo_protocol::ports::ENVD);
         loop {
             match crate::health::probe(agent).await {
                 Ok(()) => return true,

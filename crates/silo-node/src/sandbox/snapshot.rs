@@ -207,7 +207,7 @@ impl Manager {
     async fn save(&self, rec: &SandboxRecord, image: &Path) -> Result<(), SandboxError> {
         match rec.state {
             SandboxState::Running => {
-                if let Some(ip) = rec.address.as_deref().and_then(|a| a.parse().ok()) {
+                if let Some(ip) = rec.ip() {
                     self.quiesce(&rec.id, ip, true).await;
                 }
             }
