@@ -25,6 +25,8 @@ pub struct ImageRef {
 }
 
 const DOCKER_HUB: &str = "registry-1.docker.io";
+/// Manifests and indexes are a few KiB; the largest real ones are well under this.
+const MANIFEST_LIMIT: usize = 4 << 20;
 
 impl ImageRef {
     pub fn parse(image: &str) -> Result<ImageRef, String> {
@@ -105,6 +107,13 @@ pub async fn pull(image: &ImageRef, access: &RegistryAccess, layout: &Path) -> R
         "sha256:{}",
         crate::dockerbuild::hex(&Sha256::digest(&manifest))
     );
+    // Pinned by digest: the registry must answer exactly that manifest.
+    if image.reference.starts_with("sha256:") && !image.reference.eq_ignore_ascii_case(&digest) {
+        return Err(format!(
+            "{}: the registry answered a manifest whose digest is {digest}",
+            image.name()
+        ));
+    }
     save(&blobs, &digest, &manifest).await?;
     // A multi-platform index is stored whole; image.rs picks this host's variant, and
     // the blobs of that variant are fetched here.
@@ -225,9 +234,9 @@ impl<'a> Session<'a> {
     }
 
     /// The manifest (or index) `reference` names: its media type and bytes (small:
-    /// held in memory to be parsed).
+    /// held in memory to be parsed, so a larger answer is refused).
     async fn manifest(&mut self, reference: &str) -> Result<(String, Vec<u8>), String> {
-        let resp = self.send(&format!("manifests/{reference}"), true).await?;
+        let mut resp = self.send(&format!("manifests/{reference}"), true).await?;
         let media_type = resp
             .headers()
             .get(reqwest::header::CONTENT_TYPE)
@@ -236,8 +245,17 @@ impl<'a> Session<'a> {
             .unwrap_or_default()
             .trim()
             .to_owned();
-        let bytes = resp.bytes().await.map_err(|e| self.unreachable(e))?;
-        Ok((media_type, bytes.into()))
+        let mut bytes = Vec::new();
+        while let Some(chunk) = resp.chunk().await.map_err(|e| self.unreachable(e))? {
+            if bytes.len() + chunk.len() > MANIFEST_LIMIT {
+                return Err(format!(
+                    "the manifest {reference} is over {} MiB: not an image manifest",
+                    MANIFEST_LIMIT >> 20
+                ));
+            }
+            bytes.extend_from_slice(&chunk);
+        }
+        Ok((media_type, bytes))
     }
 
     /// Stream the blob `digest` into `blobs`, checked against it chunk by chunk.
@@ -448,6 +466,48 @@ mod tests {
             let _ = conn.write_all(&response).await;
         });
         address
+    }
+
+    #[tokio::test]
+    async fn a_pinned_image_takes_only_its_own_manifest_and_no_huge_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let manifest = br#"{"schemaVersion":2,"layers":[]}"#;
+        let mut response = format!(
+            "HTTP/1.1 200 OK\r\ncontent-type: application/vnd.oci.image.manifest.v1+json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
+            manifest.len()
+        )
+        .into_bytes();
+        response.extend_from_slice(manifest);
+        let registry = answer_once(response).await;
+        let pinned = format!("sha256:{}", "0".repeat(64));
+        let image = ImageRef::parse(&format!("{registry}/silo/test@{pinned}")).unwrap();
+        let access = RegistryAccess {
+            insecure: vec![registry.clone()],
+            credentials: None,
+        };
+        let err = pull(&image, &access, dir.path()).await.unwrap_err();
+        assert!(
+            err.contains("the registry answered a manifest whose digest is"),
+            "{err}"
+        );
+        assert_eq!(
+            entries(&dir.path().join("blobs/sha256")),
+            Vec::<String>::new()
+        );
+
+        let huge = MANIFEST_LIMIT + 1;
+        let mut response =
+            format!("HTTP/1.1 200 OK\r\ncontent-length: {huge}\r\nconnection: close\r\n\r\n")
+                .into_bytes();
+        response.resize(response.len() + huge, b' ');
+        let registry = answer_once(response).await;
+        let image = ImageRef::parse(&format!("{registry}/silo/test:v1")).unwrap();
+        let access = RegistryAccess {
+            insecure: vec![registry.clone()],
+            credentials: None,
+        };
+        let err = pull(&image, &access, dir.path()).await.unwrap_err();
+        assert!(err.contains("is over 4 MiB"), "{err}");
     }
 
     #[tokio::test]
