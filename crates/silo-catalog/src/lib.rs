@@ -34,6 +34,12 @@ pub enum CatalogError {
         #[source]
         source: rusqlite::Error,
     },
+    #[error("cannot make catalog {path} private to its owner")]
+    Private {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("catalog query failed")]
     Sql(#[from] rusqlite::Error),
     #[error("sandbox {0} is not in the catalog")]
@@ -326,6 +332,27 @@ pub fn now_ms() -> i64 {
     chrono::Utc::now().timestamp_millis()
 }
 
+/// The catalog holds API keys and every sandbox's tokens: its file, made if missing, and
+/// the WAL files beside it are for their owner only. SQLite gives the WAL files it makes
+/// the database file's mode.
+fn keep_private(path: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .mode(0o600)
+        .open(path)?;
+    for suffix in ["", "-wal", "-shm"] {
+        let mut file = path.as_os_str().to_owned();
+        file.push(suffix);
+        match std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600)) {
+            Err(err) if err.kind() != std::io::ErrorKind::NotFound => return Err(err),
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
 /// The handle to the catalog. Cheap calls: SQLite on local disk answers in microseconds,
 /// so callers use it directly rather than through a blocking pool.
 pub struct Catalog {
@@ -334,6 +361,10 @@ pub struct Catalog {
 
 impl Catalog {
     pub fn open(path: &Path) -> Result<Catalog> {
+        keep_private(path).map_err(|source| CatalogError::Private {
+            path: path.display().to_string(),
+            source,
+        })?;
         let conn = Connection::open(path).map_err(|source| CatalogError::Open {
             path: path.display().to_string(),
             source,
@@ -1057,6 +1088,25 @@ pub(crate) mod tests {
         let catalog = Catalog::open(&path).unwrap();
         assert!(catalog.is_valid_api_key(first[0].expose()).unwrap());
         assert!(!catalog.is_valid_api_key("e2b_wrong").unwrap());
+    }
+
+    #[test]
+    fn the_catalog_files_are_private_to_their_owner() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("catalog.db");
+        // One made before this rule, readable by all.
+        Catalog::open(&path).unwrap().ensure_api_key().unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let catalog = Catalog::open(&path).unwrap();
+        catalog.ensure_api_key().unwrap();
+        for name in ["catalog.db", "catalog.db-wal", "catalog.db-shm"] {
+            let mode = std::fs::metadata(dir.path().join(name))
+                .unwrap()
+                .permissions()
+                .mode();
+            assert_eq!(mode & 0o777, 0o600, "{name}");
+        }
     }
 
     #[test]

@@ -111,10 +111,10 @@ pub struct ServeArgs {
     #[arg(long, env = "SILO_DOMAIN")]
     pub domain: Option<String>,
     /// Seconds a sandbox lives when the client does not say.
-    #[arg(long, default_value_t = 300)]
+    #[arg(long, default_value_t = 300, value_parser = timeout_secs())]
     pub default_timeout: u64,
-    /// Longest lifetime a client may ask for, in seconds.
-    #[arg(long, default_value_t = 86_400)]
+    /// Longest lifetime a client may ask for, in seconds (at most 100 years).
+    #[arg(long, default_value_t = 86_400, value_parser = timeout_secs())]
     pub max_timeout: u64,
     /// Memory of a sandbox whose create does not say, in MiB.
     #[arg(long, default_value_t = 512)]
@@ -420,6 +420,12 @@ fn parse_pool(s: &str) -> Result<(String, usize), String> {
     Ok((name, size))
 }
 
+/// A sandbox lifetime in seconds: end times are milliseconds in an i64, so "forever"
+/// is capped at 100 years rather than overflowing into the past.
+fn timeout_secs() -> clap::builder::RangedU64ValueParser {
+    clap::value_parser!(u64).range(1..=100 * 365 * 24 * 3600)
+}
+
 fn parse_key_value(s: &str) -> Result<(String, String), String> {
     s.split_once('=')
         .map(|(k, v)| (k.to_owned(), v.to_owned()))
@@ -447,6 +453,14 @@ mod tests {
     #[test]
     fn cli_is_consistent() {
         Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn a_lifetime_too_long_for_an_end_time_is_refused() {
+        let serve = |flag: &str, secs: &str| Cli::try_parse_from(["silo", "serve", flag, secs]);
+        assert!(serve("--max-timeout", &u64::MAX.to_string()).is_err());
+        assert!(serve("--default-timeout", "0").is_err());
+        assert!(serve("--max-timeout", "3153600000").is_ok(), "100 years");
     }
 
     #[test]

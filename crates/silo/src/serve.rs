@@ -1,7 +1,9 @@
 //! `silo serve`: wire the catalog, the runtime, the manager and the HTTP edge together,
 //! reconcile what a previous run left, then serve until SIGINT/SIGTERM.
 
+use std::io::IsTerminal;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -29,11 +31,17 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
     let data_dir = &args.dirs.data_dir;
     std::fs::create_dir_all(data_dir)
         .with_context(|| format!("cannot create data dir {}", data_dir.display()))?;
+    // Sandboxes' disks and files live below it: not for other users of the host (the
+    // catalog's secrets are kept private by the catalog itself).
+    let node_dir = data_dir.join("node");
+    std::fs::create_dir_all(&node_dir)
+        .and_then(|()| std::fs::set_permissions(&node_dir, std::fs::Permissions::from_mode(0o700)))
+        .with_context(|| format!("cannot make {} private", node_dir.display()))?;
     let catalog = Arc::new(Catalog::open(&args.dirs.catalog_path())?);
     let keys = catalog.ensure_api_key()?;
 
     let agent_dir = install_agent(args.agent.as_deref(), data_dir)?;
-    let mut runsc = RunscConfig::new(data_dir.join("node"), agent_dir);
+    let mut runsc = RunscConfig::new(node_dir, agent_dir);
     runsc.runsc = args.runsc.clone();
     runsc.platform = args.platform.clone();
     runsc.pause_mode = match args.pause_mode.as_str() {
@@ -131,7 +139,15 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
     println!("silo is serving on {url}; point the E2B SDK at it with:");
     println!("export E2B_API_URL={url}");
     println!("export E2B_SANDBOX_URL={url}");
-    println!("export E2B_API_KEY={key}");
+    // A log (journald, a file) is no place for the key: shown on a terminal only.
+    if std::io::stdout().is_terminal() {
+        println!("export E2B_API_KEY={key}");
+    } else {
+        println!(
+            "export E2B_API_KEY=$(silo keys --data-dir {} | head -n 1)",
+            data_dir.display()
+        );
+    }
     tracing::info!(listen = %args.listen, data_dir = %data_dir.display(), "serving");
     axum::serve(listener, app)
         .with_graceful_shutdown(async move {

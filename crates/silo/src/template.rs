@@ -38,6 +38,9 @@ pub async fn run(args: TemplateArgs) -> anyhow::Result<ExitCode> {
                 {
                     bail!("{name:?} is one of silo's own templates and is built from its recipe; give your Dockerfile template another name (-n)");
                 }
+                if no_cache || !build_args.is_empty() {
+                    bail!("--no-cache and --build-arg are for Dockerfile templates; {name:?} is cached by its recipe (its build dir under {} can be removed to build it again)", args.dirs.template_dir().display());
+                }
                 let dir = args.dirs.template_dir();
                 let built = build_builtin(&dir, &name, prune).await?;
                 let given = resources.resources();
@@ -51,6 +54,9 @@ pub async fn run(args: TemplateArgs) -> anyhow::Result<ExitCode> {
                     built.rootfs.display()
                 );
                 return Ok(ExitCode::SUCCESS);
+            }
+            if prune {
+                bail!("--prune is for silo's own templates (-n base, -n code-interpreter); a Dockerfile template's older builds go when no sandbox uses them");
             }
             let client = Client::new(&args.client.api_url, args.client.api_key()?);
             let context = context.unwrap_or_else(|| PathBuf::from("."));
