@@ -12,22 +12,35 @@ use silo_interpreter::{kernelspec, Config, Interpreter, KernelUser, Language};
 
 use crate::state::AppState;
 
-/// Serve the interpreter until the process ends; returns at once if there are no kernels.
-pub async fn serve(state: AppState, listen: SocketAddr, user_name: String) -> std::io::Result<()> {
+/// The interpreter with its port bound, to be served; `None` when the template has no
+/// kernels. Bound before the agent answers its health check, so a sandbox is never
+/// handed out with port 49999 still closed (a client's first `run_code` would fail).
+pub struct Bound {
+    listener: tokio::net::TcpListener,
+    interpreter: Interpreter,
+}
+
+/// Find the template's kernels, start the default ones (in the background) and bind
+/// the interpreter's port.
+pub async fn bind(
+    state: AppState,
+    listen: SocketAddr,
+    user_name: String,
+) -> std::io::Result<Option<Bound>> {
     let users = state.user_db.load();
     let user = match users.lookup(&user_name) {
         Ok(user) => user,
         Err(err) => {
             tracing::info!(user = %user_name, error = %err, "no interpreter user; code interpreter off");
             state.kernels_settled.send_replace(true);
-            return Ok(());
+            return Ok(None);
         }
     };
     let kernels = kernelspec::discover(&kernelspec::default_dirs(&user.home));
     if kernels.is_empty() {
         tracing::info!("no Jupyter kernels in this template; code interpreter off");
         state.kernels_settled.send_replace(true);
-        return Ok(());
+        return Ok(None);
     }
     let mut config = Config::new(kernels);
     config.path = kernel_path(&config);
@@ -53,12 +66,19 @@ pub async fn serve(state: AppState, listen: SocketAddr, user_name: String) -> st
         starting.start_default_kernels().await;
         state.kernels_settled.send_replace(true);
     });
+    let listener = tokio::net::TcpListener::bind(listen).await?;
+    Ok(Some(Bound {
+        listener,
+        interpreter,
+    }))
+}
+
+/// Serve the interpreter until the process ends.
+pub async fn serve(bound: Bound) -> std::io::Result<()> {
     // Each output line is a small write: without TCP_NODELAY, Nagle and delayed ACKs add
     // ~40 ms to every execution.
-    let listener = tokio::net::TcpListener::bind(listen)
-        .await?
-        .tap_io(|tcp| drop(tcp.set_nodelay(true)));
-    axum::serve(listener, silo_interpreter::router(interpreter)).await
+    let listener = bound.listener.tap_io(|tcp| drop(tcp.set_nodelay(true)));
+    axum::serve(listener, silo_interpreter::router(bound.interpreter)).await
 }
 
 /// The kernels' PATH: the Python kernel's own bin dir first (a venv), so `!pip install`

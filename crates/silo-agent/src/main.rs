@@ -81,14 +81,22 @@ async fn serve() -> Result<(), Box<dyn std::error::Error>> {
         "silo-agent serving"
     );
 
-    // As PID 1 the kernel delivers no default-action signals, so stop explicitly. Open
-    // streams would hold a graceful shutdown forever; the sandbox is going away anyway.
-    let interpreter = tokio::spawn(interpreter::serve(
+    let interpreter = interpreter::bind(
         state.clone(),
         config.interpreter_listen,
         config.interpreter_user.clone(),
-    ));
+    )
+    .await
+    .map_err(|err| format!("code interpreter failed: {err}"))?;
+    let interpreter = tokio::spawn(async move {
+        match interpreter {
+            Some(bound) => interpreter::serve(bound).await,
+            None => Ok(()),
+        }
+    });
 
+    // As PID 1 the kernel delivers no default-action signals, so stop explicitly. Open
+    // streams would hold a graceful shutdown forever; the sandbox is going away anyway.
     tokio::select! {
         served = axum::serve(listener, app::router(state)) => served?,
         Ok(Err(err)) = interpreter => return Err(format!("code interpreter failed: {err}").into()),
