@@ -17,7 +17,7 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::Mutex;
 
-use rusqlite::{params, Connection, OptionalExtension};
+use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
 use silo_protocol::ids::{ApiKey, SandboxId};
 
 pub use builds::{BuildLogEntry, BuildRecord, BuildStatus};
@@ -351,8 +351,15 @@ impl Catalog {
     }
 
     fn migrate(mut conn: Connection) -> Result<Catalog> {
-        let version: usize = conn.pragma_query_value(None, "user_version", |row| row.get(0))?;
+        // Every transaction here writes. A deferred one reads under a snapshot, and once
+        // another connection (`silo keys create`, a second process) commits, SQLite
+        // refuses it the write lock at once (SQLITE_BUSY, busy_timeout does not apply);
+        // an immediate one takes the lock at BEGIN, where busy_timeout waits.
+        conn.set_transaction_behavior(TransactionBehavior::Immediate);
         let tx = conn.transaction()?;
+        // Read under the write lock: two processes opening one file together must not
+        // both run a migration.
+        let version: usize = tx.pragma_query_value(None, "user_version", |row| row.get(0))?;
         for (index, sql) in MIGRATIONS.iter().enumerate().skip(version) {
             tx.execute_batch(sql)?;
             tx.pragma_update(None, "user_version", index + 1)?;
@@ -1193,6 +1200,71 @@ pub(crate) mod tests {
         }
         ids.reverse();
         assert_eq!(seen, ids, "newest first, each once");
+    }
+
+    /// A second connection to the file, as `silo keys create` opens, waiting for locks
+    /// as the catalog's does.
+    fn second_connection(path: &Path) -> Connection {
+        let conn = Connection::open(path).unwrap();
+        conn.busy_timeout(std::time::Duration::from_secs(5))
+            .unwrap();
+        conn
+    }
+
+    #[test]
+    fn a_state_change_waits_for_another_process_writing() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("catalog.db");
+        let catalog = Catalog::open(&path).unwrap();
+        let rec = record("base", &[]);
+        running(&catalog, &rec);
+        let mut other = second_connection(&path);
+        let writing = other.transaction().unwrap();
+        writing
+            .execute("INSERT INTO api_keys (key, created_at) VALUES ('k', 0)", [])
+            .unwrap();
+        std::thread::scope(|scope| {
+            let change = scope.spawn(|| {
+                catalog.transition(&rec.id, SandboxState::Running, SandboxState::Pausing, "t")
+            });
+            // Let the state change start while the other write holds the lock (if it
+            // has not by the commit, the test passes without showing anything).
+            std::thread::sleep(std::time::Duration::from_millis(200));
+            writing.commit().unwrap();
+            change.join().unwrap().unwrap();
+        });
+        assert_eq!(
+            catalog.get_sandbox(&rec.id).unwrap().unwrap().state,
+            SandboxState::Pausing
+        );
+    }
+
+    #[test]
+    fn processes_opening_a_new_catalog_together_migrate_it_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("catalog.db");
+        second_connection(&path)
+            .pragma_update(None, "journal_mode", "WAL")
+            .unwrap();
+        let start = std::sync::Barrier::new(4);
+        std::thread::scope(|scope| {
+            let opened: Vec<_> = (0..4)
+                .map(|_| {
+                    scope.spawn(|| {
+                        let conn = second_connection(&path);
+                        start.wait();
+                        Catalog::migrate(conn).map(|_| ())
+                    })
+                })
+                .collect();
+            for open in opened {
+                open.join().unwrap().unwrap();
+            }
+        });
+        let version: usize = second_connection(&path)
+            .pragma_query_value(None, "user_version", |row| row.get(0))
+            .unwrap();
+        assert_eq!(version, MIGRATIONS.len());
     }
 
     #[test]
