@@ -17,6 +17,7 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::Mutex;
 
+use rusqlite::types::Value;
 use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
 use silo_protocol::ids::{ApiKey, SandboxId};
 
@@ -129,17 +130,25 @@ pub struct SandboxEvent {
     pub detail: String,
 }
 
+/// The live states a user sees: running and paused, and on the way between them.
+const LISTED_BY_DEFAULT: [SandboxState; 4] = [
+    SandboxState::Running,
+    SandboxState::Resuming,
+    SandboxState::Paused,
+    SandboxState::Pausing,
+];
+
 /// Which sandboxes to list, and where a page starts.
 #[derive(Debug, Clone, Default)]
 pub struct ListFilter {
-    /// Empty means the live states a user sees (running and paused, and on the way
-    /// between them).
+    /// Empty means [`LISTED_BY_DEFAULT`].
     pub states: Vec<SandboxState>,
     /// Every pair must match.
     pub metadata: BTreeMap<String, String>,
     pub template_id: Option<String>,
     /// Where the previous page ended.
     pub after: Option<Cursor>,
+    /// `None`: every sandbox that matches.
     pub limit: Option<usize>,
 }
 
@@ -258,6 +267,10 @@ CREATE INDEX sandbox_logs_at ON sandbox_logs(sandbox_id, at);
 "#,
     r#"
 ALTER TABLE sandboxes ADD COLUMN rootfs TEXT;
+"#,
+    // Lists walk it newest first, state by state (`Catalog::list`).
+    r#"
+CREATE INDEX sandboxes_listed ON sandboxes(state, started_at, id);
 "#,
 ];
 
@@ -697,36 +710,72 @@ impl Catalog {
         rows.into_iter().map(RawRow::into_record).collect()
     }
 
-    /// A page of sandboxes, newest first.
+    /// A page of sandboxes, newest first. Filtered, paged and limited in SQL: one
+    /// subquery per state walks `sandboxes_listed` down from the cursor and stops at the
+    /// limit (`state IN (...)` would sort every row of those states, the killed history
+    /// included, on each call).
     pub fn list(&self, filter: &ListFilter) -> Result<Page> {
-        let states: Vec<SandboxState> = if filter.states.is_empty() {
-            vec![
-                SandboxState::Running,
-                SandboxState::Resuming,
-                SandboxState::Paused,
-                SandboxState::Pausing,
-            ]
+        let mut states: Vec<&str> = if filter.states.is_empty() {
+            LISTED_BY_DEFAULT.iter().map(|s| s.as_str()).collect()
         } else {
-            filter.states.clone()
+            filter.states.iter().map(|s| s.as_str()).collect()
         };
-        let mut all = self.sandboxes_in(&states)?;
-        all.reverse();
-        let matching = all.into_iter().filter(|rec| {
-            filter
-                .template_id
-                .as_ref()
-                .is_none_or(|template| &rec.template_id == template)
-                && filter
-                    .metadata
-                    .iter()
-                    .all(|(key, value)| rec.metadata.get(key) == Some(value))
-        });
-        let (sandboxes, next_token) = page(matching, filter.after.as_ref(), filter.limit, |rec| {
-            Cursor {
-                at_ms: rec.started_at_ms,
-                id: rec.id.to_string(),
+        // A state named twice would list its sandboxes twice.
+        states.sort_unstable();
+        states.dedup();
+        // One more than the page, to know whether another follows; -1 is no limit.
+        let fetch = filter
+            .limit
+            .map_or(-1, |limit| i64::try_from(limit).unwrap_or(i64::MAX - 1) + 1);
+        let mut values = vec![Value::Integer(fetch)];
+        let mut param = |value: Value| {
+            values.push(value);
+            format!("?{}", values.len())
+        };
+        let mut conditions = String::new();
+        if let Some(after) = &filter.after {
+            let (at, id) = (
+                param(Value::Integer(after.at_ms)),
+                param(Value::Text(after.id.clone())),
+            );
+            conditions += &format!(" AND (started_at, id) < ({at}, {id})");
+        }
+        if let Some(template) = &filter.template_id {
+            conditions += &format!(" AND template_id = {}", param(template.clone().into()));
+        }
+        for (key, value) in &filter.metadata {
+            let (key, value) = (param(key.clone().into()), param(value.clone().into()));
+            conditions += &format!(
+                " AND EXISTS (SELECT 1 FROM json_each(metadata) WHERE key = {key} AND value = {value})"
+            );
+        }
+        let per_state: Vec<String> = states
+            .iter()
+            .map(|state| {
+                let state = param(Value::Text((*state).to_owned()));
+                format!(
+                    "SELECT * FROM ({SELECT_SANDBOX} WHERE state = {state}{conditions} \
+                     ORDER BY started_at DESC, id DESC LIMIT ?1)"
+                )
+            })
+            .collect();
+        let mut sandboxes = self.records(
+            &format!(
+                "{} ORDER BY started_at DESC, id DESC LIMIT ?1",
+                per_state.join(" UNION ALL ")
+            ),
+            rusqlite::params_from_iter(values),
+        )?;
+        let next_token = match filter.limit {
+            Some(limit) if sandboxes.len() > limit => {
+                sandboxes.truncate(limit);
+                sandboxes.last().map(|rec| Cursor {
+                    at_ms: rec.started_at_ms,
+                    id: rec.id.to_string(),
+                })
             }
-        });
+            _ => None,
+        };
         Ok(Page {
             sandboxes,
             next_token,
@@ -1200,6 +1249,137 @@ pub(crate) mod tests {
         }
         ids.reverse();
         assert_eq!(seen, ids, "newest first, each once");
+    }
+
+    /// Every page of `filter`, followed by its tokens.
+    fn all_pages(catalog: &Catalog, filter: &ListFilter) -> Vec<Vec<SandboxId>> {
+        let mut filter = filter.clone();
+        let mut pages = Vec::new();
+        loop {
+            let page = catalog.list(&filter).unwrap();
+            pages.push(page.sandboxes.into_iter().map(|rec| rec.id).collect());
+            match page.next_token {
+                Some(token) => filter.after = Some(token),
+                None => return pages,
+            }
+        }
+    }
+
+    #[test]
+    fn list_pages_across_states_templates_and_metadata_in_sql() {
+        let catalog = Catalog::open_in_memory().unwrap();
+        let start = now_ms();
+        // Newest last; two share a millisecond (then the id orders them).
+        let mut made = Vec::new();
+        for (i, (state, template, team)) in [
+            (SandboxState::Running, "base", "a"),
+            (SandboxState::Paused, "base", "b"),
+            (SandboxState::Running, "web", "a"),
+            (SandboxState::Killed, "base", "a"),
+            (SandboxState::Paused, "web", "a"),
+            (SandboxState::Running, "base", "a"),
+            (SandboxState::Running, "base", "a"),
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            let mut rec = record(template, &[("team", team), ("n", &i.to_string())]);
+            rec.started_at_ms = start + (i as i64).min(5);
+            running(&catalog, &rec);
+            let steps: &[SandboxState] = match state {
+                SandboxState::Running => &[],
+                SandboxState::Paused => &[SandboxState::Pausing, SandboxState::Paused],
+                _ => &[SandboxState::Killing, SandboxState::Killed],
+            };
+            let mut from = SandboxState::Running;
+            for &to in steps {
+                catalog.transition(&rec.id, from, to, "t").unwrap();
+                from = to;
+            }
+            made.push(rec);
+        }
+        let newest_first = |picked: &[usize]| -> Vec<SandboxId> {
+            let mut recs: Vec<&SandboxRecord> = picked.iter().map(|&i| &made[i]).collect();
+            recs.sort_by_key(|rec| std::cmp::Reverse((rec.started_at_ms, rec.id.to_string())));
+            recs.into_iter().map(|rec| rec.id.clone()).collect()
+        };
+        let live_team_a = ListFilter {
+            metadata: [("team".to_string(), "a".to_string())].into(),
+            limit: Some(2),
+            ..Default::default()
+        };
+        let pages = all_pages(&catalog, &live_team_a);
+        assert_eq!(pages.len(), 3, "2 + 2 + 1, no empty last page");
+        assert_eq!(pages.concat(), newest_first(&[0, 2, 4, 5, 6]));
+        let base_running = ListFilter {
+            states: vec![SandboxState::Running, SandboxState::Running],
+            template_id: Some("base".into()),
+            limit: Some(10),
+            ..Default::default()
+        };
+        assert_eq!(
+            all_pages(&catalog, &base_running).concat(),
+            newest_first(&[0, 5, 6]),
+            "a state named twice lists each sandbox once"
+        );
+        let killed_or_paused_web = ListFilter {
+            states: vec![SandboxState::Killed, SandboxState::Paused],
+            metadata: [("team".into(), "a".into()), ("n".into(), "4".into())].into(),
+            ..Default::default()
+        };
+        assert_eq!(
+            all_pages(&catalog, &killed_or_paused_web),
+            [newest_first(&[4])]
+        );
+        let killed = ListFilter {
+            states: vec![SandboxState::Killed],
+            ..Default::default()
+        };
+        assert_eq!(all_pages(&catalog, &killed), [newest_first(&[3])]);
+        // The next page starts after the cursor, though its sandbox has gone since.
+        let first = catalog.list(&live_team_a).unwrap();
+        let gone = &first.sandboxes[1];
+        catalog
+            .transition(&gone.id, SandboxState::Running, SandboxState::Killing, "t")
+            .unwrap();
+        let rest = all_pages(
+            &catalog,
+            &ListFilter {
+                after: first.next_token,
+                ..live_team_a.clone()
+            },
+        );
+        assert_eq!(rest.concat(), newest_first(&[0, 2, 4]));
+    }
+
+    #[test]
+    fn a_catalog_of_the_previous_version_gains_the_list_index() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("catalog.db");
+        let old = second_connection(&path);
+        let previous = MIGRATIONS.len() - 1;
+        for sql in &MIGRATIONS[..previous] {
+            old.execute_batch(sql).unwrap();
+        }
+        old.pragma_update(None, "user_version", previous).unwrap();
+        drop(old);
+        let catalog = Catalog::open(&path).unwrap();
+        let rec = record("base", &[]);
+        running(&catalog, &rec);
+        assert_eq!(
+            catalog.list(&ListFilter::default()).unwrap().sandboxes,
+            [catalog.get_sandbox(&rec.id).unwrap().unwrap()]
+        );
+        let plan: String = catalog
+            .conn()
+            .query_row(
+                "EXPLAIN QUERY PLAN SELECT id FROM sandboxes WHERE state = 'killed' \
+                 ORDER BY started_at DESC, id DESC LIMIT 10",
+                [],
+                |row| row.get(3),
+            )
+            .unwrap();
+        assert!(plan.contains("sandboxes_listed"), "{plan}");
     }
 
     /// A second connection to the file, as `silo keys create` opens, waiting for locks
