@@ -182,16 +182,19 @@ function Metrics({ id }) {
 }
 
 function Timeline({ id }) {
-  const { data, error } = usePoll(() => api(`/v2/sandboxes/${id}/logs?limit=2000`), 3000, [id]);
+  // The newest entries (backward: newest first), shown oldest first.
+  const { data, error } = usePoll(() => api(`/v2/sandboxes/${id}/logs?direction=backward&limit=2000`), 3000, [id]);
+  const logs = data ? data.logs.slice().reverse() : [];
+  const newest = logs.length ? `${logs.length} ${logs[logs.length - 1].timestamp}` : "";
   const box = useRef();
   useEffect(() => {
     if (box.current) box.current.scrollTop = box.current.scrollHeight;
-  }, [data && data.logs.length]);
+  }, [newest]);
   return (
     <>
       <Err error={error} />
       <div class="log" ref={box} data-testid="timeline">
-        {(data ? data.logs : []).map((e) => (
+        {logs.map((e) => (
           <div class={e.fields.type === "lifecycle" ? "life" : e.level}>
             {new Date(e.timestamp).toLocaleTimeString()} {e.message}
           </div>
