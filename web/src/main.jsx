@@ -94,6 +94,13 @@ function SandboxTable({ sandboxes }) {
   );
 }
 
+// The most sandboxes one answer of GET /v2/sandboxes holds (E2B's page size).
+const PAGE = 100;
+
+function Newest({ data }) {
+  return data && data.length === PAGE ? <p class="muted">Showing the newest {PAGE}.</p> : null;
+}
+
 function Sandboxes() {
   const [state, setState] = useState("running,paused");
   const [template, setTemplate] = useState("");
@@ -122,18 +129,20 @@ function Sandboxes() {
       </div>
       <Err error={error} />
       {data && (data.length ? <SandboxTable sandboxes={data} /> : <p class="muted">No sandboxes. Create one with the E2B SDK or `silo sandbox create`.</p>)}
+      <Newest data={data} />
     </>
   );
 }
 
 function History() {
-  const { data, error } = usePoll(() => api("/v2/sandboxes?state=killed&limit=200"), 5000);
+  const { data, error } = usePoll(() => api(`/v2/sandboxes?state=killed&limit=${PAGE}`), 5000);
   return (
     <>
       <h1>Killed sandboxes</h1>
       <p class="muted">Their timelines, logs and metrics stay readable for the server's retention window.</p>
       <Err error={error} />
       {data && <SandboxTable sandboxes={data} />}
+      <Newest data={data} />
     </>
   );
 }
@@ -173,16 +182,19 @@ function Metrics({ id }) {
 }
 
 function Timeline({ id }) {
-  const { data, error } = usePoll(() => api(`/v2/sandboxes/${id}/logs?limit=2000`), 3000, [id]);
+  // The newest entries (backward: newest first), shown oldest first.
+  const { data, error } = usePoll(() => api(`/v2/sandboxes/${id}/logs?direction=backward&limit=2000`), 3000, [id]);
+  const logs = data ? data.logs.slice().reverse() : [];
+  const newest = logs.length ? `${logs.length} ${logs[logs.length - 1].timestamp}` : "";
   const box = useRef();
   useEffect(() => {
     if (box.current) box.current.scrollTop = box.current.scrollHeight;
-  }, [data && data.logs.length]);
+  }, [newest]);
   return (
     <>
       <Err error={error} />
       <div class="log" ref={box} data-testid="timeline">
-        {(data ? data.logs : []).map((e) => (
+        {logs.map((e) => (
           <div class={e.fields.type === "lifecycle" ? "life" : e.level}>
             {new Date(e.timestamp).toLocaleTimeString()} {e.message}
           </div>

@@ -43,9 +43,9 @@ pub async fn v2(
             cursor_ms: query.cursor,
             backward: query.direction == Some(LogsDirection::Backward),
             search: query.search.filter(|s| !s.is_empty()),
+            level: query.level.unwrap_or(LogLevel::Debug),
             limit: query.limit.unwrap_or(DEFAULT_LIMIT).min(MAX_LIMIT),
         },
-        query.level.unwrap_or(LogLevel::Debug),
     )?;
     Ok(Json(SandboxLogsV2 { logs: entries }))
 }
@@ -64,9 +64,9 @@ pub async fn v1(
             cursor_ms: query.start,
             backward: false,
             search: None,
+            level: LogLevel::Debug,
             limit: query.limit.unwrap_or(DEFAULT_LIMIT).min(MAX_LIMIT),
         },
-        LogLevel::Debug,
     )?;
     Ok(Json(SandboxLogs {
         logs: entries
@@ -80,14 +80,10 @@ pub async fn v1(
     }))
 }
 
-/// The merged stream: `query.limit` entries of at least `level`, in time order
-/// (newest first when backward).
-fn read(
-    app: &AppState,
-    id: &SandboxId,
-    query: LogQuery,
-    level: LogLevel,
-) -> Result<Vec<SandboxLogEntry>, ApiError> {
+/// The merged stream: `query.limit` entries of at least `query.level`, in time order
+/// (newest first when backward). The catalog filters process lines before its limit;
+/// the history, a few entries, is filtered here.
+fn read(app: &AppState, id: &SandboxId, query: LogQuery) -> Result<Vec<SandboxLogEntry>, ApiError> {
     let catalog = app.manager.catalog();
     match catalog.get_sandbox(id)? {
         Some(rec) if rec.state != SandboxState::Pooled => {}
@@ -103,19 +99,19 @@ fn read(
         .iter()
         .filter(|e| in_window(e.at_ms))
         .map(|e| (e.at_ms, lifecycle_entry(e)))
-        .chain(
-            catalog
-                .logs(id, &query)?
-                .iter()
-                .map(|line| (line.at_ms, process_entry(line))),
-        )
-        .filter(|(_, e)| e.level >= level)
+        .filter(|(_, e)| e.level >= query.level)
         .filter(|(_, e)| {
             query
                 .search
                 .as_deref()
                 .is_none_or(|s| e.message.contains(s))
         })
+        .chain(
+            catalog
+                .logs(id, &query)?
+                .iter()
+                .map(|line| (line.at_ms, process_entry(line))),
+        )
         .collect();
     // Stable: entries of one millisecond keep their order (history, then processes).
     timed.sort_by_key(|(at, _)| *at);
@@ -168,12 +164,10 @@ fn lifecycle_entry(e: &SandboxEvent) -> SandboxLogEntry {
 
 fn process_entry(line: &LogLine) -> SandboxLogEntry {
     let pid = ("pid", line.pid.to_string());
-    match line.kind.as_str() {
-        "start" => entry(
-            line.at_ms,
-            LogLevel::Info,
+    let (message, fields) = match line.kind.as_str() {
+        "start" => (
             format!("process {} started: {}", line.pid, line.text),
-            &[
+            vec![
                 ("type", "process.start".into()),
                 pid,
                 ("cmd", line.text.clone()),
@@ -181,39 +175,20 @@ fn process_entry(line: &LogLine) -> SandboxLogEntry {
         ),
         "exit" => {
             let code = line.exit_code.unwrap_or(-1);
-            entry(
-                line.at_ms,
-                if code == 0 {
-                    LogLevel::Info
-                } else {
-                    LogLevel::Error
-                },
+            (
                 format!(
                     "process {} exited with code {code} ({})",
                     line.pid, line.text
                 ),
-                &[
+                vec![
                     ("type", "process.exit".into()),
                     pid,
                     ("exitCode", code.to_string()),
                 ],
             )
         }
-        "dropped" => entry(
-            line.at_ms,
-            LogLevel::Warn,
-            line.text.clone(),
-            &[("type", "dropped".into())],
-        ),
-        stream => entry(
-            line.at_ms,
-            if stream == "stderr" {
-                LogLevel::Warn
-            } else {
-                LogLevel::Info
-            },
-            line.text.clone(),
-            &[("type", stream.to_owned()), pid],
-        ),
-    }
+        "dropped" => (line.text.clone(), vec![("type", "dropped".into())]),
+        stream => (line.text.clone(), vec![("type", stream.to_owned()), pid]),
+    };
+    entry(line.at_ms, line.level(), message, &fields)
 }

@@ -24,6 +24,10 @@ pub(crate) fn rfc3339(ms: i64) -> String {
         .to_rfc3339_opts(SecondsFormat::Millis, true)
 }
 
+/// E2B's page size for `GET /v2/sandboxes`: the default and the most a page holds
+/// (a larger `limit` gets this many, and the token of the next page).
+const LIST_PAGE: usize = 100;
+
 /// What a list's `state=running` and `state=paused` select.
 const RUNNING: [SandboxState; 2] = [SandboxState::Running, SandboxState::Resuming];
 const PAUSED: [SandboxState; 2] = [SandboxState::Paused, SandboxState::Pausing];
@@ -354,7 +358,8 @@ pub async fn set_timeout(
     Ok(StatusCode::NO_CONTENT)
 }
 
-/// `GET /sandboxes` (v1): every running sandbox, optionally filtered by metadata.
+/// `GET /sandboxes` (v1): every running sandbox, optionally filtered by metadata, in
+/// one answer (E2B's does not page it).
 #[utoipa::path(get, path = "/sandboxes", tag = "sandboxes", params(("metadata" = Option<String>, Query, description = "`k=v&k2=v2`, keys and values percent-encoded first")), responses((status = 200, description = "Running sandboxes", body = Vec<rest::SandboxDetail>), (status = 400, description = "malformed request", body = silo_protocol::rest::ApiError), (status = 401, description = "no or wrong API key", body = silo_protocol::rest::ApiError), (status = 500, description = "internal error; the log has the detail", body = silo_protocol::rest::ApiError)), security(("api_key" = [])))]
 pub async fn list_v1(
     State(app): State<AppState>,
@@ -369,7 +374,7 @@ pub async fn list_v1(
 }
 
 /// `GET /v2/sandboxes`: filtered by state and metadata, paged with `X-Next-Token`.
-#[utoipa::path(get, path = "/v2/sandboxes", tag = "sandboxes", params(("metadata" = Option<String>, Query, description = "`k=v&k2=v2`, keys and values percent-encoded first"), ("state" = Option<String>, Query, description = "Comma-separated: running, paused (E2B's), killed (silo's: the history)"), ("template" = Option<String>, Query), ("limit" = Option<u32>, Query), ("nextToken" = Option<String>, Query, description = "X-Next-Token of the previous page")), responses((status = 200, description = "A page of sandboxes", body = Vec<rest::SandboxDetail>, headers(("X-Next-Token" = String, description = "Present when more follow"))), (status = 400, description = "malformed request", body = silo_protocol::rest::ApiError), (status = 401, description = "no or wrong API key", body = silo_protocol::rest::ApiError), (status = 500, description = "internal error; the log has the detail", body = silo_protocol::rest::ApiError)), security(("api_key" = [])))]
+#[utoipa::path(get, path = "/v2/sandboxes", tag = "sandboxes", params(("metadata" = Option<String>, Query, description = "`k=v&k2=v2`, keys and values percent-encoded first"), ("state" = Option<String>, Query, description = "Comma-separated: running, paused (E2B's), killed (silo's: the history)"), ("template" = Option<String>, Query), ("limit" = Option<u32>, Query, description = "Page size: 100 by default, and at most"), ("nextToken" = Option<String>, Query, description = "X-Next-Token of the previous page")), responses((status = 200, description = "A page of sandboxes", body = Vec<rest::SandboxDetail>, headers(("X-Next-Token" = String, description = "Present when more follow"))), (status = 400, description = "malformed request", body = silo_protocol::rest::ApiError), (status = 401, description = "no or wrong API key", body = silo_protocol::rest::ApiError), (status = 500, description = "internal error; the log has the detail", body = silo_protocol::rest::ApiError)), security(("api_key" = [])))]
 pub async fn list_v2(
     State(app): State<AppState>,
     RawQuery(query): RawQuery,
@@ -400,10 +405,14 @@ fn list_page(
     Ok((body, page.next_token))
 }
 
-/// The list query. `metadata` is `k=v&k2=v2` whose parts were encoded before the whole
-/// was encoded again, so it is decoded twice.
+/// The list query, a page of [`LIST_PAGE`] unless `limit` asks for fewer. `metadata` is
+/// `k=v&k2=v2` whose parts were encoded before the whole was encoded again, so it is
+/// decoded twice.
 fn parse_list_query(query: &str) -> Result<ListFilter, ApiError> {
-    let mut filter = ListFilter::default();
+    let mut filter = ListFilter {
+        limit: Some(LIST_PAGE),
+        ..ListFilter::default()
+    };
     for (key, value) in form_urlencoded::parse(query.as_bytes()) {
         match key.as_ref() {
             "metadata" => {
@@ -444,7 +453,7 @@ fn parse_list_query(query: &str) -> Result<ListFilter, ApiError> {
                 if limit == 0 {
                     return Err(ApiError::BadRequest("limit must be at least 1".into()));
                 }
-                filter.limit = Some(limit);
+                filter.limit = Some(limit.min(LIST_PAGE));
             }
             "template" => filter.template_id = Some(value.into_owned()),
             _ => {}
@@ -466,6 +475,14 @@ mod tests {
         assert_eq!(filter.metadata["x"], "1");
         assert_eq!(filter.states, [RUNNING, PAUSED].concat());
         assert_eq!(filter.limit, Some(5));
+    }
+
+    #[test]
+    fn pages_hold_e2bs_default_and_at_most_that() {
+        let limit = |query| parse_list_query(query).unwrap().limit;
+        assert_eq!(limit(""), Some(LIST_PAGE));
+        assert_eq!(limit("limit=7"), Some(7));
+        assert_eq!(limit("limit=1000"), Some(LIST_PAGE));
     }
 
     #[test]

@@ -65,6 +65,20 @@ pub struct BuildLogEntry {
     pub message: String,
 }
 
+impl BuildLogEntry {
+    /// A line logged now.
+    pub fn now(level: &str, message: String) -> BuildLogEntry {
+        BuildLogEntry {
+            at_ms: now_ms(),
+            level: level.to_owned(),
+            message,
+        }
+    }
+}
+
+/// Builds of a template whose logs are kept, the newest; older ones keep their status.
+pub const BUILD_LOGS_KEPT: i64 = 10;
+
 const SELECT_BUILD: &str =
     "SELECT id, template, status, created_at, finished_at, reason, step FROM template_builds";
 
@@ -155,14 +169,47 @@ impl Catalog {
         )?)
     }
 
-    pub fn append_build_log(&self, id: &str, level: &str, message: &str) -> Result<()> {
-        self.conn().execute(
-            "INSERT INTO template_build_logs (build_id, seq, at, level, message) \
-             SELECT ?1, COALESCE(MAX(seq) + 1, 0), ?2, ?3, ?4 FROM template_build_logs \
-             WHERE build_id = ?1",
-            params![id, now_ms(), level, message],
+    /// Add lines to a build's log, in one transaction.
+    pub fn append_build_logs(&self, id: &str, entries: &[BuildLogEntry]) -> Result<()> {
+        let mut conn = self.conn();
+        let tx = conn.transaction()?;
+        let next: i64 = tx.query_row(
+            "SELECT COALESCE(MAX(seq) + 1, 0) FROM template_build_logs WHERE build_id = ?1",
+            [id],
+            |row| row.get(0),
         )?;
+        {
+            let mut insert = tx.prepare(
+                "INSERT INTO template_build_logs (build_id, seq, at, level, message) \
+                 VALUES (?1, ?2, ?3, ?4, ?5)",
+            )?;
+            for (seq, entry) in (next..).zip(entries) {
+                insert.execute(params![id, seq, entry.at_ms, entry.level, entry.message])?;
+            }
+        }
+        tx.commit()?;
         Ok(())
+    }
+
+    /// Forget the logs of finished builds that are older than their template's current
+    /// build (its newest ready one) or than its newest [`BUILD_LOGS_KEPT`]; their rows
+    /// stay, so their status still answers. Returns how many lines went.
+    pub fn prune_build_logs(&self) -> Result<usize> {
+        Ok(self.conn().execute(
+            "DELETE FROM template_build_logs WHERE build_id IN ( \
+                 SELECT id FROM ( \
+                     SELECT id, status, ROW_NUMBER() OVER newer AS rank, \
+                         SUM(status = 'ready') OVER ( \
+                             newer ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING \
+                         ) AS ready_since \
+                     FROM template_builds \
+                     WINDOW newer AS ( \
+                         PARTITION BY template ORDER BY created_at DESC, rowid DESC \
+                     ) \
+                 ) WHERE status IN ('ready', 'error') AND (rank > ?1 OR ready_since > 0) \
+             )",
+            [BUILD_LOGS_KEPT],
+        )?)
     }
 
     /// Up to `limit` log entries of a build, from the `offset`-th on.
@@ -283,9 +330,11 @@ mod tests {
         catalog
             .set_build_status("b1", BuildStatus::Building, None, None)
             .unwrap();
-        for line in ["one", "two", "three"] {
-            catalog.append_build_log("b1", "info", line).unwrap();
-        }
+        catalog
+            .append_build_logs("b1", &[BuildLogEntry::now("info", "one".into())])
+            .unwrap();
+        let more = ["two", "three"].map(|line| BuildLogEntry::now("info", line.into()));
+        catalog.append_build_logs("b1", &more).unwrap();
         let logs = catalog.build_logs("b1", 1, 100).unwrap();
         let lines: Vec<&str> = logs.iter().map(|e| e.message.as_str()).collect();
         assert_eq!(lines, ["two", "three"]);
@@ -328,10 +377,53 @@ mod tests {
         catalog.set_alias("app", "web-v2").unwrap();
         assert_eq!(catalog.alias("app").unwrap().as_deref(), Some("web-v2"));
         catalog.insert_build("b1", "web-v2").unwrap();
-        catalog.append_build_log("b1", "info", "x").unwrap();
+        catalog
+            .append_build_logs("b1", &[BuildLogEntry::now("info", "x".into())])
+            .unwrap();
         catalog.delete_template("web-v2").unwrap();
         assert_eq!(catalog.alias("app").unwrap(), None);
         assert!(catalog.build("b1").unwrap().is_none());
         assert!(catalog.build_logs("b1", 0, 10).unwrap().is_empty());
+    }
+
+    #[test]
+    fn logs_of_builds_behind_the_current_one_or_the_newest_ten_are_pruned() {
+        let catalog = Catalog::open_in_memory().unwrap();
+        let build = |id: &str, template: &str, status: BuildStatus| {
+            catalog.insert_build(id, template).unwrap();
+            catalog.set_build_status(id, status, None, None).unwrap();
+            catalog
+                .append_build_logs(id, &[BuildLogEntry::now("info", id.into())])
+                .unwrap();
+        };
+        // web: failed, ready (current), failed, still building.
+        build("w1", "web", BuildStatus::Error);
+        build("w2", "web", BuildStatus::Ready);
+        build("w3", "web", BuildStatus::Error);
+        build("w4", "web", BuildStatus::Building);
+        // api: twelve failed builds, the newest ten kept.
+        for n in 1..=12 {
+            build(&format!("a{n:02}"), "api", BuildStatus::Error);
+        }
+        // An older build still running is never pruned (its log is being written).
+        build("a00", "api", BuildStatus::Building);
+        catalog
+            .conn()
+            .execute(
+                "UPDATE template_builds SET created_at = 0 WHERE id = 'a00'",
+                [],
+            )
+            .unwrap();
+        assert_eq!(catalog.prune_build_logs().unwrap(), 3);
+        let kept = |id: &str| !catalog.build_logs(id, 0, 10).unwrap().is_empty();
+        assert!(!kept("w1"));
+        for id in ["w2", "w3", "w4", "a03", "a12", "a00"] {
+            assert!(kept(id), "{id}");
+        }
+        assert!(!kept("a01") && !kept("a02"));
+        assert_eq!(
+            catalog.build("w1").unwrap().unwrap().status,
+            BuildStatus::Error
+        );
     }
 }

@@ -17,7 +17,8 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::Mutex;
 
-use rusqlite::{params, Connection, OptionalExtension};
+use rusqlite::types::Value;
+use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
 use silo_protocol::ids::{ApiKey, SandboxId};
 
 pub use builds::{BuildLogEntry, BuildRecord, BuildStatus};
@@ -135,17 +136,25 @@ pub struct SandboxEvent {
     pub detail: String,
 }
 
+/// The live states a user sees: running and paused, and on the way between them.
+const LISTED_BY_DEFAULT: [SandboxState; 4] = [
+    SandboxState::Running,
+    SandboxState::Resuming,
+    SandboxState::Paused,
+    SandboxState::Pausing,
+];
+
 /// Which sandboxes to list, and where a page starts.
 #[derive(Debug, Clone, Default)]
 pub struct ListFilter {
-    /// Empty means the live states a user sees (running and paused, and on the way
-    /// between them).
+    /// Empty means [`LISTED_BY_DEFAULT`].
     pub states: Vec<SandboxState>,
     /// Every pair must match.
     pub metadata: BTreeMap<String, String>,
     pub template_id: Option<String>,
     /// Where the previous page ended.
     pub after: Option<Cursor>,
+    /// `None`: every sandbox that matches.
     pub limit: Option<usize>,
 }
 
@@ -265,6 +274,10 @@ CREATE INDEX sandbox_logs_at ON sandbox_logs(sandbox_id, at);
     r#"
 ALTER TABLE sandboxes ADD COLUMN rootfs TEXT;
 "#,
+    // Lists walk it newest first, state by state (`Catalog::list`).
+    r#"
+CREATE INDEX sandboxes_listed ON sandboxes(state, started_at, id);
+"#,
 ];
 
 /// A place in a list ordered newest first: the time of an item (a sandbox's start, a
@@ -382,8 +395,15 @@ impl Catalog {
     }
 
     fn migrate(mut conn: Connection) -> Result<Catalog> {
-        let version: usize = conn.pragma_query_value(None, "user_version", |row| row.get(0))?;
+        // Every transaction here writes. A deferred one reads under a snapshot, and once
+        // another connection (`silo keys create`, a second process) commits, SQLite
+        // refuses it the write lock at once (SQLITE_BUSY, busy_timeout does not apply);
+        // an immediate one takes the lock at BEGIN, where busy_timeout waits.
+        conn.set_transaction_behavior(TransactionBehavior::Immediate);
         let tx = conn.transaction()?;
+        // Read under the write lock: two processes opening one file together must not
+        // both run a migration.
+        let version: usize = tx.pragma_query_value(None, "user_version", |row| row.get(0))?;
         for (index, sql) in MIGRATIONS.iter().enumerate().skip(version) {
             tx.execute_batch(sql)?;
             tx.pragma_update(None, "user_version", index + 1)?;
@@ -721,36 +741,72 @@ impl Catalog {
         rows.into_iter().map(RawRow::into_record).collect()
     }
 
-    /// A page of sandboxes, newest first.
+    /// A page of sandboxes, newest first. Filtered, paged and limited in SQL: one
+    /// subquery per state walks `sandboxes_listed` down from the cursor and stops at the
+    /// limit (`state IN (...)` would sort every row of those states, the killed history
+    /// included, on each call).
     pub fn list(&self, filter: &ListFilter) -> Result<Page> {
-        let states: Vec<SandboxState> = if filter.states.is_empty() {
-            vec![
-                SandboxState::Running,
-                SandboxState::Resuming,
-                SandboxState::Paused,
-                SandboxState::Pausing,
-            ]
+        let mut states: Vec<&str> = if filter.states.is_empty() {
+            LISTED_BY_DEFAULT.iter().map(|s| s.as_str()).collect()
         } else {
-            filter.states.clone()
+            filter.states.iter().map(|s| s.as_str()).collect()
         };
-        let mut all = self.sandboxes_in(&states)?;
-        all.reverse();
-        let matching = all.into_iter().filter(|rec| {
-            filter
-                .template_id
-                .as_ref()
-                .is_none_or(|template| &rec.template_id == template)
-                && filter
-                    .metadata
-                    .iter()
-                    .all(|(key, value)| rec.metadata.get(key) == Some(value))
-        });
-        let (sandboxes, next_token) = page(matching, filter.after.as_ref(), filter.limit, |rec| {
-            Cursor {
-                at_ms: rec.started_at_ms,
-                id: rec.id.to_string(),
+        // A state named twice would list its sandboxes twice.
+        states.sort_unstable();
+        states.dedup();
+        // One more than the page, to know whether another follows; -1 is no limit.
+        let fetch = filter
+            .limit
+            .map_or(-1, |limit| i64::try_from(limit).unwrap_or(i64::MAX - 1) + 1);
+        let mut values = vec![Value::Integer(fetch)];
+        let mut param = |value: Value| {
+            values.push(value);
+            format!("?{}", values.len())
+        };
+        let mut conditions = String::new();
+        if let Some(after) = &filter.after {
+            let (at, id) = (
+                param(Value::Integer(after.at_ms)),
+                param(Value::Text(after.id.clone())),
+            );
+            conditions += &format!(" AND (started_at, id) < ({at}, {id})");
+        }
+        if let Some(template) = &filter.template_id {
+            conditions += &format!(" AND template_id = {}", param(template.clone().into()));
+        }
+        for (key, value) in &filter.metadata {
+            let (key, value) = (param(key.clone().into()), param(value.clone().into()));
+            conditions += &format!(
+                " AND EXISTS (SELECT 1 FROM json_each(metadata) WHERE key = {key} AND value = {value})"
+            );
+        }
+        let per_state: Vec<String> = states
+            .iter()
+            .map(|state| {
+                let state = param(Value::Text((*state).to_owned()));
+                format!(
+                    "SELECT * FROM ({SELECT_SANDBOX} WHERE state = {state}{conditions} \
+                     ORDER BY started_at DESC, id DESC LIMIT ?1)"
+                )
+            })
+            .collect();
+        let mut sandboxes = self.records(
+            &format!(
+                "{} ORDER BY started_at DESC, id DESC LIMIT ?1",
+                per_state.join(" UNION ALL ")
+            ),
+            rusqlite::params_from_iter(values),
+        )?;
+        let next_token = match filter.limit {
+            Some(limit) if sandboxes.len() > limit => {
+                sandboxes.truncate(limit);
+                sandboxes.last().map(|rec| Cursor {
+                    at_ms: rec.started_at_ms,
+                    id: rec.id.to_string(),
+                })
             }
-        });
+            _ => None,
+        };
         Ok(Page {
             sandboxes,
             next_token,
@@ -1243,6 +1299,202 @@ pub(crate) mod tests {
         }
         ids.reverse();
         assert_eq!(seen, ids, "newest first, each once");
+    }
+
+    /// Every page of `filter`, followed by its tokens.
+    fn all_pages(catalog: &Catalog, filter: &ListFilter) -> Vec<Vec<SandboxId>> {
+        let mut filter = filter.clone();
+        let mut pages = Vec::new();
+        loop {
+            let page = catalog.list(&filter).unwrap();
+            pages.push(page.sandboxes.into_iter().map(|rec| rec.id).collect());
+            match page.next_token {
+                Some(token) => filter.after = Some(token),
+                None => return pages,
+            }
+        }
+    }
+
+    #[test]
+    fn list_pages_across_states_templates_and_metadata_in_sql() {
+        let catalog = Catalog::open_in_memory().unwrap();
+        let start = now_ms();
+        // Newest last; two share a millisecond (then the id orders them).
+        let mut made = Vec::new();
+        for (i, (state, template, team)) in [
+            (SandboxState::Running, "base", "a"),
+            (SandboxState::Paused, "base", "b"),
+            (SandboxState::Running, "web", "a"),
+            (SandboxState::Killed, "base", "a"),
+            (SandboxState::Paused, "web", "a"),
+            (SandboxState::Running, "base", "a"),
+            (SandboxState::Running, "base", "a"),
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            let mut rec = record(template, &[("team", team), ("n", &i.to_string())]);
+            rec.started_at_ms = start + (i as i64).min(5);
+            running(&catalog, &rec);
+            let steps: &[SandboxState] = match state {
+                SandboxState::Running => &[],
+                SandboxState::Paused => &[SandboxState::Pausing, SandboxState::Paused],
+                _ => &[SandboxState::Killing, SandboxState::Killed],
+            };
+            let mut from = SandboxState::Running;
+            for &to in steps {
+                catalog.transition(&rec.id, from, to, "t").unwrap();
+                from = to;
+            }
+            made.push(rec);
+        }
+        let newest_first = |picked: &[usize]| -> Vec<SandboxId> {
+            let mut recs: Vec<&SandboxRecord> = picked.iter().map(|&i| &made[i]).collect();
+            recs.sort_by_key(|rec| std::cmp::Reverse((rec.started_at_ms, rec.id.to_string())));
+            recs.into_iter().map(|rec| rec.id.clone()).collect()
+        };
+        let live_team_a = ListFilter {
+            metadata: [("team".to_string(), "a".to_string())].into(),
+            limit: Some(2),
+            ..Default::default()
+        };
+        let pages = all_pages(&catalog, &live_team_a);
+        assert_eq!(pages.len(), 3, "2 + 2 + 1, no empty last page");
+        assert_eq!(pages.concat(), newest_first(&[0, 2, 4, 5, 6]));
+        let base_running = ListFilter {
+            states: vec![SandboxState::Running, SandboxState::Running],
+            template_id: Some("base".into()),
+            limit: Some(10),
+            ..Default::default()
+        };
+        assert_eq!(
+            all_pages(&catalog, &base_running).concat(),
+            newest_first(&[0, 5, 6]),
+            "a state named twice lists each sandbox once"
+        );
+        let killed_or_paused_web = ListFilter {
+            states: vec![SandboxState::Killed, SandboxState::Paused],
+            metadata: [("team".into(), "a".into()), ("n".into(), "4".into())].into(),
+            ..Default::default()
+        };
+        assert_eq!(
+            all_pages(&catalog, &killed_or_paused_web),
+            [newest_first(&[4])]
+        );
+        let killed = ListFilter {
+            states: vec![SandboxState::Killed],
+            ..Default::default()
+        };
+        assert_eq!(all_pages(&catalog, &killed), [newest_first(&[3])]);
+        // The next page starts after the cursor, though its sandbox has gone since.
+        let first = catalog.list(&live_team_a).unwrap();
+        let gone = &first.sandboxes[1];
+        catalog
+            .transition(&gone.id, SandboxState::Running, SandboxState::Killing, "t")
+            .unwrap();
+        let rest = all_pages(
+            &catalog,
+            &ListFilter {
+                after: first.next_token,
+                ..live_team_a.clone()
+            },
+        );
+        assert_eq!(rest.concat(), newest_first(&[0, 2, 4]));
+    }
+
+    #[test]
+    fn a_catalog_of_the_previous_version_gains_the_list_index() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("catalog.db");
+        let old = second_connection(&path);
+        let previous = MIGRATIONS.len() - 1;
+        for sql in &MIGRATIONS[..previous] {
+            old.execute_batch(sql).unwrap();
+        }
+        old.pragma_update(None, "user_version", previous).unwrap();
+        drop(old);
+        let catalog = Catalog::open(&path).unwrap();
+        let rec = record("base", &[]);
+        running(&catalog, &rec);
+        assert_eq!(
+            catalog.list(&ListFilter::default()).unwrap().sandboxes,
+            [catalog.get_sandbox(&rec.id).unwrap().unwrap()]
+        );
+        let plan: String = catalog
+            .conn()
+            .query_row(
+                "EXPLAIN QUERY PLAN SELECT id FROM sandboxes WHERE state = 'killed' \
+                 ORDER BY started_at DESC, id DESC LIMIT 10",
+                [],
+                |row| row.get(3),
+            )
+            .unwrap();
+        assert!(plan.contains("sandboxes_listed"), "{plan}");
+    }
+
+    /// A second connection to the file, as `silo keys create` opens, waiting for locks
+    /// as the catalog's does.
+    fn second_connection(path: &Path) -> Connection {
+        let conn = Connection::open(path).unwrap();
+        conn.busy_timeout(std::time::Duration::from_secs(5))
+            .unwrap();
+        conn
+    }
+
+    #[test]
+    fn a_state_change_waits_for_another_process_writing() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("catalog.db");
+        let catalog = Catalog::open(&path).unwrap();
+        let rec = record("base", &[]);
+        running(&catalog, &rec);
+        let mut other = second_connection(&path);
+        let writing = other.transaction().unwrap();
+        writing
+            .execute("INSERT INTO api_keys (key, created_at) VALUES ('k', 0)", [])
+            .unwrap();
+        std::thread::scope(|scope| {
+            let change = scope.spawn(|| {
+                catalog.transition(&rec.id, SandboxState::Running, SandboxState::Pausing, "t")
+            });
+            // Let the state change start while the other write holds the lock (if it
+            // has not by the commit, the test passes without showing anything).
+            std::thread::sleep(std::time::Duration::from_millis(200));
+            writing.commit().unwrap();
+            change.join().unwrap().unwrap();
+        });
+        assert_eq!(
+            catalog.get_sandbox(&rec.id).unwrap().unwrap().state,
+            SandboxState::Pausing
+        );
+    }
+
+    #[test]
+    fn processes_opening_a_new_catalog_together_migrate_it_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("catalog.db");
+        second_connection(&path)
+            .pragma_update(None, "journal_mode", "WAL")
+            .unwrap();
+        let start = std::sync::Barrier::new(4);
+        std::thread::scope(|scope| {
+            let opened: Vec<_> = (0..4)
+                .map(|_| {
+                    scope.spawn(|| {
+                        let conn = second_connection(&path);
+                        start.wait();
+                        Catalog::migrate(conn).map(|_| ())
+                    })
+                })
+                .collect();
+            for open in opened {
+                open.join().unwrap().unwrap();
+            }
+        });
+        let version: usize = second_connection(&path)
+            .pragma_query_value(None, "user_version", |row| row.get(0))
+            .unwrap();
+        assert_eq!(version, MIGRATIONS.len());
     }
 
     #[test]

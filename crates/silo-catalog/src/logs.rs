@@ -5,6 +5,7 @@
 
 use rusqlite::params;
 use silo_protocol::ids::SandboxId;
+use silo_protocol::rest::LogLevel;
 
 use super::{Catalog, Result};
 
@@ -26,14 +27,34 @@ pub struct LogLine {
     pub exit_code: Option<i32>,
 }
 
+impl LogLine {
+    /// How it reads in the log: a failed exit is an error, stderr and lost lines warn,
+    /// the rest informs. [`LEVEL_RANK`] says the same in SQL.
+    pub fn level(&self) -> LogLevel {
+        match self.kind.as_str() {
+            "exit" if self.exit_code != Some(0) => LogLevel::Error,
+            "stderr" | "dropped" => LogLevel::Warn,
+            _ => LogLevel::Info,
+        }
+    }
+}
+
+/// [`LogLine::level`] of a row, as the rank of its [`LogLevel`], so that a minimum level
+/// is applied before the LIMIT (after it, a page could come back empty while matching
+/// lines follow).
+const LEVEL_RANK: &str = "CASE WHEN kind = 'exit' AND exit_code IS NOT 0 THEN 3 \
+     WHEN kind IN ('stderr', 'dropped') THEN 2 ELSE 1 END";
+
 /// Which lines to read.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct LogQuery {
     /// From this time on (forward) or up to it (backward), Unix milliseconds.
     pub cursor_ms: Option<i64>,
     pub backward: bool,
     /// Only lines containing this text.
     pub search: Option<String>,
+    /// Only lines of this level and above.
+    pub level: LogLevel,
     pub limit: usize,
 }
 
@@ -95,14 +116,15 @@ impl Catalog {
         let mut stmt = conn.prepare(&format!(
             "SELECT seq, at, pid, kind, text, exit_code FROM sandbox_logs \
              WHERE sandbox_id = ?1 AND {bound} AND instr(text, ?3) > 0 \
-             ORDER BY at {order}, seq {order} LIMIT ?4"
+             AND {LEVEL_RANK} >= ?5 ORDER BY at {order}, seq {order} LIMIT ?4"
         ))?;
         let rows = stmt.query_map(
             params![
                 id.as_str(),
                 cursor,
                 query.search.as_deref().unwrap_or(""),
-                query.limit as i64
+                query.limit as i64,
+                query.level as i64,
             ],
             |row| {
                 Ok(LogLine {
@@ -153,6 +175,7 @@ mod tests {
             cursor_ms,
             backward,
             search: search.map(Into::into),
+            level: LogLevel::Debug,
             limit: 10,
         };
         let texts = |q| -> Vec<String> {
@@ -167,5 +190,57 @@ mod tests {
         assert_eq!(texts(query(Some(20), false, None)), ["world", "bye"]);
         assert_eq!(texts(query(Some(20), true, None)), ["world", "hello"]);
         assert_eq!(texts(query(None, false, Some("or"))), ["world"]);
+    }
+
+    #[test]
+    fn a_minimum_level_is_applied_before_the_limit() {
+        let catalog = Catalog::open_in_memory().unwrap();
+        let rec = record("base", &[]);
+        running(&catalog, &rec);
+        let mut lines: Vec<LogLine> = (1..=50).map(|seq| line(seq, seq as i64, "ok")).collect();
+        lines.push(LogLine {
+            kind: "exit".into(),
+            exit_code: Some(2),
+            ..line(51, 51, "python3 x.py")
+        });
+        catalog.insert_logs(&rec.id, &lines).unwrap();
+        let errors = catalog
+            .logs(
+                &rec.id,
+                &LogQuery {
+                    cursor_ms: None,
+                    backward: false,
+                    search: None,
+                    level: LogLevel::Error,
+                    limit: 10,
+                },
+            )
+            .unwrap();
+        assert_eq!(errors.iter().map(|l| l.seq).collect::<Vec<_>>(), [51]);
+    }
+
+    #[test]
+    fn sql_ranks_every_line_as_its_level() {
+        let catalog = Catalog::open_in_memory().unwrap();
+        let conn = catalog.conn();
+        for kind in [
+            "start", "stdout", "stderr", "pty", "exit", "dropped", "other",
+        ] {
+            for exit_code in [None, Some(0), Some(1), Some(-1)] {
+                let line = LogLine {
+                    kind: kind.into(),
+                    exit_code,
+                    ..line(1, 1, "x")
+                };
+                let rank: i64 = conn
+                    .query_row(
+                        &format!("SELECT {LEVEL_RANK} FROM (SELECT ?1 AS kind, ?2 AS exit_code)"),
+                        params![kind, exit_code],
+                        |row| row.get(0),
+                    )
+                    .unwrap();
+                assert_eq!(rank, line.level() as i64, "{kind} {exit_code:?}");
+            }
+        }
     }
 }

@@ -107,8 +107,27 @@ impl Client {
         self.json(req).await
     }
 
+    /// Every running and paused sandbox: the server answers in pages, followed here.
     pub async fn list(&self) -> Result<Vec<ListedSandbox>> {
-        self.json(self.http.get(self.url("/v2/sandboxes"))).await
+        let mut all = Vec::new();
+        let mut next_token: Option<String> = None;
+        loop {
+            let mut req = self.http.get(self.url("/v2/sandboxes"));
+            if let Some(token) = &next_token {
+                req = req.query(&[("nextToken", token)]);
+            }
+            let resp = self.send(req).await?;
+            next_token = resp
+                .headers()
+                .get("x-next-token")
+                .and_then(|token| token.to_str().ok())
+                .map(str::to_owned);
+            let page: Vec<ListedSandbox> = resp.json().await.map_err(ClientError::Decode)?;
+            all.extend(page);
+            if next_token.is_none() {
+                return Ok(all);
+            }
+        }
     }
 
     pub async fn get(&self, id: &SandboxId) -> Result<SandboxDetail> {
@@ -371,5 +390,43 @@ mod tests {
         let connect = r#"{"code":"not_found","message":"no such file"}"#;
         assert_eq!(error_message(connect.into()), "no such file");
         assert_eq!(error_message("bad gateway".into()), "bad gateway");
+    }
+
+    #[tokio::test]
+    async fn list_follows_the_next_token_until_there_is_none() {
+        use std::io::{BufRead, BufReader, Write};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let server = std::thread::spawn(move || {
+            let mut requests = Vec::new();
+            for token in [Some("1_ia"), None] {
+                let (stream, _) = listener.accept().unwrap();
+                let mut reader = BufReader::new(stream);
+                let mut line = String::new();
+                reader.read_line(&mut line).unwrap();
+                requests.push(line.trim_end().to_owned());
+                let mut header = String::new();
+                while reader.read_line(&mut header).unwrap() > 2 {
+                    header.clear();
+                }
+                let token = token.map_or(String::new(), |t| format!("X-Next-Token: {t}\r\n"));
+                write!(
+                    reader.into_inner(),
+                    "HTTP/1.1 200 OK\r\n{token}Content-Type: application/json\r\n\
+                     Content-Length: 2\r\nConnection: close\r\n\r\n[]"
+                )
+                .unwrap();
+            }
+            requests
+        });
+        let listed = Client::new(&url, "e2b_key").list().await.unwrap();
+        assert!(listed.is_empty());
+        assert_eq!(
+            server.join().unwrap(),
+            [
+                "GET /v2/sandboxes HTTP/1.1",
+                "GET /v2/sandboxes?nextToken=1_ia HTTP/1.1"
+            ]
+        );
     }
 }

@@ -11,7 +11,9 @@
 //!    ([`silo_templates::build_dockerfile`]), then, if the template has a start command,
 //!    a sandbox booted from the unpublished build must pass its ready command
 //!    ([`Manager::trial`]). Only then is the build published; a failure registers
-//!    nothing. Every stage and RUN output line goes to the build's log in the catalog.
+//!    nothing. Every stage, and RUN output up to a cap (`build_log`), goes to the
+//!    build's log in the catalog; logs of builds behind the template's current one are
+//!    pruned as builds end.
 //! 4. [`Builder::status`]: status, reason and the log from an offset.
 
 use std::collections::HashMap;
@@ -27,6 +29,7 @@ use silo_templates::registry::RegistryAccess;
 use silo_templates::{BuildRunsc, Built, Progress, Stage, StartCommand, StepNetwork};
 use tokio::io::{AsyncRead, AsyncWriteExt};
 
+use crate::build_log::BuildLog;
 use crate::sandbox::{write_resources, Manager, SandboxError};
 
 /// The largest upload taken (one COPY's files, or a whole build context).
@@ -116,6 +119,7 @@ impl Builder {
                 "builds left unfinished by the previous run were failed"
             );
         }
+        manager.catalog().prune_build_logs()?;
         let _ = std::fs::remove_dir_all(dir.join(".contexts"));
         if let Ok(entries) = std::fs::read_dir(dir.join(".uploads")) {
             for entry in entries.flatten() {
@@ -277,7 +281,8 @@ impl Builder {
             Ok(plan) => plan,
             Err(err) => {
                 let reason = err.to_string();
-                catalog.append_build_log(build_id, "error", &reason)?;
+                catalog
+                    .append_build_logs(build_id, &[BuildLogEntry::now("error", reason.clone())])?;
                 catalog.set_build_status(build_id, BuildStatus::Error, Some(&reason), None)?;
                 return Err(err);
             }
@@ -348,25 +353,29 @@ impl Builder {
     }
 
     async fn run(&self, build_id: &str, requested: Requested, plan: Plan) {
-        let catalog = self.manager.catalog();
-        let log = |level: &str, message: &str| {
-            if let Err(e) = catalog.append_build_log(build_id, level, message) {
-                tracing::warn!(build_id, error = %e, "cannot write the build log");
-            }
+        let log = {
+            let manager = Arc::clone(&self.manager);
+            let build_id = build_id.to_owned();
+            BuildLog::start(move |lines| {
+                if let Err(e) = manager.catalog().append_build_logs(&build_id, lines) {
+                    tracing::warn!(build_id, error = %e, "cannot write the build log");
+                }
+            })
         };
         let _turn = match self.running.try_lock() {
             Ok(turn) => turn,
             Err(_) => {
-                log("info", "waiting for the build before this one to finish");
+                log.line(
+                    "info",
+                    "waiting for the build before this one to finish".into(),
+                );
                 self.running.lock().await
             }
         };
+        let catalog = self.manager.catalog();
         let _ = catalog.set_build_status(build_id, BuildStatus::Building, None, None);
         let template = &requested.template;
-        log(
-            "info",
-            &format!("building template {template} ({build_id})"),
-        );
+        log.line("info", format!("building template {template} ({build_id})"));
         let started = std::time::Instant::now();
         let failed_step = Mutex::new(None::<String>);
         let result = self
@@ -380,37 +389,37 @@ impl Builder {
                     *failed_step.lock().unwrap_or_else(|p| p.into_inner()) =
                         Some(index.to_string());
                     let cached = if cached { " (cached)" } else { "" };
-                    log("info", &format!("step {index}/{total}{cached}: {text}"));
+                    log.line("info", format!("step {index}/{total}{cached}: {text}"));
                 }
                 Progress::Stage(Stage::Publish) => {
                     *failed_step.lock().unwrap_or_else(|p| p.into_inner()) =
                         Some("finalize".into());
-                    log("info", "flattening the layers into the template");
+                    log.line("info", "flattening the layers into the template".into());
                 }
                 Progress::Stage(Stage::Image { reference }) => {
-                    log("info", &format!("unpacking the image {reference}"));
+                    log.line("info", format!("unpacking the image {reference}"));
                 }
                 Progress::Stage(Stage::Cached) => {
-                    log("info", "this exact template is built already");
+                    log.line("info", "this exact template is built already".into());
                 }
                 Progress::Stage(_) => {}
-                Progress::Line(line) => log("info", &format!("  | {line}")),
+                Progress::Line(line) => log.output(line),
             })
             .await;
-        let outcome = match result {
+        let (status, reason, step) = match result {
             Ok(()) => {
-                log(
+                log.line(
                     "info",
-                    &format!(
+                    format!(
                         "template {template} is ready ({:.1}s)",
                         started.elapsed().as_secs_f64()
                     ),
                 );
-                catalog.set_build_status(build_id, BuildStatus::Ready, None, None)
+                (BuildStatus::Ready, None, None)
             }
             Err(err) => {
                 let reason = crate::error_chain(&err);
-                log("error", &reason);
+                log.line("error", reason.clone());
                 let step = match &err {
                     // Step 0 is FROM: E2B calls it "base".
                     BuildFailure::Build(silo_templates::BuildError::Step { index: 0, .. }) => {
@@ -425,16 +434,18 @@ impl Builder {
                         .unwrap_or_else(|p| p.into_inner())
                         .clone(),
                 };
-                catalog.set_build_status(
-                    build_id,
-                    BuildStatus::Error,
-                    Some(&reason),
-                    step.as_deref(),
-                )
+                (BuildStatus::Error, Some(reason), step)
             }
         };
-        if let Err(e) = outcome {
+        // Clients read the log to its end once the status says the build ended.
+        log.finish().await;
+        if let Err(e) =
+            catalog.set_build_status(build_id, status, reason.as_deref(), step.as_deref())
+        {
             tracing::error!(build_id, error = %e, "cannot record the build's end");
+        }
+        if let Err(e) = catalog.prune_build_logs() {
+            tracing::warn!(build_id, error = %e, "cannot prune old build logs");
         }
     }
 

@@ -36,6 +36,7 @@
 //! ```
 
 pub mod agent;
+mod build_log;
 pub mod builds;
 pub mod bundle;
 mod cleanup;

@@ -10,7 +10,7 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use sha2::{Digest, Sha256};
-use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, BufReader};
 use tokio::process::Command;
 
 use crate::base::{BuildError, Progress, Stage, TemplatePath};
@@ -187,24 +187,72 @@ fn merged_lines(
     stderr: tokio::process::ChildStderr,
 ) -> tokio::sync::mpsc::Receiver<String> {
     let (tx, rx) = tokio::sync::mpsc::channel(64);
-    let out_tx = tx.clone();
-    tokio::spawn(async move {
-        let mut lines = BufReader::new(stdout).lines();
-        while let Ok(Some(line)) = lines.next_line().await {
-            if out_tx.send(line).await.is_err() {
-                break;
-            }
-        }
-    });
-    tokio::spawn(async move {
-        let mut lines = BufReader::new(stderr).lines();
-        while let Ok(Some(line)) = lines.next_line().await {
-            if tx.send(line).await.is_err() {
-                break;
-            }
-        }
-    });
+    tokio::spawn(forward_lines(stdout, tx.clone()));
+    tokio::spawn(forward_lines(stderr, tx));
     rx
+}
+
+/// The longest output line passed on whole; a longer one comes in pieces of this size
+/// (a line without a newline must not grow in memory without end).
+const MAX_LINE_BYTES: usize = 16 * 1024;
+
+/// Send `pipe`'s lines to `tx` until the pipe ends, invalid UTF-8 replaced: a reader
+/// that stopped early would close the pipe and fail the step's writer with EPIPE. It
+/// stops only when no one receives (the step is over and its process killed).
+async fn forward_lines(pipe: impl AsyncRead + Unpin, tx: tokio::sync::mpsc::Sender<String>) {
+    let mut reader = BufReader::new(pipe);
+    let mut line = Vec::new();
+    loop {
+        let room = (MAX_LINE_BYTES - line.len()) as u64;
+        let read = (&mut reader).take(room).read_until(b'\n', &mut line).await;
+        if matches!(read, Ok(0) | Err(_)) {
+            // The pipe ended (an error ends it too: nothing more can be read from it).
+            if !line.is_empty() {
+                let _ = tx.send(String::from_utf8_lossy(&line).into_owned()).await;
+            }
+            return;
+        }
+        let next = if line.last() == Some(&b'\n') {
+            line.pop();
+            if line.last() == Some(&b'\r') {
+                line.pop();
+            }
+            Vec::new()
+        } else if line.len() == MAX_LINE_BYTES {
+            // A piece of a long line: a character cut at its end goes on to the next
+            // piece rather than turning into two replacement characters.
+            let cut = unfinished_char(&line);
+            line.split_off(line.len() - cut)
+        } else {
+            // The last line, unterminated: the next read finds the end.
+            continue;
+        };
+        if tx
+            .send(String::from_utf8_lossy(&line).into_owned())
+            .await
+            .is_err()
+        {
+            return;
+        }
+        line = next;
+    }
+}
+
+/// How many bytes at the end of `bytes` start a UTF-8 character they do not finish.
+fn unfinished_char(bytes: &[u8]) -> usize {
+    for back in 1..=bytes.len().min(3) {
+        let byte = bytes[bytes.len() - back];
+        if byte & 0b1100_0000 != 0b1000_0000 {
+            let len = match byte {
+                0xC0..=0xDF => 2,
+                0xE0..=0xEF => 3,
+                0xF0..=0xF7 => 4,
+                _ => 1,
+            };
+            return if len > back { back } else { 0 };
+        }
+    }
+    0
 }
 
 /// `mount ARGS TARGET`; a failure says the command and mount's own message.
@@ -272,6 +320,57 @@ impl ChrootMounts {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    async fn lines_of(bytes: &[u8]) -> Vec<String> {
+        let (tx, mut rx) = tokio::sync::mpsc::channel(1);
+        let reader = tokio::spawn(forward_lines(std::io::Cursor::new(bytes.to_vec()), tx));
+        let mut lines = Vec::new();
+        while let Some(line) = rx.recv().await {
+            lines.push(line);
+        }
+        reader.await.unwrap();
+        lines
+    }
+
+    #[tokio::test]
+    async fn output_lines_are_read_whole_lossy_and_cut_to_a_bound() {
+        assert_eq!(lines_of(b"a\r\nb\n\nlast").await, ["a", "b", "", "last"]);
+        // Invalid UTF-8 is replaced, and reading goes on after it.
+        assert_eq!(
+            lines_of(b"ok\n\xff\xfe bad\nafter\n").await,
+            ["ok", "\u{fffd}\u{fffd} bad", "after"]
+        );
+        // A long line comes in pieces; a character across a cut stays whole.
+        let mut long = vec![b'x'; MAX_LINE_BYTES - 1];
+        long.extend("é".as_bytes());
+        long.extend(vec![b'y'; MAX_LINE_BYTES + 5]);
+        long.push(b'\n');
+        let pieces = lines_of(&long).await;
+        assert_eq!(
+            pieces.iter().map(String::len).collect::<Vec<_>>(),
+            [MAX_LINE_BYTES - 1, MAX_LINE_BYTES, 7]
+        );
+        assert!(pieces[1].starts_with('é'));
+        assert_eq!(pieces.concat().len(), long.len() - 1);
+    }
+
+    #[tokio::test]
+    async fn a_step_writing_invalid_utf8_then_a_flood_is_read_to_its_end() {
+        // Once the reader stopped at the bad line, `head` died of EPIPE and failed it.
+        let mut lines = 0;
+        run(
+            Command::new("sh").args(["-c", "printf '\\377\\n'; yes | head -n 200000"]),
+            "sh",
+            &mut |progress| {
+                if let Progress::Line(_) = progress {
+                    lines += 1;
+                }
+            },
+        )
+        .await
+        .unwrap();
+        assert_eq!(lines, 200_001);
+    }
 
     #[test]
     fn hash_follows_parent_and_steps() {
