@@ -109,6 +109,16 @@ const SANDBOX_ID_HEADER: &str = "e2b-sandbox-id";
 const SANDBOX_PORT_HEADER: &str = "e2b-sandbox-port";
 const TRAFFIC_TOKEN_HEADER: &str = "e2b-traffic-access-token";
 
+/// Request headers for silo, not for the sandbox: its routing, the traffic token, and
+/// the API key, which code in the sandbox listening on a port could otherwise collect
+/// from every client that sends it along (`X-Access-Token` is envd's own, and stays).
+const SILO_ONLY: [&str; 4] = [
+    SANDBOX_ID_HEADER,
+    SANDBOX_PORT_HEADER,
+    TRAFFIC_TOKEN_HEADER,
+    crate::API_KEY_HEADER,
+];
+
 /// Which sandbox and port a request is for, if it is sandbox traffic.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Target {
@@ -197,8 +207,9 @@ async fn forward(app: &AppState, id: &str, port: u16, mut req: Request) -> Respo
         Ok(admitted) => admitted,
         Err(answer) => return refuse(req, answer).await,
     };
-    // The sandbox's servers never see the token.
-    req.headers_mut().remove(TRAFFIC_TOKEN_HEADER);
+    for name in SILO_ONLY {
+        req.headers_mut().remove(name);
+    }
     let addr = route.addr;
     let path = req
         .uri()
@@ -414,6 +425,53 @@ fn proxy_error(status: StatusCode, message: String) -> Response {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::testing::{record, TestApp};
+    use tower::ServiceExt;
+
+    /// A server standing in for a sandbox's port: it answers with the request's header
+    /// names.
+    async fn header_echo() -> u16 {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let echo = axum::Router::new().fallback(|headers: HeaderMap| async move {
+            Json(headers.keys().map(|k| k.to_string()).collect::<Vec<_>>())
+        });
+        tokio::spawn(async move { axum::serve(listener, echo).await });
+        port
+    }
+
+    #[tokio::test]
+    async fn the_sandbox_sees_neither_the_api_key_nor_silo_s_headers() {
+        let test = TestApp::new();
+        let mut rec = record(SandboxState::Running, Some("127.0.0.1"));
+        rec.traffic_access_token = Some("traffic".into());
+        test.insert(&rec);
+        let port = header_echo().await;
+        let req = Request::get("/anything")
+            .header("e2b-sandbox-id", rec.id.as_str())
+            .header("e2b-sandbox-port", port.to_string())
+            .header("e2b-traffic-access-token", "traffic")
+            .header("x-api-key", "e2b_secret")
+            .header("x-access-token", "envd")
+            .header("authorization", "Basic dXNlcjo=")
+            .body(Body::empty())
+            .unwrap();
+        let resp = test.router().oneshot(req).await.unwrap();
+        assert_eq!(resp.status(), StatusCode::OK);
+        let body = http_body_util::BodyExt::collect(resp.into_body())
+            .await
+            .unwrap();
+        let seen: Vec<String> = serde_json::from_slice(&body.to_bytes()).unwrap();
+        for hidden in SILO_ONLY {
+            assert!(
+                !seen.iter().any(|h| h == hidden),
+                "{hidden} reached the sandbox: {seen:?}"
+            );
+        }
+        // What the sandbox's servers need is still there.
+        assert!(seen.iter().any(|h| h == "x-access-token"), "{seen:?}");
+        assert!(seen.iter().any(|h| h == "authorization"), "{seen:?}");
+    }
 
     fn headers(pairs: &[(&'static str, &str)]) -> HeaderMap {
         pairs

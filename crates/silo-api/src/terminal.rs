@@ -101,7 +101,7 @@ pub async fn terminal(
     ws: WebSocketUpgrade,
 ) -> Result<Response, ApiError> {
     let key = headers
-        .get("x-api-key")
+        .get(crate::API_KEY_HEADER)
         .and_then(|v| v.to_str().ok())
         .or(query.api_key.as_deref())
         .unwrap_or_default();
