@@ -17,6 +17,7 @@ use crate::AppState;
 
 pub struct TestApp {
     pub state: AppState,
+    pub runtime: Arc<NoRuntime>,
     _dir: tempfile::TempDir,
 }
 
@@ -51,7 +52,11 @@ impl TestApp {
             telemetry: Arc::default(),
             mcp: None,
         };
-        TestApp { state, _dir: dir }
+        TestApp {
+            state,
+            runtime,
+            _dir: dir,
+        }
     }
 
     pub fn router(&self) -> axum::Router {
@@ -64,6 +69,10 @@ impl TestApp {
             .catalog()
             .insert_sandbox(rec)
             .expect("insert sandbox");
+    }
+
+    pub fn state_of(&self, id: &SandboxId) -> SandboxState {
+        self.state.manager.get(id).expect("sandbox").state
     }
 }
 
