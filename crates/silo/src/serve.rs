@@ -133,18 +133,60 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
     println!("export E2B_SANDBOX_URL={url}");
     println!("export E2B_API_KEY={key}");
     tracing::info!(listen = %args.listen, data_dir = %data_dir.display(), "serving");
-    axum::serve(listener, app)
-        .with_graceful_shutdown(async move {
+    let stop = {
+        let manager = Arc::clone(&manager);
+        async move {
             shutdown_signal().await;
+            // MCP sessions and proxied streams (a command's output, a watch) last until
+            // ended: end them, so that their connections close.
             mcp_shutdown.cancel();
-        })
+            manager.end_traffic();
+        }
+    };
+    let closed = serve_until(listener, app, stop, SHUTDOWN_GRACE)
         .await
         .context("server failed")?;
+    if !closed {
+        tracing::warn!(grace = ?SHUTDOWN_GRACE, "connections still open at shutdown were dropped");
+    }
     manager.shutdown().await;
     tracing::info!(
         "stopped; sandboxes keep running until their timeout and are picked up at the next start"
     );
     Ok(ExitCode::SUCCESS)
+}
+
+/// How long a stopping server waits for its open connections to close.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+
+/// Serve `app` until `stop` resolves, then stop taking connections and wait for the open
+/// ones, at most `grace`: a client that keeps one open must not keep the server from its
+/// shutdown. Whether they all closed in time.
+async fn serve_until<L>(
+    listener: L,
+    app: axum::Router,
+    stop: impl std::future::Future<Output = ()> + Send + 'static,
+    grace: Duration,
+) -> std::io::Result<bool>
+where
+    L: axum::serve::Listener,
+    L::Addr: std::fmt::Debug,
+{
+    let stopping = tokio_util::sync::CancellationToken::new();
+    let graceful = axum::serve(listener, app).with_graceful_shutdown({
+        let stopping = stopping.clone();
+        async move {
+            stop.await;
+            stopping.cancel();
+        }
+    });
+    tokio::select! {
+        served = std::future::IntoFuture::into_future(graceful) => served.map(|()| true),
+        () = async {
+            stopping.cancelled().await;
+            tokio::time::sleep(grace).await;
+        } => Ok(false),
+    }
 }
 
 fn init_logging() {
@@ -242,6 +284,80 @@ fn doze_policy(doze: Doze, after_secs: u64) -> Option<DozePolicy> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A server whose one request is answered once `ended` is cancelled (as a proxied
+    /// stream ends), with a client waiting for it; `stop` stops the server.
+    async fn server_with_a_request_open(
+        ended: tokio_util::sync::CancellationToken,
+        stop: tokio::sync::oneshot::Receiver<()>,
+        grace: Duration,
+    ) -> tokio::task::JoinHandle<std::io::Result<bool>> {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let began = Arc::new(tokio::sync::Notify::new());
+        let app = axum::Router::new().route(
+            "/",
+            axum::routing::get({
+                let began = Arc::clone(&began);
+                move || async move {
+                    began.notify_one();
+                    ended.cancelled().await;
+                    "end"
+                }
+            }),
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let server = tokio::spawn(serve_until(
+            listener,
+            app,
+            async move { drop(stop.await) },
+            grace,
+        ));
+        let mut client = tokio::net::TcpStream::connect(addr).await.unwrap();
+        client
+            .write_all(b"GET / HTTP/1.1\r\nhost: silo\r\n\r\n")
+            .await
+            .unwrap();
+        tokio::spawn(async move {
+            let mut answer = Vec::new();
+            drop(client.read_to_end(&mut answer).await);
+        });
+        began.notified().await;
+        server
+    }
+
+    #[tokio::test]
+    async fn a_request_left_open_does_not_hold_the_shutdown() {
+        let (stop, stopped) = tokio::sync::oneshot::channel();
+        let never = tokio_util::sync::CancellationToken::new();
+        let grace = Duration::from_millis(200);
+        let server = server_with_a_request_open(never, stopped, grace).await;
+        let asked = std::time::Instant::now();
+        stop.send(()).unwrap();
+        let closed = tokio::time::timeout(Duration::from_secs(10), server)
+            .await
+            .expect("serve_until returns after its grace")
+            .unwrap()
+            .unwrap();
+        assert!(!closed);
+        assert!(asked.elapsed() >= grace);
+    }
+
+    #[tokio::test]
+    async fn a_request_ended_at_stop_lets_the_server_close_at_once() {
+        let (stop, stopped) = tokio::sync::oneshot::channel();
+        let ended = tokio_util::sync::CancellationToken::new();
+        let server =
+            server_with_a_request_open(ended.clone(), stopped, Duration::from_secs(30)).await;
+        stop.send(()).unwrap();
+        ended.cancel();
+        let closed = tokio::time::timeout(Duration::from_secs(10), server)
+            .await
+            .expect("every connection closed")
+            .unwrap()
+            .unwrap();
+        assert!(closed);
+    }
 
     #[test]
     fn loopback_reaches_the_listener() {

@@ -296,6 +296,14 @@ impl Manager {
         }
     }
 
+    /// silo is stopping: end every proxied stream and upgrade, and close the proxy's
+    /// connections, as a pause does for one sandbox. A stream (a command's output, a
+    /// watch) would otherwise last as long as its sandbox and hold the server's graceful
+    /// shutdown open.
+    pub fn end_traffic(&self) {
+        self.traffic.close_all();
+    }
+
     /// Wait for background teardowns (kills that already answered) to finish.
     pub async fn shutdown(&self) {
         self.close_pool().await;
