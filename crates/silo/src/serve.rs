@@ -1,10 +1,11 @@
 //! `silo serve`: wire the catalog, the runtime, the manager and the HTTP edge together,
-//! reconcile what a previous run left, then serve until SIGINT/SIGTERM.
+//! reconcile what a previous run left, then serve until SIGINT, SIGTERM, SIGHUP or SIGQUIT.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
+use std::task::Poll;
 use std::time::Duration;
 
 use anyhow::{bail, Context};
@@ -15,6 +16,7 @@ use silo_node::sandbox::{
     DozeMode, DozePolicy, Manager, SamplerConfig, SandboxDefaults, Templates,
 };
 use silo_node::{RunscConfig, RunscRuntime};
+use tokio::signal::unix::{signal, Signal, SignalKind};
 
 use crate::cli::{Doze, ServeArgs};
 
@@ -133,10 +135,11 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
     println!("export E2B_SANDBOX_URL={url}");
     println!("export E2B_API_KEY={key}");
     tracing::info!(listen = %args.listen, data_dir = %data_dir.display(), "serving");
+    let mut signals = stop_signals();
     let stop = {
         let manager = Arc::clone(&manager);
         async move {
-            shutdown_signal().await;
+            first_of(&mut signals).await;
             // MCP sessions and proxied streams (a command's output, a watch) last until
             // ended: end them, so that their connections close.
             mcp_shutdown.cancel();
@@ -201,19 +204,32 @@ fn init_logging() {
         .init();
 }
 
-async fn shutdown_signal() {
-    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-        Ok(term) => term,
-        Err(err) => {
-            tracing::error!(%err, "cannot watch SIGTERM; stop with Ctrl-C");
-            std::future::pending::<()>().await;
-            unreachable!()
+/// Watch the signals that stop the server: those its reaper forwards, so SIGHUP (the
+/// terminal running it closed) and SIGQUIT shut it down as SIGTERM and Ctrl-C do,
+/// instead of killing it before `Manager::shutdown`.
+fn stop_signals() -> Vec<Signal> {
+    crate::reaper::FORWARDED
+        .into_iter()
+        .filter_map(|raw| match signal(SignalKind::from_raw(raw)) {
+            Ok(watched) => Some(watched),
+            Err(err) => {
+                tracing::error!(%err, signal = raw, "cannot watch a stop signal: it kills the server without its shutdown");
+                None
+            }
+        })
+        .collect()
+}
+
+/// The first of `signals` to arrive (never, if none is watched).
+async fn first_of(signals: &mut [Signal]) {
+    std::future::poll_fn(|cx| {
+        if signals.iter_mut().any(|s| s.poll_recv(cx).is_ready()) {
+            Poll::Ready(())
+        } else {
+            Poll::Pending
         }
-    };
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term.recv() => {}
-    }
+    })
+    .await
 }
 
 /// Copy the static agent into `<data-dir>/agent/`, the directory every sandbox mounts
@@ -357,6 +373,19 @@ mod tests {
             .unwrap()
             .unwrap();
         assert!(closed);
+    }
+
+    #[tokio::test]
+    async fn every_signal_the_reaper_forwards_stops_the_server() {
+        let mut signals = stop_signals();
+        assert_eq!(signals.len(), crate::reaper::FORWARDED.len());
+        for raw in [libc::SIGHUP, libc::SIGQUIT, libc::SIGTERM] {
+            // SAFETY: raise has no memory preconditions; each signal is watched above.
+            assert_eq!(unsafe { libc::raise(raw) }, 0);
+            tokio::time::timeout(Duration::from_secs(5), first_of(&mut signals))
+                .await
+                .unwrap_or_else(|_| panic!("signal {raw} did not stop the server"));
+        }
     }
 
     #[test]
