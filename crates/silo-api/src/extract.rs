@@ -53,7 +53,7 @@ impl<S: Send + Sync> FromRequestParts<S> for Caller {
     async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
         let key = parts
             .headers
-            .get("x-api-key")
+            .get(crate::API_KEY_HEADER)
             .and_then(|v| v.to_str().ok())
             .unwrap_or_default();
         Ok(Caller(format!(

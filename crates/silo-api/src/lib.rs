@@ -25,6 +25,8 @@ pub mod snapshots;
 pub mod telemetry;
 pub mod templates;
 pub mod terminal;
+#[cfg(test)]
+mod testing;
 pub mod usage;
 
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -45,6 +47,9 @@ use silo_node::sandbox::Manager;
 
 /// What silo reports as the E2B `clientID` of its sandboxes.
 pub const CLIENT_ID: &str = "silo";
+
+/// The header that carries the API key (E2B's `X-API-Key`).
+const API_KEY_HEADER: &str = "x-api-key";
 
 #[derive(Clone)]
 pub struct AppState {
@@ -222,7 +227,7 @@ async fn not_found(req: Request) -> ApiError {
 async fn require_api_key(State(app): State<AppState>, req: Request, next: Next) -> Response {
     let key = req
         .headers()
-        .get("x-api-key")
+        .get(API_KEY_HEADER)
         .and_then(|value| value.to_str().ok())
         .unwrap_or_default();
     match app.manager.catalog().is_valid_api_key(key) {

@@ -29,9 +29,9 @@ use bytes::Bytes;
 use hyper::body::{Body as HttpBody, Frame, Incoming};
 use hyper_util::client::legacy::{connect::HttpConnector, Client};
 use hyper_util::rt::{TokioExecutor, TokioIo};
-use silo_catalog::SandboxState;
+use silo_catalog::{SandboxRecord, SandboxState};
 use silo_node::sandbox::{InUse, SandboxError};
-use silo_protocol::ids::SandboxId;
+use silo_protocol::ids::{same_secret, SandboxId};
 use silo_protocol::rest::ApiError as WireError;
 use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 
@@ -108,6 +108,18 @@ impl HttpBody for UntilCancelled {
 const SANDBOX_ID_HEADER: &str = "e2b-sandbox-id";
 const SANDBOX_PORT_HEADER: &str = "e2b-sandbox-port";
 const TRAFFIC_TOKEN_HEADER: &str = "e2b-traffic-access-token";
+/// envd's own token, checked by the agent (and by the proxy before a resume).
+const ACCESS_TOKEN_HEADER: &str = "x-access-token";
+
+/// Request headers for silo, not for the sandbox: its routing, the traffic token, and
+/// the API key, which code in the sandbox listening on a port could otherwise collect
+/// from every client that sends it along (`X-Access-Token` is envd's own, and stays).
+const SILO_ONLY: [&str; 4] = [
+    SANDBOX_ID_HEADER,
+    SANDBOX_PORT_HEADER,
+    TRAFFIC_TOKEN_HEADER,
+    crate::API_KEY_HEADER,
+];
 
 /// Which sandbox and port a request is for, if it is sandbox traffic.
 #[derive(Debug, PartialEq, Eq)]
@@ -197,8 +209,9 @@ async fn forward(app: &AppState, id: &str, port: u16, mut req: Request) -> Respo
         Ok(admitted) => admitted,
         Err(answer) => return refuse(req, answer).await,
     };
-    // The sandbox's servers never see the token.
-    req.headers_mut().remove(TRAFFIC_TOKEN_HEADER);
+    for name in SILO_ONLY {
+        req.headers_mut().remove(name);
+    }
     let addr = route.addr;
     let path = req
         .uri()
@@ -276,7 +289,7 @@ fn sandbox_not_found(id: &str) -> Response {
 }
 
 /// The route to sandbox `id`'s `port` for a request with `headers`, or the answer refusing
-/// it: the sandbox is not running, or its traffic needs a token the request lacks.
+/// it: the sandbox is not running, or the request lacks a token it needs.
 async fn admit(
     app: &AppState,
     id: &str,
@@ -284,7 +297,14 @@ async fn admit(
     headers: &HeaderMap,
 ) -> Result<(SandboxId, silo_node::sandbox::Route), Response> {
     let sandbox = id.parse::<SandboxId>().map_err(|_| sandbox_not_found(id))?;
-    let route = match app.manager.route(&sandbox, port).await {
+    let routed = match app.manager.get(&sandbox) {
+        Ok(rec) => {
+            authorize(&rec, port, headers).map_err(|missing| missing.answer(id))?;
+            app.manager.route(rec, port).await
+        }
+        Err(err) => Err(err),
+    };
+    let route = match routed {
         Ok(route) => route,
         Err(SandboxError::WrongState {
             state: SandboxState::Paused | SandboxState::Pausing,
@@ -301,18 +321,60 @@ async fn admit(
             return Err(sandbox_not_found(id));
         }
     };
-    if let Some(wanted) = &route.traffic_access_token {
-        let given = headers
-            .get(TRAFFIC_TOKEN_HEADER)
-            .and_then(|v| v.to_str().ok());
-        if given != Some(wanted.as_str()) {
-            return Err(proxy_error(
-                StatusCode::FORBIDDEN,
-                format!("sandbox {id} does not allow public traffic: send its trafficAccessToken as the E2B-Traffic-Access-Token header"),
-            ));
+    Ok((sandbox, route))
+}
+
+/// Turn away a request that lacks what `port` of `rec` asks for, on the catalog's row,
+/// before the route resumes the sandbox (autoResume): knowing its id must not be enough
+/// to keep it alive.
+/// - A port other than envd's, when the sandbox's ports are not public: its traffic
+///   token.
+/// - envd's port of a secure sandbox that is not running: its envd access token. A
+///   running sandbox's agent checks that token itself, with the routes it leaves open
+///   (`/health`, signed `/files` URLs).
+fn authorize(rec: &SandboxRecord, port: u16, headers: &HeaderMap) -> Result<(), Missing> {
+    if port != silo_protocol::ports::ENVD {
+        if let Some(token) = &rec.traffic_access_token {
+            if !carries(headers, TRAFFIC_TOKEN_HEADER, token) {
+                return Err(Missing::TrafficToken);
+            }
+        }
+    } else if rec.state != SandboxState::Running {
+        if let Some(token) = &rec.envd_access_token {
+            if !carries(headers, ACCESS_TOKEN_HEADER, token) {
+                return Err(Missing::AccessToken);
+            }
         }
     }
-    Ok((sandbox, route))
+    Ok(())
+}
+
+/// The token a request turned away by [`authorize`] lacked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Missing {
+    TrafficToken,
+    AccessToken,
+}
+
+impl Missing {
+    fn answer(self, id: &str) -> Response {
+        match self {
+            Missing::TrafficToken => proxy_error(
+                StatusCode::FORBIDDEN,
+                format!("sandbox {id} does not allow public traffic: send its trafficAccessToken as the E2B-Traffic-Access-Token header"),
+            ),
+            Missing::AccessToken => proxy_error(
+                StatusCode::UNAUTHORIZED,
+                format!("sandbox {id} is not running: only a request with its envdAccessToken as the X-Access-Token header resumes it"),
+            ),
+        }
+    }
+}
+
+fn carries(headers: &HeaderMap, name: &str, secret: &str) -> bool {
+    headers
+        .get(name)
+        .is_some_and(|given| same_secret(given.as_bytes(), secret.as_bytes()))
 }
 
 /// How long [`preconnect`] waits for the agent's answer.
@@ -326,7 +388,10 @@ const PRECONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5
 pub fn preconnect(app: &AppState, id: SandboxId) {
     let app = app.clone();
     tokio::spawn(async move {
-        let Ok(route) = app.manager.route(&id, silo_protocol::ports::ENVD).await else {
+        let Ok(rec) = app.manager.get(&id) else {
+            return;
+        };
+        let Ok(route) = app.manager.route(rec, silo_protocol::ports::ENVD).await else {
             return;
         };
         let Ok(health) = format!("http://{}/health", route.addr).parse::<Uri>() else {
@@ -414,12 +479,130 @@ fn proxy_error(status: StatusCode, message: String) -> Response {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::testing::{record, TestApp};
+    use tower::ServiceExt;
+
+    /// A server standing in for a sandbox's port: it answers with the request's header
+    /// names.
+    async fn header_echo() -> u16 {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let echo = axum::Router::new().fallback(|headers: HeaderMap| async move {
+            Json(headers.keys().map(|k| k.to_string()).collect::<Vec<_>>())
+        });
+        tokio::spawn(async move { axum::serve(listener, echo).await });
+        port
+    }
+
+    #[tokio::test]
+    async fn the_sandbox_sees_neither_the_api_key_nor_silo_s_headers() {
+        let test = TestApp::new();
+        let mut rec = record(SandboxState::Running, Some("127.0.0.1"));
+        rec.traffic_access_token = Some("traffic".into());
+        test.insert(&rec);
+        let port = header_echo().await;
+        let req = Request::get("/anything")
+            .header("e2b-sandbox-id", rec.id.as_str())
+            .header("e2b-sandbox-port", port.to_string())
+            .header("e2b-traffic-access-token", "traffic")
+            .header("x-api-key", "e2b_secret")
+            .header("x-access-token", "envd")
+            .header("authorization", "Basic dXNlcjo=")
+            .body(Body::empty())
+            .unwrap();
+        let resp = test.router().oneshot(req).await.unwrap();
+        assert_eq!(resp.status(), StatusCode::OK);
+        let body = http_body_util::BodyExt::collect(resp.into_body())
+            .await
+            .unwrap();
+        let seen: Vec<String> = serde_json::from_slice(&body.to_bytes()).unwrap();
+        for hidden in SILO_ONLY {
+            assert!(
+                !seen.iter().any(|h| h == hidden),
+                "{hidden} reached the sandbox: {seen:?}"
+            );
+        }
+        // What the sandbox's servers need is still there.
+        assert!(seen.iter().any(|h| h == "x-access-token"), "{seen:?}");
+        assert!(seen.iter().any(|h| h == "authorization"), "{seen:?}");
+    }
 
     fn headers(pairs: &[(&'static str, &str)]) -> HeaderMap {
         pairs
             .iter()
             .map(|(k, v)| (HeaderName::from_static(k), v.parse().unwrap()))
             .collect()
+    }
+
+    #[test]
+    fn tokens_are_asked_for_before_the_route() {
+        let mut rec = record(SandboxState::Running, Some("10.0.0.2"));
+        rec.traffic_access_token = Some("traffic".into());
+        rec.envd_access_token = Some("envd".into());
+        let missing = |rec: &SandboxRecord, port, h: &HeaderMap| authorize(rec, port, h).err();
+        let none = HeaderMap::new();
+        // Its ports but envd's want the traffic token, whatever the state.
+        assert_eq!(missing(&rec, 8000, &none), Some(Missing::TrafficToken));
+        let wrong = headers(&[("e2b-traffic-access-token", "traffik")]);
+        assert_eq!(missing(&rec, 8000, &wrong), Some(Missing::TrafficToken));
+        let right = headers(&[("e2b-traffic-access-token", "traffic")]);
+        assert_eq!(missing(&rec, 8000, &right), None);
+        // Running, envd checks its token itself.
+        assert_eq!(missing(&rec, silo_protocol::ports::ENVD, &none), None);
+        // Paused, the token is asked for here, as a route would resume it.
+        rec.state = SandboxState::Paused;
+        assert_eq!(
+            missing(&rec, silo_protocol::ports::ENVD, &right),
+            Some(Missing::AccessToken)
+        );
+        let envd = headers(&[("x-access-token", "envd")]);
+        assert_eq!(missing(&rec, silo_protocol::ports::ENVD, &envd), None);
+        // A sandbox without tokens is anyone's.
+        let open = record(SandboxState::Paused, None);
+        assert_eq!(missing(&open, 8000, &none), None);
+        assert_eq!(missing(&open, silo_protocol::ports::ENVD, &none), None);
+    }
+
+    #[tokio::test]
+    async fn a_tokenless_request_does_not_resume_a_sandbox() {
+        let test = TestApp::new();
+        let mut rec = record(SandboxState::Paused, None);
+        rec.auto_resume = true;
+        rec.envd_access_token = Some("envd".into());
+        rec.traffic_access_token = Some("traffic".into());
+        test.insert(&rec);
+        let call = |port: u16, token: Option<(&'static str, &'static str)>| {
+            let mut req = Request::post("/process.Process/Start")
+                .header("e2b-sandbox-id", rec.id.as_str())
+                .header("e2b-sandbox-port", port.to_string());
+            if let Some((name, value)) = token {
+                req = req.header(name, value);
+            }
+            test.router().oneshot(req.body(Body::empty()).unwrap())
+        };
+        let envd = silo_protocol::ports::ENVD;
+        let resp = call(envd, None).await.unwrap();
+        assert_eq!(resp.status(), StatusCode::UNAUTHORIZED);
+        let resp = call(envd, Some(("x-access-token", "guess"))).await.unwrap();
+        assert_eq!(resp.status(), StatusCode::UNAUTHORIZED);
+        let resp = call(8000, Some(("x-access-token", "envd"))).await.unwrap();
+        assert_eq!(resp.status(), StatusCode::FORBIDDEN);
+        assert_eq!(
+            test.runtime
+                .resumes
+                .load(std::sync::atomic::Ordering::SeqCst),
+            0
+        );
+        assert_eq!(test.state_of(&rec.id), SandboxState::Paused);
+        // Its token resumes it (which this runtime then fails).
+        let resp = call(envd, Some(("x-access-token", "envd"))).await.unwrap();
+        assert_eq!(resp.status(), StatusCode::BAD_GATEWAY);
+        assert_eq!(
+            test.runtime
+                .resumes
+                .load(std::sync::atomic::Ordering::SeqCst),
+            1
+        );
     }
 
     #[test]

@@ -58,14 +58,38 @@ pub async fn file_upload(
         None
     } else {
         let token = app.builder.upload_token(&hash)?;
-        // The client reached this server by this Host, so it can reach the upload too.
-        let host = headers
-            .get(axum::http::header::HOST)
-            .and_then(|h| h.to_str().ok())
-            .ok_or_else(|| ApiError::BadRequest("the request has no Host header".into()))?;
-        Some(format!("http://{host}/uploads/{token}"))
+        Some(format!("{}/uploads/{token}", reached_at(&headers)?))
     };
     Ok((StatusCode::CREATED, Json(FileUpload { present, url })))
+}
+
+/// The URL the client reached this server by, so that it can reach the URLs handed back
+/// too: its Host over http, unless a reverse proxy in front (ending TLS) says otherwise
+/// in X-Forwarded-Proto and X-Forwarded-Host. Of a list, the first value counts: the one
+/// the proxy nearest the client set.
+fn reached_at(headers: &HeaderMap) -> Result<String, ApiError> {
+    let first = |name| {
+        headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.split(',').next())
+            .map(str::trim)
+            .filter(|v| !v.is_empty())
+    };
+    let scheme = match first("x-forwarded-proto") {
+        None => "http",
+        Some(proto) if proto.eq_ignore_ascii_case("http") => "http",
+        Some(proto) if proto.eq_ignore_ascii_case("https") => "https",
+        Some(proto) => {
+            return Err(ApiError::BadRequest(format!(
+                "X-Forwarded-Proto {proto:?} is neither http nor https"
+            )))
+        }
+    };
+    let host = first("x-forwarded-host")
+        .or_else(|| first(axum::http::header::HOST.as_str()))
+        .ok_or_else(|| ApiError::BadRequest("the request has no Host header".into()))?;
+    Ok(format!("{scheme}://{host}"))
 }
 
 /// `PUT /uploads/{token}`: the files (a tar, gzipped or not) for the URL handed out.
@@ -257,4 +281,64 @@ pub async fn delete_alias(
 ) -> Result<StatusCode, ApiError> {
     app.builder.delete_alias(&alias)?;
     Ok(StatusCode::NO_CONTENT)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testing::TestApp;
+    use tower::ServiceExt;
+
+    fn reached(pairs: &[(&'static str, &str)]) -> Result<String, ApiError> {
+        let headers: HeaderMap = pairs
+            .iter()
+            .map(|(k, v)| (axum::http::HeaderName::from_static(k), v.parse().unwrap()))
+            .collect();
+        reached_at(&headers)
+    }
+
+    #[test]
+    fn urls_handed_back_follow_the_reverse_proxy() {
+        let host = ("host", "10.0.0.5:3000");
+        assert_eq!(reached(&[host]).unwrap(), "http://10.0.0.5:3000");
+        let tls = ("x-forwarded-proto", "https");
+        assert_eq!(reached(&[host, tls]).unwrap(), "https://10.0.0.5:3000");
+        let public = ("x-forwarded-host", "silo.example.com, 10.0.0.5:3000");
+        assert_eq!(
+            reached(&[host, tls, public]).unwrap(),
+            "https://silo.example.com"
+        );
+        let chain = ("x-forwarded-proto", "HTTPS, http");
+        assert_eq!(reached(&[host, chain]).unwrap(), "https://10.0.0.5:3000");
+        let odd = ("x-forwarded-proto", "gopher");
+        assert!(matches!(
+            reached(&[host, odd]),
+            Err(ApiError::BadRequest(_))
+        ));
+        assert!(matches!(reached(&[]), Err(ApiError::BadRequest(_))));
+    }
+
+    #[tokio::test]
+    async fn the_upload_url_is_https_behind_a_tls_proxy() {
+        let test = TestApp::new();
+        let key = test.state.manager.catalog().create_api_key().unwrap();
+        let req = axum::http::Request::get(format!("/templates/base/files/{}", "a".repeat(64)))
+            .header("host", "127.0.0.1:3000")
+            .header("x-api-key", key.expose())
+            .header("x-forwarded-proto", "https")
+            .header("x-forwarded-host", "silo.example.com")
+            .body(Body::empty())
+            .unwrap();
+        let resp = test.router().oneshot(req).await.unwrap();
+        assert_eq!(resp.status(), StatusCode::CREATED);
+        let body = http_body_util::BodyExt::collect(resp.into_body())
+            .await
+            .unwrap();
+        let upload: FileUpload = serde_json::from_slice(&body.to_bytes()).unwrap();
+        let url = upload.url.expect("an upload URL");
+        assert!(
+            url.starts_with("https://silo.example.com/uploads/"),
+            "{url}"
+        );
+    }
 }

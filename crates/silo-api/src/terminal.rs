@@ -101,19 +101,20 @@ pub async fn terminal(
     ws: WebSocketUpgrade,
 ) -> Result<Response, ApiError> {
     let key = headers
-        .get("x-api-key")
+        .get(crate::API_KEY_HEADER)
         .and_then(|v| v.to_str().ok())
         .or(query.api_key.as_deref())
         .unwrap_or_default();
     if !app.manager.catalog().is_valid_api_key(key)? {
         return Err(ApiError::Unauthorized);
     }
-    let route = app.manager.route(&id, silo_protocol::ports::ENVD).await?;
     let rec = app.manager.get(&id)?;
+    let token = rec.envd_access_token.clone();
+    let route = app.manager.route(rec, silo_protocol::ports::ENVD).await?;
     let agent = Agent {
         http: Client::builder(TokioExecutor::new()).build_http(),
         addr: route.addr,
-        token: rec.envd_access_token,
+        token,
     };
     let size = PtySize {
         cols: query.cols.clamp(2, 1000),

@@ -82,7 +82,6 @@ impl Client {
 
     async fn send(&self, req: reqwest::RequestBuilder) -> Result<reqwest::Response> {
         let resp = req
-            .header("x-api-key", &self.api_key)
             .send()
             .await
             .map_err(|source| ClientError::Unreachable {
@@ -103,7 +102,7 @@ impl Client {
     /// Create a sandbox: `NewSandbox { template_id, ..Default::default() }` for the
     /// server's defaults.
     pub async fn create(&self, body: &NewSandbox) -> Result<Sandbox> {
-        let req = self.http.post(self.url("/v2/sandboxes")).json(body);
+        let req = self.api(reqwest::Method::POST, "/v2/sandboxes").json(body);
         self.json(req).await
     }
 
@@ -112,7 +111,7 @@ impl Client {
         let mut all = Vec::new();
         let mut next_token: Option<String> = None;
         loop {
-            let mut req = self.http.get(self.url("/v2/sandboxes"));
+            let mut req = self.api(reqwest::Method::GET, "/v2/sandboxes");
             if let Some(token) = &next_token {
                 req = req.query(&[("nextToken", token)]);
             }
@@ -131,13 +130,13 @@ impl Client {
     }
 
     pub async fn get(&self, id: &SandboxId) -> Result<SandboxDetail> {
-        self.json(self.http.get(self.url(&format!("/sandboxes/{id}"))))
+        self.json(self.api(reqwest::Method::GET, &format!("/sandboxes/{id}")))
             .await
     }
 
     /// A page of the sandbox's log and timeline, oldest first, from `cursor_ms` on.
     pub async fn logs(&self, id: &SandboxId, cursor_ms: Option<i64>) -> Result<SandboxLogsV2> {
-        let mut req = self.http.get(self.url(&format!("/v2/sandboxes/{id}/logs")));
+        let mut req = self.api(reqwest::Method::GET, &format!("/v2/sandboxes/{id}/logs"));
         if let Some(cursor) = cursor_ms {
             req = req.query(&[("cursor", cursor)]);
         }
@@ -152,14 +151,13 @@ impl Client {
             None => json!({}),
         };
         let req = self
-            .http
-            .post(self.url(&format!("/sandboxes/{id}/connect")))
+            .api(reqwest::Method::POST, &format!("/sandboxes/{id}/connect"))
             .json(&body);
         self.json(req).await
     }
 
     pub async fn kill(&self, id: &SandboxId) -> Result<()> {
-        let req = self.http.delete(format!("{}/sandboxes/{id}", self.api_url));
+        let req = self.api(reqwest::Method::DELETE, &format!("/sandboxes/{id}"));
         self.send(req).await.map(drop)
     }
 
@@ -174,11 +172,16 @@ impl Client {
             .map_err(ClientError::Decode)
     }
 
-    fn url(&self, path: &str) -> String {
-        format!("{}{path}", self.api_url)
+    /// A request to the control plane, with the API key.
+    fn api(&self, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
+        self.http
+            .request(method, format!("{}{path}", self.api_url))
+            .header("x-api-key", &self.api_key)
     }
 
-    /// A request to `port` of `sandbox` through silo's proxy, with its envd token.
+    /// A request to `port` of `sandbox` through silo's proxy, with its envd token. Not
+    /// the API key: the proxy hands the request to code in the sandbox, which has no
+    /// business with the server's key.
     fn sandbox_request(
         &self,
         method: reqwest::Method,
@@ -188,7 +191,7 @@ impl Client {
     ) -> reqwest::RequestBuilder {
         let mut req = self
             .http
-            .request(method, self.url(path))
+            .request(method, format!("{}{path}", self.api_url))
             .header("e2b-sandbox-id", sandbox.sandbox_id.as_str())
             .header("e2b-sandbox-port", port.to_string());
         if let Some(token) = &sandbox.envd_access_token {
@@ -202,21 +205,21 @@ impl Client {
 
     /// Ask for a build of template `req.name`.
     pub async fn request_build(&self, req: &BuildRequest) -> Result<BuildRequested> {
-        self.json(self.http.post(self.url("/v3/templates")).json(req))
+        self.json(self.api(reqwest::Method::POST, "/v3/templates").json(req))
             .await
     }
 
     /// Whether the server has the files with `hash`, and where to upload them if not.
     pub async fn file_upload(&self, template: &str, hash: &str) -> Result<FileUpload> {
-        self.json(
-            self.http
-                .get(self.url(&format!("/templates/{template}/files/{hash}"))),
-        )
+        self.json(self.api(
+            reqwest::Method::GET,
+            &format!("/templates/{template}/files/{hash}"),
+        ))
         .await
     }
 
     /// Upload a tar (streamed from `file`, `len` bytes) to the URL
-    /// [`Client::file_upload`] gave.
+    /// [`Client::file_upload`] gave; its one-time token is the right to, no key is sent.
     pub async fn upload(&self, url: &str, file: tokio::fs::File, len: u64) -> Result<()> {
         let body = reqwest::Body::wrap_stream(tokio_util::io::ReaderStream::new(file));
         let req = self
@@ -228,8 +231,10 @@ impl Client {
     }
 
     pub async fn start_build(&self, template: &str, build: &str, start: &BuildStart) -> Result<()> {
-        let url = self.url(&format!("/v2/templates/{template}/builds/{build}"));
-        self.send(self.http.post(url).json(start)).await.map(drop)
+        let path = format!("/v2/templates/{template}/builds/{build}");
+        self.send(self.api(reqwest::Method::POST, &path).json(start))
+            .await
+            .map(drop)
     }
 
     /// A build's status and its log entries from `offset` on.
@@ -239,39 +244,38 @@ impl Client {
         build: &str,
         offset: usize,
     ) -> Result<BuildInfo> {
-        let url = self.url(&format!(
-            "/templates/{template}/builds/{build}/status?logsOffset={offset}"
-        ));
-        self.json(self.http.get(url)).await
+        let path = format!("/templates/{template}/builds/{build}/status?logsOffset={offset}");
+        self.json(self.api(reqwest::Method::GET, &path)).await
     }
 
     pub async fn templates(&self) -> Result<Vec<TemplateInfo>> {
-        self.json(self.http.get(self.url("/templates"))).await
+        self.json(self.api(reqwest::Method::GET, "/templates"))
+            .await
     }
 
     pub async fn template(&self, name: &str) -> Result<TemplateInfo> {
-        self.json(self.http.get(self.url(&format!("/templates/{name}"))))
+        self.json(self.api(reqwest::Method::GET, &format!("/templates/{name}")))
             .await
     }
 
     pub async fn delete_template(&self, name: &str) -> Result<()> {
-        let req = self.http.delete(self.url(&format!("/templates/{name}")));
+        let req = self.api(reqwest::Method::DELETE, &format!("/templates/{name}"));
         self.send(req).await.map(drop)
     }
 
     /// Point `alias` at `template`.
     pub async fn set_alias(&self, alias: &str, template: &str) -> Result<AliasInfo> {
         let req = self
-            .http
-            .put(self.url(&format!("/templates/aliases/{alias}")))
+            .api(reqwest::Method::PUT, &format!("/templates/aliases/{alias}"))
             .json(&json!({ "templateID": template }));
         self.json(req).await
     }
 
     pub async fn delete_alias(&self, alias: &str) -> Result<()> {
-        let req = self
-            .http
-            .delete(self.url(&format!("/templates/aliases/{alias}")));
+        let req = self.api(
+            reqwest::Method::DELETE,
+            &format!("/templates/aliases/{alias}"),
+        );
         self.send(req).await.map(drop)
     }
 
@@ -428,5 +432,32 @@ mod tests {
                 "GET /v2/sandboxes?nextToken=1_ia HTTP/1.1"
             ]
         );
+    }
+
+    #[test]
+    fn the_api_key_goes_to_the_control_plane_only() {
+        let client = Client::new("http://silo.test", "key");
+        let api = client
+            .api(reqwest::Method::GET, "/templates")
+            .build()
+            .unwrap();
+        assert_eq!(api.headers()["x-api-key"], "key");
+        let sandbox = Sandbox {
+            template_id: "base".into(),
+            sandbox_id: SandboxId::generate(),
+            client_id: "silo".into(),
+            envd_version: "0.5.0".into(),
+            alias: None,
+            envd_access_token: Some("envd".into()),
+            traffic_access_token: Some("traffic".into()),
+            domain: None,
+        };
+        let proxied = client
+            .sandbox_request(reqwest::Method::GET, &sandbox, 49983, "/files")
+            .build()
+            .unwrap();
+        assert!(proxied.headers().get("x-api-key").is_none());
+        assert_eq!(proxied.headers()["x-access-token"], "envd");
+        assert_eq!(proxied.headers()["e2b-traffic-access-token"], "traffic");
     }
 }

@@ -161,9 +161,22 @@ pub fn generate_access_token() -> String {
     random_string(32)
 }
 
+/// Whether `a` and `b` are the same secret, compared without leaking through timing how
+/// much of it matched.
+pub fn same_secret(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn secrets_compare_exactly() {
+        assert!(same_secret(b"abc", b"abc"));
+        assert!(!same_secret(b"abc", b"abd"));
+        assert!(!same_secret(b"abc", b"ab"));
+    }
 
     #[test]
     fn generated_sandbox_ids_parse_back() {

@@ -16,8 +16,10 @@
 use std::io;
 use std::process::ExitCode;
 
-/// Signals that stop the server, forwarded to it.
-const FORWARDED: [libc::c_int; 4] = [libc::SIGTERM, libc::SIGINT, libc::SIGHUP, libc::SIGQUIT];
+/// Signals that stop the server, forwarded to it (the server shuts down on each, see
+/// `serve::stop_signals`).
+pub(crate) const FORWARDED: [libc::c_int; 4] =
+    [libc::SIGTERM, libc::SIGINT, libc::SIGHUP, libc::SIGQUIT];
 
 /// In the server: `Ok(None)`, go on serving. In the reaper: `Ok(Some(code))` once the
 /// server has ended, its exit code (128 + the signal if one ended it).

@@ -1,5 +1,5 @@
 //! `silo serve`: wire the catalog, the runtime, the manager and the HTTP edge together,
-//! reconcile what a previous run left, then serve until SIGINT/SIGTERM.
+//! reconcile what a previous run left, then serve until SIGINT, SIGTERM, SIGHUP or SIGQUIT.
 
 use std::io::IsTerminal;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
@@ -7,6 +7,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
+use std::task::Poll;
 use std::time::Duration;
 
 use anyhow::{bail, Context};
@@ -17,6 +18,7 @@ use silo_node::sandbox::{
     DozeMode, DozePolicy, Manager, SamplerConfig, SandboxDefaults, Templates,
 };
 use silo_node::{RunscConfig, RunscRuntime};
+use tokio::signal::unix::{signal, Signal, SignalKind};
 
 use crate::cli::{Doze, ServeArgs};
 
@@ -149,18 +151,61 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
         );
     }
     tracing::info!(listen = %args.listen, data_dir = %data_dir.display(), "serving");
-    axum::serve(listener, app)
-        .with_graceful_shutdown(async move {
-            shutdown_signal().await;
+    let mut signals = stop_signals();
+    let stop = {
+        let manager = Arc::clone(&manager);
+        async move {
+            first_of(&mut signals).await;
+            // MCP sessions and proxied streams (a command's output, a watch) last until
+            // ended: end them, so that their connections close.
             mcp_shutdown.cancel();
-        })
+            manager.end_traffic();
+        }
+    };
+    let closed = serve_until(listener, app, stop, SHUTDOWN_GRACE)
         .await
         .context("server failed")?;
+    if !closed {
+        tracing::warn!(grace = ?SHUTDOWN_GRACE, "connections still open at shutdown were dropped");
+    }
     manager.shutdown().await;
     tracing::info!(
         "stopped; sandboxes keep running until their timeout and are picked up at the next start"
     );
     Ok(ExitCode::SUCCESS)
+}
+
+/// How long a stopping server waits for its open connections to close.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+
+/// Serve `app` until `stop` resolves, then stop taking connections and wait for the open
+/// ones, at most `grace`: a client that keeps one open must not keep the server from its
+/// shutdown. Whether they all closed in time.
+async fn serve_until<L>(
+    listener: L,
+    app: axum::Router,
+    stop: impl std::future::Future<Output = ()> + Send + 'static,
+    grace: Duration,
+) -> std::io::Result<bool>
+where
+    L: axum::serve::Listener,
+    L::Addr: std::fmt::Debug,
+{
+    let stopping = tokio_util::sync::CancellationToken::new();
+    let graceful = axum::serve(listener, app).with_graceful_shutdown({
+        let stopping = stopping.clone();
+        async move {
+            stop.await;
+            stopping.cancel();
+        }
+    });
+    tokio::select! {
+        served = std::future::IntoFuture::into_future(graceful) => served.map(|()| true),
+        () = async {
+            stopping.cancelled().await;
+            tokio::time::sleep(grace).await;
+        } => Ok(false),
+    }
 }
 
 fn init_logging() {
@@ -175,19 +220,32 @@ fn init_logging() {
         .init();
 }
 
-async fn shutdown_signal() {
-    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-        Ok(term) => term,
-        Err(err) => {
-            tracing::error!(%err, "cannot watch SIGTERM; stop with Ctrl-C");
-            std::future::pending::<()>().await;
-            unreachable!()
+/// Watch the signals that stop the server: those its reaper forwards, so SIGHUP (the
+/// terminal running it closed) and SIGQUIT shut it down as SIGTERM and Ctrl-C do,
+/// instead of killing it before `Manager::shutdown`.
+fn stop_signals() -> Vec<Signal> {
+    crate::reaper::FORWARDED
+        .into_iter()
+        .filter_map(|raw| match signal(SignalKind::from_raw(raw)) {
+            Ok(watched) => Some(watched),
+            Err(err) => {
+                tracing::error!(%err, signal = raw, "cannot watch a stop signal: it kills the server without its shutdown");
+                None
+            }
+        })
+        .collect()
+}
+
+/// The first of `signals` to arrive (never, if none is watched).
+async fn first_of(signals: &mut [Signal]) {
+    std::future::poll_fn(|cx| {
+        if signals.iter_mut().any(|s| s.poll_recv(cx).is_ready()) {
+            Poll::Ready(())
+        } else {
+            Poll::Pending
         }
-    };
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term.recv() => {}
-    }
+    })
+    .await
 }
 
 /// Copy the static agent into `<data-dir>/agent/`, the directory every sandbox mounts
@@ -258,6 +316,93 @@ fn doze_policy(doze: Doze, after_secs: u64) -> Option<DozePolicy> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A server whose one request is answered once `ended` is cancelled (as a proxied
+    /// stream ends), with a client waiting for it; `stop` stops the server.
+    async fn server_with_a_request_open(
+        ended: tokio_util::sync::CancellationToken,
+        stop: tokio::sync::oneshot::Receiver<()>,
+        grace: Duration,
+    ) -> tokio::task::JoinHandle<std::io::Result<bool>> {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let began = Arc::new(tokio::sync::Notify::new());
+        let app = axum::Router::new().route(
+            "/",
+            axum::routing::get({
+                let began = Arc::clone(&began);
+                move || async move {
+                    began.notify_one();
+                    ended.cancelled().await;
+                    "end"
+                }
+            }),
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let server = tokio::spawn(serve_until(
+            listener,
+            app,
+            async move { drop(stop.await) },
+            grace,
+        ));
+        let mut client = tokio::net::TcpStream::connect(addr).await.unwrap();
+        client
+            .write_all(b"GET / HTTP/1.1\r\nhost: silo\r\n\r\n")
+            .await
+            .unwrap();
+        tokio::spawn(async move {
+            let mut answer = Vec::new();
+            drop(client.read_to_end(&mut answer).await);
+        });
+        began.notified().await;
+        server
+    }
+
+    #[tokio::test]
+    async fn a_request_left_open_does_not_hold_the_shutdown() {
+        let (stop, stopped) = tokio::sync::oneshot::channel();
+        let never = tokio_util::sync::CancellationToken::new();
+        let grace = Duration::from_millis(200);
+        let server = server_with_a_request_open(never, stopped, grace).await;
+        let asked = std::time::Instant::now();
+        stop.send(()).unwrap();
+        let closed = tokio::time::timeout(Duration::from_secs(10), server)
+            .await
+            .expect("serve_until returns after its grace")
+            .unwrap()
+            .unwrap();
+        assert!(!closed);
+        assert!(asked.elapsed() >= grace);
+    }
+
+    #[tokio::test]
+    async fn a_request_ended_at_stop_lets_the_server_close_at_once() {
+        let (stop, stopped) = tokio::sync::oneshot::channel();
+        let ended = tokio_util::sync::CancellationToken::new();
+        let server =
+            server_with_a_request_open(ended.clone(), stopped, Duration::from_secs(30)).await;
+        stop.send(()).unwrap();
+        ended.cancel();
+        let closed = tokio::time::timeout(Duration::from_secs(10), server)
+            .await
+            .expect("every connection closed")
+            .unwrap()
+            .unwrap();
+        assert!(closed);
+    }
+
+    #[tokio::test]
+    async fn every_signal_the_reaper_forwards_stops_the_server() {
+        let mut signals = stop_signals();
+        assert_eq!(signals.len(), crate::reaper::FORWARDED.len());
+        for raw in [libc::SIGHUP, libc::SIGQUIT, libc::SIGTERM] {
+            // SAFETY: raise has no memory preconditions; each signal is watched above.
+            assert_eq!(unsafe { libc::raise(raw) }, 0);
+            tokio::time::timeout(Duration::from_secs(5), first_of(&mut signals))
+                .await
+                .unwrap_or_else(|_| panic!("signal {raw} did not stop the server"));
+        }
+    }
 
     #[test]
     fn loopback_reaches_the_listener() {

@@ -215,8 +215,6 @@ pub struct Manager {
 pub struct Route {
     pub addr: SocketAddr,
     pub traffic: CancellationToken,
-    /// The token requests to this port must carry, if its ports are not public.
-    pub traffic_access_token: Option<String>,
     /// Keeps the sandbox awake (see `doze`) until the request, its response and any
     /// stream or upgrade of it are done: hold it that long.
     pub in_use: Arc<InUse>,
@@ -298,6 +296,14 @@ impl Manager {
         }
     }
 
+    /// silo is stopping: end every proxied stream and upgrade, and close the proxy's
+    /// connections, as a pause does for one sandbox. A stream (a command's output, a
+    /// watch) would otherwise last as long as its sandbox and hold the server's graceful
+    /// shutdown open.
+    pub fn end_traffic(&self) {
+        self.traffic.close_all();
+    }
+
     /// Wait for background teardowns (kills that already answered) to finish.
     pub async fn shutdown(&self) {
         self.close_pool().await;
@@ -306,33 +312,33 @@ impl Manager {
         self.runtime.shutdown().await;
     }
 
-    /// Where to send traffic for `port` of a sandbox. A paused sandbox created with
-    /// `auto_resume` is resumed first.
-    pub async fn route(self: &Arc<Self>, id: &SandboxId, port: u16) -> Result<Route, SandboxError> {
-        let mut rec = self.get(id)?;
+    /// Where to send traffic for `port` of `rec`, the sandbox as [`Manager::get`] read
+    /// it. A paused sandbox created with `auto_resume` is resumed first, so whoever may
+    /// not use the sandbox must be turned away on `rec`, before this.
+    pub async fn route(
+        self: &Arc<Self>,
+        mut rec: SandboxRecord,
+        port: u16,
+    ) -> Result<Route, SandboxError> {
+        let id = rec.id.clone();
         if rec.auto_resume && rec.state != SandboxState::Running {
             rec = self
-                .resume(id, None, "resumed by traffic to it (autoResume)")
+                .resume(&id, None, "resumed by traffic to it (autoResume)")
                 .await?
                 .0;
         }
         if rec.state != SandboxState::Running {
             return Err(SandboxError::WrongState {
-                id: id.clone(),
+                id,
                 state: rec.state,
             });
         }
         let ip = rec.ip().ok_or_else(|| SandboxError::NotFound(id.clone()))?;
-        // envd's port has its own token (X-Access-Token); the others take the traffic one.
-        let traffic_access_token = rec
-            .traffic_access_token
-            .filter(|_| port != silo_protocol::ports::ENVD);
-        let in_use = self.enter(id)?;
+        let in_use = self.enter(&id)?;
         Ok(Route {
             in_use,
             addr: SocketAddr::new(ip.into(), port),
-            traffic: self.traffic.token(id),
-            traffic_access_token,
+            traffic: self.traffic.token(&id),
         })
     }
 
