@@ -48,6 +48,8 @@ use routes::{deliver, Routes};
 const START_TIMEOUT: Duration = Duration::from_secs(60);
 /// How long one `kernel_info_request` waits before it is sent again.
 const HANDSHAKE_RETRY: Duration = Duration::from_millis(500);
+/// How long one zeromq connect (TCP and greeting, to a port already listening) may take.
+const CONNECT_ATTEMPT: Duration = Duration::from_secs(5);
 
 /// Errors of starting and talking to one kernel.
 #[derive(Debug, thiserror::Error)]
@@ -204,33 +206,29 @@ impl Kernel {
             kernel: name.clone(),
             source,
         };
-        // zeromq's connect backs off exponentially while the port is closed, which would add
-        // up to a second to every start; poll the port cheaply ourselves instead.
-        let shell_addr = (info.ip.as_str(), info.shell_port);
-        loop {
-            if let Some(status) = process.exit_status() {
-                return Err(exited_during_start(&name, &process, status));
+        // zeromq's connect backs off exponentially while a port is closed, which would add
+        // up to a second to every start, and each of its retries is a connect from an
+        // ephemeral port to a closed one, which can land on itself (the kernel's ports are
+        // ephemeral ones too) and then hang in the greeting until the 30 s connect timeout.
+        // So wait until the kernel listens on every port we connect to, polling cheaply.
+        // ipykernel binds shell before iopub.
+        for port in [info.shell_port, info.control_port, info.iopub_port] {
+            while !listening(&info.ip, port).await {
+                if let Some(status) = process.exit_status() {
+                    return Err(exited_during_start(&name, &process, status));
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
             }
-            if tokio::net::TcpStream::connect(shell_addr).await.is_ok() {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
         }
 
-        let mut iopub = SubSocket::new();
-        iopub
-            .connect(&info.endpoint(info.iopub_port))
+        let mut iopub: SubSocket = connect_socket(&info.endpoint(info.iopub_port))
             .await
             .map_err(connect_err)?;
         iopub.subscribe("").await.map_err(connect_err)?;
-        let mut shell = DealerSocket::new();
-        shell
-            .connect(&info.endpoint(info.shell_port))
+        let shell: DealerSocket = connect_socket(&info.endpoint(info.shell_port))
             .await
             .map_err(connect_err)?;
-        let mut control = DealerSocket::new();
-        control
-            .connect(&info.endpoint(info.control_port))
+        let control: DealerSocket = connect_socket(&info.endpoint(info.control_port))
             .await
             .map_err(connect_err)?;
         let (shell_tx, shell_rx) = shell.split();
@@ -433,6 +431,39 @@ impl Drop for Kernel {
         for reader in &self.readers {
             reader.abort();
         }
+    }
+}
+
+/// A socket of type `S` connected to `endpoint`, a port known to be listening. A handshake
+/// that stalls (seen once in CI under load, 30 s without an answer) is given up after
+/// [`CONNECT_ATTEMPT`] and tried again on a fresh socket; [`START_TIMEOUT`] bounds the whole.
+async fn connect_socket<S: Socket>(endpoint: &str) -> Result<S, zeromq::ZmqError> {
+    loop {
+        let mut options = zeromq::SocketOptions::default();
+        options.connect_timeout(CONNECT_ATTEMPT);
+        let mut socket = S::with_options(options);
+        match socket.connect(endpoint).await {
+            Ok(()) => return Ok(socket),
+            Err(zeromq::ZmqError::ConnectTimeout(_)) => {
+                tracing::warn!(
+                    endpoint,
+                    "kernel socket handshake stalled; connecting again"
+                );
+            }
+            Err(err) => return Err(err),
+        }
+    }
+}
+
+/// Whether something listens on `ip:port`. A connection to oneself (TCP simultaneous open,
+/// possible when the source port chosen equals the closed destination port) does not count.
+async fn listening(ip: &str, port: u16) -> bool {
+    match tokio::net::TcpStream::connect((ip, port)).await {
+        Ok(stream) => match (stream.local_addr(), stream.peer_addr()) {
+            (Ok(local), Ok(peer)) => local != peer,
+            _ => false,
+        },
+        Err(_) => false,
     }
 }
 
