@@ -130,6 +130,37 @@ def test_timeout_pauses_and_traffic_resumes(silo):
         sbx.kill()
 
 
+def test_a_signed_file_url_resumes_a_paused_secure_sandbox(silo):
+    """The SDK's download URL carries a signature instead of the envd token: it wakes a
+    secure autoResume sandbox as the token does, where a request with neither is refused
+    and leaves the sandbox paused."""
+    import urllib.error
+
+    sbx = Sandbox.create(
+        "base", timeout=600, secure=True, lifecycle={"on_timeout": "pause", "auto_resume": True}
+    )
+    try:
+        sbx.files.write("/home/user/signed.txt", "read by its URL")
+        assert sbx.pause()
+        routing = {"E2b-Sandbox-Id": sbx.sandbox_id, "E2b-Sandbox-Port": "49983"}
+
+        unsigned = urllib.request.Request(
+            f"{silo.url}/files?path=/home/user/signed.txt", headers=routing
+        )
+        with pytest.raises(urllib.error.HTTPError) as err:
+            urllib.request.urlopen(unsigned, timeout=30)
+        assert err.value.code == 401 and "signed" in err.value.read().decode()
+        assert Sandbox.get_info(sbx.sandbox_id).state.value == "paused"
+
+        url = sbx.download_url("/home/user/signed.txt")
+        assert "signature=" in url
+        with urllib.request.urlopen(urllib.request.Request(url, headers=routing), timeout=60) as resp:
+            assert resp.read().decode() == "read by its URL"
+        assert Sandbox.get_info(sbx.sandbox_id).state.value == "running"
+    finally:
+        sbx.kill()
+
+
 def test_timeout_without_auto_resume_stays_paused(silo):
     sbx = Sandbox.create("base", timeout=2, lifecycle={"on_timeout": "pause"})
     try:

@@ -12,7 +12,7 @@ use axum::http::{HeaderMap, Method};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use base64::Engine as _;
-use sha2::{Digest, Sha256};
+use silo_protocol::files::{FileOp, FilesQuery};
 use silo_protocol::ids::same_secret;
 
 use crate::error::{Error, HttpFailure};
@@ -91,50 +91,12 @@ fn basic_user(headers: &HeaderMap) -> Result<Option<String>, Error> {
     Ok(Some(user.to_string()).filter(|u| !u.is_empty()))
 }
 
-/// The `/files` operations a signature can grant.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum FileOp {
-    Read,
-    Write,
-}
-
-impl FileOp {
-    fn as_str(self) -> &'static str {
-        match self {
-            FileOp::Read => "read",
-            FileOp::Write => "write",
-        }
-    }
-}
-
-/// `"v1_" + base64_raw_std(sha256("path:op:user:token[:expiration]"))`, where `user` is
-/// empty for the default user.
-fn signature_v1(path: &str, op: FileOp, user: &str, token: &str, exp: Option<i64>) -> String {
-    let mut text = format!("{path}:{}:{user}:{token}", op.as_str());
-    if let Some(exp) = exp {
-        text.push_str(&format!(":{exp}"));
-    }
-    let digest = Sha256::digest(text.as_bytes());
-    format!(
-        "v1_{}",
-        base64::engine::general_purpose::STANDARD_NO_PAD.encode(digest)
-    )
-}
-
-/// The signing-related query parameters of a `/files` request.
-pub struct FilesAuth<'a> {
-    pub path: &'a str,
-    pub username: Option<&'a str>,
-    pub signature: Option<&'a str>,
-    pub expiration: Option<i64>,
-}
-
 /// `/files` access: free without a token; otherwise the header or a valid signature.
 pub fn check_files(
     state: &AppState,
     headers: &HeaderMap,
     op: FileOp,
-    q: &FilesAuth<'_>,
+    q: &FilesQuery,
 ) -> Result<(), Error> {
     let Some(token) = state.settings().access_token else {
         return Ok(());
@@ -142,22 +104,8 @@ pub fn check_files(
     if header_token_ok(headers, &token) {
         return Ok(());
     }
-    let Some(signature) = q.signature else {
-        return Err(Error::Unauthenticated(
-            "missing access token or signature".into(),
-        ));
-    };
-    if let Some(exp) = q.expiration {
-        if exp < chrono::Utc::now().timestamp() {
-            return Err(Error::Unauthenticated("signature has expired".into()));
-        }
-    }
-    let want = signature_v1(q.path, op, q.username.unwrap_or(""), &token, q.expiration);
-    if same_secret(want.as_bytes(), signature.as_bytes()) {
-        Ok(())
-    } else {
-        Err(Error::Unauthenticated("invalid signature".into()))
-    }
+    q.check_signature(op, &token, chrono::Utc::now().timestamp())
+        .map_err(|err| Error::Unauthenticated(err.to_string()))
 }
 
 #[cfg(test)]
@@ -175,23 +123,5 @@ mod tests {
         assert!(matches!(basic_user(&h), Err(Error::Unauthenticated(_))));
         h.insert("authorization", HeaderValue::from_static("Bearer x"));
         assert!(basic_user(&h).is_err());
-    }
-
-    #[test]
-    fn signature_matches_sdk_algorithm() {
-        // The SDK: sha256("path:read:user:token") → raw std base64, "v1_" prefix.
-        let digest = Sha256::digest(b"/home/user/a.txt:read::tok");
-        let want = format!(
-            "v1_{}",
-            base64::engine::general_purpose::STANDARD_NO_PAD.encode(digest)
-        );
-        assert_eq!(
-            signature_v1("/home/user/a.txt", FileOp::Read, "", "tok", None),
-            want
-        );
-        assert_ne!(
-            signature_v1("/a", FileOp::Write, "", "tok", Some(5)),
-            signature_v1("/a", FileOp::Write, "", "tok", None)
-        );
     }
 }

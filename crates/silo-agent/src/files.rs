@@ -25,19 +25,19 @@ use axum::response::Response;
 use axum::Json;
 use flate2::write::GzEncoder;
 use futures_util::{Stream, StreamExt};
-use serde::Deserialize;
 use silo_protocol::envd::WriteInfo;
 use tempfile::TempPath;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 
-use crate::auth::{check_files, FileOp, FilesAuth};
+use crate::auth::check_files;
 use crate::blocking;
 use crate::error::{Error, HttpFailure};
 use crate::filesystem::entry::{validate_metadata, write_metadata, MetadataWritten};
 use crate::filesystem::{chown_to, create_dirs, fs_type};
 use crate::state::AppState;
 use crate::users::User;
+use silo_protocol::files::{FileOp, FilesQuery};
 
 /// Name prefix of the temp files of uploads and of moves across filesystems (watchers
 /// hide them).
@@ -47,25 +47,6 @@ const CHUNK: usize = 64 * 1024;
 /// How much of a download is compressed first, to decide whether gzip pays.
 const SAMPLE: u64 = 64 * 1024;
 const METADATA_HEADER: &str = "x-metadata-";
-
-#[derive(Debug, Deserialize)]
-pub struct FilesQuery {
-    path: Option<String>,
-    username: Option<String>,
-    signature: Option<String>,
-    signature_expiration: Option<i64>,
-}
-
-impl FilesQuery {
-    fn auth(&self) -> FilesAuth<'_> {
-        FilesAuth {
-            path: self.path.as_deref().unwrap_or(""),
-            username: self.username.as_deref().filter(|u| !u.is_empty()),
-            signature: self.signature.as_deref(),
-            expiration: self.signature_expiration,
-        }
-    }
-}
 
 /// Does `Accept-Encoding` allow gzip (present, and not `q=0`)?
 fn accepts_gzip(headers: &HeaderMap) -> bool {
@@ -91,8 +72,8 @@ pub async fn download(
     Query(q): Query<FilesQuery>,
     headers: HeaderMap,
 ) -> Result<Response, HttpFailure> {
-    let (user, _) = state.user(q.username.as_deref())?;
-    check_files(&state, &headers, FileOp::Read, &q.auth())?;
+    let (user, _) = state.user(q.username())?;
+    check_files(&state, &headers, FileOp::Read, &q)?;
     let raw = q
         .path
         .as_deref()
@@ -327,8 +308,8 @@ pub async fn upload(
     Query(q): Query<FilesQuery>,
     req: Request,
 ) -> Result<Json<Vec<WriteInfo>>, HttpFailure> {
-    let (user, _) = state.user(q.username.as_deref())?;
-    check_files(&state, req.headers(), FileOp::Write, &q.auth())?;
+    let (user, _) = state.user(q.username())?;
+    check_files(&state, req.headers(), FileOp::Write, &q)?;
     let metadata = metadata_headers(req.headers())?;
     let content_type = req
         .headers()

@@ -20,7 +20,8 @@ use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 
 use axum::body::Body;
-use axum::extract::{Request, State};
+use axum::extract::{Query, Request, State};
+use axum::http::request::Parts;
 use axum::http::{header, HeaderMap, HeaderName, StatusCode, Uri};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
@@ -31,6 +32,7 @@ use hyper_util::client::legacy::{connect::HttpConnector, Client};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use silo_catalog::{SandboxRecord, SandboxState};
 use silo_node::sandbox::{InUse, SandboxError};
+use silo_protocol::files::{FileOp, FilesQuery};
 use silo_protocol::ids::{same_secret, SandboxId};
 use silo_protocol::rest::ApiError as WireError;
 use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
@@ -204,8 +206,13 @@ async fn refuse(req: Request, mut answer: Response) -> Response {
     answer
 }
 
-async fn forward(app: &AppState, id: &str, port: u16, mut req: Request) -> Response {
-    let (sandbox, route) = match admit(app, id, port, req.headers()).await {
+async fn forward(app: &AppState, id: &str, port: u16, req: Request) -> Response {
+    // The body stays out of `admit`: it is not Sync, so a borrow of it would make the
+    // future not Send.
+    let (head, body) = req.into_parts();
+    let admitted = admit(app, id, port, &head).await;
+    let mut req = Request::from_parts(head, body);
+    let (sandbox, route) = match admitted {
         Ok(admitted) => admitted,
         Err(answer) => return refuse(req, answer).await,
     };
@@ -294,12 +301,12 @@ async fn admit(
     app: &AppState,
     id: &str,
     port: u16,
-    headers: &HeaderMap,
+    req: &Parts,
 ) -> Result<(SandboxId, silo_node::sandbox::Route), Response> {
     let sandbox = id.parse::<SandboxId>().map_err(|_| sandbox_not_found(id))?;
     let routed = match app.manager.get(&sandbox) {
         Ok(rec) => {
-            authorize(&rec, port, headers).map_err(|missing| missing.answer(id))?;
+            authorize(&rec, port, req).map_err(|missing| missing.answer(id))?;
             app.manager.route(rec, port).await
         }
         Err(err) => Err(err),
@@ -329,10 +336,11 @@ async fn admit(
 /// to keep it alive.
 /// - A port other than envd's, when the sandbox's ports are not public: its traffic
 ///   token.
-/// - envd's port of a secure sandbox that is not running: its envd access token. A
-///   running sandbox's agent checks that token itself, with the routes it leaves open
-///   (`/health`, signed `/files` URLs).
-fn authorize(rec: &SandboxRecord, port: u16, headers: &HeaderMap) -> Result<(), Missing> {
+/// - envd's port of a secure sandbox that is not running: its envd access token, or a
+///   `/files` URL signed with it. A running sandbox's agent checks that token itself, with
+///   the routes it leaves open (`/health`, signed `/files` URLs).
+fn authorize(rec: &SandboxRecord, port: u16, req: &Parts) -> Result<(), Missing> {
+    let headers = &req.headers;
     if port != silo_protocol::ports::ENVD {
         if let Some(token) = &rec.traffic_access_token {
             if !carries(headers, TRAFFIC_TOKEN_HEADER, token) {
@@ -341,7 +349,7 @@ fn authorize(rec: &SandboxRecord, port: u16, headers: &HeaderMap) -> Result<(), 
         }
     } else if rec.state != SandboxState::Running {
         if let Some(token) = &rec.envd_access_token {
-            if !carries(headers, ACCESS_TOKEN_HEADER, token) {
+            if !carries(headers, ACCESS_TOKEN_HEADER, token) && !signed_files_url(req, token) {
                 return Err(Missing::AccessToken);
             }
         }
@@ -365,10 +373,27 @@ impl Missing {
             ),
             Missing::AccessToken => proxy_error(
                 StatusCode::UNAUTHORIZED,
-                format!("sandbox {id} is not running: only a request with its envdAccessToken as the X-Access-Token header resumes it"),
+                format!("sandbox {id} is not running: only a request with its envdAccessToken as the X-Access-Token header, or a file URL signed with it, resumes it"),
             ),
         }
     }
+}
+
+/// A `/files` URL signed with `token` for what the request does: the SDKs' upload and
+/// download URLs, which carry no header.
+fn signed_files_url(req: &Parts, token: &str) -> bool {
+    if req.uri.path() != silo_protocol::files::PATH {
+        return false;
+    }
+    let Some(op) = FileOp::of_method(req.method.as_str()) else {
+        return false;
+    };
+    let Ok(Query(query)) = Query::<FilesQuery>::try_from_uri(&req.uri) else {
+        return false;
+    };
+    query
+        .check_signature(op, token, chrono::Utc::now().timestamp())
+        .is_ok()
 }
 
 fn carries(headers: &HeaderMap, name: &str, secret: &str) -> bool {
@@ -539,7 +564,11 @@ mod tests {
         let mut rec = record(SandboxState::Running, Some("10.0.0.2"));
         rec.traffic_access_token = Some("traffic".into());
         rec.envd_access_token = Some("envd".into());
-        let missing = |rec: &SandboxRecord, port, h: &HeaderMap| authorize(rec, port, h).err();
+        let missing = |rec: &SandboxRecord, port, h: &HeaderMap| {
+            let mut req = Request::get("/").body(()).unwrap();
+            *req.headers_mut() = h.clone();
+            authorize(rec, port, &req.into_parts().0).err()
+        };
         let none = HeaderMap::new();
         // Its ports but envd's want the traffic token, whatever the state.
         assert_eq!(missing(&rec, 8000, &none), Some(Missing::TrafficToken));
@@ -557,6 +586,24 @@ mod tests {
         );
         let envd = headers(&[("x-access-token", "envd")]);
         assert_eq!(missing(&rec, silo_protocol::ports::ENVD, &envd), None);
+        // So is a `/files` URL signed with it, for what the request does.
+        let files = |method: &str, signed_for: FileOp, token: &str| {
+            let signature = silo_protocol::files::sign_v1("/a b", signed_for, "", token, None);
+            let signature = signature.replace('+', "%2B").replace('/', "%2F");
+            let uri = format!("/files?path=%2Fa%20b&signature={signature}");
+            let req = Request::builder().method(method).uri(uri).body(()).unwrap();
+            authorize(&rec, silo_protocol::ports::ENVD, &req.into_parts().0).err()
+        };
+        assert_eq!(files("GET", FileOp::Read, "envd"), None);
+        assert_eq!(files("POST", FileOp::Write, "envd"), None);
+        assert_eq!(
+            files("POST", FileOp::Read, "envd"),
+            Some(Missing::AccessToken)
+        );
+        assert_eq!(
+            files("GET", FileOp::Read, "guess"),
+            Some(Missing::AccessToken)
+        );
         // A sandbox without tokens is anyone's.
         let open = record(SandboxState::Paused, None);
         assert_eq!(missing(&open, 8000, &none), None);
@@ -594,7 +641,8 @@ mod tests {
             0
         );
         assert_eq!(test.state_of(&rec.id), SandboxState::Paused);
-        // Its token resumes it (which this runtime then fails).
+        // Its token resumes it (which this runtime then fails), and so does a download URL
+        // signed with it.
         let resp = call(envd, Some(("x-access-token", "envd"))).await.unwrap();
         assert_eq!(resp.status(), StatusCode::BAD_GATEWAY);
         assert_eq!(
@@ -602,6 +650,21 @@ mod tests {
                 .resumes
                 .load(std::sync::atomic::Ordering::SeqCst),
             1
+        );
+        let signature = silo_protocol::files::sign_v1("/f", FileOp::Read, "", "envd", None);
+        let signature = signature.replace('+', "%2B").replace('/', "%2F");
+        let download = Request::get(format!("/files?path=/f&signature={signature}"))
+            .header("e2b-sandbox-id", rec.id.as_str())
+            .header("e2b-sandbox-port", envd.to_string())
+            .body(Body::empty())
+            .unwrap();
+        let resp = test.router().oneshot(download).await.unwrap();
+        assert_eq!(resp.status(), StatusCode::BAD_GATEWAY);
+        assert_eq!(
+            test.runtime
+                .resumes
+                .load(std::sync::atomic::Ordering::SeqCst),
+            2
         );
     }
 

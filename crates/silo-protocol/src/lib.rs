@@ -4,6 +4,7 @@
 //! - [`rest`]: the E2B control-plane REST bodies (`/v2/sandboxes`, errors).
 //! - [`connect`]: Connect-RPC framing (envelopes) and error codes as envd speaks them.
 //! - [`envd`]: the envd `process` and `filesystem` service messages, in proto3 JSON.
+//! - [`files`]: envd's `/files` URLs and their signature.
 //! - [`templates`]: the template build API (E2B's v2/v3 build endpoints).
 //!
 //! The server (`silo-api`), the in-sandbox agent (`silo-agent`) and the Rust client
@@ -12,6 +13,7 @@
 
 pub mod connect;
 pub mod envd;
+pub mod files;
 pub mod ids;
 pub mod rest;
 pub mod templates;
