@@ -19,7 +19,7 @@ use std::sync::Mutex;
 
 use rusqlite::types::Value;
 use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
-use silo_protocol::ids::{ApiKey, SandboxId};
+use silo_protocol::ids::{same_secret, ApiKey, SandboxId};
 
 pub use builds::{BuildLogEntry, BuildRecord, BuildStatus};
 pub use logs::{LogLine, LogQuery};
@@ -372,6 +372,27 @@ pub struct Catalog {
     conn: Mutex<Connection>,
 }
 
+/// How long a statement waits for another connection's lock.
+const BUSY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Switch the file to WAL. That takes an exclusive lock, and while another process opens
+/// the same new file SQLite answers BUSY at once, without waiting (a lock upgrade that
+/// waited could deadlock): so wait here, up to [`BUSY_TIMEOUT`].
+fn use_wal(conn: &Connection) -> rusqlite::Result<()> {
+    let deadline = std::time::Instant::now() + BUSY_TIMEOUT;
+    loop {
+        match conn.pragma_update(None, "journal_mode", "WAL") {
+            Err(rusqlite::Error::SqliteFailure(err, _))
+                if err.code == rusqlite::ErrorCode::DatabaseBusy
+                    && std::time::Instant::now() < deadline =>
+            {
+                std::thread::sleep(std::time::Duration::from_millis(10));
+            }
+            done => return done,
+        }
+    }
+}
+
 impl Catalog {
     pub fn open(path: &Path) -> Result<Catalog> {
         keep_private(path).map_err(|source| CatalogError::Private {
@@ -382,11 +403,11 @@ impl Catalog {
             path: path.display().to_string(),
             source,
         })?;
-        conn.pragma_update(None, "journal_mode", "WAL")?;
+        conn.busy_timeout(BUSY_TIMEOUT)?;
+        use_wal(&conn)?;
         // NORMAL in WAL mode is durable against a process crash (the case that matters for
         // a single-host server) and much cheaper than FULL.
         conn.pragma_update(None, "synchronous", "NORMAL")?;
-        conn.busy_timeout(std::time::Duration::from_secs(5))?;
         Self::migrate(conn)
     }
 
@@ -476,13 +497,17 @@ impl Catalog {
     }
 
     pub fn is_valid_api_key(&self, key: &str) -> Result<bool> {
-        let found: Option<i64> = self
-            .conn()
-            .query_row("SELECT 1 FROM api_keys WHERE key = ?1", [key], |row| {
-                row.get(0)
-            })
-            .optional()?;
-        Ok(found.is_some())
+        // Each key compared in constant time, not looked up by index: how long a lookup
+        // takes must not tell a caller how much of a key it guessed. Servers hold a few keys.
+        let conn = self.conn();
+        let mut stmt = conn.prepare_cached("SELECT key FROM api_keys")?;
+        let mut rows = stmt.query([])?;
+        let mut valid = false;
+        while let Some(row) = rows.next()? {
+            let known: String = row.get(0)?;
+            valid |= same_secret(known.as_bytes(), key.as_bytes());
+        }
+        Ok(valid)
     }
 
     /// Record a new sandbox in `Creating`.
@@ -1436,8 +1461,7 @@ pub(crate) mod tests {
     /// as the catalog's does.
     fn second_connection(path: &Path) -> Connection {
         let conn = Connection::open(path).unwrap();
-        conn.busy_timeout(std::time::Duration::from_secs(5))
-            .unwrap();
+        conn.busy_timeout(BUSY_TIMEOUT).unwrap();
         conn
     }
 
@@ -1467,6 +1491,28 @@ pub(crate) mod tests {
             catalog.get_sandbox(&rec.id).unwrap().unwrap().state,
             SandboxState::Pausing
         );
+    }
+
+    #[test]
+    fn processes_creating_a_catalog_file_together_all_open_it() {
+        for _ in 0..5 {
+            let dir = tempfile::tempdir().unwrap();
+            let path = dir.path().join("catalog.db");
+            let start = std::sync::Barrier::new(4);
+            std::thread::scope(|scope| {
+                let opened: Vec<_> = (0..4)
+                    .map(|_| {
+                        scope.spawn(|| {
+                            start.wait();
+                            Catalog::open(&path).map(|_| ())
+                        })
+                    })
+                    .collect();
+                for open in opened {
+                    open.join().unwrap().unwrap();
+                }
+            });
+        }
     }
 
     #[test]
