@@ -155,8 +155,14 @@ fn open_download(path: &Path, gzip_accepted: bool) -> Result<(Head, Bytes, Optio
 /// The file at `path`, its length if known ([`known_len`]) and its first [`SAMPLE`]
 /// bytes (read from it).
 fn open_for_download(path: &Path) -> Result<(std::fs::File, Option<u64>, Vec<u8>), Error> {
-    let mut file =
-        std::fs::File::open(path).map_err(|e| Error::io(format!("open {}", path.display()), e))?;
+    use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
+    // Without blocking: opening a FIFO waits for a writer, which would hold one of the
+    // agent's few file threads for as long as none comes.
+    let mut file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(path)
+        .map_err(|e| Error::io(format!("open {}", path.display()), e))?;
     let meta = file
         .metadata()
         .map_err(|e| Error::io(format!("stat {}", path.display()), e))?;
@@ -165,6 +171,17 @@ fn open_for_download(path: &Path) -> Result<(std::fs::File, Option<u64>, Vec<u8>
             "{} is a directory",
             path.display()
         )));
+    }
+    if meta.file_type().is_fifo() {
+        return Err(Error::InvalidArgument(format!(
+            "{} is a named pipe (FIFO): read it with a command, e.g. `cat`",
+            path.display()
+        )));
+    }
+    if meta.is_file() {
+        // Reads of a regular file never block anyway; a device's may, and then the
+        // download fails rather than waiting on a file thread.
+        clear_nonblocking(&file).map_err(|e| Error::io(format!("open {}", path.display()), e))?;
     }
     let mut sample = Vec::new();
     (&mut file)
@@ -833,20 +850,26 @@ impl Upload {
 /// error (ENXIO) rather than a writer thread stuck until someone does; writes then
 /// block as usual.
 fn open_in_place(path: &Path) -> std::io::Result<std::fs::File> {
-    use std::os::fd::AsRawFd;
     use std::os::unix::fs::OpenOptionsExt;
     let file = std::fs::OpenOptions::new()
         .write(true)
         .truncate(true)
         .custom_flags(libc::O_NONBLOCK)
         .open(path)?;
+    clear_nonblocking(&file)?;
+    Ok(file)
+}
+
+/// Make I/O on `file`, opened with `O_NONBLOCK`, block again.
+fn clear_nonblocking(file: &std::fs::File) -> std::io::Result<()> {
+    use std::os::fd::AsRawFd;
     let fd = file.as_raw_fd();
     // SAFETY: fcntl on a descriptor the file owns; the results are checked.
     let flags = unsafe { libc::fcntl(fd, libc::F_GETFL) };
     if flags < 0 || unsafe { libc::fcntl(fd, libc::F_SETFL, flags & !libc::O_NONBLOCK) } < 0 {
         return Err(std::io::Error::last_os_error());
     }
-    Ok(file)
+    Ok(())
 }
 
 #[cfg(test)]
@@ -878,6 +901,19 @@ mod tests {
             .collect();
         assert!(gzip_if_it_halves(&noise).is_none());
         assert!(gzip_if_it_halves(b"").is_none());
+    }
+
+    #[test]
+    fn a_fifo_is_refused_for_download_without_waiting_for_a_writer() {
+        let dir = tempfile::tempdir().unwrap();
+        let fifo = dir.path().join("fifo");
+        let c_path = std::ffi::CString::new(fifo.as_os_str().as_encoded_bytes()).unwrap();
+        // SAFETY: a valid NUL-terminated path.
+        assert_eq!(unsafe { libc::mkfifo(c_path.as_ptr(), 0o600) }, 0);
+        match open_for_download(&fifo) {
+            Err(Error::InvalidArgument(msg)) => assert!(msg.contains("FIFO"), "{msg}"),
+            other => panic!("{:?}", other.map(|(_, len, _)| len)),
+        }
     }
 
     #[test]
