@@ -125,6 +125,43 @@ def test_list_filters_by_metadata_and_state_and_pages(silo):
             sbx.kill()
 
 
+def test_list_orders_by_start_and_filters_by_start_time_and_template_alias(silo):
+    from datetime import datetime
+
+    tag = uuid.uuid4().hex
+    made = []
+    try:
+        for _ in range(3):
+            made.append(Sandbox.create("base", timeout=60, metadata={"order": tag}))
+            # Start times apart, as the filter compares them.
+            time.sleep(0.01)
+        ids = [s.sandbox_id for s in made]
+        query = SandboxQuery(metadata={"order": tag})
+
+        def listed(query, order=None):
+            paginator = Sandbox.list(query=query, limit=2, order=order)
+            seen = []
+            while paginator.has_next:
+                seen += [s.sandbox_id for s in paginator.next_items()]
+            return seen
+
+        assert listed(query, "asc") == ids
+        assert listed(query, "desc") == ids[::-1]
+        second_start = Sandbox.get_info(ids[1]).started_at
+        later = SandboxQuery(metadata={"order": tag}, started_after=second_start)
+        assert listed(later, "asc") == ids[1:]
+        assert listed(SandboxQuery(metadata={"order": tag}, started_after=datetime.now().astimezone())) == []
+        by_template = SandboxQuery(metadata={"order": tag}, template="base")
+        assert sorted(listed(by_template)) == sorted(ids)
+        other = SandboxQuery(metadata={"order": tag}, template="code-interpreter-v1")
+        assert listed(other) == []
+        status, body, _ = silo.api("GET", "/v2/sandboxes?order=sideways")
+        assert status == 400 and "asc" in body["message"], body
+    finally:
+        for sbx in made:
+            sbx.kill()
+
+
 def test_list_and_kill_page_by_page_reaches_every_sandbox(silo):
     # The next page starts after where the last one ended, though its sandboxes are gone.
     tag = uuid.uuid4().hex

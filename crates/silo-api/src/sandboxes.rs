@@ -374,7 +374,7 @@ pub async fn list_v1(
 }
 
 /// `GET /v2/sandboxes`: filtered by state and metadata, paged with `X-Next-Token`.
-#[utoipa::path(get, path = "/v2/sandboxes", tag = "sandboxes", params(("metadata" = Option<String>, Query, description = "`k=v&k2=v2`, keys and values percent-encoded first"), ("state" = Option<String>, Query, description = "Comma-separated: running, paused (E2B's), killed (silo's: the history)"), ("template" = Option<String>, Query), ("limit" = Option<u32>, Query, description = "Page size: 100 by default, and at most"), ("nextToken" = Option<String>, Query, description = "X-Next-Token of the previous page")), responses((status = 200, description = "A page of sandboxes", body = Vec<rest::SandboxDetail>, headers(("X-Next-Token" = String, description = "Present when more follow"))), (status = 400, description = "malformed request", body = silo_protocol::rest::ApiError), (status = 401, description = "no or wrong API key", body = silo_protocol::rest::ApiError), (status = 500, description = "internal error; the log has the detail", body = silo_protocol::rest::ApiError)), security(("api_key" = [])))]
+#[utoipa::path(get, path = "/v2/sandboxes", tag = "sandboxes", params(("metadata" = Option<String>, Query, description = "`k=v&k2=v2`, keys and values percent-encoded first"), ("state" = Option<String>, Query, description = "Comma-separated: running, paused (E2B's), killed (silo's: the history)"), ("template" = Option<String>, Query, description = "A template's name or alias"), ("order" = Option<String>, Query, description = "By start time: desc (newest first, the default) or asc"), ("startedAfter" = Option<String>, Query, description = "RFC 3339: only sandboxes started at or after it"), ("limit" = Option<u32>, Query, description = "Page size: 100 by default, and at most"), ("nextToken" = Option<String>, Query, description = "X-Next-Token of the previous page")), responses((status = 200, description = "A page of sandboxes", body = Vec<rest::SandboxDetail>, headers(("X-Next-Token" = String, description = "Present when more follow"))), (status = 400, description = "malformed request", body = silo_protocol::rest::ApiError), (status = 401, description = "no or wrong API key", body = silo_protocol::rest::ApiError), (status = 500, description = "internal error; the log has the detail", body = silo_protocol::rest::ApiError)), security(("api_key" = [])))]
 pub async fn list_v2(
     State(app): State<AppState>,
     RawQuery(query): RawQuery,
@@ -396,7 +396,19 @@ fn list_page(
     app: &AppState,
     filter: &ListFilter,
 ) -> Result<(Vec<rest::SandboxDetail>, Option<silo_catalog::Cursor>), ApiError> {
-    let page = app.manager.catalog().list(filter)?;
+    // Rows hold a template's name: an alias asks for the template it names. A name no
+    // longer resolving (its template deleted) still finds the sandboxes kept of it.
+    let resolved = filter
+        .template_id
+        .as_deref()
+        .and_then(|template| app.builder.resolve(template).ok());
+    let page = match resolved {
+        Some(template) => app.manager.catalog().list(&ListFilter {
+            template_id: Some(template),
+            ..filter.clone()
+        })?,
+        None => app.manager.catalog().list(filter)?,
+    };
     let body = page
         .sandboxes
         .iter()
@@ -456,6 +468,25 @@ fn parse_list_query(query: &str) -> Result<ListFilter, ApiError> {
                 filter.limit = Some(limit.min(LIST_PAGE));
             }
             "template" => filter.template_id = Some(value.into_owned()),
+            "order" => {
+                filter.order = match value.as_ref() {
+                    "asc" => silo_catalog::Order::Ascending,
+                    "desc" => silo_catalog::Order::Descending,
+                    other => {
+                        return Err(ApiError::BadRequest(format!(
+                            "unknown order {other:?}: use asc (oldest first) or desc (newest first)"
+                        )))
+                    }
+                }
+            }
+            "startedAfter" => {
+                let at = chrono::DateTime::parse_from_rfc3339(&value).map_err(|e| {
+                    ApiError::BadRequest(format!(
+                        "startedAfter {value:?} is not an RFC 3339 time, like 2026-01-02T03:04:05Z: {e}"
+                    ))
+                })?;
+                filter.started_after_ms = Some(at.timestamp_millis());
+            }
             _ => {}
         }
     }
@@ -465,6 +496,34 @@ fn parse_list_query(query: &str) -> Result<ListFilter, ApiError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_template_filter_by_alias_lists_the_template_it_names() {
+        use crate::testing::{record, TestApp};
+        let test = TestApp::new();
+        let base = record(SandboxState::Running, None);
+        let mut other = record(SandboxState::Running, None);
+        other.template_id = "other".into();
+        test.insert(&base);
+        test.insert(&other);
+        test.state
+            .manager
+            .catalog()
+            .set_alias("mine", "base")
+            .unwrap();
+        let listed = |template: &str| {
+            let filter = ListFilter {
+                template_id: Some(template.into()),
+                ..ListFilter::default()
+            };
+            let (page, _) = list_page(&test.state, &filter).unwrap();
+            page.into_iter().map(|s| s.sandbox_id).collect::<Vec<_>>()
+        };
+        assert_eq!(listed("mine"), vec![base.id.clone()]);
+        assert_eq!(listed("base"), vec![base.id.clone()]);
+        // A name resolving to no template still finds the rows kept of it.
+        assert_eq!(listed("other"), vec![other.id.clone()]);
+    }
 
     #[test]
     fn metadata_is_decoded_twice() {
@@ -524,5 +583,21 @@ mod tests {
         assert!(parse_list_query("state=zombie").is_err());
         assert!(parse_list_query("limit=-1").is_err());
         assert!(parse_list_query("limit=0").is_err());
+        assert!(parse_list_query("order=newest").is_err());
+        assert!(parse_list_query("startedAfter=yesterday").is_err());
+    }
+
+    #[test]
+    fn order_and_start_time_are_the_sdks() {
+        // The Python SDK sends `started_after.astimezone().isoformat()`, encoded.
+        let filter =
+            parse_list_query("order=asc&startedAfter=2026-12-07T13%3A00%3A00.250000%2B01%3A00")
+                .unwrap();
+        assert_eq!(filter.order, silo_catalog::Order::Ascending);
+        assert_eq!(filter.started_after_ms, Some(1_796_644_800_250));
+        assert_eq!(
+            parse_list_query("").unwrap().order,
+            silo_catalog::Order::Descending
+        );
     }
 }

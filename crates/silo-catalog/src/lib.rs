@@ -152,10 +152,31 @@ pub struct ListFilter {
     /// Every pair must match.
     pub metadata: BTreeMap<String, String>,
     pub template_id: Option<String>,
+    /// Only sandboxes started at or after this time (Unix ms).
+    pub started_after_ms: Option<i64>,
+    /// By start time; newest first unless [`Order::Ascending`].
+    pub order: Order,
     /// Where the previous page ended.
     pub after: Option<Cursor>,
     /// `None`: every sandbox that matches.
     pub limit: Option<usize>,
+}
+
+/// The order of a list, by start time (then id, so that pages never overlap).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Order {
+    Ascending,
+    #[default]
+    Descending,
+}
+
+impl Order {
+    fn sql(self) -> (&'static str, &'static str) {
+        match self {
+            Order::Ascending => (">", "ASC"),
+            Order::Descending => ("<", "DESC"),
+        }
+    }
 }
 
 /// A page of sandboxes and the token for the next one, if any.
@@ -788,13 +809,20 @@ impl Catalog {
             values.push(value);
             format!("?{}", values.len())
         };
+        let (past, direction) = filter.order.sql();
         let mut conditions = String::new();
         if let Some(after) = &filter.after {
             let (at, id) = (
                 param(Value::Integer(after.at_ms)),
                 param(Value::Text(after.id.clone())),
             );
-            conditions += &format!(" AND (started_at, id) < ({at}, {id})");
+            conditions += &format!(" AND (started_at, id) {past} ({at}, {id})");
+        }
+        if let Some(started_after) = filter.started_after_ms {
+            conditions += &format!(
+                " AND started_at >= {}",
+                param(Value::Integer(started_after))
+            );
         }
         if let Some(template) = &filter.template_id {
             conditions += &format!(" AND template_id = {}", param(template.clone().into()));
@@ -811,13 +839,13 @@ impl Catalog {
                 let state = param(Value::Text((*state).to_owned()));
                 format!(
                     "SELECT * FROM ({SELECT_SANDBOX} WHERE state = {state}{conditions} \
-                     ORDER BY started_at DESC, id DESC LIMIT ?1)"
+                     ORDER BY started_at {direction}, id {direction} LIMIT ?1)"
                 )
             })
             .collect();
         let mut sandboxes = self.records(
             &format!(
-                "{} ORDER BY started_at DESC, id DESC LIMIT ?1",
+                "{} ORDER BY started_at {direction}, id {direction} LIMIT ?1",
                 per_state.join(" UNION ALL ")
             ),
             rusqlite::params_from_iter(values),
@@ -1411,6 +1439,22 @@ pub(crate) mod tests {
             ..Default::default()
         };
         assert_eq!(all_pages(&catalog, &killed), [newest_first(&[3])]);
+        // Oldest first, paged the other way; and from a start time on.
+        let oldest_first = ListFilter {
+            order: Order::Ascending,
+            ..live_team_a.clone()
+        };
+        let mut ascending = newest_first(&[0, 2, 4, 5, 6]);
+        ascending.reverse();
+        assert_eq!(all_pages(&catalog, &oldest_first).concat(), ascending);
+        let recent = ListFilter {
+            started_after_ms: Some(start + 4),
+            ..live_team_a.clone()
+        };
+        assert_eq!(
+            all_pages(&catalog, &recent).concat(),
+            newest_first(&[4, 5, 6])
+        );
         // The next page starts after the cursor, though its sandbox has gone since.
         let first = catalog.list(&live_team_a).unwrap();
         let gone = &first.sandboxes[1];
