@@ -10,12 +10,19 @@
 //! exactly as for a Jupyter kernel. No ZeroMQ is involved, so any `node` works.
 //!
 //! Requests (stdin): `{"msg_id","msg_type","content"}`. Messages (fd 3):
-//! `{"parent","msg_type","date","content"}`. Interrupts are SIGINT, as for Jupyter kernels
-//! with `interrupt_mode: signal`.
+//! `{"parent","msg_type","date","content","marks"}`. Interrupts are SIGINT, as for Jupyter
+//! kernels with `interrupt_mode: signal`.
 //!
-//! The driver's stdout and stderr are pipes of their own, read as the running cell's stream
-//! output: `console.log` goes through the protocol, but a child the user's code starts with
-//! inherited stdio writes to them directly, and must not write into the protocol.
+//! Stream output does not go through the protocol: `console.log` writes to the driver's
+//! stdout and stderr, pipes of their own, where a child the user's code starts with
+//! inherited stdio writes too, so each pipe has a cell's output in the order it was
+//! written. Two pipes have no order between them, so before each message the driver writes
+//! a numbered mark to both, which the message names in `marks`: the bytes before the mark
+//! are routed before the message, those after it after. That is what attributes output to
+//! the cell that wrote it (its execute_input is a message like any other) and keeps it
+//! ahead of the cell's reply, without waiting for anything but bytes already written. The
+//! mark carries a random id given to the driver at its start, which output does not hold by
+//! chance.
 //!
 //! The driver finds the TypeScript compiler (which it also uses to parse JavaScript) next to
 //! the kernelspec's program: tslab's `bin/tslab` lives in the tslab package, whose
@@ -109,8 +116,13 @@ fn request_line(msg_id: &str, msg_type: &str, content: Value) -> String {
 
 /// How much of an unreadable protocol line is logged.
 const LOGGED_LINE: usize = 200;
+/// The most read from the driver's stdout or stderr at once, and so the most text in one
+/// stream message of a child's output.
+const READ_SIZE: usize = 64 * 1024;
 /// The most a pipe holds, unless root raised fs.pipe-max-size.
 const DRAIN_LIMIT: usize = 1 << 20;
+/// Starts every mark the driver writes to its stdout and stderr, before the mark id.
+const MARK_START: u8 = 0x1e;
 
 /// One line of the driver's protocol.
 #[derive(Deserialize)]
@@ -121,22 +133,42 @@ struct DriverLine {
     date: String,
     #[serde(default)]
     content: Value,
+    #[serde(default)]
+    marks: Marks,
 }
 
-/// A driver line as the Jupyter-shaped [`Message`] the rest of the interpreter handles.
-fn decode_line(line: &str) -> Result<Message, serde_json::Error> {
+/// The number of the mark the driver wrote to each of its streams just before a message;
+/// none where writing failed.
+#[derive(Debug, Default, Deserialize, PartialEq)]
+struct Marks {
+    stdout: Option<u64>,
+    stderr: Option<u64>,
+}
+
+impl Marks {
+    fn of(&self, stream: &str) -> Option<u64> {
+        match stream {
+            "stdout" => self.stdout,
+            _ => self.stderr,
+        }
+    }
+}
+
+/// A driver line as the Jupyter-shaped [`Message`] the rest of the interpreter handles, and
+/// its marks.
+fn decode_line(line: &str) -> Result<(Message, Marks), serde_json::Error> {
     let l: DriverLine = serde_json::from_str(line)?;
-    Ok(Message::for_parent(l.parent, l.msg_type, l.date, l.content))
+    let msg = Message::for_parent(l.parent, l.msg_type, l.date, l.content);
+    Ok((msg, l.marks))
 }
 
 /// Routes the driver's messages, and what lands on its stdout and stderr, until the protocol
 /// pipe closes.
 ///
-/// Across the pipes, order is known one way only: whatever reached stdout or stderr before
-/// the driver wrote a protocol line is in those pipes once the line is read, as the driver
-/// writes synchronously and a child run synchronously is done writing when the driver goes
-/// on. So the pipes are read dry before each line is routed, which keeps a child's output
-/// ahead of the reply and of what the cell prints after it.
+/// Before a message is routed, each stream is read up to the mark the message names, which
+/// the driver wrote before the message: it is in the pipe, or on its way with the bytes
+/// ahead of it, so this waits for nothing else. Between messages, the streams are read as
+/// their bytes come, up to the next mark, where a stream waits for its message.
 async fn read_loop(
     kernel: String,
     protocol: pipe::Receiver,
@@ -146,29 +178,48 @@ async fn read_loop(
     let mut lines = BufReader::new(protocol).lines();
     loop {
         tokio::select! {
-            text = stdout.read(), if stdout.open => router.output(stdout.name, text),
-            text = stderr.read(), if stderr.open => router.output(stderr.name, text),
+            () = stdout.fill(), if stdout.reading() => stdout.route_text(&mut router),
+            () = stderr.fill(), if stderr.reading() => stderr.route_text(&mut router),
             line = lines.next_line() => {
-                for capture in [&mut stdout, &mut stderr] {
-                    let text = capture.drain();
-                    router.output(capture.name, text);
-                }
-                match line {
-                    Ok(Some(line)) => router.protocol_line(&line),
-                    // The driver is gone; its last words (a crash report on stderr) were
-                    // just read into the stderr tail.
-                    Ok(None) => return,
+                let line = match line {
+                    Ok(Some(line)) => line,
+                    // The driver is gone; its last words (a crash report on stderr) are in
+                    // the pipe, to be read into the stderr tail. What it left there is read
+                    // without waiting: a child may hold the pipe open.
+                    Ok(None) => {
+                        for capture in [&mut stdout, &mut stderr] {
+                            capture.drain(&mut router);
+                        }
+                        return;
+                    }
                     Err(e) => {
                         tracing::debug!(%kernel, error = %e, "driver protocol pipe failed");
                         return;
                     }
+                };
+                let decoded = decode_line(&line);
+                if let Ok((_, marks)) = &decoded {
+                    for capture in [&mut stdout, &mut stderr] {
+                        if let Some(mark) = marks.of(capture.name) {
+                            capture.route_until(mark, &mut router).await;
+                        }
+                    }
                 }
+                router.protocol_line(&line, decoded.map(|(msg, _)| msg));
             }
         }
     }
 }
 
-/// The driver's stdout or stderr, whose bytes are stream output.
+/// A piece of what the driver's stdout or stderr holds.
+#[derive(Debug, PartialEq)]
+enum Piece {
+    Text(String),
+    /// A mark that a protocol message names.
+    Mark(u64),
+}
+
+/// The driver's stdout or stderr: stream output, and the driver's marks in it.
 struct Capture {
     name: &'static str,
     pipe: pipe::Receiver,
@@ -177,64 +228,177 @@ struct Capture {
     ///
     /// [`drain`]: Capture::drain
     now: std::fs::File,
+    /// `\x1e<mark id>:`, how every mark starts.
+    mark: Vec<u8>,
     open: bool,
     buf: Vec<u8>,
-    /// The start of a UTF-8 character that the last read cut.
-    partial: Vec<u8>,
+    /// Bytes read and not yet routed.
+    pending: Vec<u8>,
+    /// A mark read whose message has not been routed yet: until it is, the bytes after it
+    /// stay in the pipe.
+    held: Option<u64>,
 }
 
 impl Capture {
-    fn new(name: &'static str, pipe: pipe::Receiver) -> std::io::Result<Capture> {
+    fn new(name: &'static str, pipe: pipe::Receiver, mark_id: &str) -> std::io::Result<Capture> {
         let now = std::fs::File::from(pipe.as_fd().try_clone_to_owned()?);
+        let mut mark = vec![MARK_START];
+        mark.extend_from_slice(mark_id.as_bytes());
+        mark.push(b':');
         Ok(Capture {
             name,
             pipe,
             now,
+            mark,
             open: true,
-            buf: vec![0; 64 * 1024],
-            partial: Vec::new(),
+            buf: vec![0; READ_SIZE],
+            pending: Vec::new(),
+            held: None,
         })
     }
 
-    /// The text of the next bytes, once there are some.
-    async fn read(&mut self) -> String {
-        let read = self.pipe.read(&mut self.buf).await;
-        self.text(read)
+    /// Whether bytes are read as they come: not past a mark whose message is still ahead.
+    fn reading(&self) -> bool {
+        self.open && self.held.is_none()
     }
 
-    /// The text of what the pipe holds now, without waiting. At most [`DRAIN_LIMIT`] bytes,
-    /// all the pipe held before, so a child that writes without pause cannot hold the
-    /// protocol up.
-    fn drain(&mut self) -> String {
-        let mut text = String::new();
-        while self.open && text.len() < DRAIN_LIMIT {
-            let read = (&self.now).read(&mut self.buf);
-            if matches!(&read, Err(e) if e.kind() == std::io::ErrorKind::WouldBlock) {
+    /// Reads the next bytes, once there are some. Cancel-safe: nothing is read but in the
+    /// one await.
+    async fn fill(&mut self) {
+        let read = self.pipe.read(&mut self.buf).await;
+        self.keep(read);
+    }
+
+    fn keep(&mut self, read: std::io::Result<usize>) {
+        match read {
+            Ok(n) if n > 0 => self.pending.extend_from_slice(&self.buf[..n]),
+            // The end of the pipe, or a failure, taken as one.
+            _ => self.open = false,
+        }
+    }
+
+    /// Routes the text read, up to the first mark, which it then holds.
+    fn route_text(&mut self, router: &mut Router) {
+        while let Some(piece) = self.next_piece() {
+            match piece {
+                Piece::Text(text) => router.output(self.name, text),
+                Piece::Mark(n) => {
+                    self.held = Some(n);
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Routes the text before mark `n`, reading until it is there. An older mark (its
+    /// message was unreadable) is passed over; a newer one means `n` will not come, as at
+    /// the end of the pipe.
+    async fn route_until(&mut self, n: u64, router: &mut Router) {
+        loop {
+            match self.held {
+                Some(held) if held > n => return,
+                Some(held) => {
+                    self.held = None;
+                    if held == n {
+                        return;
+                    }
+                }
+                None if self.pending.is_empty() && !self.open => return,
+                None => {}
+            }
+            self.route_text(router);
+            if self.held.is_none() {
+                if !self.open {
+                    return;
+                }
+                self.fill().await;
+            }
+        }
+    }
+
+    /// Routes what the pipe holds now, without waiting: at most [`DRAIN_LIMIT`] bytes more,
+    /// so a child that writes without pause cannot hold the reader up. Marks are passed
+    /// over: no message follows them any more.
+    fn drain(&mut self, router: &mut Router) {
+        let mut read = 0;
+        loop {
+            while let Some(piece) = self.next_piece() {
+                if let Piece::Text(text) = piece {
+                    router.output(self.name, text);
+                }
+            }
+            if !self.open || read >= DRAIN_LIMIT {
                 break;
             }
-            text.push_str(&self.text(read));
+            let got = (&self.now).read(&mut self.buf);
+            if matches!(&got, Err(e) if e.kind() == std::io::ErrorKind::WouldBlock) {
+                break;
+            }
+            read += got.as_ref().map_or(0, |n| *n);
+            self.keep(got);
         }
-        text
+        self.held = None;
     }
 
-    /// The text of one read's bytes, without a character cut at their end; at the end of the
-    /// pipe (or a failure, taken as one), everything that is left.
-    fn text(&mut self, read: std::io::Result<usize>) -> String {
-        let n = match read {
-            Ok(n) if n > 0 => n,
-            _ => {
-                self.open = false;
-                0
+    /// The next piece of the bytes read, if a whole one is there: text up to a mark, the
+    /// end of a read or a character cut by it; or a numbered mark. The marks that only end
+    /// one of the driver's writes are passed over.
+    fn next_piece(&mut self) -> Option<Piece> {
+        loop {
+            let start = self.mark_start();
+            if start > 0 {
+                let text = self.take_text(start);
+                return (!text.is_empty()).then_some(Piece::Text(text));
             }
+            if self.pending.is_empty() {
+                return None;
+            }
+            // A mark, if its end was read; at the end of the pipe, a cut one is text.
+            let rest = &self.pending[self.mark.len().min(self.pending.len())..];
+            let Some(end) = rest.iter().position(|&b| b == b'\n') else {
+                let text = (!self.open).then(|| self.take_text(self.pending.len()));
+                return text.map(Piece::Text);
+            };
+            let number = std::str::from_utf8(&rest[..end])
+                .ok()
+                .map(str::parse::<u64>);
+            self.pending.drain(..self.mark.len() + end + 1);
+            match number {
+                Some(Ok(n)) => return Some(Piece::Mark(n)),
+                // An empty number: the end of one of the driver's writes.
+                _ => continue,
+            }
+        }
+    }
+
+    /// Where the first mark starts in the bytes read: at 0 when they begin with a whole
+    /// one; at the end when there is none, but for a tail that may begin one (and is read
+    /// on when the pipe is still open).
+    fn mark_start(&self) -> usize {
+        let p = &self.pending;
+        let mut from = 0;
+        while let Some(i) = p[from..].iter().position(|&b| b == MARK_START) {
+            let at = from + i;
+            let n = self.mark.len().min(p.len() - at);
+            if p[at..at + n] == self.mark[..n] && (n == self.mark.len() || self.open) {
+                return at;
+            }
+            from = at + 1;
+        }
+        p.len()
+    }
+
+    /// The text of the first `n` bytes read, without a character cut at their end while
+    /// the rest may still come.
+    fn take_text(&mut self, n: usize) -> String {
+        let whole = match std::str::from_utf8(&self.pending[..n]) {
+            Err(e) if self.open && n == self.pending.len() && e.error_len().is_none() => {
+                e.valid_up_to()
+            }
+            _ => n,
         };
-        self.partial.extend_from_slice(&self.buf[..n]);
-        let whole = match std::str::from_utf8(&self.partial) {
-            Err(e) if self.open && e.error_len().is_none() => e.valid_up_to(),
-            _ => self.partial.len(),
-        };
-        let cut = self.partial.split_off(whole);
-        let text = String::from_utf8_lossy(&self.partial).into_owned();
-        self.partial = cut;
+        let text = String::from_utf8_lossy(&self.pending[..whole]).into_owned();
+        self.pending.drain(..whole);
         text
     }
 }
@@ -285,8 +449,9 @@ impl Router {
         }
     }
 
-    fn protocol_line(&mut self, line: &str) {
-        let msg = match decode_line(line) {
+    /// Routes the message of a protocol line, as decoded.
+    fn protocol_line(&mut self, line: &str, decoded: Result<Message, serde_json::Error>) {
+        let msg = match decoded {
             Ok(msg) => msg,
             Err(e) => {
                 // Only the driver writes here (children do not inherit fd 3), unless the
@@ -342,8 +507,14 @@ fn lost_reply(parent: &str) -> Message {
     )
 }
 
-/// The argv of the driver for `spec`'s language.
-fn command_line(spec: &KernelSpec, node: &Path, script: &Path, path: &str) -> Vec<String> {
+/// The argv of the driver for `spec`'s language, marking its streams with `mark_id`.
+fn command_line(
+    spec: &KernelSpec,
+    node: &Path,
+    script: &Path,
+    mark_id: &str,
+    path: &str,
+) -> Vec<String> {
     let language = match spec.language {
         Language::TypeScript => "typescript",
         _ => "javascript",
@@ -352,6 +523,7 @@ fn command_line(spec: &KernelSpec, node: &Path, script: &Path, path: &str) -> Ve
         node.to_string_lossy().into_owned(),
         script.to_string_lossy().into_owned(),
         language.to_string(),
+        mark_id.to_string(),
     ];
     if let Some(dir) = compiler_hint(spec, path) {
         argv.push(dir.to_string_lossy().into_owned());
@@ -383,7 +555,8 @@ impl Kernel {
                 source: std::io::Error::new(std::io::ErrorKind::NotFound, "node is not on PATH"),
             })?;
         let script = ScriptFile::write(opts.runtime_dir)?;
-        let argv = command_line(spec, &node, &script.path, opts.path);
+        let mark_id = uuid::Uuid::new_v4().simple().to_string();
+        let argv = command_line(spec, &node, &script.path, &mark_id, opts.path);
         let mut env = opts.env.clone();
         env.extend(spec.env.clone());
         let spawn_err = |source| KernelError::Spawn {
@@ -401,8 +574,8 @@ impl Kernel {
             stderr,
         } = pipes;
         let captures = [
-            Capture::new("stdout", stdout).map_err(spawn_err)?,
-            Capture::new("stderr", stderr).map_err(spawn_err)?,
+            Capture::new("stdout", stdout, &mark_id).map_err(spawn_err)?,
+            Capture::new("stderr", stderr, &mark_id).map_err(spawn_err)?,
         ];
 
         let routes = Routes::default();
@@ -456,14 +629,21 @@ mod tests {
 
     #[test]
     fn driver_lines_decode_to_routed_messages() {
-        let msg = decode_line(
-            r#"{"parent":"id1","msg_type":"stream","date":"2024-01-01T00:00:00.000Z","content":{"name":"stdout","text":"hi\n"}}"#,
+        let (msg, marks) = decode_line(
+            r#"{"parent":"id1","msg_type":"display_data","date":"2024-01-01T00:00:00.000Z","content":{"data":{}},"marks":{"stdout":7}}"#,
         )
         .expect("decodes");
         assert_eq!(msg.parent_msg_id.as_deref(), Some("id1"));
-        assert_eq!(msg.header.msg_type, "stream");
+        assert_eq!(msg.header.msg_type, "display_data");
         assert_eq!(msg.header.date, "2024-01-01T00:00:00.000Z");
-        assert_eq!(msg.content, json!({"name":"stdout","text":"hi\n"}));
+        assert_eq!(msg.content, json!({"data": {}}));
+        assert_eq!(
+            marks,
+            Marks {
+                stdout: Some(7),
+                stderr: None
+            }
+        );
         assert!(decode_line("plain output of a child process").is_err());
         assert!(
             decode_line(r#"{"msg_type":"stream"}"#).is_err(),
@@ -577,7 +757,10 @@ mod tests {
 
     /// A child that inherits the driver's stdout and stderr writes into capture pipes, not
     /// into the protocol: before, its unterminated "done" glued onto the next protocol line,
-    /// the execute_reply was lost and the execution never ended.
+    /// the execute_reply was lost and the execution never ended. Its output comes in order
+    /// with the cell's own and within the cell: when console.log went through the protocol,
+    /// a loaded reader could take the child's bytes before or after the cell's lines, or give
+    /// them to the cell before (1 run in 6).
     #[tokio::test]
     async fn child_with_inherited_stdio_neither_hangs_nor_loses_output() {
         let dir = tempfile::tempdir().expect("tempdir");
@@ -607,14 +790,15 @@ mod tests {
                 .filter_map(|c| c["text"].as_str())
                 .collect()
         };
-        // What the cell prints comes in order. The child's bytes come on a pipe of
-        // their own: a loaded reader may take them before or after the cell's own
-        // lines, or even before the cell's start (then they go to the cell before), so
-        // only that the cell ends and keeps its own output is certain here.
-        let stdout = text("stdout");
-        let own: Vec<&str> = stdout.iter().copied().filter(|t| *t != "done").collect();
-        assert_eq!(own, ["before\n", "after\n"], "{stdout:?}");
-        assert_eq!(text("stderr"), ["oops"]);
+        // One pipe per stream carries the cell's own output and its child's in the order
+        // written, and the marks keep all of it inside the cell.
+        assert_eq!(text("stdout").concat(), "before\ndoneafter\n");
+        assert_eq!(text("stderr").concat(), "oops");
+        assert_eq!(
+            text("stdout")[0],
+            "before\n",
+            "each of the driver's writes is a message"
+        );
 
         // More than a pipe holds, cut anywhere, multi-byte characters included.
         let big = run(
@@ -638,27 +822,100 @@ mod tests {
         kernel.kill().await;
     }
 
-    #[tokio::test]
-    async fn captures_keep_characters_whole_and_drain_without_waiting() {
-        use std::io::Write;
+    /// A capture of a pipe whose marks have id `id`, and the pipe's write end.
+    fn capture() -> (Capture, std::fs::File) {
         let (tx, rx) = pipe::pipe().expect("pipe");
-        let mut capture = Capture::new("stdout", rx).expect("capture");
-        let mut tx = std::fs::File::from(tx.into_blocking_fd().expect("blocking"));
-        let bytes = "aé".as_bytes();
-        tx.write_all(&bytes[..2]).expect("write");
-        assert_eq!(capture.drain(), "a");
-        assert_eq!(capture.drain(), "", "nothing there, no waiting");
-        tx.write_all(&bytes[2..]).expect("write");
-        assert_eq!(capture.read().await, "é");
-        tx.write_all(&bytes[1..2]).expect("write");
+        let capture = Capture::new("stdout", rx, "id").expect("capture");
+        let tx = std::fs::File::from(tx.into_blocking_fd().expect("blocking"));
+        (capture, tx)
+    }
+
+    fn pieces(capture: &mut Capture) -> Vec<Piece> {
+        std::iter::from_fn(|| capture.next_piece()).collect()
+    }
+
+    fn text(t: &str) -> Piece {
+        Piece::Text(t.into())
+    }
+
+    #[tokio::test]
+    async fn captures_cut_text_at_marks_and_keep_characters_and_marks_whole() {
+        use std::io::Write;
+        let (mut capture, mut tx) = capture();
+        let mut send = async |bytes: &[u8], capture: &mut Capture| {
+            tx.write_all(bytes).expect("write");
+            capture.fill().await;
+            pieces(capture)
+        };
+        assert_eq!(send(b"a\xc3", &mut capture).await, [text("a")]);
+        assert_eq!(send(b"\xa9 \x1eid", &mut capture).await, [text("é ")]);
+        assert_eq!(
+            send(b":\nx\x1eid:3\ny\x1eother", &mut capture).await,
+            [text("x"), Piece::Mark(3), text("y\x1eother")],
+            "the end of a write passed over, a numbered mark, a byte that starts no mark"
+        );
+        assert_eq!(send(b"\x1eid:\n", &mut capture).await, []);
+
+        // At the end of the pipe, what was cut is text.
+        tx.write_all(b"z\xc3\x1eid:4").expect("write");
         drop(tx);
-        // Read to the end, waiting: a process another test forks may hold a copy of the
-        // write end for a moment, so the end need not be there at once.
-        let mut rest = String::new();
+        let mut rest = vec![];
         while capture.open {
-            rest.push_str(&capture.read().await);
+            capture.fill().await;
+            rest.extend(pieces(&mut capture));
         }
-        assert_eq!(rest, "\u{FFFD}", "a cut character at the end");
+        rest.extend(pieces(&mut capture));
+        let rest: Vec<&str> = rest
+            .iter()
+            .map(|p| match p {
+                Piece::Text(t) => t.as_str(),
+                Piece::Mark(_) => panic!("a mark in {rest:?}"),
+            })
+            .collect();
+        assert_eq!(rest.concat(), "z\u{FFFD}\x1eid:4");
+    }
+
+    #[tokio::test]
+    async fn a_capture_routes_up_to_the_mark_of_each_message() {
+        use std::io::Write;
+        let routes = Routes::default();
+        let mut replies = super::super::Replies::register(&routes, "r1".into());
+        let mut router = Router::new("js".into(), routes, StderrTail::default());
+        router.output = Some("r1".into());
+        let (mut capture, mut tx) = capture();
+        let mut routed = || -> Vec<String> {
+            replies
+                .drain()
+                .into_iter()
+                .filter_map(|m| m.content["text"].as_str().map(String::from))
+                .collect()
+        };
+
+        tx.write_all(b"a\x1eid:1\nb\x1eid:2\nc").expect("write");
+        capture.fill().await;
+        capture.route_text(&mut router);
+        assert_eq!(routed(), ["a"]);
+        assert_eq!(capture.held, Some(1));
+        assert!(
+            !capture.reading(),
+            "nothing after a mark before its message"
+        );
+
+        capture.route_until(2, &mut router).await;
+        assert_eq!(
+            routed(),
+            ["b"],
+            "an older mark (an unreadable message) passed over"
+        );
+        assert!(capture.reading());
+        tx.write_all(b"d\x1eid:5\n").expect("write");
+        capture.route_until(3, &mut router).await;
+        assert_eq!(routed(), ["c", "d"], "reads on for the mark");
+        assert_eq!(capture.held, Some(5), "a newer mark ends the wait");
+
+        // Nothing there: no waiting.
+        capture.drain(&mut router);
+        assert_eq!(routed(), Vec::<String>::new());
     }
 
     #[test]
@@ -669,12 +926,27 @@ mod tests {
         let line = |msg_type: &str, content: Value| {
             json!({"parent": "r1", "msg_type": msg_type, "content": content}).to_string()
         };
-        router.protocol_line(&line("status", json!({"execution_state": "busy"})));
+        let feed = |router: &mut Router, line: &str| {
+            router.protocol_line(line, decode_line(line).map(|(msg, _)| msg))
+        };
+        feed(
+            &mut router,
+            &line("status", json!({"execution_state": "busy"})),
+        );
         router.output("stdout", "not yet the cell's\n".into());
-        router.protocol_line(&line("execute_input", json!({"execution_count": 1})));
+        feed(
+            &mut router,
+            &line("execute_input", json!({"execution_count": 1})),
+        );
         router.output("stderr", "child\n".into());
-        router.protocol_line("garbled{\"parent\":\"r1\",\"msg_type\":\"execute_reply\"");
-        router.protocol_line(&line("status", json!({"execution_state": "idle"})));
+        feed(
+            &mut router,
+            "garbled{\"parent\":\"r1\",\"msg_type\":\"execute_reply\"",
+        );
+        feed(
+            &mut router,
+            &line("status", json!({"execution_state": "idle"})),
+        );
         let seen: Vec<(String, Value)> = replies
             .drain()
             .into_iter()

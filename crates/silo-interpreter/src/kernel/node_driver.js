@@ -1,13 +1,21 @@
 // silo's JavaScript/TypeScript kernel: one Node.js process per context, driven by
 // silo-interpreter with one JSON object per line (see node.rs): requests on stdin, messages
-// on fd 3. Stdout and stderr are the cells' own: the interpreter reads them as the running
-// cell's output, which is how a child process started with inherited stdio is heard.
+// on fd 3. Stdout and stderr are the cells' own: console.log, process.stdout.write and a
+// child process started with inherited stdio all write there, so each pipe carries a cell's
+// output in the order it was written, and the interpreter reads them as stream output.
 //
 // Requests:  {"msg_id", "msg_type": "kernel_info_request" | "execute_request", "content"}
-// Messages:  {"parent": msg_id, "msg_type", "date", "content"}, shaped like the Jupyter
-//            messages of the same name (status, execute_input, stream, execute_result,
+// Messages:  {"parent": msg_id, "msg_type", "date", "content", "marks"}, shaped like the
+//            Jupyter messages of the same name (status, execute_input, execute_result,
 //            display_data, error, execute_reply, kernel_info_reply), so the interpreter maps
 //            them exactly as it maps a Jupyter kernel's.
+// Marks:     `\x1e<mark id>:<n>\n`, written to stdout and stderr just before message n; its
+//            `marks` says on which of them ({"stdout": n, "stderr": n}). Whatever a stream
+//            holds before the mark came before the message, and after it, after: so the
+//            interpreter knows which cell the bytes belong to (the one announced by the last
+//            execute_input before them) and keeps them in order with results and the reply.
+//            `\x1e<mark id>:\n` (no number) ends each of this process's own writes, so that
+//            each console.log stays one stream message, as with a Jupyter kernel.
 //
 // Code runs in this process's own global scope (vm.runInThisContext), as ijavascript does:
 // one realm, so `instanceof` works across modules and every Node global is there. Before it
@@ -19,7 +27,8 @@
 //     the last expression statement; otherwise the script's completion value is the result.
 // Without a compiler, JavaScript runs unrewritten (no top-level await, `let` stays lexical).
 //
-// Usage: node node_driver.js <javascript|typescript> [directory to find the compiler from] 3>&1
+// Usage: node node_driver.js <javascript|typescript> <mark id> [directory to find the
+// compiler from] 3>&1
 'use strict';
 
 const fs = require('fs');
@@ -29,46 +38,104 @@ const util = require('util');
 const vm = require('vm');
 const { createRequire } = require('module');
 const { pathToFileURL } = require('url');
+const { Writable } = require('stream');
 
 const language = process.argv[2] === 'typescript' ? 'typescript' : 'javascript';
-const compilerHint = process.argv[3] || '';
+// Random, chosen by the interpreter: output does not hold it by chance.
+const MARK = `\x1e${process.argv[3]}:`;
+const compilerHint = process.argv[4] || '';
 
 // Node's children do not inherit it (libuv closes descriptors above 2 in them).
 const PROTOCOL_FD = 3;
 
-// Synchronous, so a message is out before the next statement of the cell runs, and output
-// a synchronous child wrote before it is already in the stdout and stderr pipes.
-function send(parent, msgType, content) {
-  const line = JSON.stringify({ parent, msg_type: msgType, date: new Date().toISOString(), content });
-  const bytes = Buffer.from(line + '\n');
+// Writes of at most this many bytes to a pipe are never split by another writer's.
+const PIPE_BUF = 4096;
+const pause = new Int32Array(new SharedArrayBuffer(4));
+
+// Synchronous, so the bytes are out before the next statement of the cell runs. A child
+// that inherited stdout may have made it non-blocking (a node child does): then a full pipe
+// answers EAGAIN, and the write waits for the interpreter to read.
+function writeAll(fd, bytes) {
   for (let at = 0; at < bytes.length;) {
-    at += fs.writeSync(PROTOCOL_FD, bytes, at);
+    try {
+      at += fs.writeSync(fd, bytes, at);
+    } catch (err) {
+      if (err.code !== 'EAGAIN') {
+        throw err;
+      }
+      Atomics.wait(pause, 0, 0, 1);
+    }
   }
 }
 
-// The request that output belongs to: the running cell, or the last one (output of timers
+// The streams the marks go to, until one fails (the user's code closed it): the
+// interpreter then stops waiting for marks there.
+const streams = [{ name: 'stdout', fd: 1, open: true }, { name: 'stderr', fd: 2, open: true }];
+let lastMark = 0;
+
+function mark() {
+  lastMark += 1;
+  const bytes = Buffer.from(`${MARK}${lastMark}\n`);
+  const marks = {};
+  for (const stream of streams.filter((s) => s.open)) {
+    try {
+      writeAll(stream.fd, bytes);
+      marks[stream.name] = lastMark;
+    } catch {
+      stream.open = false;
+    }
+  }
+  return marks;
+}
+
+// Output that a synchronous child wrote before a message is in the stdout and stderr pipes
+// before its mark.
+function send(parent, msgType, content) {
+  const marks = mark();
+  const line = JSON.stringify({ parent, msg_type: msgType, date: new Date().toISOString(), content, marks });
+  writeAll(PROTOCOL_FD, Buffer.from(line + '\n'));
+}
+
+// The request that results belong to: the running cell, or the last one (output of timers
 // that fire later; the interpreter drops it once that execution has ended). Silent requests
 // (the interpreter's own snippets) publish nothing. The interpreter follows the same rule
-// for bytes on stdout and stderr: a cell's once it sent execute_input, until the next
-// request starts.
+// for bytes on stdout and stderr, by the marks: a cell's once it sent execute_input, until
+// the next request starts.
 let outputParent = null;
 
-function capture(name) {
-  return function write(chunk, encoding, callback) {
-    const done = typeof encoding === 'function' ? encoding : callback;
-    const text = typeof chunk === 'string' ? chunk : Buffer.from(chunk).toString('utf8');
-    if (outputParent !== null && text.length > 0) {
-      send(outputParent, 'stream', { name, text });
-    }
-    if (typeof done === 'function') {
-      process.nextTick(done);
-    }
-    return true;
-  };
+// process.stdout and process.stderr write straight to fd 1 and 2, each write followed by an
+// end mark. Node's own streams would make the pipes non-blocking, for the children that
+// share them too.
+const writeEnd = Buffer.from(`${MARK}\n`);
+function outputStream(stream) {
+  const out = new Writable({
+    decodeStrings: true,
+    write(chunk, encoding, callback) {
+      if (stream.open) {
+        try {
+          if (chunk.length + writeEnd.length <= PIPE_BUF) {
+            writeAll(stream.fd, Buffer.concat([chunk, writeEnd]));
+          } else {
+            // Apart, so that no other writer's bytes can split the mark.
+            writeAll(stream.fd, chunk);
+            writeAll(stream.fd, writeEnd);
+          }
+        } catch {
+          stream.open = false;
+        }
+      }
+      callback();
+    },
+  });
+  return Object.assign(out, { fd: stream.fd, isTTY: false });
 }
-// console.log and console.error go through these: timestamped, in order with results.
-process.stdout.write = capture('stdout');
-process.stderr.write = capture('stderr');
+// Before anything reads process.stdout, which would make Node's own stream. console.log and
+// console.error go through these.
+for (const stream of streams) {
+  Object.defineProperty(process, stream.name, {
+    value: outputStream(stream), configurable: true, enumerable: true, writable: true,
+  });
+}
 
 const inspect = (value) => util.inspect(value, { colors: false, depth: 4, maxArrayLength: 200 });
 

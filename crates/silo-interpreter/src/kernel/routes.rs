@@ -5,23 +5,29 @@
 //! a consumer. A reader that stopped would hold up every message behind it, and the
 //! back-pressure would not end well: ZeroMQ's PUB socket drops messages at its high-water
 //! mark, a status `idle` among them, and an execution that misses it waits forever. So what
-//! a request's buffer bounds is stream output: once [`STREAM_BUDGET`] bytes of it wait for
-//! a consumer that lags (an /execute whose client reads slowly), further stream messages
-//! are dropped, and one marker line in their place says how many bytes went. Until the
-//! consumer reaches that marker, whatever else is dropped adds to it, so a slow client sees
-//! at most one marker per budget of output. Results, errors, replies and status messages
-//! are always kept: they are few, and they end the execution.
+//! a request's buffer bounds is output: once [`OUTPUT_BUDGET`] bytes of stream text and
+//! result data (`execute_result`, `display_data`: an image or an HTML table weighs more
+//! than any log) wait for a consumer that lags (an /execute whose client reads slowly),
+//! further output is dropped, and one marker line on stderr in its place says how much
+//! went. Until the consumer reaches that marker, whatever else is dropped adds to it, so a
+//! slow client sees at most one marker per budget of output. Errors, replies and status
+//! messages are always kept: they are few, and they end the execution.
+//!
+//! A message is let in while the budget is not yet used up, whatever its size, as stream
+//! text always was: the buffer then holds at most the budget plus the one message the
+//! reader already had in memory, and a large plot still reaches a client that keeps up.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
-use serde_json::json;
+use serde_json::{json, Value};
 use tokio::sync::mpsc;
 
 use super::messages::Message;
 
-/// The most stream text, in bytes, buffered for one request's consumer.
-const STREAM_BUDGET: usize = 4 << 20;
+/// The most output (stream text and result data), in bytes, buffered for one request's
+/// consumer.
+const OUTPUT_BUDGET: usize = 4 << 20;
 
 /// Where the messages of each request in flight go, by the request's msg_id.
 pub(super) type Routes = Arc<Mutex<HashMap<String, Route>>>;
@@ -33,26 +39,93 @@ pub(super) struct Route {
 }
 
 enum Item {
-    Message(Message),
-    /// Where dropped stream output was; how much is in the [`Budget`].
+    /// A message, and the bytes it holds of the budget.
+    Message(Box<Message>, usize),
+    /// Where dropped output was; how much is in the [`Budget`].
     Dropped,
 }
 
 #[derive(Default)]
 struct Budget {
-    /// Bytes of stream text buffered.
+    /// Bytes of output buffered.
     queued: usize,
-    /// Bytes dropped since the marker was buffered, until it is received.
-    dropped: Option<usize>,
+    /// What was dropped since the marker was buffered, until it is received.
+    dropped: Option<Dropped>,
+}
+
+/// Output dropped in place of one marker.
+#[derive(Debug, Default, Clone, Copy, PartialEq)]
+struct Dropped {
+    /// Bytes of stream text and result data.
+    bytes: usize,
+    /// Results (`execute_result`, `display_data`) among them.
+    results: usize,
+}
+
+impl Dropped {
+    fn add(&mut self, output: Output) {
+        self.bytes += output.bytes;
+        self.results += usize::from(output.is_result);
+    }
+
+    /// The marker's text, on stderr where a client shows it as it would a warning.
+    fn marker(self) -> String {
+        let results = match self.results {
+            0 => String::new(),
+            1 => " (1 result among them)".to_string(),
+            n => format!(" ({n} results among them)"),
+        };
+        format!(
+            "[output truncated: {} bytes dropped{results}, the client read too slowly]\n",
+            self.bytes
+        )
+    }
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().expect("kernel routing lock poisoned")
 }
 
-/// The bytes a message counts against the budget: the text of a stream message.
-fn stream_bytes(msg: &Message) -> Option<usize> {
-    (msg.header.msg_type == "stream").then(|| msg.content["text"].as_str().map_or(0, str::len))
+/// A message that counts against the budget.
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct Output {
+    bytes: usize,
+    is_result: bool,
+}
+
+/// What a message counts against the budget: the text of a stream message, the MIME bundle
+/// of a result; `None` for the messages that are always kept.
+fn output(msg: &Message) -> Option<Output> {
+    match msg.header.msg_type.as_str() {
+        "stream" => Some(Output {
+            bytes: msg.content["text"].as_str().map_or(0, str::len),
+            is_result: false,
+        }),
+        "execute_result" | "display_data" => Some(Output {
+            bytes: bundle_bytes(&msg.content["data"]),
+            is_result: true,
+        }),
+        _ => None,
+    }
+}
+
+/// The size of a MIME bundle: its text formats' lengths (base64 for images), and the JSON
+/// length of anything else.
+fn bundle_bytes(data: &Value) -> usize {
+    match data {
+        Value::Object(formats) => formats
+            .iter()
+            .map(|(mime, value)| {
+                mime.len()
+                    + match value {
+                        Value::String(text) => text.len(),
+                        other => other.to_string().len(),
+                    }
+            })
+            .sum(),
+        Value::Null => 0,
+        other => other.to_string().len(),
+    }
 }
 
 /// Hands `msg` to the request it answers, if anyone still waits for that one. Never waits.
@@ -66,19 +139,21 @@ pub(super) fn deliver(routes: &Routes, msg: Message) {
     };
     let mut guard = lock(&route.budget);
     let budget = &mut *guard;
-    let item = match (stream_bytes(&msg), &mut budget.dropped) {
-        (None, _) => Item::Message(msg),
-        (Some(n), Some(dropped)) => {
-            *dropped += n;
+    let item = match (output(&msg), &mut budget.dropped) {
+        (None, _) => Item::Message(Box::new(msg), 0),
+        (Some(out), Some(dropped)) => {
+            dropped.add(out);
             return;
         }
-        (Some(n), None) if budget.queued >= STREAM_BUDGET => {
-            budget.dropped = Some(n);
+        (Some(out), None) if budget.queued >= OUTPUT_BUDGET => {
+            let mut dropped = Dropped::default();
+            dropped.add(out);
+            budget.dropped = Some(dropped);
             Item::Dropped
         }
-        (Some(n), None) => {
-            budget.queued += n;
-            Item::Message(msg)
+        (Some(out), None) => {
+            budget.queued += out.bytes;
+            Item::Message(Box::new(msg), out.bytes)
         }
     };
     // A closed receiver just means the request was abandoned.
@@ -128,22 +203,17 @@ impl Replies {
     fn received(&self, item: Item) -> Message {
         let mut budget = lock(&self.budget);
         match item {
-            Item::Message(msg) => {
-                if let Some(n) = stream_bytes(&msg) {
-                    budget.queued -= n;
-                }
-                msg
+            Item::Message(msg, bytes) => {
+                budget.queued -= bytes;
+                *msg
             }
             Item::Dropped => {
-                let n = budget.dropped.take().unwrap_or_default();
+                let dropped = budget.dropped.take().unwrap_or_default();
                 Message::for_parent(
                     self.msg_id.clone(),
                     "stream".into(),
                     String::new(),
-                    json!({
-                        "name": "stderr",
-                        "text": format!("[output truncated: {n} bytes dropped, the client read too slowly]\n"),
-                    }),
+                    json!({"name": "stderr", "text": dropped.marker()}),
                 )
             }
         }
@@ -159,7 +229,6 @@ impl Drop for Replies {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use serde_json::Value;
 
     fn msg(msg_type: &str, content: Value) -> Message {
         Message::for_parent("r".into(), msg_type.into(), String::new(), content)
@@ -173,19 +242,16 @@ mod tests {
     fn stream_output_beyond_the_budget_is_dropped_for_one_marker_and_the_rest_kept() {
         let routes = Routes::default();
         let mut replies = Replies::register(&routes, "r".into());
-        let quarter = "x".repeat(STREAM_BUDGET / 4);
+        let quarter = "x".repeat(OUTPUT_BUDGET / 4);
         for _ in 0..4 {
             deliver(&routes, stream(&quarter));
         }
         deliver(&routes, stream("dropped"));
-        deliver(
-            &routes,
-            msg("execute_result", json!({"data": {"text/plain": "1"}})),
-        );
+        deliver(&routes, msg("error", json!({"ename": "E"})));
         deliver(&routes, stream("dropped too"));
         deliver(&routes, msg("execute_reply", json!({"status": "ok"})));
         deliver(&routes, msg("status", json!({"execution_state": "idle"})));
-        assert_eq!(lock(&replies.budget).queued, STREAM_BUDGET);
+        assert_eq!(lock(&replies.budget).queued, OUTPUT_BUDGET);
 
         let seen = replies.drain();
         let types: Vec<&str> = seen.iter().map(|m| m.header.msg_type.as_str()).collect();
@@ -197,7 +263,7 @@ mod tests {
                 "stream",
                 "stream",
                 "stream",
-                "execute_result",
+                "error",
                 "execute_reply",
                 "status"
             ]
@@ -213,6 +279,67 @@ mod tests {
         let again = replies.drain();
         assert_eq!(again.len(), 1);
         assert_eq!(again[0].content["text"], "again");
+    }
+
+    fn display(mime: &str, value: &str) -> Message {
+        msg(
+            "display_data",
+            json!({"data": {mime: value}, "metadata": {}}),
+        )
+    }
+
+    #[test]
+    fn results_count_against_the_budget_and_are_dropped_beyond_it() {
+        let routes = Routes::default();
+        let mut replies = Replies::register(&routes, "r".into());
+        // A client that reads nothing yet: two images fill the budget, the next result and
+        // the text after it go, the end of the execution stays.
+        let image = "i".repeat(OUTPUT_BUDGET / 2);
+        deliver(&routes, display("image/png", &image));
+        deliver(&routes, display("image/png", &image));
+        assert!(lock(&replies.budget).queued >= OUTPUT_BUDGET);
+        deliver(&routes, display("text/html", "<b>late</b>"));
+        deliver(
+            &routes,
+            msg("execute_result", json!({"data": {"text/plain": "7"}})),
+        );
+        deliver(&routes, stream("late text"));
+        deliver(&routes, msg("error", json!({"ename": "E"})));
+        deliver(&routes, msg("execute_reply", json!({"status": "ok"})));
+
+        let seen = replies.drain();
+        let types: Vec<&str> = seen.iter().map(|m| m.header.msg_type.as_str()).collect();
+        assert_eq!(
+            types,
+            [
+                "display_data",
+                "display_data",
+                "stream",
+                "error",
+                "execute_reply"
+            ]
+        );
+        let dropped = "text/html".len() + 11 + "text/plain".len() + 1 + "late text".len();
+        assert_eq!(
+            seen[2].content,
+            json!({"name": "stderr", "text": format!("[output truncated: {dropped} bytes dropped (2 results among them), the client read too slowly]\n")})
+        );
+        assert_eq!(lock(&replies.budget).queued, 0);
+
+        // Caught up: results flow again.
+        deliver(&routes, display("image/png", &image));
+        let again = replies.drain();
+        assert_eq!(again.len(), 1);
+        assert_eq!(again[0].content["data"]["image/png"], image.as_str());
+    }
+
+    #[test]
+    fn a_bundle_weighs_its_formats() {
+        assert_eq!(
+            bundle_bytes(&json!({"image/png": "abcd", "application/json": {"a": 1}})),
+            "image/png".len() + 4 + "application/json".len() + r#"{"a":1}"#.len()
+        );
+        assert_eq!(bundle_bytes(&Value::Null), 0);
     }
 
     #[test]
