@@ -160,13 +160,32 @@ impl Catalog {
         Ok(())
     }
 
-    /// Builds that were under way when the server stopped can never finish: fail them.
-    pub fn fail_unfinished_builds(&self, reason: &str) -> Result<usize> {
-        Ok(self.conn().execute(
-            "UPDATE template_builds SET status = 'error', finished_at = ?1, reason = ?2 \
-             WHERE status IN ('waiting', 'building')",
-            params![now_ms(), reason],
-        )?)
+    /// Builds that were under way when the server stopped can never finish: fail them
+    /// with `reason`, which also ends their logs (a client following a log reads it to
+    /// its end once the build ended). Their ids, in one transaction.
+    pub fn fail_unfinished_builds(&self, reason: &str) -> Result<Vec<String>> {
+        let mut conn = self.conn();
+        let tx = conn.transaction()?;
+        let ids = tx
+            .prepare("SELECT id FROM template_builds WHERE status IN ('waiting', 'building')")?
+            .query_map([], |row| row.get(0))?
+            .collect::<std::result::Result<Vec<String>, _>>()?;
+        let now = now_ms();
+        for id in &ids {
+            tx.execute(
+                "INSERT INTO template_build_logs (build_id, seq, at, level, message) \
+                 SELECT ?1, COALESCE(MAX(seq) + 1, 0), ?2, 'error', ?3 \
+                 FROM template_build_logs WHERE build_id = ?1",
+                params![id, now, reason],
+            )?;
+            tx.execute(
+                "UPDATE template_builds SET status = 'error', finished_at = ?2, reason = ?3 \
+                 WHERE id = ?1",
+                params![id, now, reason],
+            )?;
+        }
+        tx.commit()?;
+        Ok(ids)
     }
 
     /// Add lines to a build's log, in one transaction.
@@ -354,20 +373,50 @@ mod tests {
     #[test]
     fn unfinished_builds_fail_after_a_restart() {
         let catalog = Catalog::open_in_memory().unwrap();
-        catalog.insert_build("b1", "web").unwrap();
-        catalog.insert_build("b2", "web").unwrap();
+        for id in ["waiting", "building", "ready"] {
+            catalog.insert_build(id, "web").unwrap();
+        }
         catalog
-            .set_build_status("b2", BuildStatus::Ready, None, None)
+            .set_build_status("building", BuildStatus::Building, None, None)
             .unwrap();
-        assert_eq!(catalog.fail_unfinished_builds("restarted").unwrap(), 1);
+        catalog
+            .append_build_logs("building", &[BuildLogEntry::now("info", "step 1/2".into())])
+            .unwrap();
+        catalog
+            .set_build_status("ready", BuildStatus::Ready, None, None)
+            .unwrap();
+
+        let mut failed = catalog.fail_unfinished_builds("interrupted").unwrap();
+        failed.sort();
+        assert_eq!(failed, ["building", "waiting"]);
+        for id in ["waiting", "building"] {
+            let rec = catalog.build(id).unwrap().unwrap();
+            assert_eq!(rec.status, BuildStatus::Error);
+            assert_eq!(rec.reason.as_deref(), Some("interrupted"));
+            assert!(rec.finished_at_ms.is_some());
+        }
+        // The reason ends the log, after what the build wrote.
+        let log = |id| -> Vec<(String, String)> {
+            let entries = catalog.build_logs(id, 0, 100).unwrap();
+            entries.into_iter().map(|e| (e.level, e.message)).collect()
+        };
+        let line = |level: &str, message: &str| (level.to_owned(), message.to_owned());
         assert_eq!(
-            catalog.build("b1").unwrap().unwrap().status,
-            BuildStatus::Error
+            log("building"),
+            [line("info", "step 1/2"), line("error", "interrupted")]
         );
+        assert_eq!(log("waiting"), [line("error", "interrupted")]);
         assert_eq!(
-            catalog.build("b2").unwrap().unwrap().status,
+            catalog.build("ready").unwrap().unwrap().status,
             BuildStatus::Ready
         );
+        assert!(log("ready").is_empty());
+        // Once failed, they are not failed again.
+        assert!(catalog
+            .fail_unfinished_builds("interrupted")
+            .unwrap()
+            .is_empty());
+        assert_eq!(log("waiting").len(), 1);
     }
 
     #[test]

@@ -36,6 +36,9 @@ use crate::sandbox::{write_resources, Manager, SandboxError};
 pub const MAX_UPLOAD_BYTES: u64 = 4 << 30;
 /// Log entries per status answer, as E2B's API pages them.
 pub const LOG_PAGE: u64 = 100;
+/// Why a build the previous run left unfinished failed: nothing runs it any more (what
+/// it left on the host is removed at the start, `silo_templates::remove_dead_builds`).
+pub const INTERRUPTED: &str = "interrupted: the server stopped during the build; start it again";
 /// silo's own templates, built on the host by `silo template build -n
 /// base|code-interpreter` (setup does it), not through the API.
 pub const BUILT_IN: &[&str] = &["base", "code-interpreter", "code-interpreter-v1"];
@@ -102,7 +105,8 @@ pub struct Builder {
 
 impl Builder {
     /// The builder of the templates in `manager`'s template dir; builds that a previous
-    /// run left unfinished are failed, and their scratch space removed.
+    /// run left unfinished are failed, and their contexts removed (the rest of what they
+    /// left is `silo_templates::remove_dead_builds`' to remove).
     pub fn new(
         manager: Arc<Manager>,
         runsc: BuildRunsc,
@@ -110,12 +114,10 @@ impl Builder {
         insecure_registries: Vec<String>,
     ) -> Result<Arc<Builder>, TemplateError> {
         let dir = manager.templates().dir().to_owned();
-        let failed = manager
-            .catalog()
-            .fail_unfinished_builds("the server stopped during the build; start it again")?;
-        if failed > 0 {
+        let failed = manager.catalog().fail_unfinished_builds(INTERRUPTED)?;
+        if !failed.is_empty() {
             tracing::warn!(
-                failed,
+                builds = ?failed,
                 "builds left unfinished by the previous run were failed"
             );
         }

@@ -213,11 +213,33 @@ pub async fn prune_base(
 /// Whether `name` is a temp dir (`.tmp-<hash>-<pid>`, `.flatten-<pid>`) of a process
 /// still running.
 pub(crate) fn builder_alive(name: &str) -> bool {
-    name.starts_with('.')
-        && name
-            .rsplit_once('-')
-            .and_then(|(_, pid)| pid.parse::<u32>().ok())
-            .is_some_and(|pid| Path::new("/proc").join(pid.to_string()).exists())
+    name.starts_with('.') && builder_pid(name).is_some_and(process_exists)
+}
+
+/// Whether `name` is a temp dir (`.tmp-<hash>-<pid>`, `.flatten-<pid>`) of a process
+/// that is gone: no one will finish or remove it. Names of any other shape are no
+/// build's, so never dead builders'.
+pub(crate) fn builder_dead(name: &str) -> bool {
+    (name.starts_with(".tmp-") || name.starts_with(".flatten-"))
+        && builder_pid(name).is_some_and(|pid| !process_exists(pid))
+}
+
+fn builder_pid(name: &str) -> Option<u32> {
+    name.rsplit_once('-').and_then(|(_, pid)| pid.parse().ok())
+}
+
+/// Whether `pid` is a process that may still work: a zombie is not. A server killed
+/// below its reaper is one until the host's init reaps it, which may be late, and its
+/// successor starts at once.
+fn process_exists(pid: u32) -> bool {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return false;
+    };
+    // "pid (comm) state ...": comm may hold anything, the state follows its last ')'.
+    let state = stat
+        .rsplit_once(')')
+        .and_then(|(_, rest)| rest.trim_start().chars().next());
+    !matches!(state, Some('Z' | 'X'))
 }
 
 async fn debootstrap(
@@ -561,6 +583,28 @@ mod tests {
         assert!(builder_alive(&me));
         assert!(!builder_alive(".tmp-abc-4294967295"));
         assert!(!builder_alive("0123456789abcdef"));
+        assert!(!builder_dead(&me));
+        // A zombie builds nothing.
+        let mut child = std::process::Command::new("true").spawn().unwrap();
+        let zombie = format!(".tmp-abc-{}", child.id());
+        while !std::fs::read_to_string(format!("/proc/{}/stat", child.id()))
+            .unwrap()
+            .contains(") Z")
+        {
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        assert!(builder_dead(&zombie) && !builder_alive(&zombie));
+        child.wait().unwrap();
+        assert!(builder_dead(".tmp-abc-4294967295"));
+        assert!(builder_dead(".flatten-4294967295"));
+        for not_a_build in [
+            "0123456789abcdef",
+            ".uploads",
+            ".tmp-abc",
+            ".lock-4294967295",
+        ] {
+            assert!(!builder_dead(not_a_build), "{not_a_build}");
+        }
     }
 
     #[tokio::test]

@@ -30,7 +30,7 @@ pub mod steps;
 pub use base::{build_base, prune_base, BuildError, Progress, Stage, TemplatePath};
 pub use cache::newest_build;
 pub use dockerbuild::{
-    build_dockerfile, BuildRunsc, Built, DockerfileBuild, StartCommand, StepNet, StepNetwork,
-    TemplateConfig, Unpublished, TEMPLATE_CONFIG_FILE,
+    build_dockerfile, remove_dead_builds, BuildRunsc, Built, DockerfileBuild, Removed,
+    StartCommand, StepNet, StepNetwork, TemplateConfig, Unpublished, TEMPLATE_CONFIG_FILE,
 };
 pub use layer::{build_layer, Layer, CODE_INTERPRETER};

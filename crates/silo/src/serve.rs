@@ -75,6 +75,21 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
         silo_protocol::envd::ENVD_VERSION.to_owned(),
         data_dir.join("snapshots"),
     );
+    let build_runsc = silo_templates::BuildRunsc {
+        binary: args.runsc.clone(),
+        platform: args.platform.clone(),
+        root: args.dirs.template_dir().join(".runsc"),
+    };
+    // A template build killed with the previous run left its RUN step's container
+    // running, and overlays mounted in its temp dirs. The containers go before
+    // reconcile releases their steps' networks (it sees those as leaked sandboxes).
+    let removed = silo_templates::remove_dead_builds(&args.dirs.template_dir(), &build_runsc).await;
+    if !removed.is_empty() {
+        tracing::warn!(
+            ?removed,
+            "removed what builds the previous run cut short left"
+        );
+    }
     let report = manager
         .reconcile()
         .await
@@ -96,11 +111,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
     }));
     let builder = silo_node::builds::Builder::new(
         Arc::clone(&manager),
-        silo_templates::BuildRunsc {
-            binary: args.runsc.clone(),
-            platform: args.platform.clone(),
-            root: args.dirs.template_dir().join(".runsc"),
-        },
+        build_runsc,
         Arc::new(runtime.clone()),
         args.insecure_registries.clone(),
     )

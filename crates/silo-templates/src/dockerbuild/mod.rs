@@ -15,6 +15,7 @@
 //!   ([`crate::cache`]): a failed build registers nothing.
 
 mod context;
+mod leftovers;
 mod run;
 
 use std::collections::{BTreeMap, HashMap};
@@ -26,6 +27,7 @@ use tokio::process::Command;
 
 pub(crate) use context::hex;
 pub use context::Context;
+pub use leftovers::{remove_dead_builds, Removed};
 pub use run::{BuildRunsc, NetworkError, StepNet, StepNetwork, User, DOCKER_DEFAULT_CAPABILITIES};
 
 use crate::base::{BuildError, Progress, Stage, TemplatePath};
@@ -222,7 +224,10 @@ pub async fn build_dockerfile(
         args: HashMap::new(),
     };
     let layers_dir = build.templates_dir.join(".layers");
-    remove_dead_builders(&layers_dir).await;
+    let removed = remove_dead_builds(build.templates_dir, build.runsc).await;
+    if !removed.is_empty() {
+        tracing::info!(?removed, "removed what dead builds left");
+    }
     let mut key = hash_text(&format!("from {from} {}", parent.hash));
     // Layer diffs, lowest first, above the parent's rootfs.
     let mut chain: Vec<PathBuf> = Vec::new();
@@ -337,22 +342,6 @@ pub async fn build_dockerfile(
         return Err(e);
     }
     Ok(Built::Unpublished(Unpublished { work }))
-}
-
-/// Remove what builds that died mid-step left in `layers_dir` (temp layers, flatten
-/// scratch dirs, and any overlay still mounted in them).
-async fn remove_dead_builders(layers_dir: &Path) {
-    let Ok(entries) = std::fs::read_dir(layers_dir) else {
-        return;
-    };
-    for entry in entries.filter_map(Result::ok) {
-        let name = entry.file_name().to_string_lossy().into_owned();
-        if name.starts_with('.') && !crate::base::builder_alive(&name) {
-            if let Err(e) = cache::remove_build_dir(&entry.path()).await {
-                tracing::warn!(path = %entry.path().display(), error = %e, "removing a dead build's leftovers");
-            }
-        }
-    }
 }
 
 fn sorted(map: &HashMap<String, String>) -> BTreeMap<&String, &String> {

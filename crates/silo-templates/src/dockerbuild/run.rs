@@ -203,12 +203,27 @@ async fn run_in(
     cmd.args(run_args(runsc, spec));
     network.prepare(&mut cmd);
     let result = crate::layer::run(&mut cmd, "runsc", progress).await;
-    let _ = Command::new(&runsc.binary)
-        .arg(format!("--root={}", runsc.root.display()))
-        .args(["delete", "--force", spec.container_id])
-        .output()
-        .await;
+    // A container a failed delete leaves goes with the next build's
+    // `remove_dead_builds`: its bundle goes with the step's temp dir, marking it dead.
+    let _ = delete_container(runsc, spec.container_id).await;
     result
+}
+
+/// Delete a step's container, ending its sandbox if it still runs.
+pub(super) async fn delete_container(runsc: &BuildRunsc, id: &str) -> std::io::Result<()> {
+    let out = Command::new(&runsc.binary)
+        .arg(format!("--root={}", runsc.root.display()))
+        .args(["delete", "--force", id])
+        .output()
+        .await?;
+    if out.status.success() {
+        return Ok(());
+    }
+    Err(std::io::Error::other(format!(
+        "runsc delete {id}: {}: {}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr).trim()
+    )))
 }
 
 /// runsc's arguments for the step.

@@ -1,0 +1,135 @@
+"""A template build cut short by the server's death (SIGKILL, a crash, power loss) in
+the middle of a RUN step: at the next start the server ends the step's gVisor container,
+unmounts and removes its layer's temp dir, releases the step's netns, veth and firewall
+rules, and fails the build with a reason, so a client polling it stops waiting. The
+template then builds again."""
+
+import os
+import signal
+import subprocess
+import tempfile
+from pathlib import Path
+
+import pytest
+from e2b import Template
+from e2b.api.client.models import TemplateBuildStatus
+
+from silo_server import SiloServer, host_links, host_netns, wait_for
+
+pytestmark = pytest.mark.server_only
+
+MARKER = "the-step-is-running"
+
+
+@pytest.fixture
+def templates():
+    """A template dir of its own, holding the suite's `base` (linked)."""
+    root = Path(tempfile.mkdtemp(prefix="silo-build-interrupted-"))
+    templates = root / "templates"
+    templates.mkdir()
+    shared = Path(os.environ.get("SILO_TEST_TEMPLATE_DIR", "/var/lib/silo/templates"))
+    (templates / "base").symlink_to(shared / "base")
+    yield templates
+    subprocess.run(["rm", "-rf", str(root)], check=False)
+
+
+@pytest.fixture
+def server(templates, monkeypatch):
+    server = SiloServer(subnet="10.242.0.0/16")
+    server.template_dir = str(templates)
+    server.start()
+    server.use_env(monkeypatch)
+    yield server
+    if build_containers(templates):
+        # A test that failed with the build still running: a stopped server leaves the
+        # build for its next start to remove.
+        server.terminate(wait=30)
+        server.start()
+    server.stop()
+
+
+def build_containers(templates: Path) -> list:
+    out = subprocess.run(["runsc", "--root", str(templates / ".runsc"), "list", "-quiet"],
+                         capture_output=True, text=True).stdout
+    return out.split()
+
+
+def mounts_under(path: Path) -> list:
+    with open("/proc/self/mountinfo") as info:
+        points = [line.split(" ")[4] for line in info]
+    return [p for p in points if p.startswith(f"{path}/")]
+
+
+def step_leases(server) -> list:
+    """The holders of address leases: with no sandbox, each is a RUN step's network."""
+    root = server.data_dir / "node" / "addresses"
+    if not root.exists():
+        return []
+    return [p.read_text().strip() for p in root.iterdir() if not p.name.startswith(".")]
+
+
+def network_of(lease: str) -> dict:
+    """The host's netns and links named after a step's network id."""
+    return {
+        "netns": sorted(n for n in host_netns() if lease[1:12] in n),
+        "links": sorted(n for n in host_links() if lease[1:12] in n),
+    }
+
+
+def processes_with(text: str) -> list:
+    found = []
+    for entry in Path("/proc").iterdir():
+        try:
+            if entry.name.isdigit() and text in (entry / "cmdline").read_bytes().decode(errors="replace"):
+                found.append(int(entry.name))
+        except OSError:
+            pass
+    return found
+
+
+def test_a_build_killed_mid_step_is_failed_and_cleaned_at_the_next_start(templates, server):
+    template = Template().from_base_image().run_cmd(f"echo {MARKER} && sleep 3600")
+    info = Template.build_in_background(template, "e2e-interrupted")
+
+    def step_runs():
+        status = Template.get_build_status(info, logs_offset=0)
+        # Output lines are logged as "  | <line>".
+        return any(e.message.rstrip().endswith(f"| {MARKER}") for e in status.log_entries)
+
+    wait_for("output of the RUN step", step_runs, seconds=240)
+    [container] = build_containers(templates)
+    [lease] = step_leases(server)
+    network = network_of(lease)
+    assert network["netns"] and network["links"], network
+    assert server.firewall_chains()
+    assert mounts_under(templates)
+
+    server.proc.send_signal(signal.SIGKILL)
+    server.proc.wait(timeout=30)
+    # What the build held outlives the server: the step still runs.
+    assert build_containers(templates) == [container]
+    assert processes_with(container)
+
+    server.start()
+    status = Template.get_build_status(info, logs_offset=0)
+    assert status.status == TemplateBuildStatus.ERROR, status
+    assert status.reason.message == "interrupted: the server stopped during the build; start it again"
+    assert status.log_entries[-1].message == status.reason.message
+    # Nothing of it is left: its container and processes, mounts, network and rules.
+    assert build_containers(templates) == []
+    wait_for("the end of the step's runsc processes", lambda: not processes_with(container), seconds=60)
+    assert mounts_under(templates) == []
+    assert not [d for d in (templates / ".layers").iterdir() if d.name.startswith(".")]
+    assert step_leases(server) == []
+    assert network_of(lease) == {"netns": [], "links": []}
+    assert server.firewall_chains() == []
+
+    # The template builds again.
+    logs = []
+    rebuilt = Template.build(
+        Template().from_base_image().run_cmd("echo rebuilt > /home/user/rebuilt.txt"),
+        "e2e-interrupted",
+        on_build_logs=lambda entry: logs.append(entry.message),
+    )
+    assert Template.get_build_status(rebuilt, logs_offset=0).status == TemplateBuildStatus.READY, logs
+    assert build_containers(templates) == []
