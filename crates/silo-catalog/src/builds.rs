@@ -171,13 +171,13 @@ impl Catalog {
             .query_map([], |row| row.get(0))?
             .collect::<std::result::Result<Vec<String>, _>>()?;
         let now = now_ms();
+        let last_line = [BuildLogEntry {
+            at_ms: now,
+            level: "error".into(),
+            message: reason.to_owned(),
+        }];
         for id in &ids {
-            tx.execute(
-                "INSERT INTO template_build_logs (build_id, seq, at, level, message) \
-                 SELECT ?1, COALESCE(MAX(seq) + 1, 0), ?2, 'error', ?3 \
-                 FROM template_build_logs WHERE build_id = ?1",
-                params![id, now, reason],
-            )?;
+            insert_build_logs(&tx, id, &last_line)?;
             tx.execute(
                 "UPDATE template_builds SET status = 'error', finished_at = ?2, reason = ?3 \
                  WHERE id = ?1",
@@ -192,20 +192,7 @@ impl Catalog {
     pub fn append_build_logs(&self, id: &str, entries: &[BuildLogEntry]) -> Result<()> {
         let mut conn = self.conn();
         let tx = conn.transaction()?;
-        let next: i64 = tx.query_row(
-            "SELECT COALESCE(MAX(seq) + 1, 0) FROM template_build_logs WHERE build_id = ?1",
-            [id],
-            |row| row.get(0),
-        )?;
-        {
-            let mut insert = tx.prepare(
-                "INSERT INTO template_build_logs (build_id, seq, at, level, message) \
-                 VALUES (?1, ?2, ?3, ?4, ?5)",
-            )?;
-            for (seq, entry) in (next..).zip(entries) {
-                insert.execute(params![id, seq, entry.at_ms, entry.level, entry.message])?;
-            }
-        }
+        insert_build_logs(&tx, id, entries)?;
         tx.commit()?;
         Ok(())
     }
@@ -336,6 +323,27 @@ fn build_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<Result<BuildRecord>> {
             reason: format!("build status {status:?}"),
         }),
     })
+}
+
+/// Add lines to the end of build `id`'s log, numbered after its last, in `tx`.
+fn insert_build_logs(
+    tx: &rusqlite::Transaction<'_>,
+    id: &str,
+    entries: &[BuildLogEntry],
+) -> Result<()> {
+    let next: i64 = tx.query_row(
+        "SELECT COALESCE(MAX(seq) + 1, 0) FROM template_build_logs WHERE build_id = ?1",
+        [id],
+        |row| row.get(0),
+    )?;
+    let mut insert = tx.prepare(
+        "INSERT INTO template_build_logs (build_id, seq, at, level, message) \
+         VALUES (?1, ?2, ?3, ?4, ?5)",
+    )?;
+    for (seq, entry) in (next..).zip(entries) {
+        insert.execute(params![id, seq, entry.at_ms, entry.level, entry.message])?;
+    }
+    Ok(())
 }
 
 #[cfg(test)]
