@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use silo_catalog::{now_ms, Catalog, NetworkRules, SandboxRecord, SandboxState};
+use silo_catalog::{Catalog, SandboxRecord, SandboxState};
 use silo_node::network::{Cidr, EgressPolicy};
 use silo_node::sandbox::{Manager, SandboxDefaults, Templates};
 use silo_node::{usage::Usage, Paused, Runtime, RuntimeError, SandboxSpec, Started};
@@ -78,32 +78,9 @@ impl TestApp {
 
 /// A sandbox row in `state` at `address`, public and not secure, living a minute more.
 pub fn record(state: SandboxState, address: Option<&str>) -> SandboxRecord {
-    let now = now_ms();
     SandboxRecord {
-        id: SandboxId::generate(),
-        template_id: "base".into(),
-        state,
-        started_at_ms: now,
-        end_at_ms: now + 60_000,
-        metadata: Default::default(),
-        env_vars: Default::default(),
-        envd_access_token: None,
-        envd_version: "0.0.0-test".into(),
-        cpu_count: 1,
-        memory_mb: 256,
-        disk_size_mb: 512,
         address: address.map(str::to_owned),
-        auto_pause: true,
-        auto_resume: false,
-        network: NetworkRules {
-            internet: true,
-            allow_out: Vec::new(),
-            deny_out: Vec::new(),
-            allow_domains: Vec::new(),
-            dns_servers: None,
-        },
-        traffic_access_token: None,
-        rootfs: None,
+        ..silo_catalog::testing::record(state)
     }
 }
 

@@ -12,6 +12,8 @@ mod logs;
 mod metrics;
 mod snapshots;
 pub mod state;
+#[cfg(any(test, feature = "testing"))]
+pub mod testing;
 
 use std::collections::BTreeMap;
 use std::path::Path;

@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use silo_catalog::{now_ms, Catalog, NetworkRules, SandboxRecord, SandboxState};
+use silo_catalog::{Catalog, SandboxRecord, SandboxState};
 use silo_protocol::ids::SandboxId;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -261,31 +261,9 @@ pub(super) fn running() -> (Arc<FakeRuntime>, Arc<Manager>, tempfile::TempDir, S
 /// A sandbox row in `state`, ending `end_in_ms` from now, with no address (so nothing
 /// tries its agent) unless the test sets one.
 pub(super) fn record(state: SandboxState, end_in_ms: i64) -> SandboxRecord {
-    let now = now_ms();
+    let rec = silo_catalog::testing::record(state);
     SandboxRecord {
-        id: SandboxId::generate(),
-        template_id: "base".into(),
-        state,
-        started_at_ms: now,
-        end_at_ms: now + end_in_ms,
-        metadata: Default::default(),
-        env_vars: Default::default(),
-        envd_access_token: None,
-        envd_version: "0.0.0-test".into(),
-        cpu_count: 1,
-        memory_mb: 256,
-        disk_size_mb: 512,
-        address: None,
-        auto_pause: true,
-        auto_resume: false,
-        network: NetworkRules {
-            internet: true,
-            allow_out: Vec::new(),
-            deny_out: Vec::new(),
-            allow_domains: Vec::new(),
-            dns_servers: None,
-        },
-        traffic_access_token: None,
-        rootfs: None,
+        end_at_ms: rec.started_at_ms + end_in_ms,
+        ..rec
     }
 }
