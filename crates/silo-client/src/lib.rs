@@ -31,6 +31,8 @@ pub enum ClientError {
     Decode(#[source] reqwest::Error),
     #[error("command stream broke: {0}")]
     Stream(String),
+    #[error("cannot write what was downloaded: {0}")]
+    LocalWrite(#[source] std::io::Error),
     #[error("{what} is larger than {limit} bytes")]
     TooLarge { what: String, limit: usize },
 }
@@ -47,6 +49,21 @@ impl ClientError {
 }
 
 pub type Result<T, E = ClientError> = std::result::Result<T, E>;
+
+/// How [`Client::run_with`] runs a command; the default is [`Client::run`]'s: the
+/// sandbox's default user in its home, the sandbox's environment, no time limit.
+#[derive(Debug, Clone, Default)]
+pub struct RunOptions {
+    /// Variables added to the sandbox's environment.
+    pub envs: std::collections::BTreeMap<String, String>,
+    /// Working directory; relative to the user's home unless absolute.
+    pub cwd: Option<String>,
+    /// The user to run as (`root`, `user`, ...).
+    pub user: Option<String>,
+    /// envd kills the process once this has passed (its `connect-timeout-ms`, as the
+    /// SDK's `timeout`); the exit code is then -1.
+    pub limit: Option<std::time::Duration>,
+}
 
 /// Output of a command, as it arrives.
 #[derive(Debug, PartialEq, Eq)]
@@ -154,6 +171,12 @@ impl Client {
             .api(reqwest::Method::POST, &format!("/sandboxes/{id}/connect"))
             .json(&body);
         self.json(req).await
+    }
+
+    /// Pause a running sandbox; [`Client::connect`] resumes it.
+    pub async fn pause(&self, id: &SandboxId) -> Result<()> {
+        let req = self.api(reqwest::Method::POST, &format!("/sandboxes/{id}/pause"));
+        self.send(req).await.map(drop)
     }
 
     pub async fn kill(&self, id: &SandboxId) -> Result<()> {
@@ -287,23 +310,27 @@ impl Client {
         cmd: &str,
         on_output: impl FnMut(Output),
     ) -> Result<i32> {
-        self.run_for(sandbox, cmd, None, on_output).await
+        self.run_with(sandbox, cmd, &RunOptions::default(), on_output)
+            .await
     }
 
-    /// [`Client::run`], with the process killed by envd once `limit` has passed (its
-    /// `connect-timeout-ms`, as the SDK's `timeout`); `None` lets it run as long as it
-    /// takes.
-    pub async fn run_for(
+    /// [`Client::run`] with the environment, directory, user and time limit of `options`.
+    pub async fn run_with(
         &self,
         sandbox: &Sandbox,
         cmd: &str,
-        limit: Option<std::time::Duration>,
+        options: &RunOptions,
         mut on_output: impl FnMut(Output),
     ) -> Result<i32> {
-        let start = json!({
-            "process": { "cmd": "/bin/bash", "args": ["-l", "-c", cmd] },
-            "stdin": false,
-        });
+        let limit = options.limit;
+        let mut process = json!({ "cmd": "/bin/bash", "args": ["-l", "-c", cmd] });
+        if !options.envs.is_empty() {
+            process["envs"] = json!(options.envs);
+        }
+        if let Some(cwd) = &options.cwd {
+            process["cwd"] = json!(cwd);
+        }
+        let start = json!({ "process": process, "stdin": false });
         let mut req = self
             .sandbox_request(
                 reqwest::Method::POST,
@@ -314,6 +341,10 @@ impl Client {
             .header("content-type", connect::CONTENT_TYPE_STREAM)
             .header("connect-protocol-version", "1")
             .body(connect::encode_message(&start));
+        if let Some(user) = &options.user {
+            // envd's RPCs take the user as HTTP Basic auth with an empty password.
+            req = req.basic_auth(user, Some(""));
+        }
         if let Some(limit) = limit {
             req = req.header("connect-timeout-ms", limit.as_millis().to_string());
         }

@@ -15,7 +15,7 @@ use rmcp::{tool, tool_handler, tool_router, RoleServer, ServerHandler};
 use schemars::JsonSchema;
 use serde::Deserialize;
 use silo_client::code::Execution;
-use silo_client::{Client, ClientError, Output};
+use silo_client::{Client, ClientError, Output, RunOptions};
 use silo_protocol::rest::Sandbox;
 
 use crate::error::ToolError;
@@ -234,8 +234,12 @@ impl SiloMcp {
             let mut stdout = Capped::default();
             let mut stderr = Capped::default();
             let started = std::time::Instant::now();
+            let options = RunOptions {
+                limit,
+                ..RunOptions::default()
+            };
             let code = client
-                .run_for(&sandbox, &args.command, limit, |out| match out {
+                .run_with(&sandbox, &args.command, &options, |out| match out {
                     Output::Stdout(bytes) => stdout.push(&bytes),
                     Output::Stderr(bytes) => stderr.push(&bytes),
                 })

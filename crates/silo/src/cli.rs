@@ -237,12 +237,67 @@ pub enum SandboxCommand {
         resources: ResourceArgs,
     },
     /// Run a shell command in a sandbox; exits with the command's exit code.
+    ///
+    /// Output streams as it comes, stdout to stdout and stderr to stderr. A paused
+    /// sandbox is not resumed: `silo sandbox resume` it first.
+    #[command(
+        after_help = "Examples:\n  silo sandbox exec ID 'ls -la /tmp'\n  silo sandbox exec --user root --cwd /etc ID cat os-release\n  silo sandbox exec --env DEBUG=1 --timeout 30 ID python3 main.py"
+    )]
     Exec {
         /// Sandbox id.
         id: String,
-        /// The command, run with `bash -l -c`.
+        /// The command, run with `bash -l -c` (words are joined with spaces).
         #[arg(required = true, trailing_var_arg = true)]
         command: Vec<String>,
+        /// An environment variable as KEY=VALUE (repeatable), added to the sandbox's.
+        #[arg(long = "env", short = 'e', value_parser = parse_key_value)]
+        envs: Vec<(String, String)>,
+        /// Working directory [default: the user's home].
+        #[arg(long, short = 'w')]
+        cwd: Option<String>,
+        /// The user to run as, e.g. root [default: the template's user].
+        #[arg(long, short = 'u')]
+        user: Option<String>,
+        /// Kill the command after this many seconds; this then exits with 124, as
+        /// coreutils' `timeout` does (a command killed otherwise by a signal: 137).
+        #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+        timeout: Option<u64>,
+    },
+    /// Copy a file into or out of a sandbox, as `docker cp` does.
+    ///
+    /// One side is ID:PATH, a path in the sandbox (relative ones start at the user's
+    /// home); the other a local path, or - for stdin or stdout. Copying into a local
+    /// directory keeps the file's name. A download lands whole or not at all, and so
+    /// does an upload: a copy cut short leaves the old file. Parents are created in
+    /// the sandbox, not locally.
+    #[command(
+        after_help = "Examples:\n  silo sandbox cp main.py ID:/home/user/main.py\n  silo sandbox cp ID:/tmp/out.csv .\n  tar czf - src | silo sandbox cp - ID:/tmp/src.tgz"
+    )]
+    Cp {
+        /// What to copy: a local path, - (stdin) or ID:PATH.
+        source: String,
+        /// Where to: a local path, - (stdout) or ID:PATH.
+        destination: String,
+        /// The user the sandbox side is read or written as [default: the template's].
+        #[arg(long, short = 'u')]
+        user: Option<String>,
+    },
+    /// Pause sandboxes: their processes, files and memory are kept, they use no CPU and
+    /// no timeout ends them; `silo sandbox resume` goes on where they were.
+    Pause {
+        /// Sandbox ids.
+        #[arg(required = true)]
+        ids: Vec<String>,
+    },
+    /// Resume paused sandboxes (a running one is left running, its life extended to
+    /// --timeout if that is longer).
+    Resume {
+        /// Sandbox ids.
+        #[arg(required = true)]
+        ids: Vec<String>,
+        /// Seconds they live from now [default: the server's default timeout].
+        #[arg(long)]
+        timeout: Option<u64>,
     },
     /// Print a sandbox's log and timeline: lifecycle events (created, paused, resumed,
     /// killed, and why), processes started and their exit codes, and their output line

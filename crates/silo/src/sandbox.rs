@@ -1,12 +1,13 @@
 //! `silo sandbox ...`: a client of a running server, through silo-client.
 
 use std::io::Write;
+use std::path::Path;
 use std::process::ExitCode;
 
 use anyhow::Context;
-use silo_client::{Client, Output};
+use silo_client::{Client, Output, RunOptions};
 use silo_protocol::ids::SandboxId;
-use silo_protocol::rest::{LogLevel, NewSandbox, SandboxLogEntry};
+use silo_protocol::rest::{LogLevel, NewSandbox, Sandbox, SandboxLogEntry, SandboxState};
 
 use crate::cli::{SandboxArgs, SandboxCommand};
 
@@ -47,21 +48,24 @@ pub async fn run(args: SandboxArgs) -> anyhow::Result<ExitCode> {
                 .await?;
             println!("{}", sbx.sandbox_id);
         }
-        SandboxCommand::Exec { id, command } => {
-            let id = parse_id(&id)?;
-            let detail = client.get(&id).await?;
-            let sandbox = silo_protocol::rest::Sandbox {
-                template_id: detail.template_id,
-                sandbox_id: detail.sandbox_id,
-                client_id: detail.client_id,
-                envd_version: detail.envd_version,
-                alias: None,
-                envd_access_token: detail.envd_access_token,
-                traffic_access_token: None,
-                domain: None,
+        SandboxCommand::Exec {
+            id,
+            command,
+            envs,
+            cwd,
+            user,
+            timeout,
+        } => {
+            let sandbox = running(&client, &parse_id(&id)?).await?;
+            let options = RunOptions {
+                envs: envs.into_iter().collect(),
+                cwd,
+                user,
+                limit: timeout.map(std::time::Duration::from_secs),
             };
+            let started = std::time::Instant::now();
             let code = client
-                .run(&sandbox, &command.join(" "), |out| {
+                .run_with(&sandbox, &command.join(" "), &options, |out| {
                     // Output goes straight through; a closed stdout is not worth an error.
                     let _ = match out {
                         Output::Stdout(bytes) => std::io::stdout().write_all(&bytes),
@@ -69,7 +73,27 @@ pub async fn run(args: SandboxArgs) -> anyhow::Result<ExitCode> {
                     };
                 })
                 .await?;
-            return Ok(ExitCode::from(u8::try_from(code).unwrap_or(1)));
+            let timed_out = options
+                .limit
+                .is_some_and(|limit| started.elapsed() >= limit);
+            return Ok(ExitCode::from(exit_status(code, timed_out)));
+        }
+        SandboxCommand::Cp {
+            source,
+            destination,
+            user,
+        } => copy(&client, &source, &destination, user.as_deref()).await?,
+        SandboxCommand::Pause { ids } => {
+            for id in ids {
+                client.pause(&parse_id(&id)?).await?;
+                println!("{id}");
+            }
+        }
+        SandboxCommand::Resume { ids, timeout } => {
+            for id in ids {
+                client.connect(&parse_id(&id)?, timeout).await?;
+                println!("{id}");
+            }
         }
         SandboxCommand::Logs { id, follow } => logs(&client, &parse_id(&id)?, follow).await?,
         SandboxCommand::Kill { ids } => {
@@ -80,6 +104,151 @@ pub async fn run(args: SandboxArgs) -> anyhow::Result<ExitCode> {
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// What talking to sandbox `id` takes (its envd token), without resuming it if paused.
+async fn running(client: &Client, id: &SandboxId) -> anyhow::Result<Sandbox> {
+    let detail = client.get(id).await?;
+    if detail.state == SandboxState::Paused {
+        anyhow::bail!("sandbox {id} is paused: `silo sandbox resume {id}` first");
+    }
+    Ok(Sandbox {
+        template_id: detail.template_id,
+        sandbox_id: detail.sandbox_id,
+        client_id: detail.client_id,
+        envd_version: detail.envd_version,
+        alias: None,
+        envd_access_token: detail.envd_access_token,
+        traffic_access_token: None,
+        domain: None,
+    })
+}
+
+/// This process's exit status for a command that ended with `code` (-1: killed by a
+/// signal), as a shell gives it: 124 for one `timeout` killed, 128 + 9 for one killed
+/// otherwise (envd does not say which signal).
+fn exit_status(code: i32, timed_out: bool) -> u8 {
+    match u8::try_from(code) {
+        Ok(code) => code,
+        Err(_) if timed_out => 124,
+        Err(_) => 137,
+    }
+}
+
+/// One side of `silo sandbox cp`.
+#[derive(Debug, PartialEq, Eq)]
+enum Place<'a> {
+    Sandbox { id: SandboxId, path: &'a str },
+    Local(&'a Path),
+    Std,
+}
+
+impl<'a> Place<'a> {
+    /// `ID:PATH` names a path in a sandbox, `-` stdin or stdout, anything else a local
+    /// path (`./a:b` for a local file with a colon in its name).
+    fn parse(arg: &'a str) -> anyhow::Result<Place<'a>> {
+        if arg == "-" {
+            return Ok(Place::Std);
+        }
+        match arg.split_once(':') {
+            Some((id, path)) if !id.contains('/') => {
+                let id = parse_id(id)?;
+                anyhow::ensure!(
+                    !path.is_empty(),
+                    "{arg:?} names no path in the sandbox: write {id}:PATH"
+                );
+                Ok(Place::Sandbox { id, path })
+            }
+            _ => Ok(Place::Local(Path::new(arg))),
+        }
+    }
+}
+
+/// `silo sandbox cp`: one file into or out of a sandbox, streamed both ways.
+async fn copy(
+    client: &Client,
+    source: &str,
+    destination: &str,
+    user: Option<&str>,
+) -> anyhow::Result<()> {
+    match (Place::parse(source)?, Place::parse(destination)?) {
+        (Place::Sandbox { .. }, Place::Sandbox { .. }) => anyhow::bail!(
+            "both sides are in a sandbox: copy through a local file, or with `silo sandbox exec ID cp ...`"
+        ),
+        (Place::Sandbox { id, path }, to) => {
+            let sandbox = running(client, &id).await?;
+            match to {
+                Place::Local(local) => download(client, &sandbox, path, user, local).await?,
+                _ => {
+                    let mut stdout = tokio::io::stdout();
+                    client
+                        .download_file(&sandbox, path, user, &mut stdout)
+                        .await?;
+                }
+            }
+        }
+        (from, Place::Sandbox { id, path }) => {
+            let sandbox = running(client, &id).await?;
+            match from {
+                Place::Local(local) => {
+                    let file = tokio::fs::File::open(local)
+                        .await
+                        .with_context(|| format!("cannot read {}", local.display()))?;
+                    if file.metadata().await?.is_dir() {
+                        anyhow::bail!(
+                            "{} is a directory: cp copies one file (pack a directory: `tar czf - DIR | silo sandbox cp - ID:/tmp/dir.tgz`)",
+                            local.display()
+                        );
+                    }
+                    client.upload_file(&sandbox, path, user, file).await?
+                }
+                _ => {
+                    client
+                        .upload_file(&sandbox, path, user, tokio::io::stdin())
+                        .await?
+                }
+            };
+        }
+        _ => anyhow::bail!(
+            "neither side is in a sandbox: name one as ID:PATH (see `silo sandbox ls`)"
+        ),
+    }
+    Ok(())
+}
+
+/// Download `path` to `local` (into it, keeping the name, when it is a directory)
+/// through a temporary file beside it, renamed into place once complete: a failed copy
+/// leaves no partial file and the old one as it was.
+async fn download(
+    client: &Client,
+    sandbox: &Sandbox,
+    path: &str,
+    user: Option<&str>,
+    local: &Path,
+) -> anyhow::Result<()> {
+    let target = if local.is_dir() {
+        let name = Path::new(path)
+            .file_name()
+            .with_context(|| format!("{path:?} names no file to copy"))?;
+        local.join(name)
+    } else {
+        local.to_owned()
+    };
+    let dir = match target.parent() {
+        Some(dir) if !dir.as_os_str().is_empty() => dir,
+        _ => Path::new("."),
+    };
+    let partial = tempfile::Builder::new()
+        .prefix(".silo-cp-")
+        .tempfile_in(dir)
+        .with_context(|| format!("cannot write in {}", dir.display()))?;
+    let mut file = tokio::fs::File::from_std(partial.reopen()?);
+    client.download_file(sandbox, path, user, &mut file).await?;
+    file.sync_all().await?;
+    partial
+        .persist(&target)
+        .with_context(|| format!("cannot write {}", target.display()))?;
+    Ok(())
 }
 
 /// Entries the server sends per page unless asked otherwise.
@@ -149,4 +318,38 @@ fn timestamp_ms(rfc3339: &str) -> Option<i64> {
 fn parse_id(id: &str) -> anyhow::Result<SandboxId> {
     id.parse()
         .with_context(|| format!("{id:?} is not a sandbox id (see `silo sandbox ls`)"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cp_arguments_name_a_sandbox_path_stdio_or_a_local_path() {
+        let id = SandboxId::generate();
+        let remote = format!("{id}:/tmp/a:b");
+        assert_eq!(
+            Place::parse(&remote).unwrap(),
+            Place::Sandbox {
+                id: id.clone(),
+                path: "/tmp/a:b"
+            }
+        );
+        assert_eq!(Place::parse("-").unwrap(), Place::Std);
+        for local in ["out.csv", "./a:b", "/tmp/x:y", "dir/"] {
+            assert_eq!(Place::parse(local).unwrap(), Place::Local(Path::new(local)));
+        }
+        let no_path = Place::parse(&format!("{id}:")).unwrap_err().to_string();
+        assert!(no_path.contains("names no path"), "{no_path}");
+        let not_an_id = Place::parse("a:b").unwrap_err().to_string();
+        assert!(not_an_id.contains("is not a sandbox id"), "{not_an_id}");
+    }
+
+    #[test]
+    fn a_command_killed_by_a_signal_exits_as_under_a_shell() {
+        assert_eq!(exit_status(0, false), 0);
+        assert_eq!(exit_status(7, true), 7);
+        assert_eq!(exit_status(-1, true), 124);
+        assert_eq!(exit_status(-1, false), 137);
+    }
 }

@@ -102,6 +102,160 @@ impl Drop for Server {
     }
 }
 
+/// `silo sandbox ARGS` against `server`, with `stdin` as its input.
+fn cli(server: &Server, args: &[&str], stdin: &[u8]) -> std::process::Output {
+    use std::io::Write;
+    let mut child = Command::new(env!("CARGO_BIN_EXE_silo"))
+        .arg("sandbox")
+        .args(args)
+        .env("E2B_API_URL", &server.url)
+        .env("E2B_API_KEY", server.api_key())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("silo sandbox");
+    let mut input = child.stdin.take().expect("stdin");
+    input.write_all(stdin).expect("stdin written");
+    drop(input);
+    child.wait_with_output().expect("silo sandbox ran")
+}
+
+/// `silo sandbox exec` options, `cp` both ways (files, stdin and stdout, into a
+/// directory, a failure leaving nothing), `pause` and `resume`, on the running sandbox
+/// `id`.
+fn the_cli_copies_runs_pauses_and_resumes(server: &Server, id: &str) {
+    let ok = |out: std::process::Output| {
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        out.stdout
+    };
+    let ran = ok(cli(
+        server,
+        &[
+            "exec",
+            "--env",
+            "GREETING=hi there",
+            "--cwd",
+            "/etc",
+            "--user",
+            "root",
+            id,
+            "echo \"$GREETING\" $(pwd) $(whoami)",
+        ],
+        b"",
+    ));
+    assert_eq!(ran, b"hi there /etc root\n");
+    let timed_out = cli(server, &["exec", "--timeout", "1", id, "sleep 30"], b"");
+    assert_eq!(timed_out.status.code(), Some(124));
+    assert_eq!(
+        cli(server, &["exec", id, "exit 3"], b"").status.code(),
+        Some(3)
+    );
+
+    let local = tempfile::tempdir().expect("temp dir");
+    let data: Vec<u8> = (0..3u32 << 20).map(|i| (i % 251) as u8).collect();
+    let up = local.path().join("up.bin");
+    std::fs::write(&up, &data).expect("written");
+    let remote = format!("{id}:/tmp/cp/up.bin");
+    ok(cli(server, &["cp", up.to_str().unwrap(), &remote], b""));
+    ok(cli(
+        server,
+        &["cp", "-", &format!("{id}:piped.txt")],
+        b"from stdin",
+    ));
+    // Into a directory, keeping the name; and to stdout.
+    ok(cli(
+        server,
+        &["cp", &remote, local.path().join("down").to_str().unwrap()],
+        b"",
+    ));
+    assert_eq!(
+        std::fs::read(local.path().join("down")).expect("downloaded"),
+        data
+    );
+    let into_dir = local.path().join("dir");
+    std::fs::create_dir(&into_dir).expect("dir");
+    ok(cli(
+        server,
+        &["cp", &remote, into_dir.to_str().unwrap()],
+        b"",
+    ));
+    assert_eq!(
+        std::fs::read(into_dir.join("up.bin")).expect("downloaded"),
+        data
+    );
+    let piped = ok(cli(
+        server,
+        &["cp", &format!("{id}:/home/user/piped.txt"), "-"],
+        b"",
+    ));
+    assert_eq!(piped, b"from stdin");
+    // A file that is not there: an error, and no file, whole or partial.
+    let target = into_dir.join("missing");
+    let missing = cli(
+        server,
+        &[
+            "cp",
+            &format!("{id}:/tmp/missing"),
+            target.to_str().unwrap(),
+        ],
+        b"",
+    );
+    assert!(!missing.status.success());
+    assert!(
+        String::from_utf8_lossy(&missing.stderr).contains("404"),
+        "{}",
+        String::from_utf8_lossy(&missing.stderr)
+    );
+    let left: Vec<_> = std::fs::read_dir(&into_dir)
+        .expect("dir")
+        .flatten()
+        .map(|e| e.file_name())
+        .collect();
+    assert_eq!(left, ["up.bin"], "a failed copy left a file");
+    // Written as the user asked for: its owner.
+    ok(cli(
+        server,
+        &[
+            "cp",
+            "--user",
+            "root",
+            "-",
+            &format!("{id}:/tmp/cp/root.txt"),
+        ],
+        b"x",
+    ));
+    let owners = ok(cli(
+        server,
+        &["exec", id, "stat -c %U /tmp/cp/root.txt /tmp/cp/up.bin"],
+        b"",
+    ));
+    assert_eq!(owners, b"root\nuser\n");
+    let both = cli(server, &["cp", &remote, &remote], b"");
+    assert!(String::from_utf8_lossy(&both.stderr).contains("both sides are in a sandbox"));
+
+    ok(cli(server, &["pause", id], b""));
+    let paused = cli(server, &["exec", id, "true"], b"");
+    assert!(
+        String::from_utf8_lossy(&paused.stderr).contains("silo sandbox resume"),
+        "{}",
+        String::from_utf8_lossy(&paused.stderr)
+    );
+    ok(cli(server, &["resume", "--timeout", "60", id], b""));
+    assert_eq!(
+        ok(cli(
+            server,
+            &["exec", id, "cat /tmp/cp/up.bin | wc -c"],
+            b""
+        )),
+        b"3145728\n"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn create_run_and_kill_with_the_rust_client() {
     let Ok(template_dir) = std::env::var("SILO_TEST_TEMPLATE_DIR") else {
@@ -180,6 +334,8 @@ async fn create_run_and_kill_with_the_rust_client() {
         .await
         .expect_err("over the maximum");
     assert!(too_big.to_string().contains("cpuCount 4096"), "{too_big}");
+
+    the_cli_copies_runs_pauses_and_resumes(&server, sandbox.sandbox_id.as_str());
 
     client.kill(&sandbox.sandbox_id).await.expect("kill");
     let err = client.kill(&sandbox.sandbox_id).await.unwrap_err();
