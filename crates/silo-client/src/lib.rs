@@ -65,6 +65,13 @@ pub struct RunOptions {
     pub limit: Option<std::time::Duration>,
 }
 
+/// A terminal's size, in characters.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub struct TerminalSize {
+    pub cols: u16,
+    pub rows: u16,
+}
+
 /// Output of a command, as it arrives.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Output {
@@ -322,15 +329,121 @@ impl Client {
         options: &RunOptions,
         mut on_output: impl FnMut(Output),
     ) -> Result<i32> {
+        let start = json!({
+            "process": process(&["-l", "-c", cmd], options),
+            "stdin": false,
+        });
+        self.start_process(sandbox, start, options, |event| {
+            if let ProcessEvent::Output(out) = event {
+                on_output(out);
+            }
+        })
+        .await
+    }
+
+    /// Run an interactive login shell (`bash -i -l`) on a terminal of `size`, as the
+    /// SDK's `pty.create` does, with `TERM`, `LANG` and `LC_ALL` set as it sets them
+    /// unless `options` does. `on_start` gets its pid, for [`Client::send_terminal_input`]
+    /// and [`Client::resize_terminal`]; `on_output` what the terminal shows. Returns the
+    /// shell's exit code.
+    pub async fn terminal(
+        &self,
+        sandbox: &Sandbox,
+        options: &RunOptions,
+        size: TerminalSize,
+        on_start: impl FnOnce(u32),
+        mut on_output: impl FnMut(Vec<u8>),
+    ) -> Result<i32> {
+        let mut options = options.clone();
+        for (key, value) in [
+            ("TERM", "xterm-256color"),
+            ("LANG", "C.UTF-8"),
+            ("LC_ALL", "C.UTF-8"),
+        ] {
+            options
+                .envs
+                .entry(key.to_owned())
+                .or_insert_with(|| value.to_owned());
+        }
+        let start = json!({
+            "process": process(&["-i", "-l"], &options),
+            "pty": { "size": size },
+        });
+        let mut on_start = Some(on_start);
+        self.start_process(sandbox, start, &options, |event| match event {
+            ProcessEvent::Started(pid) => {
+                if let Some(on_start) = on_start.take() {
+                    on_start(pid);
+                }
+            }
+            ProcessEvent::Terminal(bytes) => on_output(bytes),
+            ProcessEvent::Output(_) => {}
+        })
+        .await
+    }
+
+    /// Type `input` into the terminal of process `pid`.
+    pub async fn send_terminal_input(
+        &self,
+        sandbox: &Sandbox,
+        pid: u32,
+        input: &[u8],
+    ) -> Result<()> {
+        let input = base64::engine::general_purpose::STANDARD.encode(input);
+        self.process_call(
+            sandbox,
+            "SendInput",
+            json!({ "process": { "pid": pid }, "input": { "pty": input } }),
+        )
+        .await
+    }
+
+    /// Tell the terminal of process `pid` its new size (the shell gets SIGWINCH).
+    pub async fn resize_terminal(
+        &self,
+        sandbox: &Sandbox,
+        pid: u32,
+        size: TerminalSize,
+    ) -> Result<()> {
+        self.process_call(
+            sandbox,
+            "Update",
+            json!({ "process": { "pid": pid }, "pty": { "size": size } }),
+        )
+        .await
+    }
+
+    /// A unary call of envd's `process.Process` service.
+    async fn process_call(
+        &self,
+        sandbox: &Sandbox,
+        method: &str,
+        request: serde_json::Value,
+    ) -> Result<()> {
+        let req = self
+            .sandbox_request(
+                reqwest::Method::POST,
+                sandbox,
+                silo_protocol::ports::ENVD,
+                &format!("/process.Process/{method}"),
+            )
+            .header("content-type", connect::CONTENT_TYPE_UNARY)
+            .header("connect-protocol-version", "1")
+            .json(&request);
+        self.send(req).await.map(drop)
+    }
+
+    /// Start a process with envd's `Start` request `start`, as `options.user` and
+    /// within `options.limit`, handing its events to `on_event` as they arrive; returns
+    /// its exit code (-1 if killed by a signal).
+    async fn start_process(
+        &self,
+        sandbox: &Sandbox,
+        start: serde_json::Value,
+        options: &RunOptions,
+        mut on_event: impl FnMut(ProcessEvent),
+    ) -> Result<i32> {
         let limit = options.limit;
-        let mut process = json!({ "cmd": "/bin/bash", "args": ["-l", "-c", cmd] });
-        if !options.envs.is_empty() {
-            process["envs"] = json!(options.envs);
-        }
-        if let Some(cwd) = &options.cwd {
-            process["cwd"] = json!(cwd);
-        }
-        let start = json!({ "process": process, "stdin": false });
         let mut req = self
             .sandbox_request(
                 reqwest::Method::POST,
@@ -352,16 +465,14 @@ impl Client {
         let mut body = resp.bytes_stream();
         let mut decoder = Decoder::default();
         let mut exit_code = None;
+        let stream_error = |err: &dyn std::fmt::Display| ClientError::Stream(err.to_string());
         while let Some(chunk) = body.next().await {
-            let chunk = chunk.map_err(|err| ClientError::Stream(err.to_string()))?;
+            let chunk = chunk.map_err(|err| stream_error(&err))?;
             decoder.push(&chunk);
-            while let Some(envelope) = decoder
-                .next_envelope()
-                .map_err(|err| ClientError::Stream(err.to_string()))?
-            {
+            while let Some(envelope) = decoder.next_envelope().map_err(|err| stream_error(&err))? {
                 if envelope.flag & FLAG_END_STREAM != 0 {
                     let end: EndStream = serde_json::from_slice(&envelope.payload)
-                        .map_err(|err| ClientError::Stream(err.to_string()))?;
+                        .map_err(|err| stream_error(&err))?;
                     if let Some(err) = end.error {
                         // envd ends a stream that outlives its connect-timeout-ms with
                         // deadline_exceeded, having killed the process at that limit: its
@@ -369,37 +480,65 @@ impl Client {
                         if limit.is_some() && err.code == connect::Code::DeadlineExceeded {
                             return Ok(-1);
                         }
-                        return Err(ClientError::Stream(err.to_string()));
+                        return Err(stream_error(&err));
                     }
                     return exit_code
                         .ok_or_else(|| ClientError::Stream("ended without an end event".into()));
                 }
-                let msg: serde_json::Value = serde_json::from_slice(&envelope.payload)
-                    .map_err(|err| ClientError::Stream(err.to_string()))?;
+                let msg: serde_json::Value =
+                    serde_json::from_slice(&envelope.payload).map_err(|err| stream_error(&err))?;
                 let event = &msg["event"];
                 if let Some(data) = event.get("data") {
+                    let decode = |b64: &str| {
+                        base64::engine::general_purpose::STANDARD
+                            .decode(b64)
+                            .map_err(|err| stream_error(&err))
+                    };
                     for (key, wrap) in [
-                        ("stdout", Output::Stdout as fn(Vec<u8>) -> Output),
-                        ("stderr", Output::Stderr),
+                        (
+                            "stdout",
+                            (|b| ProcessEvent::Output(Output::Stdout(b)))
+                                as fn(Vec<u8>) -> ProcessEvent,
+                        ),
+                        ("stderr", |b| ProcessEvent::Output(Output::Stderr(b))),
+                        ("pty", ProcessEvent::Terminal),
                     ] {
                         if let Some(b64) = data.get(key).and_then(|v| v.as_str()) {
-                            let bytes = base64::engine::general_purpose::STANDARD
-                                .decode(b64)
-                                .map_err(|err| ClientError::Stream(err.to_string()))?;
-                            on_output(wrap(bytes));
+                            on_event(wrap(decode(b64)?));
                         }
                     }
+                } else if let Some(pid) = event.pointer("/start/pid").and_then(|v| v.as_u64()) {
+                    let pid = u32::try_from(pid).map_err(|err| stream_error(&err))?;
+                    on_event(ProcessEvent::Started(pid));
                 } else if let Some(end) = event.get("end") {
                     exit_code =
                         Some(end.get("exitCode").and_then(|v| v.as_i64()).unwrap_or(0) as i32);
                 }
             }
         }
-        decoder
-            .finish()
-            .map_err(|err| ClientError::Stream(err.to_string()))?;
+        decoder.finish().map_err(|err| stream_error(&err))?;
         Err(ClientError::Stream("stream closed before its end".into()))
     }
+}
+
+/// A `Start` request's `process`: bash with `args`, and what `options` sets.
+fn process(args: &[&str], options: &RunOptions) -> serde_json::Value {
+    let mut process = json!({ "cmd": "/bin/bash", "args": args });
+    if !options.envs.is_empty() {
+        process["envs"] = json!(options.envs);
+    }
+    if let Some(cwd) = &options.cwd {
+        process["cwd"] = json!(cwd);
+    }
+    process
+}
+
+/// What a process started through envd reports, in order.
+enum ProcessEvent {
+    Started(u32),
+    Output(Output),
+    /// What its terminal shows.
+    Terminal(Vec<u8>),
 }
 
 /// The message of an error body: E2B's `{"code":404,"message":...}`, Connect's

@@ -249,19 +249,27 @@ pub enum SandboxCommand {
         /// The command, run with `bash -l -c` (words are joined with spaces).
         #[arg(required = true, trailing_var_arg = true)]
         command: Vec<String>,
-        /// An environment variable as KEY=VALUE (repeatable), added to the sandbox's.
-        #[arg(long = "env", short = 'e', value_parser = parse_key_value)]
-        envs: Vec<(String, String)>,
-        /// Working directory [default: the user's home].
-        #[arg(long, short = 'w')]
-        cwd: Option<String>,
-        /// The user to run as, e.g. root [default: the template's user].
-        #[arg(long, short = 'u')]
-        user: Option<String>,
+        #[command(flatten)]
+        process: ProcessArgs,
         /// Kill the command after this many seconds; this then exits with 124, as
         /// coreutils' `timeout` does (a command killed otherwise by a signal: 137).
         #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
         timeout: Option<u64>,
+    },
+    /// Open an interactive login shell in a sandbox on this terminal, as `docker exec
+    /// -it ID bash` does; exits with the shell's exit code.
+    ///
+    /// Keys go to the sandbox as typed (Ctrl-C interrupts what runs there), a resize of
+    /// this window resizes its terminal; `exit` or Ctrl-D ends it. With stdin not a
+    /// terminal (a pipe, a file), what it reads is typed in, then Ctrl-D.
+    #[command(
+        after_help = "Examples:\n  silo sandbox shell ID\n  silo sandbox shell --user root --cwd /var/log ID\n  printf 'cd /tmp\\nls\\nexit\\n' | silo sandbox shell ID"
+    )]
+    Shell {
+        /// Sandbox id.
+        id: String,
+        #[command(flatten)]
+        process: ProcessArgs,
     },
     /// Copy a file into or out of a sandbox, as `docker cp` does.
     ///
@@ -316,6 +324,32 @@ pub enum SandboxCommand {
         #[arg(required = true)]
         ids: Vec<String>,
     },
+}
+
+/// Who runs a process in a sandbox, where, with what environment.
+#[derive(Debug, Args)]
+pub struct ProcessArgs {
+    /// An environment variable as KEY=VALUE (repeatable), added to the sandbox's.
+    #[arg(long = "env", short = 'e', value_parser = parse_key_value)]
+    pub envs: Vec<(String, String)>,
+    /// Working directory [default: the user's home].
+    #[arg(long, short = 'w')]
+    pub cwd: Option<String>,
+    /// The user to run as, e.g. root [default: the template's user].
+    #[arg(long, short = 'u')]
+    pub user: Option<String>,
+}
+
+impl ProcessArgs {
+    /// These, with `limit`, as the client takes them.
+    pub fn options(self, limit: Option<std::time::Duration>) -> silo_client::RunOptions {
+        silo_client::RunOptions {
+            envs: self.envs.into_iter().collect(),
+            cwd: self.cwd,
+            user: self.user,
+            limit,
+        }
+    }
 }
 
 #[derive(Debug, Args)]

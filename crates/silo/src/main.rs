@@ -8,6 +8,7 @@ mod mcp;
 mod reaper;
 mod sandbox;
 mod serve;
+mod shell;
 mod template;
 
 use clap::Parser;

@@ -5,7 +5,7 @@ use std::path::Path;
 use std::process::ExitCode;
 
 use anyhow::Context;
-use silo_client::{Client, Output, RunOptions};
+use silo_client::{Client, Output};
 use silo_protocol::ids::SandboxId;
 use silo_protocol::rest::{LogLevel, NewSandbox, Sandbox, SandboxLogEntry, SandboxState};
 
@@ -51,18 +51,11 @@ pub async fn run(args: SandboxArgs) -> anyhow::Result<ExitCode> {
         SandboxCommand::Exec {
             id,
             command,
-            envs,
-            cwd,
-            user,
+            process,
             timeout,
         } => {
             let sandbox = running(&client, &parse_id(&id)?).await?;
-            let options = RunOptions {
-                envs: envs.into_iter().collect(),
-                cwd,
-                user,
-                limit: timeout.map(std::time::Duration::from_secs),
-            };
+            let options = process.options(timeout.map(std::time::Duration::from_secs));
             let started = std::time::Instant::now();
             let code = client
                 .run_with(&sandbox, &command.join(" "), &options, |out| {
@@ -77,6 +70,12 @@ pub async fn run(args: SandboxArgs) -> anyhow::Result<ExitCode> {
                 .limit
                 .is_some_and(|limit| started.elapsed() >= limit);
             return Ok(ExitCode::from(exit_status(code, timed_out)));
+        }
+        SandboxCommand::Shell { id, process } => {
+            let sandbox = running(&client, &parse_id(&id)?).await?;
+            let options = process.options(None);
+            let code = crate::shell::attach(&client, &sandbox, &options).await?;
+            return Ok(ExitCode::from(exit_status(code, false)));
         }
         SandboxCommand::Cp {
             source,

@@ -238,6 +238,42 @@ fn the_cli_copies_runs_pauses_and_resumes(server: &Server, id: &str) {
     let both = cli(server, &["cp", &remote, &remote], b"");
     assert!(String::from_utf8_lossy(&both.stderr).contains("both sides are in a sandbox"));
 
+    // A shell fed from a pipe: what it reads is typed in.
+    let shell = cli(
+        server,
+        &["shell", "--cwd", "/tmp", id],
+        b"echo $((6*7)) $PWD $TERM\nexit 5\n",
+    );
+    assert_eq!(shell.status.code(), Some(5));
+    let shown = String::from_utf8_lossy(&shell.stdout);
+    assert!(shown.contains("42 /tmp xterm-256color"), "{shown}");
+    // On a terminal (script(1) gives it one): raw mode, and the sandbox's terminal has
+    // this one's size.
+    let on_terminal = Command::new("script")
+        .args([
+            "-qec",
+            &format!(
+                "stty cols 100 rows 30; {} sandbox shell {id}",
+                env!("CARGO_BIN_EXE_silo")
+            ),
+            "/dev/null",
+        ])
+        .env("E2B_API_URL", &server.url)
+        .env("E2B_API_KEY", server.api_key())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .and_then(|mut child| {
+            use std::io::Write;
+            let mut stdin = child.stdin.take().expect("stdin");
+            stdin.write_all(b"echo size $(stty size)\nexit\n")?;
+            drop(stdin);
+            child.wait_with_output()
+        })
+        .expect("script");
+    let shown = String::from_utf8_lossy(&on_terminal.stdout);
+    assert!(shown.contains("size 30 100"), "{shown}");
+
     ok(cli(server, &["pause", id], b""));
     let paused = cli(server, &["exec", id, "true"], b"");
     assert!(
