@@ -12,7 +12,9 @@ use futures_util::StreamExt;
 use serde_json::json;
 use silo_protocol::connect::{self, Decoder, EndStream, FLAG_END_STREAM};
 use silo_protocol::ids::SandboxId;
-use silo_protocol::rest::{ListedSandbox, NewSandbox, Sandbox, SandboxDetail, SandboxLogsV2};
+use silo_protocol::rest::{
+    ListedSandbox, NewSandbox, Sandbox, SandboxDetail, SandboxLogsV2, SandboxState,
+};
 use silo_protocol::templates::{
     AliasInfo, BuildInfo, BuildRequest, BuildRequested, BuildStart, FileUpload, TemplateInfo,
 };
@@ -63,6 +65,40 @@ pub struct RunOptions {
     /// envd kills the process once this has passed (its `connect-timeout-ms`, as the
     /// SDK's `timeout`); the exit code is then -1.
     pub limit: Option<std::time::Duration>,
+}
+
+/// Which sandboxes [`Client::list_where`] lists; the default is E2B's: running and
+/// paused ones, of any template and metadata.
+#[derive(Debug, Clone, Default)]
+pub struct ListQuery {
+    /// Empty for running and paused; `Killed` adds those the server still remembers.
+    pub states: Vec<SandboxState>,
+    /// Those with all of these metadata entries.
+    pub metadata: std::collections::BTreeMap<String, String>,
+    /// A template's name or alias.
+    pub template: Option<String>,
+}
+
+impl ListQuery {
+    /// As `/v2/sandboxes` takes them: metadata as `k=v&k2=v2`, each part encoded
+    /// before the whole is (as the SDK does), states comma-separated.
+    fn params(&self) -> Vec<(&'static str, String)> {
+        let mut params = Vec::new();
+        if !self.metadata.is_empty() {
+            let encoded = form_urlencoded::Serializer::new(String::new())
+                .extend_pairs(&self.metadata)
+                .finish();
+            params.push(("metadata", encoded));
+        }
+        if !self.states.is_empty() {
+            let states: Vec<&str> = self.states.iter().map(|state| state.as_str()).collect();
+            params.push(("state", states.join(",")));
+        }
+        if let Some(template) = &self.template {
+            params.push(("template", template.clone()));
+        }
+        params
+    }
 }
 
 /// A terminal's size, in characters.
@@ -132,23 +168,31 @@ impl Client {
 
     /// Every running and paused sandbox: the server answers in pages, followed here.
     pub async fn list(&self) -> Result<Vec<ListedSandbox>> {
+        self.list_where(&ListQuery::default()).await
+    }
+
+    /// The sandboxes `query` picks, newest first, every page.
+    pub async fn list_where(&self, query: &ListQuery) -> Result<Vec<ListedSandbox>> {
+        let mut params = query.params();
         let mut all = Vec::new();
-        let mut next_token: Option<String> = None;
         loop {
-            let mut req = self.api(reqwest::Method::GET, "/v2/sandboxes");
-            if let Some(token) = &next_token {
-                req = req.query(&[("nextToken", token)]);
-            }
+            let req = self
+                .api(reqwest::Method::GET, "/v2/sandboxes")
+                .query(&params);
             let resp = self.send(req).await?;
-            next_token = resp
+            let next_token = resp
                 .headers()
                 .get("x-next-token")
                 .and_then(|token| token.to_str().ok())
                 .map(str::to_owned);
             let page: Vec<ListedSandbox> = resp.json().await.map_err(ClientError::Decode)?;
             all.extend(page);
-            if next_token.is_none() {
-                return Ok(all);
+            match next_token {
+                Some(token) => {
+                    params.retain(|(key, _)| *key != "nextToken");
+                    params.push(("nextToken", token));
+                }
+                None => return Ok(all),
             }
         }
     }
@@ -556,6 +600,34 @@ fn error_message(text: String) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn list_queries_encode_metadata_twice_as_the_sdk_does() {
+        let query = ListQuery {
+            states: vec![SandboxState::Running, SandboxState::Killed],
+            metadata: [("a b".into(), "x&y=z".into()), ("k".into(), "v".into())].into(),
+            template: Some("base".into()),
+        };
+        let url = reqwest::Client::new()
+            .get("http://silo.test/v2/sandboxes")
+            .query(&query.params())
+            .build()
+            .unwrap()
+            .url()
+            .clone();
+        assert_eq!(
+            url.query(),
+            Some("metadata=a%2Bb%3Dx%2526y%253Dz%26k%3Dv&state=running%2Ckilled&template=base")
+        );
+        for state in [
+            SandboxState::Running,
+            SandboxState::Paused,
+            SandboxState::Killed,
+        ] {
+            assert_eq!(serde_json::to_value(state).unwrap(), state.as_str());
+        }
+        assert!(ListQuery::default().params().is_empty());
+    }
 
     #[test]
     fn error_message_of_each_body_shape() {

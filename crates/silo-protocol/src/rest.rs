@@ -239,6 +239,17 @@ pub enum SandboxState {
     Killed,
 }
 
+impl SandboxState {
+    /// As on the wire.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SandboxState::Running => "running",
+            SandboxState::Paused => "paused",
+            SandboxState::Killed => "killed",
+        }
+    }
+}
+
 /// `GET /sandboxes/{id}`.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]

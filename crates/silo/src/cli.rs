@@ -220,8 +220,20 @@ pub struct SandboxArgs {
 
 #[derive(Debug, Subcommand)]
 pub enum SandboxCommand {
-    /// List running and paused sandboxes.
-    Ls,
+    /// List sandboxes, newest first: running and paused ones unless --state says.
+    #[command(
+        after_help = "Examples:\n  silo sandbox ls --metadata user=alice\n  silo sandbox ls --state killed --template base\n  silo sandbox ls -q | xargs -r silo sandbox pause"
+    )]
+    Ls {
+        #[command(flatten)]
+        filter: ListArgs,
+        /// Print only the ids, one per line.
+        #[arg(short, long)]
+        quiet: bool,
+        /// Print the list as JSON, as the API answers it.
+        #[arg(long, conflicts_with = "quiet")]
+        json: bool,
+    },
     /// Create a sandbox and print its id.
     Create {
         /// Template name.
@@ -318,12 +330,58 @@ pub enum SandboxCommand {
         #[arg(short, long)]
         follow: bool,
     },
-    /// Kill sandboxes.
+    /// Kill sandboxes: those named, or with --all every one the filters pick.
+    #[command(
+        after_help = "Examples:\n  silo sandbox kill ID ID2\n  silo sandbox kill --all --metadata job=nightly"
+    )]
     Kill {
         /// Sandbox ids.
-        #[arg(required = true)]
+        #[arg(required_unless_present = "all", conflicts_with = "all")]
         ids: Vec<String>,
+        /// Every sandbox the filters pick (running and paused ones unless --state says).
+        #[arg(long)]
+        all: bool,
+        #[command(flatten)]
+        filter: ListArgs,
     },
+}
+
+/// Which sandboxes `ls` and `kill --all` take.
+#[derive(Debug, Args)]
+pub struct ListArgs {
+    /// Only those in these states: running, paused, killed (comma-separated or
+    /// repeated; killed ones are kept for `silo serve --retention-hours`)
+    /// [default: running,paused].
+    #[arg(long, value_delimiter = ',', value_parser = parse_state)]
+    pub state: Vec<silo_protocol::rest::SandboxState>,
+    /// Only those with this metadata entry, as key=value (repeatable: all must match).
+    #[arg(long = "metadata", value_parser = parse_key_value)]
+    pub metadata: Vec<(String, String)>,
+    /// Only those of this template (a name or an alias).
+    #[arg(long)]
+    pub template: Option<String>,
+}
+
+impl ListArgs {
+    pub fn query(self) -> silo_client::ListQuery {
+        silo_client::ListQuery {
+            states: self.state,
+            metadata: self.metadata.into_iter().collect(),
+            template: self.template,
+        }
+    }
+}
+
+fn parse_state(s: &str) -> Result<silo_protocol::rest::SandboxState, String> {
+    use silo_protocol::rest::SandboxState;
+    [
+        SandboxState::Running,
+        SandboxState::Paused,
+        SandboxState::Killed,
+    ]
+    .into_iter()
+    .find(|state| state.as_str() == s)
+    .ok_or_else(|| format!("{s:?} is not a state: running, paused or killed"))
 }
 
 /// Who runs a process in a sandbox, where, with what environment.

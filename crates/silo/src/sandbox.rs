@@ -14,21 +14,33 @@ use crate::cli::{SandboxArgs, SandboxCommand};
 pub async fn run(args: SandboxArgs) -> anyhow::Result<ExitCode> {
     let client = Client::new(&args.client.api_url, args.client.api_key()?);
     match args.command {
-        SandboxCommand::Ls => {
-            let sandboxes = client.list().await?;
-            println!(
-                "{:<22} {:<18} {:<8} {:<26} END",
-                "ID", "TEMPLATE", "STATE", "STARTED"
-            );
-            for sbx in sandboxes {
+        SandboxCommand::Ls {
+            filter,
+            quiet,
+            json,
+        } => {
+            let sandboxes = client.list_where(&filter.query()).await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&sandboxes)?);
+            } else if quiet {
+                for sbx in sandboxes {
+                    println!("{}", sbx.sandbox_id);
+                }
+            } else {
                 println!(
-                    "{:<22} {:<18} {:<8} {:<26} {}",
-                    sbx.sandbox_id,
-                    sbx.template_id,
-                    format!("{:?}", sbx.state).to_lowercase(),
-                    sbx.started_at,
-                    sbx.end_at
+                    "{:<22} {:<18} {:<8} {:<26} END",
+                    "ID", "TEMPLATE", "STATE", "STARTED"
                 );
+                for sbx in sandboxes {
+                    println!(
+                        "{:<22} {:<18} {:<8} {:<26} {}",
+                        sbx.sandbox_id,
+                        sbx.template_id,
+                        sbx.state.as_str(),
+                        sbx.started_at,
+                        sbx.end_at
+                    );
+                }
             }
         }
         SandboxCommand::Create {
@@ -95,9 +107,17 @@ pub async fn run(args: SandboxArgs) -> anyhow::Result<ExitCode> {
             }
         }
         SandboxCommand::Logs { id, follow } => logs(&client, &parse_id(&id)?, follow).await?,
-        SandboxCommand::Kill { ids } => {
+        SandboxCommand::Kill { ids, all, filter } => {
+            let ids: Vec<SandboxId> = if all {
+                let listed = client.list_where(&filter.query()).await?;
+                listed.into_iter().map(|sbx| sbx.sandbox_id).collect()
+            } else {
+                ids.iter()
+                    .map(|id| parse_id(id))
+                    .collect::<anyhow::Result<_>>()?
+            };
             for id in ids {
-                client.kill(&parse_id(&id)?).await?;
+                client.kill(&id).await?;
                 println!("{id}");
             }
         }

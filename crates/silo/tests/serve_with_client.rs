@@ -373,7 +373,24 @@ async fn create_run_and_kill_with_the_rust_client() {
 
     the_cli_copies_runs_pauses_and_resumes(&server, sandbox.sandbox_id.as_str());
 
-    client.kill(&sandbox.sandbox_id).await.expect("kill");
+    // Listed and killed by metadata.
+    let id = sandbox.sandbox_id.as_str();
+    let ids = |args: &[&str]| String::from_utf8(cli(&server, args, b"").stdout).expect("utf-8");
+    assert_eq!(
+        ids(&["ls", "-q", "--metadata", "from=rust"]),
+        format!("{id}\n")
+    );
+    assert_eq!(ids(&["ls", "-q", "--metadata", "from=python"]), "");
+    assert_eq!(ids(&["ls", "-q", "--state", "paused"]), "");
+    let listed: serde_json::Value = serde_json::from_str(&ids(&["ls", "--json"])).expect("JSON");
+    assert_eq!(listed[0]["sandboxID"], id, "{listed}");
+    let bad_state = cli(&server, &["ls", "--state", "asleep"], b"");
+    assert!(String::from_utf8_lossy(&bad_state.stderr).contains("running, paused or killed"));
+    assert_eq!(
+        ids(&["kill", "--all", "--metadata", "from=rust"]),
+        format!("{id}\n")
+    );
+    assert_eq!(ids(&["ls", "-q", "--state", "killed"]), format!("{id}\n"));
     let err = client.kill(&sandbox.sandbox_id).await.unwrap_err();
     assert!(
         matches!(err, silo_client::ClientError::Api { status: 404, .. }),
