@@ -13,7 +13,7 @@ use serde_json::json;
 use silo_protocol::connect::{self, Decoder, EndStream, FLAG_END_STREAM};
 use silo_protocol::ids::SandboxId;
 use silo_protocol::rest::{
-    ListedSandbox, NewSandbox, Sandbox, SandboxDetail, SandboxLogsV2, SandboxState,
+    ListedSandbox, NewSandbox, Sandbox, SandboxDetail, SandboxLogsV2, SandboxMetric, SandboxState,
 };
 use silo_protocol::templates::{
     AliasInfo, BuildInfo, BuildRequest, BuildRequested, BuildStart, FileUpload, TemplateInfo,
@@ -207,6 +207,16 @@ impl Client {
         let mut req = self.api(reqwest::Method::GET, &format!("/v2/sandboxes/{id}/logs"));
         if let Some(cursor) = cursor_ms {
             req = req.query(&[("cursor", cursor)]);
+        }
+        self.json(req).await
+    }
+
+    /// The CPU, memory and disk samples of a sandbox taken at `start` (Unix seconds) or
+    /// later, oldest first; all the server keeps without `start`.
+    pub async fn metrics(&self, id: &SandboxId, start: Option<i64>) -> Result<Vec<SandboxMetric>> {
+        let mut req = self.api(reqwest::Method::GET, &format!("/sandboxes/{id}/metrics"));
+        if let Some(start) = start {
+            req = req.query(&[("start", start)]);
         }
         self.json(req).await
     }

@@ -330,6 +330,16 @@ pub enum SandboxCommand {
         #[arg(short, long)]
         follow: bool,
     },
+    /// Print a sandbox's CPU, memory and disk use, as sampled every
+    /// `silo serve --metrics-interval` seconds (kept for --retention-hours).
+    Metrics {
+        /// Sandbox id.
+        id: String,
+        /// Keep printing samples as they are taken, until the sandbox is killed or
+        /// Ctrl-C.
+        #[arg(short, long)]
+        follow: bool,
+    },
     /// Kill sandboxes: those named, or with --all every one the filters pick.
     #[command(
         after_help = "Examples:\n  silo sandbox kill ID ID2\n  silo sandbox kill --all --metadata job=nightly"

@@ -106,6 +106,7 @@ pub async fn run(args: SandboxArgs) -> anyhow::Result<ExitCode> {
                 println!("{id}");
             }
         }
+        SandboxCommand::Metrics { id, follow } => metrics(&client, &parse_id(&id)?, follow).await?,
         SandboxCommand::Logs { id, follow } => logs(&client, &parse_id(&id)?, follow).await?,
         SandboxCommand::Kill { ids, all, filter } => {
             let ids: Vec<SandboxId> = if all {
@@ -268,6 +269,45 @@ async fn download(
         .persist(&target)
         .with_context(|| format!("cannot write {}", target.display()))?;
     Ok(())
+}
+
+/// Print the samples kept, then (following) each new one, until the sandbox is gone.
+async fn metrics(client: &Client, id: &SandboxId, follow: bool) -> anyhow::Result<()> {
+    println!(
+        "{:<26} {:>6} {:>10} {:>10} {:>10} {:>10}",
+        "TIME", "CPU %", "MEM USED", "MEM TOTAL", "DISK USED", "DISK TOTAL"
+    );
+    let mut after = None;
+    loop {
+        let samples = match client.metrics(id, after.map(|t: i64| t + 1)).await {
+            // Killed while followed: its samples end there.
+            Err(err) if after.is_some() && err.status() == Some(404) => return Ok(()),
+            result => result?,
+        };
+        for sample in samples {
+            println!(
+                "{:<26} {:>6.1} {:>10} {:>10} {:>10} {:>10}",
+                sample.timestamp,
+                sample.cpu_used_pct,
+                mebibytes(sample.mem_used),
+                mebibytes(sample.mem_total),
+                mebibytes(sample.disk_used),
+                mebibytes(sample.disk_total)
+            );
+            after = Some(sample.timestamp_unix);
+        }
+        if !follow {
+            return Ok(());
+        }
+        // The first follow round marks the start, so that a sandbox with no sample yet
+        // is not read whole again.
+        after.get_or_insert_with(|| chrono::Utc::now().timestamp() - 1);
+        tokio::time::sleep(FOLLOW_EVERY).await;
+    }
+}
+
+fn mebibytes(bytes: u64) -> String {
+    format!("{:.1} MiB", bytes as f64 / f64::from(1u32 << 20))
 }
 
 /// Entries the server sends per page unless asked otherwise.

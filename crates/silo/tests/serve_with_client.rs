@@ -373,9 +373,12 @@ async fn create_run_and_kill_with_the_rust_client() {
 
     the_cli_copies_runs_pauses_and_resumes(&server, sandbox.sandbox_id.as_str());
 
-    // Listed and killed by metadata.
     let id = sandbox.sandbox_id.as_str();
     let ids = |args: &[&str]| String::from_utf8(cli(&server, args, b"").stdout).expect("utf-8");
+    // Samples come every few seconds: the table, whether or not one came yet.
+    let table = ids(&["metrics", id]);
+    assert!(table.starts_with("TIME"), "{table}");
+    // Listed and killed by metadata.
     assert_eq!(
         ids(&["ls", "-q", "--metadata", "from=rust"]),
         format!("{id}\n")
@@ -391,6 +394,12 @@ async fn create_run_and_kill_with_the_rust_client() {
         format!("{id}\n")
     );
     assert_eq!(ids(&["ls", "-q", "--state", "killed"]), format!("{id}\n"));
+    let gone = cli(&server, &["metrics", id], b"");
+    assert!(
+        String::from_utf8_lossy(&gone.stderr).contains("404"),
+        "{}",
+        String::from_utf8_lossy(&gone.stderr)
+    );
     let err = client.kill(&sandbox.sandbox_id).await.unwrap_err();
     assert!(
         matches!(err, silo_client::ClientError::Api { status: 404, .. }),
