@@ -235,16 +235,41 @@ pub enum SandboxCommand {
         json: bool,
     },
     /// Create a sandbox and print its id.
+    #[command(
+        after_help = "Examples:\n  silo sandbox create\n  silo sandbox create code-interpreter --timeout 3600 --on-timeout pause --auto-resume\n  silo sandbox create --env API_URL=http://10.0.0.5 --no-internet --allow-out 10.0.0.5"
+    )]
     Create {
-        /// Template name.
+        /// Template name or alias.
         #[arg(default_value = "base")]
         template: String,
-        /// Seconds until the sandbox is killed.
+        /// Seconds until the sandbox times out [default: the server's --default-timeout].
         #[arg(long)]
         timeout: Option<u64>,
+        /// What its timeout does: kill it, or pause it (then `resume` goes on).
+        #[arg(long, value_enum, default_value_t = OnTimeoutArg::Kill)]
+        on_timeout: OnTimeoutArg,
+        /// Resume it when traffic comes for it while paused (its commands, files, ports).
+        #[arg(long)]
+        auto_resume: bool,
         /// Metadata as key=value (repeatable).
         #[arg(long = "metadata", value_parser = parse_key_value)]
         metadata: Vec<(String, String)>,
+        /// An environment variable of every process in it, as KEY=VALUE (repeatable).
+        #[arg(long = "env", short = 'e', value_parser = parse_key_value)]
+        envs: Vec<(String, String)>,
+        /// Require its access token for commands and files (this CLI fetches it).
+        #[arg(long)]
+        secure: bool,
+        /// No outbound internet access but what --allow-out allows.
+        #[arg(long)]
+        no_internet: bool,
+        /// Allow outbound traffic to this address, CIDR or domain (repeatable; wins over
+        /// --deny-out and --no-internet).
+        #[arg(long = "allow-out")]
+        allow_out: Vec<String>,
+        /// Deny outbound traffic to this address or CIDR (repeatable).
+        #[arg(long = "deny-out")]
+        deny_out: Vec<String>,
         #[command(flatten)]
         resources: ResourceArgs,
     },
@@ -354,6 +379,13 @@ pub enum SandboxCommand {
         #[command(flatten)]
         filter: ListArgs,
     },
+}
+
+/// What a sandbox's timeout does (`silo sandbox create --on-timeout`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum OnTimeoutArg {
+    Kill,
+    Pause,
 }
 
 /// Which sandboxes `ls` and `kill --all` take.

@@ -7,9 +7,11 @@ use std::process::ExitCode;
 use anyhow::Context;
 use silo_client::{Client, Output};
 use silo_protocol::ids::SandboxId;
-use silo_protocol::rest::{LogLevel, NewSandbox, Sandbox, SandboxLogEntry, SandboxState};
+use silo_protocol::rest::{
+    AutoResume, Egress, LogLevel, NetworkConfig, NewSandbox, Sandbox, SandboxLogEntry, SandboxState,
+};
 
-use crate::cli::{SandboxArgs, SandboxCommand};
+use crate::cli::{OnTimeoutArg, SandboxArgs, SandboxCommand};
 
 pub async fn run(args: SandboxArgs) -> anyhow::Result<ExitCode> {
     let client = Client::new(&args.client.api_url, args.client.api_key()?);
@@ -46,16 +48,38 @@ pub async fn run(args: SandboxArgs) -> anyhow::Result<ExitCode> {
         SandboxCommand::Create {
             template,
             timeout,
+            on_timeout,
+            auto_resume,
             metadata,
+            envs,
+            secure,
+            no_internet,
+            allow_out,
+            deny_out,
             resources,
         } => {
+            let network = (!allow_out.is_empty() || !deny_out.is_empty()).then(|| NetworkConfig {
+                egress: Egress {
+                    allow_out: Some(allow_out),
+                    deny_out: Some(deny_out),
+                    ..Egress::default()
+                },
+                ..NetworkConfig::default()
+            });
             let sbx = client
                 .create(&NewSandbox {
                     template_id: template,
                     timeout,
                     metadata: Some(metadata.into_iter().collect()),
+                    env_vars: Some(envs.into_iter().collect()),
+                    secure: Some(secure),
+                    allow_internet_access: Some(!no_internet),
+                    auto_pause: Some(on_timeout == OnTimeoutArg::Pause),
+                    auto_resume: Some(AutoResume {
+                        enabled: auto_resume,
+                    }),
+                    network,
                     resources: resources.resources(),
-                    ..NewSandbox::default()
                 })
                 .await?;
             println!("{}", sbx.sandbox_id);

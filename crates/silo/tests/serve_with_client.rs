@@ -274,6 +274,43 @@ fn the_cli_copies_runs_pauses_and_resumes(server: &Server, id: &str) {
     let shown = String::from_utf8_lossy(&on_terminal.stdout);
     assert!(shown.contains("size 30 100"), "{shown}");
 
+    // Created with the CLI's options: its env, a token it needs, a timeout that pauses.
+    let created = ok(cli(
+        server,
+        &[
+            "create",
+            "--env",
+            "X=from create",
+            "--secure",
+            "--no-internet",
+            "--allow-out",
+            "10.0.0.5",
+            "--on-timeout",
+            "pause",
+            "--timeout",
+            "2",
+            "--metadata",
+            "by=cli",
+        ],
+        b"",
+    ));
+    let other = String::from_utf8(created).expect("utf-8").trim().to_owned();
+    assert_eq!(
+        ok(cli(server, &["exec", &other, "echo $X"], b"")),
+        b"from create\n"
+    );
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while ok(cli(server, &["ls", "-q", "--state", "paused"], b""))
+        != format!("{other}\n").into_bytes()
+    {
+        assert!(
+            Instant::now() < deadline,
+            "--on-timeout pause did not pause it"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    ok(cli(server, &["kill", &other], b""));
+
     ok(cli(server, &["pause", id], b""));
     let paused = cli(server, &["exec", id, "true"], b"");
     assert!(
@@ -393,7 +430,10 @@ async fn create_run_and_kill_with_the_rust_client() {
         ids(&["kill", "--all", "--metadata", "from=rust"]),
         format!("{id}\n")
     );
-    assert_eq!(ids(&["ls", "-q", "--state", "killed"]), format!("{id}\n"));
+    assert_eq!(
+        ids(&["ls", "-q", "--state", "killed", "--metadata", "from=rust"]),
+        format!("{id}\n")
+    );
     let gone = cli(&server, &["metrics", id], b"");
     assert!(
         String::from_utf8_lossy(&gone.stderr).contains("404"),
