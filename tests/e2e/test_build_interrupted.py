@@ -1,11 +1,13 @@
-"""A template build cut short by the server's death (SIGKILL, a crash, power loss) in
-the middle of a RUN step: at the next start the server ends the step's gVisor container,
-unmounts and removes its layer's temp dir, releases the step's netns, veth and firewall
-rules, and fails the build with a reason, so a client polling it stops waiting. The
-template then builds again."""
+"""A template build cut short in the middle of a RUN step. By the server's death
+(SIGKILL, a crash, power loss): at the next start the server ends the step's gVisor
+container, unmounts and removes its layer's temp dir, releases the step's netns, veth
+and firewall rules, and fails the build with a reason, so a client polling it stops
+waiting; the template then builds again. By a stop signal: the server does all that
+itself before it exits."""
 
 import os
 import signal
+import sqlite3
 import subprocess
 import tempfile
 from pathlib import Path
@@ -19,6 +21,7 @@ from silo_server import SiloServer, host_links, host_netns, wait_for
 pytestmark = pytest.mark.server_only
 
 MARKER = "the-step-is-running"
+INTERRUPTED = "interrupted: the server stopped during the build; start it again"
 
 
 @pytest.fixture
@@ -76,6 +79,28 @@ def network_of(lease: str) -> dict:
     }
 
 
+def wait_for_the_step(info):
+    def step_runs():
+        status = Template.get_build_status(info, logs_offset=0)
+        # Output lines are logged as "  | <line>".
+        return any(e.message.rstrip().endswith(f"| {MARKER}") for e in status.log_entries)
+
+    wait_for("output of the RUN step", step_runs, seconds=240)
+
+
+def catalog_build(server, build_id: str) -> tuple:
+    """The build's status, reason and log lines, as the catalog on disk holds them."""
+    db = sqlite3.connect(f"file:{server.data_dir / 'catalog.db'}?mode=ro", uri=True)
+    try:
+        status, reason = db.execute(
+            "SELECT status, reason FROM template_builds WHERE id = ?", (build_id,)).fetchone()
+        log = [row[0] for row in db.execute(
+            "SELECT message FROM template_build_logs WHERE build_id = ? ORDER BY seq", (build_id,))]
+    finally:
+        db.close()
+    return status, reason, log
+
+
 def processes_with(text: str) -> list:
     found = []
     for entry in Path("/proc").iterdir():
@@ -90,13 +115,7 @@ def processes_with(text: str) -> list:
 def test_a_build_killed_mid_step_is_failed_and_cleaned_at_the_next_start(templates, server):
     template = Template().from_base_image().run_cmd(f"echo {MARKER} && sleep 3600")
     info = Template.build_in_background(template, "e2e-interrupted")
-
-    def step_runs():
-        status = Template.get_build_status(info, logs_offset=0)
-        # Output lines are logged as "  | <line>".
-        return any(e.message.rstrip().endswith(f"| {MARKER}") for e in status.log_entries)
-
-    wait_for("output of the RUN step", step_runs, seconds=240)
+    wait_for_the_step(info)
     [container] = build_containers(templates)
     [lease] = step_leases(server)
     network = network_of(lease)
@@ -113,7 +132,7 @@ def test_a_build_killed_mid_step_is_failed_and_cleaned_at_the_next_start(templat
     server.start()
     status = Template.get_build_status(info, logs_offset=0)
     assert status.status == TemplateBuildStatus.ERROR, status
-    assert status.reason.message == "interrupted: the server stopped during the build; start it again"
+    assert status.reason.message == INTERRUPTED
     assert status.log_entries[-1].message == status.reason.message
     # Nothing of it is left: its container and processes, mounts, network and rules.
     assert build_containers(templates) == []
@@ -133,3 +152,42 @@ def test_a_build_killed_mid_step_is_failed_and_cleaned_at_the_next_start(templat
     )
     assert Template.get_build_status(rebuilt, logs_offset=0).status == TemplateBuildStatus.READY, logs
     assert build_containers(templates) == []
+
+
+def test_a_build_stopped_mid_step_by_sigterm_is_failed_and_cleaned_before_the_server_exits(
+        templates, server):
+    template = Template().from_base_image().run_cmd(f"echo {MARKER} && sleep 600")
+    info = Template.build_in_background(template, "e2e-stopped")
+    wait_for_the_step(info)
+    [container] = build_containers(templates)
+    [lease] = step_leases(server)
+    network = network_of(lease)
+    assert network["netns"] and network["links"], network
+    assert server.firewall_chains()
+    assert mounts_under(templates)
+
+    server.proc.send_signal(signal.SIGTERM)
+    assert server.proc.wait(timeout=60) == 0, server.log()
+    # Before any restart, nothing of the build is left: its container and processes,
+    # mounts, temp dirs, network and rules (the table too: no sandbox needs it).
+    assert build_containers(templates) == []
+    assert processes_with(container) == []
+    assert mounts_under(templates) == []
+    assert not [d for d in (templates / ".layers").iterdir() if d.name.startswith(".")]
+    assert step_leases(server) == []
+    assert network_of(lease) == {"netns": [], "links": []}
+    assert server.firewall_chains() == []
+    assert server.firewall_tables() == []
+    # And the catalog says why it failed, as a restart after a kill would.
+    status, reason, log = catalog_build(server, info.build_id)
+    assert (status, reason) == ("error", INTERRUPTED), log
+    assert log[-1] == INTERRUPTED
+
+    # The next start has nothing left to fail: a client sees the same, once.
+    server.start()
+    status = Template.get_build_status(info, logs_offset=0)
+    assert status.status == TemplateBuildStatus.ERROR, status
+    assert status.reason.message == INTERRUPTED
+    assert [e.message for e in status.log_entries].count(INTERRUPTED) == 1
+    assert "left unfinished by the previous run" not in server.log()
+    assert "cut short left" not in server.log()

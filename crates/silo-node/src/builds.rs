@@ -15,6 +15,10 @@
 //!    build's log in the catalog; logs of builds behind the template's current one are
 //!    pruned as builds end.
 //! 4. [`Builder::status`]: status, reason and the log from an offset.
+//!
+//! [`Builder::shutdown`] (the server stopping) cancels the builds under way and those
+//! waiting: a running step is ended and what it holds released as after a failed one,
+//! and each build is failed as [`INTERRUPTED`] before the server exits.
 
 use std::collections::HashMap;
 use std::io::Read;
@@ -28,6 +32,8 @@ use silo_templates::dockerfile::{self, Dockerfile};
 use silo_templates::registry::RegistryAccess;
 use silo_templates::{BuildRunsc, Built, Progress, Stage, StartCommand, StepNetwork};
 use tokio::io::{AsyncRead, AsyncWriteExt};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 use crate::build_log::BuildLog;
 use crate::sandbox::{write_resources, Manager, SandboxError};
@@ -36,8 +42,9 @@ use crate::sandbox::{write_resources, Manager, SandboxError};
 pub const MAX_UPLOAD_BYTES: u64 = 4 << 30;
 /// Log entries per status answer, as E2B's API pages them.
 pub const LOG_PAGE: u64 = 100;
-/// Why a build the previous run left unfinished failed: nothing runs it any more (what
-/// it left on the host is removed at the start, `silo_templates::remove_dead_builds`).
+/// Why a build failed that the server stopped in the middle of: at a graceful stop
+/// ([`Builder::shutdown`]), or at the next start for a server that was killed (what
+/// that left on the host is removed then, `silo_templates::remove_dead_builds`).
 pub const INTERRUPTED: &str = "interrupted: the server stopped during the build; start it again";
 /// silo's own templates, built on the host by `silo template build -n
 /// base|code-interpreter` (setup does it), not through the API.
@@ -101,6 +108,10 @@ pub struct Builder {
     /// One build at a time: builds share the layer store's scratch names, and each
     /// wants the host's cores.
     running: tokio::sync::Mutex<()>,
+    /// Cancelled by [`Builder::shutdown`]: every build stops.
+    stopping: CancellationToken,
+    /// The started builds, for [`Builder::shutdown`] to wait for.
+    builds: TaskTracker,
 }
 
 impl Builder {
@@ -139,6 +150,8 @@ impl Builder {
             requested: Mutex::default(),
             upload_tokens: Mutex::default(),
             running: tokio::sync::Mutex::new(()),
+            stopping: CancellationToken::new(),
+            builds: TaskTracker::new(),
         }))
     }
 
@@ -291,10 +304,27 @@ impl Builder {
         };
         let builder = Arc::clone(self);
         let build_id = build_id.to_owned();
-        tokio::spawn(async move {
+        self.builds.spawn(async move {
             builder.run(&build_id, requested, plan).await;
         });
         Ok(())
+    }
+
+    /// Stop the builds under way and those waiting for their turn, and wait until each
+    /// has released what it held and is recorded as failed with [`INTERRUPTED`]. A
+    /// build checking its sandbox ([`Manager::trial`]) ends that check first.
+    pub async fn shutdown(&self) {
+        self.stopping.cancel();
+        self.builds.close();
+        self.builds.wait().await;
+        // Builds requested and never started are left: nothing will start them now.
+        match self.manager.catalog().fail_unfinished_builds(INTERRUPTED) {
+            Ok(failed) if failed.is_empty() => {}
+            Ok(failed) => tracing::info!(builds = ?failed, "builds never started were failed"),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot fail the builds never started; the next start does")
+            }
+        }
     }
 
     /// The Dockerfile to build and the uploads it copies from, or why it cannot be built.
@@ -371,7 +401,15 @@ impl Builder {
                     "info",
                     "waiting for the build before this one to finish".into(),
                 );
-                self.running.lock().await
+                tokio::select! {
+                    turn = self.running.lock() => turn,
+                    () = self.stopping.cancelled() => {
+                        log.line("error", INTERRUPTED.into());
+                        self.end(build_id, log, BuildStatus::Error, Some(INTERRUPTED), None)
+                            .await;
+                        return;
+                    }
+                }
             }
         };
         let catalog = self.manager.catalog();
@@ -420,7 +458,12 @@ impl Builder {
                 (BuildStatus::Ready, None, None)
             }
             Err(err) => {
-                let reason = crate::error_chain(&err);
+                let reason = match &err {
+                    BuildFailure::Build(silo_templates::BuildError::Cancelled) => {
+                        INTERRUPTED.to_owned()
+                    }
+                    _ => crate::error_chain(&err),
+                };
                 log.line("error", reason.clone());
                 let step = match &err {
                     // Step 0 is FROM: E2B calls it "base".
@@ -439,11 +482,23 @@ impl Builder {
                 (BuildStatus::Error, Some(reason), step)
             }
         };
+        self.end(build_id, log, status, reason.as_deref(), step.as_deref())
+            .await;
+    }
+
+    /// Record a build's end, once its log has all its lines.
+    async fn end(
+        &self,
+        build_id: &str,
+        log: BuildLog,
+        status: BuildStatus,
+        reason: Option<&str>,
+        step: Option<&str>,
+    ) {
         // Clients read the log to its end once the status says the build ended.
         log.finish().await;
-        if let Err(e) =
-            catalog.set_build_status(build_id, status, reason.as_deref(), step.as_deref())
-        {
+        let catalog = self.manager.catalog();
+        if let Err(e) = catalog.set_build_status(build_id, status, reason, step) {
             tracing::error!(build_id, error = %e, "cannot record the build's end");
         }
         if let Err(e) = catalog.prune_build_logs() {
@@ -474,6 +529,7 @@ impl Builder {
                         force_from: plan.force_from,
                         start: plan.start.clone(),
                         registry: &plan.registry,
+                        cancel: &self.stopping,
                     },
                     progress,
                 )
@@ -746,6 +802,186 @@ fn unpack_tar(path: &Path, into: &Path) -> std::io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use silo_templates::dockerbuild::NetworkError;
+    use silo_templates::StepNet;
+    use tokio::io::AsyncBufReadExt;
+
+    /// Step networks that are only names, and which of them were given back.
+    #[derive(Default)]
+    struct Networks {
+        acquired: Mutex<Vec<String>>,
+        released: Mutex<Vec<String>>,
+    }
+
+    #[async_trait::async_trait]
+    impl StepNetwork for Networks {
+        async fn acquire(&self) -> Result<StepNet, NetworkError> {
+            let mut acquired = self.acquired.lock().unwrap();
+            let id = format!("step-{}", acquired.len());
+            acquired.push(id.clone());
+            Ok(StepNet {
+                netns: "/nonexistent/netns".into(),
+                id,
+            })
+        }
+
+        async fn release(&self, net: &StepNet) -> Result<(), NetworkError> {
+            self.released.lock().unwrap().push(net.id.clone());
+            Ok(())
+        }
+
+        fn prepare(&self, _runsc: &mut tokio::process::Command) {}
+    }
+
+    /// A builder over a fake runtime, its templates dir holding an empty `base`, its
+    /// RUN steps run by `runsc` (a script standing in for runsc), and a build of the
+    /// template `app` from `dockerfile`, requested but not started.
+    fn builder_with_build(
+        runsc: PathBuf,
+        network: Arc<Networks>,
+    ) -> (Arc<Builder>, String, tempfile::TempDir) {
+        let (manager, dir) =
+            crate::sandbox::fake::manager(Arc::new(crate::sandbox::fake::FakeRuntime::default()));
+        std::fs::create_dir_all(manager.templates().dir().join("base/0123/rootfs")).unwrap();
+        let build_runsc = BuildRunsc {
+            binary: runsc,
+            platform: "systrap".into(),
+            root: dir.path().join("runsc-root"),
+        };
+        let builder = Builder::new(manager, build_runsc, network, Vec::new()).unwrap();
+        let build = builder
+            .request(&BuildRequest {
+                name: Some("app".into()),
+                ..BuildRequest::default()
+            })
+            .unwrap();
+        (builder, build.id, dir)
+    }
+
+    fn start(builder: &Arc<Builder>, build_id: &str, dockerfile: &str) {
+        let start = BuildStart {
+            dockerfile: Some(dockerfile.into()),
+            ..BuildStart::default()
+        };
+        builder.start("app", build_id, start).unwrap();
+    }
+
+    /// The build failed as interrupted, the reason also its log's last line.
+    fn assert_interrupted(builder: &Builder, build_id: &str) {
+        let report = builder.status("app", build_id, 0, None).unwrap();
+        assert_eq!(report.build.status, BuildStatus::Error);
+        assert_eq!(report.build.reason.as_deref(), Some(INTERRUPTED));
+        let last = report.log.last().expect("a log");
+        assert_eq!(
+            (last.level.as_str(), last.message.as_str()),
+            ("error", INTERRUPTED)
+        );
+    }
+
+    #[tokio::test]
+    async fn builds_waiting_or_never_started_are_failed_as_interrupted_at_shutdown() {
+        let (builder, waiting, _dir) =
+            builder_with_build("/nonexistent/runsc".into(), Arc::default());
+        let never_started = builder
+            .request(&BuildRequest {
+                name: Some("app".into()),
+                ..BuildRequest::default()
+            })
+            .unwrap()
+            .id;
+        // Another build's turn, never ending.
+        let _turn = builder.running.lock().await;
+        start(&builder, &waiting, "FROM base\nRUN true");
+        builder.shutdown().await;
+        assert_interrupted(&builder, &waiting);
+        assert_interrupted(&builder, &never_started);
+    }
+
+    #[tokio::test]
+    async fn a_build_stopped_in_a_run_step_ends_the_step_releases_all_and_is_interrupted() {
+        // SAFETY: geteuid has no preconditions.
+        if unsafe { libc::geteuid() } != 0 {
+            // The step's root is an overlay, mounted as root only.
+            return;
+        }
+        let scratch = tempfile::tempdir().unwrap();
+        // The stand-in for runsc: `run` tells its pid through a FIFO, then sleeps.
+        let (runsc, calls, fifo) = (
+            scratch.path().join("runsc"),
+            scratch.path().join("calls"),
+            scratch.path().join("step-pid"),
+        );
+        std::fs::write(
+            &runsc,
+            format!(
+                "#!/bin/sh\necho \"$*\" >> {calls}\ncase \" $* \" in\n  *\" run \"*) echo $$ > {fifo}; exec sleep 600 ;;\nesac\n",
+                calls = calls.display(),
+                fifo = fifo.display(),
+            ),
+        )
+        .unwrap();
+        std::fs::set_permissions(&runsc, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+            .unwrap();
+        nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::S_IRWXU).unwrap();
+        // Also open for writing: no end of file before the step writes.
+        let mut pid_pipe = tokio::io::BufReader::new(
+            tokio::net::unix::pipe::OpenOptions::new()
+                .read_write(true)
+                .open_receiver(&fifo)
+                .unwrap(),
+        );
+        let network = Arc::new(Networks::default());
+        let (builder, build_id, _dir) = builder_with_build(runsc, Arc::clone(&network));
+        let templates = builder.dir.clone();
+
+        start(&builder, &build_id, "FROM base\nRUN sleep 600");
+        let builds = builder.builds.clone();
+        builds.close();
+        let mut pid = String::new();
+        tokio::select! {
+            read = pid_pipe.read_line(&mut pid) => {
+                read.unwrap();
+            }
+            () = builds.wait() => {
+                let log = builder.status("app", &build_id, 0, None).unwrap().log;
+                panic!("the build ended before its step ran: {log:?}");
+            }
+        }
+        builder.shutdown().await;
+
+        assert_interrupted(&builder, &build_id);
+        let build = builder.status("app", &build_id, 0, None).unwrap().build;
+        assert_eq!(build.step.as_deref(), Some("1"));
+        // The step's process is ended and reaped, its container deleted after it.
+        assert!(!Path::new("/proc").join(pid.trim()).exists(), "{pid}");
+        let calls = std::fs::read_to_string(&calls).unwrap();
+        let verbs: Vec<&str> = calls
+            .lines()
+            .filter_map(|call| call.split(' ').find(|a| !a.starts_with('-')))
+            .collect();
+        assert_eq!(verbs, ["run", "delete"], "{calls}");
+        assert!(calls.contains("delete --force silo-build-"), "{calls}");
+        // Its network given back, its overlay unmounted, its temp dirs removed.
+        assert_eq!(
+            *network.released.lock().unwrap(),
+            *network.acquired.lock().unwrap()
+        );
+        assert_eq!(network.released.lock().unwrap().len(), 1);
+        let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+        assert!(
+            !mountinfo
+                .lines()
+                .any(|l| l.contains(&*templates.to_string_lossy())),
+            "{mountinfo}"
+        );
+        let layers: Vec<_> = std::fs::read_dir(templates.join(".layers"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert!(layers.is_empty(), "{layers:?}");
+        assert!(!templates.join(".contexts").join(&build_id).exists());
+        assert!(!templates.join("app").exists());
+    }
 
     #[test]
     fn unpacks_plain_and_gzipped_tars_and_stays_inside() {

@@ -135,6 +135,9 @@ pub enum BuildError {
         #[source]
         source: io::Error,
     },
+    /// Its caller cancelled it (`DockerfileBuild::cancel`); what it held is released.
+    #[error("the build was cancelled")]
+    Cancelled,
 }
 
 /// Build the `base` template under `templates_dir`, or reuse a complete build of the

@@ -12,6 +12,7 @@ use std::time::Duration;
 use sha2::{Digest, Sha256};
 use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, BufReader};
 use tokio::process::Command;
+use tokio_util::sync::CancellationToken;
 
 use crate::base::{BuildError, Progress, Stage, TemplatePath};
 use crate::cache::{self, Slot};
@@ -87,6 +88,9 @@ pub async fn build_layer(
         }
         Slot::Build(work) => work,
     };
+    // Only `silo template build` builds these, and nothing cancels it: a Ctrl-C ends
+    // the whole process.
+    let never = CancellationToken::new();
     let built = async {
         progress(Progress::Stage(Stage::CopyParent));
         run(
@@ -96,6 +100,7 @@ pub async fn build_layer(
                 .arg(&work.rootfs),
             "cp",
             &mut progress,
+            &never,
         )
         .await?;
         let ca_bundle = work.rootfs.join(BUILD_CA_BUNDLE);
@@ -114,7 +119,7 @@ pub async fn build_layer(
                     cmd.env(var, format!("/{BUILD_CA_BUNDLE}"));
                 }
             }
-            result = run(&mut cmd, "chroot", &mut progress).await;
+            result = run(&mut cmd, "chroot", &mut progress, &never).await;
             if result.is_err() {
                 break;
             }
@@ -132,11 +137,15 @@ pub async fn build_layer(
     work.publish().await
 }
 
-/// Run a build command, reporting its output lines; fail with its last lines.
+/// Run a build command, reporting its output lines; fail with its last lines. Once
+/// `cancel` is cancelled the command is killed and reaped, and the run fails with
+/// [`BuildError::Cancelled`]: the caller's undo (a container's delete, an unmount) then
+/// finds it ended.
 pub(crate) async fn run(
     cmd: &mut Command,
     program: &'static str,
     progress: &mut (impl FnMut(Progress) + Send),
+    cancel: &CancellationToken,
 ) -> Result<(), BuildError> {
     let command = format!("{:?}", cmd.as_std());
     let mut child = cmd
@@ -152,18 +161,30 @@ pub(crate) async fn run(
     let mut lines = merged_lines(stdout, stderr);
     let mut tail: Vec<String> = Vec::new();
     let finished = tokio::time::timeout(STEP_TIMEOUT, async {
-        while let Some(line) = lines.recv().await {
-            tail.push(line.clone());
-            if tail.len() > 20 {
-                tail.remove(0);
+        let ended = async {
+            while let Some(line) = lines.recv().await {
+                tail.push(line.clone());
+                if tail.len() > 20 {
+                    tail.remove(0);
+                }
+                progress(Progress::Line(line));
             }
-            progress(Progress::Line(line));
+            child.wait().await
+        };
+        tokio::select! {
+            status = ended => Some(status),
+            () = cancel.cancelled() => None,
         }
-        child.wait().await
     })
     .await;
     let status = match finished {
-        Ok(status) => status.map_err(|source| BuildError::Spawn { program, source })?,
+        Ok(Some(status)) => status.map_err(|source| BuildError::Spawn { program, source })?,
+        Ok(None) => {
+            // Its output is not waited for: what it started (a runsc sandbox) may hold
+            // the pipes until the caller's undo ends it.
+            let _ = child.kill().await;
+            return Err(BuildError::Cancelled);
+        }
         Err(_) => {
             return Err(BuildError::Chroot {
                 command,
@@ -366,10 +387,34 @@ mod tests {
                     lines += 1;
                 }
             },
+            &CancellationToken::new(),
         )
         .await
         .unwrap();
         assert_eq!(lines, 200_001);
+    }
+
+    #[tokio::test]
+    async fn a_cancelled_command_is_killed_and_reaped() {
+        let cancel = CancellationToken::new();
+        let mut pid = None;
+        let ran = run(
+            // Its pid stays the command's through the exec.
+            Command::new("sh").args(["-c", "echo $$; exec sleep 600"]),
+            "sh",
+            &mut |progress| {
+                if let Progress::Line(line) = progress {
+                    pid = Some(line);
+                    cancel.cancel();
+                }
+            },
+            &cancel,
+        )
+        .await;
+        assert!(matches!(ran, Err(BuildError::Cancelled)), "{ran:?}");
+        let pid = pid.expect("the command printed its pid");
+        // Gone, not a zombie left for someone else to reap.
+        assert!(!Path::new("/proc").join(pid).exists());
     }
 
     #[test]

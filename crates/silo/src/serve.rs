@@ -138,7 +138,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
     });
     let app = silo_api::router(AppState {
         manager: Arc::clone(&manager),
-        builder,
+        builder: Arc::clone(&builder),
         upstreams: silo_api::proxy::Upstreams::default(),
         domain: args.domain.clone(),
         telemetry: Arc::default(),
@@ -179,6 +179,10 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
     if !closed {
         tracing::warn!(grace = ?SHUTDOWN_GRACE, "connections still open at shutdown were dropped");
     }
+    // Builds first: a RUN step's network (lease, netns, firewall rules) is the
+    // runtime's, and must be released before the runtime's shutdown, which removes the
+    // firewall once no sandbox is left.
+    builder.shutdown().await;
     manager.shutdown().await;
     tracing::info!(
         "stopped; sandboxes keep running until their timeout and are picked up at the next start"

@@ -43,7 +43,7 @@ pub(super) enum Verb {
 }
 
 #[derive(Default)]
-pub(super) struct FakeRuntime {
+pub(crate) struct FakeRuntime {
     held: Mutex<HashMap<SandboxId, Held>>,
     failing: Mutex<HashSet<Verb>>,
     holding: Mutex<HashSet<Verb>>,
@@ -235,7 +235,7 @@ impl Runtime for FakeRuntime {
 
 /// A manager over `runtime`, with an empty catalog in memory and no templates; the
 /// directory holds its snapshots and must outlive it.
-pub(super) fn manager(runtime: Arc<FakeRuntime>) -> (Arc<Manager>, tempfile::TempDir) {
+pub(crate) fn manager(runtime: Arc<FakeRuntime>) -> (Arc<Manager>, tempfile::TempDir) {
     let dir = tempfile::tempdir().expect("temp dir");
     let manager = Manager::new(
         Arc::new(Catalog::open_in_memory().expect("catalog")),

@@ -19,7 +19,7 @@
 mod create;
 mod doze;
 #[cfg(test)]
-mod fake;
+pub(crate) mod fake;
 mod kill;
 mod logs;
 mod metrics;

@@ -96,6 +96,10 @@ pub struct DockerfileBuild<'a> {
     pub start: Option<StartCommand>,
     /// How to reach registries, for a FROM that names an image.
     pub registry: &'a crate::registry::RegistryAccess,
+    /// Stops the build: a pull or the running command (a RUN step's container, the
+    /// flattening copy) is ended, what the step holds is released as after a failed
+    /// one, and the build fails with [`BuildError::Cancelled`].
+    pub cancel: &'a tokio_util::sync::CancellationToken,
 }
 
 /// A finished build: reused as it was, or complete but not yet visible, so the caller
@@ -199,9 +203,13 @@ pub async fn build_dockerfile(
                 let image = crate::registry::ImageRef::parse(&from).map_err(&from_error)?;
                 progress(Progress::Line(format!("pulling {}", image.name())));
                 let layout = build.templates_dir.join(".images/pulled");
-                crate::registry::pull(&image, build.registry, &layout)
-                    .await
-                    .map_err(&from_error)?;
+                // A pull cut short leaves partial blobs, which the next pull removes.
+                tokio::select! {
+                    pulled = crate::registry::pull(&image, build.registry, &layout) => {
+                        pulled.map_err(&from_error)?
+                    }
+                    () = build.cancel.cancelled() => return Err(BuildError::Cancelled),
+                }
                 crate::image::from_layout(
                     build.templates_dir,
                     &layout,
@@ -233,6 +241,9 @@ pub async fn build_dockerfile(
     let mut chain: Vec<PathBuf> = Vec::new();
     let total = file.steps.len();
     for (i, step) in file.steps.iter().enumerate() {
+        if build.cancel.is_cancelled() {
+            return Err(BuildError::Cancelled);
+        }
         let index = i + 1;
         if build.force_from == Some(index) {
             let now = std::time::SystemTime::now();
@@ -321,6 +332,7 @@ pub async fn build_dockerfile(
                 .arg(&work.rootfs),
             "cp",
             &mut progress,
+            build.cancel,
         )
         .await;
         overlay.unmount().await;
@@ -522,6 +534,7 @@ impl Action<'_> {
                 run::run_step(
                     build.runsc,
                     build.network,
+                    build.cancel,
                     &run::RunSpec {
                         rootfs: merged,
                         bundle_dir: &work.join("bundle"),

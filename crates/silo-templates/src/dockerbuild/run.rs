@@ -18,6 +18,7 @@ use std::path::{Path, PathBuf};
 use async_trait::async_trait;
 use serde_json::json;
 use tokio::process::Command;
+use tokio_util::sync::CancellationToken;
 
 use crate::base::{BuildError, Progress};
 
@@ -172,15 +173,17 @@ const HOST_CA_BUNDLE: &str = "/etc/ssl/certs/ca-certificates.crt";
 const RESOLV_CONF: &str = "resolv.conf";
 
 /// Run the step in a network of its own; its output goes to `progress` line by line.
-/// The sandbox is deleted, then the network released, whatever happens.
+/// The sandbox is deleted, then the network released, whatever happens: the step
+/// failing, or `cancel` ending its `runsc run`.
 pub async fn run_step(
     runsc: &BuildRunsc,
     network: &dyn StepNetwork,
+    cancel: &CancellationToken,
     spec: &RunSpec<'_>,
     progress: &mut (impl FnMut(Progress) + Send),
 ) -> Result<(), BuildError> {
     let net = network.acquire().await.map_err(BuildError::StepNetwork)?;
-    let result = run_in(runsc, network, &net, spec, progress).await;
+    let result = run_in(runsc, network, cancel, &net, spec, progress).await;
     if let Err(e) = network.release(&net).await {
         // The layer is sound; what is left is silo's to release (at its next start).
         tracing::warn!(netns = %net.netns.display(), error = %e, "releasing a RUN step's network");
@@ -191,6 +194,7 @@ pub async fn run_step(
 async fn run_in(
     runsc: &BuildRunsc,
     network: &dyn StepNetwork,
+    cancel: &CancellationToken,
     net: &StepNet,
     spec: &RunSpec<'_>,
     progress: &mut (impl FnMut(Progress) + Send),
@@ -202,8 +206,9 @@ async fn run_in(
     let mut cmd = Command::new(&runsc.binary);
     cmd.args(run_args(runsc, spec));
     network.prepare(&mut cmd);
-    let result = crate::layer::run(&mut cmd, "runsc", progress).await;
-    // A container a failed delete leaves goes with the next build's
+    let result = crate::layer::run(&mut cmd, "runsc", progress, cancel).await;
+    // The delete also ends the sandbox, which outlives a `runsc run` killed by
+    // `cancel`. A container a failed delete leaves goes with the next build's
     // `remove_dead_builds`: its bundle goes with the step's temp dir, marking it dead.
     let _ = delete_container(runsc, spec.container_id).await;
     result
