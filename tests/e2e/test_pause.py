@@ -157,6 +157,19 @@ def test_a_signed_file_url_resumes_a_paused_secure_sandbox(silo):
         with urllib.request.urlopen(urllib.request.Request(url, headers=routing), timeout=60) as resp:
             assert resp.read().decode() == "read by its URL"
         assert Sandbox.get_info(sbx.sandbox_id).state.value == "running"
+
+        # The upload URL, the same way: paused again, a POST to it wakes it and writes.
+        assert sbx.pause()
+        url = sbx.upload_url("/home/user/uploaded.txt")
+        assert "signature=" in url
+        upload = urllib.request.Request(
+            url, data=b"written by its URL", method="POST",
+            headers={**routing, "Content-Type": "application/octet-stream"},
+        )
+        with urllib.request.urlopen(upload, timeout=60) as resp:
+            assert resp.status == 200
+        assert Sandbox.get_info(sbx.sandbox_id).state.value == "running"
+        assert sbx.files.read("/home/user/uploaded.txt") == "written by its URL"
     finally:
         sbx.kill()
 
