@@ -395,6 +395,44 @@ impl Client {
         .await
     }
 
+    /// [`Client::run_with`] with a stdin to write to: `on_start` gets the process's pid
+    /// for [`Client::send_stdin`] and [`Client::close_stdin`].
+    pub async fn run_with_stdin(
+        &self,
+        sandbox: &Sandbox,
+        cmd: &str,
+        options: &RunOptions,
+        on_start: impl FnOnce(u32),
+        mut on_output: impl FnMut(Output),
+    ) -> Result<i32> {
+        let start = json!({
+            "process": process(&["-l", "-c", cmd], options),
+            "stdin": true,
+        });
+        let mut on_start = Some(on_start);
+        self.start_process(sandbox, start, options, |event| match event {
+            ProcessEvent::Started(pid) => {
+                if let Some(on_start) = on_start.take() {
+                    on_start(pid);
+                }
+            }
+            ProcessEvent::Output(out) => on_output(out),
+            ProcessEvent::Terminal(_) => {}
+        })
+        .await
+    }
+
+    /// Write `input` to the stdin of process `pid` (started with one).
+    pub async fn send_stdin(&self, sandbox: &Sandbox, pid: u32, input: &[u8]) -> Result<()> {
+        self.send_input(sandbox, pid, "stdin", input).await
+    }
+
+    /// Close the stdin of process `pid`: it reads its end.
+    pub async fn close_stdin(&self, sandbox: &Sandbox, pid: u32) -> Result<()> {
+        self.process_call(sandbox, "CloseStdin", json!({ "process": { "pid": pid } }))
+            .await
+    }
+
     /// Run an interactive login shell (`bash -i -l`) on a terminal of `size`, as the
     /// SDK's `pty.create` does, with `TERM`, `LANG` and `LC_ALL` set as it sets them
     /// unless `options` does. `on_start` gets its pid, for [`Client::send_terminal_input`]
@@ -443,11 +481,22 @@ impl Client {
         pid: u32,
         input: &[u8],
     ) -> Result<()> {
+        self.send_input(sandbox, pid, "pty", input).await
+    }
+
+    /// `SendInput` of `input` to process `pid`'s `stream` (`stdin` or `pty`).
+    async fn send_input(
+        &self,
+        sandbox: &Sandbox,
+        pid: u32,
+        stream: &str,
+        input: &[u8],
+    ) -> Result<()> {
         let input = base64::engine::general_purpose::STANDARD.encode(input);
         self.process_call(
             sandbox,
             "SendInput",
-            json!({ "process": { "pid": pid }, "input": { "pty": input } }),
+            json!({ "process": { "pid": pid }, "input": { stream: input } }),
         )
         .await
     }

@@ -288,6 +288,10 @@ pub enum SandboxCommand {
         command: Vec<String>,
         #[command(flatten)]
         process: ProcessArgs,
+        /// Pass this stdin to the command (it reads its end when stdin ends); without,
+        /// the command's stdin is empty.
+        #[arg(long, short = 'i')]
+        interactive: bool,
         /// Kill the command after this many seconds; this then exits with 124, as
         /// coreutils' `timeout` does (a command killed otherwise by a signal: 137).
         #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]

@@ -5,7 +5,7 @@ use std::path::Path;
 use std::process::ExitCode;
 
 use anyhow::Context;
-use silo_client::{Client, Output};
+use silo_client::{Client, Output, RunOptions};
 use silo_protocol::ids::SandboxId;
 use silo_protocol::rest::{
     AutoResume, Egress, LogLevel, NetworkConfig, NewSandbox, Sandbox, SandboxLogEntry, SandboxState,
@@ -88,20 +88,20 @@ pub async fn run(args: SandboxArgs) -> anyhow::Result<ExitCode> {
             id,
             command,
             process,
+            interactive,
             timeout,
         } => {
             let sandbox = running(&client, &parse_id(&id)?).await?;
             let options = process.options(timeout.map(std::time::Duration::from_secs));
+            let command = command.join(" ");
             let started = std::time::Instant::now();
-            let code = client
-                .run_with(&sandbox, &command.join(" "), &options, |out| {
-                    // Output goes straight through; a closed stdout is not worth an error.
-                    let _ = match out {
-                        Output::Stdout(bytes) => std::io::stdout().write_all(&bytes),
-                        Output::Stderr(bytes) => std::io::stderr().write_all(&bytes),
-                    };
-                })
-                .await?;
+            let code = if interactive {
+                exec_with_stdin(&client, &sandbox, &command, &options).await?
+            } else {
+                client
+                    .run_with(&sandbox, &command, &options, print_output)
+                    .await?
+            };
             let timed_out = options
                 .limit
                 .is_some_and(|limit| started.elapsed() >= limit);
@@ -166,6 +166,57 @@ async fn running(client: &Client, id: &SandboxId) -> anyhow::Result<Sandbox> {
         traffic_access_token: None,
         domain: None,
     })
+}
+
+/// A command's output, straight through: a closed stdout is not worth an error.
+fn print_output(out: Output) {
+    let _ = match out {
+        Output::Stdout(bytes) => std::io::stdout().write_all(&bytes),
+        Output::Stderr(bytes) => std::io::stderr().write_all(&bytes),
+    };
+}
+
+/// Run `command` with this process's stdin as its own, closed when it ends; its exit
+/// code.
+async fn exec_with_stdin(
+    client: &Client,
+    sandbox: &Sandbox,
+    command: &str,
+    options: &RunOptions,
+) -> anyhow::Result<i32> {
+    let (started, pid) = tokio::sync::oneshot::channel();
+    let run = client.run_with_stdin(
+        sandbox,
+        command,
+        options,
+        |pid| {
+            let _ = started.send(pid);
+        },
+        print_output,
+    );
+    // A write that fails means the command is gone, or soon reads no more (it ended,
+    // or closed its stdin, as `head` does): its exit says what happened, as a shell's
+    // pipe would. So the feed never ends the wait by itself.
+    let feed = async {
+        if let Ok(pid) = pid.await {
+            let mut input = crate::shell::read_stdin();
+            let mut fed = true;
+            while let Some(chunk) = input.recv().await {
+                fed = client.send_stdin(sandbox, pid, &chunk).await.is_ok();
+                if !fed {
+                    break;
+                }
+            }
+            if fed {
+                let _ = client.close_stdin(sandbox, pid).await;
+            }
+        }
+        std::future::pending::<std::convert::Infallible>().await
+    };
+    tokio::select! {
+        code = run => Ok(code?),
+        never = feed => match never {},
+    }
 }
 
 /// This process's exit status for a command that ended with `code` (-1: killed by a

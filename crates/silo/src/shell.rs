@@ -55,6 +55,7 @@ async fn forward_input(
         return std::future::pending().await;
     };
     let mut typed = read_stdin();
+    let mut ended = false;
     let mut resized =
         match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::window_change()) {
             Ok(signal) => signal,
@@ -62,12 +63,18 @@ async fn forward_input(
         };
     loop {
         let sent = tokio::select! {
-            Some(input) = typed.recv() => client.send_terminal_input(sandbox, pid, &input).await,
+            input = typed.recv(), if !ended => match input {
+                Some(input) => client.send_terminal_input(sandbox, pid, &input).await,
+                // Output goes on until the shell exits.
+                None => {
+                    ended = true;
+                    client.send_terminal_input(sandbox, pid, &[END_OF_INPUT]).await
+                }
+            },
             Some(()) = resized.recv() => match window_size() {
                 Some(size) => client.resize_terminal(sandbox, pid, size).await,
                 None => Ok(()),
             },
-            // Stdin ended (its end was sent): output goes on until the shell exits.
             else => return std::future::pending().await,
         };
         if let Err(err) = sent {
@@ -76,19 +83,16 @@ async fn forward_input(
     }
 }
 
-/// What stdin reads, as it comes, then [`END_OF_INPUT`]. A thread of its own, not
-/// the runtime's blocking pool: a read that never returns must not hold the exit.
-fn read_stdin() -> mpsc::Receiver<Vec<u8>> {
+/// What stdin reads, as it comes; closed at its end. A thread of its own, not the
+/// runtime's blocking pool: a read that never returns must not hold the exit.
+pub fn read_stdin() -> mpsc::Receiver<Vec<u8>> {
     let (tx, rx) = mpsc::channel(16);
     std::thread::spawn(move || {
         let mut stdin = std::io::stdin().lock();
-        let mut buf = [0u8; 4096];
+        let mut buf = [0u8; 64 << 10];
         loop {
             match stdin.read(&mut buf) {
-                Ok(0) | Err(_) => {
-                    let _ = tx.blocking_send(vec![END_OF_INPUT]);
-                    return;
-                }
+                Ok(0) | Err(_) => return,
                 Ok(n) => {
                     if tx.blocking_send(buf[..n].to_vec()).is_err() {
                         return;

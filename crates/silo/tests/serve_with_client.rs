@@ -116,9 +116,12 @@ fn cli(server: &Server, args: &[&str], stdin: &[u8]) -> std::process::Output {
         .spawn()
         .expect("silo sandbox");
     let mut input = child.stdin.take().expect("stdin");
-    input.write_all(stdin).expect("stdin written");
-    drop(input);
-    child.wait_with_output().expect("silo sandbox ran")
+    let stdin = stdin.to_vec();
+    // Beside the reading of its output; a command may stop reading early.
+    let writer = std::thread::spawn(move || drop(input.write_all(&stdin)));
+    let out = child.wait_with_output().expect("silo sandbox ran");
+    writer.join().expect("stdin writer");
+    out
 }
 
 /// `silo sandbox exec` options, `cp` both ways (files, stdin and stdout, into a
@@ -238,6 +241,16 @@ fn the_cli_copies_runs_pauses_and_resumes(server: &Server, id: &str) {
     let both = cli(server, &["cp", &remote, &remote], b"");
     assert!(String::from_utf8_lossy(&both.stderr).contains("both sides are in a sandbox"));
 
+    // exec -i: stdin passed on, its end too; a command that stops reading early
+    // ends as it would under a shell.
+    let counted = ok(cli(server, &["exec", "-i", id, "wc -c"], &data));
+    assert_eq!(counted, b"3145728\n");
+    let head = cli(server, &["exec", "-i", id, "head -c 4; exit 9"], &data);
+    assert_eq!(
+        (head.status.code(), &head.stdout[..]),
+        (Some(9), &data[..4])
+    );
+    assert_eq!(ok(cli(server, &["exec", id, "wc -c"], b"ignored")), b"0\n");
     // A shell fed from a pipe: what it reads is typed in.
     let shell = cli(
         server,
