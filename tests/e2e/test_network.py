@@ -9,6 +9,7 @@ HTTPS and DNS on the first.
 """
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -41,6 +42,7 @@ def sh(*args):
 def internet():
     sh("ip", "netns", "add", NETNS)
     servers = []
+    root = None
     try:
         sh("ip", "link", "add", HOST_END, "type", "veth", "peer", "name", "eth0", "netns", NETNS)
         sh("ip", "addr", "add", "198.18.0.1/24", "dev", HOST_END)
@@ -86,6 +88,8 @@ def internet():
         subprocess.run(["ip", "route", "del", "198.19.0.0/24"], capture_output=True)
         subprocess.run(["ip", "link", "del", HOST_END], capture_output=True)
         subprocess.run(["ip", "netns", "del", NETNS], capture_output=True)
+        if root:
+            shutil.rmtree(root, ignore_errors=True)
 
 
 def reaches(sbx, ip: str, port: int = 80) -> bool:

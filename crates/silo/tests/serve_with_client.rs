@@ -15,6 +15,7 @@ use silo_protocol::rest::{NewSandbox, Resources};
 struct Server {
     child: Child,
     data_dir: PathBuf,
+    log: PathBuf,
     url: String,
 }
 
@@ -25,10 +26,9 @@ impl Server {
             .expect("free port")
             .port();
         let data_dir = std::env::temp_dir().join(format!("silo-rust-it-{}", std::process::id()));
-        let log = std::fs::File::create(
-            std::env::temp_dir().join(format!("silo-rust-it-{}.log", std::process::id())),
-        )
-        .expect("log file");
+        let log_path =
+            std::env::temp_dir().join(format!("silo-rust-it-{}.log", std::process::id()));
+        let log = std::fs::File::create(&log_path).expect("log file");
         let child = Command::new(env!("CARGO_BIN_EXE_silo"))
             .args(["serve", "--listen", &format!("127.0.0.1:{port}")])
             .arg("--data-dir")
@@ -50,6 +50,7 @@ impl Server {
         Server {
             child,
             data_dir,
+            log: log_path,
             url,
         }
     }
@@ -99,6 +100,10 @@ impl Drop for Server {
             .status();
         let _ = self.child.wait();
         let _ = std::fs::remove_dir_all(&self.data_dir);
+        // The server's log is kept for a failed test to be read.
+        if !std::thread::panicking() {
+            let _ = std::fs::remove_file(&self.log);
+        }
     }
 }
 
