@@ -387,11 +387,17 @@ impl Client {
             "process": process(&["-l", "-c", cmd], options),
             "stdin": false,
         });
-        self.start_process(sandbox, start, options, |event| {
-            if let ProcessEvent::Output(out) = event {
-                on_output(out);
-            }
-        })
+        self.start_process(
+            sandbox,
+            start,
+            options,
+            |_| {},
+            |event| {
+                if let ProcessEvent::Output(out) = event {
+                    on_output(out);
+                }
+            },
+        )
         .await
     }
 
@@ -409,15 +415,10 @@ impl Client {
             "process": process(&["-l", "-c", cmd], options),
             "stdin": true,
         });
-        let mut on_start = Some(on_start);
-        self.start_process(sandbox, start, options, |event| match event {
-            ProcessEvent::Started(pid) => {
-                if let Some(on_start) = on_start.take() {
-                    on_start(pid);
-                }
+        self.start_process(sandbox, start, options, on_start, |event| {
+            if let ProcessEvent::Output(out) = event {
+                on_output(out);
             }
-            ProcessEvent::Output(out) => on_output(out),
-            ProcessEvent::Terminal(_) => {}
         })
         .await
     }
@@ -461,15 +462,10 @@ impl Client {
             "process": process(&["-i", "-l"], &options),
             "pty": { "size": size },
         });
-        let mut on_start = Some(on_start);
-        self.start_process(sandbox, start, &options, |event| match event {
-            ProcessEvent::Started(pid) => {
-                if let Some(on_start) = on_start.take() {
-                    on_start(pid);
-                }
+        self.start_process(sandbox, start, &options, on_start, |event| {
+            if let ProcessEvent::Terminal(bytes) = event {
+                on_output(bytes);
             }
-            ProcessEvent::Terminal(bytes) => on_output(bytes),
-            ProcessEvent::Output(_) => {}
         })
         .await
     }
@@ -537,16 +533,18 @@ impl Client {
     }
 
     /// Start a process with envd's `Start` request `start`, as `options.user` and
-    /// within `options.limit`, handing its events to `on_event` as they arrive; returns
-    /// its exit code (-1 if killed by a signal).
+    /// within `options.limit`: `on_start` gets its pid once it started, `on_event` its
+    /// output as it arrives; returns its exit code (-1 if killed by a signal).
     async fn start_process(
         &self,
         sandbox: &Sandbox,
         start: serde_json::Value,
         options: &RunOptions,
+        on_start: impl FnOnce(u32),
         mut on_event: impl FnMut(ProcessEvent),
     ) -> Result<i32> {
         let limit = options.limit;
+        let mut on_start = Some(on_start);
         let mut req = self
             .sandbox_request(
                 reqwest::Method::POST,
@@ -612,7 +610,9 @@ impl Client {
                     }
                 } else if let Some(pid) = event.pointer("/start/pid").and_then(|v| v.as_u64()) {
                     let pid = u32::try_from(pid).map_err(|err| stream_error(&err))?;
-                    on_event(ProcessEvent::Started(pid));
+                    if let Some(on_start) = on_start.take() {
+                        on_start(pid);
+                    }
                 } else if let Some(end) = event.get("end") {
                     exit_code =
                         Some(end.get("exitCode").and_then(|v| v.as_i64()).unwrap_or(0) as i32);
@@ -636,9 +636,8 @@ fn process(args: &[&str], options: &RunOptions) -> serde_json::Value {
     process
 }
 
-/// What a process started through envd reports, in order.
+/// What a process started through envd writes, as it comes.
 enum ProcessEvent {
-    Started(u32),
     Output(Output),
     /// What its terminal shows.
     Terminal(Vec<u8>),
