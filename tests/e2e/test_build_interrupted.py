@@ -88,6 +88,22 @@ def wait_for_the_step(info):
     wait_for("output of the RUN step", step_runs, seconds=240)
 
 
+def a_build_in_its_run_step(templates, server, name: str, sleep_seconds: int) -> tuple:
+    """A build of `name` started and waited for until its RUN step (a sleep) runs, with
+    what the step holds: its container, lease and network, rules and mounts. The build's
+    info, its container and its lease."""
+    template = Template().from_base_image().run_cmd(f"echo {MARKER} && sleep {sleep_seconds}")
+    info = Template.build_in_background(template, name)
+    wait_for_the_step(info)
+    [container] = build_containers(templates)
+    [lease] = step_leases(server)
+    network = network_of(lease)
+    assert network["netns"] and network["links"], network
+    assert server.firewall_chains()
+    assert mounts_under(templates)
+    return info, container, lease
+
+
 def catalog_build(server, build_id: str) -> tuple:
     """The build's status, reason and log lines, as the catalog on disk holds them."""
     db = sqlite3.connect(f"file:{server.data_dir / 'catalog.db'}?mode=ro", uri=True)
@@ -113,15 +129,7 @@ def processes_with(text: str) -> list:
 
 
 def test_a_build_killed_mid_step_is_failed_and_cleaned_at_the_next_start(templates, server):
-    template = Template().from_base_image().run_cmd(f"echo {MARKER} && sleep 3600")
-    info = Template.build_in_background(template, "e2e-interrupted")
-    wait_for_the_step(info)
-    [container] = build_containers(templates)
-    [lease] = step_leases(server)
-    network = network_of(lease)
-    assert network["netns"] and network["links"], network
-    assert server.firewall_chains()
-    assert mounts_under(templates)
+    info, container, lease = a_build_in_its_run_step(templates, server, "e2e-interrupted", 3600)
 
     server.proc.send_signal(signal.SIGKILL)
     server.proc.wait(timeout=30)
@@ -156,15 +164,7 @@ def test_a_build_killed_mid_step_is_failed_and_cleaned_at_the_next_start(templat
 
 def test_a_build_stopped_mid_step_by_sigterm_is_failed_and_cleaned_before_the_server_exits(
         templates, server):
-    template = Template().from_base_image().run_cmd(f"echo {MARKER} && sleep 600")
-    info = Template.build_in_background(template, "e2e-stopped")
-    wait_for_the_step(info)
-    [container] = build_containers(templates)
-    [lease] = step_leases(server)
-    network = network_of(lease)
-    assert network["netns"] and network["links"], network
-    assert server.firewall_chains()
-    assert mounts_under(templates)
+    info, container, lease = a_build_in_its_run_step(templates, server, "e2e-stopped", 600)
 
     server.proc.send_signal(signal.SIGTERM)
     assert server.proc.wait(timeout=60) == 0, server.log()
