@@ -30,16 +30,16 @@ pub async fn request_build(
     body: axum::body::Bytes,
 ) -> Result<impl IntoResponse, ApiError> {
     let req = optional_body::<BuildRequest>(&body, "template build request")?;
-    let build = app.builder.request(&req)?;
-    let aliases = app.builder.aliases(&build.template)?;
+    let new = app.builder.request(&req)?;
+    let aliases = app.builder.aliases(&new.build.template)?;
     Ok((
         StatusCode::ACCEPTED,
         Json(BuildRequested {
-            names: vec![build.template.clone()],
-            template_id: build.template,
-            build_id: build.id,
+            names: vec![new.build.template.clone()],
+            template_id: new.build.template,
+            build_id: new.build.id,
             public: false,
-            tags: Vec::new(),
+            tags: new.tags,
             aliases,
         }),
     ))

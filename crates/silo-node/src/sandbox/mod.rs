@@ -50,7 +50,9 @@ pub use create::CreateRequest;
 pub use doze::{DozeMode, DozePolicy, InUse};
 pub use metrics::SamplerConfig;
 pub use pool::POOL_METADATA;
-pub use templates::{resources_of, write_resources, Templates, RESOURCES_FILE};
+pub use templates::{
+    check_tag, resources_of, write_resources, TemplateRef, Templates, RESOURCES_FILE,
+};
 pub use trial::TRIAL_METADATA;
 
 /// Limits and defaults for sandboxes (documented on the CLI flags that set them).

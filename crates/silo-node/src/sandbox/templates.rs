@@ -30,13 +30,7 @@ impl Templates {
 
     /// The canonical name of a template (aliases resolved), if the name is acceptable.
     pub fn canonical<'a>(&self, name: &'a str) -> Result<&'a str, SandboxError> {
-        let valid = !name.is_empty()
-            && name.len() <= 128
-            && name
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.')
-            && !name.starts_with('.');
-        if !valid {
+        if !is_name(name) {
             return Err(SandboxError::InvalidRequest(format!(
                 "invalid template name {name:?}: use letters, digits, '-', '_' and '.'"
             )));
@@ -61,6 +55,50 @@ impl Templates {
         let canonical = self.canonical(name)?;
         newest_build(&self.dir.join(canonical))
             .ok_or_else(|| SandboxError::TemplateNotFound(canonical.to_owned()))
+    }
+}
+
+/// Whether `name` may name a template or a tag: it becomes a directory's name.
+fn is_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 128
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.')
+        && !name.starts_with('.')
+}
+
+/// A template as E2B names it: `name` or `name:tag`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TemplateRef<'a> {
+    pub name: &'a str,
+    pub tag: Option<&'a str>,
+}
+
+impl<'a> TemplateRef<'a> {
+    /// Split `name:tag`; the tag, when there is one, must be a valid name.
+    pub fn parse(text: &'a str) -> Result<TemplateRef<'a>, SandboxError> {
+        match text.split_once(':') {
+            None => Ok(TemplateRef {
+                name: text,
+                tag: None,
+            }),
+            Some((name, tag)) => Ok(TemplateRef {
+                name,
+                tag: Some(check_tag(tag)?),
+            }),
+        }
+    }
+}
+
+/// `tag`, if it is acceptable as a tag.
+pub fn check_tag(tag: &str) -> Result<&str, SandboxError> {
+    if is_name(tag) {
+        Ok(tag)
+    } else {
+        Err(SandboxError::InvalidRequest(format!(
+            "invalid tag {tag:?}: use letters, digits, '-', '_' and '.'"
+        )))
     }
 }
 
@@ -127,6 +165,16 @@ mod tests {
             ));
         }
         std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn a_template_ref_is_a_name_and_maybe_a_tag() {
+        let parsed = |text| TemplateRef::parse(text).map(|r| (r.name, r.tag)).ok();
+        assert_eq!(parsed("app"), Some(("app", None)));
+        assert_eq!(parsed("app:v1.2"), Some(("app", Some("v1.2"))));
+        for bad in ["app:", "app:a:b", "app:../x", "app:.x"] {
+            assert_eq!(parsed(bad), None, "{bad}");
+        }
     }
 
     #[test]
