@@ -92,6 +92,12 @@ pub enum SandboxError {
     NotFound(SandboxId),
     #[error("template {0:?} was not found; build it with `silo template build -n {0}` (`silo template list` shows what is built)")]
     TemplateNotFound(String),
+    #[error("template {template:?} has no tag {tag:?}; its tags: {}", .tags.join(", "))]
+    TagNotFound {
+        template: String,
+        tag: String,
+        tags: Vec<String>,
+    },
     #[error("{0}")]
     InvalidRequest(String),
     /// A template build's files are unreadable or cannot be written: the server's fault.
