@@ -29,7 +29,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 use silo_catalog::{
-    BuildLogEntry, BuildRecord, BuildStatus, CatalogError, SandboxState, DEFAULT_TAG,
+    BuildLogEntry, BuildRecord, BuildStatus, CatalogError, SandboxState, TagRecord, DEFAULT_TAG,
 };
 use silo_protocol::rest::Resources;
 use silo_protocol::templates::{BuildRequest, BuildStart};
@@ -178,17 +178,19 @@ impl Builder {
     pub fn request(&self, req: &BuildRequest) -> Result<NewBuild, TemplateError> {
         let named = TemplateRef::parse(req.name.as_deref().unwrap_or_default())?;
         let name = self.manager.templates().canonical(named.name)?;
-        let mut tags = Vec::new();
-        for tag in named
+        let given: Vec<String> = named
             .tag
+            .map(str::to_owned)
             .into_iter()
-            .chain(req.tags.iter().flatten().map(String::as_str))
-        {
-            let tag = check_tag(tag)?;
-            if tag != DEFAULT_TAG && !tags.iter().any(|t| t == tag) {
-                tags.push(tag.to_owned());
-            }
-        }
+            .chain(req.tags.iter().flatten().cloned())
+            .collect();
+        let mut tags = if given.is_empty() {
+            Vec::new()
+        } else {
+            checked_tags(&given)?
+        };
+        // It takes `default` anyway, last.
+        tags.retain(|t| t != DEFAULT_TAG);
         if BUILT_IN.contains(&name) {
             return Err(TemplateError::Invalid(format!(
                 "{name:?} is one of silo's own templates (built by `silo template build -n {name}`); give yours another name, and start it FROM {name}"
@@ -697,6 +699,62 @@ impl Builder {
         }
     }
 
+    /// Point `tags` at the build `target` (`name:tag`, `name` for its default) names;
+    /// tags taken move. Returns the build and the tags given, each once.
+    pub fn assign_tags(
+        &self,
+        target: &str,
+        tags: &[String],
+    ) -> Result<(BuildRecord, Vec<String>), TemplateError> {
+        let named = TemplateRef::parse(target)?;
+        let tags = checked_tags(tags)?;
+        let name = self.resolve(named.name)?;
+        let tag = named.tag.unwrap_or(DEFAULT_TAG);
+        let catalog = self.manager.catalog();
+        let build = match catalog.tagged_build(&name, tag)? {
+            Some(build) => build,
+            None => {
+                let templates = self.manager.templates();
+                return Err(templates.tag_not_found(catalog, &name, tag)?.into());
+            }
+        };
+        catalog.assign_tags(&build.id, &tags)?;
+        Ok((build, tags))
+    }
+
+    /// Remove `tags` of the template `name`, all or none.
+    pub fn remove_tags(&self, name: &str, tags: &[String]) -> Result<(), TemplateError> {
+        let named = TemplateRef::parse(name)?;
+        if let Some(tag) = named.tag {
+            return Err(TemplateError::Invalid(format!(
+                "give the template's name without a tag ({:?}), and {tag:?} among the tags",
+                named.name
+            )));
+        }
+        let tags = checked_tags(tags)?;
+        if tags.iter().any(|t| t == DEFAULT_TAG) {
+            return Err(TemplateError::Invalid(format!(
+                "the tag {DEFAULT_TAG:?} names the template's newest build and cannot be removed; assign it to another build instead"
+            )));
+        }
+        let name = self.resolve(named.name)?;
+        let missing = self.manager.catalog().remove_tags(&name, &tags)?;
+        match missing.first() {
+            None => Ok(()),
+            Some(tag) => Err(self
+                .manager
+                .templates()
+                .tag_not_found(self.manager.catalog(), &name, tag)?
+                .into()),
+        }
+    }
+
+    /// The tags of a template (by name or alias), by name.
+    pub fn tags(&self, name_or_alias: &str) -> Result<Vec<TagRecord>, TemplateError> {
+        let name = self.resolve(name_or_alias)?;
+        Ok(self.manager.catalog().tags_of(&name)?)
+    }
+
     pub fn aliases(&self, template: &str) -> Result<Vec<String>, TemplateError> {
         Ok(self.manager.catalog().aliases_of(template)?)
     }
@@ -796,6 +854,21 @@ pub struct TemplateSummary {
     /// When its newest build was made (or made the newest again).
     pub updated_at_ms: i64,
     pub config: silo_templates::TemplateConfig,
+}
+
+/// Tags given to assign or remove: at least one, each valid, each once.
+fn checked_tags(tags: &[String]) -> Result<Vec<String>, TemplateError> {
+    if tags.is_empty() {
+        return Err(TemplateError::Invalid("no tags given".into()));
+    }
+    let mut checked: Vec<String> = Vec::new();
+    for tag in tags {
+        let tag = check_tag(tag)?;
+        if !checked.iter().any(|t| t == tag) {
+            checked.push(tag.to_owned());
+        }
+    }
+    Ok(checked)
 }
 
 /// How a build ended.

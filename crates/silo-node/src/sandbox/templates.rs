@@ -66,18 +66,7 @@ impl Templates {
             if tag == DEFAULT_TAG {
                 return self.rootfs(name);
             }
-            let mut tags: Vec<String> = catalog.tags_of(name)?.into_iter().map(|t| t.tag).collect();
-            if tags.is_empty() && self.is_built(name) {
-                tags.push(DEFAULT_TAG.to_owned());
-            }
-            if tags.is_empty() {
-                return Err(SandboxError::TemplateNotFound(name.to_owned()));
-            }
-            return Err(SandboxError::TagNotFound {
-                template: name.to_owned(),
-                tag: tag.to_owned(),
-                tags,
-            });
+            return Err(self.tag_not_found(catalog, name, tag)?);
         };
         // Tags name only ready builds, whose rows have their hash.
         let rootfs = build
@@ -90,6 +79,28 @@ impl Templates {
                 build.id,
                 self.dir.join(name).display()
             ))
+        })
+    }
+
+    /// Why `tag` of `name` names nothing: the template is unknown, or which tags it has
+    /// (`default` alone for a template built before tags).
+    pub fn tag_not_found(
+        &self,
+        catalog: &Catalog,
+        name: &str,
+        tag: &str,
+    ) -> Result<SandboxError, SandboxError> {
+        let mut tags: Vec<String> = catalog.tags_of(name)?.into_iter().map(|t| t.tag).collect();
+        if tags.is_empty() && self.is_built(name) {
+            tags.push(DEFAULT_TAG.to_owned());
+        }
+        if tags.is_empty() {
+            return Ok(SandboxError::TemplateNotFound(name.to_owned()));
+        }
+        Ok(SandboxError::TagNotFound {
+            template: name.to_owned(),
+            tag: tag.to_owned(),
+            tags,
         })
     }
 
