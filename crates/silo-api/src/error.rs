@@ -78,6 +78,7 @@ fn sandbox_class(err: &SandboxError) -> (StatusCode, &'static str) {
     match err {
         SandboxError::NotFound(_) => (StatusCode::NOT_FOUND, "sandbox_not_found"),
         SandboxError::TemplateNotFound(_) => (StatusCode::NOT_FOUND, "template_not_found"),
+        SandboxError::TagNotFound { .. } => (StatusCode::NOT_FOUND, "tag_not_found"),
         SandboxError::InvalidRequest(_) => (StatusCode::BAD_REQUEST, "invalid_request"),
         SandboxError::BrokenTemplate(_) => (INTERNAL, "template_broken"),
         SandboxError::StoredNetwork { .. } => (INTERNAL, "catalog_failed"),

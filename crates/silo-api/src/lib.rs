@@ -124,6 +124,8 @@ fn routes(state: AppState) -> OpenApiRouter<AppState> {
         .routes(routes!(templates::file_upload))
         .routes(routes!(templates::start_build))
         .routes(routes!(templates::build_status))
+        .routes(routes!(templates::assign_tags, templates::remove_tags))
+        .routes(routes!(templates::tags))
         .routes(routes!(
             templates::get_alias,
             templates::set_alias,

@@ -1,7 +1,8 @@
 //! Templates: E2B's build API (`POST /v3/templates`, `GET /templates/{id}/files/{hash}`,
 //! `POST /v2/templates/{id}/builds/{build}`, `GET .../builds/{build}/status`), listing
 //! (`GET /templates`, `GET /templates/{id}`), delete (`DELETE /templates/{id}`, which also
-//! deletes snapshots, templates to the SDK) and aliases (`/templates/aliases/{alias}`).
+//! deletes snapshots, templates to the SDK), aliases (`/templates/aliases/{alias}`) and
+//! tags (`POST`/`DELETE /templates/tags`, `GET /templates/{id}/tags`).
 //! A template's id is its name.
 
 use axum::body::Body;
@@ -13,13 +14,14 @@ use futures_util::TryStreamExt;
 use silo_catalog::BuildRecord;
 use silo_node::builds::{TemplateError, TemplateSummary};
 use silo_protocol::templates::{
-    AliasInfo, BuildFailure, BuildInfo, BuildLogLine, BuildRequest, BuildRequested, BuildStart,
-    FileUpload, TemplateBuildInfo, TemplateInfo,
+    AliasInfo, AssignTags, AssignedTags, BuildFailure, BuildInfo, BuildLogLine, BuildRequest,
+    BuildRequested, BuildStart, FileUpload, RemoveTags, TemplateBuildInfo, TemplateInfo,
+    TemplateTag,
 };
 use tokio_util::io::StreamReader;
 
 use crate::error::ApiError;
-use crate::extract::ApiQuery;
+use crate::extract::{ApiJson, ApiQuery};
 use crate::sandboxes::{optional_body, rfc3339};
 use crate::AppState;
 
@@ -30,16 +32,16 @@ pub async fn request_build(
     body: axum::body::Bytes,
 ) -> Result<impl IntoResponse, ApiError> {
     let req = optional_body::<BuildRequest>(&body, "template build request")?;
-    let build = app.builder.request(&req)?;
-    let aliases = app.builder.aliases(&build.template)?;
+    let new = app.builder.request(&req)?;
+    let aliases = app.builder.aliases(&new.build.template)?;
     Ok((
         StatusCode::ACCEPTED,
         Json(BuildRequested {
-            names: vec![build.template.clone()],
-            template_id: build.template,
-            build_id: build.id,
+            names: vec![new.build.template.clone()],
+            template_id: new.build.template,
+            build_id: new.build.id,
             public: false,
-            tags: Vec::new(),
+            tags: new.tags,
             aliases,
         }),
     ))
@@ -283,6 +285,50 @@ pub async fn delete_alias(
     Ok(StatusCode::NO_CONTENT)
 }
 
+/// `POST /templates/tags`: 201, the build `target` (`name:tag`) names takes `tags` too.
+#[utoipa::path(post, path = "/templates/tags", tag = "templates", request_body = AssignTags, responses((status = 201, description = "Assigned", body = AssignedTags), (status = 400, description = "malformed request", body = silo_protocol::rest::ApiError), (status = 401, description = "no or wrong API key", body = silo_protocol::rest::ApiError), (status = 404, description = "unknown template or tag", body = silo_protocol::rest::ApiError), (status = 500, description = "internal error; the log has the detail", body = silo_protocol::rest::ApiError)), security(("api_key" = [])))]
+pub async fn assign_tags(
+    State(app): State<AppState>,
+    ApiJson(req): ApiJson<AssignTags>,
+) -> Result<(StatusCode, Json<AssignedTags>), ApiError> {
+    let (build, tags) = app.builder.assign_tags(&req.target, &req.tags)?;
+    Ok((
+        StatusCode::CREATED,
+        Json(AssignedTags {
+            tags,
+            build_id: build.id,
+        }),
+    ))
+}
+
+/// `DELETE /templates/tags`: 204, the tags of template `name` removed (all or none).
+#[utoipa::path(delete, path = "/templates/tags", tag = "templates", request_body = RemoveTags, responses((status = 204, description = "Removed"), (status = 400, description = "malformed request", body = silo_protocol::rest::ApiError), (status = 401, description = "no or wrong API key", body = silo_protocol::rest::ApiError), (status = 404, description = "unknown template or tag", body = silo_protocol::rest::ApiError), (status = 500, description = "internal error; the log has the detail", body = silo_protocol::rest::ApiError)), security(("api_key" = [])))]
+pub async fn remove_tags(
+    State(app): State<AppState>,
+    ApiJson(req): ApiJson<RemoveTags>,
+) -> Result<StatusCode, ApiError> {
+    app.builder.remove_tags(&req.name, &req.tags)?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// `GET /templates/{id}/tags`: a template's tags, by name.
+#[utoipa::path(get, path = "/templates/{id}/tags", tag = "templates", params(("id" = String, Path, description = "Template name or alias")), responses((status = 200, body = Vec<TemplateTag>), (status = 400, description = "malformed request", body = silo_protocol::rest::ApiError), (status = 401, description = "no or wrong API key", body = silo_protocol::rest::ApiError), (status = 404, description = "unknown template or tag", body = silo_protocol::rest::ApiError), (status = 500, description = "internal error; the log has the detail", body = silo_protocol::rest::ApiError)), security(("api_key" = [])))]
+pub async fn tags(
+    State(app): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Json<Vec<TemplateTag>>, ApiError> {
+    let tags = app.builder.tags(&id)?;
+    Ok(Json(
+        tags.into_iter()
+            .map(|t| TemplateTag {
+                tag: t.tag,
+                build_id: t.build_id,
+                created_at: rfc3339(t.created_at_ms),
+            })
+            .collect(),
+    ))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -340,5 +386,96 @@ mod tests {
             url.starts_with("https://silo.example.com/uploads/"),
             "{url}"
         );
+    }
+
+    #[tokio::test]
+    async fn tags_are_listed_assigned_and_removed_with_e2b_errors() {
+        let test = TestApp::new();
+        let catalog = test.state.manager.catalog();
+        let key = catalog.create_api_key().unwrap();
+        let dir = test.state.manager.templates().dir().to_owned();
+        for (build, tag) in [("b1", "v1"), ("b2", "v2")] {
+            std::fs::create_dir_all(dir.join("app").join(build).join("rootfs")).unwrap();
+            catalog.insert_build(build, "app").unwrap();
+            catalog
+                .set_build_ready(build, build, &[tag.into()])
+                .unwrap();
+        }
+        let call = |method: &str, uri: &str, body: serde_json::Value| {
+            let req = axum::http::Request::builder()
+                .method(method)
+                .uri(uri)
+                .header("x-api-key", key.expose())
+                .header("content-type", "application/json")
+                .body(Body::from(body.to_string()))
+                .unwrap();
+            let router = test.router();
+            async move {
+                let resp = router.oneshot(req).await.unwrap();
+                let status = resp.status();
+                let body = http_body_util::BodyExt::collect(resp.into_body())
+                    .await
+                    .unwrap()
+                    .to_bytes();
+                let json = serde_json::from_slice(&body).unwrap_or(serde_json::Value::Null);
+                (status, json)
+            }
+        };
+        let tags = || async {
+            let (status, body) = call("GET", "/templates/app/tags", serde_json::json!(null)).await;
+            assert_eq!(status, StatusCode::OK);
+            let list: Vec<TemplateTag> = serde_json::from_value(body).unwrap();
+            list.into_iter()
+                .map(|t| format!("{}={}", t.tag, t.build_id))
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(tags().await, ["default=b2", "v1=b1", "v2=b2"]);
+
+        let assign = serde_json::json!({"target": "app:v1", "tags": ["stable", "prod"]});
+        let (status, body) = call("POST", "/templates/tags", assign).await;
+        assert_eq!(status, StatusCode::CREATED);
+        assert_eq!(
+            body,
+            serde_json::json!({"tags": ["stable", "prod"], "buildID": "b1"})
+        );
+        assert_eq!(
+            tags().await,
+            ["default=b2", "prod=b1", "stable=b1", "v1=b1", "v2=b2"]
+        );
+
+        let unknown = serde_json::json!({"target": "app:v9", "tags": ["x"]});
+        let (status, body) = call("POST", "/templates/tags", unknown).await;
+        assert_eq!(status, StatusCode::NOT_FOUND);
+        assert_eq!(
+            body["message"],
+            r#"template "app" has no tag "v9"; its tags: default, prod, stable, v1, v2"#
+        );
+        let no_tags = serde_json::json!({"target": "app:v1"});
+        let (status, body) = call("POST", "/templates/tags", no_tags).await;
+        assert_eq!(
+            (status, &body["code"]),
+            (StatusCode::BAD_REQUEST, &400.into())
+        );
+
+        let default = serde_json::json!({"name": "app", "tags": ["default"]});
+        let (status, body) = call("DELETE", "/templates/tags", default).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST);
+        assert!(
+            body["message"]
+                .as_str()
+                .unwrap()
+                .contains("cannot be removed"),
+            "{body}"
+        );
+        let some_unknown = serde_json::json!({"name": "app", "tags": ["prod", "nope"]});
+        let (status, _) = call("DELETE", "/templates/tags", some_unknown).await;
+        assert_eq!(status, StatusCode::NOT_FOUND);
+        let remove = serde_json::json!({"name": "app", "tags": ["prod", "stable"]});
+        let (status, _) = call("DELETE", "/templates/tags", remove).await;
+        assert_eq!(status, StatusCode::NO_CONTENT);
+        assert_eq!(tags().await, ["default=b2", "v1=b1", "v2=b2"]);
+
+        let (status, _) = call("GET", "/templates/web/tags", serde_json::json!(null)).await;
+        assert_eq!(status, StatusCode::NOT_FOUND);
     }
 }

@@ -1,7 +1,12 @@
-//! Template builds (status and log, kept after they finish) and template aliases.
+//! Template builds (status and log, kept after they finish), their tags and template
+//! aliases.
 //!
 //! A build's files live in the template directory; its row says how it went, so the API
-//! can answer "where is build X" and show its log long after the build ran.
+//! can answer "where is build X" and show its log long after the build ran. A ready
+//! build's row has its recipe hash, the name of its directory
+//! (`<templates>/<template>/<hash>/rootfs`). A tag (E2B's `name:tag`) names one build of
+//! its template; [`DEFAULT_TAG`] moves to each build that becomes ready, the others move
+//! only when a build or an assignment names them.
 
 use rusqlite::{params, OptionalExtension};
 
@@ -54,6 +59,20 @@ pub struct BuildRecord {
     /// Why it failed, and at which step ("1", "2", ... or "finalize").
     pub reason: Option<String>,
     pub step: Option<String>,
+    /// A ready build's recipe hash: its directory under its template's.
+    pub hash: Option<String>,
+}
+
+/// The tag of a template's newest ready build, and what its bare name means.
+pub const DEFAULT_TAG: &str = "default";
+
+/// One tag of a template.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TagRecord {
+    pub tag: String,
+    pub build_id: String,
+    /// When the tag was set to its build.
+    pub created_at_ms: i64,
 }
 
 /// One line of a build's log.
@@ -80,7 +99,7 @@ impl BuildLogEntry {
 pub const BUILD_LOGS_KEPT: i64 = 10;
 
 const SELECT_BUILD: &str =
-    "SELECT id, template, status, created_at, finished_at, reason, step FROM template_builds";
+    "SELECT id, template, status, created_at, finished_at, reason, step, hash FROM template_builds";
 
 impl Catalog {
     pub fn insert_build(&self, id: &str, template: &str) -> Result<BuildRecord> {
@@ -92,6 +111,7 @@ impl Catalog {
             finished_at_ms: None,
             reason: None,
             step: None,
+            hash: None,
         };
         self.conn().execute(
             "INSERT INTO template_builds (id, template, status, created_at) VALUES (?1, ?2, ?3, ?4)",
@@ -158,6 +178,85 @@ impl Catalog {
             params![id, status.as_str(), finished, reason, step],
         )?;
         Ok(())
+    }
+
+    /// Record a build as ready, its files under `hash`, and point [`DEFAULT_TAG`] and
+    /// `tags` of its template at it, in one transaction: a tag never names a build that
+    /// is not ready.
+    pub fn set_build_ready(&self, id: &str, hash: &str, tags: &[String]) -> Result<()> {
+        let mut conn = self.conn();
+        let tx = conn.transaction()?;
+        let now = now_ms();
+        tx.execute(
+            "UPDATE template_builds SET status = 'ready', finished_at = ?2, reason = NULL, \
+             step = NULL, hash = ?3 WHERE id = ?1",
+            params![id, now, hash],
+        )?;
+        let default = [DEFAULT_TAG.to_owned()];
+        upsert_tags(&tx, id, default.iter().chain(tags), now)?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// The build `tag` of `template` names.
+    pub fn tagged_build(&self, template: &str, tag: &str) -> Result<Option<BuildRecord>> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare(&format!(
+            "{SELECT_BUILD} WHERE id = \
+             (SELECT build_id FROM template_tags WHERE template = ?1 AND tag = ?2)"
+        ))?;
+        stmt.query_row([template, tag], build_row)
+            .optional()?
+            .transpose()
+    }
+
+    /// A template's tags, by name.
+    pub fn tags_of(&self, template: &str) -> Result<Vec<TagRecord>> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare(
+            "SELECT tag, build_id, created_at FROM template_tags WHERE template = ?1 \
+             ORDER BY tag",
+        )?;
+        let rows = stmt
+            .query_map([template], |row| {
+                Ok(TagRecord {
+                    tag: row.get(0)?,
+                    build_id: row.get(1)?,
+                    created_at_ms: row.get(2)?,
+                })
+            })?
+            .collect::<std::result::Result<Vec<_>, _>>()?;
+        Ok(rows)
+    }
+
+    /// Point `tags` of the template of build `id` at it; tags taken move to it.
+    pub fn assign_tags(&self, id: &str, tags: &[String]) -> Result<()> {
+        let mut conn = self.conn();
+        let tx = conn.transaction()?;
+        upsert_tags(&tx, id, tags.iter(), now_ms())?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// Remove `tags` of `template`, all or none: the tags it does not have are returned
+    /// and nothing is removed.
+    pub fn remove_tags(&self, template: &str, tags: &[String]) -> Result<Vec<String>> {
+        let mut conn = self.conn();
+        let tx = conn.transaction()?;
+        let mut missing = Vec::new();
+        for tag in tags {
+            let removed = tx.execute(
+                "DELETE FROM template_tags WHERE template = ?1 AND tag = ?2",
+                params![template, tag],
+            )?;
+            if removed == 0 {
+                missing.push(tag.clone());
+            }
+        }
+        if missing.is_empty() {
+            tx.commit()?;
+        }
+        Ok(missing)
     }
 
     /// Builds that were under way when the server stopped can never finish: fail them
@@ -283,7 +382,7 @@ impl Catalog {
             > 0)
     }
 
-    /// Forget a template: its builds, their logs, its aliases.
+    /// Forget a template: its builds, their logs, its tags and aliases.
     pub fn delete_template(&self, template: &str) -> Result<()> {
         let mut conn = self.conn();
         let tx = conn.transaction()?;
@@ -300,6 +399,7 @@ impl Catalog {
             "DELETE FROM template_aliases WHERE template = ?1",
             [template],
         )?;
+        tx.execute("DELETE FROM template_tags WHERE template = ?1", [template])?;
         tx.commit()?;
         Ok(())
     }
@@ -316,6 +416,7 @@ fn build_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<Result<BuildRecord>> {
             finished_at_ms: row.get(4)?,
             reason: row.get(5)?,
             step: row.get(6)?,
+            hash: row.get(7)?,
             id,
         }),
         None => Err(CatalogError::Corrupt {
@@ -323,6 +424,25 @@ fn build_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<Result<BuildRecord>> {
             reason: format!("build status {status:?}"),
         }),
     })
+}
+
+/// Point `tags` at build `id`, of the template its row names, in `tx`.
+fn upsert_tags<'a>(
+    tx: &rusqlite::Transaction<'_>,
+    id: &str,
+    tags: impl Iterator<Item = &'a String>,
+    now: i64,
+) -> Result<()> {
+    let mut upsert = tx.prepare(
+        "INSERT INTO template_tags (template, tag, build_id, created_at) \
+         SELECT template, ?2, id, ?3 FROM template_builds WHERE id = ?1 \
+         ON CONFLICT(template, tag) DO UPDATE \
+         SET build_id = excluded.build_id, created_at = excluded.created_at",
+    )?;
+    for tag in tags {
+        upsert.execute(params![id, tag, now])?;
+    }
+    Ok(())
 }
 
 /// Add lines to the end of build `id`'s log, numbered after its last, in `tx`.
@@ -441,6 +561,110 @@ mod tests {
         assert_eq!(catalog.alias("app").unwrap(), None);
         assert!(catalog.build("b1").unwrap().is_none());
         assert!(catalog.build_logs("b1", 0, 10).unwrap().is_empty());
+    }
+
+    /// `tag` of `template` → the id of the build it names.
+    fn tagged(catalog: &Catalog, template: &str, tag: &str) -> Option<String> {
+        catalog
+            .tagged_build(template, tag)
+            .unwrap()
+            .map(|build| build.id)
+    }
+
+    #[test]
+    fn a_ready_build_takes_the_default_tag_and_its_own() {
+        let catalog = Catalog::open_in_memory().unwrap();
+        for id in ["b1", "b2"] {
+            catalog.insert_build(id, "app").unwrap();
+        }
+        catalog
+            .set_build_ready("b1", "h1", &["v1".into(), "stable".into()])
+            .unwrap();
+        assert_eq!(tagged(&catalog, "app", "default").as_deref(), Some("b1"));
+        let b1 = catalog.tagged_build("app", "v1").unwrap().unwrap();
+        assert_eq!(
+            (b1.status, b1.hash.as_deref()),
+            (BuildStatus::Ready, Some("h1"))
+        );
+        catalog.set_build_ready("b2", "h2", &["v2".into()]).unwrap();
+        // The newest ready build is the default; the other tags stay where they were.
+        assert_eq!(tagged(&catalog, "app", "default").as_deref(), Some("b2"));
+        assert_eq!(tagged(&catalog, "app", "v1").as_deref(), Some("b1"));
+        let tags: Vec<(String, String)> = catalog
+            .tags_of("app")
+            .unwrap()
+            .into_iter()
+            .map(|t| (t.tag, t.build_id))
+            .collect();
+        let pair = |tag: &str, build: &str| (tag.to_owned(), build.to_owned());
+        assert_eq!(
+            tags,
+            [
+                pair("default", "b2"),
+                pair("stable", "b1"),
+                pair("v1", "b1"),
+                pair("v2", "b2")
+            ]
+        );
+        // Tags are the template's own.
+        assert_eq!(tagged(&catalog, "web", "v1"), None);
+    }
+
+    #[test]
+    fn tags_are_assigned_and_removed_all_or_none() {
+        let catalog = Catalog::open_in_memory().unwrap();
+        for (id, hash) in [("b1", "h1"), ("b2", "h2")] {
+            catalog.insert_build(id, "app").unwrap();
+            catalog.set_build_ready(id, hash, &[]).unwrap();
+        }
+        catalog
+            .assign_tags("b1", &["stable".into(), "prod".into()])
+            .unwrap();
+        catalog.assign_tags("b2", &["prod".into()]).unwrap();
+        assert_eq!(tagged(&catalog, "app", "stable").as_deref(), Some("b1"));
+        assert_eq!(tagged(&catalog, "app", "prod").as_deref(), Some("b2"));
+
+        let missing = catalog
+            .remove_tags("app", &["stable".into(), "nope".into()])
+            .unwrap();
+        assert_eq!(missing, ["nope"]);
+        assert_eq!(tagged(&catalog, "app", "stable").as_deref(), Some("b1"));
+        assert!(catalog
+            .remove_tags("app", &["stable".into(), "prod".into()])
+            .unwrap()
+            .is_empty());
+        let left: Vec<String> = catalog
+            .tags_of("app")
+            .unwrap()
+            .into_iter()
+            .map(|t| t.tag)
+            .collect();
+        assert_eq!(left, ["default"]);
+
+        catalog.delete_template("app").unwrap();
+        assert!(catalog.tags_of("app").unwrap().is_empty());
+    }
+
+    #[test]
+    fn a_catalog_of_the_previous_version_gains_build_hashes_and_tags() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("catalog.db");
+        let previous = crate::MIGRATIONS.len() - 1;
+        crate::tests::catalog_at_version(&path, previous);
+        let old = crate::tests::second_connection(&path);
+        old.execute(
+            "INSERT INTO template_builds (id, template, status, created_at) \
+             VALUES ('old', 'app', 'ready', 1)",
+            [],
+        )
+        .unwrap();
+        drop(old);
+        let catalog = Catalog::open(&path).unwrap();
+        // Built before hashes were kept: its files are found as before, by the newest.
+        assert_eq!(catalog.build("old").unwrap().unwrap().hash, None);
+        catalog.insert_build("new", "app").unwrap();
+        catalog.set_build_ready("new", "h", &[]).unwrap();
+        assert_eq!(tagged(&catalog, "app", "default").as_deref(), Some("new"));
     }
 
     #[test]

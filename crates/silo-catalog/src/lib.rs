@@ -23,7 +23,7 @@ use rusqlite::types::Value;
 use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
 use silo_protocol::ids::{same_secret, ApiKey, SandboxId};
 
-pub use builds::{BuildLogEntry, BuildRecord, BuildStatus};
+pub use builds::{BuildLogEntry, BuildRecord, BuildStatus, TagRecord, DEFAULT_TAG};
 pub use logs::{LogLine, LogQuery};
 pub use metrics::MetricSample;
 pub use snapshots::SnapshotRecord;
@@ -300,6 +300,18 @@ ALTER TABLE sandboxes ADD COLUMN rootfs TEXT;
     // Lists walk it newest first, state by state (`Catalog::list`).
     r#"
 CREATE INDEX sandboxes_listed ON sandboxes(state, started_at, id);
+"#,
+    // A ready build's recipe hash names its directory (`<templates>/<name>/<hash>`); a tag
+    // names one build of its template (`Catalog::tagged_build`).
+    r#"
+ALTER TABLE template_builds ADD COLUMN hash TEXT;
+CREATE TABLE template_tags (
+    template    TEXT NOT NULL,
+    tag         TEXT NOT NULL,
+    build_id    TEXT NOT NULL,
+    created_at  INTEGER NOT NULL,
+    PRIMARY KEY (template, tag)
+);
 "#,
 ];
 
@@ -1473,17 +1485,24 @@ pub(crate) mod tests {
         assert_eq!(rest.concat(), newest_first(&[0, 2, 4]));
     }
 
+    /// A catalog file at `path` as the first `version` migrations left it.
+    pub(crate) fn catalog_at_version(path: &Path, version: usize) {
+        let old = second_connection(path);
+        for sql in &MIGRATIONS[..version] {
+            old.execute_batch(sql).unwrap();
+        }
+        old.pragma_update(None, "user_version", version).unwrap();
+    }
+
     #[test]
     fn a_catalog_of_the_previous_version_gains_the_list_index() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("catalog.db");
-        let old = second_connection(&path);
-        let previous = MIGRATIONS.len() - 1;
-        for sql in &MIGRATIONS[..previous] {
-            old.execute_batch(sql).unwrap();
-        }
-        old.pragma_update(None, "user_version", previous).unwrap();
-        drop(old);
+        let previous = MIGRATIONS
+            .iter()
+            .position(|sql| sql.contains("sandboxes_listed"))
+            .unwrap();
+        catalog_at_version(&path, previous);
         let catalog = Catalog::open(&path).unwrap();
         let rec = record("base", &[]);
         running(&catalog, &rec);
@@ -1505,7 +1524,7 @@ pub(crate) mod tests {
 
     /// A second connection to the file, as `silo keys create` opens, waiting for locks
     /// as the catalog's does.
-    fn second_connection(path: &Path) -> Connection {
+    pub(crate) fn second_connection(path: &Path) -> Connection {
         let conn = Connection::open(path).unwrap();
         conn.busy_timeout(BUSY_TIMEOUT).unwrap();
         conn

@@ -16,6 +16,9 @@
 //!    pruned as builds end.
 //! 4. [`Builder::status`]: status, reason and the log from an offset.
 //!
+//! A build may be asked for as `name:tag` and with more `tags`; once it is ready, those
+//! tags and `default` name it (in the catalog, with its recipe hash: its directory).
+//!
 //! [`Builder::shutdown`] (the server stopping) cancels the builds under way and those
 //! waiting: a running step is ended and what it holds released as after a failed one,
 //! and each build is failed as [`INTERRUPTED`] before the server exits.
@@ -25,7 +28,9 @@ use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
-use silo_catalog::{BuildLogEntry, BuildRecord, BuildStatus, CatalogError, SandboxState};
+use silo_catalog::{
+    BuildLogEntry, BuildRecord, BuildStatus, CatalogError, SandboxState, TagRecord, DEFAULT_TAG,
+};
 use silo_protocol::rest::Resources;
 use silo_protocol::templates::{BuildRequest, BuildStart};
 use silo_templates::dockerfile::{self, Dockerfile};
@@ -36,7 +41,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::build_log::BuildLog;
-use crate::sandbox::{write_resources, Manager, SandboxError};
+use crate::sandbox::{check_tag, write_resources, Manager, SandboxError, TemplateRef};
 
 /// The largest upload taken (one COPY's files, or a whole build context).
 pub const MAX_UPLOAD_BYTES: u64 = 4 << 30;
@@ -85,6 +90,15 @@ fn io(context: impl Into<String>) -> impl FnOnce(std::io::Error) -> TemplateErro
 struct Requested {
     template: String,
     resources: Resources,
+    /// The tags it takes when it is ready, besides `default`.
+    tags: Vec<String>,
+}
+
+/// A build recorded and waiting for its files and steps.
+pub struct NewBuild {
+    pub build: BuildRecord,
+    /// The tags that will name it once it is ready, `default` last.
+    pub tags: Vec<String>,
 }
 
 /// A build's status and the page of its log asked for.
@@ -159,10 +173,24 @@ impl Builder {
         self.requested.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Record a new build of the template `req.name`.
-    pub fn request(&self, req: &BuildRequest) -> Result<BuildRecord, TemplateError> {
-        let name = req.name.as_deref().unwrap_or_default();
-        let name = self.manager.templates().canonical(name)?;
+    /// Record a new build of the template `req.name` (`name` or `name:tag`), to be
+    /// tagged with that tag and `req.tags` once ready.
+    pub fn request(&self, req: &BuildRequest) -> Result<NewBuild, TemplateError> {
+        let named = TemplateRef::parse(req.name.as_deref().unwrap_or_default())?;
+        let name = self.manager.templates().canonical(named.name)?;
+        let given: Vec<String> = named
+            .tag
+            .map(str::to_owned)
+            .into_iter()
+            .chain(req.tags.iter().flatten().cloned())
+            .collect();
+        let mut tags = if given.is_empty() {
+            Vec::new()
+        } else {
+            checked_tags(&given)?
+        };
+        // It takes `default` anyway, last.
+        tags.retain(|t| t != DEFAULT_TAG);
         if BUILT_IN.contains(&name) {
             return Err(TemplateError::Invalid(format!(
                 "{name:?} is one of silo's own templates (built by `silo template build -n {name}`); give yours another name, and start it FROM {name}"
@@ -181,9 +209,11 @@ impl Builder {
                     memory_mb: req.memory_mb,
                     disk_size_mb: req.disk_size_mb,
                 },
+                tags: tags.clone(),
             },
         );
-        Ok(build)
+        tags.push(DEFAULT_TAG.to_owned());
+        Ok(NewBuild { build, tags })
     }
 
     fn upload_path(&self, hash: &str) -> Result<PathBuf, TemplateError> {
@@ -405,8 +435,11 @@ impl Builder {
                     turn = self.running.lock() => turn,
                     () = self.stopping.cancelled() => {
                         log.line("error", INTERRUPTED.into());
-                        self.end(build_id, log, BuildStatus::Error, Some(INTERRUPTED), None)
-                            .await;
+                        let failed = Outcome::Failed {
+                            reason: INTERRUPTED.into(),
+                            step: None,
+                        };
+                        self.end(build_id, log, failed).await;
                         return;
                     }
                 }
@@ -446,8 +479,8 @@ impl Builder {
                 Progress::Line(line) => log.output(line),
             })
             .await;
-        let (status, reason, step) = match result {
-            Ok(()) => {
+        let outcome = match result {
+            Ok(hash) => {
                 log.line(
                     "info",
                     format!(
@@ -455,7 +488,10 @@ impl Builder {
                         started.elapsed().as_secs_f64()
                     ),
                 );
-                (BuildStatus::Ready, None, None)
+                Outcome::Ready {
+                    hash,
+                    tags: requested.tags,
+                }
             }
             Err(err) => {
                 let reason = match &err {
@@ -479,26 +515,27 @@ impl Builder {
                         .unwrap_or_else(|p| p.into_inner())
                         .clone(),
                 };
-                (BuildStatus::Error, Some(reason), step)
+                Outcome::Failed { reason, step }
             }
         };
-        self.end(build_id, log, status, reason.as_deref(), step.as_deref())
-            .await;
+        self.end(build_id, log, outcome).await;
     }
 
     /// Record a build's end, once its log has all its lines.
-    async fn end(
-        &self,
-        build_id: &str,
-        log: BuildLog,
-        status: BuildStatus,
-        reason: Option<&str>,
-        step: Option<&str>,
-    ) {
+    async fn end(&self, build_id: &str, log: BuildLog, outcome: Outcome) {
         // Clients read the log to its end once the status says the build ended.
         log.finish().await;
         let catalog = self.manager.catalog();
-        if let Err(e) = catalog.set_build_status(build_id, status, reason, step) {
+        let recorded = match &outcome {
+            Outcome::Ready { hash, tags } => catalog.set_build_ready(build_id, hash, tags),
+            Outcome::Failed { reason, step } => catalog.set_build_status(
+                build_id,
+                BuildStatus::Error,
+                Some(reason),
+                step.as_deref(),
+            ),
+        };
+        if let Err(e) = recorded {
             tracing::error!(build_id, error = %e, "cannot record the build's end");
         }
         if let Err(e) = catalog.prune_build_logs() {
@@ -506,13 +543,14 @@ impl Builder {
         }
     }
 
+    /// Build, and return the published build's recipe hash.
     async fn build(
         &self,
         build_id: &str,
         requested: &Requested,
         plan: &Plan,
         progress: &(dyn Fn(Progress) + Sync),
-    ) -> Result<(), BuildFailure> {
+    ) -> Result<String, BuildFailure> {
         let context = self.dir.join(".contexts").join(build_id);
         let unpacked = self.unpack(&plan.uploads, &context).await;
         let built = match unpacked {
@@ -560,7 +598,7 @@ impl Builder {
             }
         };
         write_resources(&published.rootfs, &requested.resources).map_err(BuildFailure::Trial)?;
-        Ok(())
+        Ok(published.hash)
     }
 
     /// Unpack the uploads (tars, gzipped or not) into one context dir.
@@ -659,6 +697,62 @@ impl Builder {
                 "template {name_or_alias:?} was not found (`silo template list` shows what is built)"
             ))),
         }
+    }
+
+    /// Point `tags` at the build `target` (`name:tag`, `name` for its default) names;
+    /// tags taken move. Returns the build and the tags given, each once.
+    pub fn assign_tags(
+        &self,
+        target: &str,
+        tags: &[String],
+    ) -> Result<(BuildRecord, Vec<String>), TemplateError> {
+        let named = TemplateRef::parse(target)?;
+        let tags = checked_tags(tags)?;
+        let name = self.resolve(named.name)?;
+        let tag = named.tag.unwrap_or(DEFAULT_TAG);
+        let catalog = self.manager.catalog();
+        let build = match catalog.tagged_build(&name, tag)? {
+            Some(build) => build,
+            None => {
+                let templates = self.manager.templates();
+                return Err(templates.tag_not_found(catalog, &name, tag)?.into());
+            }
+        };
+        catalog.assign_tags(&build.id, &tags)?;
+        Ok((build, tags))
+    }
+
+    /// Remove `tags` of the template `name`, all or none.
+    pub fn remove_tags(&self, name: &str, tags: &[String]) -> Result<(), TemplateError> {
+        let named = TemplateRef::parse(name)?;
+        if let Some(tag) = named.tag {
+            return Err(TemplateError::Invalid(format!(
+                "give the template's name without a tag ({:?}), and {tag:?} among the tags",
+                named.name
+            )));
+        }
+        let tags = checked_tags(tags)?;
+        if tags.iter().any(|t| t == DEFAULT_TAG) {
+            return Err(TemplateError::Invalid(format!(
+                "the tag {DEFAULT_TAG:?} names the template's newest build and cannot be removed; assign it to another build instead"
+            )));
+        }
+        let name = self.resolve(named.name)?;
+        let missing = self.manager.catalog().remove_tags(&name, &tags)?;
+        match missing.first() {
+            None => Ok(()),
+            Some(tag) => Err(self
+                .manager
+                .templates()
+                .tag_not_found(self.manager.catalog(), &name, tag)?
+                .into()),
+        }
+    }
+
+    /// The tags of a template (by name or alias), by name.
+    pub fn tags(&self, name_or_alias: &str) -> Result<Vec<TagRecord>, TemplateError> {
+        let name = self.resolve(name_or_alias)?;
+        Ok(self.manager.catalog().tags_of(&name)?)
     }
 
     pub fn aliases(&self, template: &str) -> Result<Vec<String>, TemplateError> {
@@ -762,6 +856,32 @@ pub struct TemplateSummary {
     pub config: silo_templates::TemplateConfig,
 }
 
+/// Tags given to assign or remove: at least one, each valid, each once.
+fn checked_tags(tags: &[String]) -> Result<Vec<String>, TemplateError> {
+    if tags.is_empty() {
+        return Err(TemplateError::Invalid("no tags given".into()));
+    }
+    let mut checked: Vec<String> = Vec::new();
+    for tag in tags {
+        let tag = check_tag(tag)?;
+        if !checked.iter().any(|t| t == tag) {
+            checked.push(tag.to_owned());
+        }
+    }
+    Ok(checked)
+}
+
+/// How a build ended.
+enum Outcome {
+    /// Published under its recipe `hash`; `tags` (and `default`) name it now.
+    Ready { hash: String, tags: Vec<String> },
+    Failed {
+        reason: String,
+        /// The step it failed at ("1", ..., "base" or "finalize").
+        step: Option<String>,
+    },
+}
+
 /// What a started build will do.
 struct Plan {
     dockerfile: Dockerfile,
@@ -849,13 +969,13 @@ mod tests {
             root: dir.path().join("runsc-root"),
         };
         let builder = Builder::new(manager, build_runsc, network, Vec::new()).unwrap();
-        let build = builder
+        let new = builder
             .request(&BuildRequest {
                 name: Some("app".into()),
                 ..BuildRequest::default()
             })
             .unwrap();
-        (builder, build.id, dir)
+        (builder, new.build.id, dir)
     }
 
     fn start(builder: &Arc<Builder>, build_id: &str, dockerfile: &str) {
@@ -879,6 +999,55 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_build_asked_for_as_name_tag_takes_its_tags_and_default_when_ready() {
+        let (builder, first, _dir) =
+            builder_with_build("/nonexistent/runsc".into(), Arc::default());
+        let new = builder
+            .request(&BuildRequest {
+                name: Some("app:v1".into()),
+                tags: Some(vec!["stable".into(), "v1".into(), "default".into()]),
+                ..BuildRequest::default()
+            })
+            .unwrap();
+        assert_eq!(new.build.template, "app");
+        assert_eq!(new.tags, ["v1", "stable", "default"]);
+        for (name, tags) in [("app:", vec![]), ("app", vec!["a b".to_owned()])] {
+            let bad = builder.request(&BuildRequest {
+                name: Some(name.into()),
+                tags: Some(tags),
+                ..BuildRequest::default()
+            });
+            assert!(
+                matches!(
+                    bad,
+                    Err(TemplateError::Sandbox(SandboxError::InvalidRequest(_)))
+                ),
+                "{name}"
+            );
+        }
+
+        // No RUN step: no runsc needed. The same recipe twice is one directory. One
+        // after the other: the build that ends last is the default.
+        for id in [&first, &new.build.id] {
+            start(&builder, id, "FROM base\nENV A=1");
+            builder.builds.close();
+            builder.builds.wait().await;
+            builder.builds.reopen();
+        }
+        let catalog = builder.manager.catalog();
+        let tagged = |tag| catalog.tagged_build("app", tag).unwrap().map(|b| b.id);
+        assert_eq!(tagged("v1"), Some(new.build.id.clone()));
+        assert_eq!(tagged("stable"), Some(new.build.id.clone()));
+        assert_eq!(tagged("default"), Some(new.build.id.clone()));
+        let hash = catalog.build(&first).unwrap().unwrap().hash.unwrap();
+        assert!(builder.dir.join("app").join(&hash).join("rootfs").is_dir());
+        assert_eq!(
+            catalog.build(&new.build.id).unwrap().unwrap().hash,
+            Some(hash)
+        );
+    }
+
+    #[tokio::test]
     async fn builds_waiting_or_never_started_are_failed_as_interrupted_at_shutdown() {
         let (builder, waiting, _dir) =
             builder_with_build("/nonexistent/runsc".into(), Arc::default());
@@ -888,6 +1057,7 @@ mod tests {
                 ..BuildRequest::default()
             })
             .unwrap()
+            .build
             .id;
         // Another build's turn, never ending.
         let _turn = builder.running.lock().await;

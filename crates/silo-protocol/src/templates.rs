@@ -206,6 +206,43 @@ pub struct AliasInfo {
     pub public: bool,
 }
 
+/// `POST /templates/tags`: give the build `target` (`name:tag`) names more tags.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct AssignTags {
+    pub target: String,
+    pub tags: Vec<String>,
+}
+
+/// The answer to [`AssignTags`]: the build the tags name now.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct AssignedTags {
+    pub tags: Vec<String>,
+    #[serde(rename = "buildID")]
+    pub build_id: String,
+}
+
+/// `DELETE /templates/tags`: remove tags of the template `name`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct RemoveTags {
+    pub name: String,
+    pub tags: Vec<String>,
+}
+
+/// One entry of `GET /templates/{id}/tags`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(rename_all = "camelCase")]
+pub struct TemplateTag {
+    pub tag: String,
+    #[serde(rename = "buildID")]
+    pub build_id: String,
+    /// When the tag was set to its build.
+    pub created_at: String,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -12,7 +12,7 @@ use tracing::Instrument;
 
 use silo_templates::TemplateConfig;
 
-use super::{Manager, SandboxError};
+use super::{Manager, SandboxError, TemplateRef};
 use crate::SandboxSpec;
 use silo_protocol::envd::InitRequest;
 
@@ -92,7 +92,7 @@ impl Manager {
     }
 
     /// A snapshot by id or name, else a template by name or alias (silo's own, or one
-    /// set with `silo template alias`).
+    /// set with `silo template alias`), with a tag or not (`name:tag`).
     pub(super) fn origin(&self, name: &str) -> Result<Origin, SandboxError> {
         if let Some(snap) = self.catalog.snapshot(name)? {
             let rootfs = PathBuf::from(snap.rootfs);
@@ -112,13 +112,16 @@ impl Manager {
                 name: snap.id,
             });
         }
-        let mut template = self.templates.canonical(name)?.to_owned();
+        let named = TemplateRef::parse(name)?;
+        let mut template = self.templates.canonical(named.name)?.to_owned();
         if !self.templates.is_built(&template) {
             if let Some(target) = self.catalog.alias(&template)? {
                 template = target;
             }
         }
-        let rootfs = self.templates.rootfs(&template)?;
+        let rootfs = self
+            .templates
+            .tagged_rootfs(&self.catalog, &template, named.tag)?;
         Ok(Origin {
             resources: super::resources_of(&rootfs)?,
             config: config_of(&rootfs)?,

@@ -50,7 +50,9 @@ pub use create::CreateRequest;
 pub use doze::{DozeMode, DozePolicy, InUse};
 pub use metrics::SamplerConfig;
 pub use pool::POOL_METADATA;
-pub use templates::{resources_of, write_resources, Templates, RESOURCES_FILE};
+pub use templates::{
+    check_tag, resources_of, write_resources, TemplateRef, Templates, RESOURCES_FILE,
+};
 pub use trial::TRIAL_METADATA;
 
 /// Limits and defaults for sandboxes (documented on the CLI flags that set them).
@@ -90,6 +92,12 @@ pub enum SandboxError {
     NotFound(SandboxId),
     #[error("template {0:?} was not found; build it with `silo template build -n {0}` (`silo template list` shows what is built)")]
     TemplateNotFound(String),
+    #[error("template {template:?} has no tag {tag:?}; its tags: {}", .tags.join(", "))]
+    TagNotFound {
+        template: String,
+        tag: String,
+        tags: Vec<String>,
+    },
     #[error("{0}")]
     InvalidRequest(String),
     /// A template build's files are unreadable or cannot be written: the server's fault.

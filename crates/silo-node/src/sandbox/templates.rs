@@ -1,13 +1,16 @@
 //! Template names → the rootfs a sandbox starts from.
 //!
 //! A template build lives at `<dir>/<name>/<build-hash>/rootfs` and is renamed into place
-//! only when complete, so any such directory is usable; the newest one wins. Beside the
+//! only when complete, so any such directory is usable. `name:tag` is the build the
+//! catalog's tag names; `name` is `name:default`, or, for a template with no default
+//! tag (built on the host, or before tags), its newest build on disk. Beside the
 //! rootfs, `resources.json` may give the template's default resources
 //! ([`Resources`]; what it leaves out is the server's default), which `silo template build --cpu-count/--memory-mb/
 //! --disk-size-mb` writes.
 
 use std::path::{Path, PathBuf};
 
+use silo_catalog::{Catalog, DEFAULT_TAG};
 use silo_protocol::rest::Resources;
 
 use super::SandboxError;
@@ -30,13 +33,7 @@ impl Templates {
 
     /// The canonical name of a template (aliases resolved), if the name is acceptable.
     pub fn canonical<'a>(&self, name: &'a str) -> Result<&'a str, SandboxError> {
-        let valid = !name.is_empty()
-            && name.len() <= 128
-            && name
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.')
-            && !name.starts_with('.');
-        if !valid {
+        if !is_name(name) {
             return Err(SandboxError::InvalidRequest(format!(
                 "invalid template name {name:?}: use letters, digits, '-', '_' and '.'"
             )));
@@ -56,11 +53,106 @@ impl Templates {
         newest_build(&self.dir.join(name)).is_some()
     }
 
+    /// The rootfs of the build of `name` (canonical) that `tag` names, `default` if
+    /// none is given.
+    pub fn tagged_rootfs(
+        &self,
+        catalog: &Catalog,
+        name: &str,
+        tag: Option<&str>,
+    ) -> Result<PathBuf, SandboxError> {
+        let tag = tag.unwrap_or(DEFAULT_TAG);
+        let Some(build) = catalog.tagged_build(name, tag)? else {
+            if tag == DEFAULT_TAG {
+                return self.rootfs(name);
+            }
+            return Err(self.tag_not_found(catalog, name, tag)?);
+        };
+        // Tags name only ready builds, whose rows have their hash.
+        let rootfs = build
+            .hash
+            .map(|hash| self.dir.join(name).join(hash).join("rootfs"))
+            .filter(|rootfs| rootfs.is_dir());
+        rootfs.ok_or_else(|| {
+            SandboxError::BrokenTemplate(format!(
+                "build {} of template {name:?} (tag {tag:?}) has no files under {}; build it again",
+                build.id,
+                self.dir.join(name).display()
+            ))
+        })
+    }
+
+    /// Why `tag` of `name` names nothing: the template is unknown, or which tags it has
+    /// (`default` alone for a template built before tags).
+    pub fn tag_not_found(
+        &self,
+        catalog: &Catalog,
+        name: &str,
+        tag: &str,
+    ) -> Result<SandboxError, SandboxError> {
+        let mut tags: Vec<String> = catalog.tags_of(name)?.into_iter().map(|t| t.tag).collect();
+        if tags.is_empty() && self.is_built(name) {
+            tags.push(DEFAULT_TAG.to_owned());
+        }
+        if tags.is_empty() {
+            return Ok(SandboxError::TemplateNotFound(name.to_owned()));
+        }
+        Ok(SandboxError::TagNotFound {
+            template: name.to_owned(),
+            tag: tag.to_owned(),
+            tags,
+        })
+    }
+
     /// The rootfs of the newest complete build of `name`.
     pub fn rootfs(&self, name: &str) -> Result<PathBuf, SandboxError> {
         let canonical = self.canonical(name)?;
         newest_build(&self.dir.join(canonical))
             .ok_or_else(|| SandboxError::TemplateNotFound(canonical.to_owned()))
+    }
+}
+
+/// Whether `name` may name a template or a tag: it becomes a directory's name.
+fn is_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 128
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.')
+        && !name.starts_with('.')
+}
+
+/// A template as E2B names it: `name` or `name:tag`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TemplateRef<'a> {
+    pub name: &'a str,
+    pub tag: Option<&'a str>,
+}
+
+impl<'a> TemplateRef<'a> {
+    /// Split `name:tag`; the tag, when there is one, must be a valid name.
+    pub fn parse(text: &'a str) -> Result<TemplateRef<'a>, SandboxError> {
+        match text.split_once(':') {
+            None => Ok(TemplateRef {
+                name: text,
+                tag: None,
+            }),
+            Some((name, tag)) => Ok(TemplateRef {
+                name,
+                tag: Some(check_tag(tag)?),
+            }),
+        }
+    }
+}
+
+/// `tag`, if it is acceptable as a tag.
+pub fn check_tag(tag: &str) -> Result<&str, SandboxError> {
+    if is_name(tag) {
+        Ok(tag)
+    } else {
+        Err(SandboxError::InvalidRequest(format!(
+            "invalid tag {tag:?}: use letters, digits, '-', '_' and '.'"
+        )))
     }
 }
 
@@ -127,6 +219,63 @@ mod tests {
             ));
         }
         std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn a_template_ref_is_a_name_and_maybe_a_tag() {
+        let parsed = |text| TemplateRef::parse(text).map(|r| (r.name, r.tag)).ok();
+        assert_eq!(parsed("app"), Some(("app", None)));
+        assert_eq!(parsed("app:v1.2"), Some(("app", Some("v1.2"))));
+        for bad in ["app:", "app:a:b", "app:../x", "app:.x"] {
+            assert_eq!(parsed(bad), None, "{bad}");
+        }
+    }
+
+    #[test]
+    fn a_tag_names_its_builds_rootfs_and_a_bare_name_the_default() {
+        let dir = tempfile::tempdir().unwrap();
+        let templates = Templates::new(dir.path().to_owned());
+        let catalog = Catalog::open_in_memory().unwrap();
+        for hash in ["h1", "h2"] {
+            std::fs::create_dir_all(dir.path().join("app").join(hash).join("rootfs")).unwrap();
+        }
+        let rootfs = |hash: &str| dir.path().join("app").join(hash).join("rootfs");
+        // Built before tags: the newest build on disk.
+        assert!(templates.tagged_rootfs(&catalog, "app", None).is_ok());
+        let err = templates
+            .tagged_rootfs(&catalog, "app", Some("v1"))
+            .unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            r#"template "app" has no tag "v1"; its tags: default"#
+        );
+
+        catalog.insert_build("b1", "app").unwrap();
+        catalog.set_build_ready("b1", "h1", &["v1".into()]).unwrap();
+        catalog.insert_build("b2", "app").unwrap();
+        catalog.set_build_ready("b2", "h2", &["v2".into()]).unwrap();
+        let found = |tag| templates.tagged_rootfs(&catalog, "app", tag).unwrap();
+        assert_eq!(found(Some("v1")), rootfs("h1"));
+        assert_eq!(found(Some("v2")), rootfs("h2"));
+        assert_eq!(found(None), rootfs("h2"));
+        assert_eq!(found(Some("default")), rootfs("h2"));
+        let err = templates
+            .tagged_rootfs(&catalog, "app", Some("v3"))
+            .unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            r#"template "app" has no tag "v3"; its tags: default, v1, v2"#
+        );
+        assert!(matches!(
+            templates.tagged_rootfs(&catalog, "web", Some("v1")),
+            Err(SandboxError::TemplateNotFound(_))
+        ));
+        // A tagged build whose files are gone is the server's fault, not a missing tag.
+        std::fs::remove_dir_all(rootfs("h1")).unwrap();
+        assert!(matches!(
+            templates.tagged_rootfs(&catalog, "app", Some("v1")),
+            Err(SandboxError::BrokenTemplate(_))
+        ));
     }
 
     #[test]

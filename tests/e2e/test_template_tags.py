@@ -1,0 +1,102 @@
+"""Template tags with the official SDK: a build asked for as `name:tag` is named by that
+tag, and `default` (the bare name) moves to each new build; a tag is assigned to the build
+another names, listed and removed; sandboxes start from the build their `name:tag` names.
+Bad tags and unknown ones fail with a message that says what exists."""
+
+import os
+import subprocess
+import tempfile
+from pathlib import Path
+
+import pytest
+from e2b import Sandbox, Template
+
+from silo_server import SiloServer
+
+pytestmark = pytest.mark.server_only
+
+
+@pytest.fixture(scope="module")
+def server():
+    """A server whose template dir holds the suite's `base` (linked) and what it builds."""
+    root = Path(tempfile.mkdtemp(prefix="silo-tags-e2e-"))
+    templates = root / "templates"
+    templates.mkdir()
+    shared = Path(os.environ.get("SILO_TEST_TEMPLATE_DIR", "/var/lib/silo/templates"))
+    (templates / "base").symlink_to(shared / "base")
+    server = SiloServer()
+    server.template_dir = str(templates)
+    server.start()
+    yield server
+    server.stop()
+    subprocess.run(["rm", "-rf", str(root)], check=False)
+
+
+@pytest.fixture
+def sdk_env(server, monkeypatch):
+    server.use_env(monkeypatch)
+
+
+def marked(version: str):
+    """A tiny template whose build leaves `version` in /marker."""
+    return Template().from_template("base").run_cmd(f"echo {version} > /marker", user="root")
+
+
+def marker_of(template: str) -> str:
+    sbx = Sandbox.create(template, timeout=60)
+    try:
+        return sbx.commands.run("cat /marker").stdout.strip()
+    finally:
+        sbx.kill()
+
+
+def tags_of(name: str) -> dict:
+    return {t.tag: t.build_id for t in Template.get_tags(name)}
+
+
+def test_tags_name_builds_and_default_is_the_newest(server, sdk_env):
+    v1 = Template.build(marked("one"), "e2e-tags:v1")
+    assert v1.template_id == "e2e-tags"
+    assert v1.tags == ["v1", "default"]
+    v2 = Template.build(marked("two"), "e2e-tags:v2", tags=["latest"])
+    assert v2.tags == ["v2", "latest", "default"]
+    assert tags_of("e2e-tags") == {
+        "v1": v1.build_id,
+        "v2": v2.build_id,
+        "latest": v2.build_id,
+        "default": v2.build_id,
+    }
+
+    assert marker_of("e2e-tags:v1") == "one"
+    assert marker_of("e2e-tags") == "two"
+    assert marker_of("e2e-tags:default") == "two"
+
+    assigned = Template.assign_tags("e2e-tags:v1", ["stable"])
+    assert (assigned.build_id, assigned.tags) == (v1.build_id, ["stable"])
+    assert marker_of("e2e-tags:stable") == "one"
+    # A tag taken moves to the build named.
+    Template.assign_tags("e2e-tags:v1", "latest")
+    assert tags_of("e2e-tags")["latest"] == v1.build_id
+
+    Template.remove_tags("e2e-tags", ["stable", "latest"])
+    assert set(tags_of("e2e-tags")) == {"v1", "v2", "default"}
+    with pytest.raises(Exception, match=r'has no tag "stable"; its tags: default, v1, v2'):
+        Sandbox.create("e2e-tags:stable", timeout=60)
+
+
+def test_bad_tags_are_refused_with_what_exists(server, sdk_env):
+    Template.build(marked("only"), "e2e-tags-bad:v1")
+    with pytest.raises(Exception, match=r'has no tag "v9"; its tags: default, v1'):
+        Template.assign_tags("e2e-tags-bad:v9", ["x"])
+    with pytest.raises(Exception, match="cannot be removed"):
+        Template.remove_tags("e2e-tags-bad", "default")
+    # All or none: the known tag stays when another is unknown.
+    with pytest.raises(Exception, match=r'has no tag "nope"'):
+        Template.remove_tags("e2e-tags-bad", ["v1", "nope"])
+    assert set(tags_of("e2e-tags-bad")) == {"v1", "default"}
+    with pytest.raises(Exception, match="invalid tag"):
+        Template.assign_tags("e2e-tags-bad:v1", ["no/slash"])
+    with pytest.raises(Exception, match="invalid tag"):
+        Template.build(marked("x"), "e2e-tags-bad:a b")
+    with pytest.raises(Exception, match="not found"):
+        Template.get_tags("e2e-tags-none")
