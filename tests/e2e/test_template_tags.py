@@ -100,3 +100,53 @@ def test_bad_tags_are_refused_with_what_exists(server, sdk_env):
         Template.build(marked("x"), "e2e-tags-bad:a b")
     with pytest.raises(Exception, match="not found"):
         Template.get_tags("e2e-tags-none")
+
+
+def silo(server, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([os.environ.get("SILO_BIN", "target/release/silo"), "template", *args],
+                          capture_output=True, text=True, timeout=300,
+                          env={**os.environ, **server.env()})
+
+
+def test_the_cli_builds_tags_lists_and_untags(server, sdk_env, tmp_path):
+    (tmp_path / "Dockerfile").write_text("FROM base\nENV WHICH=cli-one\n")
+    built = silo(server, "build", "-n", "e2e-tags-cli:v1", "-t", "stable", str(tmp_path))
+    assert built.returncode == 0, built.stderr
+    assert "tags v1, stable, default" in built.stderr
+    (tmp_path / "Dockerfile").write_text("FROM base\nENV WHICH=cli-two\n")
+    assert silo(server, "build", "-n", "e2e-tags-cli", str(tmp_path)).returncode == 0
+
+    listed = silo(server, "tags", "e2e-tags-cli")
+    assert listed.returncode == 0, listed.stderr
+    rows = {line.split()[0]: line.split()[1] for line in listed.stdout.splitlines()[1:]}
+    assert set(rows) == {"default", "stable", "v1"}
+    assert rows["stable"] == rows["v1"] != rows["default"]
+
+    # `default` may be pointed back at an older build; the bare name follows it.
+    tagged = silo(server, "tag", "e2e-tags-cli:v1", "default", "prod")
+    assert tagged.returncode == 0, tagged.stderr
+    assert f"default, prod -> build {rows['v1']}" in tagged.stderr
+    info = silo(server, "inspect", "e2e-tags-cli")
+    assert f'"buildID": "{rows["v1"]}"' in info.stdout
+    sbx = Sandbox.create("e2e-tags-cli", timeout=60)
+    try:
+        assert sbx.commands.run("echo $WHICH").stdout.strip() == "cli-one"
+    finally:
+        sbx.kill()
+
+    assert silo(server, "untag", "e2e-tags-cli", "prod", "stable").returncode == 0
+    left = silo(server, "tags", "e2e-tags-cli").stdout
+    assert [line.split()[0] for line in left.splitlines()[1:]] == ["default", "v1"]
+    refused = silo(server, "untag", "e2e-tags-cli", "nope")
+    assert refused.returncode != 0 and 'has no tag "nope"' in refused.stderr
+
+    # A sandbox started by tag holds its template as one started by name does.
+    sbx = Sandbox.create("e2e-tags-cli:v1", timeout=60)
+    try:
+        held = silo(server, "delete", "e2e-tags-cli")
+        assert held.returncode != 0 and sbx.sandbox_id in held.stderr, held.stderr
+    finally:
+        sbx.kill()
+    deleted = silo(server, "delete", "e2e-tags-cli")
+    assert deleted.returncode == 0, deleted.stderr
+    assert not (Path(server.template_dir) / "e2e-tags-cli").exists()

@@ -200,13 +200,15 @@ fn info(app: &AppState, t: TemplateSummary, with_builds: bool) -> TemplateInfo {
         cpu_count: t.cpu_count,
         memory_mb: t.memory_mb,
     };
-    let ready = t
-        .builds
-        .iter()
-        .find(|b| b.status == silo_catalog::BuildStatus::Ready);
+    let current = t.default_build.clone().or_else(|| {
+        t.builds
+            .iter()
+            .find(|b| b.status == silo_catalog::BuildStatus::Ready)
+            .map(|b| b.id.clone())
+    });
     TemplateInfo {
         template_id: t.name.clone(),
-        build_id: ready.map(|b| b.id.clone()).unwrap_or_default(),
+        build_id: current.unwrap_or_default(),
         cpu_count: t.cpu_count,
         memory_mb: t.memory_mb,
         disk_size_mb: t.disk_size_mb,
@@ -477,5 +479,17 @@ mod tests {
 
         let (status, _) = call("GET", "/templates/web/tags", serde_json::json!(null)).await;
         assert_eq!(status, StatusCode::NOT_FOUND);
+
+        // The template's current build is the one `default` names, wherever it moves.
+        let current = || async {
+            let (status, body) = call("GET", "/templates/app", serde_json::json!(null)).await;
+            assert_eq!(status, StatusCode::OK);
+            body["buildID"].clone()
+        };
+        assert_eq!(current().await, "b2");
+        let back = serde_json::json!({"target": "app:v1", "tags": ["default"]});
+        let (status, _) = call("POST", "/templates/tags", back).await;
+        assert_eq!(status, StatusCode::CREATED);
+        assert_eq!(current().await, "b1");
     }
 }

@@ -16,7 +16,8 @@ use silo_protocol::rest::{
     ListedSandbox, NewSandbox, Sandbox, SandboxDetail, SandboxLogsV2, SandboxMetric, SandboxState,
 };
 use silo_protocol::templates::{
-    AliasInfo, BuildInfo, BuildRequest, BuildRequested, BuildStart, FileUpload, TemplateInfo,
+    AliasInfo, AssignTags, AssignedTags, BuildInfo, BuildRequest, BuildRequested, BuildStart,
+    FileUpload, RemoveTags, TemplateInfo, TemplateTag,
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -360,6 +361,34 @@ impl Client {
             reqwest::Method::DELETE,
             &format!("/templates/aliases/{alias}"),
         );
+        self.send(req).await.map(drop)
+    }
+
+    /// A template's tags, by name.
+    pub async fn tags(&self, template: &str) -> Result<Vec<TemplateTag>> {
+        self.json(self.api(reqwest::Method::GET, &format!("/templates/{template}/tags")))
+            .await
+    }
+
+    /// Point `tags` at the build `target` (`name:tag`, or `name` for its default) names.
+    pub async fn assign_tags(&self, target: &str, tags: &[String]) -> Result<AssignedTags> {
+        let req = self
+            .api(reqwest::Method::POST, "/templates/tags")
+            .json(&AssignTags {
+                target: target.to_owned(),
+                tags: tags.to_vec(),
+            });
+        self.json(req).await
+    }
+
+    /// Remove `tags` of `template`, all or none.
+    pub async fn remove_tags(&self, template: &str, tags: &[String]) -> Result<()> {
+        let req = self
+            .api(reqwest::Method::DELETE, "/templates/tags")
+            .json(&RemoveTags {
+                name: template.to_owned(),
+                tags: tags.to_vec(),
+            });
         self.send(req).await.map(drop)
     }
 

@@ -641,7 +641,13 @@ impl Builder {
 
     /// A built template: its aliases, builds, resources and times.
     pub fn summary(&self, name: &str) -> Result<TemplateSummary, TemplateError> {
-        let rootfs = self.manager.templates().rootfs(name)?;
+        let catalog = self.manager.catalog();
+        // What a create of the bare name starts from.
+        let rootfs = self
+            .manager
+            .templates()
+            .tagged_rootfs(catalog, name, None)?;
+        let default_build = catalog.tagged_build(name, DEFAULT_TAG)?.map(|b| b.id);
         let defaults = self.manager.defaults();
         let resources = crate::sandbox::resources_of(&rootfs)?;
         let modified = |path: &Path| {
@@ -651,7 +657,6 @@ impl Builder {
                 .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
                 .map_or(0, |d| d.as_millis() as i64)
         };
-        let catalog = self.manager.catalog();
         let builds = catalog.builds_of(name)?;
         let updated_at_ms = modified(&rootfs);
         // The first build recorded, or (built outside the API) the oldest time on disk.
@@ -662,6 +667,7 @@ impl Builder {
         Ok(TemplateSummary {
             name: name.to_owned(),
             aliases: catalog.aliases_of(name)?,
+            default_build,
             builds,
             cpu_count: resources.cpu_count.unwrap_or(defaults.cpu_count),
             memory_mb: resources.memory_mb.unwrap_or(defaults.memory_mb),
@@ -793,10 +799,19 @@ impl Builder {
         }
         let catalog = self.manager.catalog();
         let aliases = catalog.aliases_of(&name)?;
-        let names_it = |template: &str| {
-            template == name
-                || aliases.iter().any(|a| a == template)
-                || self.manager.templates().canonical(template).ok() == Some(name.as_str())
+        let template_dir = self.dir.join(&name);
+        // Its rootfs says which template a sandbox booted from, whatever name, alias or
+        // tag it was asked for by; a sandbox from before silo recorded it, its name.
+        let uses_it = |sandbox: &silo_catalog::SandboxRecord| match &sandbox.rootfs {
+            Some(rootfs) => Path::new(rootfs).starts_with(&template_dir),
+            None => {
+                let asked = TemplateRef::parse(&sandbox.template_id).map(|r| r.name);
+                asked.is_ok_and(|template| {
+                    template == name
+                        || aliases.iter().any(|a| a == template)
+                        || self.manager.templates().canonical(template).ok() == Some(name.as_str())
+                })
+            }
         };
         let live = [
             SandboxState::Creating,
@@ -808,7 +823,7 @@ impl Builder {
         let users: Vec<String> = catalog
             .sandboxes_in(&live)?
             .into_iter()
-            .filter(|s| names_it(&s.template_id))
+            .filter(|s| uses_it(s))
             // A sandbox booting for the pool is no one's (it is drained below).
             .filter(|s| !s.metadata.contains_key(crate::sandbox::POOL_METADATA))
             .map(|s| s.id.to_string())
@@ -819,7 +834,6 @@ impl Builder {
                 users.join(", ")
             )));
         }
-        let template_dir = self.dir.join(&name);
         let snapshots: Vec<String> = catalog
             .snapshots(None)?
             .into_iter()
@@ -845,6 +859,9 @@ impl Builder {
 pub struct TemplateSummary {
     pub name: String,
     pub aliases: Vec<String>,
+    /// The build its bare name starts (tagged `default`); none for a template built on
+    /// the host or before tags.
+    pub default_build: Option<String>,
     /// Newest first.
     pub builds: Vec<BuildRecord>,
     pub cpu_count: u32,

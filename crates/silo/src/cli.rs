@@ -494,12 +494,18 @@ pub enum TemplateCommand {
     /// (only when it changed), the build's log streams here, and the template is
     /// registered only if every step, and the ready command, succeed.
     #[command(
-        after_help = "Examples:\n  silo template build -n base\n  silo template build -n my-agent .\n  silo template build -n web --start-cmd 'python3 -m http.server 8000' --ready-cmd 'curl -sf localhost:8000' .\n  silo template build -n my-agent -f docker/Agent.Dockerfile --build-arg VERSION=2 ."
+        after_help = "Examples:\n  silo template build -n base\n  silo template build -n my-agent .\n  silo template build -n web --start-cmd 'python3 -m http.server 8000' --ready-cmd 'curl -sf localhost:8000' .\n  silo template build -n my-agent -f docker/Agent.Dockerfile --build-arg VERSION=2 .\n  silo template build -n my-agent:v2 -t stable ."
     )]
     Build {
-        /// Template name; sandboxes start from it with `template="NAME"`.
+        /// Template name; sandboxes start from it with `template="NAME"`. As
+        /// NAME:TAG, the new build is also tagged TAG once ready (`template="NAME:TAG"`
+        /// starts from it while NAME moves on to newer builds).
         #[arg(short = 'n', long = "name")]
         name: String,
+        /// Another tag for the new build (repeatable). Every build that becomes ready is
+        /// also tagged `default`, which the bare NAME means.
+        #[arg(short = 't', long = "tag", value_name = "TAG")]
+        tags: Vec<String>,
         /// The Dockerfile [default: CONTEXT/Dockerfile].
         #[arg(short = 'f', long = "file")]
         file: Option<PathBuf>,
@@ -552,6 +558,30 @@ pub enum TemplateCommand {
     },
     /// Remove an alias (the template stays).
     Unalias { alias: String },
+    /// List a template's tags and the builds they name.
+    Tags {
+        /// Template name or alias.
+        name: String,
+    },
+    /// Give the build TARGET names more tags; a tag another build has moves to it.
+    #[command(
+        after_help = "Examples:\n  silo template tag my-agent:v2 prod        # prod now names the build v2 names\n  silo template tag my-agent prod canary    # the default (newest) build"
+    )]
+    Tag {
+        /// NAME:TAG, or NAME for its default (newest) build.
+        target: String,
+        /// The tags to give it.
+        #[arg(required = true)]
+        tags: Vec<String>,
+    },
+    /// Remove tags of a template, all or none (its builds stay; `default` moves with
+    /// each new build and cannot be removed).
+    Untag {
+        /// Template name or alias.
+        name: String,
+        #[arg(required = true)]
+        tags: Vec<String>,
+    },
 }
 
 /// A sandbox's resources, each optional.

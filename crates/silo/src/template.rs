@@ -23,6 +23,7 @@ pub async fn run(args: TemplateArgs) -> anyhow::Result<ExitCode> {
     match args.command {
         TemplateCommand::Build {
             name,
+            tags,
             file,
             context,
             build_args,
@@ -34,6 +35,9 @@ pub async fn run(args: TemplateArgs) -> anyhow::Result<ExitCode> {
         } => {
             let started = Instant::now();
             if BUILT_IN.contains(&name.as_str()) {
+                if !tags.is_empty() {
+                    bail!("{name:?} is one of silo's own templates, built on this host without tags; tag a template of yours (FROM {name}) instead");
+                }
                 if file.is_some() || context.is_some() || start_cmd.is_some() || ready_cmd.is_some()
                 {
                     bail!("{name:?} is one of silo's own templates and is built from its recipe; give your Dockerfile template another name (-n)");
@@ -74,7 +78,7 @@ pub async fn run(args: TemplateArgs) -> anyhow::Result<ExitCode> {
             let requested = client
                 .request_build(&BuildRequest {
                     name: Some(name.clone()),
-                    tags: None,
+                    tags: (!tags.is_empty()).then_some(tags),
                     cpu_count: given.cpu_count,
                     memory_mb: given.memory_mb,
                     disk_size_mb: given.disk_size_mb,
@@ -98,9 +102,11 @@ pub async fn run(args: TemplateArgs) -> anyhow::Result<ExitCode> {
                 .await?;
             follow_build(&client, &requested.template_id, &requested.build_id).await?;
             eprintln!(
-                "template {name} ready in {:.1}s (build {})",
+                "template {} ready in {:.1}s (build {}, tags {})",
+                requested.template_id,
                 started.elapsed().as_secs_f64(),
-                requested.build_id
+                requested.build_id,
+                requested.tags.join(", ")
             );
         }
         TemplateCommand::List => {
@@ -140,6 +146,27 @@ pub async fn run(args: TemplateArgs) -> anyhow::Result<ExitCode> {
             let client = Client::new(&args.client.api_url, args.client.api_key()?);
             client.delete_alias(&alias).await?;
             eprintln!("removed alias {alias}");
+        }
+        TemplateCommand::Tags { name } => {
+            let client = Client::new(&args.client.api_url, args.client.api_key()?);
+            println!("{:<24} {:<38} TAGGED", "TAG", "BUILD");
+            for t in client.tags(&name).await? {
+                println!("{:<24} {:<38} {}", t.tag, t.build_id, t.created_at);
+            }
+        }
+        TemplateCommand::Tag { target, tags } => {
+            let client = Client::new(&args.client.api_url, args.client.api_key()?);
+            let assigned = client.assign_tags(&target, &tags).await?;
+            eprintln!(
+                "{} -> build {}",
+                assigned.tags.join(", "),
+                assigned.build_id
+            );
+        }
+        TemplateCommand::Untag { name, tags } => {
+            let client = Client::new(&args.client.api_url, args.client.api_key()?);
+            client.remove_tags(&name, &tags).await?;
+            eprintln!("removed {} from {name}", tags.join(", "));
         }
     }
     Ok(ExitCode::SUCCESS)
