@@ -153,6 +153,8 @@ pub struct ListFilter {
     pub states: Vec<SandboxState>,
     /// Every pair must match.
     pub metadata: BTreeMap<String, String>,
+    /// A template's name matches the sandboxes asked for by it and by any of its tags
+    /// (`name:tag`); `name:tag`, those of that tag.
     pub template_id: Option<String>,
     /// Only sandboxes started at or after this time (Unix ms).
     pub started_after_ms: Option<i64>,
@@ -839,7 +841,11 @@ impl Catalog {
             );
         }
         if let Some(template) = &filter.template_id {
-            conditions += &format!(" AND template_id = {}", param(template.clone().into()));
+            let template = param(template.clone().into());
+            conditions += &format!(
+                " AND (template_id = {template} OR \
+                 substr(template_id, 1, length({template}) + 1) = {template} || ':')"
+            );
         }
         for (key, value) in &filter.metadata {
             let (key, value) = (param(key.clone().into()), param(value.clone().into()));
@@ -1380,6 +1386,36 @@ pub(crate) mod tests {
                 None => return pages,
             }
         }
+    }
+
+    #[test]
+    fn a_template_filter_lists_its_tags_and_a_tag_filter_only_that_tag() {
+        let catalog = Catalog::open_in_memory().unwrap();
+        let recs: Vec<SandboxRecord> = ["app", "app:v1", "app:v2", "apple", "app2:v1"]
+            .into_iter()
+            .map(|template| record(template, &[]))
+            .collect();
+        for rec in &recs {
+            running(&catalog, rec);
+        }
+        let listed = |template: &str| {
+            let filter = ListFilter {
+                template_id: Some(template.into()),
+                ..Default::default()
+            };
+            let mut ids = all_pages(&catalog, &filter).concat();
+            ids.sort_by_key(|id| id.to_string());
+            ids
+        };
+        let ids = |at: &[usize]| {
+            let mut ids: Vec<SandboxId> = at.iter().map(|&i| recs[i].id.clone()).collect();
+            ids.sort_by_key(|id| id.to_string());
+            ids
+        };
+        assert_eq!(listed("app"), ids(&[0, 1, 2]));
+        assert_eq!(listed("app:v1"), ids(&[1]));
+        assert_eq!(listed("app2"), ids(&[4]));
+        assert_eq!(listed("ap"), ids(&[]));
     }
 
     #[test]
