@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from e2b import Sandbox, Template
 
-from silo_server import SiloServer
+from silo_server import SiloServer, wait_for
 
 pytestmark = pytest.mark.server_only
 
@@ -100,6 +100,29 @@ def test_bad_tags_are_refused_with_what_exists(server, sdk_env):
         Template.build(marked("x"), "e2e-tags-bad:a b")
     with pytest.raises(Exception, match="not found"):
         Template.get_tags("e2e-tags-none")
+
+
+def builds_of(server, name: str) -> int:
+    """How many complete builds of `name` are on disk."""
+    return sum(1 for p in (Path(server.template_dir) / name).iterdir() if not p.name.startswith("."))
+
+
+def test_builds_nothing_uses_are_pruned(server, sdk_env):
+    Template.build(marked("one"), "e2e-prune:keep")
+    Template.build(marked("two"), "e2e-prune")
+    on_two = Sandbox.create("e2e-prune", timeout=120)
+    try:
+        Template.build(marked("three"), "e2e-prune")
+        # Kept: the tagged build, the one a sandbox stands on, the default.
+        assert builds_of(server, "e2e-prune") == 3
+        assert on_two.commands.run("cat /marker").stdout.strip() == "two"
+    finally:
+        on_two.kill()
+    Template.build(marked("four"), "e2e-prune")
+    # A prune runs just after the build is reported ready.
+    wait_for("the unused builds of e2e-prune pruned", lambda: builds_of(server, "e2e-prune") == 2)
+    assert marker_of("e2e-prune:keep") == "one"
+    assert marker_of("e2e-prune") == "four"
 
 
 def silo(server, *args: str) -> subprocess.CompletedProcess:

@@ -210,6 +210,19 @@ impl Catalog {
             .transpose()
     }
 
+    /// The recipe hashes (directories) of the builds `template`'s tags name.
+    pub fn tagged_hashes(&self, template: &str) -> Result<Vec<String>> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare(
+            "SELECT DISTINCT b.hash FROM template_tags t JOIN template_builds b \
+             ON b.id = t.build_id WHERE t.template = ?1 AND b.hash IS NOT NULL",
+        )?;
+        let hashes = stmt
+            .query_map([template], |row| row.get(0))?
+            .collect::<std::result::Result<Vec<String>, _>>()?;
+        Ok(hashes)
+    }
+
     /// A template's tags, by name.
     pub fn tags_of(&self, template: &str) -> Result<Vec<TagRecord>> {
         let conn = self.conn();

@@ -519,6 +519,47 @@ impl Builder {
             }
         };
         self.end(build_id, log, outcome).await;
+        // Still this build's turn: no other build reads a build pruned here.
+        self.prune(template).await;
+    }
+
+    /// Remove the builds of `template` nothing needs any more ([`Templates::prune`]),
+    /// during a build's turn.
+    ///
+    /// [`Templates::prune`]: crate::sandbox::Templates::prune
+    async fn prune(&self, template: &str) {
+        let pruned = self
+            .manager
+            .templates()
+            .prune(self.manager.catalog(), template);
+        let pruned = match pruned {
+            Ok(pruned) => pruned,
+            Err(e) => {
+                tracing::warn!(template, error = %e, "cannot prune the template's unused builds");
+                return;
+            }
+        };
+        for build in pruned {
+            match silo_templates::remove_build_dir(&build).await {
+                Ok(()) => {
+                    tracing::info!(template, build = %build.display(), "removed an unused build")
+                }
+                Err(e) => {
+                    tracing::warn!(template, build = %build.display(), error = %e, "cannot remove an unused build")
+                }
+            }
+        }
+    }
+
+    /// [`Builder::prune`] every template but silo's own (pruned by `silo template build
+    /// --prune`): what sandboxes or tags held until the server stopped.
+    pub async fn prune_all(&self) {
+        let _turn = self.running.lock().await;
+        for template in self.templates() {
+            if !BUILT_IN.contains(&template.as_str()) {
+                self.prune(&template).await;
+            }
+        }
     }
 
     /// Record a build's end, once its log has all its lines.

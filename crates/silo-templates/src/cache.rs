@@ -82,7 +82,7 @@ impl Work {
 /// Remove a build directory, first detaching anything still mounted inside it: a build
 /// killed mid-step leaves the host's /dev bound into its chroot, and deleting through
 /// that mount would delete the host's device nodes.
-pub(crate) async fn remove_build_dir(dir: &Path) -> io::Result<()> {
+pub async fn remove_build_dir(dir: &Path) -> io::Result<()> {
     let mountinfo = tokio::fs::read_to_string("/proc/self/mountinfo")
         .await
         .unwrap_or_default();

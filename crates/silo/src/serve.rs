@@ -116,6 +116,12 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
         args.insecure_registries.clone(),
     )
     .context("cannot set up template builds")?;
+    // Builds that sandboxes held until the last stop may be unused now. A stop meanwhile
+    // leaves the rest hidden, for the next prune.
+    tokio::spawn({
+        let builder = Arc::clone(&builder);
+        async move { builder.prune_all().await }
+    });
 
     // Streams (command output, code results) are many small writes: without TCP_NODELAY,
     // Nagle and delayed ACKs add tens of milliseconds to each.

@@ -12,6 +12,7 @@ use tracing::Instrument;
 
 use silo_templates::TemplateConfig;
 
+use super::templates::Pin;
 use super::{Manager, SandboxError, TemplateRef};
 use crate::SandboxSpec;
 use silo_protocol::envd::InitRequest;
@@ -49,6 +50,9 @@ pub(super) struct Origin {
     /// The template's defaults for its sandboxes (env, user, workdir).
     pub(super) config: TemplateConfig,
     pub(super) snapshot: Option<SavedState>,
+    /// A template's build, held against a prune until the sandbox's row names it (a
+    /// snapshot's or another sandbox's rootfs is held by its own row).
+    pub(super) pin: Option<Pin>,
 }
 
 /// The user commands run as, and their directory, unless the template says otherwise.
@@ -109,6 +113,7 @@ impl Manager {
                     access_token: snap.access_token,
                     env_vars: snap.env_vars,
                 }),
+                pin: None,
                 name: snap.id,
             });
         }
@@ -119,14 +124,15 @@ impl Manager {
                 template = target;
             }
         }
-        let rootfs = self
+        let (rootfs, pin) = self
             .templates
-            .tagged_rootfs(&self.catalog, &template, named.tag)?;
+            .pinned_rootfs(&self.catalog, &template, named.tag)?;
         Ok(Origin {
             resources: super::resources_of(&rootfs)?,
             config: config_of(&rootfs)?,
             rootfs,
             snapshot: None,
+            pin: Some(pin),
             name: template,
         })
     }
@@ -136,7 +142,7 @@ impl Manager {
     pub(super) async fn create_from(
         &self,
         req: CreateRequest,
-        origin: Origin,
+        mut origin: Origin,
         target: SandboxState,
     ) -> Result<SandboxRecord, SandboxError> {
         let timeout = match target {
@@ -183,6 +189,8 @@ impl Manager {
         let lock = self.lifecycle_lock(&rec.id);
         let held = lock.lock().await;
         self.catalog.insert_sandbox(&rec)?;
+        // Its row holds the build from here on.
+        origin.pin = None;
         // Instrumented, not entered: a guard held across awaits tags other tasks' logs.
         let span = tracing::info_span!("create", sandbox_id = %rec.id, from = %origin.name);
 
@@ -314,6 +322,7 @@ mod tests {
             resources: Resources::default(),
             config: TemplateConfig::default(),
             snapshot: None,
+            pin: None,
         };
         runtime.hold(Verb::Start);
         let create = tokio::spawn({

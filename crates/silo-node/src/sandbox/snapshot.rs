@@ -125,6 +125,7 @@ impl Manager {
                 .join(format!("fork{}", SandboxId::generate()));
             self.save(&rec, &image).await?;
             let origin = Origin {
+                pin: None,
                 name: format!("fork of {id}"),
                 rootfs,
                 config,

@@ -7,10 +7,17 @@
 //! rootfs, `resources.json` may give the template's default resources
 //! ([`Resources`]; what it leaves out is the server's default), which `silo template build --cpu-count/--memory-mb/
 //! --disk-size-mb` writes.
+//!
+//! Builds no one needs any more are pruned ([`Templates::prune`]): a build stays while a
+//! tag names it, while the bare name means it, and while a sandbox or snapshot stands on
+//! it. A create holds its build ([`Pin`]) from resolving the name until its row names
+//! the rootfs, so a prune never takes a build from under a sandbox about to boot on it.
 
+use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 
-use silo_catalog::{Catalog, DEFAULT_TAG};
+use silo_catalog::{Catalog, SandboxState, DEFAULT_TAG};
 use silo_protocol::rest::Resources;
 
 use super::SandboxError;
@@ -21,14 +28,58 @@ pub const RESOURCES_FILE: &str = "resources.json";
 /// Names the SDKs use for silo's templates.
 const ALIASES: &[(&str, &str)] = &[("code-interpreter-v1", "code-interpreter")];
 
+/// Builds held by creates under way: rootfs → how many.
+type Pins = Arc<Mutex<HashMap<PathBuf, usize>>>;
+
+/// Where a pruned build waits to be removed (a crash meanwhile leaves it to the next
+/// prune): hidden, as unfinished builds are, so nothing resolves to it.
+const PRUNED_PREFIX: &str = ".pruned-";
+
 #[derive(Debug, Clone)]
 pub struct Templates {
     dir: PathBuf,
+    pins: Pins,
+}
+
+/// A build's rootfs held against [`Templates::prune`] while it lives.
+#[derive(Debug)]
+pub struct Pin {
+    pins: Pins,
+    rootfs: PathBuf,
+}
+
+impl Clone for Pin {
+    fn clone(&self) -> Pin {
+        *lock(&self.pins).entry(self.rootfs.clone()).or_default() += 1;
+        Pin {
+            pins: Arc::clone(&self.pins),
+            rootfs: self.rootfs.clone(),
+        }
+    }
+}
+
+impl Drop for Pin {
+    fn drop(&mut self) {
+        let mut pins = lock(&self.pins);
+        if let Some(count) = pins.get_mut(&self.rootfs) {
+            *count -= 1;
+            if *count == 0 {
+                pins.remove(&self.rootfs);
+            }
+        }
+    }
+}
+
+fn lock(pins: &Pins) -> std::sync::MutexGuard<'_, HashMap<PathBuf, usize>> {
+    pins.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 impl Templates {
     pub fn new(dir: PathBuf) -> Templates {
-        Templates { dir }
+        Templates {
+            dir,
+            pins: Pins::default(),
+        }
     }
 
     /// The canonical name of a template (aliases resolved), if the name is acceptable.
@@ -80,6 +131,87 @@ impl Templates {
                 self.dir.join(name).display()
             ))
         })
+    }
+
+    /// [`Templates::tagged_rootfs`], held against a prune until the [`Pin`] is dropped.
+    pub fn pinned_rootfs(
+        &self,
+        catalog: &Catalog,
+        name: &str,
+        tag: Option<&str>,
+    ) -> Result<(PathBuf, Pin), SandboxError> {
+        // Resolved under the lock a prune takes: it sees the pin, or the create sees
+        // the build gone (and a tag moved on).
+        let mut pins = lock(&self.pins);
+        let rootfs = self.tagged_rootfs(catalog, name, tag)?;
+        *pins.entry(rootfs.clone()).or_default() += 1;
+        let pin = Pin {
+            pins: Arc::clone(&self.pins),
+            rootfs: rootfs.clone(),
+        };
+        Ok((rootfs, pin))
+    }
+
+    /// Hide the builds of `name` (canonical) that nothing needs any more: no tag names
+    /// it, it is not what the bare name means, no sandbox but a killed one and no
+    /// snapshot stands on it, and no create is resolving to it. Returns them (moved
+    /// aside, with those a crash left) for the caller to remove from disk.
+    pub fn prune(&self, catalog: &Catalog, name: &str) -> Result<Vec<PathBuf>, SandboxError> {
+        let canonical = self.canonical(name)?;
+        let template_dir = self.dir.join(canonical);
+        let pins = lock(&self.pins);
+        let mut kept: HashSet<PathBuf> = pins.keys().cloned().collect();
+        let live: Vec<SandboxState> = SandboxState::ALL
+            .into_iter()
+            .filter(|state| *state != SandboxState::Killed)
+            .collect();
+        for sandbox in catalog.sandboxes_in(&live)? {
+            match sandbox.rootfs {
+                Some(rootfs) => kept.insert(PathBuf::from(rootfs)),
+                // Booted before silo recorded its rootfs: which build is unknown.
+                None => return Ok(Vec::new()),
+            };
+        }
+        kept.extend(
+            catalog
+                .snapshots(None)?
+                .into_iter()
+                .map(|snapshot| PathBuf::from(snapshot.rootfs)),
+        );
+        let tagged = catalog.tagged_hashes(canonical)?;
+        if tagged.is_empty() {
+            kept.extend(newest_build(&template_dir));
+        }
+        kept.extend(
+            tagged
+                .iter()
+                .map(|hash| template_dir.join(hash).join("rootfs")),
+        );
+        let Ok(entries) = std::fs::read_dir(&template_dir) else {
+            return Ok(Vec::new());
+        };
+        let mut pruned = Vec::new();
+        for entry in entries.flatten() {
+            let file_name = entry.file_name().to_string_lossy().into_owned();
+            let build = entry.path();
+            if file_name.starts_with(PRUNED_PREFIX) {
+                pruned.push(build);
+                continue;
+            }
+            // Unfinished builds are hidden; their builder removes them.
+            if file_name.starts_with('.') || kept.iter().any(|rootfs| rootfs.starts_with(&build)) {
+                continue;
+            }
+            let aside = template_dir.join(format!("{PRUNED_PREFIX}{file_name}"));
+            std::fs::rename(&build, &aside).map_err(|e| {
+                SandboxError::BrokenTemplate(format!(
+                    "cannot move the unused build {} aside: {e}",
+                    build.display()
+                ))
+            })?;
+            pruned.push(aside);
+        }
+        Ok(pruned)
     }
 
     /// Why `tag` of `name` names nothing: the template is unknown, or which tags it has
@@ -276,6 +408,86 @@ mod tests {
             templates.tagged_rootfs(&catalog, "app", Some("v1")),
             Err(SandboxError::BrokenTemplate(_))
         ));
+    }
+
+    #[test]
+    fn a_prune_takes_only_builds_nothing_holds() {
+        let dir = tempfile::tempdir().unwrap();
+        let templates = Templates::new(dir.path().to_owned());
+        let catalog = Catalog::open_in_memory().unwrap();
+        let app = dir.path().join("app");
+        let rootfs = |hash: &str| app.join(hash).join("rootfs");
+        for build in [
+            "tagged", "default", "running", "saved", "pinned", "unused", ".tmp-x",
+        ] {
+            std::fs::create_dir_all(rootfs(build)).unwrap();
+        }
+        std::fs::create_dir_all(app.join(".pruned-crashed")).unwrap();
+        for (id, hash, tags) in [
+            ("b1", "tagged", vec!["v1".to_owned()]),
+            ("b2", "pinned", vec!["gone".to_owned()]),
+            ("b3", "default", vec![]),
+        ] {
+            catalog.insert_build(id, "app").unwrap();
+            catalog.set_build_ready(id, hash, &tags).unwrap();
+        }
+        let mut running = silo_catalog::testing::record(SandboxState::Running);
+        running.rootfs = Some(rootfs("running").display().to_string());
+        catalog.insert_sandbox(&running).unwrap();
+        let mut killed = silo_catalog::testing::record(SandboxState::Killed);
+        killed.rootfs = Some(rootfs("unused").display().to_string());
+        catalog.insert_sandbox(&killed).unwrap();
+        catalog
+            .insert_snapshot(&silo_catalog::SnapshotRecord {
+                id: "snap".into(),
+                name: None,
+                sandbox_id: running.id.clone(),
+                template_id: "app".into(),
+                rootfs: rootfs("saved").display().to_string(),
+                cpu_count: 1,
+                memory_mb: 256,
+                disk_size_mb: 512,
+                env_vars: Default::default(),
+                access_token: None,
+                created_at_ms: 0,
+            })
+            .unwrap();
+        // A create resolved `app:gone`, then the tag was removed before its row exists.
+        let (pinned_at, pin) = templates
+            .pinned_rootfs(&catalog, "app", Some("gone"))
+            .unwrap();
+        assert_eq!(pinned_at, rootfs("pinned"));
+        catalog.remove_tags("app", &["gone".into()]).unwrap();
+
+        let mut pruned = templates.prune(&catalog, "app").unwrap();
+        pruned.sort();
+        assert_eq!(
+            pruned,
+            [app.join(".pruned-crashed"), app.join(".pruned-unused")]
+        );
+        for kept in ["tagged", "default", "running", "saved", "pinned", ".tmp-x"] {
+            assert!(rootfs(kept).is_dir(), "{kept}");
+        }
+        assert_eq!(
+            templates.tagged_rootfs(&catalog, "app", None).unwrap(),
+            rootfs("default")
+        );
+
+        drop(pin);
+        let pruned = templates.prune(&catalog, "app").unwrap();
+        assert!(pruned.contains(&app.join(".pruned-pinned")), "{pruned:?}");
+        assert!(!rootfs("pinned").exists());
+
+        // A live sandbox of unknown rootfs (booted before silo recorded it): nothing goes.
+        let mut old = silo_catalog::testing::record(SandboxState::Paused);
+        old.template_id = "app".into();
+        catalog.insert_sandbox(&old).unwrap();
+        catalog.remove_tags("app", &["v1".into()]).unwrap();
+        assert_eq!(
+            templates.prune(&catalog, "app").unwrap(),
+            Vec::<PathBuf>::new()
+        );
+        assert!(rootfs("tagged").is_dir());
     }
 
     #[test]

@@ -17,6 +17,7 @@ impl Manager {
     /// and waits for its ready command), then tear it down.
     pub async fn trial(&self, name: &str, rootfs: &Path) -> Result<(), SandboxError> {
         let origin = Origin {
+            pin: None,
             name: name.to_owned(),
             rootfs: rootfs.to_owned(),
             resources: super::resources_of(rootfs)?,
