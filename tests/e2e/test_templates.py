@@ -611,3 +611,34 @@ def test_from_an_oci_image_layout_and_a_registry(workspace, server, registry, sd
     unreachable = build(server, context, "e2e-oci-broken", dockerfile="FROM 127.0.0.1:1/silo/test:v1\n")
     assert unreachable.returncode != 0
     assert "cannot reach the registry 127.0.0.1:1" in unreachable.stderr, unreachable.stderr
+
+
+def test_the_build_cache_forgets_what_no_build_used_for_days(workspace, server, sdk_env):
+    templates, context = workspace
+    dockerfile = "FROM base\nRUN echo kept > /kept.txt\nCOPY app.txt /app.txt\n"
+    first = build(server, context, "e2e-cache", dockerfile=dockerfile)
+    assert first.returncode == 0, first.stderr
+    # Every entry of the cache (layers, unpacked images, uploads), as if no build had used
+    # it for 30 days: more than --build-cache-days' 7.
+    month_ago = time.time() - 30 * 86400
+    stores = [templates / ".layers", templates / ".images", templates / ".uploads"]
+    aged = [entry for store in stores if store.exists() for entry in store.iterdir()
+            if not entry.name.startswith(".") and entry.name != "pulled"]
+    assert len(aged) > 3
+    for path in [*aged, *(entry / "rootfs" for entry in aged)]:
+        if path.exists():
+            os.utime(path, (month_ago, month_ago))
+
+    # An unchanged rebuild finds its own layers and context, which stay; the prune just
+    # after it takes the rest.
+    again = build(server, context, "e2e-cache", dockerfile=dockerfile)
+    assert again.returncode == 0, again.stderr
+    assert "unchanged: not uploaded" in again.stderr
+    assert "step 1/2 (cached)" in again.stderr and "step 2/2 (cached)" in again.stderr
+    left = lambda store: [e for e in (templates / store).iterdir() if not e.name.startswith(".")]  # noqa: E731
+    wait_for("the cache entries no build used removed",
+             lambda: len(left(".layers")) == 2 and len(left(".uploads")) == 1)
+    assert [e.name for e in left(".images")] in ([], ["pulled"])
+    third = build(server, context, "e2e-cache", dockerfile=dockerfile)
+    assert "step 1/2 (cached)" in third.stderr and "step 2/2 (cached)" in third.stderr
+    assert silo(server, "delete", "e2e-cache").returncode == 0

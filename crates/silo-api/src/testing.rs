@@ -41,7 +41,7 @@ impl TestApp {
                 root: dir.path().join("runsc"),
             },
             runtime.clone(),
-            Vec::new(),
+            silo_node::builds::BuildSettings::default(),
         )
         .expect("builder");
         let state = AppState {

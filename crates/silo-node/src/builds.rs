@@ -107,18 +107,44 @@ pub struct BuildReport {
     pub log: Vec<BuildLogEntry>,
 }
 
+/// How the builder builds and what it keeps (`silo serve`'s flags).
+#[derive(Debug, Clone)]
+pub struct BuildSettings {
+    /// Registries spoken to over plain http (`--insecure-registry`).
+    pub insecure_registries: Vec<String>,
+    /// How long the build cache (layers, unpacked images, uploaded contexts) keeps
+    /// what no build used (`--build-cache-days`).
+    pub cache_unused_for: std::time::Duration,
+}
+
+/// `--build-cache-days` unless given.
+pub const DEFAULT_CACHE_DAYS: u32 = 7;
+
+impl Default for BuildSettings {
+    fn default() -> BuildSettings {
+        BuildSettings {
+            insecure_registries: Vec::new(),
+            cache_unused_for: std::time::Duration::from_secs(
+                u64::from(DEFAULT_CACHE_DAYS) * 24 * 3600,
+            ),
+        }
+    }
+}
+
 pub struct Builder {
     manager: Arc<Manager>,
     dir: PathBuf,
     runsc: BuildRunsc,
     /// Each RUN step's network: a sandbox's with the default rules (`crate::step_network`).
     network: Arc<dyn StepNetwork>,
-    /// Registries spoken to over plain http (`silo serve --insecure-registry`).
-    insecure_registries: Vec<String>,
+    settings: BuildSettings,
     requested: Mutex<HashMap<String, Requested>>,
     /// Upload URLs handed out and not used yet: token → files hash. The SDK uploads to
     /// the URL without its API key (E2B's are presigned), so the URL carries the right.
     upload_tokens: Mutex<HashMap<String, String>>,
+    /// Held while an upload is looked up (and marked used) or pruned: one found is not
+    /// removed before the build that wants it.
+    uploads_gate: Mutex<()>,
     /// One build at a time: builds share the layer store's scratch names, and each
     /// wants the host's cores.
     running: tokio::sync::Mutex<()>,
@@ -136,7 +162,7 @@ impl Builder {
         manager: Arc<Manager>,
         runsc: BuildRunsc,
         network: Arc<dyn StepNetwork>,
-        insecure_registries: Vec<String>,
+        settings: BuildSettings,
     ) -> Result<Arc<Builder>, TemplateError> {
         let dir = manager.templates().dir().to_owned();
         let failed = manager.catalog().fail_unfinished_builds(INTERRUPTED)?;
@@ -160,9 +186,10 @@ impl Builder {
             dir,
             runsc,
             network,
-            insecure_registries,
+            settings,
             requested: Mutex::default(),
             upload_tokens: Mutex::default(),
+            uploads_gate: Mutex::default(),
             running: tokio::sync::Mutex::new(()),
             stopping: CancellationToken::new(),
             builds: TaskTracker::new(),
@@ -226,10 +253,17 @@ impl Builder {
         Ok(self.dir.join(".uploads").join(hash.to_ascii_lowercase()))
     }
 
-    /// Whether the files with this hash were uploaded before.
+    /// Whether the files with this hash were uploaded before (then kept for the build
+    /// that wants them).
     pub fn has_upload(&self, template: &str, hash: &str) -> Result<bool, TemplateError> {
         self.manager.templates().canonical(template)?;
-        Ok(self.upload_path(hash)?.is_file())
+        let path = self.upload_path(hash)?;
+        let _gate = self.uploads_gate.lock().unwrap_or_else(|p| p.into_inner());
+        let present = path.is_file();
+        if present {
+            silo_templates::touch(&path);
+        }
+        Ok(present)
     }
 
     /// A one-time token for uploading the files with `hash` (see [`Builder::upload`]).
@@ -408,7 +442,7 @@ impl Builder {
             force_from,
             start: (command != StartCommand::default()).then_some(command),
             registry: RegistryAccess {
-                insecure: self.insecure_registries.clone(),
+                insecure: self.settings.insecure_registries.clone(),
                 credentials,
             },
         })
@@ -519,8 +553,53 @@ impl Builder {
             }
         };
         self.end(build_id, log, outcome).await;
-        // Still this build's turn: no other build reads a build pruned here.
+        // Still this build's turn: no other build reads what is pruned here.
         self.prune(template).await;
+        self.prune_cache().await;
+    }
+
+    /// Remove what the build cache has not used for `--build-cache-days`: layers and
+    /// unpacked images (`silo_templates::prune_cache`), and uploaded contexts; during a
+    /// build's turn.
+    async fn prune_cache(&self) {
+        let unused_for = self.settings.cache_unused_for;
+        let mut removed = silo_templates::prune_cache(&self.dir, unused_for).await;
+        removed.extend(self.prune_uploads(unused_for));
+        if !removed.is_empty() {
+            tracing::info!(
+                ?removed,
+                days = unused_for.as_secs() / (24 * 3600),
+                "removed build cache entries no build used for days"
+            );
+        }
+    }
+
+    fn prune_uploads(&self, unused_for: std::time::Duration) -> Vec<PathBuf> {
+        let Some(cutoff) = std::time::SystemTime::now().checked_sub(unused_for) else {
+            return Vec::new();
+        };
+        let _gate = self.uploads_gate.lock().unwrap_or_else(|p| p.into_inner());
+        let Ok(entries) = std::fs::read_dir(self.dir.join(".uploads")) else {
+            return Vec::new();
+        };
+        let mut removed = Vec::new();
+        for entry in entries.flatten() {
+            // Uploads being written are hidden; their writer removes a failed one.
+            if entry.file_name().to_string_lossy().starts_with('.') {
+                continue;
+            }
+            let used = entry.metadata().and_then(|m| m.modified());
+            if used.is_ok_and(|used| used >= cutoff) {
+                continue;
+            }
+            match std::fs::remove_file(entry.path()) {
+                Ok(()) => removed.push(entry.path()),
+                Err(e) => {
+                    tracing::warn!(path = %entry.path().display(), error = %e, "cannot remove an unused upload");
+                }
+            }
+        }
+        removed
     }
 
     /// Remove the builds of `template` nothing needs any more ([`Templates::prune`]),
@@ -552,7 +631,7 @@ impl Builder {
     }
 
     /// [`Builder::prune`] every template but silo's own (pruned by `silo template build
-    /// --prune`): what sandboxes or tags held until the server stopped.
+    /// --prune`): what sandboxes or tags held until the server stopped; and the cache.
     pub async fn prune_all(&self) {
         let _turn = self.running.lock().await;
         for template in self.templates() {
@@ -560,6 +639,7 @@ impl Builder {
                 self.prune(&template).await;
             }
         }
+        self.prune_cache().await;
     }
 
     /// Record a build's end, once its log has all its lines.
@@ -1026,7 +1106,8 @@ mod tests {
             platform: "systrap".into(),
             root: dir.path().join("runsc-root"),
         };
-        let builder = Builder::new(manager, build_runsc, network, Vec::new()).unwrap();
+        let builder =
+            Builder::new(manager, build_runsc, network, BuildSettings::default()).unwrap();
         let new = builder
             .request(&BuildRequest {
                 name: Some("app".into()),
@@ -1103,6 +1184,25 @@ mod tests {
             catalog.build(&new.build.id).unwrap().unwrap().hash,
             Some(hash)
         );
+    }
+
+    #[tokio::test]
+    async fn uploads_no_build_looked_for_lately_are_pruned() {
+        let (builder, _, _dir) = builder_with_build("/nonexistent/runsc".into(), Arc::default());
+        let uploads = builder.dir.join(".uploads");
+        std::fs::create_dir_all(&uploads).unwrap();
+        let week_ago = std::time::SystemTime::now() - std::time::Duration::from_secs(7 * 86400);
+        for name in ["aaaaaaaa", "bbbbbbbb", ".cccccccc-being-written"] {
+            let file = std::fs::File::create(uploads.join(name)).unwrap();
+            file.set_modified(week_ago).unwrap();
+        }
+        // A client asked whether it has these files: they stay for its build.
+        assert!(builder.has_upload("app", "BBBBBBBB").unwrap());
+        let removed = builder.prune_uploads(std::time::Duration::from_secs(86400));
+        assert_eq!(removed, [uploads.join("aaaaaaaa")]);
+        assert!(uploads.join("bbbbbbbb").is_file());
+        assert!(uploads.join(".cccccccc-being-written").is_file());
+        assert!(!builder.has_upload("app", "aaaaaaaa").unwrap());
     }
 
     #[tokio::test]

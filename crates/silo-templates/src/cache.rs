@@ -102,13 +102,59 @@ pub async fn remove_build_dir(dir: &Path) -> io::Result<()> {
     tokio::fs::remove_dir_all(dir).await
 }
 
-/// Make `rootfs` the newest build of its template (see [`newest_build`]).
-pub(crate) fn touch(rootfs: &Path) {
+/// Mark `path` used now: a build's rootfs becomes the newest of its template (see
+/// [`newest_build`]), a cache entry is kept longer (see [`prune_cache`]).
+pub fn touch(path: &Path) {
     let touched =
-        std::fs::File::open(rootfs).and_then(|dir| dir.set_modified(std::time::SystemTime::now()));
+        std::fs::File::open(path).and_then(|file| file.set_modified(std::time::SystemTime::now()));
     if let Err(e) = touched {
-        tracing::warn!(rootfs = %rootfs.display(), error = %e, "marking a build the newest");
+        tracing::warn!(path = %path.display(), error = %e, "cannot mark as used");
     }
+}
+
+/// The stores of the build cache under a templates dir: step layers
+/// (`.layers/<key>`) and unpacked images (`.images/<key>`).
+const CACHE_STORES: [&str; 2] = [".layers", ".images"];
+
+/// Where pulled image blobs are kept, among the unpacked images; not an entry.
+const PULLED: &str = "pulled";
+
+/// Remove the build cache's entries not used for `unused_for` (an entry is marked used
+/// when made and when a build finds it), and return them. Only where no build is under
+/// way: a build reads its entries without holding them. Half-made entries (`.tmp-`) are
+/// [`crate::remove_dead_builds`]' to remove.
+pub async fn prune_cache(templates_dir: &Path, unused_for: std::time::Duration) -> Vec<PathBuf> {
+    let Some(cutoff) = std::time::SystemTime::now().checked_sub(unused_for) else {
+        return Vec::new();
+    };
+    let mut removed = Vec::new();
+    for store in CACHE_STORES {
+        let Ok(entries) = std::fs::read_dir(templates_dir.join(store)) else {
+            continue;
+        };
+        for entry in entries.flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if name.starts_with('.') || name == PULLED {
+                continue;
+            }
+            let path = entry.path();
+            // An image's rootfs is what a build touches; a layer's, the entry itself.
+            let last_used = [path.clone(), path.join("rootfs")]
+                .iter()
+                .filter_map(|p| p.metadata().and_then(|m| m.modified()).ok())
+                .max();
+            if last_used.is_some_and(|used| used >= cutoff) {
+                continue;
+            }
+            match remove_build_dir(&path).await {
+                Ok(()) => removed.push(path),
+                Err(e) => {
+                    tracing::warn!(path = %path.display(), error = %e, "cannot remove an unused cache entry");
+                }
+            }
+        }
+    }
+    removed
 }
 
 /// The rootfs of the newest complete build under `template_dir`, if any: builds only
@@ -124,4 +170,59 @@ pub fn newest_build(template_dir: &Path) -> Option<TemplatePath> {
         })
         .filter(|build| build.rootfs.is_dir())
         .max_by_key(|build| build.rootfs.metadata().and_then(|m| m.modified()).ok())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::{Duration, SystemTime};
+
+    use super::*;
+
+    fn used_at(path: &Path, at: SystemTime) {
+        std::fs::File::open(path)
+            .and_then(|file| file.set_modified(at))
+            .expect("set mtime");
+    }
+
+    #[tokio::test]
+    async fn the_cache_prune_takes_only_entries_unused_for_long() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let week_ago = SystemTime::now() - Duration::from_secs(7 * 24 * 3600);
+        let entries = [
+            ".layers/old",
+            ".layers/fresh",
+            ".layers/.tmp-old-1",
+            ".images/old/rootfs",
+            ".images/used-lately/rootfs",
+            ".images/pulled/blobs",
+        ];
+        for entry in entries {
+            std::fs::create_dir_all(dir.path().join(entry)).expect("mkdir");
+        }
+        for entry in entries.iter().filter(|e| !e.contains("fresh")) {
+            let path = dir.path().join(entry);
+            used_at(&path, week_ago);
+            used_at(path.parent().expect("in a store"), week_ago);
+        }
+        // A build found this image: its rootfs was touched.
+        touch(&dir.path().join(".images/used-lately/rootfs"));
+
+        let mut removed = prune_cache(dir.path(), Duration::from_secs(24 * 3600)).await;
+        removed.sort();
+        assert_eq!(
+            removed,
+            [
+                dir.path().join(".images/old"),
+                dir.path().join(".layers/old")
+            ]
+        );
+        for kept in [
+            ".layers/fresh",
+            ".layers/.tmp-old-1",
+            ".images/used-lately",
+            ".images/pulled",
+        ] {
+            assert!(dir.path().join(kept).is_dir(), "{kept}");
+        }
+    }
 }

@@ -96,7 +96,11 @@ pub async fn from_layout(
     let manifest: Manifest = read_json(layout, &manifest_digest).map_err(BuildError::Context)?;
     let key = digest_hex(&manifest_digest).map_err(BuildError::Context)?;
     let work = match cache::slot(&templates_dir.join(".images"), &key[..16]).await? {
-        Slot::Cached(done) => return Ok(done),
+        Slot::Cached(done) => {
+            // Kept by the cache's prune while builds use it.
+            cache::touch(&done.rootfs);
+            return Ok(done);
+        }
         Slot::Build(work) => work,
     };
     progress(Progress::Stage(Stage::Image {

@@ -97,6 +97,12 @@ pub struct ServeArgs {
     /// http rather than https (repeatable), e.g. a local `docker-registry`.
     #[arg(long = "insecure-registry", value_name = "HOST:PORT")]
     pub insecure_registries: Vec<String>,
+    /// Days the template build cache keeps what no build used: step layers (what makes
+    /// an unchanged step cached), images pulled for FROM, uploaded build contexts. Looked
+    /// at after each build and at start-up.
+    #[arg(long, value_name = "DAYS", default_value_t = silo_node::builds::DEFAULT_CACHE_DAYS,
+          value_parser = clap::value_parser!(u32).range(1..=3650))]
+    pub build_cache_days: u32,
     /// Private range sandbox addresses come from, one /30 each. It must not overlap a
     /// network this host uses; two servers on one host need two ranges (a range the host
     /// already routes elsewhere is refused at start-up).

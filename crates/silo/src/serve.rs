@@ -113,7 +113,12 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
         Arc::clone(&manager),
         build_runsc,
         Arc::new(runtime.clone()),
-        args.insecure_registries.clone(),
+        silo_node::builds::BuildSettings {
+            insecure_registries: args.insecure_registries.clone(),
+            cache_unused_for: std::time::Duration::from_secs(
+                u64::from(args.build_cache_days) * 24 * 3600,
+            ),
+        },
     )
     .context("cannot set up template builds")?;
     // Builds that sandboxes held until the last stop may be unused now. A stop meanwhile

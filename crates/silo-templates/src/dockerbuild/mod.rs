@@ -261,6 +261,10 @@ pub async fn build_dockerfile(
         key = hash_text(&format!("{key}\n{canonical}"));
         let layer = layers_dir.join(&key);
         let built_before = action.is_some() && layer.is_dir();
+        if built_before {
+            // Kept by the cache's prune while builds use it.
+            cache::touch(&layer);
+        }
         progress(Progress::Stage(Stage::Instruction {
             index,
             total,
