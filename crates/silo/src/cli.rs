@@ -98,7 +98,7 @@ pub struct ServeArgs {
     #[arg(long = "insecure-registry", value_name = "HOST:PORT")]
     pub insecure_registries: Vec<String>,
     /// Days the template build cache keeps what no build used: step layers (what makes
-    /// an unchanged step cached), images pulled for FROM, uploaded build contexts. Looked
+    /// an unchanged step cached), images unpacked for FROM, uploaded build contexts. Looked
     /// at after each build and at start-up.
     #[arg(long, value_name = "DAYS", default_value_t = silo_node::builds::DEFAULT_CACHE_DAYS,
           value_parser = clap::value_parser!(u32).range(1..=3650))]
