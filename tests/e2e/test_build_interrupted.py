@@ -191,3 +191,37 @@ def test_a_build_stopped_mid_step_by_sigterm_is_failed_and_cleaned_before_the_se
     assert [e.message for e in status.log_entries].count(INTERRUPTED) == 1
     assert "left unfinished by the previous run" not in server.log()
     assert "cut short left" not in server.log()
+
+
+def test_a_build_stopped_while_its_check_waits_for_the_ready_command_ends_at_once(
+        templates, server):
+    # The check sandbox waits for a ready command that never passes (up to its limit).
+    template = Template().from_base_image().run_cmd("true").set_start_cmd("sleep 3600", "false")
+    info = Template.build_in_background(template, "e2e-stopped-check")
+
+    def checking():
+        status = Template.get_build_status(info, logs_offset=0)
+        return any("booting a sandbox to run the start command" in e.message
+                   for e in status.log_entries)
+
+    wait_for("the build's check sandbox", checking, seconds=240)
+    wait_for("the check sandbox's address", lambda: step_leases(server), seconds=60)
+
+    server.proc.send_signal(signal.SIGTERM)
+    assert server.proc.wait(timeout=60) == 0, server.log()
+    # The check was given up, not waited out: the build failed as interrupted, and its
+    # sandbox is gone with what it held.
+    status, reason, log = catalog_build(server, info.build_id)
+    assert (status, reason) == ("error", INTERRUPTED), log
+    db = sqlite3.connect(f"file:{server.data_dir / 'catalog.db'}?mode=ro", uri=True)
+    try:
+        states = [row[0] for row in db.execute("SELECT state FROM sandboxes")]
+    finally:
+        db.close()
+    assert states == ["killed"], states
+    assert step_leases(server) == []
+    assert server.firewall_chains() == []
+    # The build's unpublished rootfs went too.
+    unpublished = templates / "e2e-stopped-check"
+    assert not unpublished.exists() or not [d for d in unpublished.iterdir() if d.name.startswith(".")]
+    server.start()  # for the fixture, which stops it

@@ -376,7 +376,8 @@ impl Builder {
 
     /// Stop the builds under way and those waiting for their turn, and wait until each
     /// has released what it held and is recorded as failed with [`INTERRUPTED`]. A
-    /// build checking its sandbox ([`Manager::trial`]) ends that check first.
+    /// build checking its sandbox ([`Manager::trial`]) stops waiting for the ready
+    /// command, and the sandbox is killed.
     pub async fn shutdown(&self) {
         self.stopping.cancel();
         self.builds.close();
@@ -529,9 +530,8 @@ impl Builder {
             }
             Err(err) => {
                 let reason = match &err {
-                    BuildFailure::Build(silo_templates::BuildError::Cancelled) => {
-                        INTERRUPTED.to_owned()
-                    }
+                    BuildFailure::Build(silo_templates::BuildError::Cancelled)
+                    | BuildFailure::Trial(SandboxError::Interrupted) => INTERRUPTED.to_owned(),
                     _ => crate::error_chain(&err),
                 };
                 log.line("error", reason.clone());
@@ -706,7 +706,9 @@ impl Builder {
                         progress(Progress::Line(
                             "booting a sandbox to run the start command and wait for the ready command".into(),
                         ));
-                        self.manager.trial(&requested.template, pending.rootfs()).await?;
+                        self.manager
+                            .trial(&requested.template, pending.rootfs(), &self.stopping)
+                            .await?;
                     }
                     Ok::<_, SandboxError>(())
                 }

@@ -8,6 +8,7 @@ use std::sync::Arc;
 use silo_catalog::{now_ms, CatalogError, SandboxRecord, SandboxState};
 use silo_protocol::ids::{generate_access_token, SandboxId};
 use silo_protocol::rest::Resources;
+use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use silo_templates::TemplateConfig;
@@ -142,8 +143,21 @@ impl Manager {
     pub(super) async fn create_from(
         &self,
         req: CreateRequest,
+        origin: Origin,
+        target: SandboxState,
+    ) -> Result<SandboxRecord, SandboxError> {
+        self.create_until(req, origin, target, None).await
+    }
+
+    /// [`Manager::create_from`], given up as [`SandboxError::Interrupted`] (and what it
+    /// made released) if `stop` is cancelled while the agent readies the sandbox: the
+    /// wait for a template's ready command, which may be long.
+    pub(super) async fn create_until(
+        &self,
+        req: CreateRequest,
         mut origin: Origin,
         target: SandboxState,
+        stop: Option<&CancellationToken>,
     ) -> Result<SandboxRecord, SandboxError> {
         let timeout = match target {
             SandboxState::Pooled => super::pool::NEVER,
@@ -195,7 +209,7 @@ impl Manager {
         let span = tracing::info_span!("create", sandbox_id = %rec.id, from = %origin.name);
 
         let booted = async {
-            let address = self.boot(&rec, origin, req.egress, target).await?;
+            let address = self.boot(&rec, origin, req.egress, target, stop).await?;
             self.catalog.set_address(&rec.id, Some(&address))?;
             self.catalog
                 .transition(&rec.id, SandboxState::Creating, target, "agent ready")
@@ -245,6 +259,7 @@ impl Manager {
         origin: Origin,
         egress: crate::network::EgressPolicy,
         target: SandboxState,
+        stop: Option<&CancellationToken>,
     ) -> Result<String, SandboxError> {
         let config = origin.config;
         let mut spec = SandboxSpec::new(rec.id.clone(), origin.rootfs);
@@ -283,13 +298,20 @@ impl Manager {
             wait_for_kernels: (target == SandboxState::Pooled).then_some(true),
         };
         let saved_token = origin.snapshot.and_then(|s| s.access_token);
-        self.agent
-            .init(started.agent, &init, saved_token.as_deref())
-            .await
-            .map_err(|source| SandboxError::Init {
-                id: rec.id.clone(),
-                source,
-            })?;
+        let initialized = self
+            .agent
+            .init(started.agent, &init, saved_token.as_deref());
+        let initialized = match stop {
+            Some(stop) => tokio::select! {
+                initialized = initialized => initialized,
+                () = stop.cancelled() => return Err(SandboxError::Interrupted),
+            },
+            None => initialized.await,
+        };
+        initialized.map_err(|source| SandboxError::Init {
+            id: rec.id.clone(),
+            source,
+        })?;
         Ok(started.ip.to_string())
     }
 }

@@ -110,6 +110,21 @@ impl FakeRuntime {
         Ok(())
     }
 
+    /// Give the sandboxes it starts from now on an agent that takes calls and never
+    /// answers: one waiting for a ready command that never passes.
+    pub(super) async fn silent_agent(&self) {
+        let listener = tokio::net::TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
+            .await
+            .expect("bind the fake agent");
+        *self.agent.lock().unwrap() = Some(listener.local_addr().expect("its address"));
+        tokio::spawn(async move {
+            let mut held = Vec::new();
+            while let Ok((conn, _)) = listener.accept().await {
+                held.push(conn);
+            }
+        });
+    }
+
     /// Give the sandboxes it starts from now on an agent that accepts every call.
     pub(super) async fn answer_agent(&self) {
         let listener = tokio::net::TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
