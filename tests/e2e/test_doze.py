@@ -62,6 +62,31 @@ def test_an_idle_sandbox_dozes_and_the_next_request_wakes_it(server, sdk):
         sbx.kill()
 
 
+def test_a_request_without_its_token_does_not_wake_a_secure_sandbox(server, sdk):
+    from e2b import Sandbox
+
+    sbx = Sandbox.create("base", timeout=120, secure=True)
+    try:
+        wait_state(sbx.sandbox_id, "FROZEN")
+        envd = {"E2b-Sandbox-Id": sbx.sandbox_id, "E2b-Sandbox-Port": "49983"}
+        list_processes = f"{server.url}/process.Process/List"
+        for token in (None, "a guess"):
+            headers = {**envd, "Content-Type": "application/json"}
+            if token:
+                headers["X-Access-Token"] = token
+            refused = httpx.post(list_processes, headers=headers, content=b"{}")
+            assert refused.status_code == 401, refused.text
+            assert "envdAccessToken" in refused.json()["message"]
+        # Its health needs no token, and is answered without waking it.
+        assert httpx.get(f"{server.url}/health", headers=envd).status_code == 204
+        assert freezer_state(sbx.sandbox_id) == "FROZEN"
+        # With its token, as the SDK sends it, it wakes.
+        assert sbx.commands.run("echo awake").stdout == "awake\n"
+        assert freezer_state(sbx.sandbox_id) == "THAWED"
+    finally:
+        sbx.kill()
+
+
 def test_a_sandbox_with_work_in_progress_stays_awake(server, sdk):
     from e2b import Sandbox
 

@@ -14,7 +14,7 @@ pub fn router(state: AppState) -> Router {
         .merge(filesystem::router())
         .layer(DefaultBodyLimit::max(rpc::MAX_REQUEST));
     Router::new()
-        .route("/health", get(init::health))
+        .route(silo_protocol::envd::HEALTH_PATH, get(init::health))
         .route("/init", post(init::init))
         .route("/envs", get(init::envs))
         .route("/metrics", get(metrics::metrics))

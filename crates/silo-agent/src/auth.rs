@@ -29,7 +29,7 @@ fn header_token_ok(headers: &HeaderMap, token: &str) -> bool {
 /// Middleware: the access token on everything but the public routes.
 pub async fn require_token(State(state): State<AppState>, req: Request, next: Next) -> Response {
     let path = req.uri().path();
-    let public = (req.method() == Method::GET && path == "/health")
+    let public = (req.method() == Method::GET && path == silo_protocol::envd::HEALTH_PATH)
         || (req.method() == Method::POST && path == "/init")
         || path == "/files";
     if !public {

@@ -306,7 +306,8 @@ async fn admit(
     let sandbox = id.parse::<SandboxId>().map_err(|_| sandbox_not_found(id))?;
     let routed = match app.manager.get(&sandbox) {
         Ok(rec) => {
-            authorize(&rec, port, req).map_err(|missing| missing.answer(id))?;
+            let dozing = app.manager.is_dozing(&sandbox);
+            authorize(&rec, port, req, dozing).map_err(|missing| missing.answer(id))?;
             app.manager.route(rec, port).await
         }
         Err(err) => Err(err),
@@ -332,14 +333,15 @@ async fn admit(
 }
 
 /// Turn away a request that lacks what `port` of `rec` asks for, on the catalog's row,
-/// before the route resumes the sandbox (autoResume): knowing its id must not be enough
-/// to keep it alive.
+/// before the route resumes the sandbox (autoResume) or wakes it from its doze: knowing
+/// its id must not be enough to keep it alive or awake.
 /// - A port other than envd's, when the sandbox's ports are not public: its traffic
 ///   token.
-/// - envd's port of a secure sandbox that is not running: its envd access token, or a
-///   `/files` URL signed with it. A running sandbox's agent checks that token itself, with
+/// - envd's port of a secure sandbox that is not running, or dozes: its envd access
+///   token, or a `/files` URL signed with it. A dozing sandbox's `/health` is answered
+///   here, as its agent would. An awake sandbox's agent checks that token itself, with
 ///   the routes it leaves open (`/health`, signed `/files` URLs).
-fn authorize(rec: &SandboxRecord, port: u16, req: &Parts) -> Result<(), Missing> {
+fn authorize(rec: &SandboxRecord, port: u16, req: &Parts, dozing: bool) -> Result<(), Missing> {
     let headers = &req.headers;
     if port != silo_protocol::ports::ENVD {
         if let Some(token) = &rec.traffic_access_token {
@@ -347,10 +349,17 @@ fn authorize(rec: &SandboxRecord, port: u16, req: &Parts) -> Result<(), Missing>
                 return Err(Missing::TrafficToken);
             }
         }
-    } else if rec.state != SandboxState::Running {
+    } else if rec.state != SandboxState::Running || dozing {
         if let Some(token) = &rec.envd_access_token {
             if !carries(headers, ACCESS_TOKEN_HEADER, token) && !signed_files_url(req, token) {
-                return Err(Missing::AccessToken);
+                let running = rec.state == SandboxState::Running;
+                let health = req.method == axum::http::Method::GET
+                    && req.uri.path() == silo_protocol::envd::HEALTH_PATH;
+                return Err(match (running, health) {
+                    (true, true) => Missing::NothingForHealth,
+                    (true, false) => Missing::AccessTokenToWake,
+                    (false, _) => Missing::AccessToken,
+                });
             }
         }
     }
@@ -361,7 +370,12 @@ fn authorize(rec: &SandboxRecord, port: u16, req: &Parts) -> Result<(), Missing>
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Missing {
     TrafficToken,
+    /// To resume a paused sandbox.
     AccessToken,
+    /// To wake a dozing one.
+    AccessTokenToWake,
+    /// None: a dozing sandbox is healthy, and says so without waking.
+    NothingForHealth,
 }
 
 impl Missing {
@@ -375,6 +389,11 @@ impl Missing {
                 StatusCode::UNAUTHORIZED,
                 format!("sandbox {id} is not running: only a request with its envdAccessToken as the X-Access-Token header, or a file URL signed with it, resumes it"),
             ),
+            Missing::AccessTokenToWake => proxy_error(
+                StatusCode::UNAUTHORIZED,
+                format!("sandbox {id} is secure: send its envdAccessToken as the X-Access-Token header, or use a file URL signed with it"),
+            ),
+            Missing::NothingForHealth => StatusCode::NO_CONTENT.into_response(),
         }
     }
 }
@@ -419,7 +438,9 @@ pub fn preconnect(app: &AppState, id: SandboxId) {
         let Ok(route) = app.manager.route(rec, silo_protocol::ports::ENVD).await else {
             return;
         };
-        let Ok(health) = format!("http://{}/health", route.addr).parse::<Uri>() else {
+        let Ok(health) =
+            format!("http://{}{}", route.addr, silo_protocol::envd::HEALTH_PATH).parse::<Uri>()
+        else {
             return;
         };
         let Ok(req) = Request::get(health).body(Body::empty()) else {
@@ -567,7 +588,7 @@ mod tests {
         let missing = |rec: &SandboxRecord, port, h: &HeaderMap| {
             let mut req = Request::get("/").body(()).unwrap();
             *req.headers_mut() = h.clone();
-            authorize(rec, port, &req.into_parts().0).err()
+            authorize(rec, port, &req.into_parts().0, false).err()
         };
         let none = HeaderMap::new();
         // Its ports but envd's want the traffic token, whatever the state.
@@ -592,7 +613,7 @@ mod tests {
             let signature = signature.replace('+', "%2B").replace('/', "%2F");
             let uri = format!("/files?path=%2Fa%20b&signature={signature}");
             let req = Request::builder().method(method).uri(uri).body(()).unwrap();
-            authorize(&rec, silo_protocol::ports::ENVD, &req.into_parts().0).err()
+            authorize(&rec, silo_protocol::ports::ENVD, &req.into_parts().0, false).err()
         };
         assert_eq!(files("GET", FileOp::Read, "envd"), None);
         assert_eq!(files("POST", FileOp::Write, "envd"), None);
@@ -608,6 +629,28 @@ mod tests {
         let open = record(SandboxState::Paused, None);
         assert_eq!(missing(&open, 8000, &none), None);
         assert_eq!(missing(&open, silo_protocol::ports::ENVD, &none), None);
+
+        // Running but dozing: the token is asked for here, as a route would wake it; its
+        // health is answered without it.
+        rec.state = SandboxState::Running;
+        let dozing = |method: &str, path: &str, h: &HeaderMap| {
+            let mut req = Request::builder()
+                .method(method)
+                .uri(path)
+                .body(())
+                .unwrap();
+            *req.headers_mut() = h.clone();
+            authorize(&rec, silo_protocol::ports::ENVD, &req.into_parts().0, true).err()
+        };
+        let rpc = "/process.Process/List";
+        assert_eq!(dozing("POST", rpc, &none), Some(Missing::AccessTokenToWake));
+        assert_eq!(dozing("POST", rpc, &envd), None);
+        assert_eq!(
+            dozing("GET", "/health", &none),
+            Some(Missing::NothingForHealth)
+        );
+        assert_eq!(dozing("GET", "/health", &envd), None);
+        assert_eq!(missing(&rec, silo_protocol::ports::ENVD, &none), None);
     }
 
     #[tokio::test]

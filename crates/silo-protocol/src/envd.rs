@@ -19,6 +19,9 @@ use serde::{Deserialize, Serialize, Serializer};
 /// spec was taken from.
 pub const ENVD_VERSION: &str = "0.6.13";
 
+/// envd's health route: answered (204) without the access token.
+pub const HEALTH_PATH: &str = "/health";
+
 // ---------------------------------------------------------------------------------------------
 // Scalar helpers
 

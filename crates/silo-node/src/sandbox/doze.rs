@@ -140,7 +140,8 @@ impl Manager {
         Ok(())
     }
 
-    pub(super) fn is_dozing(&self, id: &SandboxId) -> bool {
+    /// Whether the sandbox is frozen in a doze (a request would wake it).
+    pub fn is_dozing(&self, id: &SandboxId) -> bool {
         self.activity.is_dozing(id)
     }
 
