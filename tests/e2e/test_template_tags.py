@@ -70,6 +70,10 @@ def test_tags_name_builds_and_default_is_the_newest(server, sdk_env):
     assert marker_of("e2e-tags:v1") == "one"
     assert marker_of("e2e-tags") == "two"
     assert marker_of("e2e-tags:default") == "two"
+    # A template built on a tag's build, as FROM e2e-tags:v1.
+    Template.build(Template().from_template("e2e-tags:v1").run_cmd("echo child >> /marker", user="root"),
+                   "e2e-tags-child")
+    assert marker_of("e2e-tags-child") == "one\nchild"
 
     assigned = Template.assign_tags("e2e-tags:v1", ["stable"])
     assert (assigned.build_id, assigned.tags) == (v1.build_id, ["stable"])

@@ -687,6 +687,7 @@ impl Builder {
                         network: &*self.network,
                         force_from: plan.force_from,
                         start: plan.start.clone(),
+                        templates: &|from| self.parent(from),
                         registry: &plan.registry,
                         cancel: &self.stopping,
                     },
@@ -722,6 +723,21 @@ impl Builder {
         };
         write_resources(&published.rootfs, &requested.resources).map_err(BuildFailure::Trial)?;
         Ok(published.hash)
+    }
+
+    /// The build of a silo template a FROM names (`name`, `name:tag`, an alias), as a
+    /// sandbox created by that name would start from. Read during a build's turn, when
+    /// no prune runs.
+    fn parent(&self, from: &str) -> Option<silo_templates::TemplatePath> {
+        let named = TemplateRef::parse(from).ok()?;
+        let name = self.manager.template_named(named.name).ok()?;
+        let rootfs = self
+            .manager
+            .templates()
+            .tagged_rootfs(self.manager.catalog(), &name, named.tag)
+            .ok()?;
+        let hash = rootfs.parent()?.file_name()?.to_string_lossy().into_owned();
+        Some(silo_templates::TemplatePath { rootfs, hash })
     }
 
     /// Unpack the uploads (tars, gzipped or not) into one context dir.
@@ -1185,6 +1201,71 @@ mod tests {
         assert_eq!(
             catalog.build(&new.build.id).unwrap().unwrap().hash,
             Some(hash)
+        );
+    }
+
+    /// Build `dockerfile` as `name` (`name:tag`) to its end; the ENV WHICH it has.
+    async fn built_which(builder: &Arc<Builder>, name: &str, dockerfile: &str) -> String {
+        let new = builder
+            .request(&BuildRequest {
+                name: Some(name.into()),
+                ..BuildRequest::default()
+            })
+            .unwrap();
+        let template = new.build.template.clone();
+        let start = BuildStart {
+            dockerfile: Some(dockerfile.into()),
+            ..BuildStart::default()
+        };
+        builder.start(&template, &new.build.id, start).unwrap();
+        builder.builds.close();
+        builder.builds.wait().await;
+        builder.builds.reopen();
+        let built = builder
+            .manager
+            .catalog()
+            .build(&new.build.id)
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            built.status,
+            BuildStatus::Ready,
+            "{name}: {:?}",
+            built.reason
+        );
+        let rootfs = builder
+            .dir
+            .join(&template)
+            .join(built.hash.unwrap())
+            .join("rootfs");
+        silo_templates::TemplateConfig::of(&rootfs).unwrap().env["WHICH"].clone()
+    }
+
+    #[tokio::test]
+    async fn from_names_a_template_as_a_create_would_tag_and_alias_included() {
+        // No RUN step: no runsc needed.
+        let (builder, _, _dir) = builder_with_build("/nonexistent/runsc".into(), Arc::default());
+        built_which(&builder, "app:v1", "FROM base\nENV WHICH=one").await;
+        built_which(&builder, "app", "FROM base\nENV WHICH=two").await;
+        builder.manager.catalog().set_alias("nick", "app").unwrap();
+        let child = |from: &str, n: u32| format!("FROM {from}\nENV C={n}");
+        assert_eq!(
+            built_which(&builder, "child", &child("app:v1", 1)).await,
+            "one"
+        );
+        assert_eq!(
+            built_which(&builder, "child", &child("app", 2)).await,
+            "two"
+        );
+        assert_eq!(
+            built_which(&builder, "child", &child("nick:v1", 3)).await,
+            "one"
+        );
+        // The bare name follows `default` wherever it is assigned.
+        builder.assign_tags("app:v1", &["default".into()]).unwrap();
+        assert_eq!(
+            built_which(&builder, "child", &child("app", 4)).await,
+            "one"
         );
     }
 

@@ -96,6 +96,17 @@ impl Manager {
         self.create_from(req, origin, SandboxState::Running).await
     }
 
+    /// The canonical name of the template `name` (a name or alias, untagged) means.
+    pub fn template_named(&self, name: &str) -> Result<String, SandboxError> {
+        let canonical = self.templates.canonical(name)?;
+        if !self.templates.is_built(canonical) {
+            if let Some(target) = self.catalog.alias(canonical)? {
+                return Ok(target);
+            }
+        }
+        Ok(canonical.to_owned())
+    }
+
     /// A snapshot by id or name, else a template by name or alias (silo's own, or one
     /// set with `silo template alias`), with a tag or not (`name:tag`).
     pub(super) fn origin(&self, name: &str) -> Result<Origin, SandboxError> {
@@ -119,12 +130,7 @@ impl Manager {
             });
         }
         let named = TemplateRef::parse(name)?;
-        let mut template = self.templates.canonical(named.name)?.to_owned();
-        if !self.templates.is_built(&template) {
-            if let Some(target) = self.catalog.alias(&template)? {
-                template = target;
-            }
-        }
+        let template = self.template_named(named.name)?;
         let (rootfs, pin) = self
             .templates
             .pinned_rootfs(&self.catalog, &template, named.tag)?;

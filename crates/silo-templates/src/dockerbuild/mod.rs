@@ -94,6 +94,9 @@ pub struct DockerfileBuild<'a> {
     /// Rebuild from this step (1 = the first) on, whatever is cached.
     pub force_from: Option<usize>,
     pub start: Option<StartCommand>,
+    /// The silo template a FROM names (`name`, `name:tag`, an alias), if it is one; a
+    /// FROM that names none is pulled as an image when it looks like one.
+    pub templates: &'a (dyn Fn(&str) -> Option<TemplatePath> + Sync),
     /// How to reach registries, for a FROM that names an image.
     pub registry: &'a crate::registry::RegistryAccess,
     /// Stops the build: a pull or the running command (a RUN step's container, the
@@ -194,9 +197,7 @@ pub async fn build_dockerfile(
                     other => other,
                 })?
         }
-        None => match crate::cache::newest_build(&build.templates_dir.join(&from))
-            .filter(|_| !from.starts_with('.') && !from.contains('/'))
-        {
+        None => match (build.templates)(&from) {
             Some(template) => template,
             // Not a silo template, but named like an image: pull it.
             None if from.contains(['/', ':']) => {
