@@ -24,7 +24,7 @@ def server():
     templates.mkdir()
     shared = Path(os.environ.get("SILO_TEST_TEMPLATE_DIR", "/var/lib/silo/templates"))
     (templates / "base").symlink_to(shared / "base")
-    server = SiloServer()
+    server = SiloServer(subnet="10.229.0.0/16")  # beside the session's server
     server.template_dir = str(templates)
     server.start()
     yield server
