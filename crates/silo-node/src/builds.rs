@@ -575,27 +575,14 @@ impl Builder {
     }
 
     fn prune_uploads(&self, unused_for: std::time::Duration) -> Vec<PathBuf> {
-        let Some(cutoff) = std::time::SystemTime::now().checked_sub(unused_for) else {
-            return Vec::new();
-        };
         let _gate = self.uploads_gate.lock().unwrap_or_else(|p| p.into_inner());
-        let Ok(entries) = std::fs::read_dir(self.dir.join(".uploads")) else {
-            return Vec::new();
-        };
+        let unused = silo_templates::unused_entries(&self.dir.join(".uploads"), unused_for);
         let mut removed = Vec::new();
-        for entry in entries.flatten() {
-            // Uploads being written are hidden; their writer removes a failed one.
-            if entry.file_name().to_string_lossy().starts_with('.') {
-                continue;
-            }
-            let used = entry.metadata().and_then(|m| m.modified());
-            if used.is_ok_and(|used| used >= cutoff) {
-                continue;
-            }
-            match std::fs::remove_file(entry.path()) {
-                Ok(()) => removed.push(entry.path()),
+        for upload in unused {
+            match std::fs::remove_file(&upload) {
+                Ok(()) => removed.push(upload),
                 Err(e) => {
-                    tracing::warn!(path = %entry.path().display(), error = %e, "cannot remove an unused upload");
+                    tracing::warn!(path = %upload.display(), error = %e, "cannot remove an unused upload");
                 }
             }
         }

@@ -124,26 +124,10 @@ const PULLED: &str = "pulled";
 /// way: a build reads its entries without holding them. Half-made entries (`.tmp-`) are
 /// [`crate::remove_dead_builds`]' to remove.
 pub async fn prune_cache(templates_dir: &Path, unused_for: std::time::Duration) -> Vec<PathBuf> {
-    let Some(cutoff) = std::time::SystemTime::now().checked_sub(unused_for) else {
-        return Vec::new();
-    };
     let mut removed = Vec::new();
     for store in CACHE_STORES {
-        let Ok(entries) = std::fs::read_dir(templates_dir.join(store)) else {
-            continue;
-        };
-        for entry in entries.flatten() {
-            let name = entry.file_name().to_string_lossy().into_owned();
-            if name.starts_with('.') || name == PULLED {
-                continue;
-            }
-            let path = entry.path();
-            // An image's rootfs is what a build touches; a layer's, the entry itself.
-            let last_used = [path.clone(), path.join("rootfs")]
-                .iter()
-                .filter_map(|p| p.metadata().and_then(|m| m.modified()).ok())
-                .max();
-            if last_used.is_some_and(|used| used >= cutoff) {
+        for path in unused_entries(&templates_dir.join(store), unused_for) {
+            if path.file_name().is_some_and(|name| name == PULLED) {
                 continue;
             }
             match remove_build_dir(&path).await {
@@ -155,6 +139,30 @@ pub async fn prune_cache(templates_dir: &Path, unused_for: std::time::Duration) 
         }
     }
     removed
+}
+
+/// The entries of the cache store `store` not used for `unused_for`, hidden ones (being
+/// made) aside. An entry was last used when it, or its `rootfs` (what a build touches
+/// of an unpacked image), was last modified.
+pub fn unused_entries(store: &Path, unused_for: std::time::Duration) -> Vec<PathBuf> {
+    let Some(cutoff) = std::time::SystemTime::now().checked_sub(unused_for) else {
+        return Vec::new();
+    };
+    let Ok(entries) = std::fs::read_dir(store) else {
+        return Vec::new();
+    };
+    entries
+        .flatten()
+        .filter(|entry| !entry.file_name().to_string_lossy().starts_with('.'))
+        .map(|entry| entry.path())
+        .filter(|path| {
+            let last_used = [path.clone(), path.join("rootfs")]
+                .iter()
+                .filter_map(|p| p.metadata().and_then(|m| m.modified()).ok())
+                .max();
+            last_used.is_none_or(|used| used < cutoff)
+        })
+        .collect()
 }
 
 /// The rootfs of the newest complete build under `template_dir`, if any: builds only

@@ -28,7 +28,7 @@ pub mod registry;
 pub mod steps;
 
 pub use base::{build_base, prune_base, BuildError, Progress, Stage, TemplatePath};
-pub use cache::{newest_build, prune_cache, remove_build_dir, touch};
+pub use cache::{newest_build, prune_cache, remove_build_dir, touch, unused_entries};
 pub use dockerbuild::{
     build_dockerfile, remove_dead_builds, BuildRunsc, Built, DockerfileBuild, Removed,
     StartCommand, StepNet, StepNetwork, TemplateConfig, Unpublished, TEMPLATE_CONFIG_FILE,

@@ -41,24 +41,20 @@ pub struct Templates {
     pins: Pins,
 }
 
-/// A build's rootfs held against [`Templates::prune`] while it lives.
-#[derive(Debug)]
+/// A build's rootfs held against [`Templates::prune`] while it, or a clone, lives.
+#[derive(Debug, Clone)]
 pub struct Pin {
+    /// Never read: the last one dropped releases the pin.
+    _held: Arc<Held>,
+}
+
+#[derive(Debug)]
+struct Held {
     pins: Pins,
     rootfs: PathBuf,
 }
 
-impl Clone for Pin {
-    fn clone(&self) -> Pin {
-        *lock(&self.pins).entry(self.rootfs.clone()).or_default() += 1;
-        Pin {
-            pins: Arc::clone(&self.pins),
-            rootfs: self.rootfs.clone(),
-        }
-    }
-}
-
-impl Drop for Pin {
+impl Drop for Held {
     fn drop(&mut self) {
         let mut pins = lock(&self.pins);
         if let Some(count) = pins.get_mut(&self.rootfs) {
@@ -146,8 +142,10 @@ impl Templates {
         let rootfs = self.tagged_rootfs(catalog, name, tag)?;
         *pins.entry(rootfs.clone()).or_default() += 1;
         let pin = Pin {
-            pins: Arc::clone(&self.pins),
-            rootfs: rootfs.clone(),
+            _held: Arc::new(Held {
+                pins: Arc::clone(&self.pins),
+                rootfs: rootfs.clone(),
+            }),
         };
         Ok((rootfs, pin))
     }
@@ -163,7 +161,7 @@ impl Templates {
         let mut kept: HashSet<PathBuf> = pins.keys().cloned().collect();
         let live: Vec<SandboxState> = SandboxState::ALL
             .into_iter()
-            .filter(|state| *state != SandboxState::Killed)
+            .filter(|state| state.is_live())
             .collect();
         for sandbox in catalog.sandboxes_in(&live)? {
             match sandbox.rootfs {
