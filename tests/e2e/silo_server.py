@@ -8,6 +8,7 @@ Environment (set by scripts/test.sh):
   SILO_TEST_TEMPLATE_DIR  where `silo template build` put the templates (/var/lib/silo/templates)
 """
 
+import contextlib
 import json
 import os
 import shutil
@@ -33,6 +34,22 @@ def wait_for(what, check, seconds=60):
             return found
         assert time.monotonic() < deadline, f"no {what} within {seconds} s"
         time.sleep(0.5)
+
+
+@contextlib.contextmanager
+def own_template_dir(prefix: str):
+    """A template dir of a test's own, `<temp root>/templates`, holding the suite's built
+    `base` (linked): what the test builds stays out of the shared one. The root (free for
+    the test's other files) is removed after."""
+    root = Path(tempfile.mkdtemp(prefix=prefix))
+    templates = root / "templates"
+    templates.mkdir()
+    shared = Path(os.environ.get("SILO_TEST_TEMPLATE_DIR", "/var/lib/silo/templates"))
+    (templates / "base").symlink_to(shared / "base")
+    try:
+        yield templates
+    finally:
+        subprocess.run(["rm", "-rf", str(root)], check=False)
 
 
 def free_port() -> int:

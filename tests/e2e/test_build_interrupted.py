@@ -5,18 +5,16 @@ and firewall rules, and fails the build with a reason, so a client polling it st
 waiting; the template then builds again. By a stop signal: the server does all that
 itself before it exits."""
 
-import os
 import signal
 import sqlite3
 import subprocess
-import tempfile
 from pathlib import Path
 
 import pytest
 from e2b import Template
 from e2b.api.client.models import TemplateBuildStatus
 
-from silo_server import SiloServer, host_links, host_netns, wait_for
+from silo_server import SiloServer, host_links, host_netns, own_template_dir, wait_for
 
 pytestmark = pytest.mark.server_only
 
@@ -26,14 +24,8 @@ INTERRUPTED = "interrupted: the server stopped during the build; start it again"
 
 @pytest.fixture
 def templates():
-    """A template dir of its own, holding the suite's `base` (linked)."""
-    root = Path(tempfile.mkdtemp(prefix="silo-build-interrupted-"))
-    templates = root / "templates"
-    templates.mkdir()
-    shared = Path(os.environ.get("SILO_TEST_TEMPLATE_DIR", "/var/lib/silo/templates"))
-    (templates / "base").symlink_to(shared / "base")
-    yield templates
-    subprocess.run(["rm", "-rf", str(root)], check=False)
+    with own_template_dir("silo-build-interrupted-") as templates:
+        yield templates
 
 
 @pytest.fixture

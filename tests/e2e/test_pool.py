@@ -8,7 +8,6 @@ import json
 import os
 import sqlite3
 import subprocess
-import tempfile
 import time
 import urllib.error
 import urllib.request
@@ -17,7 +16,7 @@ from pathlib import Path
 import pytest
 from e2b import Sandbox
 
-from silo_server import SiloServer
+from silo_server import SiloServer, own_template_dir
 
 pytestmark = pytest.mark.server_only
 
@@ -36,13 +35,8 @@ def wait_pooled(server, template: str, count: int, timeout: float = 120) -> None
 
 @pytest.fixture(scope="module")
 def workspace():
-    root = Path(tempfile.mkdtemp(prefix="silo-pool-e2e-"))
-    templates = root / "templates"
-    templates.mkdir()
-    shared = Path(os.environ.get("SILO_TEST_TEMPLATE_DIR", "/var/lib/silo/templates"))
-    (templates / "base").symlink_to(shared / "base")
-    yield root, templates
-    subprocess.run(["rm", "-rf", str(root)], check=False)
+    with own_template_dir("silo-pool-e2e-") as templates:
+        yield templates.parent, templates
 
 
 @pytest.fixture(scope="module")

@@ -5,13 +5,12 @@ Bad tags and unknown ones fail with a message that says what exists."""
 
 import os
 import subprocess
-import tempfile
 from pathlib import Path
 
 import pytest
 from e2b import Sandbox, Template
 
-from silo_server import SiloServer, wait_for
+from silo_server import SiloServer, own_template_dir, wait_for
 
 pytestmark = pytest.mark.server_only
 
@@ -19,17 +18,12 @@ pytestmark = pytest.mark.server_only
 @pytest.fixture(scope="module")
 def server():
     """A server whose template dir holds the suite's `base` (linked) and what it builds."""
-    root = Path(tempfile.mkdtemp(prefix="silo-tags-e2e-"))
-    templates = root / "templates"
-    templates.mkdir()
-    shared = Path(os.environ.get("SILO_TEST_TEMPLATE_DIR", "/var/lib/silo/templates"))
-    (templates / "base").symlink_to(shared / "base")
-    server = SiloServer(subnet="10.229.0.0/16")  # beside the session's server
-    server.template_dir = str(templates)
-    server.start()
-    yield server
-    server.stop()
-    subprocess.run(["rm", "-rf", str(root)], check=False)
+    with own_template_dir("silo-tags-e2e-") as templates:
+        server = SiloServer(subnet="10.229.0.0/16")  # beside the session's server
+        server.template_dir = str(templates)
+        server.start()
+        yield server
+        server.stop()
 
 
 @pytest.fixture

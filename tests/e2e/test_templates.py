@@ -9,7 +9,6 @@ import io
 import os
 import subprocess
 import tarfile
-import tempfile
 import time
 import urllib.error
 import urllib.request
@@ -19,7 +18,7 @@ from pathlib import Path
 import pytest
 from e2b import Sandbox, Template
 
-from silo_server import SiloServer, free_port, wait_for
+from silo_server import SiloServer, free_port, own_template_dir, wait_for
 
 pytestmark = pytest.mark.server_only
 
@@ -59,21 +58,16 @@ def make_wheel(path: Path) -> None:
 @pytest.fixture(scope="module")
 def workspace():
     """A template dir holding the suite's `base` (linked) and a build context."""
-    root = Path(tempfile.mkdtemp(prefix="silo-templates-e2e-"))
-    templates = root / "templates"
-    templates.mkdir()
-    shared = Path(os.environ.get("SILO_TEST_TEMPLATE_DIR", "/var/lib/silo/templates"))
-    (templates / "base").symlink_to(shared / "base")
-    context = root / "context"
-    (context / "wheels").mkdir(parents=True)
-    make_wheel(context / "wheels" / "silohello-1.0-py3-none-any.whl")
-    (context / "app.txt").write_text("copied from the context\n")
-    (context / "data.txt").write_text("first version\n")
-    (context / "secret.txt").write_text("must not be copied\n")
-    (context / ".dockerignore").write_text("secret.txt\n")
-    (context / "Dockerfile").write_text(DOCKERFILE)
-    yield templates, context
-    subprocess.run(["rm", "-rf", str(root)], check=False)
+    with own_template_dir("silo-templates-e2e-") as templates:
+        context = templates.parent / "context"
+        (context / "wheels").mkdir(parents=True)
+        make_wheel(context / "wheels" / "silohello-1.0-py3-none-any.whl")
+        (context / "app.txt").write_text("copied from the context\n")
+        (context / "data.txt").write_text("first version\n")
+        (context / "secret.txt").write_text("must not be copied\n")
+        (context / ".dockerignore").write_text("secret.txt\n")
+        (context / "Dockerfile").write_text(DOCKERFILE)
+        yield templates, context
 
 
 # A local registry for FROM <registry>/<image> (docker-registry, plain http).
